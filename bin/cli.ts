@@ -1,0 +1,84 @@
+// The `visft` command line. Exit codes: 0 clean, 1 problems found (diagnostics printed), 2 usage errors.
+// Every failure is a message, never a stack trace; files are only ever replaced atomically.
+// Commands are imported when they run, so `visft check` never loads the GPU runtime.
+import { Command, CommanderError, Option } from 'commander';
+import { readFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { UsageError } from './commands/errors.js';
+
+const pkg = JSON.parse(readFileSync(fileURLToPath(new URL('../../package.json', import.meta.url)), 'utf8')) as { version: string };
+
+
+function program(): Command {
+  const cmd = new Command('visft')
+    .description('Declarative, checked ViSFT fine-tuning of vision foundation models on any WebGPU GPU')
+    .version(pkg.version)
+    .showSuggestionAfterError(true)
+    .exitOverride()
+    .configureOutput({ writeErr: (s) => process.stderr.write(s) });
+
+  cmd
+    .command('check')
+    .description('parse and check .visft files and everything they import; print every problem')
+    .argument('<files...>', '.visft files')
+    .option('--json', 'print diagnostics as JSON')
+    .action(async (files: string[], opts: { json?: boolean }) => {
+      process.exitCode = (await import('./commands/check.js')).runCheck(files, opts);
+    });
+
+  cmd
+    .command('fmt')
+    .description('print .visft files in canonical layout (comments kept)')
+    .argument('<files...>', '.visft files')
+    .addOption(new Option('--check', 'list files that are not formatted; exit 1 if any').conflicts('write'))
+    .option('--write', 'rewrite files in place (atomically)')
+    .action(async (files: string[], opts: { check?: boolean; write?: boolean }) => {
+      process.exitCode = (await import('./commands/fmt.js')).runFmt(files, opts);
+    });
+
+  cmd
+    .command('resolve')
+    .description('check a pipeline and print what it resolves to: backbones, parameters, LoRA targets, stages')
+    .argument('<file>', 'a pipeline .visft file')
+    .option('--json', 'print JSON')
+    .action(async (file: string, opts: { json?: boolean }) => {
+      process.exitCode = (await import('./commands/resolve.js')).runResolve(file, opts);
+    });
+
+  cmd
+    .command('grammar')
+    .description('export the grammar: railroad diagrams (offline HTML) or the serialized grammar (JSON)')
+    .addOption(new Option('--html <file>', 'write railroad diagrams to an HTML file'))
+    .addOption(new Option('--json', 'print the serialized grammar'))
+    .action(async (opts: { html?: string; json?: boolean }) => {
+      process.exitCode = (await import('./commands/grammar.js')).runGrammar(opts);
+    });
+
+  cmd
+    .command('doctor')
+    .description('find the WebGPU adapter, run a test dispatch, and say what to install when there is none')
+    .option('--json', 'print JSON')
+    .action(async (opts: { json?: boolean }) => {
+      process.exitCode = await (await import('./commands/doctor.js')).runDoctor(opts);
+    });
+
+  return cmd;
+}
+
+export async function main(argv: string[]): Promise<number> {
+  try {
+    await program().parseAsync(argv, { from: 'user' });
+    return typeof process.exitCode === 'number' ? process.exitCode : 0;
+  } catch (e) {
+    if (e instanceof CommanderError) {
+      // --help and --version end here too, with exit code 0
+      return e.exitCode === 0 ? 0 : 2;
+    }
+    if (e instanceof UsageError) {
+      process.stderr.write(`visft: ${e.message}\n`);
+      return 2;
+    }
+    process.stderr.write(`visft: internal error (please report it): ${(e as Error).message ?? String(e)}\n`);
+    return 1;
+  }
+}
