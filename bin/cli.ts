@@ -37,6 +37,15 @@ function program(): Command {
     });
 
   cmd
+    .command('parse')
+    .description('print the front end\'s intermediate forms of a file as JSON: tokens, CST or AST')
+    .argument('<file>', 'a .visft file')
+    .addOption(new Option('--emit <form>', 'what to print').choices(['tokens', 'cst', 'ast']).default('ast'))
+    .action(async (file: string, opts: { emit: string }) => {
+      process.exitCode = (await import('./commands/parse.js')).runParse(file, opts);
+    });
+
+  cmd
     .command('resolve')
     .description('check a pipeline and print what it resolves to: backbones, parameters, LoRA targets, stages')
     .argument('<file>', 'a pipeline .visft file')

@@ -8,5 +8,9 @@ if (!existsSync(cli)) {
   process.stderr.write('visft: not built yet: run `npm ci` (or `npm run build`) in the visft folder\n');
   process.exit(2);
 }
+// `visft ... | head` closes the pipe early: that is the reader's choice, not an error to trace.
+for (const stream of [process.stdout, process.stderr]) {
+  stream.on('error', (e) => process.exit(e.code === 'EPIPE' ? 0 : 1));
+}
 const { main } = await import(cli);
 process.exitCode = await main(process.argv.slice(2));

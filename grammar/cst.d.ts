@@ -54,8 +54,8 @@ export interface ModuleParamsCstNode extends CstNode {
 
 export type ModuleParamsCstChildren = {
   LParen: IToken[];
-  moduleParam?: ModuleParamCstNode[];
-  Comma?: IToken[];
+  moduleParam?: (ModuleParamCstNode)[];
+  Comma?: (IToken)[];
   RParen: IToken[];
 };
 
@@ -95,6 +95,7 @@ export interface BlockCstNode extends CstNode {
 export type BlockCstChildren = {
   LBrace: IToken[];
   entry?: EntryCstNode[];
+  Comma?: IToken[];
   RBrace: IToken[];
 };
 
@@ -396,8 +397,8 @@ export interface CallArgsCstNode extends CstNode {
 
 export type CallArgsCstChildren = {
   LParen: IToken[];
-  arg?: ArgCstNode[];
-  Comma?: IToken[];
+  arg?: (ArgCstNode)[];
+  Comma?: (IToken)[];
   RParen: IToken[];
 };
 
@@ -460,8 +461,8 @@ export interface ListCstNode extends CstNode {
 
 export type ListCstChildren = {
   LBracket: IToken[];
-  expression?: ExpressionCstNode[];
-  Comma?: IToken[];
+  expression?: (ExpressionCstNode)[];
+  Comma?: (IToken)[];
   RBracket: IToken[];
 };
 

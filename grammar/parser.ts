@@ -57,9 +57,17 @@ export class VisftParser extends CstParser {
     ]);
   });
 
+  /** Comma-separated, a trailing comma allowed (as the formatter writes wrapped lists). */
   moduleParams = this.RULE('moduleParams', () => {
     this.CONSUME(T.LParen);
-    this.MANY_SEP({ SEP: T.Comma, DEF: () => this.SUBRULE(this.moduleParam) });
+    this.OPTION(() => {
+      this.SUBRULE(this.moduleParam);
+      this.MANY(() => {
+        this.CONSUME(T.Comma);
+        this.SUBRULE2(this.moduleParam);
+      });
+      this.OPTION2(() => this.CONSUME2(T.Comma));
+    });
     this.CONSUME(T.RParen);
   });
 
@@ -90,9 +98,13 @@ export class VisftParser extends CstParser {
 
   // ------------------------------------------------------------ property blocks
 
+  /** Entries may be separated by commas when written on one line: `{ init: ones, parts: [q, k, v] }`. */
   block = this.RULE('block', () => {
     this.CONSUME(T.LBrace);
-    this.MANY(() => this.SUBRULE(this.entry));
+    this.MANY(() => {
+      this.SUBRULE(this.entry);
+      this.OPTION(() => this.CONSUME(T.Comma));
+    });
     this.CONSUME(T.RBrace);
   });
 
@@ -344,7 +356,14 @@ export class VisftParser extends CstParser {
 
   callArgs = this.RULE('callArgs', () => {
     this.CONSUME(T.LParen);
-    this.MANY_SEP({ SEP: T.Comma, DEF: () => this.SUBRULE(this.arg) });
+    this.OPTION(() => {
+      this.SUBRULE(this.arg);
+      this.MANY(() => {
+        this.CONSUME(T.Comma);
+        this.SUBRULE2(this.arg);
+      });
+      this.OPTION2(() => this.CONSUME2(T.Comma));
+    });
     this.CONSUME(T.RParen);
   });
 
@@ -420,9 +439,13 @@ export class VisftParser extends CstParser {
 
   list = this.RULE('list', () => {
     this.CONSUME(T.LBracket);
-    this.MANY(() => {
+    this.OPTION(() => {
       this.SUBRULE(this.expression);
-      this.OPTION(() => this.CONSUME(T.Comma));
+      this.MANY(() => {
+        this.CONSUME(T.Comma);
+        this.SUBRULE2(this.expression);
+      });
+      this.OPTION2(() => this.CONSUME2(T.Comma));
     });
     this.CONSUME(T.RBracket);
   });

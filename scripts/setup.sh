@@ -127,7 +127,7 @@ probe_field() {
     try { r = JSON.parse(process.env.PROBE_JSON || "{}"); } catch { r = { error: "the probe printed no JSON" }; }
     const a = r.adapter || {};
     if (process.argv[1] === "adapter") {
-      const name = a.device || a.description || a.architecture || a.vendor || "unnamed adapter";
+      const name = a.name || a.device || a.description || "unnamed adapter";
       const kind = a.isFallbackAdapter ? "software" : "hardware";
       console.log(`${name} (${kind}${r.backend ? ", " + r.backend : ""})`);
     } else {

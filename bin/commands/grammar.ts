@@ -2,7 +2,8 @@
 // and CSS are inlined from node_modules) and the serialized grammar.
 import { createSyntaxDiagramsCode } from 'chevrotain';
 import { readFileSync } from 'node:fs';
-import { createRequire } from 'node:module';
+import { existsSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
 import { dirname, join } from 'node:path';
 import { VisftParser } from '../../grammar/parser.js';
 import { serializedGrammarJson } from '../../grammar/snapshot.js';
@@ -10,13 +11,24 @@ import { writeFileAtomic } from './files.js';
 import { UsageError } from './errors.js';
 
 export function grammarHtml(): string {
-  const diagrams = join(dirname(createRequire(import.meta.url).resolve('chevrotain/package.json')), 'diagrams');
+  const diagrams = chevrotainDiagramsDir();
   const html = createSyntaxDiagramsCode(new VisftParser().getSerializedGastProductions(), { resourceBase: 'RESOURCE/', css: 'RESOURCE/diagrams.css' });
   const inline = (rel: string) => readFileSync(join(diagrams, rel), 'utf8').replace(/<\/script/gi, '<\\/script');
   return html
     .replace(/<link rel='stylesheet' href='RESOURCE\/diagrams\.css'>/, () => `<style>\n${readFileSync(join(diagrams, 'diagrams.css'), 'utf8')}\n</style>`)
     .replace(/<script src='RESOURCE\/([^']+)'><\/script>/g, (_m, rel: string) => `<script>\n${inline(rel)}\n</script>`)
     .replace('<head>', '<head>\n<meta charset="utf-8"><title>visft grammar</title>');
+}
+
+/** chevrotain's diagram scripts, found by walking up from its entry point (its package.json is not exported). */
+function chevrotainDiagramsDir(): string {
+  let dir = dirname(fileURLToPath(import.meta.resolve('chevrotain')));
+  while (!existsSync(join(dir, 'diagrams', 'diagrams.css'))) {
+    const up = dirname(dir);
+    if (up === dir) throw new Error('chevrotain/diagrams not found in node_modules');
+    dir = up;
+  }
+  return join(dir, 'diagrams');
 }
 
 export function runGrammar(opts: { html?: string; json?: boolean }): number {

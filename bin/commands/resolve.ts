@@ -39,8 +39,22 @@ function table(r: ResolvedPipeline): string {
   section('heads', ['name', 'module', 'on', 'params'], r.heads.map((h) => [h.name, h.module, h.backbone, n(h.params)]));
   for (const l of r.lora) {
     section(`lora ${l.name} on ${l.backbone}: ${n(l.params)} params`, ['param', 'rows', 'rank', 'alpha', 'lora_A', 'lora_B'],
-      l.targets.map((t) => [t.param, t.rows.map(([a, b]) => `${a}:${b}`).join(','), String(t.rank), String(t.alpha), t.lora_A.join('x'), t.lora_B.join('x')]));
+      groupIndexed(l.targets.map((t) => [t.param, t.rows.map(([a, b]) => `${a}:${b}`).join(','), String(t.rank), String(t.alpha), t.lora_A.join('x'), t.lora_B.join('x')])));
   }
   section('stages', ['name', 'after', 'tasks', 'trains', 'trainable', 'frozen'], r.stages.map((s) => [s.name, s.after.join(',') || '-', s.tasks.join(',') || '-', s.trainable.join(','), n(s.trainable_params), n(s.frozen_params)]));
   return lines.join('\n');
+}
+
+/** Folds rows that differ only in one path index into one (`blocks.{0..39}.attn.qkv.weight`), for reading. */
+function groupIndexed(rows: string[][]): string[][] {
+  const out: { key: string; first: number; last: number; row: string[] }[] = [];
+  for (const row of rows) {
+    const m = /^(.*?)\.(\d+)\.(.*)$/.exec(row[0]);
+    const key = m ? `${m[1]}.{}.${m[3]}|${row.slice(1).join('|')}` : row.join('|');
+    const i = m ? Number(m[2]) : NaN;
+    const prev = out[out.length - 1];
+    if (prev && m && prev.key === key && prev.last + 1 === i) prev.last = i;
+    else out.push({ key, first: i, last: i, row });
+  }
+  return out.map(({ first, last, row }) => (first === last || Number.isNaN(first) ? row : [row[0].replace(/\.\d+\./, `.{${first}..${last}}.`), ...row.slice(1)]));
 }

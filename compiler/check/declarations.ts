@@ -1,10 +1,10 @@
 // Declaration checks, driven by the schema table: known kinds and keys, value types, references to the
 // right kinds, and the rules that span a stage (task probabilities, ordering, exports within the run).
 import type { Block, Decl, Expr, NestedBlock, Property } from '../ast.js';
-import { didYouMean } from '../frontend/diagnostics.js';
+import { closest, didYouMean } from '../frontend/diagnostics.js';
 import { checkModuleArgs, exprKey, type ModuleSig } from './modules.js';
 import { DATASET_FORMATS, DECL_KINDS, DECLS, type BlockSpec, type DeclKind } from './schema.js';
-import { checkCall, checkRef, checkValue, constNumber, durationValue, describe, namesOfKinds, unparen, type Ctx } from './values.js';
+import { checkCall, checkRef, checkValue, constNumber, durationValue, describe, namesOfKinds, syntaxErrorWithin, unparen, type Ctx } from './values.js';
 
 export function checkDecl(d: Decl, ctx: Ctx, signatureOf: (name: string) => ModuleSig | undefined): void {
   const spec = (DECLS as Record<string, (typeof DECLS)[DeclKind]>)[d.declKind];
@@ -16,7 +16,7 @@ export function checkDecl(d: Decl, ctx: Ctx, signatureOf: (name: string) => Modu
   const kind = d.declKind as DeclKind;
   checkHeadValue(d, kind, spec.value, ctx, signatureOf);
   checkOn(d, kind, spec.on, ctx, signatureOf);
-  checkBlock(d.block, spec.block, ctx, d);
+  checkBlock(d.block, spec.block, ctx, d, `${kind} '${d.name}'`);
   if (kind === 'stage') checkStage(d, ctx);
 }
 
@@ -52,7 +52,7 @@ function checkHeadValue(d: Decl, kind: DeclKind, want: 'module' | 'dataset-forma
   if (!sym || sym.kind !== 'module') {
     const modules = namesOfKinds(ctx.scope, ['module']);
     if (sym) ctx.diags.error('VF3004', ctx.file, callee.span, `'${callee.name}' is a ${sym.kind}, but a module is needed here`);
-    else ctx.diags.error('VF4001', ctx.file, callee.span, `no module named '${callee.name}'${didYouMean(callee.name, modules)}${modules.length ? '' : ' (did you forget `import std.eva_vit`?)'}`);
+    else ctx.diags.error('VF4001', ctx.file, callee.span, `no module named '${callee.name}'${didYouMean(callee.name, modules)}${modules.length ? '' : ` (no module is in scope here: imports are not transitive; does this file need \`import std.${kind === 'head' ? 'heads' : 'eva_vit'}\`?)`}`);
     return;
   }
   const sig = signatureOf(callee.name);
@@ -134,10 +134,17 @@ function checkBlock(block: Block | undefined, spec: BlockSpec, ctx: Ctx, owner: 
     checkBlock(e.block, nested.spec, ctx, { nameSpan: e.keySpan, name: e.key }, `'${e.key}${e.label ? ' ' + e.label : ''}'`);
   }
   for (const [key, p] of Object.entries(spec.props)) {
-    if (p.required && !seen.has(key)) {
-      ctx.diags.error('VF3002', ctx.file, owner.nameSpan, `missing '${key}' (${p.doc})${owner.name ? ` in '${owner.name}'` : ''}`);
+    // A misspelt key already has its "did you mean"; saying it is missing too would be noise.
+    const misspelt = entries.some((e) => !spec.props[e.key] && !spec.blocks?.[e.key] && closest(e.key, keys) === key);
+    if (p.required && !seen.has(key) && !misspelt && !syntaxErrorIn(block, ctx)) {
+      ctx.diags.error('VF3002', ctx.file, owner.nameSpan, `missing '${key}' (${p.doc})${what ? ` in ${what}` : ''}`);
     }
   }
+}
+
+/** Whether a syntax error was reported inside the block: entries may have been lost, so "missing" would be an echo. */
+function syntaxErrorIn(block: Block | undefined, ctx: Ctx): boolean {
+  return block !== undefined && syntaxErrorWithin(block.span, ctx);
 }
 
 function checkKeyedEntry(e: Property | NestedBlock, keyed: NonNullable<BlockSpec['keyed']>, ctx: Ctx, seen: Map<string, unknown>): void {
@@ -222,7 +229,8 @@ function checkStage(stage: Decl, ctx: Ctx): void {
     const ck = p.get('checkpoint');
     const v = ck ? durationValue(ck.value) : undefined;
     if (ck && v !== undefined && v > longest) ctx.diags.error('VF3010', ctx.file, ck.value.span, `checkpoint interval ${v} is longer than the stage (${longest} updates)`);
-  } else if (!taskBlocks.length || taskBlocks.some((b) => !b.block.entries.some((e) => e.key === 'updates'))) {
+  } else if (!p.get('updates') && (!taskBlocks.length || taskBlocks.some((b) => !b.block.entries.some((e) => e.key === 'updates')))) {
+    // (an `updates` that is present but invalid has its own error)
     ctx.diags.error('VF3002', ctx.file, stage.nameSpan, `missing 'updates': stage '${stage.name}' needs a length (\`updates: 100k\`, or per task)`);
   }
 
@@ -244,7 +252,9 @@ function checkStage(stage: Decl, ctx: Ctx): void {
       const source = ctx.scope.get(from.name);
       if (v.kind === 'member' && v.segment.kind === 'field' && source?.kind === 'stage') {
         const theirs = stageTasks(source.node);
-        if (!theirs.includes(v.segment.name)) ctx.diags.error('VF3011', ctx.file, v.segment.span, `stage '${from.name}' runs no task '${v.segment.name}' (${theirs.join(', ') || 'none'})${didYouMean(v.segment.name, theirs)}`);
+        // A real task of another stage is not a typo: no "did you mean" for it.
+        const typo = ctx.scope.get(v.segment.name)?.kind === 'task' ? '' : didYouMean(v.segment.name, theirs);
+        if (!theirs.includes(v.segment.name)) ctx.diags.error('VF3011', ctx.file, v.segment.span, `stage '${from.name}' runs no task '${v.segment.name}' (it runs: ${theirs.join(', ') || 'none'})${typo}`);
       }
     }
   }

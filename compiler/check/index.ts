@@ -1,7 +1,9 @@
 // The front end's entry point: load files with their imports, then run every check on every file once.
 // A check that crashes becomes a diagnostic at the file's start, never a stack trace.
 import type { Decl } from '../ast.js';
+import type { Diagnostics } from '../frontend/diagnostics.js';
 import { Program, type LoadedFile } from '../frontend/load.js';
+import type { SourceFile } from '../frontend/source.js';
 import { checkDecl, checkStageOrder } from './declarations.js';
 import { checkModule, moduleSignature, type ModuleSig } from './modules.js';
 import { fileScope, ownSymbols, type Scope, type Symbol } from './scope.js';
@@ -51,6 +53,7 @@ export function checkFiles(paths: readonly string[], env: NodeJS.ProcessEnv = pr
       program.diags.error('VF0001', file.file, { start: 0, end: 0 }, `internal error while checking this file (please report it): ${(e as Error).message}`);
     }
   }
+  dropEchoes(program.diags);
   const resolved = new Map<LoadedFile, ResolvedPipeline>();
   if (program.diags.errorCount === 0) {
     for (const root of roots) {
@@ -62,4 +65,22 @@ export function checkFiles(paths: readonly string[], env: NodeJS.ProcessEnv = pr
     }
   }
   return { program, roots, scopes, resolved };
+}
+
+/**
+ * On a line with a lexical or syntax error the parser recovered by dropping or inventing tokens, so what the
+ * checks say about that line is mostly an echo of the syntax error: keep only the syntax error there.
+ */
+function dropEchoes(diags: Diagnostics): void {
+  const broken = new Map<SourceFile, Set<number>>();
+  for (const d of diags.list) {
+    if (!/^VF100[1-4]$/.test(d.code)) continue;
+    if (!broken.has(d.file)) broken.set(d.file, new Set());
+    broken.get(d.file)!.add(d.file.position(d.span.start).line);
+  }
+  if (broken.size === 0) return;
+  for (let i = diags.list.length - 1; i >= 0; i--) {
+    const d = diags.list[i];
+    if (d.code >= 'VF2' && broken.get(d.file)?.has(d.file.position(d.span.start).line)) diags.list.splice(i, 1);
+  }
 }

@@ -1,10 +1,10 @@
 // Module checks: signatures (parameters, inputs, outputs, specialisations) and name resolution inside
 // module bodies: every name, op, module, parameter path and argument must exist.
 import type { Arg, CallExpr, Expr, ModuleDecl, Path, Segment, Stmt, TypeExpr } from '../ast.js';
-import { didYouMean } from '../frontend/diagnostics.js';
+import { closest, didYouMean } from '../frontend/diagnostics.js';
 import { isOpName, OPS, type OpSignature } from '../ops/catalog.js';
 import type { Symbol } from './scope.js';
-import { checkUnits, unparen, type Ctx } from './values.js';
+import { checkUnits, syntaxErrorWithin, unparen, visitExpr, type Ctx } from './values.js';
 
 export const DTYPES = ['f32', 'f16', 'bf16', 'i32', 'i64', 'u8', 'bool'];
 export const SCALAR_TYPES = ['int', 'float', 'bool', 'str'];
@@ -135,14 +135,48 @@ export function checkModule(m: ModuleDecl, ctx: Ctx, signatureOf: (name: string)
   walkStmts(body, (s) => {
     if (s.kind === 'param') paramPaths.push(pathKey(s.path));
   });
+  const cycle = recursionFrom(m, signatureOf);
+  if (cycle) ctx.diags.error('VF4009', ctx.file, m.nameSpan, `module '${m.name}' instantiates itself: ${cycle.join(' → ')}`);
   const checker = new BodyChecker(ctx, signatureOf, paramPaths);
   for (const p of m.params) checker.vars.define(p.name, 'shape');
   checker.stmts(body);
   if (!body.some(function hasOutput(s: Stmt): boolean {
     return s.kind === 'output' || (s.kind === 'if' && (s.then.some(hasOutput) || (s.else ?? []).some(hasOutput)));
-  })) {
+  }) && !syntaxErrorWithin(m.span, ctx)) {
     ctx.diags.error('VF4011', ctx.file, m.nameSpan, `module '${m.name}' declares no output`);
   }
+}
+
+/** The names of modules called in a body (directly, at any depth of expressions). */
+function calledModules(body: readonly Stmt[], signatureOf: (name: string) => ModuleSig | undefined): string[] {
+  const out: string[] = [];
+  const visit = (e: Expr) =>
+    visitExpr(e, (x) => {
+      const callee = x.kind === 'call' ? unparen(x.callee) : undefined;
+      if (callee?.kind === 'name' && !isOpName(callee.name) && signatureOf(callee.name)) out.push(callee.name);
+    });
+  walkStmts(body, (s) => {
+    if (s.kind === 'let' || s.kind === 'assign') visit(s.value);
+    else if (s.kind === 'output' && s.value) visit(s.value);
+  });
+  return out;
+}
+
+/** A chain of module calls leading from `m` back to itself, or undefined. */
+function recursionFrom(m: ModuleDecl, signatureOf: (name: string) => ModuleSig | undefined): string[] | undefined {
+  const seen = new Set<ModuleDecl>();
+  const search = (body: readonly Stmt[], trail: string[]): string[] | undefined => {
+    for (const name of calledModules(body, signatureOf)) {
+      const base = signatureOf(name)!.base;
+      if (base === m) return [...trail, name];
+      if (seen.has(base)) continue;
+      seen.add(base);
+      const found = search(base.body ?? [], [...trail, name]);
+      if (found) return found;
+    }
+    return undefined;
+  };
+  return search(m.body ?? [], [m.name]);
 }
 
 function checkSpecialisation(m: ModuleDecl, ctx: Ctx, signatureOf: (name: string) => ModuleSig | undefined): void {
@@ -192,7 +226,10 @@ export function checkModuleArgs(call: CallExpr | undefined, sig: ModuleSig, ctx:
     else if (!names.includes(a.name)) ctx.diags.error('VF4002', ctx.file, a.nameSpan ?? a.span, `module '${sig.name}' has no parameter '${a.name}'${didYouMean(a.name, names)}`);
     given.add(a.name);
   }
-  const missing = sig.params.filter((p) => !p.hasDefault && !given.has(p.name)).map((p) => p.name);
+  // A parameter whose misspelling was given already has its "did you mean": not missing as well.
+  const allNames = [...sig.params.map((p) => p.name), ...(opts.allowInputs ? sig.inputs : [])];
+  const misspelt = new Set([...given].filter((n) => !allNames.includes(n)).map((n) => closest(n, allNames)));
+  const missing = sig.params.filter((p) => !p.hasDefault && !given.has(p.name) && !misspelt.has(p.name)).map((p) => p.name);
   if (missing.length) {
     const span = call?.span;
     if (span) ctx.diags.error('VF4003', ctx.file, span, `module '${sig.name}' needs ${missing.map((n) => `'${n}'`).join(', ')}`);
@@ -201,7 +238,7 @@ export function checkModuleArgs(call: CallExpr | undefined, sig: ModuleSig, ctx:
 
 function checkType(t: TypeExpr, ctx: Ctx, want: 'scalar' | 'tensor'): void {
   if (t.name === undefined) return;
-  const allowed = t.dims !== undefined ? DTYPES : want === 'scalar' ? [...SCALAR_TYPES, ...DTYPES] : [...DTYPES, ...SCALAR_TYPES];
+  const allowed = t.dims !== undefined ? DTYPES : [...new Set(want === 'scalar' ? [...SCALAR_TYPES, ...DTYPES] : [...DTYPES, ...SCALAR_TYPES])];
   if (!allowed.includes(t.name)) {
     ctx.diags.error('VF4007', ctx.file, t.nameSpan ?? t.span, `unknown ${t.dims ? 'dtype' : 'type'} '${t.name}' (${allowed.join(', ')})${didYouMean(t.name, allowed)}`);
   }

@@ -104,7 +104,7 @@ export const DECLS: Readonly<Record<DeclKind, DeclSpec>> = {
     block: {
       props: {
         targets: { type: { t: 'oneOrList', of: { t: 'selector' } }, required: true, doc: 'selectors over parameter paths, with optional parts (`[q, v]`)' },
-        rank: { type: positiveInt, required: true, doc: 'r' },
+        rank: { type: positiveInt, required: true, doc: 'the LoRA rank r' },
         alpha: { type: positive, doc: 'scaling = alpha / r (default 1, as loralib)' },
         dropout: { type: num({ min: 0, max: 1 }), doc: 'dropout on the LoRA input (default 0)' },
         init: { type: { t: 'enum', values: ['kaiming_uniform', 'gaussian', 'zeros'] }, doc: 'init of lora_A (lora_B starts at zero); default kaiming_uniform' },

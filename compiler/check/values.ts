@@ -278,3 +278,8 @@ export function checkSelector(e: Expr, ctx: Ctx): boolean {
 export function namesOfKinds(scope: Scope, kinds: readonly (DeclKind | 'module')[]): string[] {
   return [...scope].filter(([, s]) => kinds.includes(s.kind)).map(([n]) => n);
 }
+
+/** Whether a lexical or syntax error lies inside the span: what the parser recovered there may be incomplete. */
+export function syntaxErrorWithin(span: { start: number; end: number }, ctx: Ctx): boolean {
+  return ctx.diags.list.some((d) => d.file === ctx.file && /^VF100[1-4]$/.test(d.code) && d.span.start >= span.start && d.span.start < span.end);
+}

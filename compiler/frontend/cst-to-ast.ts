@@ -230,25 +230,35 @@ export class AstBuilder extends BaseVisitor {
   path(c: C.PathCstChildren): A.Path | undefined {
     const head = real(c.Identifier);
     if (!head) return undefined;
-    const segments = (c.segment ?? []).map((n) => this.visit(n) as A.Segment | undefined).filter((s): s is A.Segment => s !== undefined);
+    const segments = (c.segment ?? []).flatMap((n) => (this.visit(n) as A.Segment[] | undefined) ?? []);
     const last = segments.length ? segments[segments.length - 1].span : tokSpan(head);
     return { head: head.image, segments, span: join(tokSpan(head), last) };
   }
 
-  segment(c: C.SegmentCstChildren, _p: unknown): A.Segment | undefined {
+  /** One segment, or two for `a.0.1`: the lexer reads `0.1` as one number, which after a dot can only be two indices. */
+  segment(c: C.SegmentCstChildren, _p: unknown): A.Segment[] | undefined {
     const id = real(c.Identifier);
-    if (id) return { kind: 'field', name: id.image, span: tokSpan(id) };
+    if (id) return [{ kind: 'field', name: id.image, span: tokSpan(id) }];
     const num = real(c.NumberLiteral);
     if (num) {
+      const two = /^(\d+)\.(\d+)$/.exec(num.image);
+      if (two) {
+        const at = num.startOffset;
+        const split = at + two[1].length;
+        return [
+          { kind: 'index', value: Number.parseInt(two[1], 10), span: { start: at, end: split } },
+          { kind: 'index', value: Number.parseInt(two[2], 10), span: { start: split + 1, end: at + num.image.length } },
+        ];
+      }
       if (!/^\d+$/.test(num.image)) this.report(tokSpan(num), 'VF1006', `a path index must be a whole number, not '${num.image}'`);
-      return { kind: 'index', value: Number.parseInt(num.image, 10) || 0, span: tokSpan(num) };
+      return [{ kind: 'index', value: Number.parseInt(num.image, 10) || 0, span: tokSpan(num) }];
     }
     const deep = real(c.StarStar);
     const star = deep ?? real(c.Star);
-    if (star) return { kind: 'wild', deep: deep !== undefined, span: tokSpan(star) };
+    if (star) return [{ kind: 'wild', deep: deep !== undefined, span: tokSpan(star) }];
     if (c.expression) {
       const expr = this.visit(c.expression) as A.Expr;
-      return { kind: 'interp', expr, span: join(tokSpan(real(c.LBrace)), join(expr.span, tokSpan(real(c.RBrace)))) };
+      return [{ kind: 'interp', expr, span: join(tokSpan(real(c.LBrace)), join(expr.span, tokSpan(real(c.RBrace)))) }];
     }
     return undefined;
   }
@@ -315,8 +325,7 @@ export class AstBuilder extends BaseVisitor {
     let acc = c.primary ? (this.visit(c.primary) as A.Expr) : errorAt(NO_SPAN);
     for (const n of ordered<CstNode>(c.segment, c.callArgs, c.indexArgs)) {
       if (n.name === 'segment') {
-        const segment = this.visit(n) as A.Segment | undefined;
-        if (segment) acc = { kind: 'member', object: acc, segment, span: join(acc.span, segment.span) };
+        for (const segment of (this.visit(n) as A.Segment[] | undefined) ?? []) acc = { kind: 'member', object: acc, segment, span: join(acc.span, segment.span) };
       } else if (n.name === 'callArgs') {
         acc = { kind: 'call', callee: acc, args: this.visit(n) as A.Arg[], span: join(acc.span, nodeSpan(n)) };
       } else {
@@ -353,8 +362,12 @@ export class AstBuilder extends BaseVisitor {
     if (num) {
       const span = tokSpan(num);
       const value = parseNumber(num.image);
-      if (!Number.isFinite(value)) this.report(span, 'VF1006', `number '${num.image}' is out of range`);
       const unit = real(c.unit);
+      if (!Number.isFinite(value)) {
+        // Reported here; an error node keeps the checks from judging a made-up value.
+        this.report(span, 'VF1006', `number '${num.image}' is out of range`);
+        return errorAt(unit ? join(span, tokSpan(unit)) : span);
+      }
       return { kind: 'number', text: num.image, value: Number.isFinite(value) ? value : 0, unit: unit?.image, span: unit ? join(span, tokSpan(unit)) : span };
     }
     const str = real(c.StringLiteral);

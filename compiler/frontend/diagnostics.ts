@@ -107,44 +107,50 @@ export class Diagnostics {
 export function renderDiagnostic(d: Diagnostic): string {
   const { line, col } = d.file.position(d.span.start);
   const head = `${d.file.path}:${line}:${col}: ${d.severity} ${d.code}: ${d.message}`;
-  const text = d.file.lineText(line);
-  const shown = printable(text);
   const gutter = String(line).length;
+  // A file that could not be read (missing, too large, not text) has no source to show.
+  if (d.file.text === '') return [head, ...(d.notes ?? []).map((note) => ` ${' '.repeat(gutter)} = ${note}`)].join('\n');
+  const text = d.file.lineText(line);
+  // A long line is shown as a window of MAX_LINE characters around the caret, cut ends marked with '…'.
+  const from = col - 1;
+  const winStart = text.length > MAX_LINE && from > MAX_LINE / 2 ? from - MAX_LINE / 2 : 0;
+  const winEnd = Math.min(text.length, winStart + MAX_LINE);
+  const shown = (winStart > 0 ? '…' : '') + printable(text.slice(winStart, winEnd)) + (winEnd < text.length ? '…' : '');
   // The caret covers the span on its first line (at least one column).
-  const endOnLine = Math.min(d.span.end, d.span.start + Math.max(1, text.length - (col - 1)));
-  const width = Math.max(1, Math.min(endOnLine - d.span.start, Math.max(1, text.length - col + 1)));
-  const pad = printable(text.slice(0, col - 1)).replace(/[^\t]/g, ' ');
+  const width = Math.max(1, printable(text.slice(from, from + Math.min(d.span.end - d.span.start, winEnd - from))).length);
+  const pad = (winStart > 0 ? ' ' : '') + printable(text.slice(winStart, from)).replace(/[^\t]/g, ' ');
   const lines = [head, ` ${line} | ${shown}`, ` ${' '.repeat(gutter)} | ${pad}${'^'.repeat(width)}`];
   for (const note of d.notes ?? []) lines.push(` ${' '.repeat(gutter)} = ${note}`);
   return lines.join('\n');
 }
 
-/** Control characters would garble a terminal: show them as `\xNN`, and cut very long lines. */
+const MAX_LINE = 400;
+
+/** Control characters would garble a terminal: show them as `\xNN`. */
 function printable(s: string): string {
-  const cut = s.length > 400 ? s.slice(0, 400) + '…' : s;
-  return cut.replace(/[\u0000-\u0008\u000b-\u001f\u007f]/g, (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`);
+  return s.replace(/[\u0000-\u0008\u000b-\u001f\u007f]/g, (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`);
 }
 
-/** Damerau-free Levenshtein distance, for "did you mean" suggestions. */
+/** Edit distance counting an adjacent swap as one edit (optimal string alignment), for "did you mean". */
 export function editDistance(a: string, b: string): number {
-  const prev = Array.from({ length: b.length + 1 }, (_, i) => i);
+  const d: number[][] = Array.from({ length: a.length + 1 }, (_, i) => [i, ...Array<number>(b.length).fill(0)]);
+  for (let j = 0; j <= b.length; j++) d[0][j] = j;
   for (let i = 1; i <= a.length; i++) {
-    let diag = prev[0];
-    prev[0] = i;
     for (let j = 1; j <= b.length; j++) {
-      const up = prev[j];
-      prev[j] = Math.min(prev[j] + 1, prev[j - 1] + 1, diag + (a[i - 1] === b[j - 1] ? 0 : 1));
-      diag = up;
+      const cost = a[i - 1] === b[j - 1] ? 0 : 1;
+      d[i][j] = Math.min(d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + cost);
+      if (i > 1 && j > 1 && a[i - 1] === b[j - 2] && a[i - 2] === b[j - 1]) d[i][j] = Math.min(d[i][j], d[i - 2][j - 2] + 1);
     }
   }
-  return prev[b.length];
+  return d[a.length][b.length];
 }
 
 /** The closest candidate within a distance that grows with the word's length, or undefined. */
 export function closest(word: string, candidates: Iterable<string>): string | undefined {
   let best: string | undefined;
   let bestDistance = Infinity;
-  const limit = Math.max(1, Math.floor(word.length / 3));
+  const limit = word.length <= 2 ? 0 : Math.max(1, Math.floor(word.length / 3));
+  if (word.length > 200) return undefined; // a pasted blob is not a typo
   for (const c of candidates) {
     const d = editDistance(word.toLowerCase(), c.toLowerCase());
     if (d < bestDistance || (d === bestDistance && best !== undefined && c < best)) {

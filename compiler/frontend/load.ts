@@ -92,6 +92,10 @@ export class Program {
     }
     const parts = decl.target.split('.').slice(1);
     const available = stdlibModules();
+    if (parts.length > 1 && available.includes(parts[0])) {
+      this.diags.error('VF2003', from.file, decl.targetSpan, `an import names a whole stdlib file, not a name inside it: write \`import std.${parts[0]}\``);
+      return undefined;
+    }
     if (parts.length !== 1 || !available.includes(parts[0])) {
       const name = parts.join('.');
       this.diags.error('VF2003', from.file, decl.targetSpan, `there is no stdlib module '${name}' (available: ${available.join(', ')})${didYouMean(name, available)}`);

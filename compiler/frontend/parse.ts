@@ -30,7 +30,12 @@ export function decodeSource(path: string, bytes: Uint8Array, diags: Diagnostics
   try {
     text = new TextDecoder('utf-8', { fatal: true }).decode(bytes);
   } catch {
-    diags.error('VF1005', at0, { start: 0, end: 0 }, 'file is not valid UTF-8 text (is it a binary file?)');
+    // Point at the first bad byte, showing its line with replacement characters.
+    const bad = firstInvalidUtf8(bytes);
+    const lossy = new SourceFile(path, new TextDecoder('utf-8').decode(bytes));
+    const at = bad < bytes.length ? new TextDecoder('utf-8').decode(bytes.subarray(0, bad)).length : 0;
+    const byte = bad < bytes.length ? ` (byte 0x${bytes[bad].toString(16).padStart(2, '0')} at offset ${bad})` : '';
+    diags.error('VF1005', lossy, { start: at, end: at + 1 }, `file is not valid UTF-8 text${byte}; is it a binary file?`);
     return undefined;
   }
   const nul = text.indexOf('\0');
@@ -46,10 +51,15 @@ export function parseSource(file: SourceFile, diags: Diagnostics): Parsed {
   let out;
   try {
     out = parseText(file.text);
+    // An unclosed block comment or string would make the rest of the file (or line) read as code and bury
+    // the real error under echoes: report it, blank it out and parse again.
+    const repaired = repairUnclosed(file, out, diags);
+    if (repaired !== file.text) out = parseText(repaired);
   } catch (e) {
     // chevrotain recurses per nesting level: absurd nesting exhausts the stack.
     if (e instanceof RangeError) {
-      diags.error('VF1009', file, { start: 0, end: 0 }, 'input is nested too deeply to parse');
+      const at = deepestBracket(file.text);
+      diags.error('VF1009', file, { start: at.offset, end: at.offset + 1 }, `input is nested too deeply to parse (${at.depth} levels of brackets)`);
       return { file, ast: EMPTY, comments: [] };
     }
     throw e;
@@ -59,6 +69,8 @@ export function parseSource(file: SourceFile, diags: Diagnostics): Parsed {
   const seenLines = new Set<number>();
   for (const e of out.parseErrors) {
     const d = describeParseError(file, e);
+    const typo = misspeltKeyword(file, out.tokens, d.span.start);
+    if (typo) Object.assign(d, typo);
     const line = file.position(d.span.start).line;
     if (seenLines.has(line)) continue;
     seenLines.add(line);
@@ -74,6 +86,81 @@ export function parseSource(file: SourceFile, diags: Diagnostics): Parsed {
   return { file, ast, comments: out.comments };
 }
 
+/**
+ * Reports an unclosed block comment (the lexer reads a lone `/*` as '/' '*') and strings not closed on their
+ * line; returns the text with the comment blanked to the end of the file and each such string turned into
+ * `""` plus spaces (offsets unchanged), or the text itself when there is neither.
+ */
+function repairUnclosed(file: SourceFile, out: ReturnType<typeof parseText>, diags: Diagnostics): string {
+  let text = file.text;
+  const toks = out.tokens;
+  let comment = text.length;
+  for (let i = 0; i + 1 < toks.length; i++) {
+    if (toks[i].image === '/' && toks[i + 1].image.startsWith('*') && toks[i + 1].startOffset === toks[i].startOffset + 1) {
+      comment = toks[i].startOffset;
+      break;
+    }
+  }
+  for (const e of out.lexErrors) {
+    if (e.offset >= comment || text[e.offset] !== '"') continue;
+    diags.error('VF1002', file, { start: e.offset, end: e.offset + 1 }, 'string is not closed on this line (strings cannot span lines)');
+    let end = text.indexOf('\n', e.offset);
+    if (end < 0) end = text.length;
+    if (text[end - 1] === '\r') end--;
+    const n = end - e.offset;
+    text = text.slice(0, e.offset) + (n >= 2 ? '""' + ' '.repeat(n - 2) : ' ') + text.slice(end);
+  }
+  if (comment < text.length) {
+    diags.error('VF1003', file, { start: comment, end: comment + 2 }, "block comment is never closed with '*/' (everything after it is ignored)");
+    text = text.slice(0, comment) + text.slice(comment).replace(/[^\r\n]/g, ' ');
+  }
+  return text;
+}
+
+/** Where brackets nest deepest (the first opening bracket at the greatest depth), for the VF1009 caret. */
+function deepestBracket(text: string): { offset: number; depth: number } {
+  let depth = 0;
+  let best = { offset: 0, depth: 0 };
+  for (let i = 0; i < text.length; i++) {
+    const c = text[i];
+    if (c === '"') {
+      while (++i < text.length && text[i] !== '"' && text[i] !== '\n') if (text[i] === '\\') i++;
+    } else if (c === '/' && text[i + 1] === '/') {
+      while (i < text.length && text[i] !== '\n') i++;
+    } else if (c === '/' && text[i + 1] === '*') {
+      const close = text.indexOf('*/', i + 2);
+      i = close < 0 ? text.length : close + 1;
+    } else if (c === '(' || c === '[' || c === '{') {
+      if (++depth > best.depth) best = { offset: i, depth };
+    } else if (c === ')' || c === ']' || c === '}') {
+      depth = Math.max(0, depth - 1);
+    }
+  }
+  return best;
+}
+
+/** The byte offset of the first byte that is not part of a well-formed UTF-8 sequence (bytes.length if none). */
+function firstInvalidUtf8(b: Uint8Array): number {
+  let i = 0;
+  while (i < b.length) {
+    const c = b[i];
+    if (c < 0x80) {
+      i++;
+      continue;
+    }
+    const n = c >= 0xc2 && c <= 0xdf ? 1 : c >= 0xe0 && c <= 0xef ? 2 : c >= 0xf0 && c <= 0xf4 ? 3 : 0;
+    if (n === 0 || i + n >= b.length) return i;
+    let cp = c & (0x3f >> n);
+    for (let k = 1; k <= n; k++) {
+      if ((b[i + k] & 0xc0) !== 0x80) return i;
+      cp = (cp << 6) | (b[i + k] & 0x3f);
+    }
+    if (cp < [0, 0x80, 0x800, 0x10000][n] || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) return i;
+    i += n + 1;
+  }
+  return b.length;
+}
+
 function reportLexError(file: SourceFile, e: { offset: number; length: number; message: string }, diags: Diagnostics): void {
   const ch = file.text[e.offset];
   const span = { start: e.offset, end: e.offset + 1 };
@@ -84,6 +171,29 @@ function reportLexError(file: SourceFile, e: { offset: number; length: number; m
     const shown = cp < 32 || cp === 127 ? `\\x${cp.toString(16).padStart(2, '0')}` : String.fromCodePoint(cp);
     diags.error('VF1001', file, { start: e.offset, end: e.offset + (cp > 0xffff ? 2 : 1) }, `unexpected character '${shown}'`);
   }
+}
+
+const STATEMENT_KEYWORDS = ['import', 'module', 'input', 'param', 'let', 'output', 'repeat'];
+
+/**
+ * A line that starts `WORD NAME` with WORD a near miss of a keyword (`improt std.heads`, `lett a = x`) fails
+ * to parse further on; the misspelt word is the problem, so the error goes there.
+ */
+function misspeltKeyword(file: SourceFile, tokens: readonly IToken[], at: number): { span: Span; message: string } | undefined {
+  const lineStart = at - (file.position(at).col - 1);
+  let lo = 0;
+  let hi = tokens.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >> 1;
+    if (tokens[mid].startOffset < lineStart) lo = mid + 1;
+    else hi = mid;
+  }
+  const first = tokens[lo];
+  const next = tokens[lo + 1];
+  if (!first || first.startOffset > at || first.tokenType.name !== 'Identifier' || next?.tokenType.name !== 'Identifier') return undefined;
+  const kw = closest(first.image, STATEMENT_KEYWORDS);
+  if (!kw || kw === first.image) return undefined;
+  return { span: { start: first.startOffset, end: first.startOffset + first.image.length }, message: `'${first.image}' is not a keyword; did you mean '${kw}'?` };
 }
 
 /** What the rule at the top of the parser's stack was reading, for messages. */

@@ -5,6 +5,8 @@
 // It never throws: every failure becomes `{ ok: false, error }`.
 
 export interface ProbeAdapterInfo {
+  /** A short display name: the driver's description up to its first ': ' (e.g. "llvmpipe"), else device. */
+  name: string;
   vendor: string;
   architecture: string;
   device: string;
@@ -22,6 +24,8 @@ export interface ProbeResult {
   /** True when the compute dispatch's output was read back and matched the expected values. */
   verified?: boolean;
   error?: string;
+  /** What to do about the error, when known (e.g. which driver to install). */
+  hint?: string;
 }
 
 export interface ProbeOptions {
@@ -76,11 +80,11 @@ async function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<
   }
 }
 
-function hint(backend: string | undefined): string {
+function driverHint(backend: string | undefined): string | undefined {
   if (process.platform === 'linux' && (backend === undefined || backend === 'vulkan')) {
-    return ' (on a machine without a GPU install the Vulkan loader and Mesa >= 25 lavapipe: `bash scripts/setup.sh` does this on Debian and Ubuntu)';
+    return 'on a machine without a GPU, install the Vulkan loader and Mesa >= 25 lavapipe; `bash scripts/setup.sh` does this on Debian and Ubuntu';
   }
-  return '';
+  return undefined;
 }
 
 /** Probe for a working WebGPU adapter. Never throws. */
@@ -121,23 +125,27 @@ export async function probeWebGPU(options: ProbeOptions = {}): Promise<ProbeResu
     try {
       adapter = await withTimeout(gpu.requestAdapter(), timeoutMs, 'requestAdapter');
     } catch (e) {
-      result.error = `requestAdapter failed: ${message(e)}${hint(backend)}`;
+      result.error = `requestAdapter failed: ${message(e)}`;
       return result;
     }
     if (!adapter) {
-      result.error = `no adapter${backend !== undefined ? ` for backend=${backend}` : ''}${hint(backend)}`;
+      result.error = `no adapter${backend !== undefined ? ` for backend=${backend}` : ''}`;
+      const hint = driverHint(backend);
+      if (hint) result.hint = hint;
       return result;
     }
 
     const info = adapter.info;
     const legacyFallback = (adapter as unknown as { isFallbackAdapter?: unknown }).isFallbackAdapter;
     result.adapter = {
+      name: '',
       vendor: info?.vendor ?? '',
       architecture: info?.architecture ?? '',
       device: info?.device ?? '',
       description: info?.description ?? '',
       isFallbackAdapter: Boolean(info?.isFallbackAdapter ?? legacyFallback ?? false),
     };
+    result.adapter.name = adapterName(result.adapter);
     result.features = [...adapter.features].map(String).sort();
 
     try {
@@ -238,11 +246,17 @@ async function shutdown(device: GPUDevice | undefined, buffers: (GPUBuffer | und
   }
 }
 
+/** A short display name for an adapter, e.g. "llvmpipe" for "llvmpipe: Mesa 25.0.7 (LLVM 15.0.6)". */
+export function adapterName(a: Omit<ProbeAdapterInfo, 'name'>): string {
+  const d = a.description.split(': ')[0].trim();
+  return d || a.device || a.architecture || a.vendor || 'unnamed adapter';
+}
+
 /** One human line describing a probe result, e.g. `webgpu: ok (llvmpipe, software adapter, vulkan)`. */
 export function describeProbe(r: ProbeResult): string {
-  if (!r.ok) return `webgpu: no working adapter: ${r.error ?? 'unknown error'}`;
+  if (!r.ok) return `webgpu: no working adapter: ${r.error ?? 'unknown error'}${r.hint ? ` (${r.hint})` : ''}`;
   const a = r.adapter;
-  const name = a ? a.device || a.description || a.architecture || a.vendor || 'unnamed adapter' : 'unnamed adapter';
+  const name = a ? a.name || adapterName(a) : 'unnamed adapter';
   const parts = [name, a?.isFallbackAdapter ? 'software adapter' : 'hardware adapter'];
   if (r.backend) parts.push(r.backend);
   return `webgpu: ok (${parts.join(', ')})`;

@@ -16,6 +16,7 @@ test('probeWebGPU finds a working adapter and verifies a compute dispatch', asyn
   assert.equal(typeof r.adapter.device, 'string');
   assert.equal(typeof r.adapter.description, 'string');
   assert.equal(typeof r.adapter.isFallbackAdapter, 'boolean');
+  assert.ok(r.adapter.name.length > 0, 'adapter has no display name');
   assert.ok(
     [r.adapter.vendor, r.adapter.architecture, r.adapter.device, r.adapter.description].some((s) => s.length > 0),
     'adapter info has no name at all',
