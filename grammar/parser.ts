@@ -416,7 +416,10 @@ export class VisftParser extends CstParser {
             GATE: () => {
               const unit = this.LA(1);
               const num = this.LA(0);
-              return unit.tokenType === T.Identifier && UNITS.test(unit.image) && unit.startLine === num.endLine && this.LA(2).tokenType !== T.Colon && this.LA(2).tokenType !== T.LBrace;
+              // ... nor the start of a nested block (`lr: 1e-4 task t { ... }`).
+              const next = this.LA(2).tokenType;
+              const nestedBlock = next === T.LBrace || ((next === T.Identifier || next === T.StringLiteral) && this.LA(3).tokenType === T.LBrace);
+              return unit.tokenType === T.Identifier && UNITS.test(unit.image) && unit.startLine === num.endLine && next !== T.Colon && !nestedBlock;
             },
             DEF: () => this.CONSUME(T.Identifier, { LABEL: 'unit' }),
           });

@@ -33,8 +33,23 @@ export const As = keyword('as');
 export const KEYWORDS = [Import, Module, Param, Input, Output, Let, Repeat, If, Else, True, False, And, Or, Not, On, As, In];
 export const KEYWORD_WORDS = KEYWORDS.map((t) => String(t.LABEL).slice(1, -1));
 
-// A number: digits, optional fraction, optional exponent, optional scale suffix (k, M).
-export const NumberLiteral = createToken({ name: 'NumberLiteral', pattern: /\d+(?:\.\d+)?(?:[eE][+-]?\d+)?[kM]?/, label: 'number' });
+// A number: digits, optional fraction, optional exponent, optional scale suffix (k, M). Right after a `.`
+// it is a path index, digits only, so `layers.0.1.weight` is two indices rather than the number 0.1.
+const NUMBER = /\d+(?:\.\d+)?(?:[eE][+-]?\d+)?[kM]?/y;
+const INDEX = /\d+/y;
+export const NumberLiteral = createToken({
+  name: 'NumberLiteral',
+  pattern: {
+    exec: (text: string, offset: number) => {
+      const re = text[offset - 1] === '.' && text[offset - 2] !== '.' ? INDEX : NUMBER;
+      re.lastIndex = offset;
+      return re.exec(text);
+    },
+  },
+  line_breaks: false,
+  start_chars_hint: ['0', '1', '2', '3', '4', '5', '6', '7', '8', '9'],
+  label: 'number',
+});
 export const StringLiteral = createToken({ name: 'StringLiteral', pattern: /"(?:[^"\\\n\r]|\\.)*"/, label: 'string' });
 
 const punct = (name: string, text: string): TokenType =>

@@ -197,7 +197,7 @@ function checkStage(stage: Decl, ctx: Ctx): void {
     for (const e of mix.block.entries) {
       if (e.kind !== 'property') continue;
       sum += constNumber(e.value) ?? 0;
-      if (taskBlocks.length && !taskBlocks.some((b) => b.label === e.key)) {
+      if (taskBlocks.length && !taskBlocks.some((b) => b.label === e.key) && ctx.scope.get(e.key)?.kind === 'task') {
         ctx.diags.error('VF3011', ctx.file, e.keySpan, `task '${e.key}' is mixed but has no \`task ${e.key} { ... }\` block in stage '${stage.name}'`);
       }
     }

@@ -304,7 +304,7 @@ class BodyChecker {
       case 'assign':
         this.expr(s.value);
         if (!this.vars.get(s.name)) {
-          ctx.diags.error('VF4006', ctx.file, s.nameSpan, `'${s.name}' is not bound yet: write \`let ${s.name} = ...\`${didYouMean(s.name, this.vars.all())}`);
+          ctx.diags.error('VF4006', ctx.file, s.nameSpan, `'${s.name}' is not bound yet: write \`let ${s.name} = ...\`${didYouMean(s.name, this.vars.all().filter((n) => this.vars.get(n) !== 'loop' && this.vars.get(n) !== 'symbol'))}`);
           this.vars.define(s.name, 'tensor');
         } else if (this.vars.get(s.name) === 'loop' || this.vars.get(s.name) === 'symbol') {
           ctx.diags.error('VF4006', ctx.file, s.nameSpan, `'${s.name}' is a ${this.vars.get(s.name) === 'loop' ? 'loop variable' : 'shape symbol'} and cannot be rebound`);
@@ -395,7 +395,9 @@ class BodyChecker {
       case 'as': {
         const inner = unparen(u.expr);
         const callee = inner.kind === 'call' ? unparen(inner.callee) : undefined;
-        if (!callee || callee.kind !== 'name' || !this.signatureOf(callee.name)) {
+        // (an unknown callee has its own error already)
+        const unknown = callee?.kind === 'name' && !isOpName(callee.name) && !this.ctx.scope.has(callee.name);
+        if (!unknown && (!callee || callee.kind !== 'name' || !this.signatureOf(callee.name))) {
           ctx.diags.error('VF4010', ctx.file, u.span, '`as PATH` puts a module instance\'s parameters under PATH: it needs a module call before it');
         }
         for (const seg of u.path.segments) if (seg.kind === 'interp') this.expr(seg.expr);

@@ -116,6 +116,7 @@ const DESCRIBE: Record<string, string> = {
 export function describe(e: Expr): string {
   const u = unparen(e);
   if (u.kind === 'number' && u.unit) return `a duration ('${u.text} ${u.unit}')`;
+  if (u.kind === 'bool') return `'${u.value}'`;
   return DESCRIBE[u.kind] ?? u.kind;
 }
 

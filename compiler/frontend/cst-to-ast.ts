@@ -147,7 +147,7 @@ export class AstBuilder extends BaseVisitor {
     if (!c.block) return undefined;
     const block = this.visit(c.block) as A.Block;
     const labelTok = real(c.label);
-    const label = labelTok ? (labelTok.image.startsWith('"') ? labelTok.image : labelTok.image) : undefined;
+    const label = labelTok?.image;
     return { kind: 'nested', key: key.image, keySpan: tokSpan(key), label, labelSpan: labelTok ? tokSpan(labelTok) : undefined, block, span: join(tokSpan(key), block.span) };
   }
 
@@ -235,21 +235,11 @@ export class AstBuilder extends BaseVisitor {
     return { head: head.image, segments, span: join(tokSpan(head), last) };
   }
 
-  /** One segment, or two for `a.0.1`: the lexer reads `0.1` as one number, which after a dot can only be two indices. */
   segment(c: C.SegmentCstChildren, _p: unknown): A.Segment[] | undefined {
     const id = real(c.Identifier);
     if (id) return [{ kind: 'field', name: id.image, span: tokSpan(id) }];
     const num = real(c.NumberLiteral);
     if (num) {
-      const two = /^(\d+)\.(\d+)$/.exec(num.image);
-      if (two) {
-        const at = num.startOffset;
-        const split = at + two[1].length;
-        return [
-          { kind: 'index', value: Number.parseInt(two[1], 10), span: { start: at, end: split } },
-          { kind: 'index', value: Number.parseInt(two[2], 10), span: { start: split + 1, end: at + num.image.length } },
-        ];
-      }
       if (!/^\d+$/.test(num.image)) this.report(tokSpan(num), 'VF1006', `a path index must be a whole number, not '${num.image}'`);
       return [{ kind: 'index', value: Number.parseInt(num.image, 10) || 0, span: tokSpan(num) }];
     }

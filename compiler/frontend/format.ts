@@ -227,6 +227,7 @@ class Printer {
   private readonly trailing = new Map<Key, Comment[]>();
   private readonly dangling = new Map<Key, Comment[]>();
   private readonly header = new Map<Key, Comment[]>();
+  private readonly regions = new Map<number, Region>();
   private lineStarts: number[] = [];
   private printed = 0;
 
@@ -300,6 +301,12 @@ class Printer {
 
   /** The `{ ... }` that starts at the first `{` token at or after `from`. */
   private region(from: number): Region {
+    let r = this.regions.get(from);
+    if (!r) this.regions.set(from, (r = this.findRegion(from)));
+    return r;
+  }
+
+  private findRegion(from: number): Region {
     let lo = 0;
     let hi = this.tokens.length;
     while (lo < hi) {
@@ -324,7 +331,7 @@ class Printer {
   }
 
   private placeInFile(ast: A.FileAst, c: Comment): void {
-    const item = ast.items.find((it) => inside(c, it.span));
+    const item = containing(ast.items, c);
     if (!item) return this.placeBetween(ast, ast.items, undefined, c);
     if (item.kind === 'module' && item.body) {
       const last = item.params.length ? item.params[item.params.length - 1].span.end : item.nameSpan.end;
@@ -338,12 +345,10 @@ class Printer {
 
   /** Between the children of a region: trailing the previous one, after the `{`, leading the next, or before `}`. */
   private placeBetween(key: Key, children: readonly { readonly span: A.Span }[], r: Region | undefined, c: Comment): void {
-    let prev: { readonly span: A.Span } | undefined;
-    let next: { readonly span: A.Span } | undefined;
-    for (const ch of children) {
-      if (ch.span.end <= c.start) prev = ch;
-      else if (!next && ch.span.start >= c.end) next = ch;
-    }
+    // Children are in source order and do not overlap; the comment is in none of them.
+    const i = firstEndingAfter(children, c.start);
+    const prev = i > 0 ? children[i - 1] : undefined;
+    const next = i < children.length ? children[i] : undefined;
     if (prev && this.lineOf(prev.span.end - 1) === this.lineOf(c.start)) this.add(this.trailing, prev, c);
     else if (!prev && r && this.lineOf(r.open) === this.lineOf(c.start)) this.add(this.header, key, c);
     else if (next) this.add(this.leading, next, c);
@@ -351,7 +356,7 @@ class Printer {
   }
 
   private placeInStmts(stmts: readonly A.Stmt[], r: Region, c: Comment): void {
-    const s = stmts.find((x) => inside(c, x.span));
+    const s = containing(stmts, c);
     if (!s) return this.placeBetween(stmts, stmts, r, c);
     if (s.kind === 'param' && s.block && within(c, this.blockRegion(s.block))) return this.placeInBlock(s.block, c);
     if (s.kind === 'repeat') {
@@ -381,7 +386,7 @@ class Printer {
   }
 
   private placeInBlock(b: A.Block, c: Comment): void {
-    const e = b.entries.find((x) => inside(c, x.span));
+    const e = containing(b.entries, c);
     if (!e) return this.placeBetween(b, b.entries, this.blockRegion(b), c);
     if (e.kind === 'nested' && within(c, this.blockRegion(e.block))) return this.placeInBlock(e.block, c);
     this.add(this.leading, e, c);
@@ -617,6 +622,24 @@ class Printer {
   private type(t: A.TypeExpr): Doc {
     return [t.name ?? '', t.dims ? bracketed('[', t.dims.map((d) => this.expr(d)), ']', false) : ''];
   }
+}
+
+/** The index of the first child (in source order) that ends after `offset`. */
+function firstEndingAfter(children: readonly { readonly span: A.Span }[], offset: number): number {
+  let lo = 0;
+  let hi = children.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >> 1;
+    if (children[mid].span.end <= offset) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
+}
+
+/** The child whose span holds the comment's start, if any. */
+function containing<T extends { readonly span: A.Span }>(children: readonly T[], c: Comment): T | undefined {
+  const ch = children[firstEndingAfter(children, c.start)];
+  return ch && inside(c, ch) ? ch : undefined;
 }
 
 function inside(c: Comment, x: { readonly span: A.Span } | A.Span): boolean {

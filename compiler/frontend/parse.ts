@@ -58,8 +58,8 @@ export function parseSource(file: SourceFile, diags: Diagnostics): Parsed {
   } catch (e) {
     // chevrotain recurses per nesting level: absurd nesting exhausts the stack.
     if (e instanceof RangeError) {
-      const at = deepestBracket(file.text);
-      diags.error('VF1009', file, { start: at.offset, end: at.offset + 1 }, `input is nested too deeply to parse (${at.depth} levels of brackets)`);
+      const at = nestingHotspot(file.text);
+      diags.error('VF1009', file, { start: at.offset, end: at.offset + 1 }, `input is nested too deeply to parse (${at.what})`);
       return { file, ast: EMPTY, comments: [] };
     }
     throw e;
@@ -81,9 +81,42 @@ export function parseSource(file: SourceFile, diags: Diagnostics): Parsed {
     ast = new AstBuilder((span, code, message) => diags.error(code, file, span, message)).visit(out.cst) as FileAst;
   } catch (e) {
     if (!(e instanceof RangeError)) throw e;
-    diags.error('VF1009', file, { start: 0, end: 0 }, 'input is nested too deeply to parse');
+    const at = nestingHotspot(file.text);
+    diags.error('VF1009', file, { start: at.offset, end: at.offset + 1 }, `input is nested too deeply to parse (${at.what})`);
+    ast = EMPTY;
   }
-  return { file, ast, comments: out.comments };
+  return { file, ast: limitDepth(ast, file, diags), comments: out.comments };
+}
+
+/** Deeper ASTs are refused: the checks recurse over expressions, and `a + b + c ...` nests one level per term. */
+export const MAX_AST_DEPTH = 500;
+
+/**
+ * Drops each top-level item whose AST is deeper than MAX_AST_DEPTH (long operator or `.` chains build such
+ * trees without any brackets), reporting where the limit was crossed. Iterative, so any depth is safe here.
+ */
+function limitDepth(ast: FileAst, file: SourceFile, diags: Diagnostics): FileAst {
+  let dropped = false;
+  const items = ast.items.filter((item) => {
+    const stack: [unknown, number][] = [[item, 1]];
+    while (stack.length) {
+      const [node, depth] = stack.pop()!;
+      if (Array.isArray(node)) {
+        for (const child of node) stack.push([child, depth]);
+        continue;
+      }
+      if (node === null || typeof node !== 'object' || !('span' in node)) continue;
+      if (depth > MAX_AST_DEPTH) {
+        const span = (node as { span: Span }).span;
+        diags.error('VF1009', file, { start: span.start, end: Math.min(span.end, span.start + 1) }, `expression nested too deeply (more than ${MAX_AST_DEPTH} levels; split long chains of operators)`);
+        dropped = true;
+        return false;
+      }
+      for (const [key, child] of Object.entries(node)) if (key !== 'span' && typeof child === 'object') stack.push([child, depth + 1]);
+    }
+    return true;
+  });
+  return dropped ? { ...ast, items } : ast;
 }
 
 /**
@@ -117,12 +150,27 @@ function repairUnclosed(file: SourceFile, out: ReturnType<typeof parseText>, dia
   return text;
 }
 
-/** Where brackets nest deepest (the first opening bracket at the greatest depth), for the VF1009 caret. */
-function deepestBracket(text: string): { offset: number; depth: number } {
+/**
+ * Where the parser most likely ran out of stack, for the VF1009 caret: the first opening bracket at the
+ * greatest depth, or the start of the longest run of prefix operators (`not not not ...`, `- - - 1`).
+ */
+function nestingHotspot(text: string): { offset: number; what: string } {
   let depth = 0;
-  let best = { offset: 0, depth: 0 };
+  let deepest = { offset: 0, depth: 0 };
+  let run = { offset: 0, length: 0 };
+  let longest = { offset: 0, length: 0 };
   for (let i = 0; i < text.length; i++) {
     const c = text[i];
+    if (c === ' ' || c === '\t' || c === '\r' || c === '\n') continue;
+    const prefix = c === '-' ? 1 : text.startsWith('not', i) && !/[A-Za-z0-9_]/.test(text[i + 3] ?? '') && !/[A-Za-z0-9_]/.test(text[i - 1] ?? '') ? 3 : 0;
+    if (prefix) {
+      if (run.length === 0) run = { offset: i, length: 0 };
+      run.length++;
+      if (run.length > longest.length) longest = { ...run };
+      i += prefix - 1;
+      continue;
+    }
+    run = { offset: 0, length: 0 };
     if (c === '"') {
       while (++i < text.length && text[i] !== '"' && text[i] !== '\n') if (text[i] === '\\') i++;
     } else if (c === '/' && text[i + 1] === '/') {
@@ -131,12 +179,14 @@ function deepestBracket(text: string): { offset: number; depth: number } {
       const close = text.indexOf('*/', i + 2);
       i = close < 0 ? text.length : close + 1;
     } else if (c === '(' || c === '[' || c === '{') {
-      if (++depth > best.depth) best = { offset: i, depth };
+      if (++depth > deepest.depth) deepest = { offset: i, depth };
     } else if (c === ')' || c === ']' || c === '}') {
       depth = Math.max(0, depth - 1);
     }
   }
-  return best;
+  return longest.length > deepest.depth
+    ? { offset: longest.offset, what: `${longest.length} prefix operators in a row` }
+    : { offset: deepest.offset, what: `${deepest.depth} levels of brackets` };
 }
 
 /** The byte offset of the first byte that is not part of a well-formed UTF-8 sequence (bytes.length if none). */

@@ -14,6 +14,7 @@ import { visftLexer } from '../../grammar/tokens.js';
 import { fileAst } from './arbitraries.js';
 
 const root = fileURLToPath(new URL('../../../', import.meta.url));
+/** Runs per property; `VISFT_FMT_RUNS=5000` for a longer search (about 25 s). */
 const NUM_RUNS = Number(process.env.VISFT_FMT_RUNS ?? 200);
 
 function parse(text: string, path = 'test.visft'): { parsed: Parsed; errors: string[] } {
@@ -321,6 +322,17 @@ test('comments: end of line, own line, after `{`, before `}`, inside expressions
       '// end of file',
       '',
     ].join('\n'),
+  );
+});
+
+test('paths with consecutive indices (`layers.0.1`: the lexer reads `0.1` as one number) print and parse back', () => {
+  const src = 'module m() {\n  param layers.0.1.weight: [2]\n  let y = x.2.3.{i}.4.5 as blocks.0.12\n}\n';
+  assert.equal(fmt(src), src);
+  const param = parseClean(src, 'example').ast.items[0];
+  assert.ok(param.kind === 'module' && param.body?.[0].kind === 'param');
+  assert.deepEqual(
+    param.body[0].path.segments.map((s) => (s.kind === 'index' ? s.value : s.kind === 'field' ? s.name : s.kind)),
+    [0, 1, 'weight'],
   );
 });
 
