@@ -418,7 +418,8 @@ export class VisftParser extends CstParser {
               const num = this.LA(0);
               // ... nor the start of a nested block (`lr: 1e-4 task t { ... }`).
               const next = this.LA(2).tokenType;
-              const nestedBlock = next === T.LBrace || ((next === T.Identifier || next === T.StringLiteral) && this.LA(3).tokenType === T.LBrace);
+              const labelled = (next === T.Identifier || next === T.StringLiteral) && this.LA(2).startLine === unit.startLine && this.LA(3).tokenType === T.LBrace;
+              const nestedBlock = next === T.LBrace || labelled;
               return unit.tokenType === T.Identifier && UNITS.test(unit.image) && unit.startLine === num.endLine && next !== T.Colon && !nestedBlock;
             },
             DEF: () => this.CONSUME(T.Identifier, { LABEL: 'unit' }),

@@ -8,7 +8,7 @@ export function runCheck(files: string[], opts: { json?: boolean }): number {
   if (opts.json) process.stdout.write(JSON.stringify({ ok: diags.errorCount === 0, diagnostics: diagnosticsJson(diags) }, null, 2) + '\n');
   else {
     printDiagnostics(diags);
-    const n = [...program.files.values()].filter(Boolean).length;
+    const n = Math.max(program.files.size, files.length);
     (diags.errorCount ? process.stderr : process.stdout).write(summary(diags, `checked ${n} file${n === 1 ? '' : 's'}`) + '\n');
   }
   return diags.errorCount ? 1 : 0;

@@ -58,7 +58,7 @@ export function checkFiles(paths: readonly string[], env: NodeJS.ProcessEnv = pr
   if (program.diags.errorCount === 0) {
     for (const root of roots) {
       try {
-        resolved.set(root, resolvePipeline(root, scopeOf(root), (s) => scopeOf(s.file), program.diags));
+        resolved.set(root, resolvePipeline(root, scopeOf(root), scopeOf, program.diags));
       } catch (e) {
         program.diags.error('VF0001', root.file, { start: 0, end: 0 }, `internal error while resolving this file (please report it): ${(e as Error).message}`);
       }

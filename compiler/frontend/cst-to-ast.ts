@@ -56,7 +56,7 @@ export class AstBuilder extends BaseVisitor {
 
   override visit(node: CstNode | CstNode[], param?: unknown): any {
     // Deeply nested input (thousands of parentheses) must become a diagnostic, not a stack overflow.
-    if (++this.depth > 400) {
+    if (++this.depth > 2500) {
       this.depth--;
       const n = Array.isArray(node) ? node[0] : node;
       this.report(nodeSpan(n), 'VF1009', 'expression nested too deeply');
@@ -240,7 +240,18 @@ export class AstBuilder extends BaseVisitor {
     if (id) return [{ kind: 'field', name: id.image, span: tokSpan(id) }];
     const num = real(c.NumberLiteral);
     if (num) {
-      if (!/^\d+$/.test(num.image)) this.report(tokSpan(num), 'VF1006', `a path index must be a whole number, not '${num.image}'`);
+      // The lexer reads digits right after a dot as an index, but after `. ` or a comment it sees `0.1`:
+      // after a dot that can only be two indices.
+      const two = /^(\d+)\.(\d+)$/.exec(num.image);
+      if (two) {
+        const at = num.startOffset;
+        const split = at + two[1].length;
+        return [
+          { kind: 'index', value: Number.parseInt(two[1], 10), span: { start: at, end: split } },
+          { kind: 'index', value: Number.parseInt(two[2], 10), span: { start: split + 1, end: at + num.image.length } },
+        ];
+      }
+      if (!/^\d+$/.test(num.image)) this.report(tokSpan(num), 'VF1006', `a path index is written in plain digits (such as 3), not '${num.image}'`);
       return [{ kind: 'index', value: Number.parseInt(num.image, 10) || 0, span: tokSpan(num) }];
     }
     const deep = real(c.StarStar);

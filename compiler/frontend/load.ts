@@ -41,7 +41,7 @@ export class Program {
 
   private read(abs: string, shown: string): Uint8Array | string {
     try {
-      if (statSync(abs).isDirectory()) return `'${shown}' is a directory, not a .visft file`;
+      if (statSync(abs).isDirectory()) return `'${shown}' is a directory, not a .visft file (to check the files in it: visft check ${shown.replace(/\/$/, '')}/*.visft)`;
       return readFileSync(abs);
     } catch (e) {
       const code = (e as NodeJS.ErrnoException).code;

@@ -255,6 +255,8 @@ const RULE_CONTEXT: Record<string, string> = {
   typeExpr: 'expected a type such as `f32[B, N, 96]`, `[width]` or `int`',
   segment: 'expected a path segment (name, index, `*`, `**` or `{expr}`) after `.`',
   declaration: 'a declaration is `KIND NAME (= VALUE)? (on TARGET)? { ... }`',
+  importDecl: 'an import is `import std.NAME` or `import "./file.visft"`',
+  dottedName: 'an import is `import std.NAME` or `import "./file.visft"`',
 };
 
 function describeParseError(file: SourceFile, e: IRecognitionException): { span: Span; message: string } {
@@ -262,11 +264,9 @@ function describeParseError(file: SourceFile, e: IRecognitionException): { span:
   const prev = (e as { previousToken?: IToken }).previousToken;
   const atEof = !tok || tok.tokenType?.name === 'EOF' || !Number.isFinite(tok.startOffset);
   // Recovery-inserted and EOF tokens have no position: attach the error just after the previous token.
-  const span: Span = atEof
-    ? prev && Number.isFinite(prev.endOffset)
-      ? { start: (prev.endOffset as number) + 1, end: (prev.endOffset as number) + 2 }
-      : { start: file.text.length, end: file.text.length }
-    : { start: tok.startOffset, end: (tok.endOffset ?? tok.startOffset) + 1 };
+  const len = file.text.length;
+  const after = prev && Number.isFinite(prev.endOffset) ? Math.min((prev.endOffset as number) + 1, len) : len;
+  const span: Span = atEof ? { start: after, end: Math.min(after + 1, len) } : { start: tok.startOffset, end: (tok.endOffset ?? tok.startOffset) + 1 };
   const found = atEof ? 'end of file' : `'${tok.image}'`;
   const rule = e.context?.ruleStack?.[e.context.ruleStack.length - 1] ?? '';
   let message: string;

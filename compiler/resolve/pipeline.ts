@@ -43,14 +43,18 @@ function items(e: Expr | undefined): Expr[] {
   return u.kind === 'list' ? [...u.items] : [u];
 }
 
-export function resolvePipeline(file: LoadedFile, scope: Scope, scopeOf: (s: ModuleSym) => Scope, diags: Diagnostics): ResolvedPipeline {
+export function resolvePipeline(file: LoadedFile, scope: Scope, scopeOfFile: (f: LoadedFile) => Scope, diags: Diagnostics): ResolvedPipeline {
+  const scopeOf = (s: ModuleSym) => scopeOfFile(s.file);
   const src = file.file;
   const decls = [...scope.values()].filter((s): s is Extract<Symbol, { node: Decl }> => s.kind !== 'module');
   const of = (kind: string) => decls.filter((s) => s.kind === kind).map((s) => s.node);
+  // A declaration's module resolves in the scope of the file that declares it (imports are not transitive).
+  const declaredIn = new Map(decls.map((s) => [s.node, s.file] as const));
   const instance = (d: Decl): { module: string; tensors: ParamInfo[] } | undefined => {
     const v = d.value ? unparen(d.value) : undefined;
     const callee = v?.kind === 'call' ? unparen(v.callee) : v;
-    const sym = callee?.kind === 'name' ? scope.get(callee.name) : undefined;
+    const home = declaredIn.get(d);
+    const sym = callee?.kind === 'name' ? (home ? scopeOfFile(home) : scope).get(callee.name) : undefined;
     if (!sym || sym.kind !== 'module' || !callee || callee.kind !== 'name') return undefined;
     const args = new Map<string, ShapeValue>();
     for (const a of v?.kind === 'call' ? v.args : []) {
