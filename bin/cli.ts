@@ -55,6 +55,36 @@ function program(): Command {
     });
 
   cmd
+    .command('compile')
+    .description('lower a pipeline entry (or one primitive op) to a typed graph and write an executable bundle')
+    .argument('[file]', 'a pipeline .visft file')
+    .option('--entry <name>', 'a backbone, head or module of the file')
+    .option('--op <name>', 'compile one primitive op instead')
+    .option('--stage <name>', 'apply the stage\'s LoRA and take its trainable parameters')
+    .option('--vjp', 'also compute gradients: takes d:<output>, returns d:<param> (d:<input> for --op)')
+    .option('--shape <spec...>', 'input shapes, NAME=AxBxC', [])
+    .option('--attr <spec...>', 'op attributes for --op, KEY=VALUE', [])
+    .option('--emit <form>', 'print an intermediate form: ir')
+    .option('--no-optimize', 'skip the optimisation passes (DCE, CSE, constant folding, simplification)')
+    .option('-o, --output <file>', 'the bundle to write (.visftx)')
+    .action(async (file: string | undefined, opts: import('./commands/compile.js').CompileOptions) => {
+      process.exitCode = (await import('./commands/compile.js')).runCompile(file, opts);
+    });
+
+  cmd
+    .command('run')
+    .description('run a bundle: weights and inputs in, outputs out (safetensors)')
+    .argument('<bundle>', 'a .visftx bundle')
+    .option('--weights <file...>', 'weights (.safetensors, .pth/.pt/.ckpt); several files are merged')
+    .option('--inputs <file>', 'inputs by name (.safetensors)')
+    .option('--outputs <file>', 'where to write the outputs (.safetensors)')
+    .option('--backend <name>', 'cpu (the float64 reference) or gpu', 'cpu')
+    .option('--f64', 'write outputs as float64 (default float32)')
+    .action(async (bundle: string, opts: import('./commands/run.js').RunOptions) => {
+      process.exitCode = (await import('./commands/run.js')).runRun(bundle, opts);
+    });
+
+  cmd
     .command('grammar')
     .description('export the grammar: railroad diagrams (offline HTML) or the serialized grammar (JSON)')
     .addOption(new Option('--html <file>', 'write railroad diagrams to an HTML file'))

@@ -5,6 +5,7 @@ import { closest, didYouMean } from '../frontend/diagnostics.js';
 import { isOpName, OPS, type OpSignature } from '../ops/catalog.js';
 import type { Symbol } from './scope.js';
 import { checkUnits, syntaxErrorWithin, unparen, visitExpr, type Ctx } from './values.js';
+import { Scopes } from '../util/scopes.js';
 
 export const DTYPES = ['f32', 'f16', 'bf16', 'i32', 'i64', 'u8', 'bool'];
 export const SCALAR_TYPES = ['int', 'float', 'bool', 'str'];
@@ -93,32 +94,8 @@ export function pathKey(p: Path): string {
 
 type VarKind = 'shape' | 'tensor' | 'loop' | 'symbol';
 
-/** Lexical scopes of a module body. */
-class Vars {
-  private readonly frames: Map<string, VarKind>[] = [new Map()];
-  push(): void {
-    this.frames.push(new Map());
-  }
-  pop(): void {
-    this.frames.pop();
-  }
-  get(name: string): VarKind | undefined {
-    for (let i = this.frames.length - 1; i >= 0; i--) {
-      const k = this.frames[i].get(name);
-      if (k) return k;
-    }
-    return undefined;
-  }
-  inInnermost(name: string): boolean {
-    return this.frames[this.frames.length - 1].has(name);
-  }
-  define(name: string, kind: VarKind): void {
-    this.frames[this.frames.length - 1].set(name, kind);
-  }
-  all(): string[] {
-    return this.frames.flatMap((f) => [...f.keys()]);
-  }
-}
+/** Lexical scopes of a module body: what each name is. */
+class Vars extends Scopes<VarKind> {}
 
 /** Checks one module declaration (a body or a specialisation) in its file's scope. */
 export function checkModule(m: ModuleDecl, ctx: Ctx, signatureOf: (name: string) => ModuleSig | undefined): void {

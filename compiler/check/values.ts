@@ -5,6 +5,7 @@ import { didYouMean, type Diagnostics } from '../frontend/diagnostics.js';
 import type { SourceFile } from '../frontend/source.js';
 import type { DeclKind, ValueType } from './schema.js';
 import type { Scope } from './scope.js';
+import { scalarBinary, scalarUnary } from '../util/scalar.js';
 
 export interface Ctx {
   readonly file: SourceFile;
@@ -27,21 +28,12 @@ export function constNumber(e: Expr): number | undefined {
     case 'number':
       return e.unit === undefined ? e.value : undefined;
     case 'unary': {
-      const v = e.op === '-' ? constNumber(e.operand) : undefined;
-      return v === undefined ? undefined : -v;
+      const v = scalarUnary(e.op, constNumber(e.operand));
+      return typeof v === 'number' ? v : undefined;
     }
     case 'binary': {
-      const a = constNumber(e.left);
-      const b = constNumber(e.right);
-      if (a === undefined || b === undefined) return undefined;
-      switch (e.op) {
-        case '+': return a + b;
-        case '-': return a - b;
-        case '*': return a * b;
-        case '/': return b === 0 ? undefined : a / b;
-        case '%': return b === 0 ? undefined : a % b;
-        default: return undefined;
-      }
+      const v = scalarBinary(e.op, constNumber(e.left), constNumber(e.right));
+      return typeof v === 'number' ? v : undefined;
     }
     default:
       return undefined;

@@ -6,6 +6,7 @@ import type { Diagnostics } from '../frontend/diagnostics.js';
 import type { SourceFile } from '../frontend/source.js';
 import type { Scope, Symbol } from '../check/scope.js';
 import { unparen, visitExpr } from '../check/values.js';
+import { scalarBinary, scalarUnary } from '../util/scalar.js';
 
 export type ShapeValue = number | boolean | string;
 
@@ -51,38 +52,10 @@ export function evalShape(e: Expr, env: Map<string, ShapeValue | undefined>): Sh
       for (let i = a; u.exclusive ? i < b : i <= b; i++) out.push(i);
       return out;
     }
-    case 'unary': {
-      const v = evalShape(u.operand, env);
-      if (u.op === '-' && typeof v === 'number') return -v;
-      if (u.op === 'not' && typeof v === 'boolean') return !v;
-      return undefined;
-    }
-    case 'binary': {
-      const a = evalShape(u.left, env);
-      const b = evalShape(u.right, env);
-      if (u.op === 'and' || u.op === 'or') {
-        if (typeof a !== 'boolean' || typeof b !== 'boolean') return undefined;
-        return u.op === 'and' ? a && b : a || b;
-      }
-      if (u.op === '==' || u.op === '!=') {
-        if (a === undefined || b === undefined || Array.isArray(a) || Array.isArray(b)) return undefined;
-        return u.op === '==' ? a === b : a !== b;
-      }
-      if (typeof a !== 'number' || typeof b !== 'number') return undefined;
-      switch (u.op) {
-        case '+': return a + b;
-        case '-': return a - b;
-        case '*': return a * b;
-        // Shape division is integer division when exact, as in the original's int arithmetic.
-        case '/': return b === 0 ? undefined : a / b;
-        case '%': return b === 0 ? undefined : a % b;
-        case '<': return a < b;
-        case '<=': return a <= b;
-        case '>': return a > b;
-        case '>=': return a >= b;
-      }
-      return undefined;
-    }
+    case 'unary':
+      return scalarUnary(u.op, evalShape(u.operand, env));
+    case 'binary':
+      return scalarBinary(u.op, evalShape(u.left, env), evalShape(u.right, env));
     default:
       return undefined;
   }

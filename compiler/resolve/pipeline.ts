@@ -15,6 +15,8 @@ export interface LoraTarget {
   readonly param: string;
   /** Selected output rows, as [start, end) ranges. */
   readonly rows: [number, number][];
+  /** All output rows of the parameter (the projection's width). */
+  readonly param_rows: number;
   readonly rank: number;
   readonly alpha: number;
   /** Sizes of lora_A ([rank * ranges, in]) and lora_B ([rows, rank]), as loralib's MergedLinear. */
@@ -89,7 +91,7 @@ export function resolvePipeline(file: LoadedFile, scope: Scope, scopeOfFile: (f:
         const rows = m.rows;
         const selectedRows = rows.reduce((n, [a, b]) => n + b - a, 0);
         const inFeatures = m.param.shape.slice(1).reduce((a, b) => a * b, 1);
-        targets.push({ param: m.param.path, rows, rank, alpha, lora_A: [rank * rows.length, inFeatures], lora_B: [selectedRows, rank] });
+        targets.push({ param: m.param.path, rows, param_rows: m.param.shape[0] ?? 1, rank, alpha, lora_A: [rank * rows.length, inFeatures], lora_B: [selectedRows, rank] });
       }
     }
     const params = targets.reduce((n, t) => n + t.lora_A[0] * t.lora_A[1] + t.lora_B[0] * t.lora_B[1], 0);

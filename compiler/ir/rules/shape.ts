@@ -105,7 +105,7 @@ export const SHAPE_RULES: { readonly [K in IrOp]: ShapeRule } = {
   max: reduce,
   softmax: row,
   log_softmax: row,
-  layernorm: ([x], attrs) => (attrNum(attrs, 'eps'), x),
+  layernorm: ([x], attrs) => (attrNum(attrs, 'eps'), normDim(-1, x.shape.length), x),
   matmul: ([a, b]) => {
     if (a.shape.length < 2 || b.shape.length < 2) fail(`matmul needs rank >= 2 operands, got ${fmt(a.shape)} and ${fmt(b.shape)}`);
     const [m, k] = a.shape.slice(-2);

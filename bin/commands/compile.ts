@@ -1,0 +1,84 @@
+// `visft compile FILE --entry NAME [--stage S] [--vjp] [--shape IN=AxBxC ...] -o OUT.visftx`
+// `visft compile --op OPNAME --shape IN=... [--attr KEY=VALUE ...] [--vjp] -o OUT.visftx`
+import { createHash } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { checkFiles } from '../../compiler/check/index.js';
+import { makeBundle, serializeBundle } from '../../compiler/bundle.js';
+import { compileEntry, type CompiledEntry } from '../../compiler/lower/entry.js';
+import { LocatedLowerError } from '../../compiler/lower/lower.js';
+import { LowerError } from '../../compiler/lower/ops.js';
+import { compileOp } from '../../compiler/lower/op-entry.js';
+import { ShapeError } from '../../compiler/ir/rules/shape.js';
+import { printGraph } from '../../compiler/ir/print.js';
+import { UsageError } from './errors.js';
+import { writeFileAtomic } from './files.js';
+import { printDiagnostics, summary } from './report.js';
+
+export interface CompileOptions {
+  entry?: string;
+  op?: string;
+  stage?: string;
+  vjp?: boolean;
+  shape: string[];
+  attr: string[];
+  output?: string;
+  emit?: string;
+  optimize: boolean;
+}
+
+export function parseShapes(specs: readonly string[]): Map<string, number[]> {
+  const out = new Map<string, number[]>();
+  for (const s of specs) {
+    const m = /^([A-Za-z_:][\w:.]*)=(\d+(?:x\d+)*)$/.exec(s);
+    if (!m) throw new UsageError(`--shape takes NAME=AxBxC (whole numbers), got '${s}'`);
+    out.set(m[1], m[2].split('x').map(Number));
+  }
+  return out;
+}
+
+export function runCompile(file: string | undefined, opts: CompileOptions): number {
+  if (!opts.output && !opts.emit) throw new UsageError('compile needs -o OUT.visftx (or --emit ir)');
+  const shapes = parseShapes(opts.shape);
+  let compiled: CompiledEntry;
+  let source = { file: '', sha256: '' };
+  try {
+    if (opts.op !== undefined) {
+      if (file !== undefined || opts.entry !== undefined) throw new UsageError('give either FILE --entry NAME or --op OPNAME, not both');
+      compiled = compileOp(opts.op, shapes, opts.attr, opts.vjp === true);
+      source = { file: `op:${opts.op}`, sha256: '' };
+    } else {
+      if (file === undefined || opts.entry === undefined) throw new UsageError('compile needs FILE --entry NAME, or --op OPNAME');
+      const checked = checkFiles([file]);
+      if (checked.program.diags.errorCount || !checked.roots[0]) {
+        printDiagnostics(checked.program.diags);
+        process.stderr.write(summary(checked.program.diags, `cannot compile ${file}`) + '\n');
+        return 1;
+      }
+      compiled = compileEntry(checked, checked.roots[0], { entry: opts.entry, stage: opts.stage, vjp: opts.vjp, shapes, optimize: opts.optimize });
+      source = { file, sha256: createHash('sha256').update(readFileSync(file)).digest('hex') };
+    }
+  } catch (e) {
+    if (e instanceof LocatedLowerError) {
+      process.stderr.write(`${e.where()}: error: ${e.message}\n`);
+      return 1;
+    }
+    if (e instanceof LowerError || e instanceof ShapeError) {
+      process.stderr.write(`visft: cannot compile: ${e.message}\n`);
+      return 1;
+    }
+    throw e;
+  }
+  if (opts.emit === 'ir') process.stdout.write(printGraph(compiled.graph));
+  else if (opts.emit !== undefined) throw new UsageError(`--emit takes ir (kernels, wgsl and plan come with the GPU backend)`);
+  if (opts.output) {
+    try {
+      writeFileAtomic(opts.output, serializeBundle(makeBundle(compiled, source)));
+    } catch (e) {
+      process.stderr.write(`visft: cannot write ${opts.output}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}\n`);
+      return 1;
+    }
+    const g = compiled.graph;
+    process.stdout.write(`wrote ${opts.output}: ${g.nodes.length} nodes, ${g.params.length} parameters (${compiled.params.filter((p) => p.trainable).length} trainable), outputs ${g.outputs.map((o) => o.name).join(', ')}\n`);
+  }
+  return 0;
+}

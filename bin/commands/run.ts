@@ -1,0 +1,54 @@
+// `visft run BUNDLE [--weights W ...] --inputs I.safetensors --outputs O.safetensors [--backend cpu|gpu]`
+import { readFileSync } from 'node:fs';
+import { BundleError, parseBundle } from '../../compiler/bundle.js';
+import { RunError } from '../../compiler/ir/interpret.js';
+import { loadInputs, loadWeights, runCpu, RunInputError } from '../../runtime/run-cpu.js';
+import { fromNumbers, writeSafetensors, WeightsFormatError, WeightMismatchError, UnsafePickleError, PickleError, ZipError } from '../../runtime/weights/index.js';
+import { UsageError } from './errors.js';
+
+export interface RunOptions {
+  weights?: string[];
+  inputs?: string;
+  outputs?: string;
+  backend: string;
+  f64?: boolean;
+}
+
+export function runRun(bundleFile: string, opts: RunOptions): number {
+  if (!opts.inputs || !opts.outputs) throw new UsageError('run needs --inputs I.safetensors and --outputs O.safetensors');
+  if (opts.backend === 'gpu') {
+    process.stderr.write('visft: the gpu backend is not built yet (issue 4); use --backend cpu\n');
+    return 2;
+  }
+  if (opts.backend !== 'cpu') throw new UsageError(`--backend is cpu or gpu, not '${opts.backend}'`);
+  try {
+    let text: string;
+    try {
+      text = readFileSync(bundleFile, 'utf8');
+    } catch (e) {
+      throw new RunInputError(`cannot read ${bundleFile} (${(e as NodeJS.ErrnoException).code ?? e})`);
+    }
+    const { bundle, graph } = parseBundle(text, bundleFile);
+    if (bundle.params.length && !opts.weights?.length) throw new UsageError(`${bundleFile} has ${bundle.params.length} parameters: give --weights`);
+    if (!bundle.params.length && opts.weights?.length) throw new UsageError(`${bundleFile} has no parameters: drop --weights`);
+    const params = bundle.params.length ? loadWeights(opts.weights!, bundle) : new Map();
+    const outputs = runCpu(graph, loadInputs(opts.inputs, bundle), params);
+    const dtype = opts.f64 ? 'f64' : 'f32';
+    const tensors = new Map([...outputs].map(([k, v]) => [k, fromNumbers(dtype, v.shape, v.data)] as const));
+    writeSafetensors(opts.outputs, tensors, { bundle: bundleFile, backend: 'cpu' });
+    process.stdout.write(`wrote ${opts.outputs}: ${[...outputs.keys()].join(', ')}\n`);
+    return 0;
+  } catch (e) {
+    if (e instanceof UsageError) throw e;
+    if ([BundleError, RunInputError, RunError, WeightsFormatError, WeightMismatchError, UnsafePickleError, PickleError, ZipError].some((c) => e instanceof c)) {
+      process.stderr.write(`visft: ${(e as Error).message}\n`);
+      return 1;
+    }
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code) {
+      process.stderr.write(`visft: ${(e as Error).message}\n`);
+      return 1;
+    }
+    throw e;
+  }
+}

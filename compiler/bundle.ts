@@ -1,0 +1,110 @@
+// The executable bundle (.visftx): versioned, self-describing JSON holding the IR, the parameter manifest
+// (paths, shapes, init, trainable, LoRA), the entry's inputs and outputs, and the weights' key rules.
+// Serialisation is deterministic: the same compile gives byte-identical files.
+import { Graph, type Attrs, type DType } from './ir/graph.js';
+import type { IrOp } from './ir/ops.js';
+import { IR_OPS } from './ir/ops.js';
+import type { CompiledEntry, WeightsSpec } from './lower/entry.js';
+import { Builder } from './ir/builder.js';
+
+export const BUNDLE_FORMAT = 'visft-bundle';
+export const BUNDLE_VERSION = 1;
+
+export interface TensorSpec {
+  readonly name: string;
+  readonly shape: number[];
+  readonly dtype: DType;
+}
+
+export interface BundleParam extends TensorSpec {
+  readonly init?: string;
+  readonly parts?: readonly string[];
+  readonly trainable: boolean;
+  readonly lora_of?: string;
+}
+
+export interface Bundle {
+  readonly format: typeof BUNDLE_FORMAT;
+  readonly version: number;
+  readonly entry: string;
+  readonly stage: string | null;
+  readonly source: { readonly file: string; readonly sha256: string };
+  readonly inputs: TensorSpec[];
+  readonly outputs: TensorSpec[];
+  readonly params: BundleParam[];
+  readonly weights: WeightsSpec | null;
+  /** Nodes as [op, inputs, attrs, shape, dtype]. */
+  readonly graph: {
+    readonly nodes: [IrOp, number[], Attrs, number[], DType][];
+    readonly inputs: [string, number][];
+    readonly params: [string, number][];
+    readonly outputs: [string, number][];
+  };
+}
+
+export class BundleError extends Error {}
+
+const spec = (g: Graph, name: string, node: number): TensorSpec => ({ name, shape: [...g.node(node).shape], dtype: g.node(node).dtype });
+
+export function makeBundle(c: CompiledEntry, source: { file: string; sha256: string }): Bundle {
+  const g = c.graph;
+  return {
+    format: BUNDLE_FORMAT,
+    version: BUNDLE_VERSION,
+    entry: c.entry,
+    stage: c.stage ?? null,
+    source,
+    inputs: g.inputs.map((i) => spec(g, i.name, i.node)),
+    outputs: g.outputs.map((o) => spec(g, o.name, o.node)),
+    params: c.params.map((p) => ({ ...spec(g, p.path, p.node), ...(p.init ? { init: p.init } : {}), ...(p.parts ? { parts: p.parts } : {}), trainable: p.trainable, ...(p.lora ? { lora_of: p.lora.target } : {}) })),
+    weights: c.weights ?? null,
+    graph: {
+      nodes: g.nodes.map((n) => [n.op, [...n.inputs], n.attrs, [...n.shape], n.dtype]),
+      inputs: g.inputs.map((i) => [i.name, i.node]),
+      params: g.params.map((p) => [p.name, p.node]),
+      outputs: g.outputs.map((o) => [o.name, o.node]),
+    },
+  };
+}
+
+export function serializeBundle(b: Bundle): string {
+  return JSON.stringify(b) + '\n';
+}
+
+/** Parses and validates a bundle, rebuilding the graph through the shape rules (so a tampered file is caught). */
+export function parseBundle(text: string, file: string): { bundle: Bundle; graph: Graph } {
+  let b: Bundle;
+  try {
+    b = JSON.parse(text) as Bundle;
+  } catch (e) {
+    throw new BundleError(`${file} is not a visft bundle (not JSON: ${(e as Error).message})`);
+  }
+  if (!b || b.format !== BUNDLE_FORMAT) throw new BundleError(`${file} is not a visft bundle`);
+  if (b.version !== BUNDLE_VERSION) throw new BundleError(`${file} is bundle version ${b.version}; this visft reads version ${BUNDLE_VERSION}: recompile it`);
+  const builder = new Builder(new Graph());
+  try {
+    b.graph.nodes.forEach(([op, inputs, attrs, shape, dtype], i) => {
+      if (!(op in IR_OPS)) throw new BundleError(`node ${i} has unknown op '${op}'`);
+      if (inputs.some((x) => !(x >= 0 && x < i))) throw new BundleError(`node ${i} (${op}) refers to a later node`);
+      const id = builder.add(op, inputs, attrs);
+      const n = builder.graph.node(id);
+      if (n.shape.join() !== shape.join() || n.dtype !== dtype) throw new BundleError(`node ${i} (${op}) claims [${shape}] ${dtype} but computes [${n.shape}] ${n.dtype}`);
+    });
+  } catch (e) {
+    if (e instanceof BundleError) throw new BundleError(`${file}: ${e.message}`);
+    throw new BundleError(`${file}: corrupt graph: ${(e as Error).message}`);
+  }
+  const g = builder.graph;
+  const check = (list: [string, number][], op: IrOp, what: string) =>
+    list.map(([name, node]) => {
+      if (!g.nodes[node] || (op !== 'full' && g.nodes[node].op !== op)) throw new BundleError(`${file}: ${what} '${name}' points at a wrong node`);
+      return { name, node };
+    });
+  g.inputs.push(...check(b.graph.inputs, 'input', 'input'));
+  g.params.push(...check(b.graph.params, 'param', 'param'));
+  for (const [name, node] of b.graph.outputs) {
+    if (!g.nodes[node]) throw new BundleError(`${file}: output '${name}' points at no node`);
+    g.outputs.push({ name, node });
+  }
+  return { bundle: b, graph: g };
+}

@@ -1,0 +1,257 @@
+// How each language op (compiler/ops/catalog.ts) becomes IR: one rule per op, checked exhaustive by the
+// type system. Most are one IR node; some are a few (`linear` = matmul + add, `layernorm` = normalise +
+// affine, `lstm_cell` = its gates). Arguments arrive already evaluated: tensors as node ids, shape
+// values as numbers, booleans, strings or lists.
+import type { Builder } from '../ir/builder.js';
+import type { DType } from '../ir/graph.js';
+import type { OpName } from '../ops/catalog.js';
+
+export type Value =
+  | { readonly kind: 'tensor'; readonly id: number }
+  | { readonly kind: 'shape'; readonly v: ShapeValue }
+  | { readonly kind: 'record'; readonly fields: ReadonlyMap<string, Value> };
+
+export type ShapeValue = number | boolean | string | readonly ShapeValue[];
+
+export class LowerError extends Error {}
+
+export interface OpArgs {
+  /** Inputs in signature order (optional ones undefined), or the variadic list for `...xs`. */
+  readonly inputs: readonly (number | undefined)[];
+  readonly attr: (name: string) => ShapeValue | undefined;
+  readonly b: Builder;
+  /** Training mode: dropout is active. */
+  readonly training: boolean;
+  /** A fresh seed for a random op (deterministic per graph position). */
+  readonly seed: () => number;
+}
+
+type LowerRule = (a: OpArgs) => Value;
+
+const T = (id: number): Value => ({ kind: 'tensor', id });
+
+function num(a: OpArgs, name: string, dflt?: number): number {
+  const v = a.attr(name) ?? dflt;
+  if (typeof v !== 'number') throw new LowerError(`'${name}' must be a number, got ${JSON.stringify(v)}`);
+  return v;
+}
+
+function ints(a: OpArgs, name: string, dflt?: readonly number[]): number[] {
+  const v = a.attr(name) ?? dflt;
+  if (typeof v === 'number') return [v];
+  if (!Array.isArray(v) || v.some((x) => typeof x !== 'number' || !Number.isInteger(x))) throw new LowerError(`'${name}' must be a list of whole numbers, got ${JSON.stringify(v)}`);
+  return v as number[];
+}
+
+function pair(a: OpArgs, name: string, dflt: number): [number, number] {
+  const v = ints(a, name, [dflt, dflt]);
+  return v.length === 1 ? [v[0], v[0]] : [v[0], v[1]];
+}
+
+function need(a: OpArgs, i: number, what: string): number {
+  const id = a.inputs[i];
+  if (id === undefined) throw new LowerError(`missing tensor input '${what}'`);
+  return id;
+}
+
+const unary = (op: 'neg' | 'exp' | 'log' | 'sqrt' | 'rsqrt' | 'tanh' | 'sigmoid' | 'relu' | 'gelu' | 'erf'): LowerRule => (a) => T(a.b.add(op, [need(a, 0, 'x')]));
+const binary = (op: 'add' | 'sub' | 'mul' | 'div' | 'maximum'): LowerRule => (a) => T(a.b.add(op, [need(a, 0, 'a'), need(a, 1, 'b')]));
+
+function rank(a: OpArgs, id: number): number {
+  return a.b.shape(id).length;
+}
+
+function norm(d: number, r: number): number {
+  return d < 0 ? d + r : d;
+}
+
+/** Reshape that resolves -1 and symbolic sizes already evaluated. */
+function reshape(b: Builder, x: number, shape: readonly number[]): number {
+  return b.add('reshape', [x], { shape: [...shape] });
+}
+
+/** `linear`: x @ weightᵀ + bias (weight [out, in]). LoRA attaches to this exact pattern (compiler/lower/lora.ts). */
+export function linear(b: Builder, x: number, w: number, bias?: number): number {
+  const y = b.add('matmul', [x, b.add('permute', [w], { dims: [1, 0] })]);
+  return bias === undefined ? y : b.add('add', [y, bias]);
+}
+
+function reduce(a: OpArgs, op: 'sum' | 'max', mean: boolean): Value {
+  const x = need(a, 0, 'x');
+  const r = rank(a, x);
+  const dims = a.attr('dims') === undefined ? [...Array(r).keys()] : ints(a, 'dims').map((d) => norm(d, r));
+  const keepdim = a.attr('keepdim') === true;
+  const y = a.b.add(op, [x], { dims, keepdim });
+  if (!mean) return T(y);
+  const n = dims.reduce((p, d) => p * a.b.shape(x)[d], 1);
+  return T(a.b.scale(y, 1 / n));
+}
+
+function affine(b: Builder, y: number, w: number | undefined, bias: number | undefined, shape?: readonly number[]): number {
+  let out = y;
+  if (w !== undefined) out = b.add('mul', [out, shape ? reshape(b, w, shape) : w]);
+  if (bias !== undefined) out = b.add('add', [out, shape ? reshape(b, bias, shape) : bias]);
+  return out;
+}
+
+function constant(a: OpArgs, value: number): Value {
+  const dtype = (a.attr('dtype') as DType | undefined) ?? 'f32';
+  return T(a.b.full(value, ints(a, 'shape'), dtype));
+}
+
+const notYet = (op: string): LowerRule => () => {
+  throw new LowerError(`op '${op}' cannot be compiled yet (its lowering arrives with the head that needs it)`);
+};
+
+export const LOWER: { readonly [K in OpName]: LowerRule } = {
+  add: binary('add'),
+  sub: binary('sub'),
+  mul: binary('mul'),
+  div: binary('div'),
+  maximum: binary('maximum'),
+  neg: unary('neg'),
+  exp: unary('exp'),
+  log: unary('log'),
+  sqrt: unary('sqrt'),
+  rsqrt: unary('rsqrt'),
+  tanh: unary('tanh'),
+  sigmoid: unary('sigmoid'),
+  relu: unary('relu'),
+  gelu: unary('gelu'),
+  erf: unary('erf'),
+  pow: (a) => T(a.b.add('pow', [need(a, 0, 'x')], { exponent: num(a, 'exponent') })),
+  cast: (a) => T(a.b.add('cast', [need(a, 0, 'x')], { dtype: String(a.attr('dtype')) })),
+  dropout: (a) => {
+    const x = need(a, 0, 'x');
+    const p = num(a, 'p', 0.5);
+    return T(a.training && p > 0 ? a.b.add('dropout', [x], { p, seed: a.seed() }) : x);
+  },
+  sum: (a) => reduce(a, 'sum', false),
+  mean: (a) => reduce(a, 'sum', true),
+  max: (a) => reduce(a, 'max', false),
+  softmax: (a) => T(a.b.add('softmax', [need(a, 0, 'x')], { dim: num(a, 'dim', -1) })),
+  log_softmax: (a) => T(a.b.add('log_softmax', [need(a, 0, 'x')], { dim: num(a, 'dim', -1) })),
+  layernorm: (a) => T(affine(a.b, a.b.add('layernorm', [need(a, 0, 'x')], { eps: num(a, 'eps', 1e-5) }), a.inputs[1], a.inputs[2])),
+  groupnorm: (a) => {
+    // Normalise over (C / groups, H, W) per group, then the per-channel affine.
+    const x = need(a, 0, 'x');
+    const s = a.b.shape(x);
+    const groups = num(a, 'groups');
+    if (s[1] % groups !== 0) throw new LowerError(`groupnorm: ${s[1]} channels do not split into ${groups} groups`);
+    const rest = s.slice(1).reduce((p, d) => p * d, 1);
+    const g = reshape(a.b, x, [s[0], groups, rest / groups]);
+    const y = reshape(a.b, a.b.add('layernorm', [g], { eps: num(a, 'eps', 1e-5) }), s);
+    const cshape = [1, s[1], ...s.slice(2).map(() => 1)];
+    return T(affine(a.b, y, a.inputs[1], a.inputs[2], cshape));
+  },
+  matmul: (a) => T(a.b.add('matmul', [need(a, 0, 'a'), need(a, 1, 'b')])),
+  linear: (a) => T(linear(a.b, need(a, 0, 'x'), need(a, 1, 'weight'), a.inputs[2])),
+  reshape: (a) => T(reshape(a.b, need(a, 0, 'x'), ints(a, 'shape'))),
+  permute: (a) => T(a.b.add('permute', [need(a, 0, 'x')], { dims: ints(a, 'dims') })),
+  transpose: (a) => {
+    const x = need(a, 0, 'x');
+    const r = rank(a, x);
+    const dims = [...Array(r).keys()];
+    const i = norm(num(a, 'dim0'), r);
+    const j = norm(num(a, 'dim1'), r);
+    [dims[i], dims[j]] = [dims[j], dims[i]];
+    return T(a.b.add('permute', [x], { dims }));
+  },
+  flatten: (a) => {
+    const x = need(a, 0, 'x');
+    const s = a.b.shape(x);
+    const start = norm(num(a, 'start', 0), s.length);
+    const end = norm(num(a, 'end', -1), s.length);
+    const merged = s.slice(start, end + 1).reduce((p, d) => p * d, 1);
+    return T(reshape(a.b, x, [...s.slice(0, start), merged, ...s.slice(end + 1)]));
+  },
+  unsqueeze: (a) => {
+    const x = need(a, 0, 'x');
+    const s = [...a.b.shape(x)];
+    s.splice(norm(num(a, 'dim'), s.length + 1), 0, 1);
+    return T(reshape(a.b, x, s));
+  },
+  slice: (a) => {
+    const x = need(a, 0, 'x');
+    const d = norm(num(a, 'dim'), rank(a, x));
+    return T(a.b.add('slice', [x], { dim: d, start: num(a, 'start', 0), end: num(a, 'end', a.b.shape(x)[d]), step: num(a, 'step', 1) }));
+  },
+  concat: (a) => T(a.b.add('concat', a.inputs.map((_, k) => need(a, k, `xs[${k}]`)), { dim: num(a, 'dim', 0) })),
+  pad: (a) => {
+    // PyTorch's F.pad order: [before, after] pairs starting from the last dim.
+    const x = need(a, 0, 'x');
+    const flat = ints(a, 'pads');
+    const r = rank(a, x);
+    if (flat.length % 2 !== 0 || flat.length / 2 > r) throw new LowerError(`pad: ${flat.length} pad values for rank ${r}`);
+    const pairs: [number, number][] = Array.from({ length: r }, () => [0, 0]);
+    for (let k = 0; k < flat.length / 2; k++) pairs[r - 1 - k] = [flat[2 * k], flat[2 * k + 1]];
+    return T(a.b.add('pad', [x], { pads: pairs, value: num(a, 'value', 0) }));
+  },
+  expand: (a) => T(a.b.add('expand', [need(a, 0, 'x')], { shape: ints(a, 'shape') })),
+  gather: (a) => T(a.b.add('gather', [need(a, 0, 'x'), need(a, 1, 'index')], { dim: num(a, 'dim') })),
+  embedding: (a) => {
+    // Rows of weight [V, E] picked by ids [...]: a gather along dim 0 with the ids broadcast over E.
+    const ids = need(a, 0, 'ids');
+    const w = need(a, 1, 'weight');
+    const idShape = a.b.shape(ids);
+    const e = a.b.shape(w)[1];
+    const n = idShape.reduce((p, d) => p * d, 1);
+    const idx = a.b.add('expand', [reshape(a.b, ids, [n, 1])], { shape: [n, e] });
+    return T(reshape(a.b, a.b.add('gather', [w, idx], { dim: 0 }), [...idShape, e]));
+  },
+  zeros: (a) => constant(a, 0),
+  ones: (a) => constant(a, 1),
+  full: (a) => constant(a, num(a, 'value')),
+  arange: notYet('arange'),
+  patchify: (a) => {
+    // Conv with kernel = stride = patch, as tokens [B, h·w, D].
+    const image = need(a, 0, 'image');
+    const w = need(a, 1, 'weight');
+    const p = num(a, 'patch');
+    const [, , ih, iw] = a.b.shape(image);
+    if (ih % p !== 0 || iw % p !== 0) throw new LowerError(`the image is ${ih}x${iw}, which is not a multiple of the patch size ${p}`);
+    const y = a.b.add('conv2d', [image, w], { stride: [p, p], padding: [0, 0], dilation: [1, 1], groups: 1 });
+    const [n, d, h, wd] = a.b.shape(y);
+    const tokens = a.b.add('permute', [reshape(a.b, y, [n, d, h * wd])], { dims: [0, 2, 1] });
+    return T(a.inputs[2] === undefined ? tokens : a.b.add('add', [tokens, a.inputs[2]]));
+  },
+  conv2d: (a) => {
+    const x = need(a, 0, 'x');
+    const w = need(a, 1, 'weight');
+    const y = a.b.add('conv2d', [x, w], { stride: pair(a, 'stride', 1), padding: pair(a, 'padding', 0), dilation: pair(a, 'dilation', 1), groups: num(a, 'groups', 1) });
+    const bias = a.inputs[2];
+    return T(bias === undefined ? y : a.b.add('add', [y, reshape(a.b, bias, [1, a.b.shape(bias)[0], 1, 1])]));
+  },
+  resize_bicubic: (a) => T(a.b.add('resize', [need(a, 0, 'x')], { mode: 'bicubic', size: pair(a, 'size', 1) })),
+  resize_bilinear: (a) => T(a.b.add('resize', [need(a, 0, 'x')], { mode: 'bilinear', size: pair(a, 'size', 1) })),
+  adaptive_avg_pool2d: (a) => T(a.b.add('adaptive_avg_pool2d', [need(a, 0, 'x')], { size: pair(a, 'size', 1) })),
+  sine_position: notYet('sine_position'),
+  attention: (a) => {
+    const q = need(a, 0, 'q');
+    const d = a.b.shape(q)[3];
+    const inputs = [q, need(a, 1, 'k'), need(a, 2, 'v'), ...(a.inputs[3] === undefined ? [] : [a.inputs[3]])];
+    return T(a.b.add('attention', inputs, { scale: num(a, 'scale', 1 / Math.sqrt(d)) }));
+  },
+  msdeform_attn: (a) => {
+    const levels = a.attr('levels');
+    if (!Array.isArray(levels)) throw new LowerError(`msdeform_attn: levels must be a list of [H, W] pairs`);
+    return T(a.b.add('msdeform_attn', [need(a, 0, 'value'), need(a, 1, 'sampling_locations'), need(a, 2, 'attention_weights')], { levels: levels as number[][] }));
+  },
+  lstm_cell: (a) => {
+    // PyTorch LSTMCell: gates = x·W_ihᵀ + b_ih + h·W_hhᵀ + b_hh, split i, f, g, o.
+    const b = a.b;
+    const gates = b.add('add', [linear(b, need(a, 0, 'x'), need(a, 3, 'w_ih'), a.inputs[5]), linear(b, need(a, 1, 'h'), need(a, 4, 'w_hh'), a.inputs[6])]);
+    const hidden = b.shape(need(a, 1, 'h'))[1];
+    const part = (k: number) => b.add('slice', [gates], { dim: 1, start: k * hidden, end: (k + 1) * hidden, step: 1 });
+    const i = b.add('sigmoid', [part(0)]);
+    const f = b.add('sigmoid', [part(1)]);
+    const g = b.add('tanh', [part(2)]);
+    const o = b.add('sigmoid', [part(3)]);
+    const c = b.add('add', [b.mul(f, need(a, 2, 'c')), b.mul(i, g)]);
+    const h = b.mul(o, b.add('tanh', [c]));
+    return { kind: 'record', fields: new Map([['h', T(h)], ['c', T(c)]]) };
+  },
+  cross_entropy: notYet('cross_entropy'),
+  binary_cross_entropy_logits: notYet('binary_cross_entropy_logits'),
+  l1_loss: notYet('l1_loss'),
+};
