@@ -16,6 +16,7 @@ import { WeightsFormatError, writeSafetensors } from '../../runtime/weights/safe
 import { DTYPES, fromNumbers, itemSize, numel, tensorBytes, tensorFromBytes, toFloat32, type HostTensor } from '../../runtime/weights/tensor.js';
 import { loadStateDict, loadTorch, saveTorchZip, selectStateDict } from '../../runtime/weights/torch-zip.js';
 import { writeZip, ZipError, ZipReader } from '../../runtime/weights/zip.js';
+import { describe, torchCheckTensors, torchDescribe, type Described } from './torch-check.js';
 
 const RUNS = Number(process.env.VISFT_WEIGHTS_RUNS ?? 100);
 const FIX = fileURLToPath(new URL('../../../test/fixtures/weights/', import.meta.url));
@@ -24,32 +25,6 @@ const hasPython = existsSync(PY);
 const MARKER = '/tmp/visft-weights-test-pwned';
 const dir = mkdtempSync(join(tmpdir(), 'visft-tz-'));
 after(() => rmSync(dir, { recursive: true, force: true }));
-
-interface Described {
-  dtype: string;
-  shape: number[];
-  values: (number | string)[];
-}
-
-/** The tensor in make_weights.py's describe() form: bit patterns for floats, decimal strings for 64-bit. */
-function describe(t: HostTensor): Described {
-  const bytes = tensorBytes(t);
-  const b = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-  const n = numel(t.shape);
-  const values: (number | string)[] = [];
-  for (let i = 0; i < n; i++) {
-    switch (t.dtype) {
-      case 'f32': values.push(b.readUInt32LE(4 * i)); break;
-      case 'f16':
-      case 'bf16': values.push(b.readUInt16LE(2 * i)); break;
-      case 'f64': values.push(b.readBigUInt64LE(8 * i).toString()); break;
-      case 'i64': values.push(b.readBigInt64LE(8 * i).toString()); break;
-      case 'i32': values.push(b.readInt32LE(4 * i)); break;
-      default: values.push(b[i]);
-    }
-  }
-  return { dtype: t.dtype, shape: t.shape, values };
-}
 
 function expectExactly(sd: Map<string, HostTensor>, expectedFile: string, what: string): void {
   const expected = JSON.parse(readFileSync(FIX + expectedFile, 'utf8')) as Record<string, Described>;
@@ -307,44 +282,21 @@ test('saveTorchZip output loads back exactly and has torch\'s layout (property)'
   );
 });
 
-/** All dtypes, special values, a 0-d and an empty tensor: what the torch.load check saves. */
-function torchCheckTensors(): Map<string, HostTensor> {
-  return new Map<string, HostTensor>([
-    ['visual.blocks.0.attn.qkv.lora_A', fromNumbers('f32', [4, 3], Array.from({ length: 12 }, (_, i) => i / 7 - 0.5))],
-    ['visual.blocks.0.attn.qkv.lora_B', fromNumbers('f32', [6, 4], new Array(24).fill(0))],
-    ['half', fromNumbers('f16', [6], [1, 2 ** -24, 65504, Infinity, NaN, -0])],
-    ['brain', fromNumbers('bf16', [2, 2], [1 + 2 ** -8, -3.5, 1e30, -Infinity])],
-    ['double', fromNumbers('f64', [2], [Math.PI, -1e-300])],
-    ['long', tensorFromBytes('i64', [2], new Uint8Array(BigInt64Array.of(-(2n ** 62n), 2n ** 40n + 1n).buffer))],
-    ['int', fromNumbers('i32', [3], [-(2 ** 31), 0, 2 ** 31 - 1])],
-    ['byte', fromNumbers('u8', [2], [0, 255])],
-    ['flag', fromNumbers('bool', [3], [1, 0, 1])],
-    ['scalar', fromNumbers('f32', [], [2.5])],
-    ['empty', fromNumbers('f32', [0, 2], [])],
-  ]);
-}
-
-test('torch.load (weights_only=True) reads saveTorchZip output exactly', { skip: hasPython ? false : `${PY} is not installed` }, (t) => {
+// torch.load's view of our archive: `saved_by_visft.pth` is saveTorchZip's output for torchCheckTensors(), and
+// `saved_by_visft.torch.json` is what torch.load (weights_only=True) read from it when the fixture was made
+// (`node dist/test/weights/torch-check.js`, with python3-torch installed). The test holds both
+// ends without needing torch: our writer still produces those exact bytes, and torch's reading of them
+// equals the tensors. Where torch is installed, it is also asked again, live.
+test('torch.load (weights_only=True) reads saveTorchZip output exactly', () => {
   const tensors = torchCheckTensors();
   const file = join(dir, 'for-torch.pth');
   saveTorchZip(file, tensors);
-  const script = [
-    'import json, sys, torch',
-    `sys.path.insert(0, ${JSON.stringify(FIX)})`,
-    'from make_weights import describe',
-    'sd = torch.load(sys.argv[1], map_location="cpu", weights_only=True)',
-    'print(json.dumps({k: describe(v) for k, v in sd.items()}))',
-  ].join('\n');
-  const r = spawnSync(PY, ['-c', script, file], { encoding: 'utf8' });
-  if (r.status !== 0 && /No module named 'torch'/.test(r.stderr)) {
-    // Only this cross-check needs torch; the fixture-based tests above always run.
-    t.skip('python3-torch is not installed');
-    return;
-  }
-  assert.equal(r.status, 0, r.stderr);
-  const loaded = JSON.parse(r.stdout) as Record<string, Described>;
-  assert.deepEqual(Object.keys(loaded), [...tensors.keys()]);
-  for (const [k, t] of tensors) assert.deepEqual(loaded[k], describe(t), k);
+  assert.deepEqual(readFileSync(file), readFileSync(join(FIX, 'saved_by_visft.pth')), 'saveTorchZip output changed: regenerate the torch check fixture');
+  const recorded = JSON.parse(readFileSync(join(FIX, 'saved_by_visft.torch.json'), 'utf8')) as Record<string, Described>;
+  assert.deepEqual(Object.keys(recorded), [...tensors.keys()]);
+  for (const [k, t] of tensors) assert.deepEqual(recorded[k], describe(t), k);
+  const live = torchDescribe(file);
+  if (live !== undefined) assert.deepEqual(live, recorded);
 });
 
 test('zip64 records: written with zip64 always, read back here and by Python\'s zipfile', () => {
