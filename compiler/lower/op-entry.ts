@@ -25,6 +25,9 @@ export function parseAttr(spec: string): [string, ShapeValue] {
   return [m[1], items.length > 1 || raw.startsWith('[') ? items.map(scalar) : scalar(raw)];
 }
 
+/** Inputs that hold integers (indices, class ids): they take no gradient. */
+const INTEGER_INPUTS: Readonly<Record<string, readonly string[]>> = { gather: ['index'], embedding: ['ids'], cross_entropy: ['target'] };
+
 export function compileOp(name: string, shapes: ReadonlyMap<string, readonly number[]>, attrSpecs: readonly string[], withVjp: boolean): CompiledEntry {
   if (!isOpName(name)) throw new LowerError(`unknown op '${name}' (ops: ${Object.keys(OPS).join(', ')})`);
   const sig: OpSignature = OPS[name];
@@ -36,7 +39,7 @@ export function compileOp(name: string, shapes: ReadonlyMap<string, readonly num
     if (!shape) {
       if (raw.endsWith('?')) inputs.push(undefined);
       else throw new LowerError(`--op ${name} needs --shape ${names[k]}=...`);
-    } else inputs.push(b.input(names[k], shape, name === 'gather' && names[k] === 'index' ? 'i64' : 'f32'));
+    } else inputs.push(b.input(names[k], shape, INTEGER_INPUTS[name]?.includes(names[k]) ? 'i64' : 'f32'));
   }
   for (const k of shapes.keys()) if (!names.includes(k)) throw new LowerError(`op ${name} has no input '${k}' (inputs: ${names.join(', ') || 'none'})`);
   const attrs = new Map(attrSpecs.map(parseAttr));

@@ -99,6 +99,18 @@ function constant(a: OpArgs, value: number): Value {
   return T(a.b.full(value, ints(a, 'shape'), dtype));
 }
 
+/** `reduction`: mean (default; weighted by w when given), sum, or none. */
+function reduceLoss(a: OpArgs, loss: number, w?: number): number {
+  const b = a.b;
+  const mode = a.attr('reduction') ?? 'mean';
+  const all = (x: number) => b.add('sum', [x], { dims: [...b.shape(x).keys()], keepdim: false });
+  if (mode === 'none') return loss;
+  if (mode === 'sum') return all(loss);
+  if (mode !== 'mean') throw new LowerError(`reduction is mean, sum or none, not '${String(mode)}'`);
+  if (w !== undefined) return b.add('div', [all(loss), all(w)]);
+  return b.scale(all(loss), 1 / Math.max(1, b.shape(loss).reduce((p, d) => p * d, 1)));
+}
+
 const notYet = (op: string): LowerRule => () => {
   throw new LowerError(`op '${op}' cannot be compiled yet (its lowering arrives with the head that needs it)`);
 };
@@ -251,7 +263,42 @@ export const LOWER: { readonly [K in OpName]: LowerRule } = {
     const h = b.mul(o, b.add('tanh', [c]));
     return { kind: 'record', fields: new Map([['h', T(h)], ['c', T(c)]]) };
   },
-  cross_entropy: notYet('cross_entropy'),
-  binary_cross_entropy_logits: notYet('binary_cross_entropy_logits'),
-  l1_loss: notYet('l1_loss'),
+  cross_entropy: (a) => {
+    // logits [N, C, ...] (classes on dim 1, as PyTorch), integer targets [N, ...]; optional class weights;
+    // targets equal to ignore_index count for nothing. mean = Σ w·nll / Σ w over the counted targets.
+    const b = a.b;
+    const logits = need(a, 0, 'logits');
+    const target = need(a, 1, 'target');
+    const ls = b.shape(logits);
+    const tshape = b.shape(target);
+    if (ls.length < 2 || tshape.length !== ls.length - 1 || tshape.some((d, i) => d !== ls[i === 0 ? 0 : i + 1])) throw new LowerError(`cross_entropy: target [${tshape.join(', ')}] does not fit logits [${ls.join(', ')}] (classes on dim 1)`);
+    const ignore = a.attr('ignore_index');
+    // Ignored targets pick class 0 (so the gather stays in range), then weigh 0.
+    let w = typeof ignore === 'number' ? b.add('sub', [b.full(1, []), b.add('eq', [target, b.full(ignore, [])])]) : b.full(1, tshape);
+    const safe = typeof ignore === 'number' ? b.mul(target, w) : target;
+    const logp = b.add('log_softmax', [logits], { dim: 1 });
+    const idx = b.add('reshape', [safe], { shape: [tshape[0], 1, ...tshape.slice(1)] });
+    const picked = b.add('reshape', [b.add('gather', [logp, idx], { dim: 1 })], { shape: [...tshape] });
+    if (a.inputs[2] !== undefined) {
+      const flat = b.add('reshape', [safe], { shape: [tshape.reduce((p, d) => p * d, 1)] });
+      w = b.mul(w, b.add('reshape', [b.add('gather', [a.inputs[2], flat], { dim: 0 })], { shape: [...tshape] }));
+    }
+    const loss = b.mul(b.add('neg', [picked]), w);
+    return T(reduceLoss(a, loss, w));
+  },
+  binary_cross_entropy_logits: (a) => {
+    // max(x, 0) - x·t + log(1 + exp(-|x|)): stable for large |x|.
+    const b = a.b;
+    const x = need(a, 0, 'logits');
+    const t = need(a, 1, 'target');
+    const abs = b.add('maximum', [x, b.add('neg', [x])]);
+    const soft = b.add('log', [b.add('add', [b.full(1, []), b.add('exp', [b.add('neg', [abs])])])]);
+    const loss = b.add('add', [b.add('sub', [b.add('maximum', [x, b.full(0, [])]), b.mul(x, t)]), soft]);
+    return T(reduceLoss(a, loss));
+  },
+  l1_loss: (a) => {
+    const b = a.b;
+    const d = b.add('sub', [need(a, 0, 'a'), need(a, 1, 'b')]);
+    return T(reduceLoss(a, b.add('maximum', [d, b.add('neg', [d])])));
+  },
 };

@@ -1,0 +1,109 @@
+// From the IR to the kernel graph: each live node becomes a kernel from the GPU rule table (or shares its
+// input's buffer, for reshape), elementwise chains are fused (compiler/codegen/fuse.ts), and the result
+// lists every value that needs storage, for the memory plan.
+import { Graph, numel } from '../ir/graph.js';
+import type { GpuRule, Kernel, Target } from './types.js';
+
+export type ValueKind = 'input' | 'param' | 'output' | 'temp';
+
+export interface ValueInfo {
+  readonly id: number;
+  readonly bytes: number;
+  readonly kind: ValueKind;
+  /** The input, parameter or output name. */
+  readonly name?: string;
+  readonly shape: readonly number[];
+}
+
+export interface Schedule {
+  readonly kernels: Kernel[];
+  /** Values with their own storage, in id order. */
+  readonly values: ValueInfo[];
+  /** value → the value whose storage it shares (reshape). */
+  readonly aliases: Map<number, number>;
+  /** Graph outputs by name → the value holding them. */
+  readonly outputs: Map<string, number>;
+}
+
+/** Bytes of a value's storage: f32 elements (at least one, so a binding is never empty). */
+export const valueBytes = (shape: readonly number[]): number => Math.max(1, numel(shape)) * 4;
+
+export function schedule(graph: Graph, target: Target, rules: { readonly [op: string]: GpuRule }): Schedule {
+  const live = graph.live();
+  for (const i of graph.inputs) live.add(i.node);
+  for (const p of graph.params) live.add(p.node);
+  const kernels: Kernel[] = [];
+  const aliases = new Map<number, number>();
+  const root = (id: number): number => aliases.get(id) ?? id;
+  const kinds = new Map<number, ValueKind>();
+  const names = new Map<number, string>();
+  for (const i of graph.inputs) (kinds.set(i.node, 'input'), names.set(i.node, i.name));
+  for (const p of graph.params) (kinds.set(p.node, 'param'), names.set(p.node, p.name));
+
+  for (const node of graph.nodes) {
+    if (!live.has(node.id)) continue;
+    const rule = rules[node.op];
+    if (!rule) throw new Error(`no GPU rule for op '${node.op}'`);
+    if (rule.kind === 'leaf') continue;
+    if (rule.kind === 'alias') {
+      aliases.set(node.id, root(node.inputs[0]));
+      continue;
+    }
+    const inputs = node.inputs.map((i) => graph.node(i));
+    const k = rule.gen(node, inputs, target);
+    // Bind the storage owners: an aliased input is read through the buffer it shares.
+    kernels.push({ ...k, bindings: k.bindings.map((b) => ({ ...b, value: root(b.value) })) });
+  }
+
+  // Outputs must own their storage: an output that is an input, a parameter or an alias gets a copy.
+  const outputs = new Map<string, number>();
+  const copies = new Map<number, readonly number[]>(); // synthetic values (ids past the graph) → shape
+  for (const o of graph.outputs) {
+    let v = root(o.node);
+    const k = kinds.get(v);
+    if (k === 'input' || k === 'param' || [...outputs.values()].includes(v)) {
+      const id = graph.nodes.length + copies.size;
+      copies.set(id, graph.node(o.node).shape);
+      kernels.push(copyKernel(v, id, numel(graph.node(o.node).shape), target));
+      v = id;
+      kinds.set(v, 'temp');
+    }
+    outputs.set(o.name, v);
+    kinds.set(v, 'output');
+    names.set(v, o.name);
+  }
+
+  const ids = new Set<number>();
+  for (const k of kernels) for (const b of k.bindings) ids.add(b.value);
+  for (const i of graph.inputs) ids.add(i.node);
+  for (const p of graph.params) ids.add(p.node);
+  const shapeOf = (id: number): readonly number[] => copies.get(id) ?? graph.node(id).shape;
+  const values = [...ids].sort((a, b) => a - b).map((id) => ({ id, bytes: valueBytes(shapeOf(id)), kind: kinds.get(id) ?? 'temp', name: names.get(id), shape: [...shapeOf(id)] }));
+  return { kernels, values, aliases, outputs };
+}
+
+/** A plain copy, for outputs that would otherwise share storage with an input, parameter or another output. */
+function copyKernel(from: number, to: number, elements: number, target: Target): Kernel {
+  const wg = 64;
+  const groups = Math.ceil(Math.max(1, elements) / wg);
+  const x = Math.min(groups, target.limits.maxComputeWorkgroupsPerDimension);
+  const y = Math.ceil(groups / x);
+  return {
+    name: 'copy_f32',
+    wgsl: `@group(0) @binding(0) var<storage, read> src: array<f32>;
+@group(0) @binding(1) var<storage, read_write> dst: array<f32>;
+@compute @workgroup_size(${wg})
+fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+  let i = gid.x + gid.y * ${x * wg}u;
+  if (i < ${elements}u) { dst[i] = src[i]; }
+}
+`,
+    workgroupSize: [wg, 1, 1],
+    dispatch: [x, y, 1],
+    bindings: [
+      { value: from, access: 'read' },
+      { value: to, access: 'read_write' },
+    ],
+    nodes: [],
+  };
+}
