@@ -64,8 +64,9 @@ function program(): Command {
     .option('--vjp', 'also compute gradients: takes d:<output>, returns d:<param> (d:<input> for --op)')
     .option('--shape <spec...>', 'input shapes, NAME=AxBxC', [])
     .option('--attr <spec...>', 'op attributes for --op, KEY=VALUE', [])
-    .option('--emit <form>', 'print an intermediate form: ir')
+    .option('--emit <form>', 'print an intermediate form: ir, kernels, wgsl or plan')
     .option('--no-optimize', 'skip the optimisation passes (DCE, CSE, constant folding, simplification)')
+    .option('--no-fuse', 'one kernel per IR node (no elementwise fusion)')
     .option('-o, --output <file>', 'the bundle to write (.visftx)')
     .action(async (file: string | undefined, opts: import('./commands/compile.js').CompileOptions) => {
       process.exitCode = (await import('./commands/compile.js')).runCompile(file, opts);
@@ -78,10 +79,11 @@ function program(): Command {
     .option('--weights <file...>', 'weights (.safetensors, .pth/.pt/.ckpt); several files are merged')
     .option('--inputs <file>', 'inputs by name (.safetensors)')
     .option('--outputs <file>', 'where to write the outputs (.safetensors)')
-    .option('--backend <name>', 'cpu (the float64 reference) or gpu', 'cpu')
+    .option('--backend <name>', 'gpu (WebGPU through Dawn) or cpu (the float64 reference)', 'gpu')
+    .option('--adapter <name>', 'pick the GPU adapter whose name contains this')
     .option('--f64', 'write outputs as float64 (default float32)')
     .action(async (bundle: string, opts: import('./commands/run.js').RunOptions) => {
-      process.exitCode = (await import('./commands/run.js')).runRun(bundle, opts);
+      process.exitCode = await (await import('./commands/run.js')).runRun(bundle, opts);
     });
 
   cmd

@@ -6,6 +6,11 @@ import type { IrOp } from './ir/ops.js';
 import { IR_OPS } from './ir/ops.js';
 import type { CompiledEntry, WeightsSpec } from './lower/entry.js';
 import { Builder } from './ir/builder.js';
+import type { Kernel, Target } from './codegen/types.js';
+import { PORTABLE_TARGET } from './codegen/types.js';
+import type { GpuProgram } from './codegen/gpu.js';
+import type { ValueInfo } from './codegen/schedule.js';
+import { planMemory } from './plan/memory.js';
 
 export const BUNDLE_FORMAT = 'visft-bundle';
 export const BUNDLE_VERSION = 1;
@@ -33,6 +38,16 @@ export interface Bundle {
   readonly outputs: TensorSpec[];
   readonly params: BundleParam[];
   readonly weights: WeightsSpec | null;
+  /** The GPU program: kernels in schedule order, the values they bind, aliases and outputs (the memory plan is derived). */
+  readonly gpu: {
+    readonly target: string;
+    readonly kernels: Kernel[];
+    readonly values: ValueInfo[];
+    readonly aliases: [number, number][];
+    readonly outputs: [string, number][];
+    /** Bytes the memory plan allocates for the target, for a quick look. */
+    readonly plan_bytes: number;
+  } | null;
   /** Nodes as [op, inputs, attrs, shape, dtype]. */
   readonly graph: {
     readonly nodes: [IrOp, number[], Attrs, number[], DType][];
@@ -46,7 +61,7 @@ export class BundleError extends Error {}
 
 const spec = (g: Graph, name: string, node: number): TensorSpec => ({ name, shape: [...g.node(node).shape], dtype: g.node(node).dtype });
 
-export function makeBundle(c: CompiledEntry, source: { file: string; sha256: string }): Bundle {
+export function makeBundle(c: CompiledEntry, source: { file: string; sha256: string }, gpu?: GpuProgram): Bundle {
   const g = c.graph;
   return {
     format: BUNDLE_FORMAT,
@@ -58,6 +73,16 @@ export function makeBundle(c: CompiledEntry, source: { file: string; sha256: str
     outputs: g.outputs.map((o) => spec(g, o.name, o.node)),
     params: c.params.map((p) => ({ ...spec(g, p.path, p.node), ...(p.init ? { init: p.init } : {}), ...(p.parts ? { parts: p.parts } : {}), trainable: p.trainable, ...(p.lora ? { lora_of: p.lora.target } : {}) })),
     weights: c.weights ?? null,
+    gpu: gpu
+      ? {
+          target: gpu.target.name,
+          kernels: gpu.schedule.kernels,
+          values: gpu.schedule.values,
+          aliases: [...gpu.schedule.aliases],
+          outputs: [...gpu.schedule.outputs],
+          plan_bytes: gpu.plan.peakBytes,
+        }
+      : null,
     graph: {
       nodes: g.nodes.map((n) => [n.op, [...n.inputs], n.attrs, [...n.shape], n.dtype]),
       inputs: g.inputs.map((i) => [i.name, i.node]),
@@ -107,4 +132,12 @@ export function parseBundle(text: string, file: string): { bundle: Bundle; graph
     g.outputs.push({ name, node });
   }
   return { bundle: b, graph: g };
+}
+
+/** The bundle's GPU program, with its memory plan re-derived (deterministically) for the portable target's limits. */
+export function bundleGpuProgram(b: Bundle, file: string, target: Target = PORTABLE_TARGET): GpuProgram {
+  if (!b.gpu) throw new BundleError(`${file} has no GPU kernels: compile it with this visft`);
+  const schedule = { kernels: b.gpu.kernels, values: b.gpu.values, aliases: new Map(b.gpu.aliases), outputs: new Map(b.gpu.outputs) };
+  const plan = planMemory({ values: schedule.values, schedule: schedule.kernels, aliases: schedule.aliases }, target);
+  return { target, schedule, plan };
 }

@@ -10,6 +10,9 @@ import { LowerError } from '../../compiler/lower/ops.js';
 import { compileOp } from '../../compiler/lower/op-entry.js';
 import { ShapeError } from '../../compiler/ir/rules/shape.js';
 import { printGraph } from '../../compiler/ir/print.js';
+import { compileGpu, formatKernels, formatWgsl } from '../../compiler/codegen/gpu.js';
+import { PORTABLE_TARGET } from '../../compiler/codegen/types.js';
+import { formatPlan } from '../../compiler/plan/memory.js';
 import { UsageError } from './errors.js';
 import { writeFileAtomic } from './files.js';
 import { printDiagnostics, summary } from './report.js';
@@ -24,6 +27,7 @@ export interface CompileOptions {
   output?: string;
   emit?: string;
   optimize: boolean;
+  fuse: boolean;
 }
 
 export function parseShapes(specs: readonly string[]): Map<string, number[]> {
@@ -37,7 +41,7 @@ export function parseShapes(specs: readonly string[]): Map<string, number[]> {
 }
 
 export function runCompile(file: string | undefined, opts: CompileOptions): number {
-  if (!opts.output && !opts.emit) throw new UsageError('compile needs -o OUT.visftx (or --emit ir)');
+  if (!opts.output && !opts.emit) throw new UsageError('compile needs -o OUT.visftx (or --emit ir|kernels|wgsl|plan)');
   const shapes = parseShapes(opts.shape);
   let compiled: CompiledEntry;
   let source = { file: '', sha256: '' };
@@ -68,11 +72,15 @@ export function runCompile(file: string | undefined, opts: CompileOptions): numb
     }
     throw e;
   }
+  const gpu = compileGpu(compiled.graph, PORTABLE_TARGET, { fuse: opts.fuse });
   if (opts.emit === 'ir') process.stdout.write(printGraph(compiled.graph));
-  else if (opts.emit !== undefined) throw new UsageError(`--emit takes ir (kernels, wgsl and plan come with the GPU backend)`);
+  else if (opts.emit === 'kernels') process.stdout.write(formatKernels(gpu, compiled.graph));
+  else if (opts.emit === 'wgsl') process.stdout.write(formatWgsl(gpu));
+  else if (opts.emit === 'plan') process.stdout.write(formatPlan(gpu.plan));
+  else if (opts.emit !== undefined) throw new UsageError(`--emit takes ir, kernels, wgsl or plan`);
   if (opts.output) {
     try {
-      writeFileAtomic(opts.output, serializeBundle(makeBundle(compiled, source)));
+      writeFileAtomic(opts.output, serializeBundle(makeBundle(compiled, source, gpu)));
     } catch (e) {
       process.stderr.write(`visft: cannot write ${opts.output}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}\n`);
       return 1;

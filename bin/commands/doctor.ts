@@ -1,22 +1,92 @@
-// `visft doctor`: which WebGPU adapter visft would use, whether it runs a dispatch, and what to install.
-import { probeWebGPU, defaultBackend } from '../../runtime/device/probe.js';
+// `visft doctor`: which WebGPU adapter visft would use (opened as visft opens it: toggles, features, limits),
+// the Target codegen gets from it, whether it runs a dispatch, and what to install when there is none.
+import type { Target } from '../../compiler/codegen/types.js';
+import { defaultBackend, testDispatch } from '../../runtime/device/probe.js';
+import { dawnAdapterList, openDevice, type AdapterDescription, type GpuDevice } from '../../runtime/gpu/device.js';
+import { errorMessage } from '../../runtime/gpu/errors.js';
 
-export async function runDoctor(opts: { json?: boolean }): Promise<number> {
-  const result = await probeWebGPU({ backend: defaultBackend() });
+export interface DoctorOptions {
+  json?: boolean;
+  /** Substring of the adapter's name to pick (multi-GPU machines). */
+  adapter?: string;
+  backend?: string;
+}
+
+export interface DoctorReport {
+  ok: boolean;
+  backend?: string;
+  adapter?: AdapterDescription;
+  /** Adapters Dawn lists for the backend (name and backend). */
+  adapters?: { backend: string; name: string }[];
+  target?: Target;
+  verified?: boolean;
+  error?: string;
+  hint?: string;
+}
+
+const KEY_LIMITS: (keyof Target['limits'])[] = [
+  'maxBufferSize',
+  'maxStorageBufferBindingSize',
+  'minStorageBufferOffsetAlignment',
+  'maxComputeWorkgroupStorageSize',
+  'maxComputeInvocationsPerWorkgroup',
+  'maxComputeWorkgroupSizeX',
+  'maxComputeWorkgroupsPerDimension',
+  'maxStorageBuffersPerShaderStage',
+];
+
+export async function doctorReport(opts: DoctorOptions = {}): Promise<DoctorReport> {
+  const backend = opts.backend ?? defaultBackend();
+  const report: DoctorReport = { ok: false };
+  if (backend !== undefined) report.backend = backend;
+  let gpu: GpuDevice | undefined;
+  try {
+    gpu = await openDevice({ ...(backend !== undefined ? { backend } : {}), ...(opts.adapter ? { adapter: opts.adapter } : {}) });
+    report.adapter = gpu.info;
+    report.target = gpu.target;
+    const error = await testDispatch(gpu.device);
+    if (error) report.error = error;
+    else report.verified = true;
+    report.ok = !error;
+  } catch (e) {
+    report.error = errorMessage(e);
+    const hint = (e as { hint?: unknown }).hint;
+    report.hint = typeof hint === 'string' ? hint : installHint();
+  } finally {
+    await gpu?.destroy();
+  }
+  try {
+    report.adapters = await dawnAdapterList(backend);
+  } catch {
+    // Listing is a courtesy.
+  }
+  return report;
+}
+
+export async function runDoctor(opts: DoctorOptions): Promise<number> {
+  const r = await doctorReport(opts);
   if (opts.json) {
-    process.stdout.write(JSON.stringify(result, null, 2) + '\n');
-    return result.ok ? 0 : 1;
+    process.stdout.write(JSON.stringify(r, null, 2) + '\n');
+    return r.ok ? 0 : 1;
   }
-  if (result.ok && result.adapter) {
-    const a = result.adapter;
-    process.stdout.write(`adapter: ${a.description || a.device || a.vendor} (${a.vendor}${a.architecture ? ', ' + a.architecture : ''})\n`);
-    process.stdout.write(`backend: ${result.backend ?? 'default'}${a.isFallbackAdapter ? ' (software adapter: correct but slow; numbers from it are not speed claims)' : ''}\n`);
-    process.stdout.write(`features: ${(result.features ?? []).join(', ') || 'none'}\n`);
-    process.stdout.write('test dispatch: ok\n');
-    return 0;
+  const w = (s: string) => process.stdout.write(s + '\n');
+  if (r.adapter && r.target) {
+    const a = r.adapter;
+    const t = r.target;
+    w(`adapter: ${a.description || a.device || a.vendor} (${[a.vendor, a.architecture].filter(Boolean).join(', ')})`);
+    w(`software adapter: ${a.isFallbackAdapter ? 'yes (correct but slow; numbers from it are not speed claims)' : 'no'}`);
+    w(`backend: ${r.backend ?? 'default'}`);
+    w(`features: ${t.features.join(', ') || 'none'}`);
+    w(`subgroups: ${t.features.includes('subgroups') ? `sizes ${t.subgroupMinSize}..${t.subgroupMaxSize}` : 'not available'}`);
+    w(`subgroup matrices: ${t.subgroupMatrixConfigs.length ? t.subgroupMatrixConfigs.map((c) => `${c.componentType}->${c.resultComponentType} ${c.M}x${c.N}x${c.K}`).join(', ') : 'none'}`);
+    w('limits:');
+    for (const k of KEY_LIMITS) w(`  ${k}: ${t.limits[k]}`);
+    if (r.adapters && r.adapters.length > 1) w(`other adapters: ${r.adapters.map((x) => `${x.name} (${x.backend})`).join('; ')} (pick one with --adapter NAME)`);
+    w(`test dispatch: ${r.verified ? 'ok' : `failed: ${r.error ?? 'unknown error'}`}`);
+    return r.ok ? 0 : 1;
   }
-  process.stdout.write(`no working WebGPU adapter: ${result.error ?? 'unknown reason'}\n`);
-  process.stdout.write(installHint() + '\n');
+  w(`no working WebGPU adapter: ${r.error ?? 'unknown reason'}`);
+  w(r.hint ?? installHint());
   return 1;
 }
 

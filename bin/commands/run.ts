@@ -1,6 +1,10 @@
 // `visft run BUNDLE [--weights W ...] --inputs I.safetensors --outputs O.safetensors [--backend cpu|gpu]`
 import { readFileSync } from 'node:fs';
-import { BundleError, parseBundle } from '../../compiler/bundle.js';
+import { BundleError, bundleGpuProgram, parseBundle } from '../../compiler/bundle.js';
+import { PlanError } from '../../compiler/plan/memory.js';
+import { openDevice } from '../../runtime/gpu/device.js';
+import { GpuError } from '../../runtime/gpu/errors.js';
+import { runGpu } from '../../runtime/run-gpu.js';
 import { RunError } from '../../compiler/ir/interpret.js';
 import { loadInputs, loadWeights, runCpu, RunInputError } from '../../runtime/run-cpu.js';
 import { fromNumbers, writeSafetensors, WeightsFormatError, WeightMismatchError, UnsafePickleError, PickleError, ZipError } from '../../runtime/weights/index.js';
@@ -11,16 +15,13 @@ export interface RunOptions {
   inputs?: string;
   outputs?: string;
   backend: string;
+  adapter?: string;
   f64?: boolean;
 }
 
-export function runRun(bundleFile: string, opts: RunOptions): number {
+export async function runRun(bundleFile: string, opts: RunOptions): Promise<number> {
   if (!opts.inputs || !opts.outputs) throw new UsageError('run needs --inputs I.safetensors and --outputs O.safetensors');
-  if (opts.backend === 'gpu') {
-    process.stderr.write('visft: the gpu backend is not built yet (issue 4); use --backend cpu\n');
-    return 2;
-  }
-  if (opts.backend !== 'cpu') throw new UsageError(`--backend is cpu or gpu, not '${opts.backend}'`);
+  if (opts.backend !== 'cpu' && opts.backend !== 'gpu') throw new UsageError(`--backend is cpu or gpu, not '${opts.backend}'`);
   try {
     let text: string;
     try {
@@ -32,15 +33,26 @@ export function runRun(bundleFile: string, opts: RunOptions): number {
     if (bundle.params.length && !opts.weights?.length) throw new UsageError(`${bundleFile} has ${bundle.params.length} parameters: give --weights`);
     if (!bundle.params.length && opts.weights?.length) throw new UsageError(`${bundleFile} has no parameters: drop --weights`);
     const params = bundle.params.length ? loadWeights(opts.weights!, bundle) : new Map();
-    const outputs = runCpu(graph, loadInputs(opts.inputs, bundle), params);
+    const inputs = loadInputs(opts.inputs, bundle);
+    let outputs;
+    if (opts.backend === 'cpu') outputs = runCpu(graph, inputs, params);
+    else {
+      const program = bundleGpuProgram(bundle, bundleFile);
+      const gpu = await openDevice({ adapter: opts.adapter });
+      try {
+        outputs = await runGpu(gpu, graph, program, inputs, params);
+      } finally {
+        await gpu.destroy();
+      }
+    }
     const dtype = opts.f64 ? 'f64' : 'f32';
     const tensors = new Map([...outputs].map(([k, v]) => [k, fromNumbers(dtype, v.shape, v.data)] as const));
-    writeSafetensors(opts.outputs, tensors, { bundle: bundleFile, backend: 'cpu' });
+    writeSafetensors(opts.outputs, tensors, { bundle: bundleFile, backend: opts.backend });
     process.stdout.write(`wrote ${opts.outputs}: ${[...outputs.keys()].join(', ')}\n`);
     return 0;
   } catch (e) {
     if (e instanceof UsageError) throw e;
-    if ([BundleError, RunInputError, RunError, WeightsFormatError, WeightMismatchError, UnsafePickleError, PickleError, ZipError].some((c) => e instanceof c)) {
+    if ([BundleError, RunInputError, RunError, WeightsFormatError, WeightMismatchError, UnsafePickleError, PickleError, ZipError, GpuError, PlanError].some((c) => e instanceof c)) {
       process.stderr.write(`visft: ${(e as Error).message}\n`);
       return 1;
     }

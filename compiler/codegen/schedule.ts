@@ -3,6 +3,8 @@
 // lists every value that needs storage, for the memory plan.
 import { Graph, numel } from '../ir/graph.js';
 import type { GpuRule, Kernel, Target } from './types.js';
+import { planFusion } from './fuse.js';
+import { fusedKernel } from '../../kernels/fused.js';
 
 export type ValueKind = 'input' | 'param' | 'output' | 'temp';
 
@@ -28,7 +30,12 @@ export interface Schedule {
 /** Bytes of a value's storage: f32 elements (at least one, so a binding is never empty). */
 export const valueBytes = (shape: readonly number[]): number => Math.max(1, numel(shape)) * 4;
 
-export function schedule(graph: Graph, target: Target, rules: { readonly [op: string]: GpuRule }): Schedule {
+export interface ScheduleOptions {
+  /** Fuse elementwise chains (default true); off gives one kernel per node, for fused = unfused tests. */
+  readonly fuse?: boolean;
+}
+
+export function schedule(graph: Graph, target: Target, rules: { readonly [op: string]: GpuRule }, opts: ScheduleOptions = {}): Schedule {
   const live = graph.live();
   for (const i of graph.inputs) live.add(i.node);
   for (const p of graph.params) live.add(p.node);
@@ -40,8 +47,27 @@ export function schedule(graph: Graph, target: Target, rules: { readonly [op: st
   for (const i of graph.inputs) (kinds.set(i.node, 'input'), names.set(i.node, i.name));
   for (const p of graph.params) (kinds.set(p.node, 'param'), names.set(p.node, p.name));
 
+  const outputNodes = new Set(graph.outputs.map((o) => o.node));
+  const groups = opts.fuse === false ? [] : planFusion(graph, live, outputNodes, target.limits.maxStorageBuffersPerShaderStage - 1);
+  const groupOf = new Map(groups.map((g) => [g.root, g] as const));
+  const absorbed = new Set(groups.flatMap((g) => g.members.filter((m) => m !== g.root)));
+  // Scalar constants that only fused kernels read are inlined there as literals: no fill kernel.
+  const fused = new Set(groups.flatMap((g) => g.members));
+  const readers = new Map<number, number[]>();
+  for (const n of graph.nodes) if (live.has(n.id)) for (const i of n.inputs) readers.set(i, [...(readers.get(i) ?? []), n.id]);
+  for (const n of graph.nodes) {
+    const scalar = n.op === 'full' && numel(n.shape) === 1 && !outputNodes.has(n.id);
+    if (scalar && live.has(n.id) && (readers.get(n.id) ?? []).every((r) => fused.has(r))) absorbed.add(n.id);
+  }
+
   for (const node of graph.nodes) {
-    if (!live.has(node.id)) continue;
+    if (!live.has(node.id) || absorbed.has(node.id)) continue;
+    const group = groupOf.get(node.id);
+    if (group) {
+      const k = fusedKernel(graph, group, target);
+      kernels.push({ ...k, bindings: k.bindings.map((b) => ({ ...b, value: root(b.value) })) });
+      continue;
+    }
     const rule = rules[node.op];
     if (!rule) throw new Error(`no GPU rule for op '${node.op}'`);
     if (rule.kind === 'leaf') continue;

@@ -98,8 +98,6 @@ export async function probeWebGPU(options: ProbeOptions = {}): Promise<ProbeResu
   // work in flight (e.g. lavapipe compiling a shader with a cold Mesa cache), dawn.node crashes the process.
   let gpu: GPU | undefined;
   let device: GPUDevice | undefined;
-  let buffer: GPUBuffer | undefined;
-  let readback: GPUBuffer | undefined;
   try {
     let mod: typeof import('webgpu');
     try {
@@ -162,6 +160,32 @@ export async function probeWebGPU(options: ProbeOptions = {}): Promise<ProbeResu
       () => undefined,
     );
 
+    const error = await testDispatch(device, timeoutMs);
+    if (lost || error) {
+      result.error = lost ?? error;
+      return result;
+    }
+    result.verified = true;
+    result.ok = true;
+    return result;
+  } catch (e) {
+    result.error = `WebGPU probe failed: ${message(e)}`;
+    return result;
+  } finally {
+    await shutdown(device, [], Math.min(timeoutMs, 10_000));
+    // Read after the last await so that the instance stays reachable until the device is gone.
+    if (gpu === null) result.error = 'unreachable';
+  }
+}
+
+/**
+ * Runs the probe's compute dispatch on an open device (64 values, `x * 2 + i`) and checks what comes back.
+ * Returns undefined when it verified, else what went wrong. Never throws; frees its buffers.
+ */
+export async function testDispatch(device: GPUDevice, timeoutMs = 60_000): Promise<string | undefined> {
+  let buffer: GPUBuffer | undefined;
+  let readback: GPUBuffer | undefined;
+  try {
     device.pushErrorScope('validation');
     device.pushErrorScope('out-of-memory');
     device.pushErrorScope('internal');
@@ -196,36 +220,22 @@ export async function probeWebGPU(options: ProbeOptions = {}): Promise<ProbeResu
       const err = await withTimeout(device.popErrorScope(), timeoutMs, 'popErrorScope');
       if (err) errors.push(err.message);
     }
-    if (errors.length > 0) {
-      result.error = `the test dispatch raised GPU errors: ${errors.join('; ')}`;
-      return result;
-    }
+    if (errors.length > 0) return `the test dispatch raised GPU errors: ${errors.map((e) => message(e)).join('; ')}`;
 
     await withTimeout(readback.mapAsync(GPUMapMode.READ), timeoutMs, 'reading back the test dispatch');
     const out = new Float32Array(readback.getMappedRange().slice(0));
     readback.unmap();
 
-    if (lost) {
-      result.error = lost;
-      return result;
-    }
     for (let i = 0; i < N; i++) {
       const want = 2 * input(i) + i;
-      if (out[i] !== want) {
-        result.error = `the test dispatch returned a wrong value at index ${i}: got ${out[i]}, expected ${want}`;
-        return result;
-      }
+      if (out[i] !== want) return `the test dispatch returned a wrong value at index ${i}: got ${out[i]}, expected ${want}`;
     }
-    result.verified = true;
-    result.ok = true;
-    return result;
+    return undefined;
   } catch (e) {
-    result.error = `WebGPU probe failed: ${message(e)}`;
-    return result;
+    return `the test dispatch failed: ${message(e)}`;
   } finally {
-    await shutdown(device, [buffer, readback], Math.min(timeoutMs, 10_000));
-    // Read after the last await so that the instance stays reachable until the device is gone.
-    if (gpu === null) result.error = 'unreachable';
+    buffer?.destroy();
+    readback?.destroy();
   }
 }
 

@@ -1,0 +1,35 @@
+// The GPU half of compilation: schedule (kernels, fusion, aliases) then the memory plan, for a Target.
+// Deterministic for a given graph and target, so bundles stay byte-identical.
+import type { Graph } from '../ir/graph.js';
+import { GPU_RULES } from '../../kernels/index.js';
+import { planMemory, type MemoryPlan } from '../plan/memory.js';
+import { schedule, type Schedule } from './schedule.js';
+import type { Target } from './types.js';
+
+export interface GpuProgram {
+  readonly target: Target;
+  readonly schedule: Schedule;
+  readonly plan: MemoryPlan;
+}
+
+export function compileGpu(graph: Graph, target: Target, opts: { fuse?: boolean } = {}): GpuProgram {
+  const s = schedule(graph, target, GPU_RULES, { fuse: opts.fuse });
+  const plan = planMemory({ values: s.values, schedule: s.kernels, aliases: s.aliases }, target);
+  return { target, schedule: s, plan };
+}
+
+/** `--emit kernels`: one line per kernel with what it computes and binds. */
+export function formatKernels(p: GpuProgram, graph: Graph): string {
+  const lines = [`# ${p.schedule.kernels.length} kernels for target '${p.target.name}'`];
+  p.schedule.kernels.forEach((k, i) => {
+    const ops = k.nodes.map((n) => `%${n} ${graph.nodes[n]?.op ?? '?'}`).join(', ') || 'copy';
+    const binds = k.bindings.map((b) => `${b.access === 'read' ? '' : 'w:'}%${b.value}`).join(' ');
+    lines.push(`k${i} ${k.name} [${k.dispatch.join('x')}] x [${k.workgroupSize.join('x')}]  computes ${ops}  binds ${binds}`);
+  });
+  return lines.join('\n') + '\n';
+}
+
+/** `--emit wgsl`: every kernel's source, in schedule order. */
+export function formatWgsl(p: GpuProgram): string {
+  return p.schedule.kernels.map((k, i) => `// ---- k${i}: ${k.name}\n${k.wgsl}`).join('\n');
+}

@@ -1,0 +1,121 @@
+// WGSL kernel generator for attention: softmax(q·kᵀ·scale [+ mask])·v over q [B, H, Sq, D], k [B, H, Sk, D],
+// v [B, H, Sk, Dv], an optional mask broadcast to [B, H, Sq, Sk]; scale defaults to 1/√D.
+//
+// `attention_row_f32`: one workgroup per query row (a loop when rows exceed the dispatch). Keys are processed
+// in chunks that fit workgroup memory, with the online-softmax rescaling between chunks (one chunk, i.e. the
+// plain three-pass softmax, whenever Sk fits):
+//   1. invocation t computes the scores s_j (dot over D in order, ·scale, + mask) for j = t, t + WG, … of the
+//      chunk into workgroup memory; 2. a fixed tree gives the chunk max, the running max m is updated and the
+//      running sum z and the accumulators rescaled by e^{m_old - m}; 3. p_j = e^{s_j - m}, a tree sums them;
+//   4. invocation t owns output columns c = t, t + WG, … and adds Σ_j p_j·v[j, c] in key order.
+// Finally out = acc / z. Every sum has a fixed order: bitwise repeatable. (Flash attention comes later.)
+import type { Kernel, KernelGen } from '../compiler/codegen/types.js';
+import type { Node } from '../compiler/ir/graph.js';
+import { attrNum } from '../compiler/ir/rules/shape.js';
+import { broadcastStrides, dispatchGroups, groupIndexCode, f32Lit, loopBound, makeKernel, u32Lit } from './elementwise.js';
+import { combineCode, treeReduceCode, treeWorkgroup } from './reduce.js';
+
+/** Keys per chunk at most (the scores of one chunk live in workgroup memory). */
+export const ATTENTION_CHUNK = 1024;
+
+type Target = Parameters<KernelGen>[2];
+
+export function attentionKernel(node: Node, inputs: readonly Node[], target: Target, chunkCap = ATTENTION_CHUNK): Kernel {
+  const [q, k, v, mask] = inputs;
+  const [B, H, Sq, D] = q.shape;
+  const Sk = k.shape[2];
+  const Dv = v.shape[3];
+  const scale = f32Lit(attrNum(node.attrs, 'scale', 1 / Math.sqrt(D)));
+  const wg = treeWorkgroup(target, 64);
+  // Workgroup memory: the chunk's scores plus the tree buffer.
+  const storage = target.limits.maxComputeWorkgroupStorageSize;
+  const chunk = Math.max(1, Math.min(chunkCap, Math.max(Sk, 1), Math.floor(storage / 4) - wg));
+  const chunks = Math.ceil(Sk / chunk);
+  const cols = Math.max(1, Math.ceil(Dv / wg));
+  const rows = B * H * Sq;
+  const dispatch = dispatchGroups(rows, target);
+  const ms = mask ? broadcastStrides(mask.shape, [B, H, Sq, Sk]) : undefined;
+  const maskRow = ms
+    ? `    let mrow = ${[`b * ${u32Lit(ms[0])}`, `h * ${u32Lit(ms[1])}`, `qi * ${u32Lit(ms[2])}`].filter((_, i) => ms[i] !== 0).join(' + ') || '0u'};`
+    : '';
+  const maskAdd = ms ? ` + in_3[mrow + j * ${u32Lit(ms[3])}]` : '';
+  const maxC = (a: string, b: string) => combineCode('max', a, b);
+  const colLoops: string[] = [];
+  const finals: string[] = [];
+  const rescale: string[] = [];
+  for (let c = 0; c < cols; c++) {
+    const col = `lid + ${u32Lit(c * wg)}`;
+    colLoops.push(`      {
+        let col = ${col};
+        if (col < ${u32Lit(Dv)}) {
+          var s = acc[${c}];
+          for (var jj = 0u; jj < clen; jj++) {
+            s = fma(scores[jj], in_2[vb + (j0 + jj) * ${u32Lit(Dv)} + col], s);
+          }
+          acc[${c}] = s;
+        }
+      }`);
+    rescale.push(`      acc[${c}] = acc[${c}] * alpha;`);
+    finals.push(`    {
+      let col = ${col};
+      if (col < ${u32Lit(Dv)}) { out_0[orow + col] = acc[${c}] / z; }
+    }`);
+  }
+  const main = `var<workgroup> scores: array<f32, ${chunk}>;
+var<workgroup> red_buf: array<f32, ${wg}>;
+
+@compute @workgroup_size(${wg}, 1, 1)
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid: u32) {
+${groupIndexCode('r', rows, dispatch)}
+    let qi = r % ${u32Lit(Sq)};
+    let bh = r / ${u32Lit(Sq)};
+    let h = bh % ${u32Lit(H)};
+    let b = bh / ${u32Lit(H)};
+    let qb = r * ${u32Lit(D)};
+    let kb = bh * ${u32Lit(Sk * D)};
+    let vb = bh * ${u32Lit(Sk * Dv)};
+    let orow = r * ${u32Lit(Dv)};
+${maskRow}
+    var m = ${f32Lit(-Infinity)};
+    var z = 0.0f;
+    var acc: array<f32, ${cols}>;
+${chunks === 1 ? '    {\n      let j0 = 0u;' : `    for (var j0 = 0u; j0 < ${u32Lit(Sk)}; j0 += ${u32Lit(chunk)}) {`}
+      let clen = min(${u32Lit(chunk)}, ${u32Lit(Sk)} - j0);
+      var cm = ${f32Lit(-Infinity)};
+      for (var jj = lid; jj < clen; jj += ${u32Lit(wg)}) {
+        let j = j0 + jj;
+        var s = 0.0f;
+        for (var t = 0u; t < ${loopBound(D, target)}; t++) {
+          s = fma(in_0[qb + t], in_1[kb + j * ${u32Lit(D)} + t], s);
+        }
+        let sc = s * ${scale}${maskAdd};
+        scores[jj] = sc;
+        cm = ${maxC('cm', 'sc')};
+      }
+      red_buf[lid] = cm;
+${treeReduceCode('red_buf', wg, maxC, target, '      ')}
+      let mn = ${maxC('m', 'red_buf[0]')};
+      // e^{m_old - m_new}; 0 when nothing was seen yet (m_old = -inf).
+      let alpha = select(exp_f32(m - mn), 0.0f, m == ${f32Lit(-Infinity)});
+      workgroupBarrier();
+      var ps = 0.0f;
+      for (var jj = lid; jj < clen; jj += ${u32Lit(wg)}) {
+        let p = exp_f32(scores[jj] - mn);
+        scores[jj] = p;
+        ps += p;
+      }
+      red_buf[lid] = ps;
+${treeReduceCode('red_buf', wg, (a, b2) => `${a} + ${b2}`, target, '      ')}
+      z = z * alpha + red_buf[0];
+      m = mn;
+${rescale.join('\n')}
+${colLoops.join('\n')}
+${chunks === 1 ? '' : '      workgroupBarrier();\n'}    }
+${finals.join('\n')}
+}`;
+  return makeKernel(node, inputs, target, { name: 'attention_row_f32', body: main, workgroupSize: [wg, 1, 1], dispatch, lib: ['is_nan', 'exp_f32'] });
+}
+
+export const ATTENTION_GPU_RULES = {
+  attention: { kind: 'kernel' as const, gen: (node: Node, inputs: readonly Node[], target: Target) => attentionKernel(node, inputs, target) },
+};

@@ -1,0 +1,424 @@
+// WGSL kernels for multi-scale deformable attention (Deformable-DETR's MSDeformAttn, the Mask2Former pixel
+// decoder's op): the forward and the three VJPs, f32, one kernel per IR node, no atomics.
+//
+// Layout (compiler/ir/rules/reference-vision.ts): value [N, S, M, Dh] with S = Σ_l H_l·W_l (levels baked in
+// as constants, level l's rows start at level_start_index[l]), sampling_locations [N, Lq, M, L, P, 2] as
+// (x, y) in [0, 1], attention_weights [N, Lq, M, L, P], output [N, Lq, M·Dh]. A point samples its level
+// bilinearly at (x·W − 0.5, y·H − 0.5) with zero padding (grid_sample, align_corners=False); a point
+// contributes only when −1 < h_im < H and −1 < w_im < W (exactly the CUDA op's rule, and the reference's).
+//
+// This file also holds the small codegen helpers the vision kernels share (kernels/vision.ts imports them;
+// the dependency goes one way only).
+import type { Node } from '../compiler/ir/graph.js';
+import { numel } from '../compiler/ir/graph.js';
+import { attrNum, attrPairs } from '../compiler/ir/rules/shape.js';
+import type { Kernel, Target } from '../compiler/codegen/types.js';
+
+// ---------------------------------------------------------------------------------------------- shared helpers
+
+/** A WGSL f32 literal that round-trips to exactly Math.fround(x) (shortest decimal that does). */
+export function f32Lit(x: number): string {
+  const f = Math.fround(x);
+  if (!Number.isFinite(f)) throw new Error(`f32Lit: ${x} is not a finite f32`);
+  if (Object.is(f, -0)) return '-0.0f';
+  for (let p = 1; p <= 9; p++) {
+    const s = f.toPrecision(p);
+    if (Math.fround(Number(s)) === f) return `${s.replace('e+', 'e')}f`;
+  }
+  return `${f.toPrecision(9).replace('e+', 'e')}f`;
+}
+
+/** A u32 literal. */
+export const u32Lit = (x: number): string => {
+  if (!Number.isInteger(x) || x < 0 || x > 0xffffffff) throw new Error(`u32Lit: ${x} is not a u32`);
+  return `${x}u`;
+};
+
+/** A 1-D workgroup size that every limit of the target allows, at most `want`. */
+export function linearWorkgroup(target: Target, want = 256): number {
+  const max = Math.min(want, target.limits.maxComputeInvocationsPerWorkgroup, target.limits.maxComputeWorkgroupSizeX);
+  let size = 1;
+  while (size * 2 <= max) size *= 2;
+  return size;
+}
+
+/**
+ * Spreads `count` workgroups over up to three dispatch dimensions, each within maxComputeWorkgroupsPerDimension.
+ * Kernels recover the linear workgroup index with WORKGROUP_INDEX and skip indices >= count.
+ */
+export function spreadWorkgroups(count: number, target: Target): [number, number, number] {
+  const max = target.limits.maxComputeWorkgroupsPerDimension;
+  if (count <= 0) return [0, 0, 0];
+  const x = Math.min(count, max);
+  const y = Math.min(Math.ceil(count / x), max);
+  const z = Math.ceil(count / (x * y));
+  if (z > max) throw new Error(`${count} workgroups do not fit in a ${max}^3 dispatch`);
+  return [x, y, z];
+}
+
+/** WGSL: `wid`, the linear workgroup index of a dispatch made by spreadWorkgroups. */
+export const WORKGROUP_INDEX = 'let wid = wg.x + nwg.x * (wg.y + nwg.y * wg.z);';
+
+/**
+ * Loop bounds. Mesa's lavapipe (and other software adapters) fully unroll loops whose trip count is a
+ * compile-time constant, and LLVM then takes seconds per shader; on those targets a bound is multiplied by
+ * `rt_one` (1 at run time, opaque to the compiler: every dispatch has num_workgroups.x >= 1). Hardware
+ * targets keep constant bounds so their compilers may unroll. Use ROLLED_PRELUDE at the top of `main`.
+ */
+export function loopBound(target: Target): (bound: string) => string {
+  return target.isFallbackAdapter ? (b) => `${b} * rt_one` : (b) => b;
+}
+
+export function rolledPrelude(target: Target): string {
+  return target.isFallbackAdapter ? 'let rt_one = min(nwg.x, 1u); // keeps loops rolled on software adapters (loopBound)\n  ' : '';
+}
+
+/** The builtins every generated entry point takes. */
+export const ENTRY_PARAMS =
+  '@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) li: u32';
+
+/** Storage declarations: inputs (read) in order, then the output (read_write). */
+export function bindingDecls(inputNames: readonly string[], outputName: string): string {
+  const lines = inputNames.map((n, i) => `@group(0) @binding(${i}) var<storage, read> ${n}: array<f32>;`);
+  lines.push(`@group(0) @binding(${inputNames.length}) var<storage, read_write> ${outputName}: array<f32>;`);
+  return lines.join('\n');
+}
+
+/** The bindings of a one-node kernel: its inputs in order (read), then its output (read_write). */
+export function nodeBindings(node: Node): Kernel['bindings'] {
+  return [...node.inputs.map((value) => ({ value, access: 'read' as const })), { value: node.id, access: 'read_write' as const }];
+}
+
+/** Only f32 kernels exist for the vision family so far. */
+export function requireF32(node: Node, inputs: readonly Node[]): void {
+  for (const n of [node, ...inputs]) {
+    if (n.dtype !== 'f32') throw new Error(`${node.op} (%${node.id}): only f32 kernels are generated, %${n.id} is ${n.dtype}`);
+  }
+}
+
+/**
+ * A kernel with one invocation per output element: `body` computes element `i` (a u32 `let`, always
+ * < total) and writes it. Handles any element count by spreading workgroups over the dispatch dimensions.
+ */
+export function perElementKernel(
+  name: string,
+  node: Node,
+  target: Target,
+  total: number,
+  decls: string,
+  helpers: string,
+  body: string,
+  header = '',
+): Kernel {
+  const wg = linearWorkgroup(target);
+  const groups = Math.ceil(total / wg);
+  const wgsl = `// ${name}: one invocation per output element (${total} elements)
+${header}${decls}
+
+const TOTAL = ${u32Lit(total)};
+${helpers}
+@compute @workgroup_size(${wg})
+fn main(${ENTRY_PARAMS}) {
+  ${rolledPrelude(target)}${WORKGROUP_INDEX}
+  let i = wid * ${u32Lit(wg)} + li;
+  if (i >= TOTAL) { return; }
+${indent(body.trim(), 2)}
+}
+`;
+  return { name, wgsl, workgroupSize: [wg, 1, 1], dispatch: spreadWorkgroups(groups, target), bindings: nodeBindings(node), nodes: [node.id] };
+}
+
+export function indent(text: string, n: number): string {
+  const pad = ' '.repeat(n);
+  return text
+    .split('\n')
+    .map((l) => (l.length ? pad + l : l))
+    .join('\n');
+}
+
+// ---------------------------------------------------------------------------------------------- geometry
+
+interface MsGeom {
+  readonly n: number;
+  readonly s: number;
+  readonly m: number;
+  readonly dh: number;
+  readonly lq: number;
+  readonly p: number;
+  readonly levels: readonly [number, number][];
+  readonly starts: readonly number[];
+}
+
+function msGeom(node: Node, inputs: readonly Node[]): MsGeom {
+  const levels = attrPairs(node.attrs, 'levels');
+  const [n, s, m, dh] = inputs[0].shape;
+  const [, lq, , , p] = inputs[1].shape;
+  const starts: number[] = [];
+  let total = 0;
+  for (const [h, w] of levels) {
+    starts.push(total);
+    total += h * w;
+  }
+  if (total !== s) throw new Error(`${node.op} (%${node.id}): value has ${s} rows, levels ${JSON.stringify(levels)} have ${total}`);
+  return { n, s, m, dh, lq, p, levels, starts };
+}
+
+function geomConsts(k: MsGeom): string {
+  return [
+    `const N = ${u32Lit(k.n)};`,
+    `const S = ${u32Lit(k.s)};`,
+    `const M = ${u32Lit(k.m)};`,
+    `const DH = ${u32Lit(k.dh)};`,
+    `const LQ = ${u32Lit(k.lq)};`,
+    `const L = ${u32Lit(k.levels.length)};`,
+    `const P = ${u32Lit(k.p)};`,
+  ].join('\n');
+}
+
+/**
+ * WGSL helpers: `locate(pt, h, w)` computes a sampling point's bilinear footprint on an h x w level (valid
+ * only when the point lands within one pixel of the map), and `value_row(n, s, m)` the offset of value's
+ * (n, s, m, 0). Corner c of the footprint is (h0 + (c >> 1), w0 + (c & 1)), corner weights in the reference's
+ * order (1-lh)(1-lw), (1-lh)lw, lh(1-lw), lh·lw.
+ */
+const POINT_HELPERS = /* wgsl */ `
+struct Footprint {
+  valid: bool,
+  h0: i32,
+  w0: i32,
+  lh: f32,
+  lw: f32,
+}
+
+fn locate(pt: u32, h: u32, w: u32) -> Footprint {
+  let h_im = loc[2u * pt + 1u] * f32(h) - 0.5;
+  let w_im = loc[2u * pt] * f32(w) - 0.5;
+  var f: Footprint;
+  f.valid = h_im > -1.0 && w_im > -1.0 && h_im < f32(h) && w_im < f32(w);
+  if (!f.valid) { return f; }
+  let h0 = floor(h_im);
+  let w0 = floor(w_im);
+  f.h0 = i32(h0);
+  f.w0 = i32(w0);
+  f.lh = h_im - h0;
+  f.lw = w_im - w0;
+  return f;
+}
+
+fn value_row(n: u32, s: u32, m: u32) -> u32 {
+  return ((n * S + s) * M + m) * DH;
+}
+
+// value[n, start + y·w + x, m, d], or 0 outside the h x w level.
+fn corner(n: u32, m: u32, d: u32, start: u32, h: u32, w: u32, y: i32, x: i32) -> f32 {
+  if (y < 0 || x < 0 || y >= i32(h) || x >= i32(w)) { return 0.0; }
+  return value[value_row(n, start + u32(y) * w + u32(x), m) + d];
+}
+`;
+
+/** WGSL: `let lvl_h`, `lvl_w`, `lvl_start` for the runtime level index `l` (levels baked in). */
+function levelSelect(k: MsGeom, l: string): string {
+  const pick = (vals: readonly number[]) =>
+    vals.slice(1).reduce((acc, v, i) => `select(${acc}, ${u32Lit(v)}, ${l} == ${u32Lit(i + 1)})`, u32Lit(vals[0]));
+  return [
+    `let lvl_h = ${pick(k.levels.map(([h]) => h))};`,
+    `let lvl_w = ${pick(k.levels.map(([, w]) => w))};`,
+    `let lvl_start = ${pick(k.starts)};`,
+  ].join('\n');
+}
+
+/** Declares every input binding; `_ = &x` keeps an input the formula does not read in the pipeline layout. */
+function touch(names: readonly string[]): string {
+  return names.map((n) => `_ = &${n};`).join('\n');
+}
+
+// ---------------------------------------------------------------------------------------------- forward
+
+/**
+ * Forward: one invocation per output element (n, q, m, d). It walks the (level, point) pairs in the
+ * reference's order (levels unrolled with their sizes as constants), bilinearly samples channel d of the
+ * four corners and accumulates weight · sample. Neighbouring invocations differ in d, so the value reads
+ * of one corner are contiguous.
+ */
+export function msdeformAttnKernel(node: Node, inputs: readonly Node[], target: Target): Kernel {
+  requireF32(node, inputs);
+  const k = msGeom(node, inputs);
+  const B = loopBound(target);
+  const levelBlocks = k.levels
+    .map(([h, w], l) => {
+      return `// level ${l}: ${h} x ${w}, rows from ${k.starts[l]}
+for (var p = 0u; p < ${B('P')}; p++) {
+  let pt = pt_row + ${u32Lit(l)} * P + p;
+  let f = locate(pt, ${u32Lit(h)}, ${u32Lit(w)});
+  if (f.valid) {
+    acc += attw[pt] * bilinear(n, m, d, ${u32Lit(k.starts[l])}, ${u32Lit(h)}, ${u32Lit(w)}, f);
+  }
+}`;
+    })
+    .join('\n');
+  const helpers = `${geomConsts(k)}
+${POINT_HELPERS}
+// The bilinear sample of channel d at a footprint, corners summed in the reference's order.
+fn bilinear(n: u32, m: u32, d: u32, start: u32, h: u32, w: u32, f: Footprint) -> f32 {
+  var v = 0.0;
+  v += (1.0 - f.lh) * (1.0 - f.lw) * corner(n, m, d, start, h, w, f.h0, f.w0);
+  v += (1.0 - f.lh) * f.lw * corner(n, m, d, start, h, w, f.h0, f.w0 + 1);
+  v += f.lh * (1.0 - f.lw) * corner(n, m, d, start, h, w, f.h0 + 1, f.w0);
+  v += f.lh * f.lw * corner(n, m, d, start, h, w, f.h0 + 1, f.w0 + 1);
+  return v;
+}
+`;
+  const body = `let d = i % DH;
+let row = i / DH; // (n·LQ + q)·M + m
+let m = row % M;
+let n = row / (M * LQ);
+let pt_row = row * L * P;
+var acc = 0.0;
+${levelBlocks}
+out[i] = acc;`;
+  return perElementKernel(
+    'msdeform_attn_f32',
+    node,
+    target,
+    numel(node.shape),
+    bindingDecls(['value', 'loc', 'attw'], 'out'),
+    helpers,
+    body,
+  );
+}
+
+// ---------------------------------------------------------------------------------------------- backward
+
+/**
+ * The VJP in value (wrt 0), sampling_locations (1) or attention_weights (2); inputs value, locations,
+ * weights, g ([N, Lq, M·Dh]).
+ */
+export function msdeformAttnGradKernel(node: Node, inputs: readonly Node[], target: Target): Kernel {
+  requireF32(node, inputs);
+  const wrt = attrNum(node.attrs, 'wrt');
+  if (wrt === 0) return gradValue(node, inputs, target);
+  if (wrt === 1) return gradLocations(node, inputs, target);
+  if (wrt === 2) return gradWeights(node, inputs, target);
+  throw new Error(`msdeform_attn_grad (%${node.id}): wrt must be 0, 1 or 2, got ${wrt}`);
+}
+
+const GRAD_DECLS = bindingDecls(['value', 'loc', 'attw', 'g'], 'out');
+
+/**
+ * d value, as a gather (no atomics, bitwise deterministic): one invocation per value element (n, s, m, d).
+ * Pixel s lies on one level l at (y, x); only level-l points can touch it, so the invocation walks every
+ * query q and point p of that level in increasing order, recomputes the point's footprint and, when (y, x)
+ * is one of its four corners, adds attw · corner weight · g[n, q, m, d]. O(Lq·P) per element.
+ *
+ * How to make it fast without giving up determinism (not done yet): the work is dominated by footprints
+ * that miss the pixel. (a) Tile it: a workgroup owns a block of pixels of one (n, m, level) for all Dh;
+ * it scans the Lq·P points once, cooperatively, compacting the ones whose footprint hits the block into
+ * workgroup memory with a prefix sum (which keeps increasing (q, p) order), then each invocation sums only
+ * those. (b) Or precompute an inverted index (for each target pixel, its (q, l, p, corner) sources sorted
+ * by (q, p)) with a counting sort: per-pixel counts, an exclusive scan, a fill in source order; then the
+ * gather reads exactly its contributions. Both need either workgroup-level scans or extra kernels and
+ * buffers (outside the one-kernel-per-node contract), and both sum in the same fixed order.
+ */
+function gradValue(node: Node, inputs: readonly Node[], target: Target): Kernel {
+  const k = msGeom(node, inputs);
+  const B = loopBound(target);
+  // Level of value row s: the last level whose start is <= s.
+  const levelOf = k.starts
+    .slice(1)
+    .reduce((acc, st) => `${acc} + select(0u, 1u, s >= ${u32Lit(st)})`, '0u');
+  const body = `${touch(['value'])}
+let d = i % DH;
+let m = (i / DH) % M;
+let s = (i / (DH * M)) % S;
+let n = i / (DH * M * S);
+let l = ${levelOf};
+${levelSelect(k, 'l')}
+let y = i32((s - lvl_start) / lvl_w);
+let x = i32((s - lvl_start) % lvl_w);
+var acc = 0.0;
+for (var q = 0u; q < ${B('LQ')}; q++) {
+  let row = (n * LQ + q) * M + m;
+  let gq = g[row * DH + d];
+  for (var p = 0u; p < ${B('P')}; p++) {
+    let pt = (row * L + l) * P + p;
+    let f = locate(pt, lvl_h, lvl_w);
+    if (!f.valid) { continue; }
+    var wy = 0.0;
+    if (y == f.h0) { wy = 1.0 - f.lh; } else if (y == f.h0 + 1) { wy = f.lh; } else { continue; }
+    var wx = 0.0;
+    if (x == f.w0) { wx = 1.0 - f.lw; } else if (x == f.w0 + 1) { wx = f.lw; } else { continue; }
+    acc += attw[pt] * (wy * wx) * gq;
+  }
+}
+out[i] = acc;`;
+  return perElementKernel(
+    'msdeform_attn_grad_value_gather_f32',
+    node,
+    target,
+    numel(node.shape),
+    GRAD_DECLS,
+    `${geomConsts(k)}\n${POINT_HELPERS}`,
+    body,
+  );
+}
+
+/** Per point (n, q, m, l, p): the footprint, then `body` (with `d` looping over channels) writes the point's output. */
+function perPointKernel(name: string, node: Node, inputs: readonly Node[], target: Target, unused: readonly string[], body: string): Kernel {
+  const k = msGeom(node, inputs);
+  const points = k.n * k.lq * k.m * k.levels.length * k.p;
+  const head = `${touch(unused)}
+let pt = i;
+let l = (pt / P) % L;
+let row = pt / (P * L); // (n·LQ + q)·M + m
+let m = row % M;
+let n = row / (M * LQ);
+${levelSelect(k, 'l')}
+let f = locate(pt, lvl_h, lvl_w);
+let g_row = row * DH;`;
+  return perElementKernel(name, node, target, points, GRAD_DECLS, `${geomConsts(k)}\n${POINT_HELPERS}`, `${head}\n${body}`);
+}
+
+/** d sampling_locations: per point, the bilinear derivative in (x, y) contracted with g over Dh. */
+function gradLocations(node: Node, inputs: readonly Node[], target: Target): Kernel {
+  const B = loopBound(target);
+  const body = `if (!f.valid) {
+  out[2u * pt] = 0.0;
+  out[2u * pt + 1u] = 0.0;
+  return;
+}
+var dlw = 0.0;
+var dlh = 0.0;
+for (var d = 0u; d < ${B('DH')}; d++) {
+  let v00 = corner(n, m, d, lvl_start, lvl_h, lvl_w, f.h0, f.w0);
+  let v01 = corner(n, m, d, lvl_start, lvl_h, lvl_w, f.h0, f.w0 + 1);
+  let v10 = corner(n, m, d, lvl_start, lvl_h, lvl_w, f.h0 + 1, f.w0);
+  let v11 = corner(n, m, d, lvl_start, lvl_h, lvl_w, f.h0 + 1, f.w0 + 1);
+  let gd = g[g_row + d];
+  dlw += gd * ((1.0 - f.lh) * (v01 - v00) + f.lh * (v11 - v10));
+  dlh += gd * ((1.0 - f.lw) * (v10 - v00) + f.lw * (v11 - v01));
+}
+let a = attw[pt];
+out[2u * pt] = a * f32(lvl_w) * dlw;
+out[2u * pt + 1u] = a * f32(lvl_h) * dlh;`;
+  return perPointKernel('msdeform_attn_grad_locations_f32', node, inputs, target, [], body);
+}
+
+/** d attention_weights: per point, Σ_d g · bilinear sample. */
+function gradWeights(node: Node, inputs: readonly Node[], target: Target): Kernel {
+  const B = loopBound(target);
+  const body = `if (!f.valid) {
+  out[pt] = 0.0;
+  return;
+}
+var acc = 0.0;
+for (var d = 0u; d < ${B('DH')}; d++) {
+  var v = 0.0;
+  v += (1.0 - f.lh) * (1.0 - f.lw) * corner(n, m, d, lvl_start, lvl_h, lvl_w, f.h0, f.w0);
+  v += (1.0 - f.lh) * f.lw * corner(n, m, d, lvl_start, lvl_h, lvl_w, f.h0, f.w0 + 1);
+  v += f.lh * (1.0 - f.lw) * corner(n, m, d, lvl_start, lvl_h, lvl_w, f.h0 + 1, f.w0);
+  v += f.lh * f.lw * corner(n, m, d, lvl_start, lvl_h, lvl_w, f.h0 + 1, f.w0 + 1);
+  acc += g[g_row + d] * v;
+}
+out[pt] = acc;`;
+  return perPointKernel('msdeform_attn_grad_weights_f32', node, inputs, target, ['attw'], body);
+}

@@ -1,0 +1,57 @@
+// Random graphs on the GPU (lavapipe in CI) against the float64 CPU reference, fused and unfused: the
+// generated kernels, fusion, memory plan and executor together, within f32 tolerance.
+import assert from 'node:assert/strict';
+import fc from 'fast-check';
+import { after, before, test } from 'node:test';
+import { compileGpu } from '../../compiler/codegen/gpu.js';
+import { PORTABLE_TARGET } from '../../compiler/codegen/types.js';
+import type { RefTensor } from '../../compiler/ir/rules/reference.js';
+import { optimize } from '../../compiler/passes/index.js';
+import { openDevice, type GpuDevice } from '../../runtime/gpu/device.js';
+import { runGpu } from '../../runtime/run-gpu.js';
+import { buildGraph, feeds, graphCaseArb, run } from '../passes/graphs.js';
+
+const RUNS = Number(process.env.VISFT_GPU_DIFF_RUNS ?? 20);
+let gpu: GpuDevice;
+before(async () => {
+  gpu = await openDevice();
+});
+after(async () => {
+  await gpu?.destroy();
+});
+
+/** f32 agreement: relative to each output's largest finite value; non-finite values must match exactly. */
+function mismatch(expected: ReadonlyMap<string, RefTensor>, actual: ReadonlyMap<string, RefTensor>): string | undefined {
+  for (const [name, e] of expected) {
+    const a = actual.get(name)!;
+    let scale = 1e-30;
+    for (const v of e.data) if (Number.isFinite(v)) scale = Math.max(scale, Math.abs(v));
+    for (let i = 0; i < e.data.length; i++) {
+      const x = e.data[i];
+      const y = a.data[i];
+      if (!Number.isFinite(x) || Math.abs(x) > 3e38) {
+        if (Math.abs(x) < 3e38 || Object.is(Math.sign(x), Math.sign(y)) || Number.isNaN(x) === Number.isNaN(y)) continue;
+        return `${name}[${i}]: ${y} vs ${x}`;
+      }
+      if (!(Math.abs(x - y) <= 2e-4 * scale + 1e-4 * Math.abs(x))) return `${name}[${i}]: ${y} vs ${x} (scale ${scale})`;
+    }
+  }
+  return undefined;
+}
+
+test('random graphs: GPU (fused and unfused) = CPU reference', async () => {
+  await fc.assert(
+    fc.asyncProperty(graphCaseArb(10), fc.integer({ min: 1, max: 1e6 }), async (c, seed) => {
+      const graph = optimize(buildGraph(c).graph);
+      const f = feeds(graph, seed, false);
+      const expected = run(graph, f);
+      for (const fuse of [true, false]) {
+        const program = compileGpu(graph, PORTABLE_TARGET, { fuse });
+        const got = await runGpu(gpu, graph, program, f.inputs, f.params);
+        const m = mismatch(expected, got);
+        assert.equal(m, undefined, `${fuse ? 'fused' : 'unfused'}: ${m}`);
+      }
+    }),
+    { numRuns: RUNS },
+  );
+});

@@ -1,0 +1,377 @@
+// Shared helpers for the WGSL kernel tests: one Dawn device per test file, running one generated Kernel on
+// Float32Array inputs, and checking an op's kernel against the float64 CPU reference (interpret).
+//
+// Usage in a test file (ESM, top-level await):
+//
+//   await withDevice(async (gpu) => {
+//     await describe('elementwise', async () => {
+//       await test('add broadcasts', async () => {
+//         await checkAgainstReference(gpu, (b, [x, y]) => b.add('add', [x, y]), [xs, ys]);
+//       });
+//     });
+//   });
+//
+// The device lives until `fn`'s promise settles, so every test must be awaited inside it (await each
+// `describe` / `test`). The GPU instance stays referenced until the device is destroyed (a cold lavapipe
+// shader cache otherwise crashes dawn.node), and the device is destroyed at the end so the process exits.
+import assert from 'node:assert/strict';
+import { Builder } from '../../compiler/ir/builder.js';
+import { numel, type Graph, type Node } from '../../compiler/ir/graph.js';
+import { interpret } from '../../compiler/ir/interpret.js';
+import type { IrOp } from '../../compiler/ir/ops.js';
+import type { RefTensor } from '../../compiler/ir/rules/reference.js';
+import type { GpuRule, Kernel, Target } from '../../compiler/codegen/types.js';
+
+// ---------------------------------------------------------------------------------------------- device
+
+export interface GpuContext {
+  readonly device: GPUDevice;
+  readonly adapter: GPUAdapter;
+  /** The Target read from the adapter (the device was created with these limits). */
+  readonly target: Target;
+}
+
+const TARGET_LIMITS = [
+  'maxStorageBufferBindingSize',
+  'maxBufferSize',
+  'minStorageBufferOffsetAlignment',
+  'maxComputeWorkgroupStorageSize',
+  'maxComputeInvocationsPerWorkgroup',
+  'maxComputeWorkgroupSizeX',
+  'maxComputeWorkgroupSizeY',
+  'maxComputeWorkgroupSizeZ',
+  'maxComputeWorkgroupsPerDimension',
+  'maxStorageBuffersPerShaderStage',
+] as const;
+
+let globalsInstalled = false;
+
+/**
+ * Creates one Dawn device (vulkan backend on Linux: lavapipe on machines without a GPU), runs `fn` with it
+ * and destroys it afterwards, also when `fn` throws.
+ */
+export async function withDevice<T>(fn: (gpu: GpuContext) => Promise<T>): Promise<T> {
+  if (!process.env.XDG_RUNTIME_DIR) process.env.XDG_RUNTIME_DIR = '/tmp';
+  const mod = await import('webgpu');
+  if (!globalsInstalled) {
+    Object.assign(globalThis, mod.globals);
+    globalsInstalled = true;
+  }
+  const backend = process.env.VISFT_WEBGPU_BACKEND ?? (process.platform === 'linux' ? 'vulkan' : undefined);
+  // Referenced until the device is destroyed (see the note at the end).
+  const instance: GPU | null = mod.create(backend ? [`backend=${backend}`] : []);
+  const adapter = await instance.requestAdapter();
+  if (!adapter) throw new Error(`no WebGPU adapter${backend ? ` for backend=${backend}` : ''} (install Mesa >= 25 lavapipe: scripts/setup.sh)`);
+  const requiredLimits: Record<string, number> = {};
+  for (const k of TARGET_LIMITS) requiredLimits[k] = adapter.limits[k];
+  const device = await adapter.requestDevice({ requiredLimits });
+  let lost: string | undefined;
+  device.lost.then(
+    (l) => {
+      if (l.reason !== 'destroyed') lost = `device lost (${l.reason}): ${l.message}`;
+    },
+    () => undefined,
+  );
+  const info = adapter.info as GPUAdapterInfo & { subgroupMinSize?: number; subgroupMaxSize?: number; isFallbackAdapter?: boolean };
+  const limits = {} as Record<(typeof TARGET_LIMITS)[number], number>;
+  for (const k of TARGET_LIMITS) limits[k] = device.limits[k];
+  const target: Target = {
+    name: (info.description || info.device || info.architecture || info.vendor || 'adapter').split(': ')[0],
+    isFallbackAdapter: Boolean(info.isFallbackAdapter),
+    features: [...adapter.features].map(String).sort(),
+    subgroupMinSize: info.subgroupMinSize ?? 4,
+    subgroupMaxSize: info.subgroupMaxSize ?? 128,
+    subgroupMatrixConfigs: [],
+    limits,
+  };
+  try {
+    const r = await fn({ device, adapter, target });
+    if (lost) throw new Error(lost);
+    return r;
+  } finally {
+    try {
+      await device.queue.onSubmittedWorkDone();
+    } catch {
+      // a lost device: destroy it anyway
+    }
+    device.destroy();
+    await device.lost;
+    // Read after the last await: keeps the GPU instance reachable until the device is gone.
+    if (instance === null) throw new Error('unreachable');
+  }
+}
+
+// ---------------------------------------------------------------------------------------------- running one kernel
+
+const pipelines = new WeakMap<GPUDevice, Map<string, GPUComputePipeline>>();
+
+function wgslLine(wgsl: string, line: number): string {
+  const l = wgsl.split('\n')[line - 1];
+  return l === undefined ? '' : `\n  ${line} | ${l}`;
+}
+
+/** The compute pipeline for a kernel's WGSL, compiled once per device; a compile error names the kernel and line. */
+export async function pipelineFor(device: GPUDevice, kernel: Kernel): Promise<GPUComputePipeline> {
+  let cache = pipelines.get(device);
+  if (!cache) pipelines.set(device, (cache = new Map()));
+  const hit = cache.get(kernel.wgsl);
+  if (hit) return hit;
+  device.pushErrorScope('validation');
+  device.pushErrorScope('internal');
+  const module = device.createShaderModule({ code: kernel.wgsl, label: kernel.name });
+  const pipeline = device.createComputePipeline({ label: kernel.name, layout: 'auto', compute: { module, entryPoint: 'main' } });
+  const internal = await device.popErrorScope();
+  const validation = await device.popErrorScope();
+  if (internal || validation) {
+    const info = await module.getCompilationInfo();
+    const msgs = info.messages
+      .filter((m) => m.type === 'error')
+      .map((m) => `${m.lineNum}:${m.linePos}: ${m.message}${wgslLine(kernel.wgsl, m.lineNum)}`);
+    const detail = msgs.length ? msgs.join('\n') : [validation?.message, internal?.message].filter(Boolean).join('\n');
+    throw new Error(`kernel ${kernel.name}: WGSL pipeline creation failed:\n${detail}`);
+  }
+  cache.set(kernel.wgsl, pipeline);
+  return pipeline;
+}
+
+/**
+ * Runs one kernel: inputs bound in order (read), then the output (read_write) of `outputElements` f32s;
+ * returns the output. The kernel's bindings must be its inputs then one output.
+ */
+export async function runKernel(device: GPUDevice, kernel: Kernel, inputs: readonly Float32Array[], outputElements: number): Promise<Float32Array> {
+  if (kernel.bindings.length !== inputs.length + 1) {
+    throw new Error(`kernel ${kernel.name}: ${kernel.bindings.length} bindings for ${inputs.length} inputs and 1 output`);
+  }
+  kernel.bindings.forEach((b, i) => {
+    const want = i < inputs.length ? 'read' : 'read_write';
+    if (b.access !== want) throw new Error(`kernel ${kernel.name}: binding ${i} is ${b.access}, expected ${want}`);
+  });
+  const pipeline = await pipelineFor(device, kernel);
+  device.pushErrorScope('validation');
+  device.pushErrorScope('out-of-memory');
+  const usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST;
+  const bytes = (n: number) => Math.max(16, Math.ceil((n * 4) / 16) * 16);
+  const buffers: GPUBuffer[] = [];
+  try {
+    for (const x of inputs) {
+      const buf = device.createBuffer({ size: bytes(x.length), usage });
+      if (x.length) device.queue.writeBuffer(buf, 0, x.buffer, x.byteOffset, x.byteLength);
+      buffers.push(buf);
+    }
+    const out = device.createBuffer({ size: bytes(outputElements), usage });
+    buffers.push(out);
+    // Poison the output so a kernel that misses an element shows up as NaN.
+    device.queue.writeBuffer(out, 0, new Float32Array(bytes(outputElements) / 4).fill(NaN));
+    const readback = device.createBuffer({ size: bytes(outputElements), usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
+    buffers.push(readback);
+    const bindGroup = device.createBindGroup({
+      layout: pipeline.getBindGroupLayout(0),
+      entries: buffers.slice(0, inputs.length + 1).map((buffer, binding) => ({ binding, resource: { buffer } })),
+    });
+    const enc = device.createCommandEncoder({ label: kernel.name });
+    if (kernel.dispatch.every((d) => d > 0)) {
+      const pass = enc.beginComputePass({ label: kernel.name });
+      pass.setPipeline(pipeline);
+      pass.setBindGroup(0, bindGroup);
+      pass.dispatchWorkgroups(kernel.dispatch[0], kernel.dispatch[1], kernel.dispatch[2]);
+      pass.end();
+    }
+    enc.copyBufferToBuffer(out, 0, readback, 0, bytes(outputElements));
+    device.queue.submit([enc.finish()]);
+    const oom = await device.popErrorScope();
+    const validation = await device.popErrorScope();
+    if (oom || validation) throw new Error(`kernel ${kernel.name}: ${[validation?.message, oom?.message].filter(Boolean).join('; ')}`);
+    await readback.mapAsync(GPUMapMode.READ);
+    const result = new Float32Array(readback.getMappedRange().slice(0, outputElements * 4));
+    readback.unmap();
+    return result;
+  } finally {
+    for (const b of buffers) b.destroy();
+  }
+}
+
+// ---------------------------------------------------------------------------------------------- against the reference
+
+export type RuleTable = { readonly [K in IrOp]?: GpuRule };
+
+let defaultRules: RuleTable | undefined;
+
+/** GPU_RULES from kernels/index.ts, loaded lazily (so this harness compiles before that file exists). */
+export async function gpuRules(): Promise<RuleTable> {
+  if (!defaultRules) {
+    const path = '../../kernels/index.js';
+    const mod = (await import(path)) as { GPU_RULES: RuleTable };
+    defaultRules = mod.GPU_RULES;
+  }
+  return defaultRules;
+}
+
+export interface CheckOptions {
+  /** Relative tolerance (default 1e-5). */
+  rtol?: number;
+  /** Absolute tolerance, multiplied by max(1, max |reference|) unless scaleAtol is false (default 1e-6). */
+  atol?: number;
+  /** Whether atol is scaled by the output's magnitude (default true). */
+  scaleAtol?: boolean;
+  /** Bit-exact comparison (movement ops, casts, dropout masks). */
+  exact?: boolean;
+  /** The target kernels are generated for (default: the device's). */
+  target?: Target;
+  /** The rule table (default: GPU_RULES from kernels/index.ts). */
+  rules?: RuleTable;
+  /** Extra text for failure messages (e.g. the fast-check case). */
+  label?: string;
+}
+
+export interface CheckResult {
+  readonly gpu: Float32Array;
+  readonly ref: Float64Array;
+  readonly shape: readonly number[];
+  /** The kernels that ran, in order (one per non-leaf, non-alias node). */
+  readonly kernels: readonly Kernel[];
+}
+
+type TensorLike = { readonly shape: readonly number[]; readonly data: ArrayLike<number> };
+
+/**
+ * Builds a graph with inputs `x0`, `x1`, … of the given tensors' shapes (f32), `build` adds the op(s) and
+ * returns the output node; runs the CPU reference (on the inputs rounded to f32) and the GPU kernels of
+ * every node in order, and compares the output. Throws an AssertionError naming the first mismatch.
+ */
+export async function checkAgainstReference(
+  gpu: GpuContext,
+  build: (b: Builder, xs: number[]) => number,
+  inputs: readonly TensorLike[],
+  opts: CheckOptions = {},
+): Promise<CheckResult> {
+  const b = new Builder();
+  const xs = inputs.map((t, i) => b.input(`x${i}`, t.shape));
+  const y = build(b, xs);
+  b.output('y', y);
+  const f32 = inputs.map((t) => Float32Array.from(t.data as ArrayLike<number>));
+  const refIns = new Map<string, RefTensor>(inputs.map((t, i) => [`x${i}`, { shape: [...t.shape], data: Float64Array.from(f32[i]) }]));
+  const ref = interpret(b.graph, refIns).get('y')!;
+  const { value, kernels } = await runGraph(gpu, b.graph, y, f32, opts);
+  const shape = b.graph.node(y).shape;
+  compare(value, ref.data, shape, opts, kernels);
+  return { gpu: value, ref: ref.data, shape, kernels };
+}
+
+/** Runs every node up to `out` with its GPU rule; `inputs` are the graph's `input` nodes' values in order. */
+export async function runGraph(
+  gpu: GpuContext,
+  graph: Graph,
+  out: number,
+  inputs: readonly Float32Array[],
+  opts: Pick<CheckOptions, 'target' | 'rules'> = {},
+): Promise<{ value: Float32Array; kernels: Kernel[] }> {
+  const rules = opts.rules ?? (await gpuRules());
+  const target = opts.target ?? gpu.target;
+  const values = new Map<number, Float32Array>();
+  graph.inputs.forEach((named, i) => values.set(named.node, inputs[i]));
+  const kernels: Kernel[] = [];
+  for (const node of graph.nodes) {
+    if (node.id > out) break;
+    if (values.has(node.id)) continue;
+    const rule = rules[node.op];
+    if (!rule) throw new Error(`no GPU rule for ${node.op}`);
+    const ins: Node[] = node.inputs.map((i) => graph.node(i));
+    if (rule.kind === 'leaf') throw new Error(`%${node.id} ${node.op} is a leaf without a value`);
+    if (rule.kind === 'alias') {
+      values.set(node.id, values.get(node.inputs[0])!);
+      continue;
+    }
+    const kernel = rule.gen(node, ins, target);
+    checkKernelShape(kernel, node, target);
+    kernels.push(kernel);
+    values.set(node.id, await runKernel(gpu.device, kernel, node.inputs.map((i) => values.get(i)!), numel(node.shape)));
+  }
+  return { value: values.get(out)!, kernels };
+}
+
+/** The contract every generated kernel keeps: bindings, entry point, limits. */
+export function checkKernelShape(kernel: Kernel, node: Node, target: Target): void {
+  const [x, y, z] = kernel.workgroupSize;
+  const L = target.limits;
+  const where = `kernel ${kernel.name} for %${node.id} ${node.op}`;
+  assert.ok(x * y * z <= L.maxComputeInvocationsPerWorkgroup, `${where}: workgroup ${x}x${y}x${z} exceeds ${L.maxComputeInvocationsPerWorkgroup} invocations`);
+  assert.ok(x <= L.maxComputeWorkgroupSizeX && y <= L.maxComputeWorkgroupSizeY && z <= L.maxComputeWorkgroupSizeZ, `${where}: workgroup size over the limits`);
+  assert.ok(kernel.dispatch.every((d) => d <= L.maxComputeWorkgroupsPerDimension), `${where}: dispatch ${kernel.dispatch.join('x')} over maxComputeWorkgroupsPerDimension`);
+  assert.ok(kernel.bindings.length <= L.maxStorageBuffersPerShaderStage, `${where}: ${kernel.bindings.length} storage bindings`);
+  assert.deepEqual(
+    kernel.bindings.map((b) => b.value),
+    [...node.inputs, node.id],
+    `${where}: bindings must be the inputs then the output`,
+  );
+  assert.match(kernel.wgsl, /fn main\s*\(/, `${where}: no entry point main`);
+  const m = /@workgroup_size\(([^)]*)\)/.exec(kernel.wgsl);
+  assert.ok(m, `${where}: no @workgroup_size`);
+  const declared = m[1].split(',').map((s) => Number(s.trim()));
+  while (declared.length < 3) declared.push(1);
+  assert.deepEqual(declared, [x, y, z], `${where}: @workgroup_size(${m[1]}) does not match workgroupSize`);
+}
+
+function fmtNum(v: number): string {
+  return Number.isNaN(v) ? 'NaN' : String(v);
+}
+
+/**
+ * Compares GPU f32 output with the float64 reference rounded to f32: |gpu - ref| <= atol + rtol·|ref|, NaN
+ * matches NaN, infinities must match exactly; `exact` wants the same f32 (either zero matches the other).
+ */
+export function compare(gpuOut: Float32Array, ref: ArrayLike<number>, shape: readonly number[], opts: CheckOptions = {}, kernels: readonly Kernel[] = []): void {
+  const names = kernels.map((k) => k.name).join(', ') || '(no kernel)';
+  const label = opts.label ? ` [${opts.label}]` : '';
+  assert.equal(gpuOut.length, ref.length, `${names}${label}: ${gpuOut.length} values, reference has ${ref.length}`);
+  const rtol = opts.rtol ?? 1e-5;
+  let maxAbs = 0;
+  for (let i = 0; i < ref.length; i++) if (Number.isFinite(Math.fround(ref[i]))) maxAbs = Math.max(maxAbs, Math.abs(ref[i]));
+  const atol = (opts.atol ?? 1e-6) * (opts.scaleAtol === false ? 1 : Math.max(1, maxAbs));
+  for (let i = 0; i < ref.length; i++) {
+    const g = gpuOut[i];
+    // The ideal f32 result is the reference rounded to f32 (which also overflows to ±inf like f32 does).
+    const r = Math.fround(ref[i]);
+    let ok: boolean;
+    if (opts.exact) ok = Object.is(g, r) || (Number.isNaN(g) && Number.isNaN(r)) || (g === 0 && r === 0);
+    else if (Number.isNaN(r) || Number.isNaN(g)) ok = Number.isNaN(r) && Number.isNaN(g);
+    else if (!Number.isFinite(r) || !Number.isFinite(g)) ok = g === r;
+    else ok = Math.abs(g - r) <= atol + rtol * Math.abs(r);
+    if (!ok) {
+      assert.fail(
+        `${names}${label}: output [${shape.join(', ')}] differs at flat index ${i}: gpu ${fmtNum(g)}, reference ${fmtNum(r)}` +
+          ` (|diff| ${Math.abs(g - r)}, rtol ${rtol}, atol ${atol}${opts.exact ? ', exact' : ''})`,
+      );
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------- random data
+
+/** A small seeded generator (mulberry32): uniform in [0, 1). */
+export function makeRng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+/** A tensor of `shape` with uniform values in [lo, hi), rounded to f32. */
+export function randomTensor(shape: readonly number[], seed: number, lo = -2, hi = 2): { shape: number[]; data: Float32Array } {
+  const rng = makeRng(seed);
+  const n = numel(shape);
+  const data = new Float32Array(n);
+  for (let i = 0; i < n; i++) data[i] = lo + (hi - lo) * rng();
+  return { shape: [...shape], data };
+}
+
+/** Whole numbers in [0, n) stored as f32 (gather / scatter_add indices). */
+export function randomIndex(shape: readonly number[], n: number, seed: number): { shape: number[]; data: Float32Array } {
+  const rng = makeRng(seed);
+  const data = new Float32Array(numel(shape));
+  for (let i = 0; i < data.length; i++) data[i] = Math.floor(rng() * n);
+  return { shape: [...shape], data };
+}

@@ -1,0 +1,131 @@
+// msdeform_attn and its VJPs (value, sampling_locations, attention_weights) on the GPU (kernels/msdeform.ts)
+// against the float64 CPU reference: random geometry (1-2 levels, odd level sizes, Dh not a multiple of 4,
+// sampling points outside [0, 1]), points exactly on and just inside the "within one pixel of the map"
+// boundary, tight dispatch limits, and the atomic-free value gradient being bitwise repeatable.
+import assert from 'node:assert/strict';
+import { describe, test } from 'node:test';
+import fc from 'fast-check';
+import type { Builder } from '../../compiler/ir/builder.js';
+import type { Target } from '../../compiler/codegen/types.js';
+import { VISION_GPU_RULES } from '../../kernels/vision.js';
+import { checkAgainstReference, makeRng, randomTensor, withDevice, type GpuContext } from './harness.js';
+
+const NUM_RUNS = Number(process.env.VISFT_KERNEL_RUNS ?? 8);
+const rules = VISION_GPU_RULES;
+
+interface MsCase {
+  readonly n: number;
+  readonly lq: number;
+  readonly m: number;
+  readonly dh: number;
+  readonly p: number;
+  readonly levels: [number, number][];
+  readonly seed: number;
+}
+
+const shapes = (c: MsCase) => {
+  const s = c.levels.reduce((t, [h, w]) => t + h * w, 0);
+  const L = c.levels.length;
+  return { value: [c.n, s, c.m, c.dh], loc: [c.n, c.lq, c.m, L, c.p, 2], attw: [c.n, c.lq, c.m, L, c.p], out: [c.n, c.lq, c.m * c.dh] };
+};
+
+const size = (s: readonly number[]) => s.reduce((a, b) => a * b, 1);
+
+const msCase: fc.Arbitrary<MsCase> = fc
+  .record({
+    n: fc.integer({ min: 1, max: 2 }),
+    lq: fc.integer({ min: 1, max: 7 }),
+    m: fc.integer({ min: 1, max: 3 }),
+    dh: fc.integer({ min: 1, max: 7 }),
+    p: fc.integer({ min: 1, max: 4 }),
+    levels: fc.array(fc.tuple(fc.integer({ min: 1, max: 7 }), fc.integer({ min: 1, max: 7 })), { minLength: 1, maxLength: 2 }),
+    seed: fc.integer({ min: 1, max: 1 << 30 }),
+  })
+  .filter((c) => Object.values(shapes(c)).every((s) => size(s) < 5000));
+
+/** Random locations in [-0.3, 1.3): many points fall outside the map, some within one pixel of it. */
+const locations = (c: MsCase) => randomTensor(shapes(c).loc, c.seed + 1, -0.3, 1.3);
+
+interface Tensors {
+  value: { shape: number[]; data: Float32Array };
+  loc: { shape: number[]; data: Float32Array };
+  attw: { shape: number[]; data: Float32Array };
+  g: { shape: number[]; data: Float32Array };
+}
+
+function tensors(c: MsCase): Tensors {
+  const s = shapes(c);
+  return {
+    value: randomTensor(s.value, c.seed),
+    loc: locations(c),
+    attw: randomTensor(s.attw, c.seed + 2, 0, 1),
+    g: randomTensor(s.out, c.seed + 3),
+  };
+}
+
+async function checkAll(gpu: GpuContext, c: MsCase, t: Tensors, target?: Target): Promise<string[]> {
+  const levels = c.levels;
+  const label = `N ${c.n} Lq ${c.lq} M ${c.m} Dh ${c.dh} P ${c.p} levels ${JSON.stringify(levels)}`;
+  const opts = { rules, label, rtol: 2e-5, ...(target ? { target } : {}) };
+  const names: string[] = [];
+  const fwd = await checkAgainstReference(gpu, (b: Builder, [v, l, a]) => b.add('msdeform_attn', [v, l, a], { levels }), [t.value, t.loc, t.attw], opts);
+  names.push(...fwd.kernels.map((k) => k.name));
+  for (const wrt of [0, 1, 2]) {
+    const r = await checkAgainstReference(
+      gpu,
+      (b: Builder, [v, l, a, g]) => b.add('msdeform_attn_grad', [v, l, a, g], { levels, wrt }),
+      [t.value, t.loc, t.attw, t.g],
+      { ...opts, label: `${label} wrt ${wrt}` },
+    );
+    names.push(...r.kernels.map((k) => k.name));
+  }
+  return names;
+}
+
+await withDevice(async (gpu) => {
+  await describe('msdeform_attn kernels', async () => {
+    await test('forward and the three gradients match the reference on random geometry', async () => {
+      await fc.assert(
+        fc.asyncProperty(msCase, async (c) => {
+          const names = await checkAll(gpu, c, tensors(c));
+          assert.deepEqual(names, ['msdeform_attn_f32', 'msdeform_attn_grad_value_gather_f32', 'msdeform_attn_grad_locations_f32', 'msdeform_attn_grad_weights_f32']);
+        }),
+        { numRuns: NUM_RUNS },
+      );
+    });
+
+    await test('points on the boundary of "within one pixel of the map" follow the reference (outside: no contribution, no gradient)', async () => {
+      // Power-of-two level sizes and dyadic locations: x·W − 0.5 is exact in f32 and f64, so the strict
+      // comparisons (−1 < w_im < W) decide the same way on both sides. Per level, coordinates hit
+      // −1 (excluded), −0.75, −0.5, 0, W − 1, W − 0.5 (included) and W (excluded).
+      const c: MsCase = { n: 1, lq: 7, m: 2, dh: 3, p: 4, levels: [[4, 8], [2, 2]], seed: 17 };
+      const t = tensors(c);
+      const rng = makeRng(5);
+      const L = c.levels.length;
+      for (let i = 0; i < t.loc.data.length; i++) {
+        const level = Math.floor(i / (2 * c.p)) % L;
+        const sz = c.levels[level][1 - (i % 2)];
+        const coords = [-1, -0.75, -0.5, 0, sz - 1, sz - 0.5, sz, 0.25, sz - 0.75];
+        const coord = coords[Math.floor(rng() * coords.length)];
+        t.loc.data[i] = (coord + 0.5) / sz;
+      }
+      await checkAll(gpu, c, t);
+    });
+
+    await test('tight limits: 64-invocation workgroups and at most 4 workgroups per dimension', async () => {
+      const tight: Target = { ...gpu.target, name: 'tight', limits: { ...gpu.target.limits, maxComputeInvocationsPerWorkgroup: 64, maxComputeWorkgroupsPerDimension: 4 } };
+      const c: MsCase = { n: 2, lq: 5, m: 3, dh: 5, p: 3, levels: [[3, 5], [2, 1]], seed: 23 };
+      await checkAll(gpu, c, tensors(c), tight);
+    });
+
+    await test('the value gradient is bitwise repeatable', async () => {
+      const c: MsCase = { n: 1, lq: 9, m: 2, dh: 6, p: 4, levels: [[3, 3]], seed: 31 };
+      const t = tensors(c);
+      const run = () =>
+        checkAgainstReference(gpu, (b: Builder, [v, l, a, g]) => b.add('msdeform_attn_grad', [v, l, a, g], { levels: c.levels, wrt: 0 }), [t.value, t.loc, t.attw, t.g], { rules });
+      const a = await run();
+      const b = await run();
+      assert.deepEqual(Buffer.from(a.gpu.buffer), Buffer.from(b.gpu.buffer));
+    });
+  });
+});
