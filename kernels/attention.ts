@@ -1,7 +1,7 @@
 // WGSL kernel generator for attention: softmax(q·kᵀ·scale [+ mask])·v over q [B, H, Sq, D], k [B, H, Sk, D],
 // v [B, H, Sk, Dv], an optional mask broadcast to [B, H, Sq, Sk]; scale defaults to 1/√D.
 //
-// `attention_row_f32`: one workgroup per query row (a loop when rows exceed the dispatch). Keys are processed
+// `attention_row_f32`: one workgroup per query row (dispatch spread over x, y, z). Keys are processed
 // in chunks that fit workgroup memory, with the online-softmax rescaling between chunks (one chunk, i.e. the
 // plain three-pass softmax, whenever Sk fits):
 //   1. invocation t computes the scores s_j (dot over D in order, ·scale, + mask) for j = t, t + WG, … of the
@@ -12,7 +12,7 @@
 import type { Kernel, KernelGen } from '../compiler/codegen/types.js';
 import type { Node } from '../compiler/ir/graph.js';
 import { attrNum } from '../compiler/ir/rules/shape.js';
-import { broadcastStrides, dispatchGroups, groupIndexCode, f32Lit, loopBound, makeKernel, u32Lit } from './elementwise.js';
+import { broadcastStrides, dispatchGroups, f32Lit, groupIndexCode, kernelRule, loopBound, makeKernel, u32Lit } from './elementwise.js';
 import { combineCode, treeReduceCode, treeWorkgroup } from './reduce.js';
 
 /** Keys per chunk at most (the scores of one chunk live in workgroup memory). */
@@ -117,5 +117,5 @@ ${finals.join('\n')}
 }
 
 export const ATTENTION_GPU_RULES = {
-  attention: { kind: 'kernel' as const, gen: (node: Node, inputs: readonly Node[], target: Target) => attentionKernel(node, inputs, target) },
+  attention: kernelRule((node, inputs, target) => attentionKernel(node, inputs, target)),
 };

@@ -268,6 +268,25 @@ ${body}
   return makeKernel(node, inputs, target, { name, body: main, workgroupSize: [wg, 1, 1], dispatch, lib: opts.lib ?? [] });
 }
 
+/**
+ * The kernel of a node without elements: one invocation that does nothing, but uses every binding (an
+ * `auto` pipeline layout keeps only the bindings a shader uses).
+ */
+export function emptyKernel(node: Node, inputs: readonly Node[], target: Target): Kernel {
+  const touch = [...node.inputs.map((_, i) => `in_${i}[0]`), '0.0f'].join(' + ');
+  const main = `@compute @workgroup_size(1, 1, 1)
+fn main() {
+  // No elements to compute; the branch is never taken.
+  if (arrayLength(&out_0) == 0xffffffffu) { out_0[0] = ${touch}; }
+}`;
+  return makeKernel(node, inputs, target, { name: `${node.op}_empty_f32`, body: main, workgroupSize: [1, 1, 1], dispatch: [1, 1, 1] });
+}
+
+/** A GpuRule for a generator; nodes without elements get emptyKernel (no division by zero-size dims). */
+export function kernelRule(gen: KernelGen): { readonly kind: 'kernel'; readonly gen: KernelGen } {
+  return { kind: 'kernel', gen: (node, inputs, target) => (numel(node.shape) === 0 ? emptyKernel(node, inputs, target) : gen(node, inputs, target)) };
+}
+
 // ---------------------------------------------------------------------------------------------- f32 library
 
 const horner = (coef: readonly number[], v: string): string => coef.reduceRight((acc, c, i) => (i === coef.length - 1 ? f32Lit(c) : `fma(${acc}, ${v}, ${f32Lit(c)})`), '');
@@ -545,7 +564,8 @@ const UNARY: Readonly<Record<string, Fn1>> = {
   rsqrt: { expr: (x) => `select(1.0f / sqrt(${x}), bitcast<f32>(NAN_U), ${x} < 0.0f)` },
   tanh: { expr: (x) => `tanh_f32(${x})`, lib: ['tanh_f32'] },
   sigmoid: { expr: (x) => `sigmoid_f32(${x})`, lib: ['sigmoid_f32'] },
-  relu: { expr: (x) => `select(${x}, 0.0f, ${x} < 0.0f)` },
+  // NaN stays NaN (NVIDIA's compiler turns a plain select(x, 0, x < 0) into a max that drops NaN).
+  relu: { expr: (x) => `select(select(${x}, 0.0f, ${x} < 0.0f), ${x}, is_nan(${x}))`, lib: ['is_nan'] },
   gelu: { expr: (x) => `(${x} * normcdf_f32(${x}))`, lib: ['normcdf_f32'] },
   erf: { expr: (x) => `erf_f32(${x})`, lib: ['erf_f32'] },
   step: { expr: (x) => `select(0.0f, 1.0f, ${x} > 0.0f)` },
@@ -627,7 +647,7 @@ export const fullGen: KernelGen = (node, inputs, target) =>
 
 // ---------------------------------------------------------------------------------------------- the table
 
-const kernel = (gen: KernelGen) => ({ kind: 'kernel' as const, gen });
+const kernel = kernelRule;
 
 export const ELEMENTWISE_GPU_RULES = {
   neg: kernel(unaryGen('neg')),

@@ -5,7 +5,7 @@ import type { GpuRule } from '../compiler/codegen/types.js';
 import type { IrOp } from '../compiler/ir/ops.js';
 import type { CoreOp } from '../compiler/ir/rules/families.js';
 import { ATTENTION_GPU_RULES } from './attention.js';
-import { ELEMENTWISE_GPU_RULES, fullGen } from './elementwise.js';
+import { ELEMENTWISE_GPU_RULES, fullGen, kernelRule } from './elementwise.js';
 import { MATMUL_GPU_RULES } from './matmul.js';
 import { MOVEMENT_GPU_RULES } from './movement.js';
 import { REDUCE_GPU_RULES } from './reduce.js';
@@ -15,7 +15,7 @@ import { VISION_GPU_RULES } from './vision.js';
 export const CORE_GPU_RULES: { readonly [K in CoreOp]: GpuRule } = {
   input: { kind: 'leaf' },
   param: { kind: 'leaf' },
-  full: { kind: 'kernel', gen: fullGen },
+  full: kernelRule(fullGen),
   ...ELEMENTWISE_GPU_RULES,
   ...REDUCE_GPU_RULES,
   ...ROW_GPU_RULES,

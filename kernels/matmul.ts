@@ -12,7 +12,7 @@
 // Every variant sums in a fixed order, so results are bitwise repeatable on one device.
 import type { Kernel, KernelGen, Target } from '../compiler/codegen/types.js';
 import { numel, type Node } from '../compiler/ir/graph.js';
-import { broadcastStrides, dispatchGroups, groupIndexCode, flatKernel, loopBound, makeKernel, offsetCode, u32Lit } from './elementwise.js';
+import { broadcastStrides, dispatchGroups, flatKernel, groupIndexCode, kernelRule, loopBound, makeKernel, offsetCode, u32Lit } from './elementwise.js';
 import { treeReduceCode, treeWorkgroup } from './reduce.js';
 
 export type MatmulVariant = 'tiled' | 'splitk' | 'naive';
@@ -119,6 +119,10 @@ ${treeReduceCode('part', wg, (a, b) => `${a} + ${b}`, target)}
 }
 
 function tiled(node: Node, inputs: readonly Node[], target: Target, d: MatmulDims): Kernel {
+  if (!tiledFits(target)) {
+    const L = target.limits;
+    throw new Error(`matmul %${node.id}: the 64x64 tile needs 256 invocations and 8 KiB of workgroup memory; target '${target.name}' allows ${L.maxComputeInvocationsPerWorkgroup} and ${L.maxComputeWorkgroupStorageSize} bytes`);
+  }
   const tilesN = Math.ceil(d.n / TILE);
   const tilesM = Math.ceil(d.m / TILE);
   const G = tilesM * d.batch;
@@ -203,5 +207,5 @@ export function matmulKernel(node: Node, inputs: readonly Node[], target: Target
 const matmulGen: KernelGen = (node, inputs, target) => matmulKernel(node, inputs, target);
 
 export const MATMUL_GPU_RULES = {
-  matmul: { kind: 'kernel' as const, gen: matmulGen },
+  matmul: kernelRule(matmulGen),
 };

@@ -11,7 +11,7 @@
 import type { Kernel, KernelGen } from '../compiler/codegen/types.js';
 import { numel, type Node } from '../compiler/ir/graph.js';
 import { attrInts, attrNum, attrPairs, normDim } from '../compiler/ir/rules/shape.js';
-import { broadcastStrides, f32Lit, flatKernel, offsetCode, stridesOf, u32Lit } from './elementwise.js';
+import { broadcastStrides, f32Lit, flatKernel, kernelRule, offsetCode, stridesOf, u32Lit } from './elementwise.js';
 
 type Target = Parameters<KernelGen>[2];
 
@@ -132,7 +132,7 @@ const scatterAddGen: KernelGen = (node, inputs, target) => {
   return flatKernel(node, inputs, target, 'scatter_add_f32', lines.join('\n'));
 };
 
-const kernel = (gen: KernelGen) => ({ kind: 'kernel' as const, gen });
+const kernel = kernelRule;
 
 export const MOVEMENT_GPU_RULES = {
   reshape: { kind: 'alias' as const },

@@ -293,31 +293,28 @@ out[i] = acc;`;
  * The VJP in value (wrt 0), sampling_locations (1) or attention_weights (2); inputs value, locations,
  * weights, g ([N, Lq, M·Dh]).
  */
-export function msdeformAttnGradKernel(node: Node, inputs: readonly Node[], target: Target): Kernel {
+export function msdeformAttnGradKernel(node: Node, inputs: readonly Node[], target: Target, valueVariant: GradValueVariant = 'tiled'): Kernel {
   requireF32(node, inputs);
   const wrt = attrNum(node.attrs, 'wrt');
-  if (wrt === 0) return gradValue(node, inputs, target);
+  if (wrt === 0) return valueVariant === 'tiled' ? gradValueTiled(node, inputs, target) : gradValue(node, inputs, target);
   if (wrt === 1) return gradLocations(node, inputs, target);
   if (wrt === 2) return gradWeights(node, inputs, target);
   throw new Error(`msdeform_attn_grad (%${node.id}): wrt must be 0, 1 or 2, got ${wrt}`);
 }
 
+/** How d value is computed: `tiled` (the default) or the plain per-element `gather` it refines. */
+export type GradValueVariant = 'tiled' | 'gather';
+
 const GRAD_DECLS = bindingDecls(['value', 'loc', 'attw', 'g'], 'out');
 
 /**
- * d value, as a gather (no atomics, bitwise deterministic): one invocation per value element (n, s, m, d).
+ * d value, the plain gather (no atomics, bitwise deterministic): one invocation per value element (n, s, m, d).
  * Pixel s lies on one level l at (y, x); only level-l points can touch it, so the invocation walks every
  * query q and point p of that level in increasing order, recomputes the point's footprint and, when (y, x)
  * is one of its four corners, adds attw · corner weight · g[n, q, m, d]. O(Lq·P) per element.
  *
- * How to make it fast without giving up determinism (not done yet): the work is dominated by footprints
- * that miss the pixel. (a) Tile it: a workgroup owns a block of pixels of one (n, m, level) for all Dh;
- * it scans the Lq·P points once, cooperatively, compacting the ones whose footprint hits the block into
- * workgroup memory with a prefix sum (which keeps increasing (q, p) order), then each invocation sums only
- * those. (b) Or precompute an inverted index (for each target pixel, its (q, l, p, corner) sources sorted
- * by (q, p)) with a counting sort: per-pixel counts, an exclusive scan, a fill in source order; then the
- * gather reads exactly its contributions. Both need either workgroup-level scans or extra kernels and
- * buffers (outside the one-kernel-per-node contract), and both sum in the same fixed order.
+ * The work is dominated by footprints that miss the pixel: gradValueTiled below filters them once per
+ * block of pixels instead of once per element, summing in the same order.
  */
 function gradValue(node: Node, inputs: readonly Node[], target: Target): Kernel {
   const k = msGeom(node, inputs);
@@ -421,4 +418,162 @@ for (var d = 0u; d < ${B('DH')}; d++) {
 }
 out[pt] = acc;`;
   return perPointKernel('msdeform_attn_grad_weights_f32', node, inputs, target, ['attw'], body);
+}
+
+/**
+ * d value, tiled gather (the default): one workgroup per block of TP consecutive pixels of one level, for
+ * one (n, m) and all Dh channels (invocation-owned (pixel, d) elements, E per invocation). The workgroup
+ * walks the level's Lq·P points in chunks of WG: each invocation computes one point's footprint, the hits
+ * on the block (a valid corner inside it) are compacted into workgroup memory with a prefix sum over the
+ * workgroup (Hillis-Steele, fixed), keeping increasing (q, p) order, together with their four corner
+ * weights a·w_c (0 for a corner outside the map) and the corner (0, 0)'s pixel index; then every element
+ * adds weight · g[n, q, m, d] for the hits whose footprint holds its pixel. Same sums in the same order as
+ * the plain gather (increasing (q, p) per element), O(Lq·P / WG + hits) per invocation and chunk instead
+ * of O(Lq·P) per element. No atomics.
+ *
+ * Further speed (not done): a precomputed inverted index (per pixel, its (q, p, corner) sources sorted by
+ * (q, p), built with a counting sort: counts, an exclusive scan, a fill in source order) makes the work
+ * exactly proportional to the contributions, but needs extra kernels and buffers, outside the
+ * one-kernel-per-node contract; subgroup ballots would make the compaction cheaper where available.
+ */
+function gradValueTiled(node: Node, inputs: readonly Node[], target: Target): Kernel {
+  const k = msGeom(node, inputs);
+  const B = loopBound(target);
+  const wg = linearWorkgroup(target);
+  // Pixels per block: 64, or fewer when Dh is so large that an invocation would own more than 8 elements.
+  const tp = Math.max(1, Math.min(64, Math.floor((wg * 8) / k.dh)));
+  const e = Math.ceil((tp * k.dh) / wg);
+  // Very wide heads (Dh > 8·WG) or a target with little workgroup memory: the plain gather.
+  if (e > 8 || wg * 28 > target.limits.maxComputeWorkgroupStorageSize) return gradValue(node, inputs, target);
+  const levelTiles = k.levels.map(([h, w]) => Math.ceil((h * w) / tp));
+  const tileStarts: number[] = [];
+  let tilesPerNm = 0;
+  for (const t of levelTiles) {
+    tileStarts.push(tilesPerNm);
+    tilesPerNm += t;
+  }
+  const workgroups = k.n * k.m * tilesPerNm;
+  const levelOfTile = tileStarts.slice(1).reduce((acc, st) => `${acc} + select(0u, 1u, tile >= ${u32Lit(st)})`, '0u');
+  const tileStartOf = tileStarts.slice(1).reduce((acc, st, i) => `select(${acc}, ${u32Lit(st)}, l == ${u32Lit(i + 1)})`, u32Lit(tileStarts[0]));
+  const elemSetup: string[] = [];
+  const elemAdd: string[] = [];
+  const elemStore: string[] = [];
+  for (let r = 0; r < e; r++) {
+    elemSetup.push(`let e${r} = li + ${u32Lit(r * wg)};
+let px${r} = t0 + e${r} / DH;
+let d${r} = e${r} % DH;
+let own${r} = e${r} < TP * DH && px${r} < t1;
+var acc${r} = 0.0;`);
+    elemAdd.push(`if (own${r}) {
+  let w = hit_weight(i32(px${r}) - hs, hw);
+  if (w != 0.0) { acc${r} += w * g[g_row + d${r}]; }
+}`);
+    elemStore.push(`if (own${r}) { out[value_row(n, lvl_start + px${r}, m) + d${r}] = acc${r}; }`);
+  }
+  const scan: string[] = [];
+  for (let off = 1; off < wg; off *= 2) {
+    scan.push(`{
+  var v = 0u;
+  if (li >= ${u32Lit(off)}) { v = prefix[li - ${u32Lit(off)}]; }
+  workgroupBarrier();
+  prefix[li] += v;
+  workgroupBarrier();
+}`);
+  }
+  const wgsl = `// msdeform_attn_grad_value_tiled_f32: d value by blocks of ${tp} pixels x ${k.dh} channels (${e} per invocation),
+// hits compacted in (q, p) order per chunk of ${wg} points; ${workgroups} workgroups
+${GRAD_DECLS}
+
+${geomConsts(k)}
+const WG = ${u32Lit(wg)};
+const TP = ${u32Lit(tp)};
+const TILES = ${u32Lit(workgroups)};
+const TILES_PER_NM = ${u32Lit(tilesPerNm)};
+const NPTS = ${u32Lit(k.lq * k.p)};
+${POINT_HELPERS}
+var<workgroup> prefix: array<u32, ${wg}>;
+var<workgroup> hit_q: array<u32, ${wg}>;
+var<workgroup> hit_s: array<i32, ${wg}>;
+var<workgroup> hit_w: array<vec4f, ${wg}>;
+
+// The weight of the pixel at offset delta from a hit's corner (0, 0) (level-relative indices): the
+// corners are at 0, 1, W, W + 1; a corner outside the map has weight 0 (its index may alias a pixel).
+fn hit_weight(delta: i32, hw: vec4f) -> f32 {
+  return select(0.0, hw.x, delta == 0) + select(0.0, hw.y, delta == 1) + select(0.0, hw.z, delta == lvl_w_i) + select(0.0, hw.w, delta == lvl_w_i + 1);
+}
+
+var<private> lvl_w_i: i32;
+
+@compute @workgroup_size(${wg})
+fn main(${ENTRY_PARAMS}) {
+  ${rolledPrelude(target)}${WORKGROUP_INDEX}
+  if (wid >= TILES) { return; }
+  ${touch(['value'])}
+  let tile = wid % TILES_PER_NM;
+  let m = (wid / TILES_PER_NM) % M;
+  let n = wid / (TILES_PER_NM * M);
+  let l = ${levelOfTile};
+${indent(levelSelect(k, 'l'), 2)}
+  lvl_w_i = i32(lvl_w);
+  let t0 = (tile - ${tileStartOf}) * TP;
+  let t1 = min(t0 + TP, lvl_h * lvl_w);
+${indent(elemSetup.join('\n'), 2)}
+  for (var c0 = 0u; c0 < ${B('NPTS')}; c0 += WG) {
+    // 1. this invocation's point: footprint, corner weights, whether it hits the block [t0, t1)
+    let j = c0 + li;
+    var hit = false;
+    var q = 0u;
+    var s00 = 0i;
+    var w4 = vec4f(0.0);
+    if (j < NPTS) {
+      q = j / P;
+      let pt = (((n * LQ + q) * M + m) * L + l) * P + j % P;
+      let f = locate(pt, lvl_h, lvl_w);
+      if (f.valid) {
+        let a = attw[pt];
+        let y0 = f.h0 >= 0;
+        let y1 = f.h0 + 1 < i32(lvl_h);
+        let x0 = f.w0 >= 0;
+        let x1 = f.w0 + 1 < i32(lvl_w);
+        w4 = vec4f(
+          select(0.0, a * ((1.0 - f.lh) * (1.0 - f.lw)), y0 && x0),
+          select(0.0, a * ((1.0 - f.lh) * f.lw), y0 && x1),
+          select(0.0, a * (f.lh * (1.0 - f.lw)), y1 && x0),
+          select(0.0, a * (f.lh * f.lw), y1 && x1));
+        s00 = f.h0 * i32(lvl_w) + f.w0;
+        let lo = i32(t0);
+        let hi = i32(t1);
+        let c00 = s00;
+        let c01 = s00 + 1;
+        let c10 = s00 + i32(lvl_w);
+        let c11 = c10 + 1;
+        hit = (y0 && x0 && c00 >= lo && c00 < hi) || (y0 && x1 && c01 >= lo && c01 < hi) ||
+              (y1 && x0 && c10 >= lo && c10 < hi) || (y1 && x1 && c11 >= lo && c11 < hi);
+      }
+    }
+    // 2. compaction: inclusive prefix sum of the hit flags, hits stored in (q, p) order
+    prefix[li] = select(0u, 1u, hit);
+    workgroupBarrier();
+${indent(scan.join('\n'), 4)}
+    if (hit) {
+      let slot = prefix[li] - 1u;
+      hit_q[slot] = q;
+      hit_s[slot] = s00;
+      hit_w[slot] = w4;
+    }
+    let count = prefix[WG - 1u];
+    workgroupBarrier();
+    // 3. every owned element adds the hits that cover its pixel, in order
+    for (var t = 0u; t < count; t++) {
+      let hs = hit_s[t];
+      let hw = hit_w[t];
+      let g_row = ((n * LQ + hit_q[t]) * M + m) * DH;
+${indent(elemAdd.join('\n'), 6)}
+    }
+    workgroupBarrier();
+  }
+${indent(elemStore.join('\n'), 2)}
+}
+`;
+  return { name: 'msdeform_attn_grad_value_tiled_f32', wgsl, workgroupSize: [wg, 1, 1], dispatch: spreadWorkgroups(workgroups, target), bindings: nodeBindings(node), nodes: [node.id] };
 }

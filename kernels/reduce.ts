@@ -3,14 +3,14 @@
 // Two variants, chosen per shape:
 // - `reduce_<op>_seq_f32`: one invocation per output element, looping over the reduced elements in row-major
 //   order (the reference's order), nested loops with baked strides. For reduced sizes up to 256.
-// - `reduce_<op>_tree_f32`: one workgroup per output element (a loop over outputs when there are more than
-//   the dispatch can hold): each invocation folds the elements t, t + WG, t + 2·WG, … in order, then a
-//   fixed-shape tree in workgroup memory combines the partials. Deterministic; for reduced sizes > 256.
+// - `reduce_<op>_tree_f32`: one workgroup per output element (dispatch spread over x, y, z): each invocation
+//   folds the elements t, t + WG, t + 2·WG, … in order, then a fixed-order combine in workgroup memory (a
+//   tree on hardware, a serial fold on software adapters: treeReduceCode). Deterministic; reduced sizes > 256.
 // `max` propagates NaN as the reference (torch.amax): once NaN, always NaN.
 import type { KernelGen, Target } from '../compiler/codegen/types.js';
 import { numel, type Node } from '../compiler/ir/graph.js';
 import { attrInts, normDim } from '../compiler/ir/rules/shape.js';
-import { dispatchGroups, groupIndexCode, f32Lit, flatKernel, makeKernel, mergeDims, offsetCode, stridesOf, u32Lit } from './elementwise.js';
+import { dispatchGroups, f32Lit, flatKernel, groupIndexCode, kernelRule, makeKernel, mergeDims, offsetCode, stridesOf, u32Lit } from './elementwise.js';
 
 export type ReduceOp = 'sum' | 'max';
 
@@ -157,6 +157,6 @@ ${treeReduceCode('red_buf', wg, (a, b) => combineCode(op, a, b), target)}
   };
 
 export const REDUCE_GPU_RULES = {
-  sum: { kind: 'kernel' as const, gen: reduceGen('sum') },
-  max: { kind: 'kernel' as const, gen: reduceGen('max') },
+  sum: kernelRule(reduceGen('sum')),
+  max: kernelRule(reduceGen('max')),
 };

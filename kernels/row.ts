@@ -3,13 +3,13 @@
 // A row is the `len` elements along the dim at one (outer, inner) position: element j of row r lives at
 // (r / inner)·len·inner + r % inner + j·inner. Statistics are f32 and numerically stable (the row max is
 // subtracted before exp; layernorm's variance is the two-pass biased one).
-// - `<op>_row_wg_f32`: one workgroup per row (a loop when rows exceed the dispatch): each invocation folds
-//   j = t, t + WG, … in order, fixed-shape tree reductions in workgroup memory. For rows longer than 16.
+// - `<op>_row_wg_f32`: one workgroup per row (dispatch spread over x, y, z): each invocation folds
+//   j = t, t + WG, … in order, fixed-order reductions in workgroup memory (treeReduceCode). Rows longer than 16.
 // - `<op>_row_thread_f32`: one invocation per row, sequential loops. For short rows.
 import type { KernelGen, Target } from '../compiler/codegen/types.js';
 import { numel, type Node } from '../compiler/ir/graph.js';
 import { attrNum, normDim } from '../compiler/ir/rules/shape.js';
-import { dispatchGroups, groupIndexCode, f32Lit, flatKernel, makeKernel, u32Lit } from './elementwise.js';
+import { dispatchGroups, f32Lit, flatKernel, groupIndexCode, kernelRule, makeKernel, u32Lit } from './elementwise.js';
 import { ceilPow2, combineCode, treeReduceCode, treeWorkgroup } from './reduce.js';
 
 type RowOp = 'softmax' | 'log_softmax' | 'layernorm';
@@ -136,7 +136,7 @@ const rowGen =
   };
 
 export const ROW_GPU_RULES = {
-  softmax: { kind: 'kernel' as const, gen: rowGen('softmax') },
-  log_softmax: { kind: 'kernel' as const, gen: rowGen('log_softmax') },
-  layernorm: { kind: 'kernel' as const, gen: rowGen('layernorm') },
+  softmax: kernelRule(rowGen('softmax')),
+  log_softmax: kernelRule(rowGen('log_softmax')),
+  layernorm: kernelRule(rowGen('layernorm')),
 };

@@ -68,18 +68,16 @@ await withDevice(async (gpu) => {
 
   await describe('softmax, log_softmax, layernorm', async () => {
     await test('along random dims, short and long rows', async () => {
-      const arb = fc.tuple(shapeArb(1, 4, 6), fc.integer({ min: 1, max: 90 }), fc.nat(), fc.boolean(), fc.integer());
+      const arb = fc.tuple(shapeArb(0, 3, 5, 30), fc.integer({ min: 1, max: 90 }), fc.nat(), fc.boolean(), fc.integer());
       await fc.assert(
         fc.asyncProperty(fc.constantFrom('softmax' as const, 'log_softmax' as const), arb, async (op, [base, len, at, neg, seed]) => {
-          // Insert the row dim of length `len` somewhere; keep the element count small.
+          // The row dim of length `len` inserted at position d (under 2700 elements).
           const d = at % (base.length + 1);
           const shape = [...base.slice(0, d), len, ...base.slice(d)];
-          if (shape.reduce((p, s) => p * s, 1) > 3000) shape.splice(d === 0 ? 1 : 0, 1);
-          const dd = shape.indexOf(len) >= 0 ? shape.indexOf(len) : 0;
-          const dim = neg ? dd - shape.length : dd;
+          const dim = neg ? d - shape.length : d;
           await checkAgainstReference(gpu, (b, [x]) => b.add(op, [x], { dim }), [randomTensor(shape, seed, -4, 4)], { label: `${op} [${shape}] dim ${dim}` });
         }),
-        fcParams(10, 401),
+        fcParams(7, 401),
       );
     });
     await test('layernorm over the last dim, short and long rows', async () => {
@@ -104,11 +102,9 @@ await withDevice(async (gpu) => {
       for (const op of ['softmax', 'log_softmax'] as const) await checkAgainstReference(gpu, (b, [a]) => b.add(op, [a], { dim: 1 }), [x]);
     });
     await test('hardware-style tree reductions and tight limits', async () => {
-      for (const target of [hardwareLike(gpu.target), tightTarget(gpu.target)]) {
-        await checkAgainstReference(gpu, (b, [a]) => b.add('softmax', [a], { dim: 0 }), [randomTensor([300, 5], 15)], { target });
-        await checkAgainstReference(gpu, (b, [a]) => b.add('layernorm', [a], { eps: 1e-5 }), [randomTensor([3, 500], 16)], { target, atol: 3e-6 });
-      }
-      await checkAgainstReference(gpu, (b, [a]) => b.add('log_softmax', [a], { dim: -1 }), [randomTensor([2, 3, 257], 17)], { target: hardwareLike(gpu.target) });
+      await checkAgainstReference(gpu, (b, [a]) => b.add('log_softmax', [a], { dim: 0 }), [randomTensor([300, 5], 15)], { target: hardwareLike(gpu.target) });
+      const r = await checkAgainstReference(gpu, (b, [a]) => b.add('layernorm', [a], { eps: 1e-5 }), [randomTensor([3, 500], 16)], { target: tightTarget(gpu.target), atol: 3e-6 });
+      assert.deepEqual(r.kernels[0].workgroupSize, [64, 1, 1]);
     });
   });
 });

@@ -19,7 +19,7 @@ import {
 } from '../../kernels/vision.js';
 import { checkAgainstReference, randomTensor, withDevice, type GpuContext, type RuleTable } from './harness.js';
 
-const NUM_RUNS = Number(process.env.VISFT_KERNEL_RUNS ?? 10);
+const NUM_RUNS = Number(process.env.VISFT_KERNEL_RUNS ?? 5);
 
 interface ConvCase {
   readonly n: number;

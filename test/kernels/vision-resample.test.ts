@@ -9,7 +9,7 @@ import type { Builder } from '../../compiler/ir/builder.js';
 import { VISION_GPU_RULES } from '../../kernels/vision.js';
 import { checkAgainstReference, randomTensor, withDevice, type GpuContext } from './harness.js';
 
-const NUM_RUNS = Number(process.env.VISFT_KERNEL_RUNS ?? 8);
+const NUM_RUNS = Number(process.env.VISFT_KERNEL_RUNS ?? 6);
 const rules = VISION_GPU_RULES;
 
 type Mode = 'bicubic' | 'bilinear' | 'pool';
