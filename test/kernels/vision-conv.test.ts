@@ -141,6 +141,14 @@ await withDevice(async (gpu) => {
       await checkCase(gpu, c, { fwd: forward('direct'), gin: gradInput('direct'), gw: gradWeight('reduce') }, tight);
     });
 
+    await test('kernels for a hardware target (constant loop bounds, unrolled by its compiler) match too', async () => {
+      // Software adapters get loops kept rolled (kernels/msdeform.ts loopBound); this checks the other form.
+      const hardware: Target = { ...gpu.target, name: 'hardware', isFallbackAdapter: false };
+      const c: ConvCase = { n: 1, groups: 2, cg: 2, og: 3, h: 5, w: 4, kh: 2, kw: 2, stride: [2, 1], padding: [1, 0], dilation: [1, 1], seed: 13 };
+      await checkCase(gpu, c, { fwd: forward('gemm'), gin: gradInput('gemm'), gw: gradWeight('gemm') }, hardware);
+      await checkCase(gpu, c, { fwd: forward('direct'), gin: gradInput('direct'), gw: gradWeight('reduce') }, hardware);
+    });
+
     await test('results are bitwise repeatable and the WGSL is byte-identical across generations', async () => {
       const c: ConvCase = { n: 1, groups: 1, cg: 4, og: 24, h: 11, w: 10, kh: 3, kw: 3, stride: [1, 1], padding: [1, 1], dilation: [1, 1], seed: 5 };
       const x = randomTensor(xShape(c), 1);

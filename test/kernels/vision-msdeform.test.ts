@@ -127,6 +127,12 @@ await withDevice(async (gpu) => {
       await checkAll(gpu, c, tensors(c), tight);
     });
 
+    await test('kernels for a hardware target (constant loop bounds) match too', async () => {
+      const hardware: Target = { ...gpu.target, name: 'hardware', isFallbackAdapter: false };
+      const c: MsCase = { n: 1, lq: 3, m: 2, dh: 3, p: 2, levels: [[3, 3], [1, 2]], seed: 29 };
+      await checkAll(gpu, c, tensors(c), hardware);
+    });
+
     await test('the value gradient is bitwise repeatable; many hits per block span several chunks', async () => {
       // 300 queries x 4 points crowd a 5x7 map: blocks see hundreds of hits across 5 chunks of 256 points.
       const c: MsCase = { n: 1, lq: 300, m: 1, dh: 5, p: 4, levels: [[5, 7]], seed: 31 };

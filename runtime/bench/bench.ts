@@ -1,0 +1,352 @@
+// `visft bench`: each row's op compiled by visft for the device's Target and timed next to the same op in
+// tfjs-webgpu on the same GPUDevice, in the same process. Speed is a ratio against that peer (peer ms / ours
+// ms), never an absolute claim; on a software adapter sizes shrink and the numbers say nothing about GPUs.
+//
+// Per row: build the one-op IR graph and compileGpu it; run it once through the Executor (the path `visft
+// run` takes) and the peer once, and check they agree within the row's f32 tolerance; only then time both
+// (warm-up first: every process compiles its shaders anew). Ours is timed by TimedProgram (same kernels and
+// plan; its output must equal the Executor's bit for bit), the peer by tf.time(); both by GPU timestamps where
+// the device has timestamp-query (one iteration of ours, then one of the peer's, `repeat` times, so both
+// see the same load; the median counts), else by the wall clock over `repeat` back-to-back iterations.
+import { compileGpu } from '../../compiler/codegen/gpu.js';
+import { openDevice, type GpuDevice } from '../gpu/device.js';
+import { errorMessage } from '../gpu/errors.js';
+import { Executor } from '../gpu/executor.js';
+import { fromF16, toF16 } from '../gpu/half.js';
+import { hasTimestamps, TimedProgram } from './ours.js';
+import { BENCH_SIZES, benchRows, rowGraph, rowInputData, selectRows, type BenchOp, type BenchSize, type RowSpec, type Tolerance } from './rows.js';
+import { attachTfjs, type Tensor, type Tf, type TfjsPeer } from './tfjs.js';
+
+export interface BenchOptions {
+  /** Shrunk sizes (`quick`); the default on a fallback (software) adapter. */
+  readonly quick?: boolean;
+  /** A size outright (`full` forces real sizes on a software adapter; tests use `tiny`). */
+  readonly size?: BenchSize;
+  /** Row names or prefixes (all rows when empty). */
+  readonly rows?: readonly string[];
+  readonly adapter?: string;
+  readonly backend?: string;
+  /** Timed iterations per side; by default chosen per row from the warm-up (see REPEAT_POLICY). */
+  readonly repeat?: number;
+  /** Untimed iterations first (default 3; 1 on a fallback adapter). */
+  readonly warmup?: number;
+  /** The command line to record in the report. */
+  readonly command?: string;
+  /** Progress lines (one per row), e.g. to stderr. */
+  readonly progress?: (line: string) => void;
+}
+
+export interface SideResult {
+  /** The time the ratio uses: median GPU ms where timestamps exist, else wall ms per iteration. */
+  readonly ms: number;
+  readonly gpuMs?: { readonly median: number; readonly min: number };
+  /** Wall clock per iteration over back-to-back iterations (includes CPU-side encoding). */
+  readonly wallMs: number;
+  /** GFLOP/s (matmul) or GB/s (one read and one write of every element) at `ms`. */
+  readonly rate: number;
+  /** Kernels (ours) or tfjs programs (peer) one iteration runs, in order. */
+  readonly kernels: string[];
+}
+
+export interface CheckResult {
+  readonly passed: boolean;
+  readonly maxAbsDiff: number;
+  /** max |ours − peer| / (atol·scale + rtol·|peer|): at most 1 passes. */
+  readonly worst: number;
+  readonly tolerance: string;
+}
+
+export type RowStatus = 'ok' | 'mismatch' | 'unavailable' | 'error';
+
+export interface BenchRow {
+  readonly name: string;
+  readonly what: string;
+  readonly op: BenchOp;
+  readonly dtype: 'f32' | 'f16';
+  readonly shape: string;
+  readonly status: RowStatus;
+  /** Why a row is unavailable or failed. */
+  readonly reason?: string;
+  readonly rateUnit: 'GFLOP/s' | 'GB/s';
+  readonly ours?: SideResult;
+  readonly peer?: SideResult;
+  /** What the peer computes. */
+  readonly peerComputes: string;
+  /** peer ms / ours ms: > 1 means visft is faster. */
+  readonly ratio?: number;
+  readonly check?: CheckResult;
+  /** Timed iterations per side. */
+  readonly repeat?: number;
+}
+
+/** Without --repeat: enough iterations for about `targetMs` of work per side, within [min, max]. */
+export interface RepeatPolicy {
+  readonly targetMs: number;
+  readonly min: number;
+  readonly max: number;
+}
+
+export const REPEAT_POLICY: { readonly hardware: RepeatPolicy; readonly fallback: RepeatPolicy } = {
+  hardware: { targetMs: 200, min: 20, max: 200 },
+  fallback: { targetMs: 1000, min: 5, max: 50 },
+};
+
+export function repeatFor(policy: RepeatPolicy | number, estimateMs: number): number {
+  if (typeof policy === 'number') return policy;
+  return Math.min(policy.max, Math.max(policy.min, Math.ceil(policy.targetMs / Math.max(estimateMs, 1e-3))));
+}
+
+export interface BenchReport {
+  readonly tool: 'visft bench';
+  readonly date: string;
+  readonly command: string;
+  readonly device: {
+    readonly name: string;
+    readonly description: string;
+    readonly vendor: string;
+    readonly architecture: string;
+    readonly backend: string;
+    readonly isFallbackAdapter: boolean;
+    readonly features: readonly string[];
+  };
+  readonly sizes: { readonly size: BenchSize; readonly tokens: number; readonly reason: string };
+  readonly timing: { readonly method: 'gpu-timestamps' | 'wall-clock'; readonly statistic: 'median'; readonly warmup: number; readonly repeat: number | RepeatPolicy };
+  readonly peer: { readonly name: string; readonly version: string; readonly sameDevice: true } | { readonly unavailable: string };
+  readonly rows: BenchRow[];
+  /** Every row ok or unavailable (no mismatch, no error). */
+  readonly ok: boolean;
+}
+
+// ---------------------------------------------------------------------------------------------- checks
+
+export function toleranceText(t: Tolerance): string {
+  return `|ours - peer| <= ${t.atol}${t.scaled ? '·max|peer|' : ''} + ${t.rtol}·|peer|`;
+}
+
+/** Elementwise agreement of two f32 results within a row's tolerance (NaN or ±Inf only where the peer has the same). */
+export function compareOutputs(ours: Float32Array, peer: Float32Array, t: Tolerance): CheckResult {
+  const tolerance = toleranceText(t);
+  if (ours.length !== peer.length) return { passed: false, maxAbsDiff: Infinity, worst: Infinity, tolerance };
+  let scale = 0;
+  if (t.scaled) for (const v of peer) if (Number.isFinite(v)) scale = Math.max(scale, Math.abs(v));
+  const atol = t.atol * (t.scaled ? Math.max(scale, Number.MIN_VALUE) : 1);
+  let maxAbsDiff = 0;
+  let worst = 0;
+  for (let i = 0; i < ours.length; i++) {
+    const o = ours[i];
+    const p = peer[i];
+    if (!Number.isFinite(o) || !Number.isFinite(p)) {
+      if (!Object.is(o, p)) return { passed: false, maxAbsDiff: NaN, worst: Infinity, tolerance };
+      continue;
+    }
+    const d = Math.abs(o - p);
+    maxAbsDiff = Math.max(maxAbsDiff, d);
+    worst = Math.max(worst, d / (atol + t.rtol * Math.abs(p)));
+  }
+  return { passed: worst <= 1, maxAbsDiff, worst, tolerance };
+}
+
+const median = (xs: readonly number[]): number => {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
+};
+
+function side(gpu: readonly number[], wallMs: number, row: RowSpec, kernels: string[]): SideResult {
+  const gpuMs = gpu.length ? { median: median(gpu), min: Math.min(...gpu) } : undefined;
+  const ms = gpuMs ? gpuMs.median : wallMs;
+  const rate = ms > 0 ? row.work.amount / (ms * 1e-3) / 1e9 : NaN;
+  return { ms, ...(gpuMs ? { gpuMs } : {}), wallMs, rate, kernels };
+}
+
+// ---------------------------------------------------------------------------------------------- rows
+
+/** Why a row cannot run on this target (f16 rows need shader-f16 and f16 kernels), or undefined. */
+export function unavailableReason(row: RowSpec, gpu: GpuDevice): string | undefined {
+  if (row.dtype !== 'f16') return undefined;
+  if (!gpu.target.features.includes('shader-f16')) return 'not available: the device has no shader-f16';
+  try {
+    const p = compileGpu(rowGraph(row, 'f16').graph, gpu.target);
+    if (!p.schedule.kernels.some((k) => /\benable f16;/.test(k.wgsl))) return 'not available: f32 kernels only';
+  } catch (e) {
+    return `not available: ${errorMessage(e)}`;
+  }
+  return undefined;
+}
+
+function peerOp(tf: Tf, row: RowSpec, xs: readonly Tensor[]): () => Tensor {
+  switch (row.op) {
+    case 'matmul':
+      return () => tf.matMul(xs[0], xs[1]);
+    case 'layernorm':
+      return () => {
+        const m = tf.moments(xs[0], -1, true);
+        return tf.batchNorm(xs[0], m.mean, m.variance, undefined, undefined, row.attrs.eps);
+      };
+    case 'softmax':
+      return () => tf.softmax(xs[0]);
+    case 'gelu':
+      return () => tf.mul(tf.mul(xs[0], 0.5), tf.add(1, tf.erf(tf.div(xs[0], Math.SQRT2))));
+  }
+}
+
+interface RowContext {
+  readonly gpu: GpuDevice;
+  readonly peer: TfjsPeer | undefined;
+  readonly warmup: number;
+  readonly repeat: number | RepeatPolicy;
+  readonly timestamps: boolean;
+}
+
+async function benchRow(ctx: RowContext, row: RowSpec): Promise<BenchRow> {
+  const base = { name: row.name, what: row.what, op: row.op, dtype: row.dtype, shape: row.shapeText, rateUnit: row.work.unit, peerComputes: row.peer };
+  const unavailable = unavailableReason(row, ctx.gpu);
+  if (unavailable) return { ...base, status: 'unavailable', reason: unavailable };
+
+  const { gpu, peer } = ctx;
+  let data = rowInputData(row);
+  // f16 rows: both sides get the same f16-representable values.
+  if (row.dtype === 'f16') data = data.map((d) => fromF16(toF16(d)));
+  const { graph, inputs, output } = rowGraph(row);
+  const program = compileGpu(graph, gpu.target);
+  const outId = program.schedule.outputs.get(output);
+  if (outId === undefined) throw new Error(`internal: the program of ${row.name} has no output '${output}'`);
+  const inputMap = new Map(inputs.map((id, i) => [id, data[i]] as const));
+
+  // Correctness first: ours through the Executor, the peer once.
+  const exec = await Executor.create(gpu, program.schedule.kernels, program.plan);
+  let oursOut: Float32Array;
+  try {
+    oursOut = (await exec.run(inputMap, new Map(), [outId])).get(outId)!;
+  } finally {
+    exec.destroy();
+  }
+  const tensors = peer ? row.inputs.map((inp, i) => peer.tf.tensor(data[i], [...inp.shape], 'float32')) : [];
+  try {
+    const fn = peer ? peerOp(peer.tf, row, tensors) : undefined;
+    let check: CheckResult | undefined;
+    if (peer && fn) {
+      const peerOut = await peer.result(fn);
+      checkUncaptured(gpu, 'tfjs');
+      check = compareOutputs(oursOut, peerOut, row.tolerance);
+      if (!check.passed) {
+        return { ...base, status: 'mismatch', reason: `ours and the peer disagree: max |diff| ${check.maxAbsDiff.toPrecision(3)}, ${check.worst.toPrecision(3)}x the tolerance (${check.tolerance})`, check };
+      }
+    }
+
+    const timed = await TimedProgram.create(gpu, program, inputMap);
+    try {
+      const again = await timed.output(outId);
+      if (again.length !== oursOut.length || again.some((v, i) => !Object.is(v, oursOut[i]))) {
+        throw new Error('the timed dispatches do not reproduce the Executor\'s output bit for bit');
+      }
+      const repeat = repeatFor(ctx.repeat, await timed.warm(Math.max(1, ctx.warmup)));
+      if (peer && fn) await peer.warm(fn, Math.max(1, ctx.warmup));
+      // GPU timestamps, alternating ours and the peer's so that both see the same machine (load, clocks).
+      const oursGpu: number[] = [];
+      const peerGpu: number[] = [];
+      let programs: string[] = [];
+      if (ctx.timestamps) {
+        for (let i = 0; i < repeat; i++) {
+          oursGpu.push(...(await timed.timestamped(1)));
+          if (peer && fn) {
+            const t = await peer.timestamped(fn);
+            peerGpu.push(t.ms);
+            if (i === 0) programs = t.programs;
+          }
+        }
+      }
+      const ours = side(oursGpu, await timed.wall(repeat), row, timed.kernelNames);
+      if (!peer || !fn) return { ...base, status: 'ok', ours, repeat, ...(check ? { check } : {}) };
+      const theirs = side(peerGpu, await peer.wall(fn, repeat), row, programs);
+      checkUncaptured(gpu, 'tfjs');
+      return { ...base, status: 'ok', ours, peer: theirs, ratio: theirs.ms / ours.ms, repeat, ...(check ? { check } : {}) };
+    } finally {
+      timed.destroy();
+    }
+  } finally {
+    for (const t of tensors) t.dispose();
+  }
+}
+
+/** GPU errors nobody captured (tfjs uses no error scopes) belong to whoever ran last. */
+function checkUncaptured(gpu: GpuDevice, who: string): void {
+  if (gpu.uncapturedErrors.length) throw new Error(`GPU error(s) in ${who}: ${gpu.uncapturedErrors.splice(0).join('; ')}`);
+}
+
+// ---------------------------------------------------------------------------------------------- the bench
+
+/** Runs the bench. Throws for a bad row filter (before opening the device) and when the device is lost. */
+export async function runBench(opts: BenchOptions = {}): Promise<BenchReport> {
+  const filters = opts.rows ?? [];
+  selectRows(benchRows('tiny'), filters); // names are the same at every size: fail before opening the device
+  if (opts.repeat !== undefined && (!Number.isInteger(opts.repeat) || opts.repeat < 1 || opts.repeat > 10_000)) throw new Error(`--repeat must be a whole number from 1 to 10000, not ${opts.repeat}`);
+
+  const gpu = await openDevice({ profiling: true, ...(opts.adapter ? { adapter: opts.adapter } : {}), ...(opts.backend ? { backend: opts.backend } : {}) });
+  let peer: TfjsPeer | undefined;
+  try {
+    const fallback = gpu.info.isFallbackAdapter;
+    const size: BenchSize = opts.size ?? (opts.quick || fallback ? 'quick' : 'full');
+    const reason = opts.size
+      ? `${opts.size} sizes requested`
+      : opts.quick
+        ? '--quick'
+        : fallback
+          ? 'chosen automatically: the adapter is a fallback (software) adapter (--full to override)'
+          : 'model sizes';
+    const warmup = opts.warmup ?? (fallback ? 1 : 3);
+    const repeat = opts.repeat ?? (fallback ? REPEAT_POLICY.fallback : REPEAT_POLICY.hardware);
+    const timestamps = hasTimestamps(gpu);
+
+    let peerInfo: BenchReport['peer'];
+    try {
+      peer = await attachTfjs(gpu);
+      peerInfo = { name: peer.name, version: peer.version, sameDevice: true };
+    } catch (e) {
+      peerInfo = { unavailable: errorMessage(e) };
+    }
+
+    const rows: BenchRow[] = [];
+    const ctx: RowContext = { gpu, peer, warmup, repeat, timestamps };
+    for (const row of selectRows(benchRows(size), filters)) {
+      let r: BenchRow;
+      try {
+        r = await benchRow(ctx, row);
+      } catch (e) {
+        if (gpu.isLost) throw gpu.lostError(`running bench row ${row.name}`) ?? e;
+        r = { name: row.name, what: row.what, op: row.op, dtype: row.dtype, shape: row.shapeText, rateUnit: row.work.unit, peerComputes: row.peer, status: 'error', reason: errorMessage(e) };
+      }
+      rows.push(r);
+      opts.progress?.(progressLine(r));
+    }
+
+    return {
+      tool: 'visft bench',
+      date: new Date().toISOString(),
+      command: opts.command ?? 'visft bench',
+      device: {
+        name: gpu.info.name,
+        description: gpu.info.description,
+        vendor: gpu.info.vendor,
+        architecture: gpu.info.architecture,
+        backend: gpu.backend ?? 'default',
+        isFallbackAdapter: fallback,
+        features: gpu.target.features,
+      },
+      sizes: { size, tokens: BENCH_SIZES[size].tokens, reason },
+      timing: { method: timestamps ? 'gpu-timestamps' : 'wall-clock', statistic: 'median', warmup, repeat },
+      peer: peerInfo,
+      rows,
+      ok: rows.every((r) => r.status === 'ok' || r.status === 'unavailable'),
+    };
+  } finally {
+    peer?.dispose();
+    await gpu.destroy();
+  }
+}
+
+function progressLine(r: BenchRow): string {
+  if (r.status !== 'ok') return `${r.name}: ${r.status}${r.reason ? ` (${r.reason})` : ''}`;
+  const ratio = r.ratio !== undefined ? `, ratio ${r.ratio.toFixed(2)}` : '';
+  return `${r.name}: ours ${r.ours!.ms.toPrecision(3)} ms${r.peer ? `, peer ${r.peer.ms.toPrecision(3)} ms` : ''}${ratio}`;
+}

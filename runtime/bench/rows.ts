@@ -1,0 +1,177 @@
+// The rows of `visft bench`: one op each, at the shapes EVA-G and EVA-E run (ViT tokens of a 224 image), with
+// what visft compiles for it (a one-op IR graph) and what the peer (tfjs on the same device) computes for it.
+//
+// Sizes: `full` is the real model (256 tokens: a 224 image in 14-pixel patches, no class token); `quick` is
+// 64 tokens and every feature dim / 4 (software adapters); `tiny` is 8 tokens and dims / 32 (tests only).
+import { Builder } from '../../compiler/ir/builder.js';
+import type { Graph } from '../../compiler/ir/graph.js';
+
+export type BenchSize = 'full' | 'quick' | 'tiny';
+export type BenchOp = 'matmul' | 'layernorm' | 'softmax' | 'gelu';
+
+interface ModelDims {
+  /** Embedding width. */
+  readonly dim: number;
+  /** qkv projection output (3·dim). */
+  readonly qkv: number;
+  /** MLP hidden width. */
+  readonly mlp: number;
+}
+
+interface SizeDims {
+  readonly tokens: number;
+  readonly heads: number;
+  readonly evag: ModelDims;
+  readonly evae: ModelDims;
+}
+
+/** EVA-G (EVA-01 g/14: width 1408, MLP 6144, 16 heads) and EVA-E (EVA-02-E/14: width 1792, MLP 15360, 16 heads). */
+export const BENCH_SIZES: Readonly<Record<BenchSize, SizeDims>> = {
+  full: { tokens: 256, heads: 16, evag: { dim: 1408, qkv: 4224, mlp: 6144 }, evae: { dim: 1792, qkv: 5376, mlp: 15360 } },
+  quick: { tokens: 64, heads: 16, evag: { dim: 352, qkv: 1056, mlp: 1536 }, evae: { dim: 448, qkv: 1344, mlp: 3840 } },
+  tiny: { tokens: 8, heads: 2, evag: { dim: 44, qkv: 132, mlp: 192 }, evae: { dim: 56, qkv: 168, mlp: 480 } },
+};
+
+/** |ours − peer| ≤ atol·scale + rtol·|peer|, scale = max|peer| when `scaled` (matmul), else 1. */
+export interface Tolerance {
+  readonly atol: number;
+  readonly rtol: number;
+  readonly scaled: boolean;
+}
+
+export interface BenchInput {
+  readonly name: string;
+  readonly shape: readonly number[];
+  /** Values are uniform in [lo, hi) from a seeded generator. */
+  readonly range: readonly [number, number];
+}
+
+export interface RowSpec {
+  /** Stable name, for `--rows` (a prefix selects several: `matmul_f32`, `gelu`). */
+  readonly name: string;
+  readonly op: BenchOp;
+  readonly dtype: 'f32' | 'f16';
+  /** What the row stands for in the model. */
+  readonly what: string;
+  readonly inputs: readonly BenchInput[];
+  readonly outputShape: readonly number[];
+  readonly attrs: Readonly<Record<string, number>>;
+  /** `256x1408 @ 1408x4224`, `4096x256`. */
+  readonly shapeText: string;
+  /** Work for the rate column: FLOPs (matmul, GFLOP/s) or bytes read once and written once (GB/s). */
+  readonly work: { readonly unit: 'GFLOP/s' | 'GB/s'; readonly amount: number };
+  readonly tolerance: Tolerance;
+  /** What the peer computes, in tfjs calls. */
+  readonly peer: string;
+}
+
+export const LAYERNORM_EPS = 1e-6;
+
+const dimsText = (s: readonly number[]): string => s.join('x');
+const numel = (s: readonly number[]): number => s.reduce((a, b) => a * b, 1);
+
+function matmulRow(name: string, what: string, dtype: 'f32' | 'f16', m: number, k: number, n: number): RowSpec {
+  return {
+    name,
+    op: 'matmul',
+    dtype,
+    what,
+    inputs: [
+      { name: 'a', shape: [m, k], range: [-1, 1] },
+      { name: 'b', shape: [k, n], range: [-1, 1] },
+    ],
+    outputShape: [m, n],
+    attrs: {},
+    shapeText: `${m}x${k} @ ${k}x${n}`,
+    work: { unit: 'GFLOP/s', amount: 2 * m * k * n },
+    // f32 sums of k products: error grows like √k·eps relative to the output's scale; f16 storage rounds to 2⁻¹¹.
+    tolerance: dtype === 'f32' ? { atol: 1e-4, rtol: 1e-4, scaled: true } : { atol: 4e-3, rtol: 2e-3, scaled: true },
+    peer: dtype === 'f32' ? 'tf.matMul(a, b) (f32)' : 'tf.matMul(a, b) in f32 on the same f16-rounded inputs (tfjs has no f16 tensors)',
+  };
+}
+
+function ewRow(name: string, op: 'layernorm' | 'softmax' | 'gelu', what: string, shape: readonly number[], range: readonly [number, number], tolerance: Tolerance, peer: string, attrs: Record<string, number> = {}): RowSpec {
+  return {
+    name,
+    op,
+    dtype: 'f32',
+    what,
+    inputs: [{ name: 'x', shape, range }],
+    outputShape: shape,
+    attrs,
+    shapeText: dimsText(shape),
+    work: { unit: 'GB/s', amount: 2 * numel(shape) * 4 },
+    tolerance,
+    peer,
+  };
+}
+
+const LAYERNORM_PEER = `m = tf.moments(x, -1, true); tf.batchNorm(x, m.mean, m.variance, undefined, undefined, 1e-6) (tf.layers.layerNormalization's arithmetic without its tiling and affine)`;
+const SOFTMAX_PEER = 'tf.softmax(x) (last dim)';
+const GELU_PEER = 'tf.mul(tf.mul(x, 0.5), tf.add(1, tf.erf(tf.div(x, Math.SQRT2)))) (exact-erf GELU from tf ops)';
+
+/** Every row at a size, in table order. */
+export function benchRows(size: BenchSize): RowSpec[] {
+  const { tokens: t, heads, evag: g, evae: e } = BENCH_SIZES[size];
+  const rows: RowSpec[] = [];
+  for (const dtype of ['f32', 'f16'] as const) {
+    rows.push(
+      matmulRow(`matmul_${dtype}_evag_qkv`, 'EVA-G qkv projection', dtype, t, g.dim, g.qkv),
+      matmulRow(`matmul_${dtype}_evag_fc1`, 'EVA-G MLP fc1', dtype, t, g.dim, g.mlp),
+      matmulRow(`matmul_${dtype}_evag_fc2`, 'EVA-G MLP fc2', dtype, t, g.mlp, g.dim),
+      matmulRow(`matmul_${dtype}_evae_qkv`, 'EVA-E qkv projection', dtype, t, e.dim, e.qkv),
+      matmulRow(`matmul_${dtype}_evae_fc1`, 'EVA-E MLP fc1', dtype, t, e.dim, e.mlp),
+      matmulRow(`matmul_${dtype}_evae_fc2`, 'EVA-E MLP fc2', dtype, t, e.mlp, e.dim),
+    );
+  }
+  const ln = { atol: 1e-4, rtol: 1e-4, scaled: false };
+  rows.push(
+    ewRow('layernorm_evag', 'layernorm', 'EVA-G pre-norm (no affine)', [t, g.dim], [-1, 3], ln, LAYERNORM_PEER, { eps: LAYERNORM_EPS }),
+    ewRow('layernorm_evae', 'layernorm', 'EVA-E pre-norm (no affine)', [t, e.dim], [-1, 3], ln, LAYERNORM_PEER, { eps: LAYERNORM_EPS }),
+    ewRow('softmax_attn', 'softmax', `attention probabilities (${heads} heads x ${t} query rows)`, [heads * t, t], [-6, 6], { atol: 1e-6, rtol: 1e-4, scaled: false }, SOFTMAX_PEER, { dim: -1 }),
+    ewRow('gelu_evag', 'gelu', 'EVA-G MLP activation', [t, g.mlp], [-5, 5], { atol: 1e-5, rtol: 1e-4, scaled: false }, GELU_PEER),
+    ewRow('gelu_evae', 'gelu', 'EVA-E MLP activation', [t, e.mlp], [-5, 5], { atol: 1e-5, rtol: 1e-4, scaled: false }, GELU_PEER),
+  );
+  return rows;
+}
+
+/** Row names (the same at every size). */
+export const BENCH_ROW_NAMES: readonly string[] = benchRows('tiny').map((r) => r.name);
+
+/**
+ * The rows `filters` select: each filter is a row name or a prefix of names (`matmul_f32`, `gelu`); all rows
+ * when there are none. Throws with the list of names when a filter matches nothing.
+ */
+export function selectRows(rows: readonly RowSpec[], filters: readonly string[]): RowSpec[] {
+  if (filters.length === 0) return [...rows];
+  const unknown = filters.filter((f) => !rows.some((r) => r.name === f || r.name.startsWith(f)));
+  if (unknown.length) throw new Error(`no bench row matches ${unknown.map((u) => `'${u}'`).join(', ')}; rows are: ${rows.map((r) => r.name).join(', ')}`);
+  return rows.filter((r) => filters.some((f) => r.name === f || r.name.startsWith(f)));
+}
+
+/** The one-op IR graph of a row: inputs in the row's order, one output `out`. */
+export function rowGraph(row: RowSpec, dtype: 'f32' | 'f16' = row.dtype): { graph: Graph; inputs: number[]; output: string } {
+  const b = new Builder();
+  const ins = row.inputs.map((i) => b.input(i.name, i.shape, dtype));
+  b.output('out', b.add(row.op, ins, row.attrs));
+  return { graph: b.graph, inputs: ins, output: 'out' };
+}
+
+/** Seeded uniform values (mulberry32), the same for every run of a row. */
+export function rowInputData(row: RowSpec): Float32Array[] {
+  let seed = 0x9e3779b9;
+  for (const ch of row.name) seed = Math.imul(seed ^ ch.charCodeAt(0), 0x85ebca6b) >>> 0;
+  const next = (): number => {
+    seed = (seed + 0x6d2b79f5) >>> 0;
+    let z = seed;
+    z = Math.imul(z ^ (z >>> 15), z | 1);
+    z ^= z + Math.imul(z ^ (z >>> 7), z | 61);
+    return ((z ^ (z >>> 14)) >>> 0) / 4294967296;
+  };
+  return row.inputs.map((i) => {
+    const out = new Float32Array(numel(i.shape));
+    const [lo, hi] = i.range;
+    for (let j = 0; j < out.length; j++) out[j] = lo + (hi - lo) * next();
+    return out;
+  });
+}
