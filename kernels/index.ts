@@ -10,6 +10,7 @@ import { MATMUL_GPU_RULES } from './matmul.js';
 import { MOVEMENT_GPU_RULES } from './movement.js';
 import { REDUCE_GPU_RULES } from './reduce.js';
 import { ROW_GPU_RULES } from './row.js';
+import { POSITION_GPU_RULES } from './position.js';
 import { VISION_GPU_RULES } from './vision.js';
 
 export const CORE_GPU_RULES: { readonly [K in CoreOp]: GpuRule } = {
@@ -22,6 +23,7 @@ export const CORE_GPU_RULES: { readonly [K in CoreOp]: GpuRule } = {
   ...MATMUL_GPU_RULES,
   ...MOVEMENT_GPU_RULES,
   ...ATTENTION_GPU_RULES,
+  ...POSITION_GPU_RULES,
 };
 
 export const GPU_RULES: { readonly [K in IrOp]: GpuRule } = { ...CORE_GPU_RULES, ...VISION_GPU_RULES };

@@ -206,6 +206,8 @@ export const CORE_GRADS: { readonly [K in CoreOp]: GradRule } = {
 
   // Recomputes P = softmax(q·kᵀ·scale + mask); dv = Pᵀ·g, dlogits = P·(g·vᵀ − Σ (g·vᵀ)·P),
   // dq = scale·dlogits·k, dk = scale·dlogitsᵀ·q, dmask = dlogits summed over its broadcast dims.
+  // The encoding depends on x's shape only.
+  sine_position: () => [undefined],
   attention: ({ b, g, node, needs }) => {
     const [q, k, v, mask] = node.inputs;
     const scale = attrNum(node.attrs, 'scale', 1 / Math.sqrt(b.shape(q)[3]));

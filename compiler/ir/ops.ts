@@ -69,6 +69,8 @@ export const IR_OPS = {
   resize_grad: { fusion: 'opaque', attrs: ['mode', 'in_size'], doc: 'the adjoint of resize' },
   adaptive_avg_pool2d: { fusion: 'opaque', attrs: ['size'], doc: 'PyTorch adaptive average pooling of the last two dims' },
   adaptive_avg_pool2d_grad: { fusion: 'opaque', attrs: ['in_size'], doc: 'the adjoint of adaptive_avg_pool2d' },
+  // positions
+  sine_position: { fusion: 'opaque', attrs: ['channels', 'temperature', 'normalize'], doc: 'DETR sine position encoding of x\'s [B, C, H, W] grid (depends on the shape only): [B, channels, H, W]' },
   // attention
   attention: { fusion: 'opaque', attrs: ['scale'], doc: 'softmax(q·kᵀ·scale [+ mask])·v over [B, H, S, D]' },
   msdeform_attn: { fusion: 'opaque', attrs: ['levels'], doc: 'multi-scale deformable attention (Deformable-DETR layout)' },

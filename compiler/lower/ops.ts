@@ -237,7 +237,8 @@ export const LOWER: { readonly [K in OpName]: LowerRule } = {
   resize_bicubic: (a) => T(a.b.add('resize', [need(a, 0, 'x')], { mode: 'bicubic', size: pair(a, 'size', 1) })),
   resize_bilinear: (a) => T(a.b.add('resize', [need(a, 0, 'x')], { mode: 'bilinear', size: pair(a, 'size', 1) })),
   adaptive_avg_pool2d: (a) => T(a.b.add('adaptive_avg_pool2d', [need(a, 0, 'x')], { size: pair(a, 'size', 1) })),
-  sine_position: notYet('sine_position'),
+  sine_position: (a) =>
+    T(a.b.add('sine_position', [need(a, 0, 'x')], { channels: num(a, 'channels'), temperature: num(a, 'temperature', 10000), normalize: a.attr('normalize') === true })),
   attention: (a) => {
     const q = need(a, 0, 'q');
     const d = a.b.shape(q)[3];

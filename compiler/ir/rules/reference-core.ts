@@ -427,6 +427,16 @@ export const CORE_REFERENCE: { readonly [K in CoreOp]: RefRule } = {
     return make(shape, data);
   },
 
+  // DETR's PositionEmbeddingSine with no padding mask: channels [0, F) encode the row, [F, 2F) the column;
+  // within each, even k is sin(e / t_k) and odd k cos(e / t_k), t_k = temperature^(2⌊k/2⌋/F), e = index + 1
+  // (normalised: e / (size + 1e-6) · 2π).
+  sine_position: (_ins, attrs, out) => {
+    const [B, C, H, W] = out.shape;
+    const data = new Float64Array(B * C * H * W);
+    let i = 0;
+    for (let b = 0; b < B; b++) for (let c = 0; c < C; c++) for (let h = 0; h < H; h++) for (let w = 0; w < W; w++) data[i++] = sinePosition(c, h, w, C, H, W, attrs);
+    return make(out.shape, data);
+  },
   // softmax(q·kᵀ·scale + mask)·v per (batch, head); scale defaults to 1/√D as in PyTorch's SDPA.
   attention: ([q, k, v, mask], attrs, out) => {
     const [B, H, Sq, D] = q.shape;
@@ -465,3 +475,16 @@ export const CORE_REFERENCE: { readonly [K in CoreOp]: RefRule } = {
     return make(out.shape, data);
   },
 };
+
+/** One value of DETR's sine position encoding (see the sine_position rule); shared with the GPU kernel's constants. */
+export function sinePosition(c: number, h: number, w: number, C: number, H: number, W: number, attrs: Attrs): number {
+  const F = C / 2;
+  const temperature = typeof attrs.temperature === 'number' ? attrs.temperature : 10000;
+  const normalize = attrs.normalize === true;
+  const rowPart = c < F;
+  const k = rowPart ? c : c - F;
+  let e = (rowPart ? h : w) + 1;
+  if (normalize) e = (e / ((rowPart ? H : W) + 1e-6)) * 2 * Math.PI;
+  const t = temperature ** ((2 * Math.floor(k / 2)) / F);
+  return k % 2 === 0 ? Math.sin(e / t) : Math.cos(e / t);
+}

@@ -209,6 +209,12 @@ export const SHAPE_RULES: { readonly [K in IrOp]: ShapeRule } = {
     if (g.shape.length < 2 || inSize.length !== 2 || inSize.some((s) => s < 1)) fail(`adaptive_avg_pool2d_grad: in_size ${fmt(inSize)} for ${fmt(g.shape)}`);
     return { shape: [...g.shape.slice(0, -2), ...inSize], dtype: g.dtype };
   },
+  sine_position: ([x], attrs) => {
+    const c = attrNum(attrs, 'channels');
+    if (x.shape.length !== 4 || !Number.isInteger(c) || c <= 0 || c % 2 !== 0) fail(`sine_position takes x [B, C, H, W] and an even channels count, got ${fmt(x.shape)} and ${c}`);
+    attrNum(attrs, 'temperature', 10000);
+    return { shape: [x.shape[0], c, x.shape[2], x.shape[3]], dtype: 'f32' };
+  },
   attention: ([q, k, v, mask]) => {
     if (q.shape.length !== 4 || k.shape.length !== 4 || v.shape.length !== 4) fail('attention takes q, k, v as [B, H, S, D]');
     if (q.shape[3] !== k.shape[3] || k.shape[2] !== v.shape[2] || q.shape[0] !== k.shape[0] || q.shape[1] !== k.shape[1]) fail(`attention: q ${fmt(q.shape)}, k ${fmt(k.shape)}, v ${fmt(v.shape)} do not fit`);
