@@ -7,6 +7,11 @@
 // bilinearly at (x·W − 0.5, y·H − 0.5) with zero padding (grid_sample, align_corners=False); a point
 // contributes only when −1 < h_im < H and −1 < w_im < W (exactly the CUDA op's rule, and the reference's).
 //
+// Kernels: the forward, one invocation per output element; d sampling_locations and d attention_weights,
+// one invocation per sampling point reducing over Dh; d value as a gather (each value element sums what
+// the points that sample it contribute, in increasing (q, p) order: exact, deterministic, no atomics), by
+// default tiled so that a workgroup filters the points once for a block of pixels.
+//
 // This file also holds the small codegen helpers the vision kernels share (kernels/vision.ts imports them;
 // the dependency goes one way only).
 import type { Node } from '../compiler/ir/graph.js';
@@ -15,18 +20,6 @@ import { attrNum, attrPairs } from '../compiler/ir/rules/shape.js';
 import type { Kernel, Target } from '../compiler/codegen/types.js';
 
 // ---------------------------------------------------------------------------------------------- shared helpers
-
-/** A WGSL f32 literal that round-trips to exactly Math.fround(x) (shortest decimal that does). */
-export function f32Lit(x: number): string {
-  const f = Math.fround(x);
-  if (!Number.isFinite(f)) throw new Error(`f32Lit: ${x} is not a finite f32`);
-  if (Object.is(f, -0)) return '-0.0f';
-  for (let p = 1; p <= 9; p++) {
-    const s = f.toPrecision(p);
-    if (Math.fround(Number(s)) === f) return `${s.replace('e+', 'e')}f`;
-  }
-  return `${f.toPrecision(9).replace('e+', 'e')}f`;
-}
 
 /** A u32 literal. */
 export const u32Lit = (x: number): string => {
@@ -63,7 +56,7 @@ export const WORKGROUP_INDEX = 'let wid = wg.x + nwg.x * (wg.y + nwg.y * wg.z);'
  * Loop bounds. Mesa's lavapipe (and other software adapters) fully unroll loops whose trip count is a
  * compile-time constant, and LLVM then takes seconds per shader; on those targets a bound is multiplied by
  * `rt_one` (1 at run time, opaque to the compiler: every dispatch has num_workgroups.x >= 1). Hardware
- * targets keep constant bounds so their compilers may unroll. Use ROLLED_PRELUDE at the top of `main`.
+ * targets keep constant bounds so their compilers may unroll. `main` starts with rolledPrelude(target).
  */
 export function loopBound(target: Target): (bound: string) => string {
   return target.isFallbackAdapter ? (b) => `${b} * rt_one` : (b) => b;
@@ -108,12 +101,11 @@ export function perElementKernel(
   decls: string,
   helpers: string,
   body: string,
-  header = '',
 ): Kernel {
   const wg = linearWorkgroup(target);
   const groups = Math.ceil(total / wg);
   const wgsl = `// ${name}: one invocation per output element (${total} elements)
-${header}${decls}
+${decls}
 
 const TOTAL = ${u32Lit(total)};
 ${helpers}

@@ -15,6 +15,7 @@
 //   (window ends are monotone in the output index), found by binary search, and the input element sums
 //   over that range in increasing order.
 // - msdeform_attn and its VJPs are in kernels/msdeform.ts.
+// - On software adapters (lavapipe) loops keep runtime bounds so the JIT does not unroll them (loopBound).
 import type { GpuRule, Kernel, Target } from '../compiler/codegen/types.js';
 import type { Node } from '../compiler/ir/graph.js';
 import { numel } from '../compiler/ir/graph.js';
@@ -23,14 +24,13 @@ import { attrInts, attrNum } from '../compiler/ir/rules/shape.js';
 import {
   bindingDecls,
   ENTRY_PARAMS,
-  perElementKernel,
-  f32Lit,
   indent,
   linearWorkgroup,
   loopBound,
   msdeformAttnGradKernel,
   msdeformAttnKernel,
   nodeBindings,
+  perElementKernel,
   requireF32,
   rolledPrelude,
   spreadWorkgroups,
@@ -470,27 +470,29 @@ type AxisMode = 'bicubic' | 'bilinear' | 'adaptive';
  * its weight; `ax_lo(i)` / `ax_hi(i)` the window's clamped ends (monotone non-decreasing in i);
  * `ax_weight_of(i, j)` the total weight of input j in output i (clamped taps can repeat an index);
  * `ax_first(j)` / `ax_last(j)` the range of outputs whose window holds j (empty when first > last).
- * Float math is f32 with PyTorch's formulas (area_pixel_compute_source_index, Keys' cubic A = −0.75).
+ * PyTorch's formulas (area_pixel_compute_source_index, Keys' cubic A = −0.75) with the source coordinate
+ * split into floor and fraction in exact integer arithmetic (src_num), the weights then in f32.
  */
 function axisWgsl(ax: string, mode: AxisMode, inSize: number, outSize: number): string {
   const IN = u32Lit(inSize);
   const OUT = u32Lit(outSize);
-  const scale = f32Lit(inSize / outSize);
   let taps: string;
   let weight: string;
   if (mode === 'bicubic') {
     taps = `fn ${ax}_taps(i: u32) -> Taps {
-  let src = ${scale} * (f32(i) + 0.5) - 0.5;
-  let fl = floor(src);
-  let t = src - fl;
-  return Taps(i32(fl) - 1, 4u, vec4f(cubic2(t + 1.0), cubic1(t), cubic1(1.0 - t), cubic2((1.0 - t) + 1.0)));
+  let num = src_num(i, ${IN}, ${OUT});
+  let den = i32(2u * ${OUT});
+  let fl = select(num / den, -1i, num < 0); // floor(src); num > -den
+  let t = f32(num - fl * den) / f32(den);
+  return Taps(fl - 1, 4u, vec4f(cubic2(t + 1.0), cubic1(t), cubic1(1.0 - t), cubic2((1.0 - t) + 1.0)));
 }`;
     weight = `t.w[k]`;
   } else if (mode === 'bilinear') {
     taps = `fn ${ax}_taps(i: u32) -> Taps {
-  let src = max(${scale} * (f32(i) + 0.5) - 0.5, 0.0);
-  let i0 = min(i32(floor(src)), ${inSize - 1}i);
-  let lambda = clamp(src - f32(i0), 0.0, 1.0);
+  let num = max(src_num(i, ${IN}, ${OUT}), 0i); // src clamped at 0
+  let den = i32(2u * ${OUT});
+  let i0 = min(num / den, ${inSize - 1}i);
+  let lambda = clamp(f32(num - i0 * den) / f32(den), 0.0, 1.0);
   return Taps(i0, 2u, vec4f(1.0 - lambda, lambda, 0.0, 0.0));
 }`;
     weight = `t.w[k]`;
@@ -561,6 +563,13 @@ struct Taps {
   first: i32,
   count: u32,
   w: vec4f,
+}
+
+// The source coordinate of output i, src = (i + 0.5)·in/out − 0.5 = num / (2·out), as the exact integer num:
+// floor and fraction are split exactly, so taps and weights are the float64 reference's to f32 precision
+// (PyTorch's f32 path rounds in/out first and is off by ~1e-6 relative).
+fn src_num(i: u32, in_size: u32, out_size: u32) -> i32 {
+  return i32(in_size * (2u * i + 1u)) - i32(out_size);
 }
 
 // Keys' cubic convolution, A = -0.75 (PyTorch's upsample_bicubic2d).

@@ -141,11 +141,12 @@ await withDevice(async (gpu) => {
       await checkCase(gpu, c, { fwd: forward('direct'), gin: gradInput('direct'), gw: gradWeight('reduce') }, tight);
     });
 
-    await test('kernels for a hardware target (constant loop bounds, unrolled by its compiler) match too', async () => {
+    await test('direct kernels for a hardware target (constant loop bounds, unrolled by its compiler) match too', async () => {
       // Software adapters get loops kept rolled (kernels/msdeform.ts loopBound); this checks the other form.
       const hardware: Target = { ...gpu.target, name: 'hardware', isFallbackAdapter: false };
       const c: ConvCase = { n: 1, groups: 2, cg: 2, og: 3, h: 5, w: 4, kh: 2, kw: 2, stride: [2, 1], padding: [1, 0], dilation: [1, 1], seed: 13 };
-      await checkCase(gpu, c, { fwd: forward('gemm'), gin: gradInput('gemm'), gw: gradWeight('gemm') }, hardware);
+      // The direct kernels only: a GEMM compiled with its K loop unrolled takes ~4 s on lavapipe, and its
+      // hardware form differs from the tested one only in the loop bounds' `* rt_one`.
       await checkCase(gpu, c, { fwd: forward('direct'), gin: gradInput('direct'), gw: gradWeight('reduce') }, hardware);
     });
 
