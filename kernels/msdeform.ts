@@ -18,14 +18,11 @@ import type { Node } from '../compiler/ir/graph.js';
 import { numel } from '../compiler/ir/graph.js';
 import { attrNum, attrPairs } from '../compiler/ir/rules/shape.js';
 import type { Kernel, Target } from '../compiler/codegen/types.js';
+import { u32Lit } from './elementwise.js';
+
+export { u32Lit };
 
 // ---------------------------------------------------------------------------------------------- shared helpers
-
-/** A u32 literal. */
-export const u32Lit = (x: number): string => {
-  if (!Number.isInteger(x) || x < 0 || x > 0xffffffff) throw new Error(`u32Lit: ${x} is not a u32`);
-  return `${x}u`;
-};
 
 /** A 1-D workgroup size that every limit of the target allows, at most `want`. */
 export function linearWorkgroup(target: Target, want = 256): number {
