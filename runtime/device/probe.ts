@@ -67,7 +67,8 @@ function message(e: unknown): string {
   return m.replace(/\s*\n\s*/g, ' ').trim();
 }
 
-async function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+/** Rejects when `p` has not settled within `ms` (dawn.node can hang on a broken driver). */
+export async function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
   const timeout = new Promise<never>((_, reject) => {
     timer = setTimeout(() => reject(new Error(`${what} did not finish within ${ms} ms`)), ms);

@@ -3,7 +3,7 @@
 // an orderly shutdown (the GPU object stays referenced until the device is gone: a collected GPU object with
 // work in flight, e.g. a cold Mesa shader cache, crashes dawn.node; a device left alive keeps Node running).
 import type { Target } from '../../compiler/codegen/types.js';
-import { defaultBackend } from '../device/probe.js';
+import { defaultBackend, withTimeout } from '../device/probe.js';
 import { errorMessage, GpuDeviceLostError, GpuError } from './errors.js';
 import { adapterDisplayName, dawnInfo, isFallbackAdapter, TARGET_LIMIT_KEYS, targetFromAdapter } from './target.js';
 
@@ -76,18 +76,6 @@ async function loadWebGPU(): Promise<typeof import('webgpu')> {
   return webgpuModule;
 }
 
-async function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`${what} did not finish within ${ms} ms`)), ms);
-    timer.unref();
-  });
-  try {
-    return await Promise.race([p, timeout]);
-  } finally {
-    if (timer) clearTimeout(timer);
-  }
-}
 
 export function describeAdapter(adapter: GPUAdapter): AdapterDescription {
   const i = dawnInfo(adapter);

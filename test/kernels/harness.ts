@@ -15,6 +15,7 @@
 // `describe` / `test`). The GPU instance stays referenced until the device is destroyed (a cold lavapipe
 // shader cache otherwise crashes dawn.node), and the device is destroyed at the end so the process exits.
 import assert from 'node:assert/strict';
+import { TARGET_LIMIT_KEYS } from '../../runtime/gpu/target.js';
 import { Builder } from '../../compiler/ir/builder.js';
 import { numel, type Graph, type Node } from '../../compiler/ir/graph.js';
 import { interpret } from '../../compiler/ir/interpret.js';
@@ -31,18 +32,7 @@ export interface GpuContext {
   readonly target: Target;
 }
 
-const TARGET_LIMITS = [
-  'maxStorageBufferBindingSize',
-  'maxBufferSize',
-  'minStorageBufferOffsetAlignment',
-  'maxComputeWorkgroupStorageSize',
-  'maxComputeInvocationsPerWorkgroup',
-  'maxComputeWorkgroupSizeX',
-  'maxComputeWorkgroupSizeY',
-  'maxComputeWorkgroupSizeZ',
-  'maxComputeWorkgroupsPerDimension',
-  'maxStorageBuffersPerShaderStage',
-] as const;
+const TARGET_LIMITS = TARGET_LIMIT_KEYS;
 
 let globalsInstalled = false;
 
