@@ -99,7 +99,9 @@ function program(): Command {
     .command('doctor')
     .description('find the WebGPU adapter, run a test dispatch, and say what to install when there is none')
     .option('--json', 'print JSON')
-    .action(async (opts: { json?: boolean }) => {
+    .option('--adapter <name>', 'examine the adapter whose name contains this')
+    .option('--backend <name>', 'Dawn backend: vulkan, metal, d3d12, opengl')
+    .action(async (opts: import('./commands/doctor.js').DoctorOptions) => {
       process.exitCode = await (await import('./commands/doctor.js')).runDoctor(opts);
     });
 
