@@ -16,7 +16,7 @@
 // the dependency goes one way only).
 import type { Node } from '../compiler/ir/graph.js';
 import { numel } from '../compiler/ir/graph.js';
-import { attrNum, attrPairs } from '../compiler/ir/rules/shape.js';
+import { attrNum, msDeformGeometry, type MsDeformGeometry } from '../compiler/ir/rules/shape.js';
 import type { Kernel, Target } from '../compiler/codegen/types.js';
 import { u32Lit } from './elementwise.js';
 
@@ -127,30 +127,10 @@ export function indent(text: string, n: number): string {
 
 // ---------------------------------------------------------------------------------------------- geometry
 
-interface MsGeom {
-  readonly n: number;
-  readonly s: number;
-  readonly m: number;
-  readonly dh: number;
-  readonly lq: number;
-  readonly p: number;
-  readonly levels: readonly [number, number][];
-  readonly starts: readonly number[];
-}
+type MsGeom = MsDeformGeometry;
 
-function msGeom(node: Node, inputs: readonly Node[]): MsGeom {
-  const levels = attrPairs(node.attrs, 'levels');
-  const [n, s, m, dh] = inputs[0].shape;
-  const [, lq, , , p] = inputs[1].shape;
-  const starts: number[] = [];
-  let total = 0;
-  for (const [h, w] of levels) {
-    starts.push(total);
-    total += h * w;
-  }
-  if (total !== s) throw new Error(`${node.op} (%${node.id}): value has ${s} rows, levels ${JSON.stringify(levels)} have ${total}`);
-  return { n, s, m, dh, lq, p, levels, starts };
-}
+/** The geometry of a msdeform node or its gradient (inputs value, locations, weights, ...). */
+const msGeom = (node: Node, inputs: readonly Node[]): MsGeom => msDeformGeometry(inputs[0].shape, inputs[1].shape, inputs[2].shape, node.attrs);
 
 function geomConsts(k: MsGeom): string {
   return [

@@ -20,7 +20,7 @@ import type { GpuRule, Kernel, Target } from '../compiler/codegen/types.js';
 import type { Node } from '../compiler/ir/graph.js';
 import { numel } from '../compiler/ir/graph.js';
 import type { VisionOp } from '../compiler/ir/rules/families.js';
-import { attrInts, attrNum } from '../compiler/ir/rules/shape.js';
+import { attrInts, attrNum, conv2dGeometry, type Conv2dGeometry } from '../compiler/ir/rules/shape.js';
 import {
   bindingDecls,
   ENTRY_PARAMS,
@@ -40,38 +40,7 @@ import {
 
 // ---------------------------------------------------------------------------------------------- conv geometry
 
-interface ConvGeom {
-  readonly n: number;
-  readonly c: number;
-  readonly h: number;
-  readonly w: number;
-  readonly o: number;
-  readonly kh: number;
-  readonly kw: number;
-  readonly oh: number;
-  readonly ow: number;
-  readonly groups: number;
-  /** Input and output channels per group. */
-  readonly cg: number;
-  readonly og: number;
-  readonly sh: number;
-  readonly sw: number;
-  readonly ph: number;
-  readonly pw: number;
-  readonly dh: number;
-  readonly dw: number;
-}
-
-function convGeom(x: readonly number[], w: readonly number[], y: readonly number[], node: Node): ConvGeom {
-  const [sh, sw] = attrInts(node.attrs, 'stride', [1, 1]);
-  const [ph, pw] = attrInts(node.attrs, 'padding', [0, 0]);
-  const [dh, dw] = attrInts(node.attrs, 'dilation', [1, 1]);
-  const groups = attrNum(node.attrs, 'groups', 1);
-  return {
-    n: x[0], c: x[1], h: x[2], w: x[3], o: w[0], kh: w[2], kw: w[3], oh: y[2], ow: y[3],
-    groups, cg: w[1], og: w[0] / groups, sh, sw, ph, pw, dh, dw,
-  };
-}
+type ConvGeom = Conv2dGeometry;
 
 function convConsts(k: ConvGeom): string {
   const c = (name: string, v: number) => `const ${name} = ${u32Lit(v)};`;
@@ -246,7 +215,7 @@ const GEMM_MIN_ROWS = 16;
 /** conv2d(x, w): y[n, o, oy, ox] = Σ_{ci, ky, kx} x[n, g·CG + ci, oy·S − P + ky·D, ...] · w[o, ci, ky, kx]. */
 export function conv2dKernel(node: Node, inputs: readonly Node[], target: Target, variant?: ConvVariant): Kernel {
   requireF32(node, inputs);
-  const k = convGeom(inputs[0].shape, inputs[1].shape, node.shape, node);
+  const k = conv2dGeometry(inputs[0].shape, inputs[1].shape, node.shape, node.attrs, 'conv2d');
   const decls = bindingDecls(['x', 'w'], 'y');
   const v = variant ?? (k.og >= GEMM_MIN_ROWS ? 'gemm' : 'direct');
   const B = loopBound(target);
@@ -307,7 +276,7 @@ fn c_col(col: u32) -> u32 {
  */
 export function conv2dGradInputKernel(node: Node, inputs: readonly Node[], target: Target, variant?: ConvVariant): Kernel {
   requireF32(node, inputs);
-  const k = convGeom(node.shape, inputs[1].shape, inputs[0].shape, node);
+  const k = conv2dGeometry(node.shape, inputs[1].shape, inputs[0].shape, node.attrs, 'conv2d_grad_input');
   const decls = bindingDecls(['gy', 'w'], 'dx');
   // With stride > 1 most (o, ky, kx) columns of the GEMM miss a given input element; the direct gather
   // skips the taps that miss before touching memory.
@@ -382,7 +351,7 @@ export type ConvGradWeightVariant = 'gemm' | 'reduce';
  */
 export function conv2dGradWeightKernel(node: Node, inputs: readonly Node[], target: Target, variant?: ConvGradWeightVariant): Kernel {
   requireF32(node, inputs);
-  const k = convGeom(inputs[0].shape, node.shape, inputs[1].shape, node);
+  const k = conv2dGeometry(inputs[0].shape, node.shape, inputs[1].shape, node.attrs, 'conv2d_grad_weight');
   const decls = bindingDecls(['x', 'gy'], 'dw');
   const cols = k.cg * k.kh * k.kw;
   const v = variant ?? (k.og >= GEMM_MIN_ROWS && cols >= GEMM_MIN_ROWS ? 'gemm' : 'reduce');

@@ -15,6 +15,7 @@
 // `describe` / `test`). The GPU instance stays referenced until the device is destroyed (a cold lavapipe
 // shader cache otherwise crashes dawn.node), and the device is destroyed at the end so the process exits.
 import assert from 'node:assert/strict';
+import { makeRng } from '../ir/util.js';
 import { TARGET_LIMIT_KEYS } from '../../runtime/gpu/target.js';
 import { Builder } from '../../compiler/ir/builder.js';
 import { numel, type Graph, type Node } from '../../compiler/ir/graph.js';
@@ -337,17 +338,7 @@ export function compare(gpuOut: Float32Array, ref: ArrayLike<number>, shape: rea
 
 // ---------------------------------------------------------------------------------------------- random data
 
-/** A small seeded generator (mulberry32): uniform in [0, 1). */
-export function makeRng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+export { makeRng };
 
 /** A tensor of `shape` with uniform values in [lo, hi), rounded to f32. */
 export function randomTensor(shape: readonly number[], seed: number, lo = -2, hi = 2): { shape: number[]; data: Float32Array } {

@@ -8,7 +8,7 @@
 import type { Attrs, Shape } from '../graph.js';
 import type { VisionOp } from './families.js';
 import type { RefRule, RefTensor } from './reference-types.js';
-import { attrInts, attrNum, attrPairs, conv2dShape } from './shape.js';
+import { attrInts, attrNum, conv2dGeometry, msDeformGeometry, type Conv2dGeometry, type MsDeformGeometry } from './shape.js';
 
 const fmt = (s: Shape) => `[${s.join(', ')}]`;
 const sameShape = (a: Shape, b: Shape) => a.length === b.length && a.every((s, i) => s === b[i]);
@@ -17,37 +17,7 @@ const tensor = (shape: Shape, data: Float64Array): RefTensor => ({ shape: [...sh
 // ---------------------------------------------------------------------------------------------------
 // conv2d
 
-interface ConvGeom {
-  readonly n: number;
-  readonly c: number;
-  readonly h: number;
-  readonly w: number;
-  readonly o: number;
-  readonly kh: number;
-  readonly kw: number;
-  readonly oh: number;
-  readonly ow: number;
-  /** Input channels per group (the weight's dim 1) and output channels per group. */
-  readonly cg: number;
-  readonly og: number;
-  readonly stride: readonly number[];
-  readonly pad: readonly number[];
-  readonly dil: readonly number[];
-}
-
-/** The geometry of conv2d(x, w) whose output is `y`; checks that the three shapes belong together. */
-function convGeom(x: Shape, w: Shape, y: Shape, attrs: Attrs, what: string): ConvGeom {
-  const expected = conv2dShape(x, w, attrs);
-  if (!sameShape(expected, y)) throw new Error(`${what}: output ${fmt(y)} does not match conv2d of ${fmt(x)} with ${fmt(w)} (${fmt(expected)})`);
-  const groups = attrNum(attrs, 'groups', 1);
-  return {
-    n: x[0], c: x[1], h: x[2], w: x[3], o: w[0], kh: w[2], kw: w[3], oh: y[2], ow: y[3],
-    cg: w[1], og: w[0] / groups,
-    stride: attrInts(attrs, 'stride', [1, 1]),
-    pad: attrInts(attrs, 'padding', [0, 0]),
-    dil: attrInts(attrs, 'dilation', [1, 1]),
-  };
-}
+type ConvGeom = Conv2dGeometry;
 
 type ConvMode = 'forward' | 'grad_input' | 'grad_weight';
 
@@ -56,9 +26,7 @@ type ConvMode = 'forward' | 'grad_input' | 'grad_weight';
  * the three ops so they are adjoint by construction: forward y += x·w, grad_input x += y·w, grad_weight w += y·x.
  */
 function convLoop(k: ConvGeom, mode: ConvMode, x: Float64Array, w: Float64Array, y: Float64Array): void {
-  const [sh, sw] = k.stride;
-  const [ph, pw] = k.pad;
-  const [dh, dw] = k.dil;
+  const { sh, sw, ph, pw, dh, dw } = k;
   for (let n = 0; n < k.n; n++) {
     for (let o = 0; o < k.o; o++) {
       const c0 = Math.floor(o / k.og) * k.cg;
@@ -93,21 +61,21 @@ function convLoop(k: ConvGeom, mode: ConvMode, x: Float64Array, w: Float64Array,
 
 const conv2d: RefRule = ([x, w], attrs, out) => {
   const y = new Float64Array(out.shape.reduce((a, b) => a * b, 1));
-  convLoop(convGeom(x.shape, w.shape, out.shape, attrs, 'conv2d'), 'forward', x.data, w.data, y);
+  convLoop(conv2dGeometry(x.shape, w.shape, out.shape, attrs, 'conv2d'), 'forward', x.data, w.data, y);
   return tensor(out.shape, y);
 };
 
 const conv2dGradInput: RefRule = ([g, w], attrs) => {
   const xShape = attrInts(attrs, 'input_shape');
   const dx = new Float64Array(xShape.reduce((a, b) => a * b, 1));
-  convLoop(convGeom(xShape, w.shape, g.shape, attrs, 'conv2d_grad_input'), 'grad_input', dx, w.data, g.data);
+  convLoop(conv2dGeometry(xShape, w.shape, g.shape, attrs, 'conv2d_grad_input'), 'grad_input', dx, w.data, g.data);
   return tensor(xShape, dx);
 };
 
 const conv2dGradWeight: RefRule = ([x, g], attrs) => {
   const wShape = attrInts(attrs, 'weight_shape');
   const dw = new Float64Array(wShape.reduce((a, b) => a * b, 1));
-  convLoop(convGeom(x.shape, wShape, g.shape, attrs, 'conv2d_grad_weight'), 'grad_weight', x.data, dw, g.data);
+  convLoop(conv2dGeometry(x.shape, wShape, g.shape, attrs, 'conv2d_grad_weight'), 'grad_weight', x.data, dw, g.data);
   return tensor(wShape, dw);
 };
 
@@ -265,35 +233,7 @@ const adaptiveAvgPool2dGrad: RefRule = ([g], attrs) => {
 // ---------------------------------------------------------------------------------------------------
 // Multi-scale deformable attention
 
-interface MsDeformGeom {
-  readonly n: number;
-  readonly s: number;
-  readonly m: number;
-  readonly dh: number;
-  readonly lq: number;
-  readonly p: number;
-  readonly levels: readonly [number, number][];
-  /** level_start_index: where each level's H·W rows begin in value's dim 1. */
-  readonly starts: readonly number[];
-}
-
-function msDeformGeom(value: Shape, loc: Shape, attw: Shape, attrs: Attrs): MsDeformGeom {
-  const levels = attrPairs(attrs, 'levels');
-  const starts: number[] = [];
-  let total = 0;
-  for (const [h, w] of levels) {
-    starts.push(total);
-    total += h * w;
-  }
-  const [n, s, m, dh] = value;
-  const [, lq, , , p] = loc;
-  const ok =
-    value.length === 4 && s === total &&
-    sameShape(loc, [n, lq, m, levels.length, p, 2]) &&
-    sameShape(attw, [n, lq, m, levels.length, p]);
-  if (!ok) throw new Error(`msdeform_attn: value ${fmt(value)}, sampling_locations ${fmt(loc)}, attention_weights ${fmt(attw)} do not fit levels ${JSON.stringify(levels)}`);
-  return { n, s, m, dh, lq, p, levels, starts };
-}
+type MsDeformGeom = MsDeformGeometry;
 
 /**
  * Visits every sampling point that lands within one pixel of its level (grid_sample with zero padding and
@@ -338,7 +278,7 @@ function msDeformPoints(
 const bilinear = (lh: number, lw: number) => [(1 - lh) * (1 - lw), (1 - lh) * lw, lh * (1 - lw), lh * lw];
 
 const msdeformAttn: RefRule = ([value, loc, attw], attrs, out) => {
-  const k = msDeformGeom(value.shape, loc.shape, attw.shape, attrs);
+  const k = msDeformGeometry(value.shape, loc.shape, attw.shape, attrs);
   const y = new Float64Array(k.n * k.lq * k.m * k.dh);
   msDeformPoints(k, loc.data, (pt, outRow, _h, _w, corners, lh, lw) => {
     const cw = bilinear(lh, lw);
@@ -354,7 +294,7 @@ const msdeformAttn: RefRule = ([value, loc, attw], attrs, out) => {
 
 /** The VJP of msdeform_attn in value (0), sampling_locations (1) or attention_weights (2). */
 const msdeformAttnGrad: RefRule = ([value, loc, attw, g], attrs) => {
-  const k = msDeformGeom(value.shape, loc.shape, attw.shape, attrs);
+  const k = msDeformGeometry(value.shape, loc.shape, attw.shape, attrs);
   if (!sameShape(g.shape, [k.n, k.lq, k.m * k.dh])) throw new Error(`msdeform_attn_grad: cotangent ${fmt(g.shape)} must be ${fmt([k.n, k.lq, k.m * k.dh])}`);
   const wrt = attrNum(attrs, 'wrt');
   const v = value.data;

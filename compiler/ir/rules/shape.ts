@@ -88,6 +88,73 @@ export function conv2dShape(x: Shape, w: Shape, attrs: Attrs): number[] {
   return [x[0], w[0], h, wd];
 }
 
+/** The geometry of conv2d(x, w) = y, shared by the CPU reference and the GPU kernels of the three conv ops. */
+export interface Conv2dGeometry {
+  readonly n: number;
+  readonly c: number;
+  readonly h: number;
+  readonly w: number;
+  readonly o: number;
+  readonly kh: number;
+  readonly kw: number;
+  readonly oh: number;
+  readonly ow: number;
+  readonly groups: number;
+  /** Input channels per group (the weight's dim 1) and output channels per group. */
+  readonly cg: number;
+  readonly og: number;
+  readonly sh: number;
+  readonly sw: number;
+  readonly ph: number;
+  readonly pw: number;
+  readonly dh: number;
+  readonly dw: number;
+}
+
+/** Reads the conv attributes and checks that x, w and y belong together (`what` names the op in errors). */
+export function conv2dGeometry(x: Shape, w: Shape, y: Shape, attrs: Attrs, what: string): Conv2dGeometry {
+  const expected = conv2dShape(x, w, attrs);
+  if (expected.join() !== y.join()) fail(`${what}: output ${fmt(y)} does not match conv2d of ${fmt(x)} with ${fmt(w)} (${fmt(expected)})`);
+  const [sh, sw] = attrInts(attrs, 'stride', [1, 1]);
+  const [ph, pw] = attrInts(attrs, 'padding', [0, 0]);
+  const [dh, dw] = attrInts(attrs, 'dilation', [1, 1]);
+  const groups = attrNum(attrs, 'groups', 1);
+  return { n: x[0], c: x[1], h: x[2], w: x[3], o: w[0], kh: w[2], kw: w[3], oh: y[2], ow: y[3], groups, cg: w[1], og: w[0] / groups, sh, sw, ph, pw, dh, dw };
+}
+
+/** The geometry of msdeform_attn, shared by the CPU reference and the GPU kernels; checks the three shapes. */
+export interface MsDeformGeometry {
+  readonly n: number;
+  readonly s: number;
+  readonly m: number;
+  readonly dh: number;
+  readonly lq: number;
+  readonly p: number;
+  readonly levels: readonly [number, number][];
+  /** level_start_index: where each level's H·W rows begin in value's dim 1. */
+  readonly starts: readonly number[];
+}
+
+export function msDeformGeometry(value: Shape, loc: Shape, attw: Shape, attrs: Attrs): MsDeformGeometry {
+  const levels = attrPairs(attrs, 'levels');
+  const starts: number[] = [];
+  let total = 0;
+  for (const [h, w] of levels) {
+    starts.push(total);
+    total += h * w;
+  }
+  const [n, s, m, dh] = value;
+  const [, lq, , , p] = loc;
+  const ok =
+    value.length === 4 && s === total &&
+    sameDims(loc, [n, lq, m, levels.length, p, 2]) &&
+    sameDims(attw, [n, lq, m, levels.length, p]);
+  if (!ok) fail(`msdeform_attn: value ${fmt(value)}, sampling_locations ${fmt(loc)}, attention_weights ${fmt(attw)} do not fit levels ${JSON.stringify(levels)}`);
+  return { n, s, m, dh, lq, p, levels, starts };
+}
+
+const sameDims = (a: Shape, b: Shape) => a.length === b.length && a.every((s, i) => s === b[i]);
+
 export const SHAPE_RULES: { readonly [K in IrOp]: ShapeRule } = {
   input: leaf,
   param: leaf,
