@@ -118,6 +118,54 @@ function program(): Command {
       process.exitCode = await (await import('./commands/bench.js')).runBenchCommand(opts);
     });
 
+  cmd
+    .command('extract-lora')
+    .description('write the LoRA of a visft run (its latest checkpoint with LoRA) or weights file as ViSFT-style LoRA weights')
+    .argument('<input>', 'an output or run folder, a ckpt-* folder, or a weights file')
+    .option('-o, --output <file>', 'where to write (.safetensors, or .pth/.pt for torch.load)')
+    .addOption(new Option('--format <keys>', 'key names: loralib (visual.blocks.N.attn.qkv.lora_A, as ViSFT released) or visft (unprefixed)').choices(['loralib', 'visft']).default('loralib'))
+    .action(async (input: string, opts: import('./commands/lora.js').ExtractLoraOptions) => {
+      process.exitCode = (await import('./commands/lora.js')).runExtractLora(input, opts);
+    });
+
+  cmd
+    .command('merge-lora')
+    .description('merge LoRA weights (ViSFT\'s released files or ours) into an EVA / EVA-CLIP / LAVIS backbone, once')
+    .option('--weights <file>', 'the backbone (.pth/.pt or .safetensors)')
+    .option('--lora <file>', 'the LoRA weights (.pt/.pth or .safetensors)')
+    .option('--alpha <n>', 'LoRA alpha; scaling = alpha / r, r read from the shapes', '1')
+    .option('-o, --output <file>', 'the merged backbone (.safetensors, or .pth/.pt)')
+    .action(async (opts: import('./commands/lora.js').MergeLoraOptions) => {
+      process.exitCode = (await import('./commands/lora.js')).runMergeLora(opts);
+    });
+
+  cmd
+    .command('train')
+    .description('train a pipeline: stage 1 heads on the frozen backbone, stage 2 LoRA with one task per update; checkpoints, resume, exports')
+    .argument('<file>', 'a pipeline .visft file')
+    .option('--stage <name>', 'the stage to run, or all (in order)', 'all')
+    .option('--data <dir>', 'read every data set from this folder (overrides their root)')
+    .option('--out <dir>', 'the run folder: checkpoints, metrics.jsonl, loss curves')
+    .option('--resume', 'continue from the latest checkpoints in --out')
+    .option('--max-updates <n>', 'stop each run after n updates (the schedule is laid over n)')
+    .option('--seed <n>', 'the run seed (initialisation, data order, dropout, task draws); default 0')
+    .option('--backend <name>', 'gpu (WebGPU through Dawn) or cpu (the float64 reference; slow)', 'gpu')
+    .option('--adapter <name>', 'pick the GPU adapter whose name contains this')
+    .option('--plan', 'print the resolved training plan as JSON and stop')
+    .action(async (file: string, opts: import('./commands/train.js').TrainCliOptions) => {
+      process.exitCode = await (await import('./commands/train.js')).runTrain(file, opts);
+    });
+
+  cmd
+    .command('make-demo-data')
+    .description('write seeded synthetic data in the real formats: a caption set (HDF5 + JSON) and COCO instances (JSON + JPEGs)')
+    .argument('<dir>', 'the folder to write (empty, new, or an earlier demo)')
+    .option('--seed <n>', 'the seed; the same seed gives the same bytes (default 1)')
+    .option('--images <n>', 'training images per set; validation gets an eighth (default 256)')
+    .action(async (dir: string, opts: import('./commands/make-demo-data.js').MakeDemoDataOptions) => {
+      process.exitCode = await (await import('./commands/make-demo-data.js')).runMakeDemoData(dir, opts);
+    });
+
   return cmd;
 }
 

@@ -8,11 +8,18 @@
 //      chunk into workgroup memory; 2. a fixed tree gives the chunk max, the running max m is updated and the
 //      running sum z and the accumulators rescaled by e^{m_old - m}; 3. p_j = e^{s_j - m}, a tree sums them;
 //   4. invocation t owns output columns c = t, t + WG, … and adds Σ_j p_j·v[j, c] in key order.
-// Finally out = acc / z. Every sum has a fixed order: bitwise repeatable. (Flash attention comes later.)
+// Finally out = acc / z. Every sum has a fixed order: bitwise repeatable.
+//
+// The GPU rules below use flash attention (kernels/flash-forward.ts, kernels/flash-backward.ts) for the
+// forward, attention_lse and attention_grad; the row kernel remains the forward's fallback for head dims
+// whose one-row tiles do not fit workgroup memory.
 import type { Kernel, KernelGen } from '../compiler/codegen/types.js';
 import type { Node } from '../compiler/ir/graph.js';
 import { attrNum } from '../compiler/ir/rules/shape.js';
 import { broadcastStrides, dispatchGroups, f32Lit, groupIndexCode, kernelRule, loopBound, makeKernel, u32Lit } from './elementwise.js';
+import { flashBackwardKernel } from './flash-backward.js';
+import { FlashTileError } from './flash-common.js';
+import { flashForwardKernel } from './flash-forward.js';
 import { combineCode, treeReduceCode, treeWorkgroup } from './reduce.js';
 
 /** Keys per chunk at most (the scores of one chunk live in workgroup memory). */
@@ -116,6 +123,18 @@ ${finals.join('\n')}
   return makeKernel(node, inputs, target, { name: 'attention_row_f32', body: main, workgroupSize: [wg, 1, 1], dispatch, lib: ['is_nan', 'exp_f32'] });
 }
 
+/** The forward: flash attention, or the row kernel when not even one-row tiles fit workgroup memory (huge head dims). */
+function attentionForward(node: Node, inputs: readonly Node[], target: Target): Kernel {
+  try {
+    return flashForwardKernel(node, inputs, target);
+  } catch (e) {
+    if (e instanceof FlashTileError) return attentionKernel(node, inputs, target);
+    throw e;
+  }
+}
+
 export const ATTENTION_GPU_RULES = {
-  attention: kernelRule((node, inputs, target) => attentionKernel(node, inputs, target)),
+  attention: kernelRule(attentionForward),
+  attention_lse: kernelRule((node, inputs, target) => flashForwardKernel(node, inputs, target)),
+  attention_grad: kernelRule((node, inputs, target) => flashBackwardKernel(node, inputs, target)),
 };

@@ -595,12 +595,14 @@ const castGen: KernelGen = (node, inputs, target) => {
 const dropoutGen: KernelGen = (node, inputs, target) => {
   const p = attrNum(node.attrs, 'p');
   if (p === 0) return flatKernel(node, inputs, target, 'ew_dropout_identity_f32', '    out_0[i] = in_0[i];');
-  const seed = attrNum(node.attrs, 'seed', 0);
-  const hs = hash32(seed >>> 0);
+  const seed = attrNum(node.attrs, 'seed', 0) >>> 0;
+  const hs = hash32(seed);
   const threshold = Math.ceil(p * 4294967296);
   if (threshold > 0xffffffff) return flatKernel(node, inputs, target, 'ew_dropout_none_f32', '    out_0[i] = 0.0f;');
   const scale = f32Lit(1 / (1 - p));
-  const body = `    let h = hash32(i ^ ${u32Lit(hs)});
+  // With a salt input (an integer-valued f32 scalar): the seed is seed ^ hash32(salt), as saltedSeed.
+  const key = inputs.length > 1 ? `hash32(${u32Lit(seed)} ^ hash32(u32(in_1[0])))` : u32Lit(hs);
+  const body = `    let h = hash32(i ^ ${key});
     out_0[i] = select(0.0f, in_0[i] * ${scale}, h >= ${u32Lit(threshold)});`;
   const hash = `// Wellons' lowbias32, as reference-core.ts's hash32.
 fn hash32(v: u32) -> u32 {

@@ -22,9 +22,12 @@ export function fusedKernel(graph: Graph, group: FusionGroup, target: Target): K
   const offsets = offsetCode(root.shape, strides, externals.map((_, k) => `o${k}`), 'i');
   const lines = [offsets, ...externals.map((_, k) => `    let x${k} = in_${k}[o${k}];`)];
   const lib = new Set<string>();
+  // Values are named by their position in the group, not their node ids, so the same computation at another
+  // place in the graph (an unrolled loop's next step) is the same WGSL and compiles to the same pipeline.
+  const local = new Map(group.members.map((m, k) => [m, k]));
   const ref = (id: number): string => {
     const n = graph.node(id);
-    if (members.has(id)) return `v${id}`;
+    if (members.has(id)) return `v${local.get(id)}`;
     if (isConst(n)) return f32Lit(attrNum(n.attrs, 'value'));
     return `x${externals.indexOf(id)}`;
   };
@@ -34,10 +37,10 @@ export function fusedKernel(graph: Graph, group: FusionGroup, target: Target): K
     const e = n.inputs.length === 1 ? unaryExpr(n.op, ref(n.inputs[0])) : binaryExpr(n.op, ref(n.inputs[0]), ref(n.inputs[1]));
     if (!e) throw new Error(`internal: ${n.op} cannot be fused`);
     e.lib.forEach((l) => lib.add(l));
-    lines.push(`    let v${m} = ${e.expr};`);
+    lines.push(`    let v${local.get(m)} = ${e.expr};`);
     ops.push(n.op);
   }
-  lines.push(`    out_0[i] = v${group.root};`);
+  lines.push(`    out_0[i] = v${local.get(group.root)};`);
   // The kernel reads the externals and writes the root: a node with those inputs stands for the group.
   const standIn: Node = { ...root, inputs: externals };
   const k = flatKernel(standIn, extNodes, target, `fused_${ops.join('_')}_f32`.slice(0, 96), lines.join('\n'), { lib: [...lib] });

@@ -5,10 +5,11 @@
 // - `matmul_tiled_f32`: 64x64 output tile per workgroup of 16x16 invocations, 4x4 outputs per invocation
 //   (rows ty + 16·i, cols tx + 16·j), K in tiles of 16 staged in workgroup memory (8 KiB), bounds-checked
 //   loads (zeros outside) and stores, so any M, N, K. Workgroups: x over N tiles, (y, z) over M tiles × batch.
-// - `matmul_splitk_f32`: small outputs (batch·M·N < 4096) with long K (>= 128): one workgroup per output
+// - `matmul_splitk_f32`: small outputs (batch·M·N < 4096) with long K (>= 512): one workgroup per output
 //   element, invocation t sums k = t, t + WG, … in order, then a fixed tree in workgroup memory. No atomics.
-// - `matmul_naive_f32`: one invocation per output element, sequential over K (tiny problems, or M or N
-//   below 16 where a 64x64 tile would be mostly empty).
+// - `matmul_naive_f32`: one invocation per output element, sequential over K (problems under 2M
+//   multiply-adds, which are launch-bound, or M or N below 16 where a 64x64 tile would be mostly empty).
+// A shared right operand (a projection x [..., M, K] @ W [K, N]) folds the batch dims into M.
 // Every variant sums in a fixed order, so results are bitwise repeatable on one device.
 import type { Kernel, KernelGen, Target } from '../compiler/codegen/types.js';
 import { numel, type Node } from '../compiler/ir/graph.js';
@@ -23,7 +24,9 @@ const THREADS = 16; // per dim: 16x16 invocations, 4x4 outputs each
 const PER = TILE / THREADS;
 
 export const SMALL_OUTPUT = 4096;
-export const SPLITK_MIN_K = 128;
+export const SPLITK_MIN_K = 512;
+/** Below this many multiply-adds a problem is launch-bound: one invocation per output is as fast and never idle. */
+export const SMALL_WORK = 1 << 21;
 
 interface MatmulDims {
   readonly m: number;
@@ -41,6 +44,12 @@ function dims(node: Node, inputs: readonly Node[]): MatmulDims {
   const [m, k] = a.shape.slice(-2);
   const n = b.shape[b.shape.length - 1];
   const batchShape = node.shape.slice(0, -2);
+  // x [..., M, K] @ W [K, N] (a projection): b is shared by every batch and a is contiguous, so the batch dims
+  // fold into M — one [batch·M, K] @ [K, N] product with full tiles instead of many thin ones.
+  const contiguousA = a.shape.length - 2 === batchShape.length && a.shape.slice(0, -2).every((s, i) => s === batchShape[i]);
+  if (batchShape.length > 0 && b.shape.slice(0, -2).every((s) => s === 1) && contiguousA) {
+    return { m: numel(batchShape) * m, k, n, batchShape: [], batch: 1, aStrides: [], bStrides: [] };
+  }
   return {
     m,
     k,
@@ -67,6 +76,7 @@ export function matmulVariant(node: Node, inputs: readonly Node[], target: Targe
   const d = dims(node, inputs);
   const outs = d.batch * d.m * d.n;
   if (outs < SMALL_OUTPUT) return d.k >= SPLITK_MIN_K ? 'splitk' : 'naive';
+  if (outs * d.k < SMALL_WORK) return 'naive';
   const maxD = target.limits.maxComputeWorkgroupsPerDimension;
   if (d.m < 16 || d.n < 16 || !tiledFits(target) || Math.ceil(d.n / TILE) > maxD || Math.ceil(d.m / TILE) * d.batch > maxD * maxD) return 'naive';
   return 'tiled';

@@ -76,7 +76,7 @@ export const CORE_GRADS: { readonly [K in CoreOp]: GradRule } = {
     return [src === node.dtype ? g : b.add('cast', [g], { dtype: src })];
   },
   // The same mask (same p, seed and element indices), scaled the same: dropout is linear.
-  dropout: ({ b, g, node, needs }) => [needs[0] ? (attrNum(node.attrs, 'p') === 0 ? g : b.add('dropout', [g], node.attrs)) : undefined],
+  dropout: ({ b, g, node, needs }) => [needs[0] ? (attrNum(node.attrs, 'p') === 0 ? g : b.add('dropout', [g, ...node.inputs.slice(1)], node.attrs)) : undefined, ...node.inputs.slice(1).map(() => undefined)],
 
   add: (c) => binaryGrads(c, () => c.g, () => c.g),
   sub: (c) => binaryGrads(c, () => c.g, () => c.b.add('neg', [c.g])),
@@ -204,29 +204,28 @@ export const CORE_GRADS: { readonly [K in CoreOp]: GradRule } = {
     return [needs[0] ? b.add('gather', [g, index], { dim: node.attrs.dim }) : undefined, undefined];
   },
 
-  // Recomputes P = softmax(q·kᵀ·scale + mask); dv = Pᵀ·g, dlogits = P·(g·vᵀ − Σ (g·vᵀ)·P),
-  // dq = scale·dlogits·k, dk = scale·dlogitsᵀ·q, dmask = dlogits summed over its broadcast dims.
   // The encoding depends on x's shape only.
   sine_position: () => [undefined],
+  // Flash-attention style: the backward never builds the [Sq, Sk] probabilities. It recomputes the row
+  // logsumexp (attention_lse), takes δ = Σ g·out per row, and each needed input's cotangent is one
+  // attention_grad node (kernels that recompute P tile by tile); a mask's is the logits' cotangent summed
+  // over its broadcast dims.
   attention: ({ b, g, node, needs }) => {
     const [q, k, v, mask] = node.inputs;
+    if (!needs.some(Boolean)) return node.inputs.map(() => undefined);
     const scale = attrNum(node.attrs, 'scale', 1 / Math.sqrt(b.shape(q)[3]));
-    let logits = b.scale(b.add('matmul', [q, b.transposeLast(k)]), scale);
-    if (mask !== undefined) logits = b.add2(logits, mask);
-    const p = b.add('softmax', [logits], { dim: -1 });
-    let dl: number | undefined;
-    const dlogits = () => {
-      if (dl !== undefined) return dl;
-      const dp = b.add('matmul', [g, b.transposeLast(v)]);
-      const s = b.add('sum', [b.mul(dp, p)], { dims: [-1], keepdim: true });
-      return (dl = b.mul(p, b.add('sub', [dp, s])));
-    };
-    const grads: Grads = [
-      needs[0] ? b.scale(b.add('matmul', [dlogits(), k]), scale) : undefined,
-      needs[1] ? b.scale(b.add('matmul', [b.transposeLast(dlogits()), q]), scale) : undefined,
-      needs[2] ? b.add('matmul', [b.transposeLast(p), g]) : undefined,
-    ];
-    if (mask !== undefined) grads.push(needs[3] ? b.unbroadcast(dlogits(), b.shape(mask)) : undefined);
+    const masked = mask === undefined ? [] : [mask];
+    const lse = b.add('attention_lse', [q, k, ...masked], { scale });
+    const delta = b.add('sum', [b.mul(g, node.id)], { dims: [-1], keepdim: false });
+    const grad = (wrt: number) => b.add('attention_grad', [q, k, v, g, lse, delta, ...masked], { scale, wrt });
+    const grads: Grads = [needs[0] ? grad(0) : undefined, needs[1] ? grad(1) : undefined, needs[2] ? grad(2) : undefined];
+    if (mask !== undefined) grads.push(needs[3] ? b.unbroadcast(grad(3), b.shape(mask)) : undefined);
     return grads;
+  },
+  attention_lse: () => {
+    throw new Error('second-order gradient of attention is not supported (attention_lse has no gradient rule)');
+  },
+  attention_grad: () => {
+    throw new Error('second-order gradient of attention is not supported (attention_grad has no gradient rule)');
   },
 };

@@ -33,20 +33,28 @@ export function planFusion(graph: Graph, live: ReadonlySet<number>, outputs: Rea
     const root = graph.nodes[id];
     if (!live.has(id) || absorbed.has(id) || !isInlineElementwise(root)) continue;
     const members = new Set<number>([id]);
+    // Every input of a member that is not itself a member is an external (a binding) until absorbed, so the
+    // count checked before absorbing a node is exact.
     const externals = new Set<number>();
     const shape = root.shape.join();
+    const addInputs = (n: Node) => {
+      for (const x of n.inputs) if (!members.has(x) && (!isScalarConst(graph.node(x)) || outputs.has(x))) externals.add(x);
+    };
     const grow = (n: Node) => {
-      for (const i of n.inputs) {
+      for (const i of new Set(n.inputs)) {
+        if (!externals.has(i)) continue;
         const m = graph.node(i);
         const fusable = isInlineElementwise(m) && !outputs.has(i) && consumers.get(i) === 1 && m.shape.join() === shape && !absorbed.has(i);
-        const extra = m.inputs.filter((x) => !members.has(x) && !externals.has(x) && !isScalarConst(graph.node(x))).length;
-        if (fusable && externals.size - (externals.has(i) ? 1 : 0) + extra <= maxInputs) {
+        const extra = new Set(m.inputs.filter((x) => !members.has(x) && !externals.has(x) && (!isScalarConst(graph.node(x)) || outputs.has(x)))).size;
+        if (fusable && externals.size - 1 + extra <= maxInputs) {
           members.add(i);
           externals.delete(i);
+          addInputs(m);
           grow(m);
-        } else if (!isScalarConst(m) || outputs.has(i)) externals.add(i);
+        }
       }
     };
+    addInputs(root);
     grow(root);
     if (members.size < 2) continue;
     const ordered = [...members].sort((a, b) => a - b);

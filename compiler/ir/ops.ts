@@ -73,6 +73,12 @@ export const IR_OPS = {
   sine_position: { fusion: 'opaque', attrs: ['channels', 'temperature', 'normalize'], doc: 'DETR sine position encoding of x\'s [B, C, H, W] grid (depends on the shape only): [B, channels, H, W]' },
   // attention
   attention: { fusion: 'opaque', attrs: ['scale'], doc: 'softmax(q·kᵀ·scale [+ mask])·v over [B, H, S, D]' },
+  attention_lse: { fusion: 'opaque', attrs: ['scale'], doc: 'the row logsumexp of q·kᵀ·scale [+ mask]: [B, H, Sq], f32 (the softmax statistics attention\'s backward reuses); inputs q, k, [mask]' },
+  attention_grad: {
+    fusion: 'opaque',
+    attrs: ['scale', 'wrt'],
+    doc: 'the VJP of attention in input `wrt` (0 q, 1 k, 2 v, 3 the logits: [B, H, Sq, Sk], for a mask); inputs q, k, v, g, lse, delta = Σ g·out over the last dim, [mask]',
+  },
   msdeform_attn: { fusion: 'opaque', attrs: ['levels'], doc: 'multi-scale deformable attention (Deformable-DETR layout)' },
   msdeform_attn_grad: { fusion: 'opaque', attrs: ['levels', 'wrt'], doc: 'the VJP of msdeform_attn in input `wrt` (0 value, 1 locations, 2 weights); inputs value, locations, weights, g' },
 } as const satisfies Record<string, OpInfo>;

@@ -58,20 +58,12 @@ export function compileEntry(checked: CheckResult, root: LoadedFile, opts: Entry
   }
   // The module to instantiate, its shape arguments, and the declaration (for weights and stages).
   let module: ModuleSym;
-  const args = new Map<string, ShapeValue>();
+  let args = new Map<string, ShapeValue>();
   let decl: Decl | undefined;
   if (sym.kind === 'module') module = sym;
   else if (sym.kind === 'backbone' || sym.kind === 'head') {
     decl = sym.node;
-    const v = decl.value ? unparen(decl.value) : undefined;
-    const callee = v?.kind === 'call' ? unparen(v.callee) : v;
-    const m = callee?.kind === 'name' ? (checked.scopes.get(sym.file) ?? scope).get(callee.name) : undefined;
-    if (!m || m.kind !== 'module') throw new LowerError(`'${opts.entry}' is not an instance of a module`);
-    module = m;
-    for (const a of v?.kind === 'call' ? v.args : []) {
-      const x = a.name ? evalShape(a.value, new Map()) : undefined;
-      if (a.name && x !== undefined && !Array.isArray(x)) args.set(a.name, x);
-    }
+    ({ module, args } = declInstance(checked, scope, sym, opts.entry));
   } else throw new LowerError(`'${opts.entry}' is a ${sym.kind}; an entry is a backbone, a head or a module`);
 
   const lowering = new Lowering({ scopeOf, training: opts.training });
@@ -125,8 +117,23 @@ export function compileEntry(checked: CheckResult, root: LoadedFile, opts: Entry
   return { graph, entry: opts.entry, stage: opts.stage, params, lora: loraParams, weights: decl ? weightsSpec(decl, root) : undefined };
 }
 
+/** The module a backbone or head declaration instantiates, and its constant shape arguments. */
+export function declInstance(checked: CheckResult, scope: Map<string, Symbol>, sym: { readonly node: Decl; readonly file: LoadedFile }, name: string): { module: ModuleSym; args: Map<string, ShapeValue> } {
+  const decl = sym.node;
+  const v = decl.value ? unparen(decl.value) : undefined;
+  const callee = v?.kind === 'call' ? unparen(v.callee) : v;
+  const m = callee?.kind === 'name' ? (checked.scopes.get(sym.file) ?? scope).get(callee.name) : undefined;
+  if (!m || m.kind !== 'module') throw new LowerError(`'${name}' is not an instance of a module`);
+  const args = new Map<string, ShapeValue>();
+  for (const a of v?.kind === 'call' ? v.args : []) {
+    const x = a.name ? evalShape(a.value, new Map()) : undefined;
+    if (a.name && x !== undefined && !Array.isArray(x)) args.set(a.name, x);
+  }
+  return { module: m, args };
+}
+
 /** The module's inputs with their dtypes and an example shape for messages. */
-function moduleInputs(sym: ModuleSym, scopeOf: (s: ModuleSym) => Map<string, Symbol>): { name: string; dtype: DType; example: string }[] {
+export function moduleInputs(sym: ModuleSym, scopeOf: (s: ModuleSym) => Map<string, Symbol>): { name: string; dtype: DType; example: string }[] {
   let m = sym;
   for (let i = 0; i < 32 && m.node.alias; i++) {
     const a = unparen(m.node.alias);

@@ -25,6 +25,8 @@ export interface ParamMeta {
 export interface LowerOptions {
   readonly scopeOf: (sym: ModuleSym) => Scope;
   readonly training?: boolean;
+  /** Give dropout a per-update salt: a scalar input of this name (created on first use). */
+  readonly dropoutSalt?: string;
 }
 
 /** A lowering error located in the source, for `path:line:col` messages. */
@@ -47,7 +49,13 @@ export class Lowering {
   private seedCounter = 0;
   private readonly stack: ModuleDecl[] = [];
 
+  private salt: number | undefined;
+
   constructor(private readonly opts: LowerOptions) {}
+
+  private saltInput(): number {
+    return (this.salt ??= this.b.input(this.opts.dropoutSalt!, [1], 'f32'));
+  }
 
   /**
    * Instantiates `sym` with shape arguments `args` and tensor inputs `inputs`; returns its outputs by name.
@@ -320,7 +328,7 @@ export class Lowering {
         if (variadic) tensors.push(a.value.id);
         else tensors[slot] = a.value.id;
       }
-      return LOWER[callee.name]({ inputs: tensors, attr: (n) => attrs.get(n), b: this.b, training: this.opts.training === true, seed: () => ++this.seedCounter });
+      return LOWER[callee.name]({ inputs: tensors, attr: (n) => attrs.get(n), b: this.b, training: this.opts.training === true, seed: () => ++this.seedCounter, salt: this.opts.dropoutSalt === undefined ? undefined : () => this.saltInput() });
     }
     const target = f.scope.get(callee.name);
     if (!target || target.kind !== 'module') throw new LocatedLowerError(file, callee.span, `'${callee.name}' is not an op or module`);

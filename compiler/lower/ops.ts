@@ -24,6 +24,8 @@ export interface OpArgs {
   readonly training: boolean;
   /** A fresh seed for a random op (deterministic per graph position). */
   readonly seed: () => number;
+  /** The per-update dropout salt (a scalar input), when the graph is compiled for a training loop. */
+  readonly salt?: () => number;
 }
 
 type LowerRule = (a: OpArgs) => Value;
@@ -136,7 +138,7 @@ export const LOWER: { readonly [K in OpName]: LowerRule } = {
   dropout: (a) => {
     const x = need(a, 0, 'x');
     const p = num(a, 'p', 0.5);
-    return T(a.training && p > 0 ? a.b.add('dropout', [x], { p, seed: a.seed() }) : x);
+    return T(a.training && p > 0 ? a.b.add('dropout', a.salt ? [x, a.salt()] : [x], { p, seed: a.seed() }) : x);
   },
   sum: (a) => reduce(a, 'sum', false),
   mean: (a) => reduce(a, 'sum', true),

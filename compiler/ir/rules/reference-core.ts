@@ -2,6 +2,7 @@
 // loops over row-major data. Shapes were already checked by the shape rules, and `out` is the type they gave.
 import type { Attrs, DType, Shape } from '../graph.js';
 import type { CoreOp } from './families.js';
+import { ATTENTION_REFERENCE } from './reference-attention.js';
 import type { RefRule, RefTensor } from './reference-types.js';
 import { attrInts, attrNum, attrPairs, normDim } from './shape.js';
 
@@ -248,6 +249,14 @@ export function dropoutKeeps(seed: number, index: number, p: number): boolean {
   return hash32((index ^ hash32(seed)) >>> 0) / 4294967296 >= p;
 }
 
+/**
+ * The seed of a dropout with a salt input (training feeds a new integer salt per update, so the mask changes
+ * between updates while the graph stays the same): seed ^ hash32(salt).
+ */
+export function saltedSeed(seed: number, salt: number): number {
+  return (seed ^ hash32(salt >>> 0)) >>> 0;
+}
+
 // ---------------------------------------------------------------------------------------------- rules
 
 const leafByInterpreter: RefRule = () => {
@@ -275,10 +284,10 @@ export const CORE_REFERENCE: { readonly [K in CoreOp]: RefRule } = {
     return make(out.shape, x.data.map((v) => Math.pow(v, e)));
   },
   cast: ([x], _attrs, out) => make(out.shape, x.data.map((v) => castValue(v, out.dtype))),
-  dropout: ([x], attrs, out) => {
+  dropout: ([x, salt], attrs, out) => {
     const p = attrNum(attrs, 'p');
     if (p === 0) return make(out.shape, Float64Array.from(x.data));
-    const seed = attrNum(attrs, 'seed', 0);
+    const seed = salt ? saltedSeed(attrNum(attrs, 'seed', 0), salt.data[0]) : attrNum(attrs, 'seed', 0);
     const k = 1 / (1 - p);
     return make(out.shape, x.data.map((v, i) => (dropoutKeeps(seed, i, p) ? v * k : 0)));
   },
@@ -474,6 +483,7 @@ export const CORE_REFERENCE: { readonly [K in CoreOp]: RefRule } = {
     }
     return make(out.shape, data);
   },
+  ...ATTENTION_REFERENCE,
 };
 
 /** One value of DETR's sine position encoding (see the sine_position rule); shared with the GPU kernel's constants. */

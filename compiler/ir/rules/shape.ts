@@ -162,9 +162,10 @@ export const SHAPE_RULES: { readonly [K in IrOp]: ShapeRule } = {
   neg: same, exp: same, log: same, sqrt: same, rsqrt: same, tanh: same, sigmoid: same, relu: same, gelu: same, erf: same, step: same,
   pow: ([x], attrs) => (attrNum(attrs, 'exponent'), x),
   cast: ([x], attrs) => ({ shape: x.shape, dtype: attrs.dtype as DType }),
-  dropout: ([x], attrs) => {
+  dropout: ([x, salt], attrs) => {
     const p = attrNum(attrs, 'p');
     if (p < 0 || p >= 1) fail(`dropout p must be in [0, 1), got ${p}`);
+    if (salt && salt.shape.reduce((a, b) => a * b, 1) !== 1) fail(`dropout's salt must be a scalar, got [${salt.shape.join(', ')}]`);
     return x;
   },
   add: binary, sub: binary, mul: binary, div: binary, maximum: binary, eq: binary,
@@ -287,6 +288,28 @@ export const SHAPE_RULES: { readonly [K in IrOp]: ShapeRule } = {
     if (q.shape[3] !== k.shape[3] || k.shape[2] !== v.shape[2] || q.shape[0] !== k.shape[0] || q.shape[1] !== k.shape[1]) fail(`attention: q ${fmt(q.shape)}, k ${fmt(k.shape)}, v ${fmt(v.shape)} do not fit`);
     if (mask) broadcastShapes(mask.shape, [q.shape[0], q.shape[1], q.shape[2], k.shape[2]]);
     return { shape: [q.shape[0], q.shape[1], q.shape[2], v.shape[3]], dtype: q.dtype };
+  },
+  attention_lse: (ins) => {
+    if (ins.length !== 2 && ins.length !== 3) fail(`attention_lse takes q, k and an optional mask, got ${ins.length} inputs`);
+    const [q, k, mask] = ins;
+    if (q.shape.length !== 4 || k.shape.length !== 4) fail('attention_lse takes q, k as [B, H, S, D]');
+    if (q.shape[3] !== k.shape[3] || q.shape[0] !== k.shape[0] || q.shape[1] !== k.shape[1]) fail(`attention_lse: q ${fmt(q.shape)}, k ${fmt(k.shape)} do not fit`);
+    if (mask) broadcastShapes(mask.shape, [q.shape[0], q.shape[1], q.shape[2], k.shape[2]]);
+    // Softmax statistics stay f32 whatever the inputs' dtype.
+    return { shape: q.shape.slice(0, 3), dtype: 'f32' };
+  },
+  attention_grad: (ins, attrs) => {
+    if (ins.length !== 6 && ins.length !== 7) fail(`attention_grad takes q, k, v, g, lse, delta and an optional mask, got ${ins.length} inputs`);
+    const [q, k, v, g, lse, delta, mask] = ins;
+    const wrt = attrNum(attrs, 'wrt');
+    if (![0, 1, 2, 3].includes(wrt)) fail(`attention_grad: wrt is 0 (q), 1 (k), 2 (v) or 3 (the logits), got ${wrt}`);
+    const y = SHAPE_RULES.attention(mask ? [q, k, v, mask] : [q, k, v], attrs);
+    if (g.shape.join() !== y.shape.join()) fail(`attention_grad: g ${fmt(g.shape)} must be the output's ${fmt(y.shape)}`);
+    const rows = q.shape.slice(0, 3);
+    if (lse.shape.join() !== rows.join()) fail(`attention_grad: lse ${fmt(lse.shape)} must be ${fmt(rows)}`);
+    if (delta.shape.join() !== rows.join()) fail(`attention_grad: delta ${fmt(delta.shape)} must be ${fmt(rows)}`);
+    if (wrt === 3) return { shape: [...rows, k.shape[2]], dtype: q.dtype };
+    return ins[wrt];
   },
   msdeform_attn: ([value, loc, attw], attrs) => {
     const levels = attrPairs(attrs, 'levels');

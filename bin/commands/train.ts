@@ -1,0 +1,111 @@
+// `visft train FILE [--stage NAME|all] [--data DIR] --out DIR [--resume] [--max-updates N] [--seed N] [--backend gpu|cpu]`
+// Runs the pipeline's stages; `--plan` prints the resolved training plan and stops. Ctrl-C saves a checkpoint
+// and exits 130; every failure is one message and leaves what was saved intact.
+import { checkFiles } from '../../compiler/check/index.js';
+import { LocatedLowerError } from '../../compiler/lower/lower.js';
+import { LowerError } from '../../compiler/lower/ops.js';
+import { ShapeError } from '../../compiler/ir/rules/shape.js';
+import { trainPlan } from '../../compiler/train/plan.js';
+import { PlanError } from '../../compiler/plan/memory.js';
+import { openDevice } from '../../runtime/gpu/device.js';
+import { GpuError } from '../../runtime/gpu/errors.js';
+import { DataError } from '../../runtime/data/caption.js';
+import { CheckpointError } from '../../runtime/train/checkpoint.js';
+import { TrainDataError } from '../../runtime/train/data.js';
+import { InitError } from '../../runtime/train/init.js';
+import { OptimizerStateError } from '../../runtime/train/optim.js';
+import { ParamSourceError } from '../../runtime/train/params.js';
+import { createProgress } from '../../runtime/train/progress.js';
+import { train, TrainError, TrainInterrupted } from '../../runtime/train/trainer.js';
+import { WeightsFormatError, WeightMismatchError, UnsafePickleError, PickleError, ZipError } from '../../runtime/weights/index.js';
+import { UsageError } from './errors.js';
+import { printDiagnostics, summary } from './report.js';
+
+export interface TrainCliOptions {
+  stage: string;
+  data?: string;
+  out?: string;
+  resume?: boolean;
+  maxUpdates?: string;
+  seed?: string;
+  backend: string;
+  adapter?: string;
+  plan?: boolean;
+}
+
+const KNOWN_ERRORS = [LowerError, LocatedLowerError, ShapeError, PlanError, GpuError, DataError, CheckpointError, TrainDataError, InitError, OptimizerStateError, ParamSourceError, TrainError, WeightsFormatError, WeightMismatchError, UnsafePickleError, PickleError, ZipError];
+
+function int(name: string, v: string | undefined, min: number): number | undefined {
+  if (v === undefined) return undefined;
+  if (!/^\d+$/.test(v) || Number(v) < min) throw new UsageError(`${name} takes a whole number >= ${min}, got '${v}'`);
+  return Number(v);
+}
+
+export async function runTrain(file: string, opts: TrainCliOptions): Promise<number> {
+  if (opts.backend !== 'gpu' && opts.backend !== 'cpu') throw new UsageError(`--backend is gpu or cpu, not '${opts.backend}'`);
+  const maxUpdates = int('--max-updates', opts.maxUpdates, 1);
+  const seedOpt = int('--seed', opts.seed, 0);
+  const checked = checkFiles([file]);
+  if (checked.program.diags.errorCount || !checked.roots[0]) {
+    printDiagnostics(checked.program.diags);
+    process.stderr.write(summary(checked.program.diags, `cannot train ${file}`) + '\n');
+    return 1;
+  }
+  const root = checked.roots[0];
+  let gpu: Awaited<ReturnType<typeof openDevice>> | undefined;
+  let interrupted = false;
+  const onSigint = () => {
+    if (interrupted) process.exit(130); // a second Ctrl-C: the checkpoint being written stays atomic
+    interrupted = true;
+    process.stderr.write('\nvisft: interrupted; saving a checkpoint after this update (Ctrl-C again to quit now)\n');
+  };
+  try {
+    const plan = trainPlan(checked, root);
+    if (opts.plan) {
+      process.stdout.write(JSON.stringify(plan, null, 2) + '\n');
+      return 0;
+    }
+    if (!opts.out) throw new UsageError('train needs --out DIR (where checkpoints, metrics and exports go)');
+    const names = plan.stages.map((s) => s.name);
+    if (opts.stage !== 'all' && !names.includes(opts.stage)) throw new UsageError(`no stage '${opts.stage}' in ${file} (stages: ${names.join(', ')}, or all)`);
+    const run = opts.stage === 'all' ? names : [opts.stage];
+    if (opts.backend === 'gpu') gpu = await openDevice({ adapter: opts.adapter });
+    process.on('SIGINT', onSigint);
+    await train({
+      checked,
+      root,
+      stages: plan.stages,
+      run,
+      out: opts.out,
+      data: opts.data,
+      resume: opts.resume === true,
+      maxUpdates,
+      seed: seedOpt ?? 0,
+      backend: opts.backend,
+      gpu,
+      progress: (label) => createProgress(label),
+      log: (line) => process.stderr.write(line + '\n'),
+      interrupted: () => interrupted,
+    });
+    process.stderr.write(`visft: trained ${run.join(', ')}; checkpoints and metrics.jsonl in ${opts.out}\n`);
+    return 0;
+  } catch (e) {
+    if (e instanceof UsageError) throw e;
+    if (e instanceof TrainInterrupted) {
+      process.stderr.write(`visft: ${e.message}\n`);
+      return 130;
+    }
+    if (e instanceof LocatedLowerError) {
+      process.stderr.write(`${e.where()}: error: ${e.message}\n`);
+      return 1;
+    }
+    if (KNOWN_ERRORS.some((c) => e instanceof c) || (e as NodeJS.ErrnoException).code) {
+      process.stderr.write(`visft: ${(e as Error).message}\n`);
+      return 1;
+    }
+    throw e;
+  } finally {
+    process.off('SIGINT', onSigint);
+    await gpu?.destroy();
+  }
+}

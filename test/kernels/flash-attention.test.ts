@@ -1,0 +1,303 @@
+// Flash attention (kernels/flash-forward.ts, kernels/flash-backward.ts) on Dawn: the forward, attention_lse
+// and the gradients in q, k, v and the mask as the autodiff rule builds them, against the float64 CPU
+// reference on random shapes (head dims 24, 88 and odd ones, Sq != Sk, lengths that are not multiples of the
+// tiles, default and small tiles, masks broadcast several ways and -inf entries) and against PyTorch float64
+// fixtures (test/fixtures/ops/make_attention.py); bitwise repeatability; tiles that fit every target's
+// workgroup memory; and the VJP graph holding nothing of shape [.., Sq, Sk] but the mask.
+import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import { describe, test } from 'node:test';
+import { fileURLToPath } from 'node:url';
+import fc from 'fast-check';
+import { GRAD_RULES } from '../../compiler/autodiff/rules.js';
+import { vjp } from '../../compiler/autodiff/vjp.js';
+import { compileGpu } from '../../compiler/codegen/gpu.js';
+import { PORTABLE_TARGET, type Kernel, type Target } from '../../compiler/codegen/types.js';
+import { Builder } from '../../compiler/ir/builder.js';
+import { numel, type Attrs, type Node } from '../../compiler/ir/graph.js';
+import { interpret } from '../../compiler/ir/interpret.js';
+import type { RefTensor } from '../../compiler/ir/rules/reference.js';
+import { compileOp } from '../../compiler/lower/op-entry.js';
+import { kernelRule } from '../../kernels/elementwise.js';
+import { flashBackwardKernel, flashBackwardTiles } from '../../kernels/flash-backward.js';
+import { flashForwardKernel, flashForwardTiles, type FlashCaps } from '../../kernels/flash-forward.js';
+import { GPU_RULES } from '../../kernels/index.js';
+import { fcParams, hardwareLike, tightTarget } from './core-util.js';
+import { checkAgainstReference, compare, pipelineFor, randomTensor, runGraph, runKernel, withDevice, type GpuContext, type RuleTable } from './harness.js';
+
+type Tensor = { shape: number[]; data: Float32Array };
+
+/** GPU_RULES with the flash kernels' tiles capped (several tiles and ragged tails on tiny shapes). */
+function capped(caps: FlashCaps): RuleTable {
+  return {
+    ...GPU_RULES,
+    attention: kernelRule((n, i, t) => flashForwardKernel(n, i, t, caps)),
+    attention_lse: kernelRule((n, i, t) => flashForwardKernel(n, i, t, caps)),
+    attention_grad: kernelRule((n, i, t) => flashBackwardKernel(n, i, t, caps)),
+  };
+}
+
+const TILES: Record<string, RuleTable | undefined> = { default: undefined, '4x8': capped({ own: 4, sweep: 8 }), '2x4': capped({ own: 2, sweep: 4 }) };
+
+/** attention(q, k, v, [mask]) and its cotangents as the autodiff rule builds them (all four needed). */
+function attentionWithGrads(b: Builder, [q, k, v, g, mask]: readonly number[], attrs: Attrs): { y: number; grads: readonly (number | undefined)[] } {
+  const y = b.add('attention', mask === undefined ? [q, k, v] : [q, k, v, mask], attrs);
+  const node = b.graph.node(y);
+  return { y, grads: GRAD_RULES.attention({ b, node, g, needs: node.inputs.map(() => true) }) };
+}
+
+const FORWARD_TOL = { rtol: 1e-4, atol: 1e-5 };
+const GRAD_TOL = { rtol: 1e-3, atol: 1e-4 };
+const WRT = ['q', 'k', 'v', 'mask'] as const;
+
+interface Case {
+  b: number;
+  h: number;
+  sq: number;
+  sk: number;
+  d: number;
+  dv: number;
+  mask: 'none' | 'full' | 'keys' | 'rows' | 'neg_inf';
+  scale?: number;
+  tiles: string;
+  seed: number;
+}
+
+const caseArb: fc.Arbitrary<Case> = fc.record({
+  b: fc.integer({ min: 1, max: 2 }),
+  h: fc.integer({ min: 1, max: 2 }),
+  sq: fc.integer({ min: 1, max: 19 }),
+  sk: fc.integer({ min: 1, max: 37 }),
+  d: fc.oneof(fc.constantFrom(24, 88), fc.integer({ min: 1, max: 33 })),
+  dv: fc.oneof(fc.constant(-1), fc.integer({ min: 1, max: 40 })),
+  mask: fc.constantFrom('none', 'full', 'keys', 'rows', 'neg_inf'),
+  scale: fc.option(fc.constantFrom(0.2, 0.5), { nil: undefined }),
+  tiles: fc.constantFrom('default', '4x8', '2x4'),
+  seed: fc.integer({ min: 1, max: 1 << 30 }),
+}).map((c) => ({ ...c, dv: c.dv < 0 ? c.d : c.dv }));
+
+function caseTensors(c: Case): Tensor[] {
+  const ins = [randomTensor([c.b, c.h, c.sq, c.d], c.seed), randomTensor([c.b, c.h, c.sk, c.d], c.seed + 1), randomTensor([c.b, c.h, c.sk, c.dv], c.seed + 2)];
+  ins.push(randomTensor([c.b, c.h, c.sq, c.dv], c.seed + 3));
+  if (c.mask !== 'none') {
+    const shape = { full: [c.b, c.h, c.sq, c.sk], keys: [c.b, 1, 1, c.sk], rows: [c.h, c.sq, 1], neg_inf: [c.sq, c.sk] }[c.mask];
+    const m = randomTensor(shape, c.seed + 4, -3, 1);
+    // Some -inf entries, but every row keeps one finite key (a row masked entirely is NaN everywhere).
+    if (c.mask === 'neg_inf') for (let i = 0; i < m.data.length; i++) if (i % c.sk !== 0 && (i * 7) % 3 === 0) m.data[i] = -Infinity;
+    ins.push(m);
+  }
+  return ins;
+}
+
+const label = (c: Case) => `[${c.b},${c.h},${c.sq},${c.sk}] d ${c.d} dv ${c.dv} mask ${c.mask} scale ${c.scale ?? 'default'} tiles ${c.tiles}`;
+
+type FixtureTensor = { shape: number[]; data: number[] };
+
+interface Fixture {
+  name: string;
+  attrs: Attrs;
+  inputs: Record<string, FixtureTensor>;
+  output: FixtureTensor;
+  d_output: FixtureTensor;
+  grads: Record<string, FixtureTensor>;
+}
+
+/** JSON has no infinities: the generator writes them as "-inf" / "inf". */
+const decode = (t: { shape: number[]; data: (number | string)[] }): FixtureTensor => ({
+  shape: t.shape,
+  data: t.data.map((v) => (typeof v === 'number' ? v : v === '-inf' ? -Infinity : v === 'inf' ? Infinity : NaN)),
+});
+
+const fixtures: Fixture[] = (
+  JSON.parse(readFileSync(fileURLToPath(new URL('../../../test/fixtures/ops/attention.json', import.meta.url)), 'utf8')) as { cases: Fixture[] }
+).cases.map((c) => ({
+  ...c,
+  inputs: Object.fromEntries(Object.entries(c.inputs).map(([k, t]) => [k, decode(t)])),
+  output: decode(c.output),
+  d_output: decode(c.d_output),
+  grads: Object.fromEntries(Object.entries(c.grads).map(([k, t]) => [k, decode(t)])),
+}));
+
+/** The graph of a fixture: attention over its inputs, with the VJP in every input (outputs y, d:q, …). */
+function fixtureGraph(fx: Fixture) {
+  const b = new Builder();
+  const names = WRT.filter((n) => fx.inputs[n]);
+  const ins = names.map((n) => b.input(n, fx.inputs[n].shape));
+  b.output('y', b.add('attention', ins, fx.attrs));
+  const r = vjp(b.graph, ins);
+  names.forEach((n, i) => r.builder.output(`d:${n}`, r.grads.get(ins[i])!));
+  return { graph: r.builder.graph, names };
+}
+
+/** An H100-like target: 48 KiB of workgroup memory, 1024 invocations. */
+const nvidiaLike = (t: Target): Target => ({
+  ...hardwareLike(t),
+  name: 'nvidia-like',
+  limits: { ...t.limits, maxComputeWorkgroupStorageSize: 49152, maxComputeInvocationsPerWorkgroup: 1024, maxComputeWorkgroupSizeX: 1024 },
+});
+
+function attentionNodes(d: number, mask: boolean) {
+  const [B, H, Sq, Sk] = [2, 3, 45, 70];
+  const b = new Builder();
+  const q = b.input('q', [B, H, Sq, d]);
+  const k = b.input('k', [B, H, Sk, d]);
+  const v = b.input('v', [B, H, Sk, d]);
+  const g = b.input('g', [B, H, Sq, d]);
+  const m = mask ? [b.input('m', [1, 1, Sq, Sk])] : [];
+  const { grads } = attentionWithGrads(b, [q, k, v, g, ...m], {});
+  const nodeOf = (id: number) => b.graph.node(id);
+  const ins = (n: Node) => n.inputs.map(nodeOf);
+  const lse = b.graph.nodes.find((n) => n.op === 'attention_lse')!;
+  const fwd = b.graph.nodes.find((n) => n.op === 'attention')!;
+  const gradNodes = b.graph.nodes.filter((n) => n.op === 'attention_grad' && n.attrs.wrt !== 3);
+  assert.equal(grads.length, mask ? 4 : 3);
+  return { fwd, lse, gradNodes, ins };
+}
+
+/** Bytes of workgroup memory a kernel's WGSL declares. */
+function declaredShared(k: Kernel): number {
+  let bytes = 0;
+  for (const m of k.wgsl.matchAll(/var<workgroup>\s+\w+\s*:\s*array<f32,\s*(\d+)>/g)) bytes += 4 * Number(m[1]);
+  return bytes;
+}
+
+await withDevice(async (gpu: GpuContext) => {
+  await describe('flash attention forward', async () => {
+    await test('attention and attention_lse on random shapes, masks and tiles', async () => {
+      await fc.assert(
+        fc.asyncProperty(caseArb, async (c) => {
+          const [q, k, v, , mask] = caseTensors(c);
+          const attrs: Attrs = c.scale === undefined ? {} : { scale: c.scale };
+          const qkm = mask ? [q, k, mask] : [q, k];
+          const rules = TILES[c.tiles];
+          const r = await checkAgainstReference(gpu, (b, xs) => b.add('attention', xs, attrs), mask ? [q, k, v, mask] : [q, k, v], { ...FORWARD_TOL, rules, label: label(c) });
+          assert.equal(r.kernels[0].name, 'attention_flash_f32');
+          await checkAgainstReference(gpu, (b, xs) => b.add('attention_lse', xs, attrs), qkm, { ...FORWARD_TOL, rules, label: `lse ${label(c)}` });
+        }),
+        fcParams(6, 701),
+      );
+    });
+  });
+
+  await describe('flash attention backward', async () => {
+    await test('gradients in q, k, v and the mask (the autodiff rule) on random shapes, masks and tiles', async () => {
+      await fc.assert(
+        fc.asyncProperty(caseArb, async (c) => {
+          const ins = caseTensors(c);
+          const attrs: Attrs = c.scale === undefined ? {} : { scale: c.scale };
+          for (let wrt = 0; wrt < ins.length - 1; wrt++) {
+            const r = await checkAgainstReference(gpu, (b, xs) => attentionWithGrads(b, xs, attrs).grads[wrt]!, ins, { ...GRAD_TOL, rules: TILES[c.tiles], label: `d${WRT[wrt]} ${label(c)}` });
+            const names = r.kernels.map((k) => k.name);
+            assert.ok(!names.some((n) => n.startsWith('matmul') || n.startsWith('softmax')), names.join(' '));
+          }
+        }),
+        fcParams(5, 702),
+      );
+    });
+  });
+
+  await describe('against PyTorch float64 (make_attention.py)', async () => {
+    for (const fx of fixtures) {
+      await test(`${fx.name}: the CPU reference matches to 1e-10`, () => {
+        const { graph, names } = fixtureGraph(fx);
+        const inputs = new Map<string, RefTensor>(names.map((n) => [n, { shape: fx.inputs[n].shape, data: Float64Array.from(fx.inputs[n].data) }]));
+        inputs.set('d:y', { shape: fx.d_output.shape, data: Float64Array.from(fx.d_output.data) });
+        const out = interpret(graph, inputs);
+        const want = [['y', fx.output] as const, ...names.map((n) => [`d:${n}`, fx.grads[n]] as const)];
+        for (const [name, t] of want) {
+          const got = out.get(name)!;
+          assert.deepEqual(got.shape, t.shape, name);
+          got.data.forEach((x, i) => assert.ok(Math.abs(x - t.data[i]) <= 1e-10 * (1 + Math.abs(t.data[i])), `${fx.name} ${name}[${i}]: ${x} vs torch ${t.data[i]}`));
+        }
+      });
+      for (const tiles of ['default', '4x8']) {
+        await test(`${fx.name}: the GPU forward and gradients match (tiles ${tiles})`, async () => {
+          const { graph, names } = fixtureGraph(fx);
+          const inputs = graph.inputs.map((i) => Float32Array.from((i.name === 'd:y' ? fx.d_output : fx.inputs[i.name]).data));
+          const want = [['y', fx.output] as const, ...names.map((n) => [`d:${n}`, fx.grads[n]] as const)];
+          for (const [name, t] of want) {
+            const node = graph.outputs.find((o) => o.name === name)!.node;
+            const { value, kernels } = await runGraph(gpu, graph, node, inputs, { rules: TILES[tiles] });
+            compare(value, t.data, t.shape, { ...(name === 'y' ? FORWARD_TOL : GRAD_TOL), label: `${fx.name} ${name} tiles ${tiles}` }, kernels);
+          }
+        });
+      }
+    }
+  });
+
+  await describe('repeatability and limits', async () => {
+    await test('the same node gives the same WGSL and bitwise the same output, forward and dk', async () => {
+      const { fwd, gradNodes, ins } = attentionNodes(24, true);
+      const dk = gradNodes.find((n) => n.attrs.wrt === 1)!;
+      // Values of every input the kernels bind (lse and δ random too: only the bits matter here).
+      const valuesFor = (n: Node) => ins(n).map((x, i) => randomTensor(x.shape, 40 + i, -1, 1).data);
+      for (const node of [fwd, dk]) {
+        const k1 = (node.op === 'attention' ? flashForwardKernel : flashBackwardKernel)(node, ins(node), gpu.target);
+        const k2 = (node.op === 'attention' ? flashForwardKernel : flashBackwardKernel)(node, ins(node), gpu.target);
+        assert.equal(k1.wgsl, k2.wgsl);
+        const xs = valuesFor(node);
+        const o1 = await runKernel(gpu.device, k1, xs, numel(node.shape));
+        const o2 = await runKernel(gpu.device, k2, xs, numel(node.shape));
+        assert.ok(o1.every(Number.isFinite), `${k1.name}: finite output`);
+        assert.deepEqual(new Uint32Array(o1.buffer), new Uint32Array(o2.buffer), k1.name);
+      }
+    });
+
+    await test('tiles fit workgroup memory on every target, head dims 24 to 128', async () => {
+      const targets = [PORTABLE_TARGET, gpu.target, nvidiaLike(gpu.target), tightTarget(gpu.target)];
+      for (const d of [24, 64, 88, 112, 128]) {
+        const { fwd, lse, gradNodes, ins } = attentionNodes(d, d === 88);
+        for (const target of targets) {
+          for (const node of [fwd, lse, ...gradNodes]) {
+            const isFwd = node.op !== 'attention_grad';
+            const tiles = (isFwd ? flashForwardTiles : flashBackwardTiles)(node, ins(node), target);
+            const kernel = (isFwd ? flashForwardKernel : flashBackwardKernel)(node, ins(node), target);
+            const where = `${kernel.name} d ${d} on ${target.name}`;
+            assert.equal(declaredShared(kernel), tiles.bytes, where);
+            assert.ok(tiles.bytes <= target.limits.maxComputeWorkgroupStorageSize, where);
+            assert.ok(tiles.workgroup <= target.limits.maxComputeInvocationsPerWorkgroup, where);
+            assert.equal(tiles.sweep % tiles.perRow, 0, where);
+          }
+        }
+        // The device compiles them (rolled loops as on lavapipe; unrolled hardware code for the smallest head dim).
+        for (const node of [fwd, lse, ...gradNodes]) {
+          const gen = node.op === 'attention_grad' ? flashBackwardKernel : flashForwardKernel;
+          await pipelineFor(gpu.device, gen(node, ins(node), gpu.target));
+          if (d === 24) await pipelineFor(gpu.device, gen(node, ins(node), nvidiaLike(gpu.target)));
+        }
+      }
+      // On the NVIDIA-like target the forward keeps 32-row query tiles up to head dim 128.
+      const big = attentionNodes(128, false);
+      assert.equal(flashForwardTiles(big.fwd, big.ins(big.fwd), nvidiaLike(gpu.target)).own, 32);
+    });
+  });
+
+  await describe('no [.., Sq, Sk] buffer in the backward', async () => {
+    await test('compile --op attention --vjp: no node and no buffer of the scores\' size', () => {
+      const [B, H, S, D] = [1, 2, 40, 24];
+      const shapes = new Map(['q', 'k', 'v'].map((n) => [n, [B, H, S, D]]));
+      const { graph } = compileOp('attention', shapes, [], true);
+      for (const n of graph.nodes) assert.ok(!(n.shape.length >= 2 && n.shape.at(-2) === S && n.shape.at(-1) === S), `%${n.id} ${n.op} [${n.shape.join(', ')}]`);
+      const program = compileGpu(graph, PORTABLE_TARGET);
+      const scores = B * H * S * S * 4;
+      for (const v of program.schedule.values) assert.ok(v.bytes < scores, `value %${v.id}: ${v.bytes} bytes`);
+      assert.ok(graph.outputs.some((o) => o.name === 'd:q') && graph.outputs.some((o) => o.name === 'd:v'));
+    });
+
+    await test('with a fixed mask, only the mask itself has shape [.., Sq, Sk]', () => {
+      const [Sq, Sk] = [5, 7];
+      const b = new Builder();
+      const q = b.input('q', [2, 3, Sq, 4]);
+      const k = b.input('k', [2, 3, Sk, 4]);
+      const v = b.input('v', [2, 3, Sk, 6]);
+      const mask = b.input('mask', [3, Sq, Sk]);
+      b.output('y', b.add('attention', [q, k, v, mask]));
+      const { builder } = vjp(b.graph, [q, k, v]);
+      const square = builder.graph.nodes.filter((n) => n.shape.length >= 2 && n.shape.at(-2) === Sq && n.shape.at(-1) === Sk);
+      assert.deepEqual(square.map((n) => n.id), [mask]);
+      const ops = builder.graph.nodes.map((n) => n.op);
+      assert.equal(ops.filter((o) => o === 'attention_grad').length, 3);
+      assert.ok(!ops.includes('matmul') && !ops.includes('softmax'), ops.join(' '));
+    });
+  });
+});
