@@ -3,7 +3,7 @@
 #
 #   bash scripts/setup.sh          set up only
 #   bash scripts/setup.sh test     set up, then run the test suite (npm test)
-#   bash scripts/setup.sh demo     set up, then check, resolve and compile the built-in demo pipeline
+#   bash scripts/setup.sh demo     set up, then make the demo data and train the built-in demo pipeline
 #
 # Idempotent, and quiet when there is nothing to do. On Debian and Ubuntu, when run as root (or with
 # passwordless sudo), it installs the software Vulkan driver (Mesa lavapipe) if no WebGPU adapter works:
@@ -322,12 +322,11 @@ case "$action" in
     npm test </dev/null
     ;;
   demo)
-    say "running the demo (visft check, resolve and compile pipelines/demo.visft)"
-    node bin/visft.js check pipelines/demo.visft </dev/null
-    node bin/visft.js resolve pipelines/demo.visft </dev/null
-    mkdir -p out
-    # Stage 2's backbone step: the tiny EVA with LoRA on q and v, gradients for the LoRA only.
-    node bin/visft.js compile pipelines/demo.visft --entry eva --stage stage2 --vjp --shape image=8x3x56x56 \
-      -o out/demo-eva-stage2.visftx </dev/null
+    say "running the demo: make its data, then train pipelines/demo.visft (stage 1 caption head, stage 2 LoRA)"
+    node bin/visft.js make-demo-data demo-data </dev/null
+    # A fresh run every time: the previous one (if any) moves aside instead of being overwritten.
+    if [ -d runs/demo-train ]; then rm -rf runs/demo-train.previous && mv runs/demo-train runs/demo-train.previous; fi
+    VISFT_DEMO_DATA=demo-data VISFT_OUT=runs node bin/visft.js train pipelines/demo.visft --out runs/demo-train </dev/null
+    say "done: metrics in runs/demo-train/metrics.jsonl, loss curves in runs/demo-train/stage{1,2}/loss.svg, LoRA exports in runs/demo/"
     ;;
 esac

@@ -16,7 +16,7 @@ import { InitError } from '../../runtime/train/init.js';
 import { OptimizerStateError } from '../../runtime/train/optim.js';
 import { ParamSourceError } from '../../runtime/train/params.js';
 import { createProgress } from '../../runtime/train/progress.js';
-import { train, TrainError, TrainInterrupted } from '../../runtime/train/trainer.js';
+import { checkTrainable, train, TrainError, TrainInterrupted } from '../../runtime/train/trainer.js';
 import { WeightsFormatError, WeightMismatchError, UnsafePickleError, PickleError, ZipError } from '../../runtime/weights/index.js';
 import { UsageError } from './errors.js';
 import { printDiagnostics, summary } from './report.js';
@@ -69,6 +69,7 @@ export async function runTrain(file: string, opts: TrainCliOptions): Promise<num
     const names = plan.stages.map((s) => s.name);
     if (opts.stage !== 'all' && !names.includes(opts.stage)) throw new UsageError(`no stage '${opts.stage}' in ${file} (stages: ${names.join(', ')}, or all)`);
     const run = opts.stage === 'all' ? names : [opts.stage];
+    checkTrainable(plan.stages, run);
     if (opts.backend === 'gpu') gpu = await openDevice({ adapter: opts.adapter });
     process.on('SIGINT', onSigint);
     await train({

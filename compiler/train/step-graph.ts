@@ -45,6 +45,11 @@ export interface StepGraph {
 export const SALT_INPUT = 'dropout_salt';
 export const LOSS_SEED_INPUT = 'd:loss';
 
+/** Why a task cannot be trained by this build (its loss has no lowering yet), or undefined. */
+export function untrainableLoss(task: TaskPlan): string | undefined {
+  return LOSSES[task.loss.kind] ? undefined : `task '${task.name}': the loss '${task.loss.kind}' cannot be trained yet (trainable losses: ${Object.keys(LOSSES).join(', ')})`;
+}
+
 /** Builds the step graph of `task` in `stage`, for a batch of `task.batch` examples. */
 export function compileStep(checked: CheckResult, root: LoadedFile, stage: StagePlan, task: TaskPlan, opts: { optimize?: boolean } = {}): StepGraph {
   const scope = checked.scopes.get(root);
@@ -72,7 +77,7 @@ export function compileStep(checked: CheckResult, root: LoadedFile, stage: Stage
   if (!features || features.kind !== 'tensor') throw new LowerError(`backbone '${task.backbone}' has no output '${task.backboneOutput}' (outputs: ${[...bbOut.keys()].join(', ')})`);
 
   const loss = LOSSES[task.loss.kind];
-  if (!loss) throw new LowerError(`task '${task.name}': the loss '${task.loss.kind}' cannot be trained yet (trainable losses: ${Object.keys(LOSSES).join(', ')})`);
+  if (!loss) throw new LowerError(untrainableLoss(task)!);
   const data = loss.data(task, B);
   const headInputs = moduleInputs(hd.module, scopeOf);
   const given = new Map<string, { kind: 'tensor'; id: number }>();

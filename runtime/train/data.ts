@@ -69,10 +69,18 @@ export function resizeBilinear(x: Float32Array, B: number, C: number, h: number,
   return out;
 }
 
+export const TRAINABLE_FORMATS = ['caption_hdf5'];
+
+/** Why a task's data cannot be read by this build, or undefined. */
+export function unreadableData(task: TaskPlan): string | undefined {
+  return TRAINABLE_FORMATS.includes(task.dataset.format) ? undefined : `task '${task.name}': data in the ${task.dataset.format} format cannot be trained on yet (supported: ${TRAINABLE_FORMATS.join(', ')})`;
+}
+
 /** Opens the task's data set; `root` overrides the dataset's folder (`visft train --data DIR`). */
 export async function openTaskData(task: TaskPlan, imageSide: number, seed: number, root?: string): Promise<TaskData> {
   const ds = task.dataset;
-  if (ds.format !== 'caption_hdf5') throw new TrainDataError(`task '${task.name}': data in the ${ds.format} format cannot be trained on yet (supported: caption_hdf5)`);
+  const problem = unreadableData(task);
+  if (problem) throw new TrainDataError(problem);
   const maxLen = Number(ds.args.max_len ?? 52);
   const caption: CaptionDataset = await openCaptionDataset({
     root: root ?? ds.root,
