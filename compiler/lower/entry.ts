@@ -14,7 +14,8 @@ import { Diagnostics } from '../frontend/diagnostics.js';
 import { applyLora, type LoraParams } from './lora.js';
 import { Lowering, type ParamMeta } from './lower.js';
 import { LowerError } from './ops.js';
-import { optimize } from '../passes/index.js';
+import { optimize, runPass } from '../passes/index.js';
+import { attentionPass } from '../passes/attention.js';
 import { assertVerified } from '../ir/verify.js';
 
 type ModuleSym = Extract<Symbol, { kind: 'module' }>;
@@ -100,6 +101,8 @@ export function compileEntry(checked: CheckResult, root: LoadedFile, opts: Entry
   }
   const trainable = trainableParams(graph, opts, stage, named('train'), resolved, decl, loraParams, root);
 
+  // Attention written out as ops becomes the attention op (flash kernels) before its gradient is taken.
+  graph = runPass(graph, attentionPass);
   if (opts.vjp) {
     const wrt = graph.params.filter((p) => trainable.has(p.name));
     const r = vjp(graph, wrt.map((p) => p.node));

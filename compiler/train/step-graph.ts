@@ -17,7 +17,8 @@ import { declInstance, moduleInputs } from '../lower/entry.js';
 import { applyLora, type LoraParams } from '../lower/lora.js';
 import { Lowering } from '../lower/lower.js';
 import { LowerError } from '../lower/ops.js';
-import { optimize } from '../passes/index.js';
+import { optimize, runPass } from '../passes/index.js';
+import { attentionPass } from '../passes/attention.js';
 import type { StagePlan, TaskPlan } from './plan.js';
 
 type ModuleSym = Extract<Symbol, { kind: 'module' }>;
@@ -111,6 +112,7 @@ export function compileStep(checked: CheckResult, root: LoadedFile, stage: Stage
   const trainable = new Set(graph.params.filter((p) => stage.trainNames.includes(partOf(p.name))).map((p) => p.name));
   if (trainable.size === 0) throw new LowerError(`stage '${stage.name}' trains nothing of task '${task.name}' (train: ${stage.trainNames.join(', ')})`);
 
+  graph = runPass(graph, attentionPass);
   const r = vjp(graph, graph.params.filter((p) => trainable.has(p.name)).map((p) => p.node));
   for (const p of graph.params) if (trainable.has(p.name)) r.builder.output(`d:${p.name}`, r.grads.get(p.node)!);
   graph = r.builder.graph;

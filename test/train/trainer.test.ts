@@ -193,3 +193,35 @@ test('on the GPU, a run stopped at a checkpoint and resumed ends bit for bit as 
   const cpuLoss = metricsOf(cpuRef.out).filter((r) => r.stage === 'stage1').map((r) => r.loss as number);
   gpuLoss.forEach((l, i) => assert.ok(Math.abs(l - cpuLoss[i]) <= 1e-4 * Math.abs(cpuLoss[i]), `update ${i + 1}: gpu ${l} vs cpu ${cpuLoss[i]}`));
 });
+
+test('a backbone weights block is loaded strictly with its key rules; a misshapen tensor is named', async () => {
+  const { checkFiles } = await import('../../compiler/check/index.js');
+  const { trainPlan } = await import('../../compiler/train/plan.js');
+  const { compileStep } = await import('../../compiler/train/step-graph.js');
+  const { saveTorchZip } = await import('../../runtime/weights/index.js');
+  const dir = fresh('weights');
+  const copy = join(dir, 'tiny.visft');
+  const weights = join(dir, 'eva_clip_like.pth');
+  writeFileSync(copy, readFileSync(PIPELINE, 'utf8').replace('backbone eva = eva_vit(img_size: 56, patch: 14, width: 32, depth: 1, heads: 2, mlp_hidden: 64)', `backbone eva = eva_vit(img_size: 56, patch: 14, width: 32, depth: 1, heads: 2, mlp_hidden: 64) {\n  weights {\n    path: "${weights}"\n    drop: ["text*"]\n    strip_prefix: "visual."\n  }\n}`));
+  const checked = checkFiles([copy]);
+  const plan = trainPlan(checked, checked.roots[0]);
+  const step = compileStep(checked, checked.roots[0], plan.stages[0], plan.stages[0].tasks[0]);
+  const eva = step.params.filter((p) => p.part === 'eva');
+  assert.ok(eva.length > 5);
+  // An EVA-CLIP-style file: `visual.` keys, a text tower to drop, values 0.5 everywhere.
+  const tensors = new Map(eva.map((p) => [`visual.${p.name}`, { dtype: 'f32' as const, shape: [...p.shape], data: new Float32Array(p.shape.reduce((a, b) => a * b, 1)).fill(0.5) }]));
+  tensors.set('text.token_embedding.weight', { dtype: 'f32', shape: [2, 2], data: new Float32Array(4) });
+  saveTorchZip(weights, tensors);
+  const ok = train(join(dir, 'ok'), ['--stage', 'stage1', '--max-updates', '2'], copy);
+  assert.equal(ok.status, 0, ok.stderr);
+  assert.match(ok.stderr, new RegExp(`eva: ${eva.length} tensors from .*eva_clip_like\\.pth`));
+  // One tensor of the wrong shape: the error names it and both shapes; nothing is trained.
+  const bad = eva.find((p) => p.shape.length === 2)!;
+  tensors.set(`visual.${bad.name}`, { dtype: 'f32', shape: [bad.shape[0] + 1, bad.shape[1]], data: new Float32Array((bad.shape[0] + 1) * bad.shape[1]) });
+  saveTorchZip(weights, tensors);
+  const r = train(join(dir, 'bad'), ['--stage', 'stage1'], copy);
+  assert.equal(r.status, 1);
+  assert.ok(r.stderr.includes(bad.name), r.stderr);
+  assert.doesNotMatch(r.stderr, /\n\s+at /);
+  assert.equal(existsSync(join(dir, 'bad', 'stage1', 'caption_tiny', 'latest')), false);
+});
