@@ -19,6 +19,7 @@ import { Lowering } from '../lower/lower.js';
 import { LowerError } from '../lower/ops.js';
 import { optimize, runPass } from '../passes/index.js';
 import { attentionPass } from '../passes/attention.js';
+import { backwardStart, blockSegments, rematerialize } from '../passes/remat.js';
 import type { StagePlan, TaskPlan } from './plan.js';
 
 type ModuleSym = Extract<Symbol, { kind: 'module' }>;
@@ -118,6 +119,12 @@ export function compileStep(checked: CheckResult, root: LoadedFile, stage: Stage
   graph = r.builder.graph;
   assertVerified(graph, 'training step');
   if (opts.optimize !== false) graph = optimize(graph);
+  // Gradient checkpointing last: CSE would merge the recomputed copies back into the originals.
+  if (stage.gradientCheckpointing) {
+    const start = backwardStart(graph);
+    graph = rematerialize(graph, start, blockSegments(graph, start));
+    assertVerified(graph, 'gradient checkpointing');
+  }
   const meta = new Map(lowering.params);
   const params = graph.params.map((p): StepParam => {
     const l = lora.find((x) => x.a === p.name || x.b === p.name);

@@ -141,7 +141,6 @@ async function trainRun(opts: TrainOptions, stage: StagePlan, tasks: TaskPlan[],
     }
     // What this build does not do yet, said rather than silently ignored.
     if (stage.precision !== 'fp32') opts.log(`${label}: note: precision ${stage.precision} is declared; the kernels compute in f32 with f32 weights (f16 kernels are not in this build), loss scaling runs as declared`);
-    if (stage.gradientCheckpointing) opts.log(`${label}: note: gradient_checkpointing is declared; activations are kept in memory (recomputation is not in this build)`);
 
     for (const s of steps) {
       const r = opts.backend === 'gpu' ? await gpuStepRunner(opts.gpu!, s) : cpuStepRunner(s);
