@@ -60,6 +60,11 @@ export interface FlashTiles {
 /** Preferred tile sizes on hardware; lowered to the problem's size and until the tiles fit the target. */
 export const FLASH_OWN_CAP = 32;
 export const FLASH_SWEEP_CAP = 64;
+/**
+ * Invocations per workgroup at most on software adapters: lavapipe took about twice as long to compile these
+ * kernels with 256 invocations as with 64 or 128 (measured), and its invocations are SIMD lanes of a CPU core.
+ */
+export const FALLBACK_WORKGROUP_CAP = 64;
 
 const ceilPow2 = (n: number): number => {
   let p = 1;
@@ -81,7 +86,7 @@ export function chooseFlashTiles(
   caps: { readonly own?: number; readonly sweep?: number } = {},
 ): FlashTiles {
   const L = target.limits;
-  const maxWg = floorPow2(Math.min(256, L.maxComputeInvocationsPerWorkgroup, L.maxComputeWorkgroupSizeX));
+  const maxWg = floorPow2(Math.min(target.isFallbackAdapter ? FALLBACK_WORKGROUP_CAP : 256, L.maxComputeInvocationsPerWorkgroup, L.maxComputeWorkgroupSizeX));
   let own = Math.min(caps.own ?? FLASH_OWN_CAP, ceilPow2(Math.max(1, ownLen)), maxWg);
   let sweep = Math.min(caps.sweep ?? FLASH_SWEEP_CAP, ceilPow2(Math.max(1, sweepLen)));
   for (;;) {

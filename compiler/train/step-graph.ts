@@ -19,6 +19,7 @@ import { Lowering } from '../lower/lower.js';
 import { LowerError } from '../lower/ops.js';
 import { optimize, runPass } from '../passes/index.js';
 import { attentionPass } from '../passes/attention.js';
+import { autocastPass } from '../passes/autocast.js';
 import { backwardStart, blockSegments, rematerialize } from '../passes/remat.js';
 import type { StagePlan, TaskPlan } from './plan.js';
 
@@ -114,6 +115,7 @@ export function compileStep(checked: CheckResult, root: LoadedFile, stage: Stage
   if (trainable.size === 0) throw new LowerError(`stage '${stage.name}' trains nothing of task '${task.name}' (train: ${stage.trainNames.join(', ')})`);
 
   graph = runPass(graph, attentionPass);
+  if (stage.precision !== 'fp32') graph = runPass(graph, autocastPass(stage.precision === 'bf16' ? 'bf16' : 'f16'));
   const r = vjp(graph, graph.params.filter((p) => trainable.has(p.name)).map((p) => p.node));
   for (const p of graph.params) if (trainable.has(p.name)) r.builder.output(`d:${p.name}`, r.grads.get(p.node)!);
   graph = r.builder.graph;

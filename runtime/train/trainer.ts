@@ -140,7 +140,7 @@ async function trainRun(opts: TrainOptions, stage: StagePlan, tasks: TaskPlan[],
       for (const n of init.notes) opts.log(`${label}: ${n}`);
     }
     // What this build does not do yet, said rather than silently ignored.
-    if (stage.precision !== 'fp32') opts.log(`${label}: note: precision ${stage.precision} is declared; the kernels compute in f32 with f32 weights (f16 kernels are not in this build), loss scaling runs as declared`);
+    if (stage.precision !== 'fp32') opts.log(`${label}: ${stage.precision}: matmul, attention and conv operands and results rounded to ${stage.precision === 'bf16' ? 'bf16' : 'f16'} (f32 accumulation), f32 master weights, loss scaling ${stage.lossScale.kind}; values are held in f32 buffers (f16 storage kernels are not in this build)`);
 
     for (const s of steps) {
       const r = opts.backend === 'gpu' ? await gpuStepRunner(opts.gpu!, s) : cpuStepRunner(s);

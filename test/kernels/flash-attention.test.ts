@@ -136,8 +136,7 @@ const nvidiaLike = (t: Target): Target => ({
   limits: { ...t.limits, maxComputeWorkgroupStorageSize: 49152, maxComputeInvocationsPerWorkgroup: 1024, maxComputeWorkgroupSizeX: 1024 },
 });
 
-function attentionNodes(d: number, mask: boolean) {
-  const [B, H, Sq, Sk] = [2, 3, 45, 70];
+function attentionNodes(d: number, mask: boolean, [B, H, Sq, Sk]: readonly number[] = [2, 3, 45, 70]) {
   const b = new Builder();
   const q = b.input('q', [B, H, Sq, d]);
   const k = b.input('k', [B, H, Sk, d]);
@@ -174,7 +173,7 @@ await withDevice(async (gpu: GpuContext) => {
           assert.equal(r.kernels[0].name, 'attention_flash_f32');
           await checkAgainstReference(gpu, (b, xs) => b.add('attention_lse', xs, attrs), qkm, { ...FORWARD_TOL, rules, label: `lse ${label(c)}` });
         }),
-        fcParams(6, 701),
+        fcParams(4, 701),
       );
     });
   });
@@ -191,7 +190,7 @@ await withDevice(async (gpu: GpuContext) => {
             assert.ok(!names.some((n) => n.startsWith('matmul') || n.startsWith('softmax')), names.join(' '));
           }
         }),
-        fcParams(5, 702),
+        fcParams(3, 702),
       );
     });
   });
@@ -210,7 +209,9 @@ await withDevice(async (gpu: GpuContext) => {
           got.data.forEach((x, i) => assert.ok(Math.abs(x - t.data[i]) <= 1e-10 * (1 + Math.abs(t.data[i])), `${fx.name} ${name}[${i}]: ${x} vs torch ${t.data[i]}`));
         }
       });
-      for (const tiles of ['default', '4x8']) {
+      // One tiling per case (lavapipe compiles every kernel of a new shape): several tiles and tails for the
+      // cases with masks.
+      for (const tiles of [fx.inputs.mask ? '4x8' : 'default']) {
         await test(`${fx.name}: the GPU forward and gradients match (tiles ${tiles})`, async () => {
           const { graph, names } = fixtureGraph(fx);
           const inputs = graph.inputs.map((i) => Float32Array.from((i.name === 'd:y' ? fx.d_output : fx.inputs[i.name]).data));
@@ -248,10 +249,12 @@ await withDevice(async (gpu: GpuContext) => {
       for (const d of [24, 64, 88, 112, 128]) {
         const { fwd, lse, gradNodes, ins } = attentionNodes(d, d === 88);
         for (const target of targets) {
-          for (const node of [fwd, lse, ...gradNodes]) {
+          // The tight target allows 27 workgroups in all: a smaller problem.
+          const nodes = target.name === 'tight' ? attentionNodes(d, d === 88, [1, 1, 20, 20]) : { fwd, lse, gradNodes, ins };
+          for (const node of [nodes.fwd, nodes.lse, ...nodes.gradNodes]) {
             const isFwd = node.op !== 'attention_grad';
-            const tiles = (isFwd ? flashForwardTiles : flashBackwardTiles)(node, ins(node), target);
-            const kernel = (isFwd ? flashForwardKernel : flashBackwardKernel)(node, ins(node), target);
+            const tiles = (isFwd ? flashForwardTiles : flashBackwardTiles)(node, nodes.ins(node), target);
+            const kernel = (isFwd ? flashForwardKernel : flashBackwardKernel)(node, nodes.ins(node), target);
             const where = `${kernel.name} d ${d} on ${target.name}`;
             assert.equal(declaredShared(kernel), tiles.bytes, where);
             assert.ok(tiles.bytes <= target.limits.maxComputeWorkgroupStorageSize, where);
@@ -259,7 +262,7 @@ await withDevice(async (gpu: GpuContext) => {
             assert.equal(tiles.sweep % tiles.perRow, 0, where);
           }
         }
-        // The device compiles them (rolled loops as on lavapipe; unrolled hardware code for the smallest head dim).
+        // Dawn accepts their WGSL (rolled loops as on lavapipe; unrolled hardware code for the smallest head dim).
         for (const node of [fwd, lse, ...gradNodes]) {
           const gen = node.op === 'attention_grad' ? flashBackwardKernel : flashForwardKernel;
           await pipelineFor(gpu.device, gen(node, ins(node), gpu.target));

@@ -225,3 +225,25 @@ test('a backbone weights block is loaded strictly with its key rules; a misshape
   assert.doesNotMatch(r.stderr, /\n\s+at /);
   assert.equal(existsSync(join(dir, 'bad', 'stage1', 'caption_tiny', 'latest')), false);
 });
+
+test('fp16: AMP rounding with dynamic loss scaling backs off from an overflowing scale, then trains', () => {
+  const dir = fresh('amp');
+  const copy = join(dir, 'tiny.visft');
+  const src = readFileSync(PIPELINE, 'utf8');
+  const stage1 = src.indexOf('stage stage1');
+  const amp = src.slice(stage1).replace('  checkpoint: 2 updates\n', '  checkpoint: 2 updates\n  precision: fp16\n  loss_scale: dynamic(init: 1e9, growth_interval: 2000)\n').replace('updates: 6 updates', 'updates: 16 updates');
+  writeFileSync(copy, src.slice(0, stage1) + amp);
+  const out = join(dir, 'out');
+  const r = train(out, ['--stage', 'stage1'], copy);
+  assert.equal(r.status, 0, r.stderr);
+  assert.match(r.stderr, /fp16: matmul, attention and conv operands and results rounded to f16/);
+  const rows = metricsOf(out);
+  const skipped = rows.filter((x) => x.skipped === true);
+  assert.ok(skipped.length >= 5 && rows[0].skipped === true, `an f16 overflow at scale 1e9 skips the first updates (${skipped.length} skipped)`);
+  assert.ok(rows.slice(-3).every((x) => x.skipped === false), 'then the scale fits and updates go through');
+  for (let i = 1; i < skipped.length; i++) assert.ok((skipped[i].loss_scale as number) < (skipped[i - 1].loss_scale as number), 'each overflow halves the scale');
+  // The rounding changes the loss only slightly from fp32 (same initial weights and batch).
+  const fp32 = metricsOf(referenceRun().out)[0].loss as number;
+  assert.ok(Math.abs((rows[0].loss as number) - fp32) < 1e-2 * fp32, `${rows[0].loss} vs ${fp32}`);
+  assert.notEqual(rows[0].loss, fp32, 'the f16 rounding is really applied');
+});
