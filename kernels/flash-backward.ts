@@ -15,7 +15,7 @@ import type { Kernel, Target } from '../compiler/codegen/types.js';
 import type { Node } from '../compiler/ir/graph.js';
 import { attrNum } from '../compiler/ir/rules/shape.js';
 import { dispatchGroups, f32Lit, flatKernel, groupIndexCode, loopBound, makeKernel, u32Lit } from './elementwise.js';
-import { attentionGeometry, chooseFlashTiles, dotCode, loadTileCode, maskOffset, padStride, touchCode, type AttentionGeometry, type FlashTiles } from './flash-common.js';
+import { attentionGeometry, chooseFlashTiles, dotCode, loadTileCode, maskOffset, padStride, touchCode, type AttentionGeometry, type FlashTiles, queryTilePreamble } from './flash-common.js';
 import type { FlashCaps } from './flash-forward.js';
 
 const Q = 'in_0';
@@ -77,16 +77,7 @@ var<workgroup> dss: array<f32, ${BR * SS}>;
 // dq: ${BR} query rows x ${BC} keys per tile, ${T} invocations per row.
 @compute @workgroup_size(${WG}, 1, 1)
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid: u32) {
-${groupIndexCode('grp', groups, dispatch)}
-  let bh = grp / ${U(qTiles)};
-  let i0 = (grp % ${U(qTiles)}) * ${U(BR)};
-  let h = bh % ${U(g.H)};
-  let b = bh / ${U(g.H)};
-  let r = lid / ${U(T)};
-  let tc = lid % ${U(T)};
-  let i = i0 + r;
-  let row_ok = i < ${U(g.Sq)};
-  let q_valid = min(${U(BR)}, ${U(g.Sq)} - i0);
+${queryTilePreamble(groups, dispatch, qTiles, BR, T, g)}
 ${loadTileCode(target, 'qs', DS, Q, `(bh * ${U(g.Sq)} + i0) * ${U(g.D)}`, 'q_valid', BR, g.D, WG, f32Lit(g.scale), '  ')}
 ${loadTileCode(target, 'gs', VS, G, `(bh * ${U(g.Sq)} + i0) * ${U(g.Dv)}`, 'q_valid', BR, g.Dv, WG, undefined, '  ')}
   var lse_i = 0.0f;

@@ -10,7 +10,7 @@
 import type { Target } from '../compiler/codegen/types.js';
 import type { Node } from '../compiler/ir/graph.js';
 import { attrNum } from '../compiler/ir/rules/shape.js';
-import { broadcastStrides, loopBound, u32Lit } from './elementwise.js';
+import { broadcastStrides, groupIndexCode, loopBound, u32Lit } from './elementwise.js';
 import { floorPow2 } from './reduce.js';
 
 export class FlashTileError extends Error {}
@@ -159,4 +159,23 @@ export function maskOffset(ms: readonly number[], b: string, h: string, i: strin
 /** WGSL: keeps bindings the formula does not read in an `auto` pipeline layout. */
 export function touchCode(names: readonly string[], indent = '  '): string {
   return names.map((n) => `${indent}_ = &${n};`).join('\n');
+}
+
+/**
+ * The start of a kernel whose workgroup owns `rows` query rows of one (batch, head): `bh`, `b`, `h`, the tile's
+ * first row `i0`, this invocation's row `r` = i0 + r (`i`, `row_ok`) and column slot `tc` (`perRow` per row), and
+ * `q_valid` rows of the tile inside the sequence.
+ */
+export function queryTilePreamble(groups: number, dispatch: readonly [number, number, number], qTiles: number, rows: number, perRow: number, g: Pick<AttentionGeometry, 'H' | 'Sq'>): string {
+  const U = u32Lit;
+  return `${groupIndexCode('grp', groups, dispatch)}
+  let bh = grp / ${U(qTiles)};
+  let i0 = (grp % ${U(qTiles)}) * ${U(rows)};
+  let h = bh % ${U(g.H)};
+  let b = bh / ${U(g.H)};
+  let r = lid / ${U(perRow)};
+  let tc = lid % ${U(perRow)};
+  let i = i0 + r;
+  let row_ok = i < ${U(g.Sq)};
+  let q_valid = min(${U(rows)}, ${U(g.Sq)} - i0);`;
 }

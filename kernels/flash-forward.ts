@@ -14,8 +14,8 @@
 // reference. Four barriers per key tile, no atomics: bitwise repeatable.
 import type { Kernel, Target } from '../compiler/codegen/types.js';
 import type { Node } from '../compiler/ir/graph.js';
-import { dispatchGroups, f32Lit, groupIndexCode, loopBound, makeKernel, u32Lit } from './elementwise.js';
-import { attentionGeometry, chooseFlashTiles, dotCode, loadTileCode, maskOffset, padStride, type FlashTiles } from './flash-common.js';
+import { dispatchGroups, f32Lit, loopBound, makeKernel, u32Lit } from './elementwise.js';
+import { attentionGeometry, chooseFlashTiles, dotCode, loadTileCode, maskOffset, padStride, type FlashTiles, queryTilePreamble } from './flash-common.js';
 import { combineCode } from './reduce.js';
 
 export interface FlashCaps {
@@ -84,16 +84,7 @@ var<workgroup> red_sum: array<f32, ${WG}>;
 // ${BR} query rows x ${BC} keys per tile, ${T} invocations per row.
 @compute @workgroup_size(${WG}, 1, 1)
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid: u32) {
-${groupIndexCode('grp', groups, dispatch)}
-  let bh = grp / ${U(qTiles)};
-  let i0 = (grp % ${U(qTiles)}) * ${U(BR)};
-  let h = bh % ${U(g.H)};
-  let b = bh / ${U(g.H)};
-  let r = lid / ${U(T)};
-  let tc = lid % ${U(T)};
-  let i = i0 + r;
-  let row_ok = i < ${U(g.Sq)};
-  let q_valid = min(${U(BR)}, ${U(g.Sq)} - i0);
+${queryTilePreamble(groups, dispatch, qTiles, BR, T, g)}
 ${loadTileCode(target, 'qs', QS, 'in_0', `(bh * ${U(g.Sq)} + i0) * ${U(g.D)}`, 'q_valid', BR, g.D, WG, f32Lit(g.scale), '  ')}
   var m = ${NEG_INF};
   var l = 0.0f;

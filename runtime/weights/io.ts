@@ -63,6 +63,16 @@ function checkRange(src: ByteSource, offset: number, length: number): void {
   }
 }
 
+/** The first `n` bytes of a file (fewer when it is shorter): enough to recognise its format by content. */
+export function readFileHead(file: string, n = 16): Uint8Array {
+  const src = new FileSource(file);
+  try {
+    return src.read(0, Math.min(src.size, n));
+  } finally {
+    src.close();
+  }
+}
+
 /** Sequential writer used by the atomic writers. */
 export interface ByteSink {
   readonly position: number;

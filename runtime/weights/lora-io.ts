@@ -7,7 +7,7 @@
 
 import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { basename, join, resolve } from 'node:path';
-import { FileSource } from './io.js';
+import { readFileHead } from './io.js';
 import { readSafetensors, readSafetensorsHeader, writeSafetensors } from './safetensors.js';
 import { castTensor, describeTensor, fromNumbers, isFloatDType, toFloat64, type HostTensor } from './tensor.js';
 import { isHostTensor, loadTorch, saveTorchZip, selectStateDict } from './torch-zip.js';
@@ -120,13 +120,7 @@ export interface LoadedTensors {
 
 /** The tensors of a .safetensors or torch.save file (recognised by content), and where they were found. */
 export function loadTensorsFile(file: string): LoadedTensors {
-  const src = new FileSource(file);
-  let head: Uint8Array;
-  try {
-    head = src.read(0, Math.min(src.size, 16));
-  } finally {
-    src.close();
-  }
+  const head = readFileHead(file);
   const isZip = head[0] === 0x50 && head[1] === 0x4b;
   if (!isZip && head.length >= 9 && head[8] === 0x7b) {
     const { tensors, metadata } = readSafetensors(file);

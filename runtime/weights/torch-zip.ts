@@ -2,7 +2,7 @@
 // `<archive>/byteorder`, `<archive>/version`) and, for old files, the legacy format (pickles back to back
 // followed by the raw storages). Reading never executes anything: see pickle.ts and the allowlist below.
 
-import { FileSource, writeFileAtomic, type ByteSource } from './io.js';
+import { FileSource, readFileHead, writeFileAtomic, type ByteSource } from './io.js';
 import { PickleError, PickleWriter, PyDict, PyOpaque, UnsafePickleError, describe, isTuple, unpickle, type PyCallable } from './pickle.js';
 import { readSafetensors, tensorEntries, WeightsFormatError, type TensorDict } from './safetensors.js';
 import {
@@ -518,13 +518,7 @@ export function selectStateDict(obj: unknown, file: string, key: 'auto' | string
  * recognised by content, not by name.
  */
 export function loadStateDict(file: string, opts: LoadStateDictOptions = {}): Map<string, HostTensor> {
-  const src = new FileSource(file);
-  let head: Uint8Array;
-  try {
-    head = src.read(0, Math.min(src.size, 16));
-  } finally {
-    src.close();
-  }
+  const head = readFileHead(file);
   if (!startsWith(head, ZIP_MAGIC) && !startsWith(head, LEGACY_MAGIC)) {
     // safetensors starts with a u64 header length and then '{'
     if (head.length >= 9 && head[8] === 0x7b) {

@@ -1,5 +1,6 @@
 // Checkpoint store: exact round trips, rotation, verification with fallback on every kind of damage, and a real
 // SIGKILL test against a child process that saves in a loop.
+import { makeRng } from '../ir/util.js';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
@@ -264,16 +265,7 @@ test('leftovers of a dead writer are cleaned; those of a live process are left a
 const WRITER = fileURLToPath(new URL('./ckpt-writer.js', import.meta.url));
 const KILLS = Number(process.env.VISFT_KILL_ROUNDS ?? 10);
 
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+const mulberry32 = makeRng;
 
 /** Runs the writer until it has saved once, then SIGKILLs it `delayMs` later; returns the updates it reported. */
 function runAndKill(runDir: string, delayMs: number): Promise<number[]> {
