@@ -1,48 +1,84 @@
 // The fused elementwise kernel: one invocation per element of the group's shape computes every member as a
 // WGSL `let` (in topological order) from the group's external inputs, read with broadcasting, and writes
-// only the root. Scalar constants are inlined.
+// only the root. Scalar constants are inlined. The member code is shared with the matmul epilogue
+// (kernels/matmul-epilogue.ts), which evaluates the same lets on the matmul's accumulator.
+//
+// Bit for bit the unfused kernels: every value the unfused path would store (a member that another member
+// reads) or read from memory (a constant) passes through `kept`, an identity the shader compiler cannot see
+// through. Without it, lavapipe's optimiser reassociated `(v - e) - 0.125` as `v - (e + 0.125)`, contracted
+// multiply-adds and folded `x * 0`, each an ulp or a sign away from the per-node kernels.
 import type { Kernel, Target } from '../compiler/codegen/types.js';
-import type { FusionGroup } from '../compiler/codegen/fuse.js';
+import { isScalarConst, type FusionGroup } from '../compiler/codegen/fuse.js';
 import type { Graph, Node } from '../compiler/ir/graph.js';
 import { attrNum } from '../compiler/ir/rules/shape.js';
 import { binaryExpr, broadcastStrides, f32Lit, flatKernel, offsetCode, unaryExpr } from './elementwise.js';
 
-export function fusedKernel(graph: Graph, group: FusionGroup, target: Target): Kernel {
-  const root = graph.node(group.root);
+/** The nodes a group reads from memory, in first-use order: members' inputs that are not members, constants or `skip`. */
+export function groupExternals(graph: Graph, group: FusionGroup, skip?: number): number[] {
   const members = new Set(group.members);
   const externals: number[] = [];
-  const isConst = (n: Node) => n.op === 'full' && n.shape.reduce((a, b) => a * b, 1) === 1;
   for (const m of group.members) {
     for (const i of graph.node(m).inputs) {
-      if (!members.has(i) && !externals.includes(i) && !isConst(graph.node(i))) externals.push(i);
+      if (!members.has(i) && i !== skip && !externals.includes(i) && !isScalarConst(graph.node(i))) externals.push(i);
     }
   }
-  const extNodes = externals.map((e) => graph.node(e));
-  const strides = extNodes.map((n) => broadcastStrides(n.shape, root.shape));
-  const offsets = offsetCode(root.shape, strides, externals.map((_, k) => `o${k}`), 'i');
-  const lines = [offsets, ...externals.map((_, k) => `    let x${k} = in_${k}[o${k}];`)];
-  const lib = new Set<string>();
-  // Values are named by their position in the group, not their node ids, so the same computation at another
-  // place in the graph (an unrolled loop's next step) is the same WGSL and compiles to the same pipeline.
+  return externals;
+}
+
+/**
+ * WGSL helper: x, through an integer identity the compiler cannot fold (out_0 is never empty where a kernel
+ * stores), so it cannot reassociate, contract or fold arithmetic across it.
+ */
+export const KEPT_FN = 'fn kept(x: f32) -> f32 { return bitcast<f32>(bitcast<u32>(x) ^ u32(arrayLength(&out_0) == 0u)); }';
+
+export interface MemberCode {
+  /** `let v<k> = …;` per member, k its position in the group; the root's value is `value`. Uses KEPT_FN. */
+  readonly lines: string[];
+  readonly value: string;
+  /** Library functions the expressions call. */
+  readonly lib: string[];
+  /** The members' ops, in order (for the kernel name). */
+  readonly ops: string[];
+}
+
+/**
+ * WGSL for the group's members, where `external(id)` names the value of a node read from outside. Values are
+ * named by their position in the group, not their node ids, so the same computation at another place in the
+ * graph (an unrolled loop's next step) is the same WGSL and compiles to the same pipeline.
+ */
+export function memberCode(graph: Graph, group: FusionGroup, external: (id: number) => string): MemberCode {
   const local = new Map(group.members.map((m, k) => [m, k]));
   const ref = (id: number): string => {
     const n = graph.node(id);
-    if (members.has(id)) return `v${local.get(id)}`;
-    if (isConst(n)) return f32Lit(attrNum(n.attrs, 'value'));
-    return `x${externals.indexOf(id)}`;
+    if (local.has(id)) return `v${local.get(id)}`;
+    if (isScalarConst(n)) return `kept(${f32Lit(attrNum(n.attrs, 'value'))})`;
+    return external(id);
   };
+  const lines: string[] = [];
+  const lib = new Set<string>();
   const ops: string[] = [];
   for (const m of group.members) {
     const n = graph.node(m);
     const e = n.inputs.length === 1 ? unaryExpr(n.op, ref(n.inputs[0])) : binaryExpr(n.op, ref(n.inputs[0]), ref(n.inputs[1]));
     if (!e) throw new Error(`internal: ${n.op} cannot be fused`);
     e.lib.forEach((l) => lib.add(l));
-    lines.push(`    let v${local.get(m)} = ${e.expr};`);
+    lines.push(`let v${local.get(m)} = ${m === group.root ? e.expr : `kept(${e.expr})`};`);
     ops.push(n.op);
   }
-  lines.push(`    out_0[i] = v${local.get(group.root)};`);
+  return { lines, value: `v${local.get(group.root)}`, lib: [...lib], ops };
+}
+
+export function fusedKernel(graph: Graph, group: FusionGroup, target: Target): Kernel {
+  const root = graph.node(group.root);
+  const externals = groupExternals(graph, group);
+  const extNodes = externals.map((e) => graph.node(e));
+  const strides = extNodes.map((n) => broadcastStrides(n.shape, root.shape));
+  const offsets = offsetCode(root.shape, strides, externals.map((_, k) => `o${k}`), 'i');
+  const code = memberCode(graph, group, (id) => `x${externals.indexOf(id)}`);
+  const lines = [offsets, ...externals.map((_, k) => `    let x${k} = in_${k}[o${k}];`), ...code.lines.map((l) => `    ${l}`)];
+  lines.push(`    out_0[i] = ${code.value};`);
   // The kernel reads the externals and writes the root: a node with those inputs stands for the group.
   const standIn: Node = { ...root, inputs: externals };
-  const k = flatKernel(standIn, extNodes, target, `fused_${ops.join('_')}_f32`.slice(0, 96), lines.join('\n'), { lib: [...lib] });
+  const k = flatKernel(standIn, extNodes, target, `fused_${code.ops.join('_')}_f32`.slice(0, 96), lines.join('\n'), { lib: code.lib, helpers: KEPT_FN });
   return { ...k, nodes: [...group.members] };
 }

@@ -10,7 +10,9 @@
 // - `matmul_naive_f32`: one invocation per output element, sequential over K (problems under 2M
 //   multiply-adds, which are launch-bound, or M or N below 16 where a 64x64 tile would be mostly empty).
 // A shared right operand (a projection x [..., M, K] @ W [K, N]) folds the batch dims into M.
-// Every variant sums in a fixed order, so results are bitwise repeatable on one device.
+// Every variant sums in a fixed order, so results are bitwise repeatable on one device. Each writes an output
+// element through a MatmulOutput: a plain store, or a fused elementwise epilogue (kernels/matmul-epilogue.ts)
+// evaluated on the same f32 accumulator.
 import type { Kernel, KernelGen, Target } from '../compiler/codegen/types.js';
 import { numel, type Node } from '../compiler/ir/graph.js';
 import { broadcastStrides, dispatchGroups, flatKernel, groupIndexCode, kernelRule, loopBound, makeKernel, offsetCode, u32Lit } from './elementwise.js';
@@ -82,12 +84,52 @@ export function matmulVariant(node: Node, inputs: readonly Node[], target: Targe
   return 'tiled';
 }
 
+/** How a matmul kernel writes its outputs: the node written, extra read bindings and the store code. */
+export interface MatmulOutput {
+  /** Appended to the variant's kernel name (`+add_gelu`); empty for the plain store. */
+  readonly suffix: string;
+  /** The node the kernel stands for: its inputs are the bindings (a, b, then `extra`), its id the output. */
+  readonly node: Node;
+  /** Nodes read after a and b (bindings in_2, in_3, ...). */
+  readonly extra: readonly Node[];
+  /** Library functions the store code calls. */
+  readonly lib: readonly string[];
+  /** Module-scope WGSL (functions) the store code calls. */
+  readonly helpers?: string;
+  /** The IR nodes the kernel computes (the last is written). */
+  readonly nodes: readonly number[];
+  /** WGSL statements storing the f32 `value` (an expression) for the flat output index `index` (an expression). */
+  store(value: string, index: string): string[];
+}
+
+/** The plain store: the product itself. */
+export function plainOutput(node: Node): MatmulOutput {
+  return { suffix: '', node, extra: [], lib: [], nodes: [node.id], store: (value, index) => [`out_0[${index}] = ${value};`] };
+}
+
+/**
+ * Store statements as a block opened on the current line (`{ stmt }` for one statement); several statements
+ * get lines of their own at `indent` + 2, in a scope where their names cannot clash with the kernel's.
+ */
+function storeBlock(lines: readonly string[], indent: string): string {
+  if (lines.length === 1) return `{ ${lines[0]} }`;
+  return `{\n${lines.map((l) => `${indent}  ${l}`).join('\n')}\n${indent}}`;
+}
+
+/** Assembles a variant's kernel for its output: the bindings of `out.node`, the name with its suffix. */
+function assemble(out: MatmulOutput, inputs: readonly Node[], target: Target, name: string, parts: { body: string; workgroupSize: [number, number, number]; dispatch: readonly [number, number, number] }): Kernel {
+  const body = out.helpers ? `${out.helpers}\n\n${parts.body}` : parts.body;
+  const k = makeKernel(out.node, [...inputs, ...out.extra], target, { ...parts, body, name: `${name}${out.suffix}`.slice(0, 96), lib: out.lib });
+  return { ...k, nodes: [...out.nodes] };
+}
+
 /** WGSL declaring `oa`, `ob` (the batch's offsets into a and b) from the batch index `bi`. */
 function batchOffsets(d: MatmulDims, indent: string): string {
   return offsetCode(d.batchShape, [d.aStrides, d.bStrides], ['oa', 'ob'], 'bi', indent);
 }
 
-function naive(node: Node, inputs: readonly Node[], target: Target, d: MatmulDims): Kernel {
+function naive(out: MatmulOutput, inputs: readonly Node[], target: Target, d: MatmulDims): Kernel {
+  const store = out.store('acc', 'i');
   const body = `    let col = i % ${u32Lit(d.n)};
     let row = (i / ${u32Lit(d.n)}) % ${u32Lit(d.m)};
     let bi = i / ${u32Lit(d.m * d.n)};
@@ -98,11 +140,12 @@ ${batchOffsets(d, '    ')}
     for (var t = 0u; t < ${loopBound(d.k, target)}; t++) {
       acc = fma(in_0[ar + t], in_1[bc + t * ${u32Lit(d.n)}], acc);
     }
-    out_0[i] = acc;`;
-  return flatKernel(node, inputs, target, 'matmul_naive_f32', body);
+    ${store.length === 1 ? store[0] : storeBlock(store, '    ')}`;
+  const k = flatKernel(out.node, [...inputs, ...out.extra], target, `matmul_naive_f32${out.suffix}`.slice(0, 96), body, { lib: out.lib, helpers: out.helpers });
+  return { ...k, nodes: [...out.nodes] };
 }
 
-function splitK(node: Node, inputs: readonly Node[], target: Target, d: MatmulDims): Kernel {
+function splitK(out: MatmulOutput, inputs: readonly Node[], target: Target, d: MatmulDims): Kernel {
   const wg = treeWorkgroup(target, 64);
   const outs = d.batch * d.m * d.n;
   const dispatch = dispatchGroups(outs, target);
@@ -123,21 +166,22 @@ ${batchOffsets(d, '    ')}
     }
     part[lid] = acc;
 ${treeReduceCode('part', wg, (a, b) => `${a} + ${b}`, target)}
-    if (lid == 0u) { out_0[i] = part[0]; }
+    if (lid == 0u) ${storeBlock(out.store('part[0]', 'i'), '    ')}
 }`;
-  return makeKernel(node, inputs, target, { name: 'matmul_splitk_f32', body: main, workgroupSize: [wg, 1, 1], dispatch });
+  return assemble(out, inputs, target, 'matmul_splitk_f32', { body: main, workgroupSize: [wg, 1, 1], dispatch });
 }
 
-function tiled(node: Node, inputs: readonly Node[], target: Target, d: MatmulDims): Kernel {
+function tiled(out: MatmulOutput, inputs: readonly Node[], target: Target, d: MatmulDims): Kernel {
+  const id = out.nodes[0]; // the matmul
   if (!tiledFits(target)) {
     const L = target.limits;
-    throw new Error(`matmul %${node.id}: the 64x64 tile needs 256 invocations and 8 KiB of workgroup memory; target '${target.name}' allows ${L.maxComputeInvocationsPerWorkgroup} and ${L.maxComputeWorkgroupStorageSize} bytes`);
+    throw new Error(`matmul %${id}: the 64x64 tile needs 256 invocations and 8 KiB of workgroup memory; target '${target.name}' allows ${L.maxComputeInvocationsPerWorkgroup} and ${L.maxComputeWorkgroupStorageSize} bytes`);
   }
   const tilesN = Math.ceil(d.n / TILE);
   const tilesM = Math.ceil(d.m / TILE);
   const G = tilesM * d.batch;
   const [gy, gz, rest] = dispatchGroups(G, target);
-  if (rest !== 1 || tilesN > target.limits.maxComputeWorkgroupsPerDimension) throw new Error(`matmul %${node.id}: ${tilesN}x${G} tiles exceed the dispatch limits of target '${target.name}'`);
+  if (rest !== 1 || tilesN > target.limits.maxComputeWorkgroupsPerDimension) throw new Error(`matmul %${id}: ${tilesN}x${G} tiles exceed the dispatch limits of target '${target.name}'`);
   const M = u32Lit(d.m);
   const N = u32Lit(d.n);
   const K = u32Lit(d.k);
@@ -194,23 +238,26 @@ ${batchOffsets(d, '  ')}
     for (var j = 0u; j < ${u32Lit(PER)}; j++) {
       let row = m0 + ty + i * ${u32Lit(THREADS)};
       let col = n0 + tx + j * ${u32Lit(THREADS)};
-      if (row < ${M} && col < ${N}) { out_0[oc + row * ${N} + col] = acc[i * ${u32Lit(PER)} + j]; }
+      if (row < ${M} && col < ${N}) ${storeBlock(out.store(`acc[i * ${u32Lit(PER)} + j]`, `oc + row * ${N} + col`), '      ')}
     }
   }
 }`;
-  return makeKernel(node, inputs, target, { name: 'matmul_tiled_f32', body: main, workgroupSize: [THREADS, THREADS, 1], dispatch: [tilesN, gy, gz] });
+  return assemble(out, inputs, target, 'matmul_tiled_f32', { body: main, workgroupSize: [THREADS, THREADS, 1], dispatch: [tilesN, gy, gz] });
 }
 
-/** The matmul kernel of a given variant (tests force each one); the rule picks matmulVariant's. */
-export function matmulKernel(node: Node, inputs: readonly Node[], target: Target, variant: MatmulVariant = matmulVariant(node, inputs, target)): Kernel {
+/**
+ * The matmul kernel of a given variant (tests force each one); the rule picks matmulVariant's. `out` is how
+ * it stores each element (default: the product itself).
+ */
+export function matmulKernel(node: Node, inputs: readonly Node[], target: Target, variant: MatmulVariant = matmulVariant(node, inputs, target), out: MatmulOutput = plainOutput(node)): Kernel {
   const d = dims(node, inputs);
   switch (variant) {
     case 'tiled':
-      return tiled(node, inputs, target, d);
+      return tiled(out, inputs, target, d);
     case 'splitk':
-      return splitK(node, inputs, target, d);
+      return splitK(out, inputs, target, d);
     case 'naive':
-      return naive(node, inputs, target, d);
+      return naive(out, inputs, target, d);
   }
 }
 

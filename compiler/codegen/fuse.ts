@@ -2,14 +2,21 @@
 // other consumer, becomes one kernel; the intermediates never reach memory. Inputs from outside the group
 // are read with broadcasting into the group's shape, and scalar constants (`full` of one element) are
 // inlined as literals.
-import type { Graph, Node } from '../ir/graph.js';
+//
+// Matmul epilogues: when one of a group's external inputs is a matmul result of the group's shape that nothing
+// else reads (and that is no graph output), the group is computed by the matmul's kernel, on its f32
+// accumulator, instead of storing the product and reading it back (kernels/matmul-epilogue.ts). A single
+// elementwise node after a matmul (`linear`: matmul + bias) is such a group too.
+import { numel, type Graph, type Node } from '../ir/graph.js';
 import { binaryExpr, unaryExpr } from '../../kernels/elementwise.js';
 
 export interface FusionGroup {
   /** The node whose value the group writes. */
   readonly root: number;
-  /** Every node computed by the kernel, in topological order, ending with the root. */
+  /** Every elementwise node computed by the kernel, in topological order, ending with the root. */
   readonly members: number[];
+  /** The matmul whose kernel computes the group as its epilogue (its value never reaches memory). */
+  readonly matmul?: number;
 }
 
 /** Whether the fused-kernel generator can express the op inline. */
@@ -17,36 +24,49 @@ export function isInlineElementwise(n: Node): boolean {
   return n.inputs.length === 1 ? unaryExpr(n.op, 'x') !== undefined : n.inputs.length === 2 && binaryExpr(n.op, 'a', 'b') !== undefined;
 }
 
-const isScalarConst = (n: Node) => n.op === 'full' && n.shape.reduce((a, b) => a * b, 1) === 1;
+export const isScalarConst = (n: Node): boolean => n.op === 'full' && numel(n.shape) === 1;
 
 /**
- * Groups of two or more nodes to fuse (roots in topological order). `live` holds the nodes that are computed;
- * `outputs` are graph outputs (never absorbed: their value must reach memory). `maxInputs` bounds the
- * distinct external inputs (storage bindings) of one kernel.
+ * Groups to fuse (roots in topological order): two or more elementwise nodes, or any with a matmul epilogue.
+ * `live` holds the nodes that are computed; `outputs` are graph outputs (never absorbed: their value must
+ * reach memory). `maxInputs` bounds the read bindings of one kernel: the group's external inputs, where an
+ * absorbed matmul counts as its two operands. `epilogues: false` leaves every matmul a kernel of its own.
  */
-export function planFusion(graph: Graph, live: ReadonlySet<number>, outputs: ReadonlySet<number>, maxInputs: number): FusionGroup[] {
+export function planFusion(graph: Graph, live: ReadonlySet<number>, outputs: ReadonlySet<number>, maxInputs: number, opts: { readonly epilogues?: boolean } = {}): FusionGroup[] {
+  const epilogues = opts.epilogues ?? true;
   const consumers = new Map<number, number>();
   for (const n of graph.nodes) if (live.has(n.id)) for (const i of new Set(n.inputs)) consumers.set(i, (consumers.get(i) ?? 0) + 1);
   const absorbed = new Set<number>();
   const groups: FusionGroup[] = [];
   for (let id = graph.nodes.length - 1; id >= 0; id--) {
-    const root = graph.nodes[id];
+    const root = graph.node(id);
     if (!live.has(id) || absorbed.has(id) || !isInlineElementwise(root)) continue;
     const members = new Set<number>([id]);
     // Every input of a member that is not itself a member is an external (a binding) until absorbed, so the
     // count checked before absorbing a node is exact.
     const externals = new Set<number>();
     const shape = root.shape.join();
+    const isExternal = (x: number) => !members.has(x) && (!isScalarConst(graph.node(x)) || outputs.has(x));
+    // A matmul the group may absorb: only the group reads it, and it has the group's shape (not broadcast).
+    const epilogueOf = (x: number) => {
+      const m = graph.node(x);
+      return epilogues && m.op === 'matmul' && !outputs.has(x) && consumers.get(x) === 1 && m.shape.join() === shape && numel(m.shape) > 0;
+    };
+    // Read bindings: the externals, plus one for a matmul that brings two operands instead of its product.
+    const bindings = (ext: ReadonlySet<number>) => ext.size + ([...ext].some(epilogueOf) ? 1 : 0);
     const addInputs = (n: Node) => {
-      for (const x of n.inputs) if (!members.has(x) && (!isScalarConst(graph.node(x)) || outputs.has(x))) externals.add(x);
+      for (const x of n.inputs) if (isExternal(x)) externals.add(x);
     };
     const grow = (n: Node) => {
       for (const i of new Set(n.inputs)) {
         if (!externals.has(i)) continue;
         const m = graph.node(i);
         const fusable = isInlineElementwise(m) && !outputs.has(i) && consumers.get(i) === 1 && m.shape.join() === shape && !absorbed.has(i);
-        const extra = new Set(m.inputs.filter((x) => !members.has(x) && !externals.has(x) && (!isScalarConst(graph.node(x)) || outputs.has(x)))).size;
-        if (fusable && externals.size - 1 + extra <= maxInputs) {
+        if (!fusable) continue;
+        const next = new Set(externals);
+        next.delete(i);
+        for (const x of m.inputs) if (isExternal(x)) next.add(x);
+        if (bindings(next) <= maxInputs) {
           members.add(i);
           externals.delete(i);
           addInputs(m);
@@ -56,10 +76,13 @@ export function planFusion(graph: Graph, live: ReadonlySet<number>, outputs: Rea
     };
     addInputs(root);
     grow(root);
-    if (members.size < 2) continue;
+    // Of several candidates the newest (any one would do; this is deterministic). A root alone can exceed the
+    // bound only on a target with very few bindings: then no epilogue.
+    const matmul = bindings(externals) <= maxInputs ? [...externals].filter(epilogueOf).sort((a, b) => b - a)[0] : undefined;
+    if (members.size < 2 && matmul === undefined) continue;
     const ordered = [...members].sort((a, b) => a - b);
     for (const m of ordered) if (m !== id) absorbed.add(m);
-    groups.push({ root: id, members: ordered });
+    groups.push(matmul === undefined ? { root: id, members: ordered } : { root: id, members: ordered, matmul });
   }
   return groups.reverse();
 }

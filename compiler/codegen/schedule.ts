@@ -1,10 +1,12 @@
 // From the IR to the kernel graph: each live node becomes a kernel from the GPU rule table (or shares its
-// input's buffer, for reshape), elementwise chains are fused (compiler/codegen/fuse.ts), and the result
+// input's buffer, for reshape), elementwise chains are fused (compiler/codegen/fuse.ts), into the matmul
+// that feeds them where it can (its GPU_RULES kernel with an epilogue, kernels/matmul-epilogue.ts), and the result
 // lists every value that needs storage, for the memory plan.
 import { Graph, numel } from '../ir/graph.js';
 import type { GpuRule, Kernel, Target } from './types.js';
 import { planFusion } from './fuse.js';
 import { fusedKernel } from '../../kernels/fused.js';
+import { matmulEpilogueKernel } from '../../kernels/matmul-epilogue.js';
 
 export type ValueKind = 'input' | 'param' | 'output' | 'temp';
 
@@ -31,8 +33,10 @@ export interface Schedule {
 export const valueBytes = (shape: readonly number[]): number => Math.max(1, numel(shape)) * 4;
 
 export interface ScheduleOptions {
-  /** Fuse elementwise chains (default true); off gives one kernel per node, for fused = unfused tests. */
+  /** Fuse elementwise chains and matmul epilogues (default true); off gives one kernel per node, for fused = unfused tests. */
   readonly fuse?: boolean;
+  /** Fuse elementwise groups into the matmul that feeds them (default true, with `fuse`). */
+  readonly epilogues?: boolean;
 }
 
 export function schedule(graph: Graph, target: Target, rules: { readonly [op: string]: GpuRule }, opts: ScheduleOptions = {}): Schedule {
@@ -48,9 +52,9 @@ export function schedule(graph: Graph, target: Target, rules: { readonly [op: st
   for (const p of graph.params) (kinds.set(p.node, 'param'), names.set(p.node, p.name));
 
   const outputNodes = new Set(graph.outputs.map((o) => o.node));
-  const groups = opts.fuse === false ? [] : planFusion(graph, live, outputNodes, target.limits.maxStorageBuffersPerShaderStage - 1);
+  const groups = opts.fuse === false ? [] : planFusion(graph, live, outputNodes, target.limits.maxStorageBuffersPerShaderStage - 1, { epilogues: opts.epilogues });
   const groupOf = new Map(groups.map((g) => [g.root, g] as const));
-  const absorbed = new Set(groups.flatMap((g) => g.members.filter((m) => m !== g.root)));
+  const absorbed = new Set(groups.flatMap((g) => [...g.members.filter((m) => m !== g.root), ...(g.matmul === undefined ? [] : [g.matmul])]));
   // Scalar constants that only fused kernels read are inlined there as literals: no fill kernel.
   const fused = new Set(groups.flatMap((g) => g.members));
   const readers = new Map<number, number[]>();
@@ -64,7 +68,7 @@ export function schedule(graph: Graph, target: Target, rules: { readonly [op: st
     if (!live.has(node.id) || absorbed.has(node.id)) continue;
     const group = groupOf.get(node.id);
     if (group) {
-      const k = fusedKernel(graph, group, target);
+      const k = group.matmul === undefined ? fusedKernel(graph, group, target) : matmulEpilogueKernel(graph, group, target);
       kernels.push({ ...k, bindings: k.bindings.map((b) => ({ ...b, value: root(b.value) })) });
       continue;
     }

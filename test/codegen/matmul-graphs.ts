@@ -1,0 +1,113 @@
+// Random graphs for the matmul-epilogue tests: one matmul x @ w, sized so that a chosen variant of
+// kernels/matmul.ts computes it (naive, split-K, 64x64 tiled), followed by an elementwise chain whose other
+// operands are parameters of shapes that broadcast into the product's (a bias [N], a column [M, 1], a
+// residual of the full shape), scalar constants, or x itself; sometimes the product or an intermediate has a
+// second reader or is an output too, so that it cannot (or the chain only partly can) be fused.
+import fc from 'fast-check';
+import { Builder } from '../../compiler/ir/builder.js';
+import type { Graph, Shape } from '../../compiler/ir/graph.js';
+import type { IrOp } from '../../compiler/ir/ops.js';
+import { broadcastShapes } from '../../compiler/ir/rules/shape.js';
+import type { MatmulVariant } from '../../kernels/matmul.js';
+
+export interface EpilogueStep {
+  /** Unary (< UNARY.length) or binary op index. */
+  readonly op: number;
+  /** For binary ops: 0-2 a parameter, 3 a scalar constant, 4 the matmul's left operand x (if it broadcasts). */
+  readonly operand: number;
+  /** Bits choosing which dims of the parameter are 1, and how many leading dims it drops. */
+  readonly mask: number;
+  readonly drop: number;
+  /** Bit 0: the chain value is the right operand; bit 1: the step's result is also an output. */
+  readonly flags: number;
+}
+
+export interface EpilogueCase {
+  readonly variant: MatmulVariant;
+  readonly batch: readonly number[];
+  /** Whether w has the batch dims too (otherwise it is shared: a projection, whose batch folds into M). */
+  readonly batchedW: boolean;
+  readonly m: number;
+  readonly k: number;
+  readonly n: number;
+  readonly steps: readonly EpilogueStep[];
+  /** 0: only the chain reads the product; 1: it is an output too; 2: another node reads it. */
+  readonly product: number;
+}
+
+export const UNARY: readonly IrOp[] = ['gelu', 'relu', 'tanh', 'sigmoid', 'neg', 'erf'];
+export const BINARY: readonly IrOp[] = ['add', 'mul', 'sub', 'maximum', 'add'];
+const CONSTS = [0.5, -1, 2, 0.125, 0];
+
+const stepArb: fc.Arbitrary<EpilogueStep> = fc.record({
+  op: fc.nat({ max: UNARY.length + BINARY.length - 1 }),
+  operand: fc.nat({ max: 4 }),
+  mask: fc.nat({ max: 15 }),
+  drop: fc.nat({ max: 3 }),
+  flags: fc.nat({ max: 15 }),
+});
+
+/** Dims for a variant (matmulVariant's thresholds): naive is small, split-K has long K, tiled a 64x64+ output. */
+function dimsArb(variant: MatmulVariant) {
+  const batch = fc.array(fc.integer({ min: 1, max: 2 }), { maxLength: 2 });
+  if (variant === 'naive') return fc.record({ batch, m: fc.integer({ min: 1, max: 9 }), k: fc.integer({ min: 1, max: 9 }), n: fc.integer({ min: 1, max: 9 }) });
+  if (variant === 'splitk') return fc.record({ batch, m: fc.integer({ min: 1, max: 6 }), k: fc.integer({ min: 512, max: 560 }), n: fc.integer({ min: 1, max: 6 }) });
+  // 64..80 rows in all (a batch of 2 folds into M), 64..72 columns, K = 512: at least 2^21 multiply-adds.
+  return fc.oneof(
+    fc.record({ batch: fc.constant([] as number[]), m: fc.integer({ min: 64, max: 80 }), k: fc.constant(512), n: fc.integer({ min: 64, max: 72 }) }),
+    fc.record({ batch: fc.constant([2]), m: fc.integer({ min: 32, max: 40 }), k: fc.constant(512), n: fc.integer({ min: 64, max: 72 }) }),
+  );
+}
+
+export const epilogueCaseArb = (variants: readonly MatmulVariant[] = ['naive', 'splitk', 'tiled'], maxSteps = 6): fc.Arbitrary<EpilogueCase> =>
+  fc.constantFrom(...variants).chain((variant) =>
+    fc.record({
+      variant: fc.constant(variant),
+      dims: dimsArb(variant),
+      batchedW: variant === 'tiled' ? fc.constant(false) : fc.boolean(),
+      steps: fc.array(stepArb, { minLength: 1, maxLength: maxSteps }),
+      product: fc.constantFrom(0, 0, 0, 1, 2),
+    }).map(({ variant, dims, batchedW, steps, product }) => ({ variant, ...dims, batchedW, steps, product })),
+  );
+
+const broadcasts = (x: Shape, y: Shape): boolean => {
+  try {
+    return broadcastShapes(x, y).join() === y.join();
+  } catch {
+    return false;
+  }
+};
+
+export interface BuiltEpilogueCase {
+  readonly graph: Graph;
+  readonly matmul: number;
+}
+
+/** The graph of a case: input x, parameters w and e0, e1, ...; outputs y (the chain) and any extras. */
+export function buildEpilogueGraph(c: EpilogueCase): BuiltEpilogueCase {
+  const b = new Builder();
+  const x = b.input('x', [...c.batch, c.m, c.k]);
+  const w = b.param('w', c.batchedW ? [...c.batch, c.k, c.n] : [c.k, c.n]);
+  const mm = b.add('matmul', [x, w]);
+  const shape = b.shape(mm);
+  if (c.product === 1) b.output('product', mm);
+  if (c.product === 2) b.output('other', b.add('neg', [mm]));
+  let cur = mm;
+  let params = 0;
+  c.steps.forEach((s, i) => {
+    if (s.op < UNARY.length) cur = b.add(UNARY[s.op], [cur]);
+    else {
+      let other: number;
+      if (s.operand === 3) other = b.full(CONSTS[s.mask % CONSTS.length], s.drop & 1 ? [1] : []);
+      else if (s.operand === 4 && broadcasts(b.shape(x), shape)) other = x;
+      else {
+        const dims = shape.slice(Math.min(s.drop, shape.length - 1)).map((d, j) => ((s.mask >> j) & 1 ? 1 : d));
+        other = b.param(`e${params++}`, dims);
+      }
+      cur = b.add(BINARY[s.op - UNARY.length], s.flags & 1 ? [other, cur] : [cur, other]);
+    }
+    if (s.flags & 2 && i < c.steps.length - 1) b.output(`step${i}`, cur);
+  });
+  b.output('y', cur);
+  return { graph: b.graph, matmul: mm };
+}
