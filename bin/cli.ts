@@ -107,13 +107,13 @@ function program(): Command {
 
   cmd
     .command('bench')
-    .description('time visft\'s kernels against tfjs-webgpu on the same GPU device: matmul, layernorm, softmax, GELU at EVA-G/E shapes')
+    .description('time visft\'s kernels against tfjs-webgpu on the same GPU device: matmul, layernorm, softmax, GELU, attention and MSDeformAttn (forward, forward+backward) at EVA-G/E shapes')
     .option('--json', 'print the report as JSON')
     .addOption(new Option('--quick', 'shrunk sizes (the default on a software adapter)').conflicts('full'))
     .option('--full', 'model sizes even on a software adapter')
     .option('--rows <names>', 'comma-separated row names or prefixes (e.g. matmul_f32,gelu)')
     .option('--adapter <name>', 'pick the GPU adapter whose name contains this')
-    .option('--repeat <n>', 'timed iterations per side (default: about 200 ms of work per side, 20 to 200; on a software adapter about 1 s, 5 to 50)')
+    .option('--repeat <n>', 'timed iterations (set by the slower side; default: about 200 ms of work per side, 20 to 200; on a software adapter about 1 s, 5 to 50)')
     .action(async (opts: import('./commands/bench.js').BenchCliOptions) => {
       process.exitCode = await (await import('./commands/bench.js')).runBenchCommand(opts);
     });

@@ -3,7 +3,9 @@
 // ms), never an absolute claim; on a software adapter sizes shrink and the numbers say nothing about GPUs.
 //
 // Per row: build the one-op IR graph and compileGpu it; run it once through the Executor (the path `visft
-// run` takes) and the peer once, and check they agree within the row's f32 tolerance; only then time both
+// run` takes) and the peer once, and check that every output agrees within the row's f32 tolerance (a
+// peer that fails on a row, e.g. out of memory for the composed attention's [S, S] scores, is skipped for that
+// row with its reason, and ours is still timed, unchecked); only then time both
 // (warm-up first: every process compiles its shaders anew). Ours is timed by TimedProgram (same kernels and
 // plan; its output must equal the Executor's bit for bit), the peer by tf.time(); both by GPU timestamps where
 // the device has timestamp-query (one iteration of ours, then one of the peer's, `repeat` times, so both
@@ -14,8 +16,9 @@ import { errorMessage } from '../gpu/errors.js';
 import { Executor } from '../gpu/executor.js';
 import { fromF16, toF16 } from '../gpu/half.js';
 import { hasTimestamps, TimedProgram } from './ours.js';
-import { BENCH_SIZES, benchRows, rowGraph, rowInputData, selectRows, type BenchOp, type BenchSize, type RowSpec, type Tolerance } from './rows.js';
-import { attachTfjs, type Tensor, type Tf, type TfjsPeer } from './tfjs.js';
+import { peerCall, type PeerCall } from './peer-ops.js';
+import { BENCH_SIZES, benchRows, rowGraph, rowInputData, selectRows, type BenchOp, type BenchPass, type BenchSize, type RowSpec, type Tolerance } from './rows.js';
+import { attachTfjs, type Tensor, type TfjsPeer } from './tfjs.js';
 
 export interface BenchOptions {
   /** Shrunk sizes (`quick`); the default on a fallback (software) adapter. */
@@ -54,6 +57,8 @@ export interface CheckResult {
   /** max |ours − peer| / (atol·scale + rtol·|peer|): at most 1 passes. */
   readonly worst: number;
   readonly tolerance: string;
+  /** The output with the worst agreement (rows with several outputs). */
+  readonly worstOutput?: string;
 }
 
 export type RowStatus = 'ok' | 'mismatch' | 'unavailable' | 'error';
@@ -62,6 +67,7 @@ export interface BenchRow {
   readonly name: string;
   readonly what: string;
   readonly op: BenchOp;
+  readonly pass: BenchPass;
   readonly dtype: 'f32' | 'f16';
   readonly shape: string;
   readonly status: RowStatus;
@@ -72,6 +78,8 @@ export interface BenchRow {
   readonly peer?: SideResult;
   /** What the peer computes. */
   readonly peerComputes: string;
+  /** Why the peer was skipped on this row (it failed); ours is timed alone, unchecked. */
+  readonly peerSkipped?: string;
   /** peer ms / ours ms: > 1 means visft is faster. */
   readonly ratio?: number;
   readonly check?: CheckResult;
@@ -79,7 +87,7 @@ export interface BenchRow {
   readonly repeat?: number;
 }
 
-/** Without --repeat: enough iterations for about `targetMs` of work per side, within [min, max]. */
+/** Without --repeat: enough iterations for about `targetMs` of work on the slower side, within [min, max]. */
 export interface RepeatPolicy {
   readonly targetMs: number;
   readonly min: number;
@@ -146,6 +154,24 @@ export function compareOutputs(ours: Float32Array, peer: Float32Array, t: Tolera
   return { passed: worst <= 1, maxAbsDiff, worst, tolerance };
 }
 
+/** compareOutputs over every output of a row (each scaled by its own max|peer|); the worst one counts. */
+export function compareAll(ours: readonly Float32Array[], peer: readonly Float32Array[], names: readonly string[], t: Tolerance): CheckResult {
+  if (ours.length !== peer.length) return { passed: false, maxAbsDiff: Infinity, worst: Infinity, tolerance: toleranceText(t), worstOutput: `${ours.length} outputs against ${peer.length}` };
+  let worst: CheckResult | undefined;
+  let worstOutput = '';
+  let maxAbsDiff = 0;
+  for (const [i, o] of ours.entries()) {
+    const c = compareOutputs(o, peer[i], t);
+    maxAbsDiff = Number.isNaN(c.maxAbsDiff) || Number.isNaN(maxAbsDiff) ? NaN : Math.max(maxAbsDiff, c.maxAbsDiff);
+    if (!worst || !(c.worst <= worst.worst)) {
+      worst = c;
+      worstOutput = names[i];
+    }
+  }
+  if (!worst) return { passed: true, maxAbsDiff: 0, worst: 0, tolerance: toleranceText(t) };
+  return { ...worst, maxAbsDiff, ...(ours.length > 1 ? { worstOutput } : {}) };
+}
+
 const median = (xs: readonly number[]): number => {
   const s = [...xs].sort((a, b) => a - b);
   const m = s.length >> 1;
@@ -174,22 +200,6 @@ export function unavailableReason(row: RowSpec, gpu: GpuDevice): string | undefi
   return undefined;
 }
 
-function peerOp(tf: Tf, row: RowSpec, xs: readonly Tensor[]): () => Tensor {
-  switch (row.op) {
-    case 'matmul':
-      return () => tf.matMul(xs[0], xs[1]);
-    case 'layernorm':
-      return () => {
-        const m = tf.moments(xs[0], -1, true);
-        return tf.batchNorm(xs[0], m.mean, m.variance, undefined, undefined, row.attrs.eps);
-      };
-    case 'softmax':
-      return () => tf.softmax(xs[0]);
-    case 'gelu':
-      return () => tf.mul(tf.mul(xs[0], 0.5), tf.add(1, tf.erf(tf.div(xs[0], Math.SQRT2))));
-  }
-}
-
 interface RowContext {
   readonly gpu: GpuDevice;
   readonly peer: TfjsPeer | undefined;
@@ -198,50 +208,87 @@ interface RowContext {
   readonly timestamps: boolean;
 }
 
+const rowBase = (row: RowSpec) => ({ name: row.name, what: row.what, op: row.op, pass: row.pass, dtype: row.dtype, shape: row.shapeText, rateUnit: row.work.unit, peerComputes: row.peer });
+
+/** The peer's results for a row, or why it could not give them (the device stays usable). */
+async function peerResults(ctx: RowContext, row: RowSpec, tensors: readonly Tensor[]): Promise<{ call: PeerCall; out: Float32Array[] } | { skipped: string }> {
+  const peer = ctx.peer!;
+  let call: PeerCall | undefined;
+  try {
+    call = peerCall(peer.tf, row, tensors);
+    const out = await peer.result(call.run);
+    checkUncaptured(ctx.gpu, 'tfjs');
+    return { call, out };
+  } catch (e) {
+    call?.dispose();
+    if (ctx.gpu.isLost) throw e;
+    ctx.gpu.uncapturedErrors.splice(0);
+    return { skipped: `tfjs failed on this row, so only ours ran (unchecked): ${errorMessage(e)}` };
+  }
+}
+
 async function benchRow(ctx: RowContext, row: RowSpec): Promise<BenchRow> {
-  const base = { name: row.name, what: row.what, op: row.op, dtype: row.dtype, shape: row.shapeText, rateUnit: row.work.unit, peerComputes: row.peer };
+  const base = rowBase(row);
   const unavailable = unavailableReason(row, ctx.gpu);
   if (unavailable) return { ...base, status: 'unavailable', reason: unavailable };
 
-  const { gpu, peer } = ctx;
+  const { gpu } = ctx;
   let data = rowInputData(row);
   // f16 rows: both sides get the same f16-representable values.
   if (row.dtype === 'f16') data = data.map((d) => fromF16(toF16(d)));
-  const { graph, inputs, output } = rowGraph(row);
+  const { graph, inputs, outputs } = rowGraph(row);
   const program = compileGpu(graph, gpu.target);
-  const outId = program.schedule.outputs.get(output);
-  if (outId === undefined) throw new Error(`internal: the program of ${row.name} has no output '${output}'`);
+  const outIds = outputs.map((name) => {
+    const id = program.schedule.outputs.get(name);
+    if (id === undefined) throw new Error(`internal: the program of ${row.name} has no output '${name}'`);
+    return id;
+  });
   const inputMap = new Map(inputs.map((id, i) => [id, data[i]] as const));
 
   // Correctness first: ours through the Executor, the peer once.
   const exec = await Executor.create(gpu, program.schedule.kernels, program.plan);
-  let oursOut: Float32Array;
+  let oursOut: Float32Array[];
   try {
-    oursOut = (await exec.run(inputMap, new Map(), [outId])).get(outId)!;
+    const got = await exec.run(inputMap, new Map(), outIds);
+    oursOut = outIds.map((id) => got.get(id)!);
   } finally {
     exec.destroy();
   }
-  const tensors = peer ? row.inputs.map((inp, i) => peer.tf.tensor(data[i], [...inp.shape], 'float32')) : [];
+  const tensors = ctx.peer ? row.inputs.map((inp, i) => ctx.peer!.tf.tensor(data[i], [...inp.shape], 'float32')) : [];
+  let call: PeerCall | undefined;
   try {
-    const fn = peer ? peerOp(peer.tf, row, tensors) : undefined;
     let check: CheckResult | undefined;
-    if (peer && fn) {
-      const peerOut = await peer.result(fn);
-      checkUncaptured(gpu, 'tfjs');
-      check = compareOutputs(oursOut, peerOut, row.tolerance);
-      if (!check.passed) {
-        return { ...base, status: 'mismatch', reason: `ours and the peer disagree: max |diff| ${check.maxAbsDiff.toPrecision(3)}, ${check.worst.toPrecision(3)}x the tolerance (${check.tolerance})`, check };
+    let peerSkipped: string | undefined;
+    if (ctx.peer) {
+      const r = await peerResults(ctx, row, tensors);
+      if ('skipped' in r) peerSkipped = r.skipped;
+      else {
+        call = r.call;
+        check = compareAll(oursOut, r.out, outputs, row.tolerance);
+        if (!check.passed) {
+          const where = check.worstOutput ? ` (worst in ${check.worstOutput})` : '';
+          return { ...base, status: 'mismatch', reason: `ours and the peer disagree${where}: max |diff| ${check.maxAbsDiff.toPrecision(3)}, ${check.worst.toPrecision(3)}x the tolerance (${check.tolerance})`, check };
+        }
       }
     }
+    const peer = call ? ctx.peer : undefined;
+    const fn = call?.run;
+    const skippedNote = peerSkipped ? { peerSkipped } : {};
 
     const timed = await TimedProgram.create(gpu, program, inputMap);
     try {
-      const again = await timed.output(outId);
-      if (again.length !== oursOut.length || again.some((v, i) => !Object.is(v, oursOut[i]))) {
+      const again = await timed.outputs(outIds);
+      if (again.some((a, k) => a.length !== oursOut[k].length || a.some((v, i) => !Object.is(v, oursOut[k][i])))) {
         throw new Error('the timed dispatches do not reproduce the Executor\'s output bit for bit');
       }
-      const repeat = repeatFor(ctx.repeat, await timed.warm(Math.max(1, ctx.warmup)));
-      if (peer && fn) await peer.warm(fn, Math.max(1, ctx.warmup));
+      // The slower side sets the count: about targetMs of work for it (tfjs's many-program rows can be far
+      // slower than ours, and both sides run the same count).
+      const warmup = Math.max(1, ctx.warmup);
+      const oursEstimate = await timed.warm(warmup);
+      const t0 = performance.now();
+      if (peer && fn) await peer.warm(fn, warmup);
+      const peerEstimate = peer && fn ? (performance.now() - t0) / warmup : 0;
+      const repeat = repeatFor(ctx.repeat, Math.max(oursEstimate, peerEstimate));
       // GPU timestamps, alternating ours and the peer's so that both see the same machine (load, clocks).
       const oursGpu: number[] = [];
       const peerGpu: number[] = [];
@@ -257,7 +304,7 @@ async function benchRow(ctx: RowContext, row: RowSpec): Promise<BenchRow> {
         }
       }
       const ours = side(oursGpu, await timed.wall(repeat), row, timed.kernelNames);
-      if (!peer || !fn) return { ...base, status: 'ok', ours, repeat, ...(check ? { check } : {}) };
+      if (!peer || !fn) return { ...base, status: 'ok', ours, repeat, ...skippedNote, ...(check ? { check } : {}) };
       const theirs = side(peerGpu, await peer.wall(fn, repeat), row, programs);
       checkUncaptured(gpu, 'tfjs');
       return { ...base, status: 'ok', ours, peer: theirs, ratio: theirs.ms / ours.ms, repeat, ...(check ? { check } : {}) };
@@ -265,6 +312,7 @@ async function benchRow(ctx: RowContext, row: RowSpec): Promise<BenchRow> {
       timed.destroy();
     }
   } finally {
+    call?.dispose();
     for (const t of tensors) t.dispose();
   }
 }
@@ -314,7 +362,7 @@ export async function runBench(opts: BenchOptions = {}): Promise<BenchReport> {
         r = await benchRow(ctx, row);
       } catch (e) {
         if (gpu.isLost) throw gpu.lostError(`running bench row ${row.name}`) ?? e;
-        r = { name: row.name, what: row.what, op: row.op, dtype: row.dtype, shape: row.shapeText, rateUnit: row.work.unit, peerComputes: row.peer, status: 'error', reason: errorMessage(e) };
+        r = { ...rowBase(row), status: 'error', reason: errorMessage(e) };
       }
       rows.push(r);
       opts.progress?.(progressLine(r));
@@ -348,5 +396,6 @@ export async function runBench(opts: BenchOptions = {}): Promise<BenchReport> {
 function progressLine(r: BenchRow): string {
   if (r.status !== 'ok') return `${r.name}: ${r.status}${r.reason ? ` (${r.reason})` : ''}`;
   const ratio = r.ratio !== undefined ? `, ratio ${r.ratio.toFixed(2)}` : '';
-  return `${r.name}: ours ${r.ours!.ms.toPrecision(3)} ms${r.peer ? `, peer ${r.peer.ms.toPrecision(3)} ms` : ''}${ratio}`;
+  const skipped = r.peerSkipped ? ` (${r.peerSkipped})` : '';
+  return `${r.name}: ours ${r.ours!.ms.toPrecision(3)} ms${r.peer ? `, peer ${r.peer.ms.toPrecision(3)} ms` : ''}${ratio}${skipped}`;
 }

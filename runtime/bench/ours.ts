@@ -94,28 +94,34 @@ export class TimedProgram {
     pass.end();
   }
 
-  /** Runs every kernel once and reads back value `id` (an output) as f32. */
-  async output(id: number): Promise<Float32Array> {
+  /** Runs every kernel once and reads back the values `ids` (outputs) as f32. */
+  async outputs(ids: readonly number[]): Promise<Float32Array[]> {
     this.check();
     const device = this.gpu.device;
-    const v = this.program.plan.values.get(id);
-    const p = this.program.plan.placement.get(id);
-    if (!v || !p) throw new Error(`cannot read back %${id}: the memory plan has no storage for it`);
-    const staging = device.createBuffer({ label: 'visft bench readback', size: p.size, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
+    const reads = ids.map((id) => {
+      const v = this.program.plan.values.get(id);
+      const p = this.program.plan.placement.get(id);
+      if (!v || !p) throw new Error(`cannot read back %${id}: the memory plan has no storage for it`);
+      return { v, p, staging: device.createBuffer({ label: `visft bench readback %${id}`, size: p.size, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST }) };
+    });
     try {
       await withErrorScopes(device, 'running the bench kernels', () => {
         const encoder = device.createCommandEncoder({ label: 'visft bench output' });
         this.encodePass(encoder);
-        encoder.copyBufferToBuffer(this.arenas[p.arena], p.offset, staging, 0, p.size);
+        for (const { p, staging } of reads) encoder.copyBufferToBuffer(this.arenas[p.arena], p.offset, staging, 0, p.size);
         device.queue.submit([encoder.finish()]);
       });
-      await this.gpu.whileAlive(staging.mapAsync(GPUMapMode.READ), 'reading the bench output');
-      const mapped = staging.getMappedRange().slice(0);
-      staging.unmap();
-      const n = v.dtype === 'f16' ? v.bytes / 2 : v.bytes / 4;
-      return v.dtype === 'f16' ? fromF16(new Uint16Array(mapped, 0, n)) : new Float32Array(mapped, 0, n);
+      const out: Float32Array[] = [];
+      for (const { v, staging } of reads) {
+        await this.gpu.whileAlive(staging.mapAsync(GPUMapMode.READ), 'reading the bench output');
+        const mapped = staging.getMappedRange().slice(0);
+        staging.unmap();
+        const n = v.dtype === 'f16' ? v.bytes / 2 : v.bytes / 4;
+        out.push(v.dtype === 'f16' ? fromF16(new Uint16Array(mapped, 0, n)) : new Float32Array(mapped, 0, n));
+      }
+      return out;
     } finally {
-      staging.destroy();
+      for (const r of reads) r.staging.destroy();
     }
   }
 

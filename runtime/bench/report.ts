@@ -6,6 +6,16 @@ const ms = (v: number): string => (v >= 100 ? v.toFixed(1) : v >= 1 ? v.toFixed(
 const rate = (v: number, unit: string): string => `${v >= 100 ? v.toFixed(0) : v >= 10 ? v.toFixed(1) : v.toFixed(2)} ${unit}`;
 const shortProgram = (p: string): string => p.replace(/Program$/, '');
 
+/** A peer's program list; a long one (a composition of many small ops) as counts, most frequent first. */
+function programsText(programs: readonly string[]): string {
+  const names = programs.map(shortProgram);
+  if (names.length <= 16) return names.join(' + ');
+  const counts = new Map<string, number>();
+  for (const n of names) counts.set(n, (counts.get(n) ?? 0) + 1);
+  const parts = [...counts].sort((a, b) => b[1] - a[1]).map(([n, c]) => (c > 1 ? `${n} x${c}` : n));
+  return `${names.length} programs: ${parts.join(', ')}`;
+}
+
 function table(rows: readonly string[][], align: readonly ('l' | 'r')[]): string[] {
   const widths = align.map((_, c) => Math.max(...rows.map((r) => (r[c] ?? '').length)));
   return rows.map((r) =>
@@ -20,7 +30,8 @@ function cells(r: BenchRow): string[] {
   if (r.status !== 'ok' || !r.ours) return [r.name, r.shape, r.status === 'unavailable' ? (r.reason ?? 'not available') : `${r.status.toUpperCase()}: ${r.reason ?? ''}`];
   const peerMs = r.peer ? ms(r.peer.ms) : '-';
   const ratio = r.ratio !== undefined ? `${r.ratio.toFixed(2)}x` : '-';
-  return [r.name, r.shape, ms(r.ours.ms), rate(r.ours.rate, r.rateUnit), peerMs, ratio, `${r.repeat ?? ''}`, r.check ? 'ok' : 'unchecked'];
+  const check = r.check ? 'ok' : r.peerSkipped ? 'no peer (below)' : 'unchecked';
+  return [r.name, r.shape, ms(r.ours.ms), rate(r.ours.rate, r.rateUnit), peerMs, ratio, `${r.repeat ?? ''}`, check];
 }
 
 export function formatReport(rep: BenchReport): string {
@@ -29,10 +40,11 @@ export function formatReport(rep: BenchReport): string {
   lines.push(`visft bench, ${rep.date}`);
   lines.push(`command: ${rep.command}`);
   lines.push(`device: ${d.name}${d.description && d.description !== d.name ? ` (${d.description})` : ''}, backend ${d.backend}, ${d.isFallbackAdapter ? 'FALLBACK (software) adapter: ratios on it are not speed claims' : 'hardware adapter'}`);
-  lines.push(`sizes: ${rep.sizes.size}, ${rep.sizes.tokens} tokens (${rep.sizes.reason})`);
+  const ownShapes = rep.rows.some((r) => r.op === 'attention' || r.op === 'msdeform_attn');
+  lines.push(`sizes: ${rep.sizes.size}, ${rep.sizes.tokens} tokens${ownShapes ? ' in the ViT-token rows (attention and MSDeformAttn rows: the shapes below)' : ''} (${rep.sizes.reason})`);
   const method = rep.timing.method === 'gpu-timestamps' ? 'GPU timestamps (timestamp-query, unquantised)' : 'wall clock (no timestamp-query)';
   const r = rep.timing.repeat;
-  const n = typeof r === 'number' ? `${r}` : `n (${r.min} to ${r.max} per row: about ${r.targetMs} ms of work per side)`;
+  const n = typeof r === 'number' ? `${r}` : `n (${r.min} to ${r.max} per row: about ${r.targetMs} ms of work on the slower side)`;
   lines.push(`timing: ${method}, median of ${n} iterations after ${rep.timing.warmup} warm-up`);
   lines.push('name' in rep.peer ? `peer: ${rep.peer.name} ${rep.peer.version} on the same GPUDevice` : `peer: not available (${rep.peer.unavailable})`);
   lines.push('');
@@ -43,12 +55,17 @@ export function formatReport(rep: BenchReport): string {
   lines.push(...table([header, ...ok.map(cells)], ['l', 'l', 'r', 'r', 'r', 'r', 'r', 'l']));
   if (others.length) lines.push(...table(others.map(cells), ['l', 'l', 'l']));
   lines.push('');
-  lines.push('ratio = peer ms / ours ms: > 1 means visft is faster. check: results agree within f32 tolerance before timing.');
+  lines.push('ratio = peer ms / ours ms: > 1 means visft is faster. check: results (every output) agree within f32 tolerance before timing.');
+  const skipped = rep.rows.filter((r) => r.peerSkipped);
+  if (skipped.length) {
+    lines.push('peer skipped:');
+    for (const r of skipped) lines.push(`  ${r.name}: ${r.peerSkipped}`);
+  }
 
   // What each side runs, once per distinct (op, kernels) combination.
   const seen = new Map<string, string[]>();
   for (const r of ok) {
-    const key = `ours ${r.ours!.kernels.join(' + ')}; peer ${r.peer ? r.peer.kernels.map(shortProgram).join(' + ') || '?' : '-'}`;
+    const key = `ours ${r.ours!.kernels.join(' + ')}; peer ${r.peer ? programsText(r.peer.kernels) || '?' : '-'}`;
     seen.set(key, [...(seen.get(key) ?? []), r.name]);
   }
   if (seen.size) {
@@ -57,7 +74,7 @@ export function formatReport(rep: BenchReport): string {
   }
   const computes = new Map<string, string>();
   for (const r of rep.rows) {
-    const key = r.dtype === 'f32' ? r.op : `${r.op} ${r.dtype}`;
+    const key = `${r.op}${r.pass === 'forward+backward' ? ' forward+backward' : ''}${r.dtype === 'f32' ? '' : ` ${r.dtype}`}`;
     if (!computes.has(key)) computes.set(key, r.peerComputes);
   }
   lines.push('peer computes:');

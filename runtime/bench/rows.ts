@@ -3,11 +3,14 @@
 //
 // Sizes: `full` is the real model (256 tokens: a 224 image in 14-pixel patches, no class token); `quick` is
 // 64 tokens and every feature dim / 4 (software adapters); `tiny` is 8 tokens and dims / 32 (tests only).
+// The attention and MSDeformAttn rows (rows-attention.ts) have their own shapes, per task.
 import { Builder } from '../../compiler/ir/builder.js';
 import type { Graph } from '../../compiler/ir/graph.js';
+import { compileOp } from '../../compiler/lower/op-entry.js';
+import { dimsText, numel, type BenchSize, type RowSpec, type Tolerance } from './row-types.js';
+import { attentionRows, fillLocations } from './rows-attention.js';
 
-export type BenchSize = 'full' | 'quick' | 'tiny';
-export type BenchOp = 'matmul' | 'layernorm' | 'softmax' | 'gelu';
+export type { BenchInput, BenchOp, BenchOutput, BenchPass, BenchSize, RowSpec, Tolerance } from './row-types.js';
 
 interface ModelDims {
   /** Embedding width. */
@@ -32,55 +35,20 @@ export const BENCH_SIZES: Readonly<Record<BenchSize, SizeDims>> = {
   tiny: { tokens: 8, heads: 2, evag: { dim: 44, qkv: 132, mlp: 192 }, evae: { dim: 56, qkv: 168, mlp: 480 } },
 };
 
-/** |ours − peer| ≤ atol·scale + rtol·|peer|, scale = max|peer| when `scaled` (matmul), else 1. */
-export interface Tolerance {
-  readonly atol: number;
-  readonly rtol: number;
-  readonly scaled: boolean;
-}
-
-export interface BenchInput {
-  readonly name: string;
-  readonly shape: readonly number[];
-  /** Values are uniform in [lo, hi) from a seeded generator. */
-  readonly range: readonly [number, number];
-}
-
-export interface RowSpec {
-  /** Stable name, for `--rows` (a prefix selects several: `matmul_f32`, `gelu`). */
-  readonly name: string;
-  readonly op: BenchOp;
-  readonly dtype: 'f32' | 'f16';
-  /** What the row stands for in the model. */
-  readonly what: string;
-  readonly inputs: readonly BenchInput[];
-  readonly outputShape: readonly number[];
-  readonly attrs: Readonly<Record<string, number>>;
-  /** `256x1408 @ 1408x4224`, `4096x256`. */
-  readonly shapeText: string;
-  /** Work for the rate column: FLOPs (matmul, GFLOP/s) or bytes read once and written once (GB/s). */
-  readonly work: { readonly unit: 'GFLOP/s' | 'GB/s'; readonly amount: number };
-  readonly tolerance: Tolerance;
-  /** What the peer computes, in tfjs calls. */
-  readonly peer: string;
-}
-
 export const LAYERNORM_EPS = 1e-6;
-
-const dimsText = (s: readonly number[]): string => s.join('x');
-const numel = (s: readonly number[]): number => s.reduce((a, b) => a * b, 1);
 
 function matmulRow(name: string, what: string, dtype: 'f32' | 'f16', m: number, k: number, n: number): RowSpec {
   return {
     name,
     op: 'matmul',
+    pass: 'forward',
     dtype,
     what,
     inputs: [
       { name: 'a', shape: [m, k], range: [-1, 1] },
       { name: 'b', shape: [k, n], range: [-1, 1] },
     ],
-    outputShape: [m, n],
+    outputs: [{ name: 'out', shape: [m, n] }],
     attrs: {},
     shapeText: `${m}x${k} @ ${k}x${n}`,
     work: { unit: 'GFLOP/s', amount: 2 * m * k * n },
@@ -94,10 +62,11 @@ function ewRow(name: string, op: 'layernorm' | 'softmax' | 'gelu', what: string,
   return {
     name,
     op,
+    pass: 'forward',
     dtype: 'f32',
     what,
     inputs: [{ name: 'x', shape, range }],
-    outputShape: shape,
+    outputs: [{ name: 'out', shape }],
     attrs,
     shapeText: dimsText(shape),
     work: { unit: 'GB/s', amount: 2 * numel(shape) * 4 },
@@ -132,6 +101,7 @@ export function benchRows(size: BenchSize): RowSpec[] {
     ewRow('gelu_evag', 'gelu', 'EVA-G MLP activation', [t, g.mlp], [-5, 5], { atol: 1e-5, rtol: 1e-4, scaled: false }, GELU_PEER),
     ewRow('gelu_evae', 'gelu', 'EVA-E MLP activation', [t, e.mlp], [-5, 5], { atol: 1e-5, rtol: 1e-4, scaled: false }, GELU_PEER),
   );
+  rows.push(...attentionRows(size));
   return rows;
 }
 
@@ -149,12 +119,33 @@ export function selectRows(rows: readonly RowSpec[], filters: readonly string[])
   return rows.filter((r) => filters.some((f) => r.name === f || r.name.startsWith(f)));
 }
 
-/** The one-op IR graph of a row: inputs in the row's order, one output `out`. */
-export function rowGraph(row: RowSpec, dtype: 'f32' | 'f16' = row.dtype): { graph: Graph; inputs: number[]; output: string } {
-  const b = new Builder();
-  const ins = row.inputs.map((i) => b.input(i.name, i.shape, dtype));
-  b.output('out', b.add(row.op, ins, row.attrs));
-  return { graph: b.graph, inputs: ins, output: 'out' };
+/** Rows whose graph is built as `visft compile --op NAME [--vjp]` builds it (f32 inputs, default attributes). */
+const viaCompileOp = (row: RowSpec): boolean => row.op === 'attention' || row.op === 'msdeform_attn';
+
+/**
+ * The one-op IR graph of a row: its input node ids in the row's order and its output names. Row ops are one
+ * node; attention and MSDeformAttn go through compileOp (their lowering's defaults; with --vjp for a
+ * forward+backward row: outputs `output` and `d:<input>`, the cotangent input `d:output`).
+ */
+export function rowGraph(row: RowSpec, dtype: 'f32' | 'f16' = row.dtype): { graph: Graph; inputs: number[]; outputs: string[] } {
+  if (!viaCompileOp(row)) {
+    const b = new Builder();
+    const ins = row.inputs.map((i) => b.input(i.name, i.shape, dtype));
+    b.output('out', b.add(row.op, ins, row.attrs));
+    return { graph: b.graph, inputs: ins, outputs: row.outputs.map((o) => o.name) };
+  }
+  if (dtype !== 'f32') throw new Error(`bench row ${row.name}: ${row.op} rows are f32 only`);
+  const shapes = new Map(row.inputs.filter((i) => !i.name.startsWith('d:')).map((i) => [i.name, i.shape] as const));
+  const { graph } = compileOp(row.op, shapes, row.opAttrs ?? [], row.pass === 'forward+backward');
+  const inputs = row.inputs.map((i) => {
+    const found = graph.inputs.find((g) => g.name === i.name);
+    if (!found) throw new Error(`internal: the graph of bench row ${row.name} has no input '${i.name}' (inputs: ${graph.inputs.map((g) => g.name).join(', ')})`);
+    return found.node;
+  });
+  for (const o of row.outputs) {
+    if (!graph.outputs.some((g) => g.name === o.name)) throw new Error(`internal: the graph of bench row ${row.name} has no output '${o.name}'`);
+  }
+  return { graph, inputs, outputs: row.outputs.map((o) => o.name) };
 }
 
 /** Seeded uniform values (mulberry32), the same for every run of a row. */
@@ -169,6 +160,7 @@ export function rowInputData(row: RowSpec): Float32Array[] {
     return ((z ^ (z >>> 14)) >>> 0) / 4294967296;
   };
   return row.inputs.map((i) => {
+    if (i.fill) return fillLocations(i.fill, i.shape, next);
     const out = new Float32Array(numel(i.shape));
     const [lo, hi] = i.range;
     for (let j = 0; j < out.length; j++) out[j] = lo + (hi - lo) * next();

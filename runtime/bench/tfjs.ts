@@ -18,6 +18,8 @@ import { errorMessage } from '../gpu/errors.js';
 
 export type Tf = typeof TfCore;
 export type Tensor = TfCore.Tensor;
+/** One call of the peer: the row's outputs. */
+export type PeerFn = () => Tensor[];
 
 export const TFJS_BACKEND = 'webgpu';
 
@@ -29,14 +31,14 @@ export interface TfjsPeer {
   readonly tf: Tf;
   /** Whether tf.time() reports GPU timestamps (the device has timestamp-query). */
   readonly timestamps: boolean;
-  /** Runs `fn` once and reads back its result as f32. */
-  result(fn: () => Tensor): Promise<Float32Array>;
+  /** Runs `fn` once and reads back its results as f32. */
+  result(fn: PeerFn): Promise<Float32Array[]>;
   /** Untimed calls, then waits for the GPU. */
-  warm(fn: () => Tensor, n: number): Promise<void>;
+  warm(fn: PeerFn, n: number): Promise<void>;
   /** One call under tf.time(): the sum of its programs' GPU durations, and the programs in order. */
-  timestamped(fn: () => Tensor): Promise<{ readonly ms: number; readonly programs: string[] }>;
+  timestamped(fn: PeerFn): Promise<{ readonly ms: number; readonly programs: string[] }>;
   /** `n` calls back to back, flushed and waited for: wall ms per call (includes tfjs's CPU-side work). */
-  wall(fn: () => Tensor, n: number): Promise<number>;
+  wall(fn: PeerFn, n: number): Promise<number>;
   dispose(): void;
 }
 
@@ -83,7 +85,7 @@ export async function attachTfjs(gpu: GpuDevice): Promise<TfjsPeer> {
     backend.submitQueue();
     await gpu.whileAlive(gpu.device.queue.onSubmittedWorkDone(), what);
   };
-  const once = (fn: () => Tensor): void => {
+  const once = (fn: PeerFn): void => {
     tf.tidy(() => {
       fn();
     });
@@ -95,12 +97,16 @@ export async function attachTfjs(gpu: GpuDevice): Promise<TfjsPeer> {
     tf,
     timestamps,
     async result(fn) {
-      const t = tf.tidy(fn); // intermediates (moments, ...) freed, the result kept
+      const ts = tf.tidy(fn); // intermediates (moments, ...) freed, the results kept
       try {
-        const d = await t.data();
-        return d instanceof Float32Array ? d : Float32Array.from(d as ArrayLike<number>);
+        const out: Float32Array[] = [];
+        for (const t of ts) {
+          const d = await t.data();
+          out.push(d instanceof Float32Array ? d : Float32Array.from(d as ArrayLike<number>));
+        }
+        return out;
       } finally {
-        t.dispose();
+        for (const t of ts) t.dispose();
       }
     },
     async warm(fn, n) {

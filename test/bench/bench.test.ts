@@ -7,7 +7,7 @@ import { fileURLToPath } from 'node:url';
 import { describe, test } from 'node:test';
 import { runBenchCommand } from '../../bin/commands/bench.js';
 import { UsageError } from '../../bin/commands/errors.js';
-import { compareOutputs, repeatFor, runBench, type BenchReport } from '../../runtime/bench/bench.js';
+import { compareAll, compareOutputs, repeatFor, runBench, type BenchReport } from '../../runtime/bench/bench.js';
 import { formatReport } from '../../runtime/bench/report.js';
 import { BENCH_ROW_NAMES, benchRows, rowInputData, selectRows } from '../../runtime/bench/rows.js';
 
@@ -51,6 +51,55 @@ describe('bench pieces', () => {
     assert.equal(compareOutputs(Float32Array.of(1, 0.05), Float32Array.of(1, 0), s).passed, false);
   });
 
+  test('compareAll: every output against its own scale; the worst one is named', () => {
+    const t = { atol: 1e-4, rtol: 0, scaled: true };
+    const ok = compareAll([Float32Array.of(1000, 0.05), Float32Array.of(1, 2)], [Float32Array.of(1000, 0), Float32Array.of(1, 2)], ['output', 'd:q'], t);
+    assert.equal(ok.passed, true);
+    assert.equal(ok.worstOutput, 'output');
+    // 0.05 off is within 1e-4·1000 for the first output, not within 1e-4·2 for the second.
+    const bad = compareAll([Float32Array.of(1000, 0), Float32Array.of(1, 2.05)], [Float32Array.of(1000, 0), Float32Array.of(1, 2)], ['output', 'd:q'], t);
+    assert.equal(bad.passed, false);
+    assert.equal(bad.worstOutput, 'd:q');
+    assert.ok(Math.abs(bad.maxAbsDiff - 0.05) < 1e-6);
+    assert.equal(compareAll([Float32Array.of(1)], [Float32Array.of(1), Float32Array.of(2)], ['output'], t).passed, false);
+    assert.equal(compareAll([Float32Array.of(1)], [Float32Array.of(1)], ['out'], t).worstOutput, undefined);
+  });
+
+  test('the report shows a row whose peer was skipped, and why', () => {
+    const ours = { ms: 2, wallMs: 2.5, rate: 1, kernels: ['attention_flash_f32'] };
+    const rep: BenchReport = {
+      tool: 'visft bench',
+      date: '2026-11-27T00:00:00.000Z',
+      command: 'visft bench --rows attention_vjp_evag_segmentation',
+      device: { name: 'gpu', description: '', vendor: 'v', architecture: '', backend: 'vulkan', isFallbackAdapter: false, features: [] },
+      sizes: { size: 'full', tokens: 256, reason: 'model sizes' },
+      timing: { method: 'gpu-timestamps', statistic: 'median', warmup: 3, repeat: 20 },
+      peer: { name: '@tensorflow/tfjs-backend-webgpu', version: '4.22.0', sameDevice: true },
+      rows: [
+        {
+          name: 'attention_vjp_evag_segmentation',
+          what: 'EVA-G self-attention',
+          op: 'attention',
+          pass: 'forward+backward',
+          dtype: 'f32',
+          shape: 'q,k,v 1x16x5329x88',
+          status: 'ok',
+          rateUnit: 'GFLOP/s',
+          ours,
+          peerComputes: 'composed attention',
+          peerSkipped: 'tfjs failed on this row, so only ours ran (unchecked): out of memory',
+          repeat: 20,
+        },
+      ],
+      ok: true,
+    };
+    const text = formatReport(rep);
+    assert.match(text, /attention_vjp_evag_segmentation\s+q,k,v 1x16x5329x88\s+2\.000\s.*-\s+-\s+20\s+no peer \(below\)/);
+    assert.match(text, /peer skipped:\n  attention_vjp_evag_segmentation: tfjs failed on this row, so only ours ran \(unchecked\): out of memory/);
+    assert.match(text, /attention and MSDeformAttn rows: the shapes below/);
+    assert.match(text, /^  attention forward\+backward: composed attention$/m);
+  });
+
   test('repeatFor: a fixed count, else about targetMs of work within bounds', () => {
     const p = { targetMs: 1000, min: 5, max: 50 };
     assert.equal(repeatFor(7, 1), 7);
@@ -60,7 +109,7 @@ describe('bench pieces', () => {
   });
 
   test('the command rejects unknown rows and bad --repeat before opening a device', async () => {
-    await assert.rejects(runBenchCommand({ rows: 'matmul,attention' }), (e: unknown) => e instanceof UsageError && /no bench row matches 'attention'/.test(e.message));
+    await assert.rejects(runBenchCommand({ rows: 'matmul,convolution' }), (e: unknown) => e instanceof UsageError && /no bench row matches 'convolution'/.test(e.message));
     await assert.rejects(runBenchCommand({ repeat: '0' }), (e: unknown) => e instanceof UsageError && /--repeat/.test(e.message));
     await assert.rejects(runBenchCommand({ repeat: '2.5' }), UsageError);
   });
@@ -101,8 +150,18 @@ describe('bench on the local adapter (tiny sizes)', () => {
       assert.ok(r.ours!.kernels.length >= 1 && r.ours!.kernels.every((k) => k.length > 0), `${r.name}: our kernels`);
       if (report.timing.method === 'gpu-timestamps') assert.ok(r.peer!.kernels.length >= 1, `${r.name}: peer programs`);
       assert.ok(r.ratio !== undefined && Number.isFinite(r.ratio), `${r.name}: ratio`);
-      assert.equal(r.rateUnit, r.op === 'matmul' ? 'GFLOP/s' : 'GB/s');
+      assert.equal(r.rateUnit, r.op === 'matmul' || r.op === 'attention' ? 'GFLOP/s' : 'GB/s');
+      assert.equal(r.peerSkipped, undefined, `${r.name}: the peer ran`);
+      // Forward+backward rows compare the output and every input's gradient, and run the backward's kernels.
+      if (r.pass === 'forward+backward') {
+        assert.match(r.check!.worstOutput ?? '', /^(output|d:\w+)$/, r.name);
+        assert.ok(r.ours!.kernels.length > 1, `${r.name}: forward and backward kernels`);
+      }
     }
+    assert.deepEqual(
+      report.rows.filter((r) => r.pass === 'forward+backward').map((r) => r.name),
+      BENCH_ROW_NAMES.filter((n) => /^(attention|msdeform)_vjp_/.test(n)),
+    );
     // f32 rows are never unavailable.
     assert.ok(report.rows.filter((r) => r.dtype === 'f32').every((r) => r.status === 'ok'));
   });
@@ -114,6 +173,8 @@ describe('bench on the local adapter (tiny sizes)', () => {
     for (const n of BENCH_ROW_NAMES) assert.ok(text.includes(n), n);
     assert.match(text, /ratio = peer ms \/ ours ms/);
     assert.match(text, /@tensorflow\/tfjs-backend-webgpu 4\.22\.0 on the same GPUDevice/);
+    assert.match(text, /^  attention forward\+backward: /m);
+    assert.match(text, /^  msdeform_attn: the original's grid_sample composition/m);
     if (report.device.isFallbackAdapter) assert.match(text, /FALLBACK \(software\) adapter: ratios on it are not speed claims/);
     for (const r of report.rows.filter((x) => x.status === 'unavailable')) assert.ok(text.includes(r.reason!), r.name);
     assert.deepEqual(JSON.parse(JSON.stringify(report)), report);
