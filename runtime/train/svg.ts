@@ -110,8 +110,9 @@ interface Axis {
 /** Bounds rounded out to a 1-2-5 step, about 5 ticks. */
 function linearAxis(values: number[]): Axis {
   let [lo, hi] = values.length ? extent(values) : [0, 1];
-  // A flat series (or one point): widen around it, also where 10% of it underflows.
-  if (!(hi - lo > Math.max(Math.abs(lo), Math.abs(hi)) * 1e-9)) {
+  // A flat series (or one point): widen around it, also where 10% of it underflows, and where the span is so
+  // small (subnormal) that a tick step would underflow to 0.
+  if (!(hi - lo > Math.max(Math.abs(lo), Math.abs(hi)) * 1e-9 && hi - lo > 1e-280)) {
     const pad = Math.abs(lo) > 1e-100 ? Math.abs(lo) * 0.1 : 1;
     lo -= pad;
     hi += pad;

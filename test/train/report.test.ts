@@ -274,7 +274,8 @@ test('svg: any series is well-formed and stays inside the plot (property)', () =
         assert.ok(x >= PLOT_BOX.left - 0.01 && x <= PLOT_BOX.right + 0.01 && y >= PLOT_BOX.top - 0.01 && y <= PLOT_BOX.bottom + 0.01, `point ${x},${y}`);
       }
     }),
-    { numRuns: 200 },
+    // A span of one subnormal once made the tick step underflow to 0 (found by CI): kept as an example.
+    { numRuns: 200, examples: [[[{ name: '', points: [[0, 0], [0, 5e-324]] }], false]] },
   );
 });
 
