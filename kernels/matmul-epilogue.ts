@@ -10,7 +10,7 @@ import type { FusionGroup } from '../compiler/codegen/fuse.js';
 import type { Graph, Node } from '../compiler/ir/graph.js';
 import { broadcastStrides, offsetCode } from './elementwise.js';
 import { groupExternals, KEPT_FN, memberCode } from './fused.js';
-import { matmulKernel, matmulVariant, type MatmulOutput, type MatmulVariant } from './matmul.js';
+import { DIRECT_READS, matmulKernel, matmulVariant, type MatmulOutput, type MatmulReads, type MatmulVariant } from './matmul.js';
 
 /** The epilogue as a matmul output: the group's root is written, its other externals are bound after a and b. */
 export function epilogueOutput(graph: Graph, group: FusionGroup): MatmulOutput {
@@ -45,10 +45,13 @@ export function epilogueOutput(graph: Graph, group: FusionGroup): MatmulOutput {
   };
 }
 
-/** The kernel of a fusion group with a matmul: the matmul's variant (or a forced one) with the group as epilogue. */
-export function matmulEpilogueKernel(graph: Graph, group: FusionGroup, target: Target, variant?: MatmulVariant): Kernel {
+/**
+ * The kernel of a fusion group with a matmul: the matmul's variant (or a forced one) with the group as
+ * epilogue, reading the operands `reads` marks transposed through their permutes.
+ */
+export function matmulEpilogueKernel(graph: Graph, group: FusionGroup, target: Target, variant?: MatmulVariant, reads: MatmulReads = DIRECT_READS): Kernel {
   if (group.matmul === undefined) throw new Error(`internal: fusion group %${group.root} has no matmul`);
   const mm = graph.node(group.matmul);
   const inputs = mm.inputs.map((i) => graph.node(i));
-  return matmulKernel(mm, inputs, target, variant ?? matmulVariant(mm, inputs, target), epilogueOutput(graph, group));
+  return matmulKernel(mm, inputs, target, variant ?? matmulVariant(mm, inputs, target), epilogueOutput(graph, group), reads);
 }

@@ -10,11 +10,18 @@
 // - `matmul_naive_f32`: one invocation per output element, sequential over K (problems under 2M
 //   multiply-adds, which are launch-bound, or M or N below 16 where a 64x64 tile would be mostly empty).
 // A shared right operand (a projection x [..., M, K] @ W [K, N]) folds the batch dims into M.
+// Transposed reads: an operand that is a permute of the last two dims only the matmul reads (compiler/codegen/
+// fuse.ts plans it) is not copied; the kernel binds the permute's input and indexes it transposed (b [..., K, N]
+// from storage [..., N, K], as `linear` reads W [out, in]; a [..., M, K] from [..., K, M]). The tile loads read
+// along the stored rows, the tiles hold the same values, so every variant sums in the same order as on the
+// permute's copy (bit for bit). Names gain `_at` / `_bt`. A transposed a never folds its batch into M (its
+// rows are not contiguous across the batch).
 // Every variant sums in a fixed order, so results are bitwise repeatable on one device. Each writes an output
 // element through a MatmulOutput: a plain store, or a fused elementwise epilogue (kernels/matmul-epilogue.ts)
 // evaluated on the same f32 accumulator.
 import type { Kernel, KernelGen, Target } from '../compiler/codegen/types.js';
 import { numel, type Node } from '../compiler/ir/graph.js';
+import { attrInts, normDim } from '../compiler/ir/rules/shape.js';
 import { broadcastStrides, dispatchGroups, flatKernel, groupIndexCode, kernelRule, loopBound, makeKernel, offsetCode, u32Lit } from './elementwise.js';
 import { treeReduceCode, treeWorkgroup } from './reduce.js';
 
@@ -39,18 +46,42 @@ interface MatmulDims {
   /** Per-batch offsets of a and b (elements), broadcast over the batch dims. */
   readonly aStrides: number[];
   readonly bStrides: number[];
+  /** a is read from storage [..., K, M], b from [..., N, K]. */
+  readonly transA: boolean;
+  readonly transB: boolean;
 }
 
-function dims(node: Node, inputs: readonly Node[]): MatmulDims {
+/** Which operands the kernel reads transposed through their permute (absorbed: its input is bound instead). */
+export type MatmulReads = readonly [boolean, boolean];
+export const DIRECT_READS: MatmulReads = [false, false];
+
+/** Whether a node is a permute that swaps exactly the last two dims (identity elsewhere): a transposed view. */
+export function isLastTwoSwap(n: Node): boolean {
+  if (n.op !== 'permute' || n.shape.length < 2) return false;
+  const r = n.shape.length;
+  let dims: number[];
+  try {
+    dims = attrInts(n.attrs, 'dims').map((d) => normDim(d, r));
+  } catch {
+    return false;
+  }
+  return dims.length === r && dims.every((d, i) => d === (i === r - 2 ? r - 1 : i === r - 1 ? r - 2 : i));
+}
+
+/** The suffix naming a kernel's transposed reads. */
+const readsSuffix = (d: MatmulDims): string => `${d.transA ? '_at' : ''}${d.transB ? '_bt' : ''}`;
+
+function dims(node: Node, inputs: readonly Node[], reads: MatmulReads = DIRECT_READS): MatmulDims {
   const [a, b] = inputs;
+  const [transA, transB] = reads;
   const [m, k] = a.shape.slice(-2);
   const n = b.shape[b.shape.length - 1];
   const batchShape = node.shape.slice(0, -2);
   // x [..., M, K] @ W [K, N] (a projection): b is shared by every batch and a is contiguous, so the batch dims
   // fold into M — one [batch·M, K] @ [K, N] product with full tiles instead of many thin ones.
   const contiguousA = a.shape.length - 2 === batchShape.length && a.shape.slice(0, -2).every((s, i) => s === batchShape[i]);
-  if (batchShape.length > 0 && b.shape.slice(0, -2).every((s) => s === 1) && contiguousA) {
-    return { m: numel(batchShape) * m, k, n, batchShape: [], batch: 1, aStrides: [], bStrides: [] };
+  if (batchShape.length > 0 && b.shape.slice(0, -2).every((s) => s === 1) && contiguousA && !transA) {
+    return { m: numel(batchShape) * m, k, n, batchShape: [], batch: 1, aStrides: [], bStrides: [], transA, transB };
   }
   return {
     m,
@@ -60,6 +91,8 @@ function dims(node: Node, inputs: readonly Node[]): MatmulDims {
     batch: numel(batchShape),
     aStrides: broadcastStrides(a.shape.slice(0, -2), batchShape).map((s) => s * m * k),
     bStrides: broadcastStrides(b.shape.slice(0, -2), batchShape).map((s) => s * k * n),
+    transA,
+    transB,
   };
 }
 
@@ -123,25 +156,57 @@ function assemble(out: MatmulOutput, inputs: readonly Node[], target: Target, na
   return { ...k, nodes: [...out.nodes] };
 }
 
+/**
+ * The output and operands a kernel binds when it reads some operands transposed: the permute's input (its
+ * storage) instead of the permute, which becomes one of the nodes the kernel computes.
+ */
+function bindStorage(out: MatmulOutput, inputs: readonly Node[], reads: MatmulReads): { out: MatmulOutput; inputs: Node[] } {
+  if (!reads[0] && !reads[1]) return { out, inputs: [...inputs] };
+  const bound = inputs.map((n, i) => (reads[i] ? transposedSource(n) : n));
+  const permutes = [...new Set(inputs.filter((_, i) => reads[i]).map((n) => n.id))];
+  const node: Node = { ...out.node, inputs: [...bound.map((n) => n.id), ...out.node.inputs.slice(2)] };
+  return { out: { ...out, node, nodes: [...permutes, ...out.nodes] }, inputs: bound };
+}
+
+/** The permute's input as the storage a transposed read binds (its shape: the permute's, last two dims swapped). */
+function transposedSource(p: Node): Node {
+  if (!isLastTwoSwap(p)) throw new Error(`internal: matmul operand %${p.id} (${p.op}) is read transposed but is not a permute of the last two dims`);
+  const r = p.shape.length;
+  return { ...p, id: p.inputs[0], op: 'input', inputs: [], attrs: {}, shape: [...p.shape.slice(0, -2), p.shape[r - 1], p.shape[r - 2]] };
+}
+
 /** WGSL declaring `oa`, `ob` (the batch's offsets into a and b) from the batch index `bi`. */
 function batchOffsets(d: MatmulDims, indent: string): string {
   return offsetCode(d.batchShape, [d.aStrides, d.bStrides], ['oa', 'ob'], 'bi', indent);
 }
 
+/**
+ * WGSL for the start of output (row, col)'s dot product (`ar`, `bc`, from the batch offsets) and its k-th terms
+ * (a[row, t], b[t, col]) in either layout.
+ */
+function dotOperands(d: MatmulDims, t: string, indent: string): { setup: string; a: string; b: string } {
+  const setup = [d.transA ? 'let ar = oa + row;' : `let ar = oa + row * ${u32Lit(d.k)};`, d.transB ? `let bc = ob + col * ${u32Lit(d.k)};` : 'let bc = ob + col;'];
+  return {
+    setup: setup.map((l) => indent + l).join('\n'),
+    a: d.transA ? `in_0[ar + ${t} * ${u32Lit(d.m)}]` : `in_0[ar + ${t}]`,
+    b: d.transB ? `in_1[bc + ${t}]` : `in_1[bc + ${t} * ${u32Lit(d.n)}]`,
+  };
+}
+
 function naive(out: MatmulOutput, inputs: readonly Node[], target: Target, d: MatmulDims): Kernel {
   const store = out.store('acc', 'i');
+  const dot = dotOperands(d, 't', '    ');
   const body = `    let col = i % ${u32Lit(d.n)};
     let row = (i / ${u32Lit(d.n)}) % ${u32Lit(d.m)};
     let bi = i / ${u32Lit(d.m * d.n)};
 ${batchOffsets(d, '    ')}
-    let ar = oa + row * ${u32Lit(d.k)};
-    let bc = ob + col;
+${dot.setup}
     var acc = 0.0f;
     for (var t = 0u; t < ${loopBound(d.k, target)}; t++) {
-      acc = fma(in_0[ar + t], in_1[bc + t * ${u32Lit(d.n)}], acc);
+      acc = fma(${dot.a}, ${dot.b}, acc);
     }
     ${store.length === 1 ? store[0] : storeBlock(store, '    ')}`;
-  const k = flatKernel(out.node, [...inputs, ...out.extra], target, `matmul_naive_f32${out.suffix}`.slice(0, 96), body, { lib: out.lib, helpers: out.helpers });
+  const k = flatKernel(out.node, [...inputs, ...out.extra], target, `matmul_naive_f32${readsSuffix(d)}${out.suffix}`.slice(0, 96), body, { lib: out.lib, helpers: out.helpers });
   return { ...k, nodes: [...out.nodes] };
 }
 
@@ -149,6 +214,7 @@ function splitK(out: MatmulOutput, inputs: readonly Node[], target: Target, d: M
   const wg = treeWorkgroup(target, 64);
   const outs = d.batch * d.m * d.n;
   const dispatch = dispatchGroups(outs, target);
+  const dot = dotOperands(d, 't', '    ');
   const main = `var<workgroup> part: array<f32, ${wg}>;
 
 @compute @workgroup_size(${wg}, 1, 1)
@@ -158,21 +224,34 @@ ${groupIndexCode('i', outs, dispatch)}
     let row = (i / ${u32Lit(d.n)}) % ${u32Lit(d.m)};
     let bi = i / ${u32Lit(d.m * d.n)};
 ${batchOffsets(d, '    ')}
-    let ar = oa + row * ${u32Lit(d.k)};
-    let bc = ob + col;
+${dot.setup}
     var acc = 0.0f;
     for (var t = lid; t < ${u32Lit(d.k)}; t += ${u32Lit(wg)}) {
-      acc = fma(in_0[ar + t], in_1[bc + t * ${u32Lit(d.n)}], acc);
+      acc = fma(${dot.a}, ${dot.b}, acc);
     }
     part[lid] = acc;
 ${treeReduceCode('part', wg, (a, b) => `${a} + ${b}`, target)}
     if (lid == 0u) ${storeBlock(out.store('part[0]', 'i'), '    ')}
 }`;
-  return assemble(out, inputs, target, 'matmul_splitk_f32', { body: main, workgroupSize: [wg, 1, 1], dispatch });
+  return assemble(out, inputs, target, `matmul_splitk_f32${readsSuffix(d)}`, { body: main, workgroupSize: [wg, 1, 1], dispatch });
 }
 
-function tiled(out: MatmulOutput, inputs: readonly Node[], target: Target, d: MatmulDims): Kernel {
-  const id = out.nodes[0]; // the matmul
+/**
+ * The tile loads of one k step (invocation `l` of 1024 elements per tile): element (ar, ac) of the A tile and
+ * (br, bc) of the B tile, consecutive invocations on consecutive addresses of the stored layout.
+ */
+function tileLoads(d: MatmulDims): string {
+  const [M, N, K, T, TKl] = [u32Lit(d.m), u32Lit(d.n), u32Lit(d.k), u32Lit(TILE), u32Lit(TK)];
+  const a = d.transA
+    ? [`let ar = l % ${T};`, `let ac = l / ${T};`, `var va = 0.0f;`, `if (m0 + ar < ${M} && k0 + ac < ${K}) { va = in_0[oa + (k0 + ac) * ${M} + m0 + ar]; }`]
+    : [`let ar = l / ${TKl};`, `let ac = l % ${TKl};`, `var va = 0.0f;`, `if (m0 + ar < ${M} && k0 + ac < ${K}) { va = in_0[oa + (m0 + ar) * ${K} + k0 + ac]; }`];
+  const b = d.transB
+    ? [`let bc = l / ${TKl};`, `let br = l % ${TKl};`, `var vb = 0.0f;`, `if (k0 + br < ${K} && n0 + bc < ${N}) { vb = in_1[ob + (n0 + bc) * ${K} + k0 + br]; }`]
+    : [`let br = l / ${T};`, `let bc = l % ${T};`, `var vb = 0.0f;`, `if (k0 + br < ${K} && n0 + bc < ${N}) { vb = in_1[ob + (k0 + br) * ${N} + n0 + bc]; }`];
+  return [...a, `tile_a[ac * ${T} + ar] = va;`, ...b, `tile_b[br * ${T} + bc] = vb;`].map((l) => `      ${l}`).join('\n');
+}
+
+function tiled(out: MatmulOutput, inputs: readonly Node[], target: Target, d: MatmulDims, id: number): Kernel {
   if (!tiledFits(target)) {
     const L = target.limits;
     throw new Error(`matmul %${id}: the 64x64 tile needs 256 invocations and 8 KiB of workgroup memory; target '${target.name}' allows ${L.maxComputeInvocationsPerWorkgroup} and ${L.maxComputeWorkgroupStorageSize} bytes`);
@@ -209,16 +288,7 @@ ${batchOffsets(d, '  ')}
     // A tile as [TK][TILE] (k-major), B tile as [TK][TILE]; zeros outside the matrices.
     for (var q = 0u; q < ${u32Lit(loads)}; q++) {
       let l = lid + q * ${u32Lit(THREADS * THREADS)};
-      let ar = l / ${u32Lit(TK)};
-      let ac = l % ${u32Lit(TK)};
-      var va = 0.0f;
-      if (m0 + ar < ${M} && k0 + ac < ${K}) { va = in_0[oa + (m0 + ar) * ${K} + k0 + ac]; }
-      tile_a[ac * ${T} + ar] = va;
-      let br = l / ${T};
-      let bc = l % ${T};
-      var vb = 0.0f;
-      if (k0 + br < ${K} && n0 + bc < ${N}) { vb = in_1[ob + (k0 + br) * ${N} + n0 + bc]; }
-      tile_b[br * ${T} + bc] = vb;
+${tileLoads(d)}
     }
     workgroupBarrier();
     for (var kk = 0u; kk < ${loopBound(TK, target)}; kk++) {
@@ -242,22 +312,32 @@ ${batchOffsets(d, '  ')}
     }
   }
 }`;
-  return assemble(out, inputs, target, 'matmul_tiled_f32', { body: main, workgroupSize: [THREADS, THREADS, 1], dispatch: [tilesN, gy, gz] });
+  return assemble(out, inputs, target, `matmul_tiled_f32${readsSuffix(d)}`, { body: main, workgroupSize: [THREADS, THREADS, 1], dispatch: [tilesN, gy, gz] });
 }
 
 /**
  * The matmul kernel of a given variant (tests force each one); the rule picks matmulVariant's. `out` is how
- * it stores each element (default: the product itself).
+ * it stores each element (default: the product itself). `reads` marks operands that are permutes of the last
+ * two dims to read transposed from the permute's input (the variant is still the one of the permuted shapes,
+ * so the summation order is the permute + matmul path's).
  */
-export function matmulKernel(node: Node, inputs: readonly Node[], target: Target, variant: MatmulVariant = matmulVariant(node, inputs, target), out: MatmulOutput = plainOutput(node)): Kernel {
-  const d = dims(node, inputs);
+export function matmulKernel(
+  node: Node,
+  inputs: readonly Node[],
+  target: Target,
+  variant: MatmulVariant = matmulVariant(node, inputs, target),
+  out: MatmulOutput = plainOutput(node),
+  reads: MatmulReads = DIRECT_READS,
+): Kernel {
+  const d = dims(node, inputs, reads);
+  const bound = bindStorage(out, inputs, reads);
   switch (variant) {
     case 'tiled':
-      return tiled(out, inputs, target, d);
+      return tiled(bound.out, bound.inputs, target, d, node.id);
     case 'splitk':
-      return splitK(out, inputs, target, d);
+      return splitK(bound.out, bound.inputs, target, d);
     case 'naive':
-      return naive(out, inputs, target, d);
+      return naive(bound.out, bound.inputs, target, d);
   }
 }
 

@@ -7,8 +7,13 @@
 // else reads (and that is no graph output), the group is computed by the matmul's kernel, on its f32
 // accumulator, instead of storing the product and reading it back (kernels/matmul-epilogue.ts). A single
 // elementwise node after a matmul (`linear`: matmul + bias) is such a group too.
+//
+// Transposed reads: a matmul operand that is a permute of the last two dims (W [out, in] in `linear`, kᵀ,
+// gradients gᵀ·x), read by nothing else and no graph output, is never copied: the matmul kernel binds the
+// permute's input and indexes it transposed (kernels/matmul.ts).
 import { numel, type Graph, type Node } from '../ir/graph.js';
 import { binaryExpr, unaryExpr } from '../../kernels/elementwise.js';
+import { isLastTwoSwap, type MatmulReads } from '../../kernels/matmul.js';
 
 export interface FusionGroup {
   /** The node whose value the group writes. */
@@ -85,4 +90,24 @@ export function planFusion(graph: Graph, live: ReadonlySet<number>, outputs: Rea
     groups.push(matmul === undefined ? { root: id, members: ordered } : { root: id, members: ordered, matmul });
   }
   return groups.reverse();
+}
+
+/**
+ * Matmuls (by id) that read an operand transposed, and which: each such operand is a permute of the last two
+ * dims that only that matmul reads (as one or both operands), is no graph output and has elements.
+ */
+export function planTransposedReads(graph: Graph, live: ReadonlySet<number>, outputs: ReadonlySet<number>): Map<number, MatmulReads> {
+  const readers = new Map<number, Set<number>>();
+  for (const n of graph.nodes) if (live.has(n.id)) for (const i of n.inputs) readers.set(i, (readers.get(i) ?? new Set()).add(n.id));
+  const plan = new Map<number, MatmulReads>();
+  for (const mm of graph.nodes) {
+    if (mm.op !== 'matmul' || !live.has(mm.id) || numel(mm.shape) === 0) continue;
+    const transposed = (x: number) => {
+      const p = graph.node(x);
+      return isLastTwoSwap(p) && live.has(x) && !outputs.has(x) && readers.get(x)?.size === 1 && numel(p.shape) > 0;
+    };
+    const reads: MatmulReads = [transposed(mm.inputs[0]), transposed(mm.inputs[1])];
+    if (reads[0] || reads[1]) plan.set(mm.id, reads);
+  }
+  return plan;
 }

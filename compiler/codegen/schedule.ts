@@ -1,12 +1,14 @@
 // From the IR to the kernel graph: each live node becomes a kernel from the GPU rule table (or shares its
 // input's buffer, for reshape), elementwise chains are fused (compiler/codegen/fuse.ts), into the matmul
-// that feeds them where it can (its GPU_RULES kernel with an epilogue, kernels/matmul-epilogue.ts), and the result
+// that feeds them where it can (its GPU_RULES kernel with an epilogue, kernels/matmul-epilogue.ts), a permute of
+// the last two dims that only a matmul reads is read transposed by the matmul kernel (no copy), and the result
 // lists every value that needs storage, for the memory plan.
 import { Graph, numel } from '../ir/graph.js';
 import type { GpuRule, Kernel, Target } from './types.js';
-import { planFusion } from './fuse.js';
+import { planFusion, planTransposedReads } from './fuse.js';
 import { fusedKernel } from '../../kernels/fused.js';
 import { matmulEpilogueKernel } from '../../kernels/matmul-epilogue.js';
+import { matmulKernel } from '../../kernels/matmul.js';
 
 export type ValueKind = 'input' | 'param' | 'output' | 'temp';
 
@@ -37,6 +39,8 @@ export interface ScheduleOptions {
   readonly fuse?: boolean;
   /** Fuse elementwise groups into the matmul that feeds them (default true, with `fuse`). */
   readonly epilogues?: boolean;
+  /** Matmuls read permutes of the last two dims transposed instead of a copy (default true, with `fuse`). */
+  readonly transposedReads?: boolean;
 }
 
 export function schedule(graph: Graph, target: Target, rules: { readonly [op: string]: GpuRule }, opts: ScheduleOptions = {}): Schedule {
@@ -55,6 +59,8 @@ export function schedule(graph: Graph, target: Target, rules: { readonly [op: st
   const groups = opts.fuse === false ? [] : planFusion(graph, live, outputNodes, target.limits.maxStorageBuffersPerShaderStage - 1, { epilogues: opts.epilogues });
   const groupOf = new Map(groups.map((g) => [g.root, g] as const));
   const absorbed = new Set(groups.flatMap((g) => [...g.members.filter((m) => m !== g.root), ...(g.matmul === undefined ? [] : [g.matmul])]));
+  const transposed = opts.fuse === false || opts.transposedReads === false ? new Map() : planTransposedReads(graph, live, outputNodes);
+  for (const [mm, reads] of transposed) graph.node(mm).inputs.forEach((p, i) => reads[i] && absorbed.add(p));
   // Scalar constants that only fused kernels read are inlined there as literals: no fill kernel.
   const fused = new Set(groups.flatMap((g) => g.members));
   const readers = new Map<number, number[]>();
@@ -68,7 +74,7 @@ export function schedule(graph: Graph, target: Target, rules: { readonly [op: st
     if (!live.has(node.id) || absorbed.has(node.id)) continue;
     const group = groupOf.get(node.id);
     if (group) {
-      const k = group.matmul === undefined ? fusedKernel(graph, group, target) : matmulEpilogueKernel(graph, group, target);
+      const k = group.matmul === undefined ? fusedKernel(graph, group, target) : matmulEpilogueKernel(graph, group, target, undefined, transposed.get(group.matmul));
       kernels.push({ ...k, bindings: k.bindings.map((b) => ({ ...b, value: root(b.value) })) });
       continue;
     }
@@ -80,7 +86,8 @@ export function schedule(graph: Graph, target: Target, rules: { readonly [op: st
       continue;
     }
     const inputs = node.inputs.map((i) => graph.node(i));
-    const k = rule.gen(node, inputs, target);
+    const reads = transposed.get(node.id);
+    const k = reads ? matmulKernel(node, inputs, target, undefined, undefined, reads) : rule.gen(node, inputs, target);
     // Bind the storage owners: an aliased input is read through the buffer it shares.
     kernels.push({ ...k, bindings: k.bindings.map((b) => ({ ...b, value: root(b.value) })) });
   }

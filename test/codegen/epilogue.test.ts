@@ -141,7 +141,8 @@ test('eva_tiny: every linear layer is one kernel', () => {
   assert.equal(fused.kernels.length, plain.kernels.length - matmuls);
   const mmKernels = fused.kernels.filter((k) => k.name.startsWith('matmul_'));
   assert.equal(mmKernels.length, matmuls);
-  for (const k of mmKernels) assert.match(k.name, /^matmul_\w+_f32\+add/);
+  // Each reads its weight W [out, in] transposed (no permute kernel), then the epilogue.
+  for (const k of mmKernels) assert.match(k.name, /^matmul_\w+_f32_bt\+add/);
   assert.deepEqual([...new Set(mmKernels.map((k) => k.name.split('+')[1]))].sort(), ['add', 'add_add', 'add_gelu']);
   // The gradient graph also loses kernels.
   const g = evaTiny(true);
@@ -162,7 +163,7 @@ test('visft compile writes byte-identical bundles and kernel listings twice', ()
     });
     assert.ok(outs[0].bundle.equals(outs[1].bundle), 'bundles differ');
     assert.equal(outs[0].listing, outs[1].listing);
-    assert.match(outs[0].listing, /matmul_naive_f32\+add_add /);
+    assert.match(outs[0].listing, /matmul_naive_f32_bt\+add_add /);
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

@@ -2,7 +2,9 @@
 // kernels/matmul.ts computes it (naive, split-K, 64x64 tiled), followed by an elementwise chain whose other
 // operands are parameters of shapes that broadcast into the product's (a bias [N], a column [M, 1], a
 // residual of the full shape), scalar constants, or x itself; sometimes the product or an intermediate has a
-// second reader or is an output too, so that it cannot (or the chain only partly can) be fused.
+// second reader or is an output too, so that it cannot (or the chain only partly can) be fused. Either operand
+// may be a permute of the last two dims (a transposed read, kernels/matmul.ts), sometimes also an output or read
+// by another node, so that it must stay a copy.
 import fc from 'fast-check';
 import { Builder } from '../../compiler/ir/builder.js';
 import type { Graph, Shape } from '../../compiler/ir/graph.js';
@@ -33,6 +35,12 @@ export interface EpilogueCase {
   readonly steps: readonly EpilogueStep[];
   /** 0: only the chain reads the product; 1: it is an output too; 2: another node reads it. */
   readonly product: number;
+  /**
+   * Per operand: 0 stored as used; 1 stored transposed ([..., K, M] for x, [..., N, K] for w) and permuted back;
+   * 2 as 1 with the permute also an output; 3 as 1 with the permute read by another node too.
+   */
+  readonly transA?: number;
+  readonly transB?: number;
 }
 
 export const UNARY: readonly IrOp[] = ['gelu', 'relu', 'tanh', 'sigmoid', 'neg', 'erf'];
@@ -70,6 +78,16 @@ export const epilogueCaseArb = (variants: readonly MatmulVariant[] = ['naive', '
     }).map(({ variant, dims, batchedW, steps, product }) => ({ variant, ...dims, batchedW, steps, product })),
   );
 
+/** Cases whose operands are transposed views (mostly only read by the matmul, so the permute is absorbed). */
+export const transposedCaseArb = (variants: readonly MatmulVariant[] = ['naive', 'splitk', 'tiled'], maxSteps = 4): fc.Arbitrary<EpilogueCase> =>
+  fc
+    .tuple(epilogueCaseArb(variants, maxSteps), fc.constantFrom(0, 1, 1, 1, 2, 3), fc.constantFrom(0, 1, 1, 1, 2, 3))
+    .filter(([, a, b]) => a + b > 0)
+    .map(([c, transA, transB]) => ({ ...c, transA, transB }));
+
+/** The last two dims swapped: the permute that turns a stored transposed operand into the matmul's. */
+const swapLast = (rank: number): number[] => [...Array(rank).keys()].map((d) => (d === rank - 2 ? rank - 1 : d === rank - 1 ? rank - 2 : d));
+
 const broadcasts = (x: Shape, y: Shape): boolean => {
   try {
     return broadcastShapes(x, y).join() === y.join();
@@ -86,8 +104,17 @@ export interface BuiltEpilogueCase {
 /** The graph of a case: input x, parameters w and e0, e1, ...; outputs y (the chain) and any extras. */
 export function buildEpilogueGraph(c: EpilogueCase): BuiltEpilogueCase {
   const b = new Builder();
-  const x = b.input('x', [...c.batch, c.m, c.k]);
-  const w = b.param('w', c.batchedW ? [...c.batch, c.k, c.n] : [c.k, c.n]);
+  // An operand stored transposed, permuted back: also an output (2) or also read by a `neg` (3).
+  const operand = (stored: number, mode: number | undefined, name: string) => {
+    if (!mode) return stored;
+    const p = b.add('permute', [stored], { dims: swapLast(b.shape(stored).length) });
+    if (mode === 2) b.output(`${name}_t`, p);
+    if (mode === 3) b.output(`${name}_neg`, b.add('neg', [p]));
+    return p;
+  };
+  const x = operand(b.input('x', c.transA ? [...c.batch, c.k, c.m] : [...c.batch, c.m, c.k]), c.transA, 'x');
+  const wBatch = c.batchedW ? [...c.batch] : [];
+  const w = operand(b.param('w', c.transB ? [...wBatch, c.n, c.k] : [...wBatch, c.k, c.n]), c.transB, 'w');
   const mm = b.add('matmul', [x, w]);
   const shape = b.shape(mm);
   if (c.product === 1) b.output('product', mm);
