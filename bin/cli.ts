@@ -151,6 +151,7 @@ function program(): Command {
     .option('--seed <n>', 'the run seed (initialisation, data order, dropout, task draws); default 0')
     .option('--backend <name>', 'gpu (WebGPU through Dawn) or cpu (the float64 reference; slow)', 'gpu')
     .option('--adapter <name>', 'pick the GPU adapter whose name contains this')
+    .option('--tasks <names>', 'train only these tasks (comma-separated), e.g. the caption task of a three-task pipeline')
     .option('--plan', 'print the resolved training plan as JSON and stop')
     .action(async (file: string, opts: import('./commands/train.js').TrainCliOptions) => {
       process.exitCode = await (await import('./commands/train.js')).runTrain(file, opts);

@@ -31,6 +31,7 @@ export interface TrainCliOptions {
   backend: string;
   adapter?: string;
   plan?: boolean;
+  tasks?: string;
 }
 
 const KNOWN_ERRORS = [LowerError, LocatedLowerError, ShapeError, PlanError, GpuError, DataError, CheckpointError, TrainDataError, InitError, OptimizerStateError, ParamSourceError, TrainError, WeightsFormatError, WeightMismatchError, UnsafePickleError, PickleError, ZipError];
@@ -61,14 +62,25 @@ export async function runTrain(file: string, opts: TrainCliOptions): Promise<num
   };
   try {
     const plan = trainPlan(checked, root);
+    const names = plan.stages.map((s) => s.name);
+    if (opts.stage !== 'all' && !names.includes(opts.stage)) throw new UsageError(`no stage '${opts.stage}' in ${file} (stages: ${names.join(', ')}, or all)`);
+    let run = opts.stage === 'all' ? names : [opts.stage];
+    if (opts.tasks !== undefined) {
+      // Train only these tasks: each stage keeps its listed tasks (joint stages renormalise their mix).
+      const wanted = opts.tasks.split(',').map((t) => t.trim()).filter(Boolean);
+      const known = new Set(plan.stages.flatMap((s) => s.tasks.map((t) => t.name)));
+      const unknown = wanted.filter((t) => !known.has(t));
+      if (unknown.length || !wanted.length) throw new UsageError(`--tasks: no task ${unknown.join(', ') || '(empty list)'} in ${file} (tasks: ${[...known].join(', ')})`);
+      for (const s of plan.stages) s.tasks.splice(0, s.tasks.length, ...s.tasks.filter((t) => wanted.includes(t.name)));
+      const empty = run.filter((n) => plan.stages.find((s) => s.name === n)!.tasks.length === 0);
+      if (empty.length) process.stderr.write(`visft: --tasks leaves ${empty.join(', ')} with no task; skipping ${empty.length > 1 ? 'them' : 'it'}\n`);
+      run = run.filter((n) => !empty.includes(n));
+    }
     if (opts.plan) {
-      process.stdout.write(JSON.stringify(plan, null, 2) + '\n');
+      process.stdout.write(JSON.stringify({ stages: plan.stages.filter((s) => run.includes(s.name)) }, null, 2) + '\n');
       return 0;
     }
     if (!opts.out) throw new UsageError('train needs --out DIR (where checkpoints, metrics and exports go)');
-    const names = plan.stages.map((s) => s.name);
-    if (opts.stage !== 'all' && !names.includes(opts.stage)) throw new UsageError(`no stage '${opts.stage}' in ${file} (stages: ${names.join(', ')}, or all)`);
-    const run = opts.stage === 'all' ? names : [opts.stage];
     checkTrainable(plan.stages, run);
     if (opts.backend === 'gpu') gpu = await openDevice({ adapter: opts.adapter });
     process.on('SIGINT', onSigint);

@@ -104,6 +104,8 @@ async function trainRun(opts: TrainOptions, stage: StagePlan, tasks: TaskPlan[],
     resumed = loadLatestCheckpoint(dir, (m) => opts.log(`warning: ${m}`));
   }
   if (resumed) checkSamePipeline(resumed, files, dir);
+  const then = resumed?.state.tasks as string[] | undefined;
+  if (resumed && then && then.join() !== tasks.map((t) => t.name).join()) throw new TrainError(`${dir} was trained with tasks ${then.join(', ')}, not ${tasks.map((t) => t.name).join(', ')}: resume with the same --tasks, or choose another --out`);
   if (resumed?.state.done === true && resumed.update >= total) {
     opts.log(`${label}: finished earlier (update ${resumed.update}); skipping`);
     return;
@@ -156,7 +158,7 @@ async function trainRun(opts: TrainOptions, stage: StagePlan, tasks: TaskPlan[],
         {
           weights: hostTensors(trainable, params),
           optimizer: new Map([...optimizer.stateTensors()].map(([k, v]) => [k, { dtype: 'f32', shape: [v.length], data: v } as HostTensor])),
-          state: { stage: stage.name, stage_index: stage.index, run: runName, update: state.update, total, done, seed: opts.seed, optimizer_step: optimizer.stepCount, loss_scale: scaler.state(), task_batches: state.taskBatches, pipeline: files },
+          state: { stage: stage.name, stage_index: stage.index, run: runName, update: state.update, total, done, seed: opts.seed, optimizer_step: optimizer.stepCount, loss_scale: scaler.state(), task_batches: state.taskBatches, tasks: tasks.map((t) => t.name), pipeline: files },
         },
         { protect: stage.exports.flatMap((e) => e.at) },
       );

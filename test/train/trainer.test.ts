@@ -247,3 +247,18 @@ test('fp16: AMP rounding with dynamic loss scaling backs off from an overflowing
   assert.ok(Math.abs((rows[0].loss as number) - fp32) < 1e-2 * fp32, `${rows[0].loss} vs ${fp32}`);
   assert.notEqual(rows[0].loss, fp32, 'the f16 rounding is really applied');
 });
+
+test('--tasks trains a subset of the tasks; an unknown task is a usage error', () => {
+  const out = fresh('tasks');
+  const bad = train(out, ['--tasks', 'caption_tiny,nope']);
+  assert.equal(bad.status, 2);
+  assert.match(bad.stderr, /--tasks: no task nope in .* \(tasks: caption_tiny\)/);
+  const plan = spawnSync(process.execPath, [CLI, 'train', PIPELINE, '--tasks', 'caption_tiny', '--stage', 'stage2', '--plan'], { encoding: 'utf8' });
+  assert.equal(plan.status, 0, plan.stderr);
+  const stages = (JSON.parse(plan.stdout) as { stages: { name: string; tasks: { name: string; weight: number }[] }[] }).stages;
+  assert.deepEqual(stages.map((s) => [s.name, s.tasks.map((t) => t.name)]), [['stage2', ['caption_tiny']]]);
+  const ok = train(out, ['--tasks', 'caption_tiny', '--stage', 'stage1', '--max-updates', '2']);
+  assert.equal(ok.status, 0, ok.stderr);
+  const state = JSON.parse(readFileSync(join(out, 'stage1', 'caption_tiny', 'ckpt-00000002', 'state.json'), 'utf8')) as { tasks: string[] };
+  assert.deepEqual(state.tasks, ['caption_tiny']);
+});
