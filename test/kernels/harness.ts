@@ -23,6 +23,9 @@ import { interpret } from '../../compiler/ir/interpret.js';
 import type { IrOp } from '../../compiler/ir/ops.js';
 import type { RefTensor } from '../../compiler/ir/rules/reference.js';
 import type { GpuRule, Kernel, Target } from '../../compiler/codegen/types.js';
+import { schedule, type ScheduleOptions } from '../../compiler/codegen/schedule.js';
+import { planMemory } from '../../compiler/plan/memory.js';
+import { GPU_RULES } from '../../kernels/index.js';
 
 // ---------------------------------------------------------------------------------------------- device
 
@@ -355,4 +358,23 @@ export function randomIndex(shape: readonly number[], n: number, seed: number): 
   const data = new Float32Array(numel(shape));
   for (let i = 0; i < data.length; i++) data[i] = Math.floor(rng() * n);
   return { shape: [...shape], data };
+}
+
+/** A graph scheduled for `target` with its memory plan, as the executor takes it (fusion options as schedule's). */
+export function scheduledProgram(graph: Graph, target: Target, opts: ScheduleOptions) {
+  const s = schedule(graph, target, GPU_RULES, opts);
+  return { target, schedule: s, plan: planMemory({ values: s.values, schedule: s.kernels, aliases: s.aliases }, target) };
+}
+
+/** f32 agreement of a K-long product with the reference: relative to each output's largest value (as the differential test). */
+export function matmulMismatch(expected: ReadonlyMap<string, RefTensor>, actual: ReadonlyMap<string, RefTensor>, k: number): string | undefined {
+  for (const [name, e] of expected) {
+    const a = actual.get(name)!;
+    let scale = 1e-30;
+    for (const v of e.data) if (Number.isFinite(v)) scale = Math.max(scale, Math.abs(v));
+    for (let i = 0; i < e.data.length; i++) {
+      if (!(Math.abs(e.data[i] - a.data[i]) <= 2e-6 * Math.sqrt(k) * scale + 2e-5 * Math.abs(e.data[i]))) return `${name}[${i}]: ${a.data[i]} vs ${e.data[i]} (scale ${scale})`;
+    }
+  }
+  return undefined;
 }

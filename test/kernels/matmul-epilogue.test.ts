@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import fc from 'fast-check';
 import { planFusion, type FusionGroup } from '../../compiler/codegen/fuse.js';
-import { schedule } from '../../compiler/codegen/schedule.js';
+import { schedule, type ScheduleOptions } from '../../compiler/codegen/schedule.js';
 import type { Target } from '../../compiler/codegen/types.js';
 import { Builder } from '../../compiler/ir/builder.js';
 import { numel, type Graph } from '../../compiler/ir/graph.js';
@@ -25,7 +25,7 @@ import { runGpu } from '../../runtime/run-gpu.js';
 import { buildEpilogueGraph, epilogueCaseArb } from '../codegen/matmul-graphs.js';
 import { bitwiseDifference, feeds, run } from '../passes/graphs.js';
 import { fcParams } from './core-util.js';
-import { compare, randomTensor, runGraph, runKernel, type RuleTable } from './harness.js';
+import { compare, matmulMismatch, randomTensor, runGraph, runKernel, scheduledProgram, type RuleTable } from './harness.js';
 
 let gpu: GpuDevice;
 /** The device's target with the portable binding limit, so chains meet the limit of 8. */
@@ -144,23 +144,8 @@ describe('matmul epilogues, each variant', () => {
   }
 });
 
-function program(graph: Graph, opts: { fuse?: boolean; epilogues?: boolean }) {
-  const s = schedule(graph, target, GPU_RULES, opts);
-  return { target, schedule: s, plan: planMemory({ values: s.values, schedule: s.kernels, aliases: s.aliases }, target) };
-}
-
-/** f32 agreement with the reference: relative to each output's largest value (as the differential test). */
-function mismatch(expected: ReadonlyMap<string, RefTensor>, actual: ReadonlyMap<string, RefTensor>, k: number): string | undefined {
-  for (const [name, e] of expected) {
-    const a = actual.get(name)!;
-    let scale = 1e-30;
-    for (const v of e.data) if (Number.isFinite(v)) scale = Math.max(scale, Math.abs(v));
-    for (let i = 0; i < e.data.length; i++) {
-      if (!(Math.abs(e.data[i] - a.data[i]) <= 2e-6 * Math.sqrt(k) * scale + 2e-5 * Math.abs(e.data[i]))) return `${name}[${i}]: ${a.data[i]} vs ${e.data[i]} (scale ${scale})`;
-    }
-  }
-  return undefined;
-}
+const program = (graph: Graph, opts: ScheduleOptions) => scheduledProgram(graph, target, opts);
+const mismatch = matmulMismatch;
 
 test('random matmul chains through the executor: with epilogues = without = unfused, bitwise, and = the CPU reference', async () => {
   await fc.assert(

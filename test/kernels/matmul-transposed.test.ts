@@ -24,7 +24,7 @@ import { runGpu } from '../../runtime/run-gpu.js';
 import { buildEpilogueGraph, transposedCaseArb } from '../codegen/matmul-graphs.js';
 import { bitwiseDifference, feeds, run } from '../passes/graphs.js';
 import { fcParams } from './core-util.js';
-import { compare, randomTensor, runGraph, runKernel, type RuleTable } from './harness.js';
+import { compare, matmulMismatch, randomTensor, runGraph, runKernel, scheduledProgram, type RuleTable } from './harness.js';
 
 let gpu: GpuDevice;
 let target: Target;
@@ -131,23 +131,8 @@ test('a transposed read of an operand that is not a permute of the last two dims
   assert.throws(() => matmulKernel(node, node.inputs.map((i) => b.graph.node(i)), target, 'naive', undefined, [false, true]), /%\d+ \(permute\) is read transposed but is not a permute of the last two dims/);
 });
 
-function program(graph: Graph, opts: ScheduleOptions) {
-  const s = schedule(graph, target, GPU_RULES, opts);
-  return { target, schedule: s, plan: planMemory({ values: s.values, schedule: s.kernels, aliases: s.aliases }, target) };
-}
-
-/** f32 agreement with the reference: relative to each output's largest value (as the epilogue test). */
-function mismatch(expected: ReadonlyMap<string, RefTensor>, actual: ReadonlyMap<string, RefTensor>, k: number): string | undefined {
-  for (const [name, e] of expected) {
-    const a = actual.get(name)!;
-    let scale = 1e-30;
-    for (const v of e.data) if (Number.isFinite(v)) scale = Math.max(scale, Math.abs(v));
-    for (let i = 0; i < e.data.length; i++) {
-      if (!(Math.abs(e.data[i] - a.data[i]) <= 2e-6 * Math.sqrt(k) * scale + 2e-5 * Math.abs(e.data[i]))) return `${name}[${i}]: ${a.data[i]} vs ${e.data[i]} (scale ${scale})`;
-    }
-  }
-  return undefined;
-}
+const program = (graph: Graph, opts: ScheduleOptions) => scheduledProgram(graph, target, opts);
+const mismatch = matmulMismatch;
 
 test('random graphs with transposed operands through the executor: transposed reads = copies = unfused, bitwise, and = the CPU reference', async () => {
   await fc.assert(
