@@ -378,3 +378,13 @@ export function matmulMismatch(expected: ReadonlyMap<string, RefTensor>, actual:
   }
   return undefined;
 }
+
+/** Equal bit for bit (any NaN equals any NaN). */
+export function assertBitwise(actual: Float32Array, expected: Float32Array, what: string): void {
+  const a = new Uint32Array(actual.buffer, actual.byteOffset, actual.length);
+  const e = new Uint32Array(expected.buffer, expected.byteOffset, expected.length);
+  assert.equal(a.length, e.length, `${what}: length`);
+  for (let i = 0; i < a.length; i++) {
+    if (a[i] !== e[i] && !(Number.isNaN(actual[i]) && Number.isNaN(expected[i]))) assert.fail(`${what}: element ${i} is ${actual[i]}, expected ${expected[i]} bit for bit`);
+  }
+}

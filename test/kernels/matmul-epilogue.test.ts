@@ -25,7 +25,7 @@ import { runGpu } from '../../runtime/run-gpu.js';
 import { buildEpilogueGraph, epilogueCaseArb } from '../codegen/matmul-graphs.js';
 import { bitwiseDifference, feeds, run } from '../passes/graphs.js';
 import { fcParams } from './core-util.js';
-import { compare, matmulMismatch, randomTensor, runGraph, runKernel, scheduledProgram, type RuleTable } from './harness.js';
+import { assertBitwise, compare, matmulMismatch, randomTensor, runGraph, runKernel, scheduledProgram, type RuleTable } from './harness.js';
 
 let gpu: GpuDevice;
 /** The device's target with the portable binding limit, so chains meet the limit of 8. */
@@ -38,16 +38,6 @@ after(async () => {
   await gpu?.destroy();
 });
 
-const bits = (a: Float32Array) => new Uint32Array(a.buffer, a.byteOffset, a.length);
-
-function assertBitwise(actual: Float32Array, expected: Float32Array, what: string) {
-  const a = bits(actual);
-  const e = bits(expected);
-  assert.equal(a.length, e.length, `${what}: length`);
-  for (let i = 0; i < a.length; i++) {
-    if (a[i] !== e[i] && !(Number.isNaN(actual[i]) && Number.isNaN(expected[i]))) assert.fail(`${what}: element ${i} is ${actual[i]}, expected ${expected[i]} bit for bit`);
-  }
-}
 
 type Chain = (b: Builder, mm: number, x: number, ins: (shape: number[]) => number) => number;
 

@@ -24,7 +24,7 @@ import { runGpu } from '../../runtime/run-gpu.js';
 import { buildEpilogueGraph, transposedCaseArb } from '../codegen/matmul-graphs.js';
 import { bitwiseDifference, feeds, run } from '../passes/graphs.js';
 import { fcParams } from './core-util.js';
-import { compare, matmulMismatch, randomTensor, runGraph, runKernel, scheduledProgram, type RuleTable } from './harness.js';
+import { assertBitwise, compare, matmulMismatch, randomTensor, runGraph, runKernel, scheduledProgram, type RuleTable } from './harness.js';
 
 let gpu: GpuDevice;
 let target: Target;
@@ -36,16 +36,6 @@ after(async () => {
   await gpu?.destroy();
 });
 
-const bits = (a: Float32Array) => new Uint32Array(a.buffer, a.byteOffset, a.length);
-
-function assertBitwise(actual: Float32Array, expected: Float32Array, what: string) {
-  const a = bits(actual);
-  const e = bits(expected);
-  assert.equal(a.length, e.length, `${what}: length`);
-  for (let i = 0; i < a.length; i++) {
-    if (a[i] !== e[i] && !(Number.isNaN(actual[i]) && Number.isNaN(expected[i]))) assert.fail(`${what}: element ${i} is ${actual[i]}, expected ${expected[i]} bit for bit`);
-  }
-}
 
 const swapLast = (rank: number) => [...Array(rank).keys()].map((d) => (d === rank - 2 ? rank - 1 : d === rank - 1 ? rank - 2 : d));
 const stored = (shape: number[], trans: boolean) => (trans ? [...shape.slice(0, -2), shape[shape.length - 1], shape[shape.length - 2]] : shape);
