@@ -1,10 +1,11 @@
 // Compiling an entry: a backbone or head declaration (or a bare module) of a checked pipeline, lowered for
 // given input shapes, with the stage's LoRA applied and, for --vjp, the gradients of the stage's
 // trainable parameters. Frozen parameters get no backward work (autodiff prunes them).
-import type { Decl } from '../ast.js';
+import type { Decl, Expr } from '../ast.js';
 import type { CheckResult } from '../check/index.js';
 import type { Symbol } from '../check/scope.js';
 import { unparen } from '../check/values.js';
+import { interpolate } from '../frontend/literals.js';
 import type { LoadedFile } from '../frontend/load.js';
 import { vjp } from '../autodiff/vjp.js';
 import type { DType, Graph } from '../ir/graph.js';
@@ -117,7 +118,7 @@ export function compileEntry(checked: CheckResult, root: LoadedFile, opts: Entry
     const lora = loraParams.find((l) => l.a === p.name || l.b === p.name);
     return { path: p.name, node: p.node, init: m?.init ?? (lora ? (lora.a === p.name ? 'kaiming_uniform(a: sqrt(5))' : 'zeros') : undefined), parts: m?.parts, trainable: trainable.has(p.name), lora };
   });
-  return { graph, entry: opts.entry, stage: opts.stage, params, lora: loraParams, weights: decl ? weightsSpec(decl, root) : undefined };
+  return { graph, entry: opts.entry, stage: opts.stage, params, lora: loraParams, weights: decl ? weightsSpec(decl) : undefined };
 }
 
 /** The module a backbone or head declaration instantiates, and its constant shape arguments. */
@@ -168,21 +169,27 @@ function trainableParams(graph: Graph, opts: EntryOptions, stage: ResolvedPipeli
   return out;
 }
 
-function weightsSpec(decl: Decl, root: LoadedFile): WeightsSpec | undefined {
+/**
+ * A declaration's `weights { }` block. Strings keep their `${NAME:-default}` parts (a bundle stays portable), or,
+ * given `env`, have them substituted (for reading the file now).
+ */
+export function weightsSpec(decl: Decl, env?: NodeJS.ProcessEnv): WeightsSpec | undefined {
   const w = decl.block?.entries.find((e) => e.kind === 'nested' && e.key === 'weights');
   if (!w || w.kind !== 'nested') return undefined;
   const get = (k: string) => {
     const e = w.block.entries.find((x) => x.kind === 'property' && x.key === k);
     return e?.kind === 'property' ? unparen(e.value) : undefined;
   };
+  const text = (v: Expr): string | undefined =>
+    v.kind !== 'string' ? undefined : env ? interpolate(v.parts, env) : v.parts.map((p) => (p.kind === 'text' ? p.text : `\${${p.name}${p.fallback !== undefined ? ':-' + p.fallback : ''}}`)).join('');
   const str = (k: string) => {
     const v = get(k);
-    return v?.kind === 'string' ? v.parts.map((p) => (p.kind === 'text' ? p.text : `\${${p.name}${p.fallback !== undefined ? ':-' + p.fallback : ''}}`)).join('') : undefined;
+    return v ? text(v) : undefined;
   };
   const strs = (k: string) => {
     const v = get(k);
-    return v?.kind === 'list' ? v.items.map((i) => unparen(i)).filter((i) => i.kind === 'string').map((i) => (i as { raw: string }).raw) : [];
+    const items = v?.kind === 'list' ? v.items.map(unparen) : [];
+    return items.flatMap((i) => (i.kind !== 'string' ? [] : [env ? interpolate(i.parts, env) : i.raw]));
   };
-  void root;
   return { path: str('path'), strip_prefix: str('strip_prefix'), drop: strs('drop'), allow_missing: strs('allow_missing') };
 }

@@ -100,6 +100,9 @@ const bool = (e: Expr | undefined): boolean => {
   return u?.kind === 'bool' && u.value;
 };
 
+/** A constant number, or undefined when absent or not constant. */
+const numberOf = (e: Expr | undefined): number | undefined => (e ? constNumber(e) : undefined);
+
 const numList = (e: Expr | undefined): number[] => items(e).map((x) => constNumber(x) ?? NaN);
 
 function str(e: Expr | undefined, env: NodeJS.ProcessEnv): string | undefined {
@@ -136,14 +139,14 @@ function order(stages: StagePlan[]): StagePlan[] {
 
 function stagePlan(d: Decl, index: number, scope: Scope, decl: (name: string, kind: string) => Decl, env: NodeJS.ProcessEnv): StagePlan {
   const p = props(d);
-  const num = (k: string, dflt: number) => constNumber(p.get(k) ?? ({ kind: 'error' } as Expr)) ?? dflt;
+  const num = (k: string, dflt: number) => numberOf(p.get(k)) ?? dflt;
   const dur = (e: Expr | undefined, dflt: number) => (e ? durationValue(e) ?? dflt : dflt);
   const trainsShared = items(p.get('train')).some((t) => {
     const k = scope.get(nameOf(t) ?? '')?.kind;
     return k === 'lora' || k === 'backbone';
   });
   const runs = (nameOf(p.get('runs')) as 'per_task' | 'joint' | undefined) ?? (trainsShared ? 'joint' : 'per_task');
-  const stageLr = constNumber(p.get('lr') ?? ({ kind: 'error' } as Expr));
+  const stageLr = numberOf(p.get('lr'));
   const opt = callOf(p.get('optimizer')) ?? { name: 'adamw', args: new Map<string, Expr>() };
   const betas = opt.args.has('betas') ? numList(opt.args.get('betas')) : [0.9, 0.999];
   const sched = callOf(p.get('schedule')) ?? { name: 'constant', args: new Map<string, Expr>() };
@@ -167,8 +170,8 @@ function stagePlan(d: Decl, index: number, scope: Scope, decl: (name: string, ki
     if (!on || on.kind !== 'member' || nameOf(on.object) === undefined) throw new LowerError(`head '${head}' must be bound to a backbone output (\`on BACKBONE.OUTPUT\`)`);
     const seg = on.segment;
     const loss = callOf(tp.get('loss'));
-    const batch = constNumber(over.get('batch') ?? tp.get('batch') ?? ({ kind: 'error' } as Expr));
-    const lr = constNumber(over.get('lr') ?? ({ kind: 'error' } as Expr)) ?? stageLr;
+    const batch = numberOf(over.get('batch') ?? tp.get('batch'));
+    const lr = numberOf(over.get('lr')) ?? stageLr;
     if (batch === undefined) throw new LowerError(`task '${name}' has no batch size in stage '${d.name}' (give \`batch\` in the task or in the stage's \`task ${name} { }\` block)`);
     if (lr === undefined) throw new LowerError(`task '${name}' has no learning rate in stage '${d.name}' (give \`lr\` in the stage or its task block)`);
     const updates = dur(over.get('updates'), stageUpdates);
@@ -222,21 +225,21 @@ function stagePlan(d: Decl, index: number, scope: Scope, decl: (name: string, ki
     optimizer: {
       kind: opt.name as 'adamw' | 'adam' | 'sgd',
       betas: [betas[0], betas[1]],
-      eps: constNumber(opt.args.get('eps') ?? ({ kind: 'error' } as Expr)) ?? 1e-8,
-      weightDecay: constNumber(opt.args.get('weight_decay') ?? ({ kind: 'error' } as Expr)) ?? (opt.name === 'adamw' ? 0.01 : 0),
-      momentum: constNumber(opt.args.get('momentum') ?? ({ kind: 'error' } as Expr)) ?? 0,
+      eps: numberOf(opt.args.get('eps')) ?? 1e-8,
+      weightDecay: numberOf(opt.args.get('weight_decay')) ?? (opt.name === 'adamw' ? 0.01 : 0),
+      momentum: numberOf(opt.args.get('momentum')) ?? 0,
       nesterov: bool(opt.args.get('nesterov')),
     },
-    schedule: { kind: sched.name as StagePlan['schedule']['kind'], final: constNumber(sched.args.get('final') ?? ({ kind: 'error' } as Expr)) ?? 0 },
+    schedule: { kind: sched.name as StagePlan['schedule']['kind'], final: numberOf(sched.args.get('final')) ?? 0 },
     updates: stageUpdates || Math.max(0, ...tasks.map((t) => t.updates)),
-    clip: clip ? { kind: clip.name as 'global_norm' | 'value', max: constNumber(clip.args.get(clip.name === 'value' ? 'max' : 'max_norm') ?? ({ kind: 'error' } as Expr)) ?? 1 } : { kind: 'none', max: 0 },
+    clip: clip ? { kind: clip.name as 'global_norm' | 'value', max: numberOf(clip.args.get(clip.name === 'value' ? 'max' : 'max_norm')) ?? 1 } : { kind: 'none', max: 0 },
     precision,
     lossScale:
       precision !== 'fp16'
         ? { kind: 'none', init: 1, growthInterval: 2000 }
         : ls?.name === 'fixed'
-          ? { kind: 'fixed', init: constNumber(ls.args.get('scale') ?? ({ kind: 'error' } as Expr)) ?? 1, growthInterval: 2000 }
-          : { kind: 'dynamic', init: constNumber(ls?.args.get('init') ?? ({ kind: 'error' } as Expr)) ?? 65536, growthInterval: dur(ls?.args.get('growth_interval'), 2000) },
+          ? { kind: 'fixed', init: numberOf(ls.args.get('scale')) ?? 1, growthInterval: 2000 }
+          : { kind: 'dynamic', init: numberOf(ls?.args.get('init')) ?? 65536, growthInterval: dur(ls?.args.get('growth_interval'), 2000) },
     gradientCheckpointing: bool(p.get('gradient_checkpointing')),
     seed: num('seed', 0),
     init,

@@ -1,6 +1,6 @@
-// A small seeded PRNG for the demo data: the same seed gives the same bytes on every machine and Node version
-// (Math.random cannot be seeded). Each part of the demo draws from its own stream so that changing one part
-// (say, the number of COCO images) leaves the others unchanged.
+// The project's seeded PRNG (demo data, parameter init, training data order): the same seed gives the same values
+// on every machine and Node version (Math.random cannot be seeded). Each consumer draws from its own named stream
+// so that changing one (say, the number of COCO images, or adding a parameter) leaves the others unchanged.
 
 /** sfc32, seeded from (seed, stream) through a string hash; 32-bit state words, no floating-point state. */
 export class Rng {
@@ -38,6 +38,12 @@ export class Rng {
   /** Uniform in [0, 1). */
   next(): number {
     return this.nextU32() / 0x100000000;
+  }
+
+  /** Standard normal (Box–Muller). */
+  normal(): number {
+    const u = 1 - this.next();
+    return Math.sqrt(-2 * Math.log(u)) * Math.cos(2 * Math.PI * this.next());
   }
 
   /** Uniform integer in [lo, hi] (inclusive). */

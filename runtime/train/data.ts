@@ -4,7 +4,7 @@
 // batches a task has drawn, so a resumed run sees exactly the batches an uninterrupted run would.
 import { openCaptionDataset, type CaptionDataset } from '../data/caption.js';
 import type { TaskPlan } from '../../compiler/train/plan.js';
-import { Rng } from './init.js';
+import { Rng } from '../data/rng.js';
 
 export class TrainDataError extends Error {}
 
@@ -17,20 +17,24 @@ export interface TaskData {
   close(): void;
 }
 
-/** Positions [k·B, (k+1)·B) of the concatenated seeded epoch permutations of `size` examples. */
-export function batchIndices(seed: number, key: string, size: number, batch: number, k: number): number[] {
-  const out: number[] = [];
-  let cachedEpoch = -1;
-  let perm: Uint32Array | undefined;
-  for (let pos = k * batch; pos < (k + 1) * batch; pos++) {
-    const epoch = Math.floor(pos / size);
-    if (epoch !== cachedEpoch) {
-      perm = permutation(size, Rng.forKey(seed, `${key}/epoch${epoch}`));
-      cachedEpoch = epoch;
+/**
+ * Positions [k·B, (k+1)·B) of the concatenated seeded epoch permutations of `size` examples, as a stateful reader
+ * that keeps the last epoch's permutation (consecutive batches reuse it; any k can still be asked for).
+ */
+export function batchOrder(seed: number, key: string, size: number, batch: number): (k: number) => number[] {
+  let cached: { epoch: number; perm: Uint32Array } = { epoch: -1, perm: new Uint32Array(0) };
+  const permOf = (epoch: number) => {
+    if (cached.epoch !== epoch) cached = { epoch, perm: permutation(size, new Rng(seed, `${key}/epoch${epoch}`)) };
+    return cached.perm;
+  };
+  return (k) => {
+    const out: number[] = [];
+    for (let pos = k * batch; pos < (k + 1) * batch; pos++) {
+      const epoch = Math.floor(pos / size);
+      out.push(permOf(epoch)[pos - epoch * size]);
     }
-    out.push(perm![pos - epoch * size]);
-  }
-  return out;
+    return out;
+  };
 }
 
 function permutation(n: number, rng: Rng): Uint32Array {
@@ -91,13 +95,14 @@ export async function openTaskData(task: TaskPlan, imageSide: number, seed: numb
     mean: ds.mean,
     std: ds.std,
   });
+  const order = batchOrder(seed, task.name, caption.size, task.batch);
   const [C, h, w] = caption.imageShape;
   if (C !== 3) throw new TrainDataError(`task '${task.name}': images have ${C} channels, the backbone takes 3`);
   return {
     size: caption.size,
     vocab: caption.vocab,
     batch(k) {
-      const idx = batchIndices(seed, task.name, caption.size, task.batch, k);
+      const idx = order(k);
       const b = caption.batch(idx);
       return new Map([
         ['image', resizeBilinear(b.image, idx.length, 3, h, w, imageSide, imageSide)],

@@ -3,34 +3,9 @@
 // `kaiming_uniform(a)`), else PyTorch's module defaults by shape (a matrix: kaiming_uniform(a: √5), i.e.
 // U(±1/√fan_in) as nn.Linear; a vector: ones for a norm's weight, zeros otherwise). Every parameter draws from its
 // own stream keyed by (seed, name), so adding a parameter never changes another one's values.
-import { hash32 } from '../../compiler/ir/rules/reference-core.js';
+import { Rng } from '../data/rng.js';
 
 export class InitError extends Error {}
-
-/** A small counter-based generator (splitmix32 over a 32-bit state): deterministic on every platform. */
-export class Rng {
-  private state: number;
-  constructor(seed: number) {
-    this.state = seed >>> 0;
-  }
-  /** Uniform in [0, 1). */
-  next(): number {
-    this.state = (this.state + 0x9e3779b9) >>> 0;
-    let z = this.state;
-    z = Math.imul(z ^ (z >>> 16), 0x85ebca6b);
-    z = Math.imul(z ^ (z >>> 13), 0xc2b2ae35);
-    return ((z ^ (z >>> 16)) >>> 0) / 4294967296;
-  }
-  normal(): number {
-    const u = 1 - this.next();
-    return Math.sqrt(-2 * Math.log(u)) * Math.cos(2 * Math.PI * this.next());
-  }
-  static forKey(seed: number, key: string): Rng {
-    let h = hash32(seed >>> 0);
-    for (let i = 0; i < key.length; i++) h = hash32((h ^ key.charCodeAt(i)) >>> 0);
-    return new Rng(h);
-  }
-}
 
 const fans = (shape: readonly number[]) => {
   const receptive = shape.slice(2).reduce((a, b) => a * b, 1);
@@ -57,7 +32,7 @@ function parseCall(init: string): { name: string; args: Map<string, number> } {
 export function initParam(name: string, shape: readonly number[], init: string | undefined, seed: number): Float32Array {
   const n = shape.reduce((a, b) => a * b, 1);
   const out = new Float32Array(n);
-  const rng = Rng.forKey(seed, name);
+  const rng = new Rng(seed, name);
   const rule = init ?? (shape.length >= 2 ? 'kaiming_uniform(a: sqrt(5))' : /norm[^.]*\.weight$|\.gamma$|ln[^.]*\.weight$/.test(name) ? 'ones' : 'zeros');
   const { name: kind, args } = parseCall(rule);
   const arg = (k: string, d: number) => args.get(k) ?? d;

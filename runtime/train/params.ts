@@ -4,11 +4,10 @@
 // stage, and the run says so).
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import type { Decl, NestedBlock, Property } from '../../compiler/ast.js';
+import type { Decl } from '../../compiler/ast.js';
 import type { CheckResult } from '../../compiler/check/index.js';
-import { unparen } from '../../compiler/check/values.js';
 import type { LoadedFile } from '../../compiler/frontend/load.js';
-import { interpolate } from '../../compiler/frontend/literals.js';
+import { weightsSpec } from '../../compiler/lower/entry.js';
 import type { StepParam } from '../../compiler/train/step-graph.js';
 import type { StagePlan } from '../../compiler/train/plan.js';
 import { applyKeyRules, loadStateDict, matchWeights, readSafetensors, toFloat64, type HostTensor, type KeyRule } from '../weights/index.js';
@@ -70,28 +69,12 @@ export function initialValues(params: readonly StepParam[], opts: { checked: Che
 /** A part's `weights { path, strip_prefix, drop, allow_missing }`, with the environment substituted. */
 function weightsFile(checked: CheckResult, root: LoadedFile, part: string, env: NodeJS.ProcessEnv): { path: string; rules: KeyRule[]; allowMissing: string[] } | undefined {
   const sym = checked.scopes.get(root)?.get(part);
-  if (!sym || (sym.kind !== 'backbone' && sym.kind !== 'head')) return undefined;
-  const w = (sym.node as Decl).block?.entries.find((e): e is NestedBlock => e.kind === 'nested' && e.key === 'weights');
-  if (!w) return undefined;
-  const get = (k: string) => {
-    const e = w.block.entries.find((x): x is Property => x.kind === 'property' && x.key === k);
-    return e ? unparen(e.value) : undefined;
-  };
-  const str = (k: string) => {
-    const v = get(k);
-    return v?.kind === 'string' ? interpolate(v.parts, env) : undefined;
-  };
-  const strs = (k: string) => {
-    const v = get(k);
-    return v?.kind === 'list' ? v.items.map(unparen).flatMap((i) => (i.kind === 'string' ? [interpolate(i.parts, env)] : [])) : [];
-  };
-  const path = str('path');
-  if (!path) return undefined;
+  const spec = sym && (sym.kind === 'backbone' || sym.kind === 'head') ? weightsSpec(sym.node as Decl, env) : undefined;
+  if (!spec?.path) return undefined;
   const rules: KeyRule[] = [];
-  if (strs('drop').length) rules.push({ op: 'drop', patterns: strs('drop') });
-  const strip = str('strip_prefix');
-  if (strip) rules.push({ op: 'strip_prefix', prefix: strip });
-  return { path, rules, allowMissing: strs('allow_missing') };
+  if (spec.drop.length) rules.push({ op: 'drop', patterns: spec.drop });
+  if (spec.strip_prefix) rules.push({ op: 'strip_prefix', prefix: spec.strip_prefix });
+  return { path: spec.path, rules, allowMissing: spec.allow_missing };
 }
 
 function loadPartWeights(file: string, rules: KeyRule[], params: readonly StepParam[], allowMissing: string[], part: string): Map<string, Float32Array> {
