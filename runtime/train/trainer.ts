@@ -72,9 +72,10 @@ export async function train(opts: TrainOptions): Promise<void> {
   for (const stage of opts.stages.filter((s) => opts.run.includes(s.name))) {
     const runs = stage.runs === 'per_task' ? stage.tasks.map((t) => [t]) : [stage.tasks];
     for (const tasks of runs) await trainRun(opts, stage, tasks, metrics);
+    const rows = MetricsLog.read(join(opts.out, 'metrics.jsonl')).filter((r) => r.stage === stage.name && r.skipped !== true);
     writeLossCurve(
       join(opts.out, stage.name, 'loss.svg'),
-      stage.tasks.map((t) => ({ name: t.name, points: MetricsLog.read(join(opts.out, 'metrics.jsonl')).filter((r) => r.stage === stage.name && r.task === t.name && r.skipped !== true).map((r) => [Number(r.update), Number(r.loss)] as [number, number]) })),
+      stage.tasks.map((t) => ({ name: t.name, points: rows.filter((r) => r.task === t.name).map((r) => [Number(r.update), Number(r.loss)] as [number, number]) })),
       { title: `${stage.name}: training loss` },
     );
   }
