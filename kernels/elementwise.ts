@@ -300,8 +300,44 @@ const ERFC_B = [0.5479978322982788, -0.11944694072008133, -0.1677883118391037, 0
 // Cephes tanhf on |x| < 0.625.
 const TANH_P = [-3.33332819422e-1, 1.33314422036e-1, -5.37397155531e-2, 2.06390887954e-2, -5.70498872745e-3];
 
+/**
+ * The f32 bits of x rounded to f16 (to nearest even, subnormals, overflow to ±inf), as an f32: the
+ * reference's roundF16 on an f32 value, bit-exact with u32 operations.
+ */
+const CAST_F16 = `fn cast_f16(x: f32) -> f32 {
+  let b = bitcast<u32>(x);
+  let sign = b & 0x80000000u;
+  let a = b & 0x7fffffffu;
+  if (a >= 0x7f800000u) { return x; }
+  if (a >= 0x38800000u) {
+    // normal in f16: keep 10 of the 23 mantissa bits
+    let r = (a + 0x00000fffu + ((a >> 13u) & 1u)) & 0xffffe000u;
+    if (r > 0x477fe000u) { return bitcast<f32>(sign | 0x7f800000u); }
+    return bitcast<f32>(sign | r);
+  }
+  // f16 subnormal: a multiple of 2^-24
+  let e = i32(a >> 23u) - 127i;
+  let s = u32(-1i - e);
+  if (a < 0x00800000u || s >= 25u) { return bitcast<f32>(sign); }
+  let m = (a & 0x007fffffu) | 0x00800000u;
+  var q = m >> s;
+  let rest = m & ((1u << s) - 1u);
+  let half = 1u << (s - 1u);
+  if (rest > half || (rest == half && (q & 1u) == 1u)) { q += 1u; }
+  return bitcast<f32>(sign | bitcast<u32>(f32(q) * 5.9604644775390625e-8f));
+}`;
+
+/** Rounds the f32 to bf16 (nearest even; the carry gives ±inf on overflow), as an f32. */
+const CAST_BF16 = `fn cast_bf16(x: f32) -> f32 {
+  let b = bitcast<u32>(x);
+  if ((b & 0x7fffffffu) > 0x7f800000u) { return x; }
+  return bitcast<f32>((b + 0x00007fffu + ((b >> 16u) & 1u)) & 0xffff0000u);
+}`;
+
 /** WGSL library functions by name, with their dependencies. Emitted in this table's order. */
 const LIB: Readonly<Record<string, { readonly deps: readonly string[]; readonly code: string }>> = {
+  cast_f16: { deps: [], code: CAST_F16 },
+  cast_bf16: { deps: [], code: CAST_BF16 },
   is_nan: {
     deps: [],
     code: `fn is_nan(x: f32) -> bool {
@@ -506,55 +542,6 @@ function powFn(e: number): { code: string; lib: string[] } {
   };
 }
 
-/**
- * The f32 bits of x rounded to f16 (to nearest even, subnormals, overflow to ±inf), as an f32: the
- * reference's roundF16 on an f32 value, bit-exact with u32 operations.
- */
-const CAST_F16 = `fn cast_f16(x: f32) -> f32 {
-  let b = bitcast<u32>(x);
-  let sign = b & 0x80000000u;
-  let a = b & 0x7fffffffu;
-  if (a >= 0x7f800000u) { return x; }
-  if (a >= 0x38800000u) {
-    // normal in f16: keep 10 of the 23 mantissa bits
-    let r = (a + 0x00000fffu + ((a >> 13u) & 1u)) & 0xffffe000u;
-    if (r > 0x477fe000u) { return bitcast<f32>(sign | 0x7f800000u); }
-    return bitcast<f32>(sign | r);
-  }
-  // f16 subnormal: a multiple of 2^-24
-  let e = i32(a >> 23u) - 127i;
-  let s = u32(-1i - e);
-  if (a < 0x00800000u || s >= 25u) { return bitcast<f32>(sign); }
-  let m = (a & 0x007fffffu) | 0x00800000u;
-  var q = m >> s;
-  let rest = m & ((1u << s) - 1u);
-  let half = 1u << (s - 1u);
-  if (rest > half || (rest == half && (q & 1u) == 1u)) { q += 1u; }
-  return bitcast<f32>(sign | bitcast<u32>(f32(q) * 5.9604644775390625e-8f));
-}`;
-
-/** Rounds the f32 to bf16 (nearest even; the carry gives ±inf on overflow), as an f32. */
-const CAST_BF16 = `fn cast_bf16(x: f32) -> f32 {
-  let b = bitcast<u32>(x);
-  if ((b & 0x7fffffffu) > 0x7f800000u) { return x; }
-  return bitcast<f32>((b + 0x00007fffu + ((b >> 16u) & 1u)) & 0xffff0000u);
-}`;
-
-function castFn(dtype: DType): string {
-  switch (dtype) {
-    case 'f32':
-      return 'fn cast_f(x: f32) -> f32 { return x; }';
-    case 'i32':
-    case 'i64':
-      return 'fn cast_f(x: f32) -> f32 { return trunc(x); }';
-    case 'bool':
-      return 'fn cast_f(x: f32) -> f32 { return select(0.0f, 1.0f, (bitcast<u32>(x) & 0x7fffffffu) != 0u); }';
-    case 'f16':
-      return `${CAST_F16}\n\nfn cast_f(x: f32) -> f32 { return cast_f16(x); }`;
-    case 'bf16':
-      return `${CAST_BF16}\n\nfn cast_f(x: f32) -> f32 { return cast_bf16(x); }`;
-  }
-}
 
 const UNARY: Readonly<Record<string, Fn1>> = {
   neg: { expr: (x) => `-${x}` },
@@ -584,8 +571,26 @@ const powGen: KernelGen = (node, inputs, target) => {
   return flatKernel(node, inputs, target, 'ew_pow_f32', '    out_0[i] = pow_f(in_0[i]);', { lib: f.lib, helpers: f.code });
 };
 
+/** The conversion of `cast` on an f32 expression (integers truncate, bool is x != 0, f16/bf16 round), as an f32. */
+function castExpr(dtype: DType, x: string): { expr: string; lib: readonly string[] } {
+  switch (dtype) {
+    case 'f32':
+      return { expr: x, lib: [] };
+    case 'i32':
+    case 'i64':
+      return { expr: `trunc(${x})`, lib: [] };
+    case 'bool':
+      return { expr: `select(0.0f, 1.0f, (bitcast<u32>(${x}) & 0x7fffffffu) != 0u)`, lib: [] };
+    case 'f16':
+      return { expr: `cast_f16(${x})`, lib: ['cast_f16'] };
+    case 'bf16':
+      return { expr: `cast_bf16(${x})`, lib: ['cast_bf16'] };
+  }
+}
+
 const castGen: KernelGen = (node, inputs, target) => {
-  return flatKernel(node, inputs, target, `ew_cast_${node.dtype}_f32`, '    out_0[i] = cast_f(in_0[i]);', { helpers: castFn(node.dtype) });
+  const c = castExpr(node.dtype, 'in_0[i]');
+  return flatKernel(node, inputs, target, `ew_cast_${node.dtype}_f32`, `    out_0[i] = ${c.expr};`, { lib: c.lib });
 };
 
 /**
@@ -682,6 +687,15 @@ export function unaryExpr(op: string, x: string): { expr: string; lib: readonly 
 export function binaryExpr(op: string, a: string, b: string): { expr: string; lib: readonly string[] } | undefined {
   const f = BINARY[op];
   return f ? { expr: f.expr(a, b), lib: f.lib ?? [] } : undefined;
+}
+/**
+ * The WGSL expression of an elementwise node on its arguments' expressions, or undefined when it cannot be
+ * inlined (a fused kernel computes it): the unary and binary ops, and `cast` by its dtype.
+ */
+export function inlineExpr(node: Pick<Node, 'op' | 'dtype'>, args: readonly string[]): { expr: string; lib: readonly string[] } | undefined {
+  if (node.op === 'cast') return args.length === 1 ? castExpr(node.dtype, args[0]) : undefined;
+  if (args.length === 1) return unaryExpr(node.op, args[0]);
+  return args.length === 2 ? binaryExpr(node.op, args[0], args[1]) : undefined;
 }
 /** The WGSL of library functions by name (with dependencies), for generators that build modules themselves. */
 export function wgslLib(names: readonly string[]): string {

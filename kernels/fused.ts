@@ -11,7 +11,7 @@ import type { Kernel, Target } from '../compiler/codegen/types.js';
 import { isScalarConst, type FusionGroup } from '../compiler/codegen/fuse.js';
 import type { Graph, Node } from '../compiler/ir/graph.js';
 import { attrNum } from '../compiler/ir/rules/shape.js';
-import { binaryExpr, broadcastStrides, f32Lit, flatKernel, offsetCode, unaryExpr } from './elementwise.js';
+import { broadcastStrides, f32Lit, flatKernel, inlineExpr, offsetCode } from './elementwise.js';
 
 /** The nodes a group reads from memory, in first-use order: members' inputs that are not members, constants or `skip`. */
 export function groupExternals(graph: Graph, group: FusionGroup, skip?: number): number[] {
@@ -59,11 +59,11 @@ export function memberCode(graph: Graph, group: FusionGroup, external: (id: numb
   const ops: string[] = [];
   for (const m of group.members) {
     const n = graph.node(m);
-    const e = n.inputs.length === 1 ? unaryExpr(n.op, ref(n.inputs[0])) : binaryExpr(n.op, ref(n.inputs[0]), ref(n.inputs[1]));
+    const e = inlineExpr(n, n.inputs.map(ref));
     if (!e) throw new Error(`internal: ${n.op} cannot be fused`);
     e.lib.forEach((l) => lib.add(l));
     lines.push(`let v${local.get(m)} = ${m === group.root ? e.expr : `kept(${e.expr})`};`);
-    ops.push(n.op);
+    ops.push(n.op === 'cast' ? `cast_${n.dtype}` : n.op);
   }
   return { lines, value: `v${local.get(group.root)}`, lib: [...lib], ops };
 }

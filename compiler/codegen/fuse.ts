@@ -12,7 +12,7 @@
 // gradients gᵀ·x), read by nothing else and no graph output, is never copied: the matmul kernel binds the
 // permute's input and indexes it transposed (kernels/matmul.ts).
 import { numel, type Graph, type Node } from '../ir/graph.js';
-import { binaryExpr, unaryExpr } from '../../kernels/elementwise.js';
+import { inlineExpr } from '../../kernels/elementwise.js';
 import { isLastTwoSwap, type MatmulReads } from '../../kernels/matmul.js';
 
 export interface FusionGroup {
@@ -26,7 +26,7 @@ export interface FusionGroup {
 
 /** Whether the fused-kernel generator can express the op inline. */
 export function isInlineElementwise(n: Node): boolean {
-  return n.inputs.length === 1 ? unaryExpr(n.op, 'x') !== undefined : n.inputs.length === 2 && binaryExpr(n.op, 'a', 'b') !== undefined;
+  return inlineExpr(n, n.inputs.map((_, k) => `a${k}`)) !== undefined;
 }
 
 export const isScalarConst = (n: Node): boolean => n.op === 'full' && numel(n.shape) === 1;

@@ -9,6 +9,8 @@ import { planFusion, planTransposedReads } from './fuse.js';
 import { fusedKernel } from '../../kernels/fused.js';
 import { matmulEpilogueKernel } from '../../kernels/matmul-epilogue.js';
 import { matmulKernel } from '../../kernels/matmul.js';
+import { halfStorageKernel } from '../../kernels/half-storage.js';
+import { halfBindings, planHalfStorage } from './half.js';
 
 export type ValueKind = 'input' | 'param' | 'output' | 'temp';
 
@@ -19,6 +21,8 @@ export interface ValueInfo {
   /** The input, parameter or output name. */
   readonly name?: string;
   readonly shape: readonly number[];
+  /** Element type in storage: f16 where compiler/codegen/half.ts allows it. */
+  readonly dtype: 'f32' | 'f16';
 }
 
 export interface Schedule {
@@ -31,8 +35,8 @@ export interface Schedule {
   readonly outputs: Map<string, number>;
 }
 
-/** Bytes of a value's storage: f32 elements (at least one, so a binding is never empty). */
-export const valueBytes = (shape: readonly number[]): number => Math.max(1, numel(shape)) * 4;
+/** Bytes of a value's storage: f32 (or f16) elements, at least one, so a binding is never empty. */
+export const valueBytes = (shape: readonly number[], dtype: 'f32' | 'f16' = 'f32'): number => Math.max(1, numel(shape)) * (dtype === 'f16' ? 2 : 4);
 
 export interface ScheduleOptions {
   /** Fuse elementwise chains and matmul epilogues (default true); off gives one kernel per node, for fused = unfused tests. */
@@ -41,6 +45,8 @@ export interface ScheduleOptions {
   readonly epilogues?: boolean;
   /** Matmuls read permutes of the last two dims transposed instead of a copy (default true, with `fuse`). */
   readonly transposedReads?: boolean;
+  /** Store exact-f16 values as f16 where the target has shader-f16 (default true; compiler/codegen/half.ts). */
+  readonly halfStorage?: boolean;
 }
 
 export function schedule(graph: Graph, target: Target, rules: { readonly [op: string]: GpuRule }, opts: ScheduleOptions = {}): Schedule {
@@ -115,8 +121,14 @@ export function schedule(graph: Graph, target: Target, rules: { readonly [op: st
   for (const i of graph.inputs) ids.add(i.node);
   for (const p of graph.params) ids.add(p.node);
   const shapeOf = (id: number): readonly number[] => copies.get(id) ?? graph.node(id).shape;
-  const values = [...ids].sort((a, b) => a - b).map((id) => ({ id, bytes: valueBytes(shapeOf(id)), kind: kinds.get(id) ?? 'temp', name: names.get(id), shape: [...shapeOf(id)] }));
-  return { kernels, values, aliases, outputs };
+  const stored = [...ids].sort((a, b) => a - b).map((id) => ({ id, kind: kinds.get(id) ?? 'temp' }));
+  const half = opts.halfStorage === false ? new Set<number>() : planHalfStorage(graph, stored, kernels, target);
+  const marks = halfBindings(kernels, half);
+  const values = stored.map(({ id, kind }) => {
+    const dtype = half.has(id) ? ('f16' as const) : ('f32' as const);
+    return { id, bytes: valueBytes(shapeOf(id), dtype), kind, name: names.get(id), shape: [...shapeOf(id)], dtype };
+  });
+  return { kernels: kernels.map((k, i) => halfStorageKernel(k, marks[i])), values, aliases, outputs };
 }
 
 /** A plain copy, for outputs that would otherwise share storage with an input, parameter or another output. */
@@ -127,12 +139,12 @@ function copyKernel(from: number, to: number, elements: number, target: Target):
   const y = Math.ceil(groups / x);
   return {
     name: 'copy_f32',
-    wgsl: `@group(0) @binding(0) var<storage, read> src: array<f32>;
-@group(0) @binding(1) var<storage, read_write> dst: array<f32>;
+    wgsl: `@group(0) @binding(0) var<storage, read> in_0: array<f32>;
+@group(0) @binding(1) var<storage, read_write> out_0: array<f32>;
 @compute @workgroup_size(${wg})
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
   let i = gid.x + gid.y * ${x * wg}u;
-  if (i < ${elements}u) { dst[i] = src[i]; }
+  if (i < ${elements}u) { out_0[i] = in_0[i]; }
 }
 `,
     workgroupSize: [wg, 1, 1],

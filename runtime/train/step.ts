@@ -2,6 +2,8 @@
 // `gpu` runs the step's kernels through the executor (frozen parameters uploaded once, trainable ones before each
 // step); `cpu` runs the float64 reference interpreter (slow; for checking, and machines without any adapter).
 import { compileGpu } from '../../compiler/codegen/gpu.js';
+import type { ValueInfo } from '../../compiler/codegen/schedule.js';
+import { formatBytes } from '../../compiler/plan/memory.js';
 import { interpret } from '../../compiler/ir/interpret.js';
 import type { StepGraph } from '../../compiler/train/step-graph.js';
 import type { GpuDevice } from '../gpu/device.js';
@@ -14,10 +16,19 @@ export interface StepResult {
 
 export interface StepRunner {
   readonly kernels: number;
+  /** How the step's values are stored: how many are f16 and the bytes that saves (compiler/codegen/half.ts). */
+  readonly storage: string;
   /** Frozen parameters (by name), uploaded once. */
   setFrozen(values: ReadonlyMap<string, Float32Array>): void;
   run(inputs: ReadonlyMap<string, Float32Array>, trainable: ReadonlyMap<string, Float32Array>): Promise<StepResult>;
   destroy(): void;
+}
+
+function storageNote(values: readonly ValueInfo[]): string {
+  const half = values.filter((v) => v.dtype === 'f16');
+  if (half.length === 0) return 'values are held in f32 buffers (the device has no shader-f16)';
+  const saved = half.reduce((a, v) => a + v.bytes, 0);
+  return `${half.length} values stored as f16 (${formatBytes(saved)} instead of ${formatBytes(2 * saved)})`;
 }
 
 const trainableNames = (step: StepGraph) => step.params.filter((p) => p.trainable).map((p) => p.name);
@@ -38,6 +49,7 @@ export async function gpuStepRunner(gpu: GpuDevice, step: StepGraph): Promise<St
   const lossId = outId('loss');
   return {
     kernels: program.schedule.kernels.length,
+    storage: storageNote(program.schedule.values),
     setFrozen(values) {
       const m = new Map<number, Float32Array>();
       for (const [name, v] of values) if (paramId.has(name)) m.set(paramId.get(name)!, v);
@@ -65,6 +77,7 @@ export function cpuStepRunner(step: StepGraph): StepRunner {
   const names = trainableNames(step);
   return {
     kernels: 0,
+    storage: 'the cpu backend holds every value in float64',
     setFrozen(values) {
       for (const [name, v] of values) if (shapes.has(name)) frozen.set(name, f64(v, shapes.get(name)!));
     },

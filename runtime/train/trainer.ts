@@ -142,13 +142,14 @@ async function trainRun(opts: TrainOptions, stage: StagePlan, tasks: TaskPlan[],
       metrics.truncateAfter(stage.name, runName, 0);
       for (const n of init.notes) opts.log(`${label}: ${n}`);
     }
-    // What this build does not do yet, said rather than silently ignored.
-    if (stage.precision !== 'fp32') opts.log(`${label}: ${stage.precision}: matmul, attention and conv operands and results rounded to ${stage.precision === 'bf16' ? 'bf16' : 'f16'} (f32 accumulation), f32 master weights, loss scaling ${stage.lossScale.kind}; values are held in f32 buffers (f16 storage kernels are not in this build)`);
-
     for (const s of steps) {
       const r = opts.backend === 'gpu' ? await gpuStepRunner(opts.gpu!, s) : cpuStepRunner(s);
       r.setFrozen(frozen);
       runners.push(r);
+    }
+    if (stage.precision !== 'fp32') {
+      const half = stage.precision === 'bf16' ? 'bf16' : 'f16';
+      opts.log(`${label}: ${stage.precision}: matmul, attention and conv operands and results rounded to ${half} (f32 accumulation), f32 master weights, loss scaling ${stage.lossScale.kind}; ${runners.map((r) => r.storage).join('; ')}`);
     }
     opts.log(`${label}: ${total} updates, ${[...trainable.values()].reduce((a, v) => a + v.length, 0).toLocaleString('en-US')} trainable parameters, ${tasks.map((t, i) => `${t.name} batch ${t.batch}${runners[i].kernels ? ` (${runners[i].kernels} kernels)` : ''}`).join(', ')}`);
 

@@ -1,0 +1,60 @@
+// Which values are stored as f16. On a target with `shader-f16`, a value is stored in half the bytes when
+// that loses nothing and every kernel that binds it can (kernels/half-storage.ts):
+// - a value whose IR dtype is f16 (an f16 input, parameter, or a cast to f16): storing rounds it, as its dtype says;
+// - a temporary that is exactly an f16 although typed f32: autocast's round trips (cast to f16, then back to f32,
+//   compiler/passes/autocast.ts), and movement of such values (a transposed, sliced, padded, reshaped copy).
+// Autocast's operands and results of matmul, attention and conv, and the activations kept for the backward
+// pass, are such values: stored as f16, mixed precision halves their memory and the bandwidth of the kernels
+// that read them, with the same results as f32 storage (the kernels compute in f32 either way).
+// Inputs, parameters and outputs of f32 dtype keep f32 storage: the runtime exchanges them as f32.
+import type { Graph, Node } from '../ir/graph.js';
+import { roundF16 } from '../ir/rules/reference-core.js';
+import { canStoreHalf } from '../../kernels/half-storage.js';
+import type { Kernel, Target } from './types.js';
+
+/** Ops whose output holds only values of their (first) input, or a constant. */
+const MOVES = new Set(['reshape', 'permute', 'slice', 'expand', 'concat', 'pad']);
+
+/** Node ids whose values are exactly f16 numbers (in topological order, so one pass suffices). */
+export function exactHalfValues(graph: Graph): Set<number> {
+  const exact = new Set<number>();
+  const isExact = (n: Node): boolean => {
+    if (n.dtype === 'f16') return true;
+    if (n.op === 'cast') return n.dtype === 'f32' && exact.has(n.inputs[0]);
+    if (!MOVES.has(n.op) || n.inputs.length === 0 || !n.inputs.every((i) => exact.has(i))) return false;
+    if (n.op !== 'pad') return true;
+    const v = Number(n.attrs.value ?? 0);
+    return roundF16(v) === v;
+  };
+  for (const n of graph.nodes) if (isExact(n)) exact.add(n.id);
+  return exact;
+}
+
+export interface StoredValue {
+  readonly id: number;
+  readonly kind: 'input' | 'param' | 'output' | 'temp';
+}
+
+/**
+ * The stored values (by id) to keep as f16 on `target`: none without `shader-f16`. `graph` knows every value
+ * except synthetic ones (output copies, ids past its nodes), which stay f32.
+ */
+export function planHalfStorage(graph: Graph, values: readonly StoredValue[], kernels: readonly Kernel[], target: Target): Set<number> {
+  const half = new Set<number>();
+  if (!target.features.includes('shader-f16')) return half;
+  const exact = exactHalfValues(graph);
+  const boundBy = new Map<number, { kernel: Kernel; binding: number }[]>();
+  for (const kernel of kernels) kernel.bindings.forEach((b, binding) => boundBy.set(b.value, [...(boundBy.get(b.value) ?? []), { kernel, binding }]));
+  for (const v of values) {
+    if (v.id >= graph.nodes.length) continue;
+    const node = graph.node(v.id);
+    const candidate = node.dtype === 'f16' || (v.kind === 'temp' && exact.has(v.id));
+    if (candidate && (boundBy.get(v.id) ?? []).every((u) => canStoreHalf(u.kernel, u.binding))) half.add(v.id);
+  }
+  return half;
+}
+
+/** Every kernel with its half-stored bindings marked (indices into its bindings). */
+export function halfBindings(kernels: readonly Kernel[], half: ReadonlySet<number>): Set<number>[] {
+  return kernels.map((k) => new Set(k.bindings.flatMap((b, i) => (half.has(b.value) ? [i] : []))));
+}

@@ -1,0 +1,98 @@
+// f16 storage for any generated kernel: a binding whose value is stored as f16 is declared `array<f16>`, every
+// read of it is widened to f32 where it is indexed (`f32(in_2[i])`) and every store to it narrows the f32 value
+// (`out_0[i] = f16(v)`). Kernels keep computing in f32 (f32 accumulators, softmax statistics), so a value that
+// is exactly an f16 (an autocast rounding, compiler/codegen/half.ts) is stored in half the bytes with the same
+// results, and an f16 input is read as the f32 it stands for.
+//
+// This works on the finished WGSL, so every generator that names its bindings `in_<k>` / `out_0` and indexes
+// them as `name[index]` (kernels/elementwise.ts bindingDecls, used by makeKernel) gets it without knowing;
+// a kernel with other binding names (MSDeformAttn's) keeps f32 storage (canStoreHalf says so).
+import type { Kernel } from '../compiler/codegen/types.js';
+
+/** The storage binding declared at @binding(i) as `in_<k>`/`out_0: array<f32>`, or undefined. */
+function bindingName(wgsl: string, i: number): string | undefined {
+  const m = new RegExp(`@group\\(0\\) @binding\\(${i}\\) var<storage, (?:read|read_write)> (in_\\d+|out_0): array<f32>;`).exec(wgsl);
+  return m?.[1];
+}
+
+/** Whether `kernel` can bind its `binding`-th value as f16 (its WGSL declares and indexes it the standard way). */
+export function canStoreHalf(kernel: Kernel, binding: number): boolean {
+  return bindingName(kernel.wgsl, binding) !== undefined;
+}
+
+/** The index of the `]` closing the `[` at `open`. */
+function closingBracket(code: string, open: number): number {
+  let depth = 0;
+  for (let i = open; i < code.length; i++) {
+    if (code[i] === '[') depth++;
+    else if (code[i] === ']' && --depth === 0) return i;
+  }
+  throw new Error(`internal: unbalanced '[' at offset ${open} of a kernel`);
+}
+
+/** The index of the `;` ending the statement that continues at `from` (outside brackets and parentheses). */
+function statementEnd(code: string, from: number): number {
+  let depth = 0;
+  for (let i = from; i < code.length; i++) {
+    const c = code[i];
+    if (c === '(' || c === '[') depth++;
+    else if (c === ')' || c === ']') depth--;
+    else if (c === ';' && depth === 0) return i;
+  }
+  throw new Error(`internal: a store in a kernel has no ';'`);
+}
+
+/** `code` with every access to a binding in `half` converted: reads widened to f32, stores narrowed to f16. */
+export function convertAccesses(code: string, half: ReadonlySet<string>): string {
+  const access = /\b(in_\d+|out_0)\[/g;
+  let out = '';
+  let pos = 0;
+  for (;;) {
+    access.lastIndex = pos;
+    const m = access.exec(code);
+    if (!m) break;
+    const open = m.index + m[0].length - 1;
+    if (!half.has(m[1])) {
+      out += code.slice(pos, open + 1);
+      pos = open + 1;
+      continue;
+    }
+    const close = closingBracket(code, open);
+    const target = `${m[1]}[${convertAccesses(code.slice(open + 1, close), half)}]`;
+    const after = code.slice(close + 1);
+    const assign = /^\s*=(?!=)\s*/.exec(after);
+    if (assign) {
+      const rhs = close + 1 + assign[0].length;
+      const end = statementEnd(code, rhs);
+      out += `${code.slice(pos, m.index)}${target} = f16(${convertAccesses(code.slice(rhs, end), half).trim()})`;
+      pos = end;
+    } else if (/^\s*[-+*/%&|^]=/.test(after)) {
+      throw new Error(`internal: a compound assignment to ${m[1]} cannot be stored as f16`);
+    } else {
+      out += `${code.slice(pos, m.index)}f32(${target})`;
+      pos = close + 1;
+    }
+  }
+  return out + code.slice(pos);
+}
+
+/**
+ * The kernel with the bindings at `bindings` (indices into kernel.bindings) stored as f16: declarations,
+ * accesses, `enable f16;`, and `_f16io` appended to its name. Unchanged when `bindings` is empty.
+ */
+export function halfStorageKernel(kernel: Kernel, bindings: ReadonlySet<number>): Kernel {
+  if (bindings.size === 0) return kernel;
+  const names = new Set<string>();
+  let wgsl = kernel.wgsl;
+  for (const i of [...bindings].sort((a, b) => a - b)) {
+    const name = bindingName(wgsl, i);
+    if (!name) throw new Error(`internal: kernel ${kernel.name} cannot store binding ${i} as f16`);
+    names.add(name);
+    wgsl = wgsl.replace(`> ${name}: array<f32>;`, `> ${name}: array<f16>;`);
+  }
+  // Declarations end at the last binding line; convert the code after it.
+  const declEnd = wgsl.lastIndexOf('@group(0) @binding(');
+  const split = wgsl.indexOf('\n', declEnd) + 1;
+  const body = convertAccesses(wgsl.slice(split), names);
+  return { ...kernel, name: `${kernel.name}_f16io`, wgsl: `enable f16;\n${wgsl.slice(0, split)}${body}` };
+}
