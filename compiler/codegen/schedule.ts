@@ -76,12 +76,24 @@ export function schedule(graph: Graph, target: Target, rules: { readonly [op: st
     if (scalar && live.has(n.id) && (readers.get(n.id) ?? []).every((r) => fused.has(r))) absorbed.add(n.id);
   }
 
+  // An f16 parameter or input read as f32 (a frozen fp16 backbone's weights): with f16 storage the kernels
+  // widen what they load, so the cast needs no kernel; its readers bind the leaf (f32 storage holds the same values).
+  const halfTarget = opts.halfStorage !== false && target.features.includes('shader-f16');
+  const halfLeafCast = (id: number): boolean => {
+    const n = graph.node(id);
+    const src = n.op === 'cast' && n.dtype === 'f32' ? graph.node(n.inputs[0]) : undefined;
+    return halfTarget && src !== undefined && src.dtype === 'f16' && (src.op === 'param' || src.op === 'input') && !outputNodes.has(id);
+  };
   for (const node of graph.nodes) {
     if (!live.has(node.id) || absorbed.has(node.id)) continue;
     const group = groupOf.get(node.id);
     if (group) {
       const k = group.matmul === undefined ? fusedKernel(graph, group, target) : matmulEpilogueKernel(graph, group, target, undefined, transposed.get(group.matmul));
       kernels.push({ ...k, bindings: k.bindings.map((b) => ({ ...b, value: root(b.value) })) });
+      continue;
+    }
+    if (halfLeafCast(node.id)) {
+      aliases.set(node.id, root(node.inputs[0]));
       continue;
     }
     const rule = rules[node.op];

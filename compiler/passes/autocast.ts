@@ -10,21 +10,41 @@ import type { Candidate, Pass, RewriteCtx, Rule } from './engine.js';
 
 const CASTED_OPS = new Set(['matmul', 'attention', 'conv2d']);
 
-/** Whether node `id` is already a round trip f32 → half → f32. */
+/** Whether node `id` already holds half values as f32: a cast to f32 of a half value (a round trip, a half parameter). */
 function isRounded(ctx: RewriteCtx, id: number, half: DType): boolean {
   const n = ctx.node(id);
-  return n.op === 'cast' && n.dtype === 'f32' && ctx.node(n.inputs[0]).op === 'cast' && ctx.node(n.inputs[0]).dtype === half;
+  return n.op === 'cast' && n.dtype === 'f32' && ctx.node(n.inputs[0]).dtype === half;
 }
 
 const round = (ctx: RewriteCtx, id: number, half: DType): number => ctx.add('cast', [ctx.add('cast', [id], { dtype: half })], { dtype: 'f32' });
+
+/** Movement ops: rounding commutes with them, so it is done below them, on the (smaller, untransposed) source. */
+const MOVES = new Set(['permute', 'reshape', 'expand', 'slice']);
+
+/** Whether `id` holds half values: rounded, or moved from rounded values. */
+function holdsHalf(ctx: RewriteCtx, id: number, half: DType): boolean {
+  const n = ctx.node(id);
+  return n.dtype !== 'f32' || isRounded(ctx, id, half) || (MOVES.has(n.op) && holdsHalf(ctx, n.inputs[0], half));
+}
+
+/**
+ * `id` rounded to half: the rounding goes below movement ops, so a weight read as Wᵀ is rounded as W and the
+ * matmul still reads it transposed in place (no transposed copy), and a half parameter is not rounded again.
+ */
+function roundOperand(ctx: RewriteCtx, id: number, half: DType): number {
+  if (holdsHalf(ctx, id, half)) return id;
+  const n = ctx.node(id);
+  if (MOVES.has(n.op)) return ctx.add(n.op, [roundOperand(ctx, n.inputs[0], half)], n.attrs);
+  return round(ctx, id, half);
+}
 
 function rule(half: DType): Rule {
   return (n: Candidate, ctx) => {
     if (!CASTED_OPS.has(n.op) || n.dtype !== 'f32') return undefined;
     // The mask of attention is added to f32 scores: it is not rounded.
     const operands = n.op === 'attention' ? n.inputs.slice(0, 3) : n.inputs;
-    if (operands.every((i) => isRounded(ctx, i, half) || ctx.node(i).dtype !== 'f32')) return undefined;
-    const inputs = n.inputs.map((i, k) => (k < operands.length && ctx.node(i).dtype === 'f32' && !isRounded(ctx, i, half) ? round(ctx, i, half) : i));
+    if (operands.every((i) => holdsHalf(ctx, i, half))) return undefined;
+    const inputs = n.inputs.map((i, k) => (k < operands.length ? roundOperand(ctx, i, half) : i));
     return round(ctx, ctx.add(n.op, inputs, n.attrs), half);
   };
 }

@@ -27,6 +27,8 @@ export interface TaskPlan {
   /** The backbone output the head reads (`features` of `eva.features`). */
   readonly backbone: string;
   readonly backboneOutput: string;
+  /** The backbone's `precision`: its frozen weights are stored (and read) at this precision. */
+  readonly backbonePrecision: 'fp32' | 'fp16' | 'bf16';
   readonly dataset: DatasetPlan;
   readonly loss: { readonly kind: string; readonly args: Readonly<Record<string, number>> };
   readonly batch: number;
@@ -181,6 +183,7 @@ function stagePlan(d: Decl, index: number, scope: Scope, decl: (name: string, ki
       head,
       backbone: nameOf(on.object)!,
       backboneOutput: seg.kind === 'field' ? seg.name : '',
+      backbonePrecision: (nameOf(props(decl(nameOf(on.object)!, 'backbone')).get('precision')) as TaskPlan['backbonePrecision'] | undefined) ?? 'fp32',
       dataset: datasetPlan(decl(nameOf(tp.get('dataset'))!, 'dataset'), env),
       loss: loss ? { kind: loss.name, args: Object.fromEntries([...loss.args].map(([k, v]) => [k, constNumber(v) ?? NaN])) } : { kind: 'default', args: {} },
       batch,

@@ -4,13 +4,14 @@
 // (`image` and the head's data inputs, plus what the loss needs), `dropout_salt` (a new integer per update, so
 // dropout masks change while the graph stays fixed) and `d:loss` (the loss scale: 1 in fp32). Outputs: `loss`
 // and `d:<param>` per trainable parameter.
+import { lowPrecisionParams } from './frozen-precision.js';
 import type { CheckResult } from '../check/index.js';
 import type { Symbol } from '../check/scope.js';
 import { unparen } from '../check/values.js';
 import type { LoadedFile } from '../frontend/load.js';
 import { vjp } from '../autodiff/vjp.js';
 import type { Builder } from '../ir/builder.js';
-import type { Graph } from '../ir/graph.js';
+import type { DType, Graph } from '../ir/graph.js';
 import { assertVerified } from '../ir/verify.js';
 import { evalShape, type ShapeValue } from '../resolve/elaborate.js';
 import { declInstance, moduleInputs } from '../lower/entry.js';
@@ -30,6 +31,8 @@ export interface StepParam {
   readonly name: string;
   readonly shape: readonly number[];
   readonly trainable: boolean;
+  /** The dtype values are held at (a frozen fp16 backbone's weights: f16); the runners round to it. */
+  readonly dtype: DType;
   /** Which declaration owns it (a backbone, head or lora name). */
   readonly part: string;
   readonly init?: string;
@@ -114,6 +117,10 @@ export function compileStep(checked: CheckResult, root: LoadedFile, stage: Stage
   const trainable = new Set(graph.params.filter((p) => stage.trainNames.includes(partOf(p.name))).map((p) => p.name));
   if (trainable.size === 0) throw new LowerError(`stage '${stage.name}' trains nothing of task '${task.name}' (train: ${stage.trainNames.join(', ')})`);
 
+  if (task.backbonePrecision !== 'fp32') {
+    const frozen = new Set(graph.params.filter((p) => !trainable.has(p.name) && partOf(p.name) === task.backbone).map((p) => p.name));
+    if (frozen.size) graph = lowPrecisionParams(graph, frozen, task.backbonePrecision === 'bf16' ? 'bf16' : 'f16');
+  }
   graph = runPass(graph, attentionPass);
   if (stage.precision !== 'fp32') graph = runPass(graph, autocastPass(stage.precision === 'bf16' ? 'bf16' : 'f16'));
   const r = vjp(graph, graph.params.filter((p) => trainable.has(p.name)).map((p) => p.node));
@@ -134,6 +141,7 @@ export function compileStep(checked: CheckResult, root: LoadedFile, stage: Stage
       name: p.name,
       shape: graph.node(p.node).shape,
       trainable: trainable.has(p.name),
+      dtype: graph.node(p.node).dtype,
       part: partOf(p.name),
       init: meta.get(p.name)?.init ?? (l ? (l.a === p.name ? 'kaiming_uniform(a: sqrt(5))' : 'zeros') : undefined),
       lora: l,

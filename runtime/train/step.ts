@@ -4,6 +4,8 @@
 import { compileGpu } from '../../compiler/codegen/gpu.js';
 import type { ValueInfo } from '../../compiler/codegen/schedule.js';
 import { formatBytes } from '../../compiler/plan/memory.js';
+import { roundBF16 } from '../../compiler/ir/rules/reference-core.js';
+import { fromF16, toF16 } from '../gpu/half.js';
 import { interpret } from '../../compiler/ir/interpret.js';
 import type { StepGraph } from '../../compiler/train/step-graph.js';
 import type { GpuDevice } from '../gpu/device.js';
@@ -31,6 +33,17 @@ function storageNote(values: readonly ValueInfo[]): string {
   return `${half.length} values stored as f16 (${formatBytes(saved)} instead of ${formatBytes(2 * saved)})`;
 }
 
+/** Frozen values at their parameters' precision (a frozen fp16 backbone's weights rounded to f16), by name. */
+function atPrecision(step: StepGraph, values: ReadonlyMap<string, Float32Array>): Map<string, Float32Array> {
+  const dtype = new Map(step.params.map((p) => [p.name, p.dtype]));
+  const out = new Map<string, Float32Array>();
+  for (const [name, v] of values) {
+    const d = dtype.get(name);
+    out.set(name, d === 'f16' ? fromF16(toF16(v)) : d === 'bf16' ? v.map(roundBF16) : v);
+  }
+  return out;
+}
+
 const trainableNames = (step: StepGraph) => step.params.filter((p) => p.trainable).map((p) => p.name);
 
 export async function gpuStepRunner(gpu: GpuDevice, step: StepGraph): Promise<StepRunner> {
@@ -52,7 +65,7 @@ export async function gpuStepRunner(gpu: GpuDevice, step: StepGraph): Promise<St
     storage: storageNote(program.schedule.values),
     setFrozen(values) {
       const m = new Map<number, Float32Array>();
-      for (const [name, v] of values) if (paramId.has(name)) m.set(paramId.get(name)!, v);
+      for (const [name, v] of atPrecision(step, values)) if (paramId.has(name)) m.set(paramId.get(name)!, v);
       exec.setParams(m);
     },
     async run(inputs, trainable) {
@@ -79,7 +92,7 @@ export function cpuStepRunner(step: StepGraph): StepRunner {
     kernels: 0,
     storage: 'the cpu backend holds every value in float64',
     setFrozen(values) {
-      for (const [name, v] of values) if (shapes.has(name)) frozen.set(name, f64(v, shapes.get(name)!));
+      for (const [name, v] of atPrecision(step, values)) if (shapes.has(name)) frozen.set(name, f64(v, shapes.get(name)!));
     },
     async run(inputs, trainable) {
       const ins = new Map(step.graph.inputs.map((i) => [i.name, f64(inputs.get(i.name)!, step.graph.node(i.node).shape)]));

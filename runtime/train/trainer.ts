@@ -147,9 +147,13 @@ async function trainRun(opts: TrainOptions, stage: StagePlan, tasks: TaskPlan[],
       r.setFrozen(frozen);
       runners.push(r);
     }
+    const storage = runners.map((r) => r.storage).join('; ');
     if (stage.precision !== 'fp32') {
       const half = stage.precision === 'bf16' ? 'bf16' : 'f16';
-      opts.log(`${label}: ${stage.precision}: matmul, attention and conv operands and results rounded to ${half} (f32 accumulation), f32 master weights, loss scaling ${stage.lossScale.kind}; ${runners.map((r) => r.storage).join('; ')}`);
+      opts.log(`${label}: ${stage.precision}: matmul, attention and conv operands and results rounded to ${half} (f32 accumulation), f32 master weights, loss scaling ${stage.lossScale.kind}; ${storage}`);
+    }
+    for (const bb of new Set(tasks.filter((t) => t.backbonePrecision !== 'fp32').map((t) => `${t.backbone}: frozen weights held at ${t.backbonePrecision} (its precision)`))) {
+      opts.log(`${label}: ${bb}${stage.precision === 'fp32' ? `; ${storage}` : ''}`);
     }
     opts.log(`${label}: ${total} updates, ${[...trainable.values()].reduce((a, v) => a + v.length, 0).toLocaleString('en-US')} trainable parameters, ${tasks.map((t, i) => `${t.name} batch ${t.batch}${runners[i].kernels ? ` (${runners[i].kernels} kernels)` : ''}`).join(', ')}`);
 

@@ -12,6 +12,7 @@ import { Builder } from '../../compiler/ir/builder.js';
 import { numel, type Graph } from '../../compiler/ir/graph.js';
 import { interpret } from '../../compiler/ir/interpret.js';
 import type { RefTensor } from '../../compiler/ir/rules/reference.js';
+import { roundF16 } from '../../compiler/ir/rules/reference-core.js';
 import { formatBytes, planMemory } from '../../compiler/plan/memory.js';
 import { trainPlan } from '../../compiler/train/plan.js';
 import { compileStep } from '../../compiler/train/step-graph.js';
@@ -81,6 +82,21 @@ test('the schedule stores exact temporaries as f16 only on a shader-f16 target, 
   assert.deepEqual(schedule(graph, F16_TARGET, GPU_RULES).kernels, s.kernels);
 });
 
+test('an f16 parameter read as f32 (a frozen fp16 backbone): no cast kernel, the matmul reads the f16 storage transposed', () => {
+  const b = new Builder();
+  const w = b.param('w', [12, 20], 'f16');
+  const y = b.add('matmul', [b.input('x', [6, 20]), b.transposeLast(b.add('cast', [w], { dtype: 'f32' }))]);
+  b.output('y', y);
+  const s = schedule(b.graph, F16_TARGET, GPU_RULES);
+  assert.equal(s.kernels.length, 1, s.kernels.map((k) => k.name).join(', '));
+  assert.match(s.kernels[0].name, /^matmul_\w+_bt_f16io$/);
+  assert.equal(s.kernels[0].bindings[1].value, w);
+  assert.deepEqual(s.values.find((v) => v.id === w), { id: w, bytes: 12 * 20 * 2, kind: 'param', name: 'w', shape: [12, 20], dtype: 'f16' });
+  // Without f16 storage the cast is a kernel of its own.
+  assert.equal(schedule(b.graph, F16_TARGET, GPU_RULES, { halfStorage: false }).kernels.length, 2);
+  assert.equal(schedule(b.graph, PORTABLE_TARGET, GPU_RULES).kernels.length, 2);
+});
+
 test('a value bound by a kernel that cannot store f16 (MSDeformAttn binds other names) stays f32', () => {
   const b = new Builder();
   const value = b.add('cast', [b.input('value', [1, 4, 1, 2])], { dtype: 'f16' });
@@ -99,7 +115,7 @@ test('a value bound by a kernel that cannot store f16 (MSDeformAttn binds other 
   assert.throws(() => halfStorageKernel(msKernel, new Set([0])), /cannot store binding 0 as f16/);
 });
 
-describe('on the device: an fp16 LoRA training step of eva_tiny (stage 2)', () => {
+describe('on the device: an fp16 LoRA training step of eva_tiny (stage 2) on a frozen fp16 backbone', () => {
   let gpu: GpuDevice;
   before(async () => {
     gpu = await openDevice();
@@ -120,7 +136,12 @@ describe('on the device: an fp16 LoRA training step of eva_tiny (stage 2)', () =
       'd:loss': () => ({ shape: [], data: Float64Array.of(1024) }),
     };
     const inputs = new Map(g.inputs.map((e) => [e.name, special[e.name]?.(g.node(e.node).shape) ?? randomTensor(g.node(e.node).shape, rng, -1, 1)] as const));
-    return { inputs, params: new Map(g.params.map((e) => [e.name, randomTensor(g.node(e.node).shape, rng, -0.2, 0.2)])) };
+    // Parameters at their dtype's precision, as the step runners give them.
+    const param = (id: number): RefTensor => {
+      const t = randomTensor(g.node(id).shape, rng, -0.2, 0.2);
+      return g.node(id).dtype === 'f16' ? { ...t, data: t.data.map(roundF16) } : t;
+    };
+    return { inputs, params: new Map(g.params.map((e) => [e.name, param(e.node)])) };
   }
 
   test('f16 storage: same loss and gradients bit for bit as f32 storage, smaller plan', async (t: TestContext) => {
@@ -128,7 +149,9 @@ describe('on the device: an fp16 LoRA training step of eva_tiny (stage 2)', () =
     const checked = checkFiles([join(REPO_ROOT, 'pipelines', 'eva_tiny.visft')]);
     const plan = trainPlan(checked, checked.roots[0]);
     const stage = { ...plan.stages.find((s) => s.name === 'stage2')!, precision: 'fp16' as const };
-    const step = compileStep(checked, checked.roots[0], stage, stage.tasks[0]).graph;
+    // A frozen fp16 backbone too: its weights are f16 parameters.
+    const step = compileStep(checked, checked.roots[0], stage, { ...stage.tasks[0], backbonePrecision: 'fp16' }).graph;
+    assert.ok(step.params.filter((p) => step.node(p.node).dtype === 'f16').length >= 10);
     const program = (halfStorage: boolean) => {
       const s = schedule(step, gpu.target, GPU_RULES, { halfStorage });
       return { target: gpu.target, schedule: s, plan: planMemory({ values: s.values, schedule: s.kernels, aliases: s.aliases }, gpu.target) };
