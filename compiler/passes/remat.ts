@@ -136,7 +136,11 @@ export function blockSegments(graph: Graph, forwardCount: number, prefix = 'bloc
       const path = String(n.attrs.path);
       const index = path.startsWith(head) ? /^(\d+)\./.exec(path.slice(head.length)) : null;
       if (index) (block[id] = Number(index[1])), (isBlockParam[id] = 1);
-    } else for (const i of n.inputs) block[id] = Math.max(block[id], block[i]);
+    } else {
+      for (const i of n.inputs) block[id] = Math.max(block[id], block[i]);
+      // A parameter read through a cast (a frozen fp16 weight, compiler/train/frozen-precision.ts) is the parameter.
+      if (n.op === 'cast' && isBlockParam[n.inputs[0]]) isBlockParam[id] = 1;
+    }
   }
   // Whether a node is, or feeds, a node that reads a block parameter: readers have larger ids, so one
   // backward sweep suffices.

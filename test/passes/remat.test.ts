@@ -208,6 +208,18 @@ describe('rematerialize on eva_tiny stage 2', () => {
     return { inputs, params: new Map(g.params.map((e) => [e.name, randomTensor(g.node(e.node).shape, rng, -0.2, 0.2)])) };
   }
 
+  test('a frozen fp16 backbone (weights read through casts) still checkpoints every block, with the same values', () => {
+    const { checked, stage } = load();
+    const step = compileStep(checked, checked.roots[0], stage, { ...stage.tasks[0], backbonePrecision: 'fp16' }).graph;
+    assert.ok(step.params.some((p) => step.node(p.node).dtype === 'f16'));
+    const start = backwardStart(step);
+    const segmentOf = blockSegments(step, start);
+    assert.deepEqual(rematPlan(step, start, segmentOf).segments.map((s) => s.name), ['blocks.1', 'blocks.0']);
+    const after = rematerialize(step, start, segmentOf);
+    assertRemat(step, after, start, segmentOf);
+    assertSameValues(step, after, captionFeeds(step, makeRng(5)), 'fp16 backbone');
+  });
+
   test('unoptimised and optimised step graphs: same loss and LoRA gradients bit for bit, lower peak', (t: TestContext) => {
     const { checked, stage } = load();
     assert.equal(stage.tasks.length, 1);
