@@ -15,7 +15,7 @@
 import type { Kernel, Target } from '../compiler/codegen/types.js';
 import type { Node } from '../compiler/ir/graph.js';
 import { dispatchGroups, f32Lit, loopBound, makeKernel, u32Lit } from './elementwise.js';
-import { attentionGeometry, chooseFlashTiles, dotCode, loadTileCode, maskOffset, padStride, type FlashTiles, queryTilePreamble } from './flash-common.js';
+import { attentionGeometry, chooseFlashTiles, dotCode, FlashTileError, loadTileCode, maskOffset, padStride, type FlashTiles, queryTilePreamble } from './flash-common.js';
 import { combineCode } from './reduce.js';
 
 export interface FlashCaps {
@@ -34,9 +34,14 @@ export function flashForwardTiles(node: Node, inputs: readonly Node[], target: T
   return chooseFlashTiles(target, `${node.op} %${node.id}`, q.shape[2], k.shape[2], (own, sweep, wg) => 4 * (own * qs + sweep * kvs + own * padStride(sweep) + 2 * wg), caps);
 }
 
-/** The kernel of an `attention` node (inputs q, k, v, [mask]) or an `attention_lse` node (q, k, [mask]). */
-export function flashForwardKernel(node: Node, inputs: readonly Node[], target: Target, caps: FlashCaps = {}): Kernel {
+/**
+ * The kernel of an `attention` node (inputs q, k, v, [mask]) or an `attention_lse` node (q, k, [mask]). With
+ * `lse` (an attention_lse node of the same q, k, mask and scale), the attention kernel also writes that node's
+ * value, the m + ln l it has at the end anyway: the backward needs no sweep of its own for it.
+ */
+export function flashForwardKernel(node: Node, inputs: readonly Node[], target: Target, caps: FlashCaps = {}, lse?: Node): Kernel {
   const lseOnly = node.op === 'attention_lse';
+  if (lse && (lseOnly || lse.op !== 'attention_lse')) throw new Error(`internal: %${node.id} ${node.op} cannot also write %${lse.id} ${lse.op}`);
   const [q, k] = inputs;
   const v = lseOnly ? undefined : inputs[2];
   const mask = lseOnly ? inputs[2] : inputs[3];
@@ -68,12 +73,14 @@ export function flashForwardKernel(node: Node, inputs: readonly Node[], target: 
       }
     }
 `;
+  const storeLse = (out: string) => `    if (tc == 0u) { ${out}[bh * ${U(g.Sq)} + i] = m + log_f32(l); }`;
   const store = lseOnly
-    ? `    if (tc == 0u) { out_0[bh * ${U(g.Sq)} + i] = m + log_f32(l); }`
+    ? storeLse('out_0')
     : `    for (var u = 0u; u < ${lb(cols)}; u++) {
       let d = tc + u * ${U(T)};
       if (d < ${U(g.Dv)}) { out_0[(bh * ${U(g.Sq)} + i) * ${U(g.Dv)} + d] = acc[u] / l; }
-    }`;
+    }${lse ? `
+${storeLse('out_1')}` : ''}`;
 
   const body = `var<workgroup> qs: array<f32, ${BR * QS}>;
 var<workgroup> kv: array<f32, ${BC * KS}>;
@@ -130,6 +137,17 @@ ${accumulate}  }
 ${store}
   }
 }`;
-  const name = lseOnly ? 'attention_lse_flash_f32' : 'attention_flash_f32';
-  return makeKernel(node, inputs, target, { name, body, workgroupSize: [WG, 1, 1], dispatch, lib: ['is_nan', 'exp_f32', ...(lseOnly ? ['log_f32'] : [])] });
+  const name = lseOnly ? 'attention_lse_flash_f32' : lse ? 'attention_flash_lse_f32' : 'attention_flash_f32';
+  const kernel = makeKernel(node, inputs, target, { name, body, workgroupSize: [WG, 1, 1], dispatch, lib: ['is_nan', 'exp_f32', ...(lseOnly || lse ? ['log_f32'] : [])] });
+  return lse ? withSecondOutput(kernel, lse, target) : kernel;
+}
+
+/** `kernel` also writing `out_1` (bound after out_0) with the value of `node`. */
+function withSecondOutput(kernel: Kernel, node: Node, target: Target): Kernel {
+  const bindings = [...kernel.bindings, { value: node.id, access: 'read_write' as const }];
+  if (bindings.length > target.limits.maxStorageBuffersPerShaderStage) throw new FlashTileError(`${kernel.name}: ${bindings.length} storage buffers exceed the target's ${target.limits.maxStorageBuffersPerShaderStage}`);
+  const out0 = `@group(0) @binding(${kernel.bindings.length - 1}) var<storage, read_write> out_0: array<f32>;`;
+  if (!kernel.wgsl.includes(out0)) throw new Error(`internal: ${kernel.name} does not declare out_0 last`);
+  const wgsl = kernel.wgsl.replace(out0, `${out0}\n@group(0) @binding(${kernel.bindings.length}) var<storage, read_write> out_1: array<f32>;`);
+  return { ...kernel, wgsl, bindings, nodes: [...kernel.nodes, node.id] };
 }

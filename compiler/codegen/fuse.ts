@@ -14,6 +14,7 @@
 import { numel, type Graph, type Node } from '../ir/graph.js';
 import { inlineExpr } from '../../kernels/elementwise.js';
 import { isLastTwoSwap, type MatmulReads } from '../../kernels/matmul.js';
+import { attrNum } from '../ir/rules/shape.js';
 
 export interface FusionGroup {
   /** The node whose value the group writes. */
@@ -110,4 +111,25 @@ export function planTransposedReads(graph: Graph, live: ReadonlySet<number>, out
     if (reads[0] || reads[1]) plan.set(mm.id, reads);
   }
   return plan;
+}
+
+/**
+ * Attention nodes whose kernel also writes an attention_lse node's value (by attention id → lse id): the lse
+ * of the same q, k, mask and scale, after the attention in the graph (the backward's, which would otherwise
+ * sweep q·kᵀ once more). Of several such attention nodes (a recomputed forward), the last before the lse.
+ */
+export function planLseSiblings(graph: Graph, live: ReadonlySet<number>): Map<number, number> {
+  // The scale as the kernels use it: given, or 1/√D.
+  const key = (q: number, k: number, mask: number | undefined, n: Node) => `${q},${k},${mask ?? ''},${Math.fround(attrNum(n.attrs, 'scale', 1 / Math.sqrt(graph.node(q).shape[3])))}`;
+  const latest = new Map<string, number>();
+  const pairs = new Map<number, number>();
+  for (const n of graph.nodes) {
+    if (!live.has(n.id)) continue;
+    if (n.op === 'attention') latest.set(key(n.inputs[0], n.inputs[1], n.inputs[3], n), n.id);
+    if (n.op === 'attention_lse') {
+      const a = latest.get(key(n.inputs[0], n.inputs[1], n.inputs[2], n));
+      if (a !== undefined && !pairs.has(a)) pairs.set(a, n.id);
+    }
+  }
+  return pairs;
 }

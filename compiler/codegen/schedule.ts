@@ -3,9 +3,11 @@
 // that feeds them where it can (its GPU_RULES kernel with an epilogue, kernels/matmul-epilogue.ts), a permute of
 // the last two dims that only a matmul reads is read transposed by the matmul kernel (no copy), and the result
 // lists every value that needs storage, for the memory plan.
-import { Graph, numel } from '../ir/graph.js';
+import { Graph, numel, type Node } from '../ir/graph.js';
 import type { GpuRule, Kernel, Target } from './types.js';
-import { planFusion, planTransposedReads } from './fuse.js';
+import { planFusion, planLseSiblings, planTransposedReads } from './fuse.js';
+import { FlashTileError } from '../../kernels/flash-common.js';
+import { flashForwardKernel } from '../../kernels/flash-forward.js';
 import { fusedKernel } from '../../kernels/fused.js';
 import { matmulEpilogueKernel } from '../../kernels/matmul-epilogue.js';
 import { matmulKernel } from '../../kernels/matmul.js';
@@ -67,6 +69,9 @@ export function schedule(graph: Graph, target: Target, rules: { readonly [op: st
   const absorbed = new Set(groups.flatMap((g) => [...g.members.filter((m) => m !== g.root), ...(g.matmul === undefined ? [] : [g.matmul])]));
   const transposed = opts.fuse === false || opts.transposedReads === false ? new Map() : planTransposedReads(graph, live, outputNodes);
   for (const [mm, reads] of transposed) graph.node(mm).inputs.forEach((p, i) => reads[i] && absorbed.add(p));
+  // An attention_lse the forward attention kernel writes too (no sweep of its own).
+  const lseOf = opts.fuse === false ? new Map<number, number>() : planLseSiblings(graph, live);
+  for (const l of lseOf.values()) absorbed.add(l);
   // Scalar constants that only fused kernels read are inlined there as literals: no fill kernel.
   const fused = new Set(groups.flatMap((g) => g.members));
   const readers = new Map<number, number[]>();
@@ -105,9 +110,10 @@ export function schedule(graph: Graph, target: Target, rules: { readonly [op: st
     }
     const inputs = node.inputs.map((i) => graph.node(i));
     const reads = transposed.get(node.id);
-    const k = reads ? matmulKernel(node, inputs, target, undefined, undefined, reads) : rule.gen(node, inputs, target);
+    const lse = lseOf.get(node.id);
+    const generated = reads ? [matmulKernel(node, inputs, target, undefined, undefined, reads)] : lse === undefined ? [rule.gen(node, inputs, target)] : attentionWithLse(node, graph.node(lse), graph, target, rules);
     // Bind the storage owners: an aliased input is read through the buffer it shares.
-    kernels.push({ ...k, bindings: k.bindings.map((b) => ({ ...b, value: root(b.value) })) });
+    for (const k of generated) kernels.push({ ...k, bindings: k.bindings.map((b) => ({ ...b, value: root(b.value) })) });
   }
 
   // Outputs must own their storage: an output that is an input, a parameter or an alias gets a copy.
@@ -141,6 +147,24 @@ export function schedule(graph: Graph, target: Target, rules: { readonly [op: st
     return { id, bytes: valueBytes(shapeOf(id), dtype), kind, name: names.get(id), shape: [...shapeOf(id)], dtype };
   });
   return { kernels: kernels.map((k, i) => halfStorageKernel(k, marks[i])), values, aliases, outputs };
+}
+
+/**
+ * The kernel of an attention node that also writes its lse sibling; when flash tiles do not fit (huge head
+ * dims), the attention rule's kernel and the lse's own kernel.
+ */
+function attentionWithLse(node: Node, lse: Node, graph: Graph, target: Target, rules: { readonly [op: string]: GpuRule }): Kernel[] {
+  const gen = (n: Node) => {
+    const rule = rules[n.op];
+    if (rule?.kind !== 'kernel') throw new Error(`internal: no kernel rule for ${n.op}`);
+    return rule.gen(n, n.inputs.map((i) => graph.node(i)), target);
+  };
+  try {
+    return [flashForwardKernel(node, node.inputs.map((i) => graph.node(i)), target, {}, lse)];
+  } catch (e) {
+    if (e instanceof FlashTileError) return [gen(node), gen(lse)];
+    throw e;
+  }
 }
 
 /** A plain copy, for outputs that would otherwise share storage with an input, parameter or another output. */

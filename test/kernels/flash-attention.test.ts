@@ -5,9 +5,7 @@
 // fixtures (test/fixtures/ops/make_attention.py); bitwise repeatability; tiles that fit every target's
 // workgroup memory; and the VJP graph holding nothing of shape [.., Sq, Sk] but the mask.
 import assert from 'node:assert/strict';
-import { readFileSync } from 'node:fs';
 import { describe, test } from 'node:test';
-import { fileURLToPath } from 'node:url';
 import fc from 'fast-check';
 import { GRAD_RULES } from '../../compiler/autodiff/rules.js';
 import { vjp } from '../../compiler/autodiff/vjp.js';
@@ -22,6 +20,7 @@ import { kernelRule } from '../../kernels/elementwise.js';
 import { flashBackwardKernel, flashBackwardTiles } from '../../kernels/flash-backward.js';
 import { flashForwardKernel, flashForwardTiles, type FlashCaps } from '../../kernels/flash-forward.js';
 import { GPU_RULES } from '../../kernels/index.js';
+import { fixtureGraph, fixtures, WRT } from './attention-fixtures.js';
 import { fcParams, hardwareLike, tightTarget } from './core-util.js';
 import { checkAgainstReference, compare, pipelineFor, randomTensor, runGraph, runKernel, withDevice, type GpuContext, type RuleTable } from './harness.js';
 
@@ -48,7 +47,6 @@ function attentionWithGrads(b: Builder, [q, k, v, g, mask]: readonly number[], a
 
 const FORWARD_TOL = { rtol: 1e-4, atol: 1e-5 };
 const GRAD_TOL = { rtol: 1e-3, atol: 1e-4 };
-const WRT = ['q', 'k', 'v', 'mask'] as const;
 
 interface Case {
   b: number;
@@ -90,44 +88,6 @@ function caseTensors(c: Case): Tensor[] {
 }
 
 const label = (c: Case) => `[${c.b},${c.h},${c.sq},${c.sk}] d ${c.d} dv ${c.dv} mask ${c.mask} scale ${c.scale ?? 'default'} tiles ${c.tiles}`;
-
-type FixtureTensor = { shape: number[]; data: number[] };
-
-interface Fixture {
-  name: string;
-  attrs: Attrs;
-  inputs: Record<string, FixtureTensor>;
-  output: FixtureTensor;
-  d_output: FixtureTensor;
-  grads: Record<string, FixtureTensor>;
-}
-
-/** JSON has no infinities: the generator writes them as "-inf" / "inf". */
-const decode = (t: { shape: number[]; data: (number | string)[] }): FixtureTensor => ({
-  shape: t.shape,
-  data: t.data.map((v) => (typeof v === 'number' ? v : v === '-inf' ? -Infinity : v === 'inf' ? Infinity : NaN)),
-});
-
-const fixtures: Fixture[] = (
-  JSON.parse(readFileSync(fileURLToPath(new URL('../../../test/fixtures/ops/attention.json', import.meta.url)), 'utf8')) as { cases: Fixture[] }
-).cases.map((c) => ({
-  ...c,
-  inputs: Object.fromEntries(Object.entries(c.inputs).map(([k, t]) => [k, decode(t)])),
-  output: decode(c.output),
-  d_output: decode(c.d_output),
-  grads: Object.fromEntries(Object.entries(c.grads).map(([k, t]) => [k, decode(t)])),
-}));
-
-/** The graph of a fixture: attention over its inputs, with the VJP in every input (outputs y, d:q, …). */
-function fixtureGraph(fx: Fixture) {
-  const b = new Builder();
-  const names = WRT.filter((n) => fx.inputs[n]);
-  const ins = names.map((n) => b.input(n, fx.inputs[n].shape));
-  b.output('y', b.add('attention', ins, fx.attrs));
-  const r = vjp(b.graph, ins);
-  names.forEach((n, i) => r.builder.output(`d:${n}`, r.grads.get(ins[i])!));
-  return { graph: r.builder.graph, names };
-}
 
 /** An H100-like target: 48 KiB of workgroup memory, 1024 invocations. */
 const nvidiaLike = (t: Target): Target => ({
