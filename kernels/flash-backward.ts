@@ -15,7 +15,7 @@ import type { Kernel, Target } from '../compiler/codegen/types.js';
 import type { Node } from '../compiler/ir/graph.js';
 import { attrNum } from '../compiler/ir/rules/shape.js';
 import { dispatchGroups, f32Lit, flatKernel, groupIndexCode, loopBound, makeKernel, u32Lit } from './elementwise.js';
-import { attentionGeometry, chooseFlashTiles, dotCode, loadTileCode, maskOffset, padStride, touchCode, type AttentionGeometry, type FlashTiles, queryTilePreamble } from './flash-common.js';
+import { attentionGeometry, chooseFlashTiles, dotCode, loadTileCode, maskOffset, padStride, touchCode, withSecondOutput, type AttentionGeometry, type FlashTiles, queryTilePreamble } from './flash-common.js';
 import type { FlashCaps } from './flash-forward.js';
 
 const Q = 'in_0';
@@ -32,21 +32,30 @@ function geometryOf(node: Node, inputs: readonly Node[]): AttentionGeometry {
 }
 
 /** The tiles of an attention_grad node's kernel (wrt 0, 1 or 2). */
-export function flashBackwardTiles(node: Node, inputs: readonly Node[], target: Target, caps: FlashCaps = {}): FlashTiles {
+export function flashBackwardTiles(node: Node, inputs: readonly Node[], target: Target, caps: FlashCaps = {}, kv = false): FlashTiles {
   const wrt = attrNum(node.attrs, 'wrt');
   const g = geometryOf(node, inputs);
   const ds = padStride(g.D);
   const vs = padStride(g.Dv);
   const what = `attention_grad %${node.id} (wrt ${wrt})`;
   if (wrt === 0) return chooseFlashTiles(target, what, g.Sq, g.Sk, (own, sweep) => 4 * (own * (ds + vs) + sweep * (ds + vs) + own * padStride(sweep)), caps);
-  const keyV = wrt === 1 ? vs : 0;
-  const stats = wrt === 1 ? 2 : 1;
-  return chooseFlashTiles(target, what, g.Sk, g.Sq, (own, sweep) => 4 * (own * (ds + keyV) + sweep * (ds + vs) + own * padStride(sweep) + stats * sweep), caps);
+  // Key tiles (k, and v for dk), query tiles (q, g), the P and/or dS tiles, lse (and δ for dk).
+  const keyV = wrt === 1 || kv ? vs : 0;
+  const stats = wrt === 1 || kv ? 2 : 1;
+  const tiles = kv ? 2 : 1;
+  return chooseFlashTiles(target, what, g.Sk, g.Sq, (own, sweep) => 4 * (own * (ds + keyV) + sweep * (ds + vs) + tiles * own * padStride(sweep) + stats * sweep), caps);
 }
 
-/** The kernel of an attention_grad node. */
-export function flashBackwardKernel(node: Node, inputs: readonly Node[], target: Target, caps: FlashCaps = {}): Kernel {
+/**
+ * The kernel of an attention_grad node. With `dv` (the wrt-2 node of the same inputs), the wrt-1 node's kernel
+ * computes both: dk to out_0 and dv's value to out_1, in one sweep of the queries.
+ */
+export function flashBackwardKernel(node: Node, inputs: readonly Node[], target: Target, caps: FlashCaps = {}, dv?: Node): Kernel {
   const wrt = attrNum(node.attrs, 'wrt');
+  if (dv) {
+    if (wrt !== 1 || dv.op !== 'attention_grad' || attrNum(dv.attrs, 'wrt') !== 2) throw new Error(`internal: %${node.id} (wrt ${wrt}) cannot also write %${dv.id}`);
+    return withSecondOutput(dkdvKernel(node, inputs, target, 'kv', caps), dv, target);
+  }
   if (wrt === 3) return logitsGradKernel(node, inputs, target);
   return wrt === 0 ? dqKernel(node, inputs, target, caps) : dkdvKernel(node, inputs, target, wrt === 1 ? 'k' : 'v', caps);
 }
@@ -124,30 +133,35 @@ ${dotCode(target, 'dp', 'gs', `r * ${U(VS)}`, 'vs', `c * ${U(VS)}`, g.Dv, '     
   return makeKernel(node, inputs, target, { name: 'attention_grad_q_flash_f32', body, workgroupSize: [WG, 1, 1], dispatch, lib: ['exp_f32'] });
 }
 
-function dkdvKernel(node: Node, inputs: readonly Node[], target: Target, which: 'k' | 'v', caps: FlashCaps): Kernel {
+/**
+ * dk, dv, or both (`kv`: one sweep of the queries computes P and dS once and writes dk to out_0, dv to out_1).
+ * Each output element sums over the query rows in order whatever the tiles, so `kv` equals the two kernels
+ * bit for bit.
+ */
+function dkdvKernel(node: Node, inputs: readonly Node[], target: Target, which: 'k' | 'v' | 'kv', caps: FlashCaps): Kernel {
   const g = geometryOf(node, inputs);
-  const { own: BK, sweep: BQ, perRow: T, workgroup: WG } = flashBackwardTiles(node, inputs, target, caps);
-  const dk = which === 'k';
+  const { own: BK, sweep: BQ, perRow: T, workgroup: WG } = flashBackwardTiles(node, inputs, target, caps, which === 'kv');
+  const dk = which !== 'v';
+  const dv = which !== 'k';
   const DS = padStride(g.D);
   const VS = padStride(g.Dv);
   const PS = padStride(BQ);
-  const outD = dk ? g.D : g.Dv;
   const kTiles = Math.ceil(g.Sk / BK);
   const groups = g.B * g.H * kTiles;
   const dispatch = dispatchGroups(groups, target);
-  const cols = Math.max(1, Math.ceil(outD / T));
   const U = (n: number) => u32Lit(n);
   const lb = (n: number) => loopBound(n, target);
-  const value = dk
-    ? `${dotCode(target, 'dp', 'gs', `rr * ${U(VS)}`, 'vs', `c * ${U(VS)}`, g.Dv, '        ')}
-        val = p * (dp - del_t[rr]);`
-    : '        val = p;';
-  // dk sums dS·(scale·q) over the query rows, dv sums P·g.
-  const src = dk ? `qs[rr * ${U(DS)} + d]` : `gs[rr * ${U(VS)} + d]`;
+  // dk sums dS·(scale·q) over the query rows (tile dst), dv sums P·g (tile pt).
+  const outs = [...(dk ? [{ acc: 'acc_k', tile: 'dst', src: `qs[rr * ${U(DS)} + d]`, D: g.D }] : []), ...(dv ? [{ acc: 'acc_v', tile: 'pt', src: `gs[rr * ${U(VS)} + d]`, D: g.Dv }] : [])];
+  const colsOf = (D: number) => Math.max(1, Math.ceil(D / T));
+  const values = [
+    ...(dk ? [`${dotCode(target, 'dp', 'gs', `rr * ${U(VS)}`, 'vs', `c * ${U(VS)}`, g.Dv, '        ')}`, '        ds = p * (dp - del_t[rr]);'] : []),
+    ...(dv ? ['        pv = p;'] : []),
+  ].join('\n');
   const body = `var<workgroup> ks: array<f32, ${BK * DS}>;
 ${dk ? `var<workgroup> vs: array<f32, ${BK * VS}>;\n` : ''}var<workgroup> qs: array<f32, ${BQ * DS}>;
 var<workgroup> gs: array<f32, ${BQ * VS}>;
-var<workgroup> pt: array<f32, ${BK * PS}>;
+${outs.map((o) => `var<workgroup> ${o.tile}: array<f32, ${BK * PS}>;`).join('\n')}
 var<workgroup> lse_t: array<f32, ${BQ}>;
 ${dk ? `var<workgroup> del_t: array<f32, ${BQ}>;\n` : ''}
 // d${which}: ${BK} key rows x ${BQ} queries per tile, ${T} invocations per key row.
@@ -165,7 +179,7 @@ ${dk ? '' : `${touchCode([V, DELTA])}\n`}${groupIndexCode('grp', groups, dispatc
   let k_valid = min(${U(BK)}, ${U(g.Sk)} - j0);
 ${loadTileCode(target, 'ks', DS, K, `(bh * ${U(g.Sk)} + j0) * ${U(g.D)}`, 'k_valid', BK, g.D, WG, undefined, '  ')}
 ${dk ? loadTileCode(target, 'vs', VS, V, `(bh * ${U(g.Sk)} + j0) * ${U(g.Dv)}`, 'k_valid', BK, g.Dv, WG, undefined, '  ') : ''}
-  var acc: array<f32, ${cols}>;
+${outs.map((o) => `  var ${o.acc}: array<f32, ${colsOf(o.D)}>;`).join('\n')}
   for (var i0 = 0u; i0 < ${lb(g.Sq)}; i0 += ${U(BQ)}) {
     workgroupBarrier();
     let q_valid = min(${U(BQ)}, ${U(g.Sq)} - i0);
@@ -181,29 +195,37 @@ ${loadTileCode(target, 'gs', VS, G, `(bh * ${U(g.Sq)} + i0) * ${U(g.Dv)}`, 'q_va
     workgroupBarrier();
     for (var u = 0u; u < ${lb(BQ / T)}; u++) {
       let rr = tr + u * ${U(T)};
-      var val = 0.0f;
+      ${[dk ? 'var ds = 0.0f;' : '', dv ? 'var pv = 0.0f;' : ''].filter(Boolean).join(' ')}
       if (key_ok && rr < q_valid) {
 ${dotCode(target, 's', 'qs', `rr * ${U(DS)}`, 'ks', `c * ${U(DS)}`, g.D, '        ')}${maskAddCode(g, 'i0 + rr', 'j', '        ')}
         let p = exp_f32(s - lse_t[rr]);
-${value}
+${values}
       }
-      pt[c * ${U(PS)} + rr] = val;
+${[dk ? `      dst[c * ${U(PS)} + rr] = ds;` : '', dv ? `      pt[c * ${U(PS)} + rr] = pv;` : ''].filter(Boolean).join('\n')}
     }
     workgroupBarrier();
-    for (var u = 0u; u < ${lb(cols)}; u++) {
+${outs
+  .map(
+    (o) => `    for (var u = 0u; u < ${lb(colsOf(o.D))}; u++) {
       let d = tr + u * ${U(T)};
-      if (d < ${U(outD)}) {
-        var a = acc[u];
-        for (var rr = 0u; rr < ${lb(BQ)}; rr++) { a = fma(pt[c * ${U(PS)} + rr], ${src}, a); }
-        acc[u] = a;
+      if (d < ${U(o.D)}) {
+        var a = ${o.acc}[u];
+        for (var rr = 0u; rr < ${lb(BQ)}; rr++) { a = fma(${o.tile}[c * ${U(PS)} + rr], ${o.src}, a); }
+        ${o.acc}[u] = a;
       }
-    }
+    }`,
+  )
+  .join('\n')}
   }
   if (key_ok) {
-    for (var u = 0u; u < ${lb(cols)}; u++) {
+${outs
+  .map(
+    (o, k) => `    for (var u = 0u; u < ${lb(colsOf(o.D))}; u++) {
       let d = tr + u * ${U(T)};
-      if (d < ${U(outD)}) { out_0[(bh * ${U(g.Sk)} + j) * ${U(outD)} + d] = acc[u]; }
-    }
+      if (d < ${U(o.D)}) { out_${k}[(bh * ${U(g.Sk)} + j) * ${U(o.D)} + d] = ${o.acc}[u]; }
+    }`,
+  )
+  .join('\n')}
   }
 }`;
   return makeKernel(node, inputs, target, { name: `attention_grad_${which}_flash_f32`, body, workgroupSize: [WG, 1, 1], dispatch, lib: ['exp_f32'] });

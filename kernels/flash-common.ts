@@ -7,7 +7,7 @@
 // memory. Its invocations form `own` x `perRow`: invocation (r, tc) computes the scores of its row r against
 // sweep rows tc, tc + perRow, …, and accumulates output columns tc, tc + perRow, … of row r in registers.
 // Every sum runs in a fixed order, so results are bitwise repeatable.
-import type { Target } from '../compiler/codegen/types.js';
+import type { Kernel, Target } from '../compiler/codegen/types.js';
 import type { Node } from '../compiler/ir/graph.js';
 import { attrNum } from '../compiler/ir/rules/shape.js';
 import { broadcastStrides, groupIndexCode, loopBound, u32Lit } from './elementwise.js';
@@ -178,4 +178,14 @@ export function queryTilePreamble(groups: number, dispatch: readonly [number, nu
   let i = i0 + r;
   let row_ok = i < ${U(g.Sq)};
   let q_valid = min(${U(rows)}, ${U(g.Sq)} - i0);`;
+}
+
+/** `kernel` also writing `out_1` (bound after out_0) with the value of `node`. */
+export function withSecondOutput(kernel: Kernel, node: Node, target: Target): Kernel {
+  const bindings = [...kernel.bindings, { value: node.id, access: 'read_write' as const }];
+  if (bindings.length > target.limits.maxStorageBuffersPerShaderStage) throw new FlashTileError(`${kernel.name}: ${bindings.length} storage buffers exceed the target's ${target.limits.maxStorageBuffersPerShaderStage}`);
+  const out0 = `@group(0) @binding(${kernel.bindings.length - 1}) var<storage, read_write> out_0: array<f32>;`;
+  if (!kernel.wgsl.includes(out0)) throw new Error(`internal: ${kernel.name} does not declare out_0 last`);
+  const wgsl = kernel.wgsl.replace(out0, `${out0}\n@group(0) @binding(${kernel.bindings.length}) var<storage, read_write> out_1: array<f32>;`);
+  return { ...kernel, wgsl, bindings, nodes: [...kernel.nodes, node.id] };
 }

@@ -15,7 +15,7 @@
 import type { Kernel, Target } from '../compiler/codegen/types.js';
 import type { Node } from '../compiler/ir/graph.js';
 import { dispatchGroups, f32Lit, loopBound, makeKernel, u32Lit } from './elementwise.js';
-import { attentionGeometry, chooseFlashTiles, dotCode, FlashTileError, loadTileCode, maskOffset, padStride, type FlashTiles, queryTilePreamble } from './flash-common.js';
+import { attentionGeometry, chooseFlashTiles, dotCode, withSecondOutput, loadTileCode, maskOffset, padStride, type FlashTiles, queryTilePreamble } from './flash-common.js';
 import { combineCode } from './reduce.js';
 
 export interface FlashCaps {
@@ -140,14 +140,4 @@ ${store}
   const name = lseOnly ? 'attention_lse_flash_f32' : lse ? 'attention_flash_lse_f32' : 'attention_flash_f32';
   const kernel = makeKernel(node, inputs, target, { name, body, workgroupSize: [WG, 1, 1], dispatch, lib: ['is_nan', 'exp_f32', ...(lseOnly || lse ? ['log_f32'] : [])] });
   return lse ? withSecondOutput(kernel, lse, target) : kernel;
-}
-
-/** `kernel` also writing `out_1` (bound after out_0) with the value of `node`. */
-function withSecondOutput(kernel: Kernel, node: Node, target: Target): Kernel {
-  const bindings = [...kernel.bindings, { value: node.id, access: 'read_write' as const }];
-  if (bindings.length > target.limits.maxStorageBuffersPerShaderStage) throw new FlashTileError(`${kernel.name}: ${bindings.length} storage buffers exceed the target's ${target.limits.maxStorageBuffersPerShaderStage}`);
-  const out0 = `@group(0) @binding(${kernel.bindings.length - 1}) var<storage, read_write> out_0: array<f32>;`;
-  if (!kernel.wgsl.includes(out0)) throw new Error(`internal: ${kernel.name} does not declare out_0 last`);
-  const wgsl = kernel.wgsl.replace(out0, `${out0}\n@group(0) @binding(${kernel.bindings.length}) var<storage, read_write> out_1: array<f32>;`);
-  return { ...kernel, wgsl, bindings, nodes: [...kernel.nodes, node.id] };
 }

@@ -114,21 +114,30 @@ export function planTransposedReads(graph: Graph, live: ReadonlySet<number>, out
 }
 
 /**
- * Attention nodes whose kernel also writes an attention_lse node's value (by attention id → lse id): the lse
- * of the same q, k, mask and scale, after the attention in the graph (the backward's, which would otherwise
- * sweep q·kᵀ once more). Of several such attention nodes (a recomputed forward), the last before the lse.
+ * Nodes whose kernel also computes a sibling's value (node id → sibling id), where one sweep gives both:
+ * - an attention and the attention_lse of the same q, k, mask and scale after it (the backward's, which would
+ *   otherwise sweep q·kᵀ once more); of several such attention nodes (a recomputed forward), the last before it;
+ * - attention_grad wrt 1 (dk) and wrt 2 (dv) of the same inputs: one sweep of the queries computes P and dS once.
  */
-export function planLseSiblings(graph: Graph, live: ReadonlySet<number>): Map<number, number> {
+export function planSiblingOutputs(graph: Graph, live: ReadonlySet<number>): Map<number, number> {
   // The scale as the kernels use it: given, or 1/√D.
-  const key = (q: number, k: number, mask: number | undefined, n: Node) => `${q},${k},${mask ?? ''},${Math.fround(attrNum(n.attrs, 'scale', 1 / Math.sqrt(graph.node(q).shape[3])))}`;
+  const scale = (n: Node) => Math.fround(attrNum(n.attrs, 'scale', 1 / Math.sqrt(graph.node(n.inputs[0]).shape[3])));
+  const lseKey = (q: number, k: number, mask: number | undefined, n: Node) => `${q},${k},${mask ?? ''},${scale(n)}`;
+  const gradKey = (n: Node) => `${n.inputs.join(',')},${scale(n)}`;
   const latest = new Map<string, number>();
+  const dks = new Map<string, number>();
   const pairs = new Map<number, number>();
   for (const n of graph.nodes) {
     if (!live.has(n.id)) continue;
-    if (n.op === 'attention') latest.set(key(n.inputs[0], n.inputs[1], n.inputs[3], n), n.id);
+    if (n.op === 'attention') latest.set(lseKey(n.inputs[0], n.inputs[1], n.inputs[3], n), n.id);
     if (n.op === 'attention_lse') {
-      const a = latest.get(key(n.inputs[0], n.inputs[1], n.inputs[2], n));
+      const a = latest.get(lseKey(n.inputs[0], n.inputs[1], n.inputs[2], n));
       if (a !== undefined && !pairs.has(a)) pairs.set(a, n.id);
+    }
+    if (n.op === 'attention_grad' && attrNum(n.attrs, 'wrt') === 1) dks.set(gradKey(n), n.id);
+    if (n.op === 'attention_grad' && attrNum(n.attrs, 'wrt') === 2) {
+      const k = dks.get(gradKey(n));
+      if (k !== undefined && !pairs.has(k)) pairs.set(k, n.id);
     }
   }
   return pairs;

@@ -3,7 +3,7 @@
 import type { Graph } from '../ir/graph.js';
 import { GPU_RULES } from '../../kernels/index.js';
 import { planMemory, type MemoryPlan } from '../plan/memory.js';
-import { schedule, type Schedule } from './schedule.js';
+import { schedule, type Schedule, type ScheduleOptions } from './schedule.js';
 import type { Target } from './types.js';
 
 export interface GpuProgram {
@@ -12,8 +12,8 @@ export interface GpuProgram {
   readonly plan: MemoryPlan;
 }
 
-export function compileGpu(graph: Graph, target: Target, opts: { fuse?: boolean } = {}): GpuProgram {
-  const s = schedule(graph, target, GPU_RULES, { fuse: opts.fuse });
+export function compileGpu(graph: Graph, target: Target, opts: ScheduleOptions = {}): GpuProgram {
+  const s = schedule(graph, target, GPU_RULES, opts);
   const plan = planMemory({ values: s.values, schedule: s.kernels, aliases: s.aliases }, target);
   return { target, schedule: s, plan };
 }

@@ -5,8 +5,9 @@
 // lists every value that needs storage, for the memory plan.
 import { Graph, numel, type Node } from '../ir/graph.js';
 import type { GpuRule, Kernel, Target } from './types.js';
-import { planFusion, planLseSiblings, planTransposedReads } from './fuse.js';
+import { planFusion, planSiblingOutputs, planTransposedReads } from './fuse.js';
 import { FlashTileError } from '../../kernels/flash-common.js';
+import { flashBackwardKernel } from '../../kernels/flash-backward.js';
 import { flashForwardKernel } from '../../kernels/flash-forward.js';
 import { fusedKernel } from '../../kernels/fused.js';
 import { matmulEpilogueKernel } from '../../kernels/matmul-epilogue.js';
@@ -47,6 +48,8 @@ export interface ScheduleOptions {
   readonly epilogues?: boolean;
   /** Matmuls read permutes of the last two dims transposed instead of a copy (default true, with `fuse`). */
   readonly transposedReads?: boolean;
+  /** One kernel writes an attention's lse, dk's dv (default true, with `fuse`; planSiblingOutputs). */
+  readonly siblings?: boolean;
   /** Store exact-f16 values as f16 where the target has shader-f16 (default true; compiler/codegen/half.ts). */
   readonly halfStorage?: boolean;
 }
@@ -69,9 +72,9 @@ export function schedule(graph: Graph, target: Target, rules: { readonly [op: st
   const absorbed = new Set(groups.flatMap((g) => [...g.members.filter((m) => m !== g.root), ...(g.matmul === undefined ? [] : [g.matmul])]));
   const transposed = opts.fuse === false || opts.transposedReads === false ? new Map() : planTransposedReads(graph, live, outputNodes);
   for (const [mm, reads] of transposed) graph.node(mm).inputs.forEach((p, i) => reads[i] && absorbed.add(p));
-  // An attention_lse the forward attention kernel writes too (no sweep of its own).
-  const lseOf = opts.fuse === false ? new Map<number, number>() : planLseSiblings(graph, live);
-  for (const l of lseOf.values()) absorbed.add(l);
+  // Values a sibling's kernel computes in the same sweep (attention's lse, dk's dv): no kernel of their own.
+  const siblingOf = opts.fuse === false || opts.siblings === false ? new Map<number, number>() : planSiblingOutputs(graph, live);
+  for (const l of siblingOf.values()) absorbed.add(l);
   // Scalar constants that only fused kernels read are inlined there as literals: no fill kernel.
   const fused = new Set(groups.flatMap((g) => g.members));
   const readers = new Map<number, number[]>();
@@ -110,8 +113,8 @@ export function schedule(graph: Graph, target: Target, rules: { readonly [op: st
     }
     const inputs = node.inputs.map((i) => graph.node(i));
     const reads = transposed.get(node.id);
-    const lse = lseOf.get(node.id);
-    const generated = reads ? [matmulKernel(node, inputs, target, undefined, undefined, reads)] : lse === undefined ? [rule.gen(node, inputs, target)] : attentionWithLse(node, graph.node(lse), graph, target, rules);
+    const sibling = siblingOf.get(node.id);
+    const generated = reads ? [matmulKernel(node, inputs, target, undefined, undefined, reads)] : sibling === undefined ? [rule.gen(node, inputs, target)] : withSibling(node, graph.node(sibling), graph, target, rules);
     // Bind the storage owners: an aliased input is read through the buffer it shares.
     for (const k of generated) kernels.push({ ...k, bindings: k.bindings.map((b) => ({ ...b, value: root(b.value) })) });
   }
@@ -150,19 +153,20 @@ export function schedule(graph: Graph, target: Target, rules: { readonly [op: st
 }
 
 /**
- * The kernel of an attention node that also writes its lse sibling; when flash tiles do not fit (huge head
- * dims), the attention rule's kernel and the lse's own kernel.
+ * The kernel of a node that also writes its sibling's value (planSiblingOutputs); when flash tiles do not fit
+ * (huge head dims), each node's own kernel.
  */
-function attentionWithLse(node: Node, lse: Node, graph: Graph, target: Target, rules: { readonly [op: string]: GpuRule }): Kernel[] {
+function withSibling(node: Node, sibling: Node, graph: Graph, target: Target, rules: { readonly [op: string]: GpuRule }): Kernel[] {
+  const inputsOf = (n: Node) => n.inputs.map((i) => graph.node(i));
   const gen = (n: Node) => {
     const rule = rules[n.op];
     if (rule?.kind !== 'kernel') throw new Error(`internal: no kernel rule for ${n.op}`);
-    return rule.gen(n, n.inputs.map((i) => graph.node(i)), target);
+    return rule.gen(n, inputsOf(n), target);
   };
   try {
-    return [flashForwardKernel(node, node.inputs.map((i) => graph.node(i)), target, {}, lse)];
+    return [node.op === 'attention' ? flashForwardKernel(node, inputsOf(node), target, {}, sibling) : flashBackwardKernel(node, inputsOf(node), target, {}, sibling)];
   } catch (e) {
-    if (e instanceof FlashTileError) return [gen(node), gen(lse)];
+    if (e instanceof FlashTileError) return [gen(node), gen(sibling)];
     throw e;
   }
 }

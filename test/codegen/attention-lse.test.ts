@@ -1,10 +1,10 @@
-// The forward attention kernel writes the backward's row logsumexp (compiler/codegen/fuse.ts planLseSiblings):
+// The forward attention kernel writes the backward's row logsumexp (compiler/codegen/fuse.ts planSiblingOutputs):
 // in a VJP graph no kernel sweeps q·kᵀ just for attention_lse, and through the whole schedule and the executor
 // the outputs still match PyTorch float64 (test/fixtures/ops/attention.json).
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { compileGpu } from '../../compiler/codegen/gpu.js';
-import { planLseSiblings } from '../../compiler/codegen/fuse.js';
+import { planSiblingOutputs } from '../../compiler/codegen/fuse.js';
 import { PORTABLE_TARGET } from '../../compiler/codegen/types.js';
 import { Builder } from '../../compiler/ir/builder.js';
 import type { RefTensor } from '../../compiler/ir/rules/reference.js';
@@ -12,7 +12,7 @@ import { compileOp } from '../../compiler/lower/op-entry.js';
 import { openDevice, type GpuDevice } from '../../runtime/gpu/device.js';
 import { runGpu } from '../../runtime/run-gpu.js';
 import { fixtureGraph, fixtures } from '../kernels/attention-fixtures.js';
-import { compare } from '../kernels/harness.js';
+import { assertBitwise, compare } from '../kernels/harness.js';
 
 test('compile --op attention --vjp: one forward kernel writes the output and the lse, no lse kernel of its own', () => {
   const shapes = new Map(['q', 'k', 'v'].map((n) => [n, [1, 2, 40, 24]]));
@@ -25,8 +25,17 @@ test('compile --op attention --vjp: one forward kernel writes the output and the
   const lse = graph.nodes.find((n) => n.op === 'attention_lse')!;
   assert.deepEqual(fwd[0].bindings.filter((b) => b.access === 'read_write').map((b) => b.value), [graph.nodes.find((n) => n.op === 'attention')!.id, lse.id]);
   assert.match(fwd[0].wgsl, /var<storage, read_write> out_1: array<f32>;/);
-  // Unfused, the lse has its kernel.
-  assert.ok(compileGpu(graph, PORTABLE_TARGET, { fuse: false }).schedule.kernels.some((k) => k.name === 'attention_lse_flash_f32'));
+  // dk and dv: one kernel, two outputs.
+  const kv = p.schedule.kernels.filter((k) => k.name.startsWith('attention_grad_kv'));
+  assert.equal(kv.length, 1);
+  assert.ok(!names.some((n) => /attention_grad_[kv]_flash/.test(n)), names.join(' '));
+  const grads = graph.nodes.filter((n) => n.op === 'attention_grad');
+  assert.deepEqual(kv[0].bindings.filter((b) => b.access === 'read_write').map((b) => b.value), [1, 2].map((w) => grads.find((n) => n.attrs.wrt === w)!.id));
+  // Without sibling outputs (or unfused), each has its kernel.
+  for (const opts of [{ fuse: false }, { siblings: false }]) {
+    const own = compileGpu(graph, PORTABLE_TARGET, opts).schedule.kernels.map((k) => k.name);
+    for (const name of ['attention_lse_flash_f32', 'attention_grad_k_flash_f32', 'attention_grad_v_flash_f32']) assert.ok(own.includes(name), `${JSON.stringify(opts)}: ${name}`);
+  }
 });
 
 test('only an lse of the same q, k, mask and scale pairs, with the last attention before it', () => {
@@ -41,7 +50,7 @@ test('only an lse of the same q, k, mask and scale pairs, with the last attentio
   const lDefault = b.add('attention_lse', [q, k], { scale: 0.5 }); // the default written out: a2's too, but a2 is taken
   const lOther = b.add('attention_lse', [k2, k]);
   for (const [i, n] of [a1, a2, other, scaled, l, lScaled, lDefault, lOther].entries()) b.output(`o${i}`, n);
-  assert.deepEqual([...planLseSiblings(b.graph, b.graph.live())].sort((x, y) => x[0] - y[0]), [
+  assert.deepEqual([...planSiblingOutputs(b.graph, b.graph.live())].sort((x, y) => x[0] - y[0]), [
     [a2, l],
     [scaled, lScaled],
   ]);
@@ -65,6 +74,10 @@ describe('through the schedule and the executor, against PyTorch float64', () =>
       const inputs = new Map(graph.inputs.map((i) => [i.name, tensor(i.name === 'd:y' ? fx.d_output : fx.inputs[i.name])] as const));
       const out = await runGpu(gpu, graph, program, inputs, new Map());
       const want = [['y', fx.output] as const, ...names.map((n) => [`d:${n}`, fx.grads[n]] as const)];
+      // Bit for bit the program whose lse, dk and dv have kernels of their own (same tiles where Dv <= D).
+      const own = await runGpu(gpu, graph, compileGpu(graph, gpu.target, { siblings: false }), inputs, new Map());
+      const sameTiles = fx.inputs.v.shape[3] <= fx.inputs.q.shape[3];
+      for (const [name] of want) if (sameTiles || name === 'd:v' || name === 'd:k') assertBitwise(Float32Array.from(out.get(name)!.data), Float32Array.from(own.get(name)!.data), `${fx.name} ${name}`);
       for (const [name, t] of want) {
         const tol = name === 'y' ? { rtol: 1e-4, atol: 1e-5 } : { rtol: 1e-3, atol: 1e-4 };
         compare(Float32Array.from(out.get(name)!.data), t.data, t.shape, { ...tol, label: `${fx.name} ${name}` }, program.schedule.kernels);

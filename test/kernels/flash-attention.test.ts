@@ -18,6 +18,7 @@ import type { RefTensor } from '../../compiler/ir/rules/reference.js';
 import { compileOp } from '../../compiler/lower/op-entry.js';
 import { kernelRule } from '../../kernels/elementwise.js';
 import { flashBackwardKernel, flashBackwardTiles } from '../../kernels/flash-backward.js';
+import { FlashTileError } from '../../kernels/flash-common.js';
 import { flashForwardKernel, flashForwardTiles, type FlashCaps } from '../../kernels/flash-forward.js';
 import { GPU_RULES } from '../../kernels/index.js';
 import { fixtureGraph, fixtures, WRT } from './attention-fixtures.js';
@@ -221,8 +222,22 @@ await withDevice(async (gpu: GpuContext) => {
             assert.ok(tiles.workgroup <= target.limits.maxComputeInvocationsPerWorkgroup, where);
             assert.equal(tiles.sweep % tiles.perRow, 0, where);
           }
+          // dk and dv in one kernel (two score tiles): within the limits too. With a mask it binds 9 buffers:
+          // over the portable 8, where the two kernels stay apart (the schedule falls back).
+          const [dk, dv] = [1, 2].map((w) => nodes.gradNodes.find((n) => n.attrs.wrt === w)!);
+          if (dk.inputs.length + 2 > target.limits.maxStorageBuffersPerShaderStage) {
+            assert.throws(() => flashBackwardKernel(dk, nodes.ins(dk), target, {}, dv), FlashTileError);
+            continue;
+          }
+          const kvTiles = flashBackwardTiles(dk, nodes.ins(dk), target, {}, true);
+          const kv = flashBackwardKernel(dk, nodes.ins(dk), target, {}, dv);
+          assert.equal(declaredShared(kv), kvTiles.bytes, `${kv.name} d ${d} on ${target.name}`);
+          assert.ok(kvTiles.bytes <= target.limits.maxComputeWorkgroupStorageSize && kvTiles.workgroup <= target.limits.maxComputeInvocationsPerWorkgroup);
         }
         // Dawn accepts their WGSL (rolled loops as on lavapipe; unrolled hardware code for the smallest head dim).
+        const [dk, dv] = [1, 2].map((w) => gradNodes.find((n) => n.attrs.wrt === w)!);
+        if (dk.inputs.length + 2 <= gpu.target.limits.maxStorageBuffersPerShaderStage) await pipelineFor(gpu.device, flashBackwardKernel(dk, ins(dk), gpu.target, {}, dv));
+        await pipelineFor(gpu.device, flashForwardKernel(fwd, ins(fwd), gpu.target, {}, lse));
         for (const node of [fwd, lse, ...gradNodes]) {
           const gen = node.op === 'attention_grad' ? flashBackwardKernel : flashForwardKernel;
           await pipelineFor(gpu.device, gen(node, ins(node), gpu.target));
