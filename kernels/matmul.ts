@@ -3,8 +3,9 @@
 //
 // Variants, chosen per shape and Target (matmulVariant):
 // - `matmul_tiled_f32`: 64x64 output tile per workgroup of 16x16 invocations, 4x4 outputs per invocation
-//   (rows ty + 16·i, cols tx + 16·j), K in tiles of 16 staged in workgroup memory (8 KiB), bounds-checked
-//   loads (zeros outside) and stores, so any M, N, K. Workgroups: x over N tiles, (y, z) over M tiles × batch.
+//   (rows 4·ty + i, cols 4·tx + j: one vec4 of each tile per k and four vec4 accumulators), K in tiles of 16
+//   staged in workgroup memory as vec4 rows (8 KiB), bounds-checked loads (zeros outside) and stores, so any
+//   M, N, K. Workgroups: x over N tiles, (y, z) over M tiles × batch.
 // - `matmul_splitk_f32`: small outputs (batch·M·N < 4096) with long K (>= 512): one workgroup per output
 //   element, invocation t sums k = t, t + WG, … in order, then a fixed tree in workgroup memory. No atomics.
 // - `matmul_naive_f32`: one invocation per output element, sequential over K (problems under 2M
@@ -30,7 +31,7 @@ export type MatmulVariant = 'tiled' | 'splitk' | 'naive';
 const TILE = 64;
 const TK = 16;
 const THREADS = 16; // per dim: 16x16 invocations, 4x4 outputs each
-const PER = TILE / THREADS;
+const PER = TILE / THREADS; // 4: the kernel's vec4 accumulators assume it
 
 export const SMALL_OUTPUT = 4096;
 export const SPLITK_MIN_K = 512;
@@ -248,7 +249,9 @@ function tileLoads(d: MatmulDims): string {
   const b = d.transB
     ? [`let bc = l / ${TKl};`, `let br = l % ${TKl};`, `var vb = 0.0f;`, `if (k0 + br < ${K} && n0 + bc < ${N}) { vb = in_1[ob + (n0 + bc) * ${K} + k0 + br]; }`]
     : [`let br = l / ${T};`, `let bc = l % ${T};`, `var vb = 0.0f;`, `if (k0 + br < ${K} && n0 + bc < ${N}) { vb = in_1[ob + (k0 + br) * ${N} + n0 + bc]; }`];
-  return [...a, `tile_a[ac * ${T} + ar] = va;`, ...b, `tile_b[br * ${T} + bc] = vb;`].map((l) => `      ${l}`).join('\n');
+  // The tiles are vec4 rows: element (k, x) is component x % 4 of vec4 k·TILE/4 + x / 4.
+  const V = u32Lit(TILE / 4);
+  return [...a, `tile_a[ac * ${V} + ar / 4u][ar % 4u] = va;`, ...b, `tile_b[br * ${V} + bc / 4u][bc % 4u] = vb;`].map((l) => `      ${l}`).join('\n');
 }
 
 function tiled(out: MatmulOutput, inputs: readonly Node[], target: Target, d: MatmulDims, id: number): Kernel {
@@ -267,8 +270,11 @@ function tiled(out: MatmulOutput, inputs: readonly Node[], target: Target, d: Ma
   const loads = (TILE * TK) / (THREADS * THREADS);
   const T = u32Lit(TILE);
   // Constant-bound loops: GPU compilers unroll them (loopBound keeps the k loop rolled on software adapters).
-  const main = `var<workgroup> tile_a: array<f32, ${TILE * TK}>;
-var<workgroup> tile_b: array<f32, ${TILE * TK}>;
+  const V = u32Lit(TILE / 4);
+  // Invocation (tx, ty) owns rows ty·4 + i and columns tx·4 + j: its operands are one vec4 of each tile per k,
+  // its 4x4 outputs four vec4 accumulators. Each output is still fma(a_k, b_k, acc) in k order.
+  const main = `var<workgroup> tile_a: array<vec4<f32>, ${(TILE * TK) / 4}>;
+var<workgroup> tile_b: array<vec4<f32>, ${(TILE * TK) / 4}>;
 
 @compute @workgroup_size(${THREADS}, ${THREADS}, 1)
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_id) lid3: vec3u, @builtin(local_invocation_index) lid: u32) {
@@ -281,9 +287,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_id) lid3: v
   let ty = lid3.y;
 ${batchOffsets(d, '  ')}
   let oc = bi * ${u32Lit(d.m * d.n)};
-  var acc: array<f32, ${PER * PER}>;
-  var av: array<f32, ${PER}>;
-  var bv: array<f32, ${PER}>;
+  var acc: array<vec4<f32>, ${PER}>;
   for (var k0 = 0u; k0 < ${K}; k0 += ${u32Lit(TK)}) {
     // A tile as [TK][TILE] (k-major), B tile as [TK][TILE]; zeros outside the matrices.
     for (var q = 0u; q < ${u32Lit(loads)}; q++) {
@@ -292,23 +296,20 @@ ${tileLoads(d)}
     }
     workgroupBarrier();
     for (var kk = 0u; kk < ${loopBound(TK, target)}; kk++) {
-      for (var i = 0u; i < ${u32Lit(PER)}; i++) {
-        av[i] = tile_a[kk * ${T} + ty + i * ${u32Lit(THREADS)}];
-        bv[i] = tile_b[kk * ${T} + tx + i * ${u32Lit(THREADS)}];
-      }
-      for (var i = 0u; i < ${u32Lit(PER)}; i++) {
-        for (var j = 0u; j < ${u32Lit(PER)}; j++) {
-          acc[i * ${u32Lit(PER)} + j] = fma(av[i], bv[j], acc[i * ${u32Lit(PER)} + j]);
-        }
-      }
+      let a4 = tile_a[kk * ${V} + ty];
+      let b4 = tile_b[kk * ${V} + tx];
+      acc[0] = fma(vec4<f32>(a4.x), b4, acc[0]);
+      acc[1] = fma(vec4<f32>(a4.y), b4, acc[1]);
+      acc[2] = fma(vec4<f32>(a4.z), b4, acc[2]);
+      acc[3] = fma(vec4<f32>(a4.w), b4, acc[3]);
     }
     workgroupBarrier();
   }
   for (var i = 0u; i < ${u32Lit(PER)}; i++) {
     for (var j = 0u; j < ${u32Lit(PER)}; j++) {
-      let row = m0 + ty + i * ${u32Lit(THREADS)};
-      let col = n0 + tx + j * ${u32Lit(THREADS)};
-      if (row < ${M} && col < ${N}) ${storeBlock(out.store(`acc[i * ${u32Lit(PER)} + j]`, `oc + row * ${N} + col`), '      ')}
+      let row = m0 + ty * ${u32Lit(PER)} + i;
+      let col = n0 + tx * ${u32Lit(PER)} + j;
+      if (row < ${M} && col < ${N}) ${storeBlock(out.store('acc[i][j]', `oc + row * ${N} + col`), '      ')}
     }
   }
 }`;
