@@ -12,16 +12,20 @@ import { broadcastStrides, offsetCode } from './elementwise.js';
 import { groupExternals, KEPT_FN, memberCode } from './fused.js';
 import { DIRECT_READS, matmulKernel, matmulVariant, type MatmulOutput, type MatmulReads, type MatmulVariant } from './matmul.js';
 
-/** The epilogue as a matmul output: the group's root is written, its other externals are bound after a and b. */
+/**
+ * The epilogue as the output of its producer's kernel (the matmul's, or the row op's, kernels/row.ts): the
+ * group's root is written, its other externals are bound after the producer's inputs.
+ */
 export function epilogueOutput(graph: Graph, group: FusionGroup): MatmulOutput {
-  const mmId = group.matmul;
-  if (mmId === undefined) throw new Error(`internal: fusion group %${group.root} has no matmul`);
+  const mmId = group.matmul ?? group.row;
+  if (mmId === undefined) throw new Error(`internal: fusion group %${group.root} has no matmul or row op`);
   const mm = graph.node(mmId);
   const root = graph.node(group.root);
   const externals = groupExternals(graph, group, mmId);
   const extNodes = externals.map((e) => graph.node(e));
   const strides = extNodes.map((n) => broadcastStrides(n.shape, root.shape));
-  // The product is `mm`, the externals `x<k>` (bindings in_2, ...): names by position, so repeated layers share WGSL.
+  // The product is `mm`, the externals `x<k>` (bindings after the producer's): names by position, so repeated
+  // layers share WGSL.
   const code = memberCode(graph, group, (id) => (id === mmId ? 'mm' : `x${externals.indexOf(id)}`));
   const offsets = externals.length ? offsetCode(root.shape, strides, externals.map((_, k) => `eo${k}`), 'o', '').split('\n') : [];
   const node: Node = { ...mm, id: root.id, inputs: [...mm.inputs, ...externals], shape: root.shape, dtype: root.dtype };
@@ -38,7 +42,7 @@ export function epilogueOutput(graph: Graph, group: FusionGroup): MatmulOutput {
       `let mm = kept(${value});`,
       `let o = ${index};`,
       ...offsets,
-      ...externals.map((_, k) => `let x${k} = in_${k + 2}[eo${k}];`),
+      ...externals.map((_, k) => `let x${k} = in_${k + mm.inputs.length}[eo${k}];`),
       ...code.lines,
       `out_0[o] = ${code.value};`,
     ],

@@ -6,10 +6,13 @@
 // - `<op>_row_wg_f32`: one workgroup per row (dispatch spread over x, y, z): each invocation folds
 //   j = t, t + WG, … in order, fixed-order reductions in workgroup memory (treeReduceCode). Rows longer than 16.
 // - `<op>_row_thread_f32`: one invocation per row, sequential loops. For short rows.
-import type { KernelGen, Target } from '../compiler/codegen/types.js';
-import { numel, type Node } from '../compiler/ir/graph.js';
+import type { FusionGroup } from '../compiler/codegen/fuse.js';
+import type { Kernel, KernelGen, Target } from '../compiler/codegen/types.js';
+import { numel, type Graph, type Node } from '../compiler/ir/graph.js';
 import { attrNum, normDim } from '../compiler/ir/rules/shape.js';
 import { dispatchGroups, f32Lit, flatKernel, groupIndexCode, kernelRule, makeKernel, u32Lit } from './elementwise.js';
+import { epilogueOutput } from './matmul-epilogue.js';
+import { plainOutput, type MatmulOutput } from './matmul.js';
 import { ceilPow2, combineCode, treeReduceCode, treeWorkgroup } from './reduce.js';
 
 type RowOp = 'softmax' | 'log_softmax' | 'layernorm';
@@ -44,7 +47,7 @@ const maxCombine = (a: string, b: string) => combineCode('max', a, b);
 const sumCombine = (a: string, b: string) => `${a} + ${b}`;
 
 /** One invocation per row. */
-function threadKernel(op: RowOp, node: Node, inputs: readonly Node[], target: Target, p: RowPlan) {
+function threadKernel(op: RowOp, node: Node, inputs: readonly Node[], target: Target, p: RowPlan, out: MatmulOutput) {
   const { code, stride } = rowBase(p, 'i', '    ');
   const at = (j: string) => `base + ${j}${stride}`;
   const L = u32Lit(p.len);
@@ -59,7 +62,7 @@ function threadKernel(op: RowOp, node: Node, inputs: readonly Node[], target: Ta
     var q = 0.0f;
     for (var j = 0u; j < ${L}; j++) { let d = in_0[${at('j')}] - mean; q += d * d; }
     let rs = 1.0f / sqrt(q / ${n} + ${eps});
-    for (var j = 0u; j < ${L}; j++) { out_0[${at('j')}] = (in_0[${at('j')}] - mean) * rs; }`;
+    for (var j = 0u; j < ${L}; j++) ${store(out, `(in_0[${at('j')}] - mean) * rs`, at('j'))}`;
   } else {
     const write = op === 'softmax' ? `exp_f32(in_0[${at('j')}] - m) / s` : `in_0[${at('j')}] - lse`;
     body = `${code}
@@ -67,14 +70,21 @@ function threadKernel(op: RowOp, node: Node, inputs: readonly Node[], target: Ta
     for (var j = 0u; j < ${L}; j++) { let v = in_0[${at('j')}]; m = ${maxCombine('m', 'v')}; }
     var s = 0.0f;
     for (var j = 0u; j < ${L}; j++) { s += exp_f32(in_0[${at('j')}] - m); }
-${op === 'log_softmax' ? '    let lse = m + log_f32(s);\n' : ''}    for (var j = 0u; j < ${L}; j++) { out_0[${at('j')}] = ${write}; }`;
+${op === 'log_softmax' ? '    let lse = m + log_f32(s);\n' : ''}    for (var j = 0u; j < ${L}; j++) ${store(out, write, at('j'))}`;
   }
-  const lib = op === 'layernorm' ? [] : op === 'softmax' ? ['is_nan', 'exp_f32'] : ['is_nan', 'exp_f32', 'log_f32'];
-  return flatKernel(node, inputs, target, `${op}_row_thread_f32`, body, { lib, n: p.rows });
+  const k = flatKernel(out.node, [...inputs, ...out.extra], target, `${op}_row_thread_f32${out.suffix}`.slice(0, 96), body, { lib: [...libOf(op), ...out.lib], helpers: out.helpers, n: p.rows });
+  return { ...k, nodes: [...out.nodes] };
+}
+
+const libOf = (op: RowOp): string[] => (op === 'layernorm' ? [] : op === 'softmax' ? ['is_nan', 'exp_f32'] : ['is_nan', 'exp_f32', 'log_f32']);
+
+/** A block storing the f32 `value` at `index` through the kernel's output (the plain store or an epilogue). */
+function store(out: MatmulOutput, value: string, index: string): string {
+  return `{ ${out.store(value, index).join(' ')} }`;
 }
 
 /** One workgroup per row. */
-function workgroupKernel(op: RowOp, node: Node, inputs: readonly Node[], target: Target, p: RowPlan) {
+function workgroupKernel(op: RowOp, node: Node, inputs: readonly Node[], target: Target, p: RowPlan, out: MatmulOutput) {
   const wg = Math.min(treeWorkgroup(target), Math.max(32, ceilPow2(p.len)));
   const dispatch = dispatchGroups(p.rows, target);
   const { code, stride } = rowBase(p, 'r', '    ');
@@ -98,10 +108,10 @@ ${loop(`let d = in_0[${at('j')}] - mean; q += d * d;`)}
     row_buf[lid] = q;
 ${treeReduceCode('row_buf', wg, sumCombine, target)}
     let rs = 1.0f / sqrt(row_buf[0] / ${n} + ${eps});
-${loop(`out_0[${at('j')}] = (in_0[${at('j')}] - mean) * rs;`)}
+${loop(store(out, `(in_0[${at('j')}] - mean) * rs`, at('j')))}
     workgroupBarrier();`;
   } else {
-    const write = op === 'softmax' ? `out_0[${at('j')}] = exp_f32(in_0[${at('j')}] - m) / s;` : `out_0[${at('j')}] = in_0[${at('j')}] - lse;`;
+    const write = store(out, op === 'softmax' ? `exp_f32(in_0[${at('j')}] - m) / s` : `in_0[${at('j')}] - lse`, at('j'));
     body = `${code}
     var mx = ${f32Lit(-Infinity)};
 ${loop(`let v = in_0[${at('j')}]; mx = ${maxCombine('mx', 'v')};`)}
@@ -117,26 +127,38 @@ ${treeReduceCode('row_buf', wg, sumCombine, target)}
 ${op === 'log_softmax' ? '    let lse = m + log_f32(s);\n' : ''}${loop(write)}
     workgroupBarrier();`;
   }
-  const main = `var<workgroup> row_buf: array<f32, ${wg}>;
+  const main = `${out.helpers ? `${out.helpers}\n\n` : ''}var<workgroup> row_buf: array<f32, ${wg}>;
 
 @compute @workgroup_size(${wg}, 1, 1)
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid: u32) {
 ${groupIndexCode('r', p.rows, dispatch)}
 ${body}
 }`;
-  const lib = op === 'layernorm' ? [] : op === 'softmax' ? ['is_nan', 'exp_f32'] : ['is_nan', 'exp_f32', 'log_f32'];
-  return makeKernel(node, inputs, target, { name: `${op}_row_wg_f32`, body: main, workgroupSize: [wg, 1, 1], dispatch, lib });
+  const k = makeKernel(out.node, [...inputs, ...out.extra], target, { name: `${op}_row_wg_f32${out.suffix}`.slice(0, 96), body: main, workgroupSize: [wg, 1, 1], dispatch, lib: [...libOf(op), ...out.lib] });
+  return { ...k, nodes: [...out.nodes] };
 }
 
-const rowGen =
-  (op: RowOp): KernelGen =>
-  (node, inputs, target) => {
-    const p = rowPlan(node);
-    return p.len <= ROW_THREAD_MAX ? threadKernel(op, node, inputs, target, p) : workgroupKernel(op, node, inputs, target, p);
-  };
+/** A row op's kernel writing through `out` (default: its own value; an elementwise epilogue otherwise). */
+function rowKernel(node: Node, inputs: readonly Node[], target: Target, out: MatmulOutput = plainOutput(node)): Kernel {
+  const op = node.op as RowOp;
+  const p = rowPlan(node);
+  return p.len <= ROW_THREAD_MAX ? threadKernel(op, node, inputs, target, p, out) : workgroupKernel(op, node, inputs, target, p, out);
+}
+
+/**
+ * The kernel of a fusion group whose producer is a row op (compiler/codegen/fuse.ts): the row kernel evaluates
+ * the group's members on each value it would store (layernorm's affine, a softmax's scaling) and stores the root.
+ */
+export function rowEpilogueKernel(graph: Graph, group: FusionGroup, target: Target): Kernel {
+  if (group.row === undefined) throw new Error(`internal: fusion group %${group.root} has no row op`);
+  const node = graph.node(group.row);
+  return rowKernel(node, node.inputs.map((i) => graph.node(i)), target, epilogueOutput(graph, group));
+}
+
+const rowGen: KernelGen = (node, inputs, target) => rowKernel(node, inputs, target);
 
 export const ROW_GPU_RULES = {
-  softmax: kernelRule(rowGen('softmax')),
-  log_softmax: kernelRule(rowGen('log_softmax')),
-  layernorm: kernelRule(rowGen('layernorm')),
+  softmax: kernelRule(rowGen),
+  log_softmax: kernelRule(rowGen),
+  layernorm: kernelRule(rowGen),
 };

@@ -23,7 +23,12 @@ export interface FusionGroup {
   readonly members: number[];
   /** The matmul whose kernel computes the group as its epilogue (its value never reaches memory). */
   readonly matmul?: number;
+  /** Or the row op (layernorm, softmax, log_softmax) whose kernel computes the group as its epilogue. */
+  readonly row?: number;
 }
+
+/** Row ops whose kernels take an elementwise epilogue (kernels/row.ts). */
+export const ROW_EPILOGUE_OPS: ReadonlySet<string> = new Set(['layernorm', 'softmax', 'log_softmax']);
 
 /** Whether the fused-kernel generator can express the op inline. */
 export function isInlineElementwise(n: Node): boolean {
@@ -53,13 +58,13 @@ export function planFusion(graph: Graph, live: ReadonlySet<number>, outputs: Rea
     const externals = new Set<number>();
     const shape = root.shape.join();
     const isExternal = (x: number) => !members.has(x) && (!isScalarConst(graph.node(x)) || outputs.has(x));
-    // A matmul the group may absorb: only the group reads it, and it has the group's shape (not broadcast).
+    // A matmul or row op the group may absorb: only the group reads it, and it has the group's shape (not broadcast).
     const epilogueOf = (x: number) => {
       const m = graph.node(x);
-      return epilogues && m.op === 'matmul' && !outputs.has(x) && consumers.get(x) === 1 && m.shape.join() === shape && numel(m.shape) > 0;
+      return epilogues && (m.op === 'matmul' || ROW_EPILOGUE_OPS.has(m.op)) && !outputs.has(x) && consumers.get(x) === 1 && m.shape.join() === shape && numel(m.shape) > 0;
     };
     // Read bindings: the externals, plus one for a matmul that brings two operands instead of its product.
-    const bindings = (ext: ReadonlySet<number>) => ext.size + ([...ext].some(epilogueOf) ? 1 : 0);
+    const bindings = (ext: ReadonlySet<number>) => ext.size + ([...ext].some((x) => epilogueOf(x) && graph.node(x).op === 'matmul') ? 1 : 0);
     const addInputs = (n: Node) => {
       for (const x of n.inputs) if (isExternal(x)) externals.add(x);
     };
@@ -84,11 +89,12 @@ export function planFusion(graph: Graph, live: ReadonlySet<number>, outputs: Rea
     grow(root);
     // Of several candidates the newest (any one would do; this is deterministic). A root alone can exceed the
     // bound only on a target with very few bindings: then no epilogue.
-    const matmul = bindings(externals) <= maxInputs ? [...externals].filter(epilogueOf).sort((a, b) => b - a)[0] : undefined;
-    if (members.size < 2 && matmul === undefined) continue;
+    const producer = bindings(externals) <= maxInputs ? [...externals].filter(epilogueOf).sort((a, b) => b - a)[0] : undefined;
+    if (members.size < 2 && producer === undefined) continue;
     const ordered = [...members].sort((a, b) => a - b);
     for (const m of ordered) if (m !== id) absorbed.add(m);
-    groups.push(matmul === undefined ? { root: id, members: ordered } : { root: id, members: ordered, matmul });
+    if (producer === undefined) groups.push({ root: id, members: ordered });
+    else groups.push(graph.node(producer).op === 'matmul' ? { root: id, members: ordered, matmul: producer } : { root: id, members: ordered, row: producer });
   }
   return groups.reverse();
 }

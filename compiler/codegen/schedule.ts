@@ -12,6 +12,7 @@ import { flashForwardKernel } from '../../kernels/flash-forward.js';
 import { fusedKernel } from '../../kernels/fused.js';
 import { matmulEpilogueKernel } from '../../kernels/matmul-epilogue.js';
 import { matmulKernel } from '../../kernels/matmul.js';
+import { rowEpilogueKernel } from '../../kernels/row.js';
 import { halfStorageKernel } from '../../kernels/half-storage.js';
 import { halfBindings, planHalfStorage } from './half.js';
 
@@ -69,7 +70,7 @@ export function schedule(graph: Graph, target: Target, rules: { readonly [op: st
   const outputNodes = new Set(graph.outputs.map((o) => o.node));
   const groups = opts.fuse === false ? [] : planFusion(graph, live, outputNodes, target.limits.maxStorageBuffersPerShaderStage - 1, { epilogues: opts.epilogues });
   const groupOf = new Map(groups.map((g) => [g.root, g] as const));
-  const absorbed = new Set(groups.flatMap((g) => [...g.members.filter((m) => m !== g.root), ...(g.matmul === undefined ? [] : [g.matmul])]));
+  const absorbed = new Set(groups.flatMap((g) => [...g.members.filter((m) => m !== g.root), ...[g.matmul, g.row].filter((p): p is number => p !== undefined)]));
   const transposed = opts.fuse === false || opts.transposedReads === false ? new Map() : planTransposedReads(graph, live, outputNodes);
   for (const [mm, reads] of transposed) graph.node(mm).inputs.forEach((p, i) => reads[i] && absorbed.add(p));
   // Values a sibling's kernel computes in the same sweep (attention's lse, dk's dv): no kernel of their own.
@@ -96,7 +97,8 @@ export function schedule(graph: Graph, target: Target, rules: { readonly [op: st
     if (!live.has(node.id) || absorbed.has(node.id)) continue;
     const group = groupOf.get(node.id);
     if (group) {
-      const k = group.matmul === undefined ? fusedKernel(graph, group, target) : matmulEpilogueKernel(graph, group, target, undefined, transposed.get(group.matmul));
+      const k =
+        group.matmul !== undefined ? matmulEpilogueKernel(graph, group, target, undefined, transposed.get(group.matmul)) : group.row !== undefined ? rowEpilogueKernel(graph, group, target) : fusedKernel(graph, group, target);
       kernels.push({ ...k, bindings: k.bindings.map((b) => ({ ...b, value: root(b.value) })) });
       continue;
     }

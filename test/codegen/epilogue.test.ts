@@ -131,14 +131,17 @@ function evaTiny(vjp: boolean) {
   return c.graph;
 }
 
-test('eva_tiny: every linear layer is one kernel', () => {
+test('eva_tiny: every linear layer is one kernel, and every layernorm with its affine', () => {
   const graph = evaTiny(false);
   const fused = sched(graph);
   const plain = sched(graph, { epilogues: false });
   const matmuls = graph.nodes.filter((n) => n.op === 'matmul').length;
   // 2 blocks x (qkv, proj, fc1, fc2), each followed by its bias add (and a residual add or GELU).
   assert.equal(matmuls, 8);
-  assert.equal(fused.kernels.length, plain.kernels.length - matmuls);
+  // And every layernorm's affine runs in the layernorm kernel: 2 blocks x 2 norms + the final one.
+  const normKernels = fused.kernels.filter((k) => /^layernorm_row_\w+_f32\+mul_add$/.test(k.name)).length;
+  assert.equal(normKernels, 5);
+  assert.equal(fused.kernels.length, plain.kernels.length - matmuls - normKernels);
   const mmKernels = fused.kernels.filter((k) => k.name.startsWith('matmul_'));
   assert.equal(mmKernels.length, matmuls);
   // Each reads its weight W [out, in] transposed (no permute kernel), then the epilogue.
