@@ -4,15 +4,18 @@
 // is exactly an f16 (an autocast rounding, compiler/codegen/half.ts) is stored in half the bytes with the same
 // results, and an f16 input is read as the f32 it stands for.
 //
-// This works on the finished WGSL, so every generator that names its bindings `in_<k>` / `out_0` and indexes
-// them as `name[index]` (kernels/elementwise.ts bindingDecls, used by makeKernel) gets it without knowing;
-// a kernel with other binding names (MSDeformAttn's) keeps f32 storage (canStoreHalf says so).
+// This works on the finished WGSL, so every generator that declares a binding as `array<f32>` and indexes it as
+// `name[index]` gets it without knowing (makeKernel's `in_<k>` / `out_0`, the vision kernels' `value`, `x`, `dw`).
+// A binding whose name the shader also declares as a local (it could be shadowed) keeps f32 storage
+// (canStoreHalf says so).
 import type { Kernel } from '../compiler/codegen/types.js';
 
-/** The storage binding declared at @binding(i) as `in_<k>`/`out_0: array<f32>`, or undefined. */
+/** The storage binding declared at @binding(i) as `array<f32>`, when no local declaration can shadow its name. */
 function bindingName(wgsl: string, i: number): string | undefined {
-  const m = new RegExp(`@group\\(0\\) @binding\\(${i}\\) var<storage, (?:read|read_write)> (in_\\d+|out_0): array<f32>;`).exec(wgsl);
-  return m?.[1];
+  const m = new RegExp(`@group\\(0\\) @binding\\(${i}\\) var<storage, (?:read|read_write)> (\\w+): array<f32>;`).exec(wgsl);
+  if (!m) return undefined;
+  const shadowed = new RegExp(`\\b(?:let|var|const)\\s+${m[1]}\\b|\\bfn\\s+${m[1]}\\b|[(,]\\s*${m[1]}\\s*:`).test(wgsl);
+  return shadowed ? undefined : m[1];
 }
 
 /** Whether `kernel` can bind its `binding`-th value as f16 (its WGSL declares and indexes it the standard way). */
@@ -44,7 +47,7 @@ function statementEnd(code: string, from: number): number {
 
 /** `code` with every access to a binding in `half` converted: reads widened to f32, stores narrowed to f16. */
 export function convertAccesses(code: string, half: ReadonlySet<string>): string {
-  const access = /\b(in_\d+|out_0)\[/g;
+  const access = /\b([A-Za-z_]\w*)\[/g;
   let out = '';
   let pos = 0;
   for (;;) {
@@ -90,9 +93,6 @@ export function halfStorageKernel(kernel: Kernel, bindings: ReadonlySet<number>)
     names.add(name);
     wgsl = wgsl.replace(`> ${name}: array<f32>;`, `> ${name}: array<f16>;`);
   }
-  // Declarations end at the last binding line; convert the code after it.
-  const declEnd = wgsl.lastIndexOf('@group(0) @binding(');
-  const split = wgsl.indexOf('\n', declEnd) + 1;
-  const body = convertAccesses(wgsl.slice(split), names);
-  return { ...kernel, name: `${kernel.name}_f16io`, wgsl: `enable f16;\n${wgsl.slice(0, split)}${body}` };
+  // The declarations hold no `name[`: the whole module converts.
+  return { ...kernel, name: `${kernel.name}_f16io`, wgsl: `enable f16;\n${convertAccesses(wgsl, names)}` };
 }

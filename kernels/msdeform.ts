@@ -15,7 +15,7 @@
 // This file also holds the small codegen helpers the vision kernels share (kernels/vision.ts imports them;
 // the dependency goes one way only).
 import type { Node } from '../compiler/ir/graph.js';
-import { numel } from '../compiler/ir/graph.js';
+import { isFloat, numel } from '../compiler/ir/graph.js';
 import { attrNum, msDeformGeometry, type MsDeformGeometry } from '../compiler/ir/rules/shape.js';
 import type { Kernel, Target } from '../compiler/codegen/types.js';
 import { u32Lit } from './elementwise.js';
@@ -79,10 +79,13 @@ export function nodeBindings(node: Node): Kernel['bindings'] {
   return [...node.inputs.map((value) => ({ value, access: 'read' as const })), { value: node.id, access: 'read_write' as const }];
 }
 
-/** Only f32 kernels exist for the vision family so far. */
-export function requireF32(node: Node, inputs: readonly Node[]): void {
+/**
+ * The vision kernels compute in f32 on float values of any width: f16 values are stored as f16 where the target
+ * allows (kernels/half-storage.ts widens the loads and narrows the stores), bf16 values are held in f32.
+ */
+export function requireFloat(node: Node, inputs: readonly Node[]): void {
   for (const n of [node, ...inputs]) {
-    if (n.dtype !== 'f32') throw new Error(`${node.op} (%${node.id}): only f32 kernels are generated, %${n.id} is ${n.dtype}`);
+    if (!isFloat(n.dtype)) throw new Error(`${node.op} (%${node.id}): the kernels take float values, %${n.id} is ${n.dtype}`);
   }
 }
 
@@ -210,7 +213,7 @@ function touch(names: readonly string[]): string {
  * of one corner are contiguous.
  */
 export function msdeformAttnKernel(node: Node, inputs: readonly Node[], target: Target): Kernel {
-  requireF32(node, inputs);
+  requireFloat(node, inputs);
   const k = msGeom(node, inputs);
   const B = loopBound(target);
   const levelBlocks = k.levels
@@ -263,7 +266,7 @@ out[i] = acc;`;
  * weights, g ([N, Lq, M·Dh]).
  */
 export function msdeformAttnGradKernel(node: Node, inputs: readonly Node[], target: Target, valueVariant: GradValueVariant = 'tiled'): Kernel {
-  requireF32(node, inputs);
+  requireFloat(node, inputs);
   const wrt = attrNum(node.attrs, 'wrt');
   if (wrt === 0) return valueVariant === 'tiled' ? gradValueTiled(node, inputs, target) : gradValue(node, inputs, target);
   if (wrt === 1) return gradLocations(node, inputs, target);

@@ -31,7 +31,7 @@ import {
   msdeformAttnKernel,
   nodeBindings,
   perElementKernel,
-  requireF32,
+  requireFloat,
   rolledPrelude,
   spreadWorkgroups,
   u32Lit,
@@ -214,7 +214,7 @@ const GEMM_MIN_ROWS = 16;
 
 /** conv2d(x, w): y[n, o, oy, ox] = Σ_{ci, ky, kx} x[n, g·CG + ci, oy·S − P + ky·D, ...] · w[o, ci, ky, kx]. */
 export function conv2dKernel(node: Node, inputs: readonly Node[], target: Target, variant?: ConvVariant): Kernel {
-  requireF32(node, inputs);
+  requireFloat(node, inputs);
   const k = conv2dGeometry(inputs[0].shape, inputs[1].shape, node.shape, node.attrs, 'conv2d');
   const decls = bindingDecls(['x', 'w'], 'y');
   const v = variant ?? (k.og >= GEMM_MIN_ROWS ? 'gemm' : 'direct');
@@ -275,7 +275,7 @@ fn c_col(col: u32) -> u32 {
  * (oy, ox) reads (iy, ix), of g[n, o, oy, ox] · w[o, c, ky, kx]. A gather: exact and atomic-free.
  */
 export function conv2dGradInputKernel(node: Node, inputs: readonly Node[], target: Target, variant?: ConvVariant): Kernel {
-  requireF32(node, inputs);
+  requireFloat(node, inputs);
   const k = conv2dGeometry(node.shape, inputs[1].shape, inputs[0].shape, node.attrs, 'conv2d_grad_input');
   const decls = bindingDecls(['gy', 'w'], 'dx');
   // With stride > 1 most (o, ky, kx) columns of the GEMM miss a given input element; the direct gather
@@ -350,7 +350,7 @@ export type ConvGradWeightVariant = 'gemm' | 'reduce';
  * and then a fixed tree (reduce).
  */
 export function conv2dGradWeightKernel(node: Node, inputs: readonly Node[], target: Target, variant?: ConvGradWeightVariant): Kernel {
-  requireF32(node, inputs);
+  requireFloat(node, inputs);
   const k = conv2dGeometry(inputs[0].shape, node.shape, inputs[1].shape, node.attrs, 'conv2d_grad_weight');
   const decls = bindingDecls(['x', 'gy'], 'dw');
   const cols = k.cg * k.kh * k.kw;
@@ -560,7 +560,7 @@ function resampleModes(node: Node): AxisMode {
 
 /** resize / adaptive_avg_pool2d: out[plane, r, c] = Σ_jv wv(r, jv) · Σ_jh wh(c, jh) · x[plane, jv, jh] (W first, as the reference). */
 function resampleKernel(node: Node, inputs: readonly Node[], target: Target): Kernel {
-  requireF32(node, inputs);
+  requireFloat(node, inputs);
   const mode = resampleModes(node);
   const xs = inputs[0].shape;
   const [ih, iw] = xs.slice(-2);
@@ -595,7 +595,7 @@ y[i] = acc;`;
  * window holds (a strong bilinear/bicubic downscale skips some) get 0.
  */
 function resampleGradKernel(node: Node, inputs: readonly Node[], target: Target): Kernel {
-  requireF32(node, inputs);
+  requireFloat(node, inputs);
   const mode = resampleModes(node);
   const [oh, ow] = inputs[0].shape.slice(-2);
   const [ih, iw] = node.shape.slice(-2);

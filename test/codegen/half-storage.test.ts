@@ -7,7 +7,7 @@ import { after, before, describe, test, type TestContext } from 'node:test';
 import { checkFiles } from '../../compiler/check/index.js';
 import { halfBindings, exactHalfValues, planHalfStorage } from '../../compiler/codegen/half.js';
 import { schedule } from '../../compiler/codegen/schedule.js';
-import { PORTABLE_TARGET, type Target } from '../../compiler/codegen/types.js';
+import { PORTABLE_TARGET, type Kernel, type Target } from '../../compiler/codegen/types.js';
 import { Builder } from '../../compiler/ir/builder.js';
 import { numel, type Graph } from '../../compiler/ir/graph.js';
 import { interpret } from '../../compiler/ir/interpret.js';
@@ -16,7 +16,7 @@ import { roundF16 } from '../../compiler/ir/rules/reference-core.js';
 import { formatBytes, planMemory } from '../../compiler/plan/memory.js';
 import { trainPlan } from '../../compiler/train/plan.js';
 import { compileStep } from '../../compiler/train/step-graph.js';
-import { convertAccesses, halfStorageKernel } from '../../kernels/half-storage.js';
+import { canStoreHalf, convertAccesses, halfStorageKernel } from '../../kernels/half-storage.js';
 import { GPU_RULES } from '../../kernels/index.js';
 import { openDevice, type GpuDevice } from '../../runtime/gpu/device.js';
 import { runGpu } from '../../runtime/run-gpu.js';
@@ -97,7 +97,7 @@ test('an f16 parameter read as f32 (a frozen fp16 backbone): no cast kernel, the
   assert.equal(schedule(b.graph, PORTABLE_TARGET, GPU_RULES).kernels.length, 2);
 });
 
-test('a value bound by a kernel that cannot store f16 (MSDeformAttn binds other names) stays f32', () => {
+test('kernels with their own binding names (MSDeformAttn) store f16 too; a binding a local could shadow does not', () => {
   const b = new Builder();
   const value = b.add('cast', [b.input('value', [1, 4, 1, 2])], { dtype: 'f16' });
   const loc = b.input('sampling_locations', [1, 3, 1, 1, 1, 2]);
@@ -106,13 +106,23 @@ test('a value bound by a kernel that cannot store f16 (MSDeformAttn binds other 
   const s = schedule(b.graph, F16_TARGET, GPU_RULES);
   const msKernel = s.kernels.find((k) => k.name.startsWith('msdeform'))!;
   const rounded = msKernel.bindings[0].value;
-  assert.ok(exactHalfValues(b.graph).has(rounded), 'MSDeformAttn reads an exact f16 value');
-  const half = planHalfStorage(b.graph, s.values, s.kernels, F16_TARGET);
-  assert.ok(!half.has(rounded), 'which stays f32: MSDeformAttn cannot bind it as f16');
-  assert.equal(s.values.find((v) => v.id === rounded)!.dtype, 'f32');
-  assert.deepEqual(halfBindings([msKernel], half), [new Set()]);
-  assert.equal(halfStorageKernel(msKernel, new Set()), msKernel);
-  assert.throws(() => halfStorageKernel(msKernel, new Set([0])), /cannot store binding 0 as f16/);
+  assert.ok(exactHalfValues(b.graph).has(rounded));
+  assert.equal(s.values.find((v) => v.id === rounded)!.dtype, 'f16');
+  assert.match(msKernel.name, /_f16io$/);
+  assert.match(msKernel.wgsl, /var<storage, read> value: array<f16>;/);
+  // Planned on the kernels as generated (f32 declarations), the same decision.
+  const plain = schedule(b.graph, F16_TARGET, GPU_RULES, { halfStorage: false });
+  assert.ok(planHalfStorage(b.graph, plain.values, plain.kernels, F16_TARGET).has(rounded));
+  assert.deepEqual(halfBindings(plain.kernels.filter((k) => k.name.startsWith('msdeform')), new Set([rounded])), [new Set([0])]);
+  // A binding named like a local (or a parameter) of the shader is left alone.
+  const shadowed: Kernel = {
+    ...msKernel,
+    wgsl: '@group(0) @binding(0) var<storage, read> x: array<f32>;\n@group(0) @binding(1) var<storage, read_write> y: array<f32>;\nfn f(x: u32) -> f32 { return 0.0f; }\n',
+  };
+  assert.equal(canStoreHalf(shadowed, 0), false);
+  assert.equal(canStoreHalf(shadowed, 1), true);
+  assert.throws(() => halfStorageKernel(shadowed, new Set([0])), /cannot store binding 0 as f16/);
+  assert.equal(halfStorageKernel(shadowed, new Set()), shadowed);
 });
 
 describe('on the device: an fp16 LoRA training step of eva_tiny (stage 2) on a frozen fp16 backbone', () => {

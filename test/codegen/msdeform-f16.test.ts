@@ -1,0 +1,62 @@
+// MSDeformAttn in f16 (the original runs it under fp16): f16 value, locations and weights stored as f16 on a
+// shader-f16 device, computed in f32, the output and gradients stored as f16. Against the float64 reference on
+// the same f16 inputs, within f16 rounding of the results.
+import assert from 'node:assert/strict';
+import { after, before, test } from 'node:test';
+import { vjp } from '../../compiler/autodiff/vjp.js';
+import { compileGpu } from '../../compiler/codegen/gpu.js';
+import { Builder } from '../../compiler/ir/builder.js';
+import { interpret } from '../../compiler/ir/interpret.js';
+import type { RefTensor } from '../../compiler/ir/rules/reference.js';
+import { roundF16 } from '../../compiler/ir/rules/reference-core.js';
+import { openDevice, type GpuDevice } from '../../runtime/gpu/device.js';
+import { runGpu } from '../../runtime/run-gpu.js';
+import { makeRng, randomTensor } from '../ir/util.js';
+
+let gpu: GpuDevice;
+before(async () => {
+  gpu = await openDevice();
+});
+after(async () => {
+  await gpu?.destroy();
+});
+
+test('f16 MSDeformAttn forward and gradients: f16 storage, f32 arithmetic', async (t) => {
+  if (!gpu.target.features.includes('shader-f16')) return t.skip(`the adapter ${gpu.target.name} has no shader-f16`);
+  // Two levels (4x5 and 2x3), 2 heads of 8, 3 points, 6 queries; some points outside the maps.
+  const levels = [
+    [4, 5],
+    [2, 3],
+  ];
+  const [N, M, Dh, L, P, Lq] = [1, 2, 8, 2, 3, 6];
+  const S = levels.reduce((n, [h, w]) => n + h * w, 0);
+  const b = new Builder();
+  const value = b.input('value', [N, S, M, Dh], 'f16');
+  const loc = b.input('sampling_locations', [N, Lq, M, L, P, 2], 'f16');
+  const attw = b.input('attention_weights', [N, Lq, M, L, P], 'f16');
+  const y = b.add('msdeform_attn', [value, loc, attw], { levels });
+  assert.equal(b.graph.node(y).dtype, 'f16');
+  b.output('y', y);
+  const r = vjp(b.graph, [value, loc, attw]);
+  ['value', 'sampling_locations', 'attention_weights'].forEach((n, i) => r.builder.output(`d:${n}`, r.grads.get([value, loc, attw][i])!));
+  const graph = r.builder.graph;
+  const program = compileGpu(graph, gpu.target);
+  const ms = program.schedule.kernels.filter((k) => k.name.startsWith('msdeform'));
+  assert.equal(ms.length, 4, program.schedule.kernels.map((k) => k.name).join(', '));
+  for (const k of ms) assert.match(k.name, /_f16io$/, k.name);
+  assert.ok(program.schedule.values.filter((v) => v.dtype === 'f16').length >= 8);
+
+  const rng = makeRng(9);
+  const f16 = (tensor: RefTensor): RefTensor => ({ ...tensor, data: tensor.data.map(roundF16) });
+  const ranges: Record<string, [number, number]> = { value: [-2, 2], sampling_locations: [-0.1, 1.1], attention_weights: [0, 1], 'd:y': [-1, 1] };
+  const inputs = new Map(graph.inputs.map((i) => [i.name, f16(randomTensor(graph.node(i.node).shape, rng, ...ranges[i.name]))] as const));
+  const got = await runGpu(gpu, graph, program, inputs, new Map());
+  const want = interpret(graph, inputs);
+  for (const [name, w] of want) {
+    const g = got.get(name)!;
+    let scale = 1e-6;
+    for (const v of w.data) scale = Math.max(scale, Math.abs(v));
+    // Each stored result is one f16 rounding (2⁻¹¹ relative) of an f32 sum; allow twice that of the largest.
+    w.data.forEach((v, i) => assert.ok(Math.abs(g.data[i] - v) <= 2 ** -10 * Math.max(Math.abs(v), 0.05 * scale) + 1e-6 * scale, `${name}[${i}]: ${g.data[i]} vs ${v} (scale ${scale})`));
+  }
+});
