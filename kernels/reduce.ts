@@ -7,10 +7,12 @@
 //   folds the elements t, t + WG, t + 2·WG, … in order, then a fixed-order combine in workgroup memory (a
 //   tree on hardware, a serial fold on software adapters: treeReduceCode). Deterministic; reduced sizes > 256.
 // `max` propagates NaN as the reference (torch.amax): once NaN, always NaN.
-import type { KernelGen, Target } from '../compiler/codegen/types.js';
-import { numel, type Node } from '../compiler/ir/graph.js';
+import type { FusionGroup } from '../compiler/codegen/fuse.js';
+import type { Kernel, KernelGen, Target } from '../compiler/codegen/types.js';
+import { numel, type Graph, type Node } from '../compiler/ir/graph.js';
 import { attrInts, normDim } from '../compiler/ir/rules/shape.js';
-import { dispatchGroups, f32Lit, flatKernel, groupIndexCode, kernelRule, makeKernel, mergeDims, offsetCode, stridesOf, u32Lit } from './elementwise.js';
+import { broadcastStrides, dispatchGroups, f32Lit, flatKernel, groupIndexCode, kernelRule, makeKernel, mergeDims, offsetCode, stridesOf, u32Lit } from './elementwise.js';
+import { groupExternals, KEPT_FN, memberCode } from './fused.js';
 
 export type ReduceOp = 'sum' | 'max';
 
@@ -103,12 +105,62 @@ function plan(x: Node, node: Node): ReducePlan {
   };
 }
 
+/**
+ * How a reduction reads the element at a flat offset of its input: from memory, or computed by a fused
+ * elementwise prologue (compiler/codegen/fuse.ts planReducePrologues).
+ */
+export interface ReduceInput {
+  /** The node the kernel stands for: its inputs are the bindings, its id the output. */
+  readonly node: Node;
+  readonly bindings: readonly Node[];
+  readonly lib: readonly string[];
+  readonly helpers?: string;
+  /** The IR nodes the kernel computes (the reduction last). */
+  readonly nodes: readonly number[];
+  /** Appended to the kernel's name. */
+  readonly suffix: string;
+  /** WGSL statements declaring `v`, the element at offset `off`. */
+  load(off: string): string;
+}
+
+const plainInput = (node: Node, inputs: readonly Node[]): ReduceInput => ({ node, bindings: inputs, lib: [], nodes: [node.id], suffix: '', load: (off) => `let v = in_0[${off}];` });
+
+/**
+ * The reduction `node` of the group's root (an elementwise tree only the reduction reads), computing the tree at
+ * each element instead of reading it: the tree's lets (kernels/fused.ts), its externals read with broadcasting
+ * at the element's offset. The root passes through `kept`, so it is not contracted into the sum.
+ */
+export function reducePrologueKernel(graph: Graph, node: Node, group: FusionGroup, target: Target): Kernel {
+  const root = graph.node(group.root);
+  const externals = groupExternals(graph, group);
+  const extNodes = externals.map((e) => graph.node(e));
+  const strides = extNodes.map((n) => broadcastStrides(n.shape, root.shape));
+  const code = memberCode(graph, group, (id) => `x${externals.indexOf(id)}`);
+  const input: ReduceInput = {
+    node: { ...node, inputs: externals },
+    bindings: extNodes,
+    lib: code.lib,
+    helpers: KEPT_FN,
+    nodes: [...group.members, node.id],
+    suffix: `+${code.ops.join('_')}`,
+    // In a block of its own: the offset code's names (rem, c0, …) may be the kernel's too.
+    load: (off) =>
+      `var v = 0.0f; { ${[`let eo = ${off};`, offsetCode(root.shape, strides, externals.map((_, k) => `eo${k}`), 'eo', ''), ...externals.map((_, k) => `let x${k} = in_${k}[eo${k}];`), ...code.lines, `v = kept(${code.value});`]
+        .filter(Boolean)
+        .join(' ')} }`,
+  };
+  return reduceKernel(node.op as ReduceOp, node, graph.node(node.inputs[0]), target, input);
+}
+
 const reduceGen =
   (op: ReduceOp): KernelGen =>
-  (node, inputs, target) => {
-    const x = inputs[0];
+  (node, inputs, target) =>
+    reduceKernel(op, node, inputs[0], target, plainInput(node, inputs));
+
+function reduceKernel(op: ReduceOp, node: Node, x: Node, target: Target, input: ReduceInput): Kernel {
     const p = plan(x, node);
-    const lib = op === 'max' ? ['is_nan'] : [];
+    const lib = [...(op === 'max' ? ['is_nan'] : []), ...input.lib];
+    const name = (variant: string) => `reduce_${op}_${variant}_f32${input.suffix}`.slice(0, 96);
     const base = offsetCode(p.keptShape, [p.keptStrides], ['base'], 'o');
     if (p.redCount <= TREE_THRESHOLD || p.redCount === 0) {
       // Nested loops over the reduced dims, outermost first: the reference's row-major order.
@@ -127,17 +179,18 @@ const reduceGen =
         base,
         `    var acc = ${identityCode(op)};`,
         ...open,
-        `${inner}let v = in_0[${off}];`,
+        `${inner}${input.load(off)}`,
         `${inner}acc = ${combineCode(op, 'acc', 'v')};`,
         ...close,
         '    out_0[o] = acc;',
       ].join('\n');
-      return flatKernel(node, inputs, target, `reduce_${op}_seq_f32`, body, { lib });
+      const k = flatKernel(input.node, input.bindings, target, name('seq'), body, { lib, helpers: input.helpers });
+      return { ...k, nodes: [...input.nodes] };
     }
     const wg = treeWorkgroup(target);
     const dispatch = dispatchGroups(p.outCount, target);
       const redOff = offsetCode(p.redShape, [p.redStrides], ['roff'], 'r', '      ');
-    const main = `var<workgroup> red_buf: array<f32, ${wg}>;
+    const main = `${input.helpers ? `${input.helpers}\n\n` : ''}var<workgroup> red_buf: array<f32, ${wg}>;
 
 @compute @workgroup_size(${wg}, 1, 1)
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid: u32) {
@@ -146,15 +199,16 @@ ${base}
     var acc = ${identityCode(op)};
     for (var r = lid; r < ${u32Lit(p.redCount)}; r += ${u32Lit(wg)}) {
 ${redOff}
-      let v = in_0[base + roff];
+      ${input.load('base + roff')}
       acc = ${combineCode(op, 'acc', 'v')};
     }
     red_buf[lid] = acc;
 ${treeReduceCode('red_buf', wg, (a, b) => combineCode(op, a, b), target)}
     if (lid == 0u) { out_0[o] = red_buf[0]; }
 }`;
-    return makeKernel(node, inputs, target, { name: `reduce_${op}_tree_f32`, body: main, workgroupSize: [wg, 1, 1], dispatch, lib });
-  };
+    const k = makeKernel(input.node, input.bindings, target, { name: name('tree'), body: main, workgroupSize: [wg, 1, 1], dispatch, lib });
+    return { ...k, nodes: [...input.nodes] };
+}
 
 export const REDUCE_GPU_RULES = {
   sum: kernelRule(reduceGen('sum')),

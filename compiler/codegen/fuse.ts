@@ -148,3 +148,27 @@ export function planSiblingOutputs(graph: Graph, live: ReadonlySet<number>): Map
   }
   return pairs;
 }
+
+/**
+ * Reductions that compute their input's elementwise tree themselves (reduction id → the tree as a group): the
+ * input is a plain fusion group's root, or one inline elementwise node, that only the reduction reads and that
+ * is no graph output; its external inputs fit `maxInputs` bindings. `sum(g·out)` is then one kernel.
+ */
+export function planReducePrologues(graph: Graph, live: ReadonlySet<number>, outputs: ReadonlySet<number>, groups: readonly FusionGroup[], maxInputs: number): Map<number, FusionGroup> {
+  const consumers = new Map<number, number>();
+  for (const n of graph.nodes) if (live.has(n.id)) for (const i of new Set(n.inputs)) consumers.set(i, (consumers.get(i) ?? 0) + 1);
+  const groupOf = new Map(groups.map((g) => [g.root, g] as const));
+  const inGroup = new Set(groups.flatMap((g) => g.members));
+  const plan = new Map<number, FusionGroup>();
+  for (const n of graph.nodes) {
+    if (!live.has(n.id) || (n.op !== 'sum' && n.op !== 'max')) continue;
+    const x = graph.node(n.inputs[0]);
+    if (outputs.has(x.id) || consumers.get(x.id) !== 1 || numel(x.shape) === 0) continue;
+    const group = groupOf.get(x.id) ?? (isInlineElementwise(x) && !inGroup.has(x.id) ? { root: x.id, members: [x.id] } : undefined);
+    if (!group || group.matmul !== undefined || group.row !== undefined) continue;
+    const members = new Set(group.members);
+    const externals = new Set(group.members.flatMap((m) => graph.node(m).inputs).filter((i) => !members.has(i) && !isScalarConst(graph.node(i))));
+    if (externals.size <= maxInputs) plan.set(n.id, group);
+  }
+  return plan;
+}

@@ -5,13 +5,14 @@
 // lists every value that needs storage, for the memory plan.
 import { Graph, numel, type Node } from '../ir/graph.js';
 import type { GpuRule, Kernel, Target } from './types.js';
-import { planFusion, planSiblingOutputs, planTransposedReads } from './fuse.js';
+import { planFusion, planReducePrologues, planSiblingOutputs, planTransposedReads, type FusionGroup } from './fuse.js';
 import { FlashTileError } from '../../kernels/flash-common.js';
 import { flashBackwardKernel } from '../../kernels/flash-backward.js';
 import { flashForwardKernel } from '../../kernels/flash-forward.js';
 import { fusedKernel } from '../../kernels/fused.js';
 import { matmulEpilogueKernel } from '../../kernels/matmul-epilogue.js';
 import { matmulKernel } from '../../kernels/matmul.js';
+import { reducePrologueKernel } from '../../kernels/reduce.js';
 import { rowEpilogueKernel } from '../../kernels/row.js';
 import { halfStorageKernel } from '../../kernels/half-storage.js';
 import { halfBindings, planHalfStorage } from './half.js';
@@ -68,9 +69,15 @@ export function schedule(graph: Graph, target: Target, rules: { readonly [op: st
   for (const p of graph.params) (kinds.set(p.node, 'param'), names.set(p.node, p.name));
 
   const outputNodes = new Set(graph.outputs.map((o) => o.node));
-  const groups = opts.fuse === false ? [] : planFusion(graph, live, outputNodes, target.limits.maxStorageBuffersPerShaderStage - 1, { epilogues: opts.epilogues });
-  const groupOf = new Map(groups.map((g) => [g.root, g] as const));
+  const maxInputs = target.limits.maxStorageBuffersPerShaderStage - 1;
+  const planned = opts.fuse === false ? [] : planFusion(graph, live, outputNodes, maxInputs, { epilogues: opts.epilogues });
+  // Elementwise trees that only a reduction reads run inside the reduction's kernel.
+  const prologues = opts.fuse === false ? new Map<number, FusionGroup>() : planReducePrologues(graph, live, outputNodes, planned, maxInputs);
+  const inPrologue = new Set([...prologues.values()].map((g) => g.root));
+  const groups = [...planned.filter((g) => !inPrologue.has(g.root)), ...prologues.values()];
+  const groupOf = new Map(planned.filter((g) => !inPrologue.has(g.root)).map((g) => [g.root, g] as const));
   const absorbed = new Set(groups.flatMap((g) => [...g.members.filter((m) => m !== g.root), ...[g.matmul, g.row].filter((p): p is number => p !== undefined)]));
+  for (const root of inPrologue) absorbed.add(root);
   const transposed = opts.fuse === false || opts.transposedReads === false ? new Map() : planTransposedReads(graph, live, outputNodes);
   for (const [mm, reads] of transposed) graph.node(mm).inputs.forEach((p, i) => reads[i] && absorbed.add(p));
   // Values a sibling's kernel computes in the same sweep (attention's lse, dk's dv): no kernel of their own.
@@ -115,6 +122,12 @@ export function schedule(graph: Graph, target: Target, rules: { readonly [op: st
     }
     const inputs = node.inputs.map((i) => graph.node(i));
     const reads = transposed.get(node.id);
+    const prologue = prologues.get(node.id);
+    if (prologue) {
+      const k = reducePrologueKernel(graph, node, prologue, target);
+      kernels.push({ ...k, bindings: k.bindings.map((b) => ({ ...b, value: root(b.value) })) });
+      continue;
+    }
     const sibling = siblingOf.get(node.id);
     const generated = reads ? [matmulKernel(node, inputs, target, undefined, undefined, reads)] : sibling === undefined ? [rule.gen(node, inputs, target)] : withSibling(node, graph.node(sibling), graph, target, rules);
     // Bind the storage owners: an aliased input is read through the buffer it shares.
