@@ -8,6 +8,7 @@ import type { Kernel, KernelGen, Target } from '../compiler/codegen/types.js';
 import { numel, type DType, type Node, type Shape } from '../compiler/ir/graph.js';
 import { hash32 } from '../compiler/ir/rules/reference-core.js';
 import { attrNum } from '../compiler/ir/rules/shape.js';
+import { gridDispatch, gridMain } from './grid-param.js';
 
 // ---------------------------------------------------------------------------------------------- WGSL literals
 
@@ -605,8 +606,14 @@ const dropoutGen: KernelGen = (node, inputs, target) => {
   const threshold = Math.ceil(p * 4294967296);
   if (threshold > 0xffffffff) return flatKernel(node, inputs, target, 'ew_dropout_none_f32', '    out_0[i] = 0.0f;');
   const scale = f32Lit(1 / (1 - p));
+  // The seed travels in the dispatch where it fits (kernels/grid-param.ts), so dropouts that differ only in it
+  // (one per unrolled step) share a shader; it is baked in otherwise.
+  const n = numel(node.shape);
+  const wg = flatWorkgroup(target);
+  const grid = gridDispatch(n, seed, wg, target);
+  const seedCode = grid ? 'k' : u32Lit(seed);
   // With a salt input (an integer-valued f32 scalar): the seed is seed ^ hash32(salt), as saltedSeed.
-  const key = inputs.length > 1 ? `hash32(${u32Lit(seed)} ^ hash32(u32(in_1[0])))` : u32Lit(hs);
+  const key = inputs.length > 1 ? `hash32(${seedCode} ^ hash32(u32(in_1[0])))` : grid ? 'hash32(k)' : u32Lit(hs);
   const body = `    let h = hash32(i ^ ${key});
     out_0[i] = select(0.0f, in_0[i] * ${scale}, h >= ${u32Lit(threshold)});`;
   const hash = `// Wellons' lowbias32, as reference-core.ts's hash32.
@@ -619,6 +626,7 @@ fn hash32(v: u32) -> u32 {
   x ^= x >> 16u;
   return x;
 }`;
+  if (grid) return makeKernel(node, inputs, target, { name: 'ew_dropout_f32', body: `${hash}\n\n${gridMain(wg, n, 'the seed', body)}`, workgroupSize: [wg, 1, 1], dispatch: grid });
   return flatKernel(node, inputs, target, 'ew_dropout_f32', body, { helpers: hash });
 };
 
