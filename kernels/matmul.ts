@@ -23,7 +23,7 @@
 import type { Kernel, KernelGen, Target } from '../compiler/codegen/types.js';
 import { numel, type Node } from '../compiler/ir/graph.js';
 import { attrInts, normDim } from '../compiler/ir/rules/shape.js';
-import { broadcastStrides, dispatchGroups, flatKernel, groupIndexCode, kernelRule, loopBound, makeKernel, offsetCode, u32Lit } from './elementwise.js';
+import { broadcastStrides, dispatchGroups, flatKernel, groupIndexCode, kernelRule, loopBound, makeKernel, offsetCode, u32Lit, unboundedLoop } from './elementwise.js';
 import { treeReduceCode, treeWorkgroup } from './reduce.js';
 
 export type MatmulVariant = 'tiled' | 'splitk' | 'naive';
@@ -203,7 +203,7 @@ function naive(out: MatmulOutput, inputs: readonly Node[], target: Target, d: Ma
 ${batchOffsets(d, '    ')}
 ${dot.setup}
     var acc = 0.0f;
-    for (var t = 0u; t < ${loopBound(d.k, target)}; t++) {
+    for (var t = 0u; t < ${unboundedLoop(d.k, target)}; t++) {
       acc = fma(${dot.a}, ${dot.b}, acc);
     }
     ${store.length === 1 ? store[0] : storeBlock(store, '    ')}`;

@@ -11,7 +11,7 @@ import type { FusionGroup } from '../compiler/codegen/fuse.js';
 import type { Kernel, KernelGen, Target } from '../compiler/codegen/types.js';
 import { numel, type Graph, type Node } from '../compiler/ir/graph.js';
 import { attrInts, normDim } from '../compiler/ir/rules/shape.js';
-import { broadcastStrides, dispatchGroups, f32Lit, flatKernel, groupIndexCode, kernelRule, makeKernel, mergeDims, offsetCode, stridesOf, u32Lit } from './elementwise.js';
+import { broadcastStrides, dispatchGroups, f32Lit, flatKernel, groupIndexCode, kernelRule, makeKernel, mergeDims, offsetCode, stridesOf, u32Lit, unboundedLoop } from './elementwise.js';
 import { groupExternals, KEPT_FN, memberCode } from './fused.js';
 
 export type ReduceOp = 'sum' | 'max';
@@ -169,7 +169,7 @@ function reduceKernel(op: ReduceOp, node: Node, x: Node, target: Target, input: 
       const close: string[] = [];
       for (let d = 0; d < r; d++) {
         const pad = '    ' + '  '.repeat(d + 1);
-        open.push(`${pad}for (var r${d} = 0u; r${d} < ${u32Lit(p.redShape[d])}; r${d}++) {`);
+        open.push(`${pad}for (var r${d} = 0u; r${d} < ${unboundedLoop(p.redShape[d], target)}; r${d}++) {`);
         close.unshift(`${pad}}`);
       }
       const inner = '    ' + '  '.repeat(r + 1);
