@@ -26,6 +26,8 @@ import type { GpuRule, Kernel, Target } from '../../compiler/codegen/types.js';
 import { schedule, type ScheduleOptions } from '../../compiler/codegen/schedule.js';
 import { planMemory } from '../../compiler/plan/memory.js';
 import { GPU_RULES } from '../../kernels/index.js';
+import type { GpuDevice } from '../../runtime/gpu/device.js';
+import { runGpu } from '../../runtime/run-gpu.js';
 
 // ---------------------------------------------------------------------------------------------- device
 
@@ -387,4 +389,24 @@ export function assertBitwise(actual: Float32Array, expected: Float32Array, what
   for (let i = 0; i < a.length; i++) {
     if (a[i] !== e[i] && !(Number.isNaN(actual[i]) && Number.isNaN(expected[i]))) assert.fail(`${what}: element ${i} is ${actual[i]}, expected ${expected[i]} bit for bit`);
   }
+}
+
+/**
+ * Runs `graph` through the executor scheduled two ways (fusion options) and asserts every output equal bit for
+ * bit; returns the first program.
+ */
+export async function assertSchedulesAgree(
+  gpu: GpuDevice,
+  graph: Graph,
+  feeds: { readonly inputs: ReadonlyMap<string, RefTensor>; readonly params?: ReadonlyMap<string, RefTensor> },
+  a: ScheduleOptions,
+  b: ScheduleOptions,
+  what: string,
+) {
+  const params = feeds.params ?? new Map<string, RefTensor>();
+  const first = scheduledProgram(graph, gpu.target, a);
+  const ra = await runGpu(gpu, graph, first, feeds.inputs, params);
+  const rb = await runGpu(gpu, graph, scheduledProgram(graph, gpu.target, b), feeds.inputs, params);
+  for (const [name, t] of rb) assertBitwise(Float32Array.from(ra.get(name)!.data), Float32Array.from(t.data), `${what}: ${name}`);
+  return first;
 }
