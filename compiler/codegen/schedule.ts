@@ -100,38 +100,27 @@ export function schedule(graph: Graph, target: Target, rules: { readonly [op: st
     const src = n.op === 'cast' && n.dtype === 'f32' ? graph.node(n.inputs[0]) : undefined;
     return halfTarget && src !== undefined && src.dtype === 'f16' && (src.op === 'param' || src.op === 'input') && !outputNodes.has(id);
   };
+  // Bind the storage owners: an aliased input is read through the buffer it shares.
+  const push = (k: Kernel) => kernels.push({ ...k, bindings: k.bindings.map((b) => ({ ...b, value: root(b.value) })) });
   for (const node of graph.nodes) {
     if (!live.has(node.id) || absorbed.has(node.id)) continue;
     const group = groupOf.get(node.id);
-    if (group) {
-      const k =
-        group.matmul !== undefined ? matmulEpilogueKernel(graph, group, target, undefined, transposed.get(group.matmul)) : group.row !== undefined ? rowEpilogueKernel(graph, group, target) : fusedKernel(graph, group, target);
-      kernels.push({ ...k, bindings: k.bindings.map((b) => ({ ...b, value: root(b.value) })) });
-      continue;
-    }
-    if (halfLeafCast(node.id)) {
-      aliases.set(node.id, root(node.inputs[0]));
-      continue;
-    }
-    const rule = rules[node.op];
-    if (!rule) throw new Error(`no GPU rule for op '${node.op}'`);
-    if (rule.kind === 'leaf') continue;
-    if (rule.kind === 'alias') {
-      aliases.set(node.id, root(node.inputs[0]));
-      continue;
-    }
-    const inputs = node.inputs.map((i) => graph.node(i));
-    const reads = transposed.get(node.id);
     const prologue = prologues.get(node.id);
-    if (prologue) {
-      const k = reducePrologueKernel(graph, node, prologue, target);
-      kernels.push({ ...k, bindings: k.bindings.map((b) => ({ ...b, value: root(b.value) })) });
-      continue;
+    if (group) push(group.matmul !== undefined ? matmulEpilogueKernel(graph, group, target, undefined, transposed.get(group.matmul)) : group.row !== undefined ? rowEpilogueKernel(graph, group, target) : fusedKernel(graph, group, target));
+    else if (prologue) push(reducePrologueKernel(graph, node, prologue, target));
+    else if (halfLeafCast(node.id)) aliases.set(node.id, root(node.inputs[0]));
+    else {
+      const rule = rules[node.op];
+      if (!rule) throw new Error(`no GPU rule for op '${node.op}'`);
+      if (rule.kind === 'alias') aliases.set(node.id, root(node.inputs[0]));
+      if (rule.kind !== 'kernel') continue;
+      const inputs = node.inputs.map((i) => graph.node(i));
+      const reads = transposed.get(node.id);
+      const sibling = siblingOf.get(node.id);
+      if (reads) push(matmulKernel(node, inputs, target, undefined, undefined, reads));
+      else if (sibling !== undefined) withSibling(node, graph.node(sibling), graph, target, rules).forEach(push);
+      else push(rule.gen(node, inputs, target));
     }
-    const sibling = siblingOf.get(node.id);
-    const generated = reads ? [matmulKernel(node, inputs, target, undefined, undefined, reads)] : sibling === undefined ? [rule.gen(node, inputs, target)] : withSibling(node, graph.node(sibling), graph, target, rules);
-    // Bind the storage owners: an aliased input is read through the buffer it shares.
-    for (const k of generated) kernels.push({ ...k, bindings: k.bindings.map((b) => ({ ...b, value: root(b.value) })) });
   }
 
   // Outputs must own their storage: an output that is an input, a parameter or an alias gets a copy.
