@@ -55,7 +55,8 @@ export function convertAccesses(code: string, half: ReadonlySet<string>): string
     const m = access.exec(code);
     if (!m) break;
     const open = m.index + m[0].length - 1;
-    if (!half.has(m[1])) {
+    // A struct member (`taps.w[j]`) is not the binding of that name.
+    if (!half.has(m[1]) || code[m.index - 1] === '.') {
       out += code.slice(pos, open + 1);
       pos = open + 1;
       continue;

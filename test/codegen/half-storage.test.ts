@@ -33,6 +33,7 @@ test('convertAccesses widens reads and narrows stores of the half bindings only,
   assert.equal(convertAccesses('if (x) { out_0[oc + r * 4u] = fma(a[0], b, acc[i]); }', half), 'if (x) { out_0[oc + r * 4u] = f16(fma(a[0], b, acc[i])); }');
   assert.equal(convertAccesses('if (in_1[i] == 0.0f) { _ = arrayLength(&out_0); }', half), 'if (f32(in_1[i]) == 0.0f) { _ = arrayLength(&out_0); }');
   assert.equal(convertAccesses('tile_in_1[i] = 1.0f;', half), 'tile_in_1[i] = 1.0f;');
+  assert.equal(convertAccesses('let a = taps.in_1[j] + in_1[j];', half), 'let a = taps.in_1[j] + f32(in_1[j]);');
   assert.throws(() => convertAccesses('out_0[i] += 1.0f;', half), /compound assignment to out_0/);
 });
 
