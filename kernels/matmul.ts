@@ -145,7 +145,7 @@ export function plainOutput(node: Node): MatmulOutput {
  * Store statements as a block opened on the current line (`{ stmt }` for one statement); several statements
  * get lines of their own at `indent` + 2, in a scope where their names cannot clash with the kernel's.
  */
-function storeBlock(lines: readonly string[], indent: string): string {
+export function storeBlock(lines: readonly string[], indent: string): string {
   if (lines.length === 1) return `{ ${lines[0]} }`;
   return `{\n${lines.map((l) => `${indent}  ${l}`).join('\n')}\n${indent}}`;
 }

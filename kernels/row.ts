@@ -12,7 +12,7 @@ import { numel, type Graph, type Node } from '../compiler/ir/graph.js';
 import { attrNum, normDim } from '../compiler/ir/rules/shape.js';
 import { dispatchGroups, f32Lit, flatKernel, groupIndexCode, kernelRule, makeKernel, u32Lit } from './elementwise.js';
 import { epilogueOutput } from './matmul-epilogue.js';
-import { plainOutput, type MatmulOutput } from './matmul.js';
+import { plainOutput, storeBlock, type MatmulOutput } from './matmul.js';
 import { ceilPow2, combineCode, treeReduceCode, treeWorkgroup } from './reduce.js';
 
 type RowOp = 'softmax' | 'log_softmax' | 'layernorm';
@@ -62,7 +62,7 @@ function threadKernel(op: RowOp, node: Node, inputs: readonly Node[], target: Ta
     var q = 0.0f;
     for (var j = 0u; j < ${L}; j++) { let d = in_0[${at('j')}] - mean; q += d * d; }
     let rs = 1.0f / sqrt(q / ${n} + ${eps});
-    for (var j = 0u; j < ${L}; j++) ${store(out, `(in_0[${at('j')}] - mean) * rs`, at('j'))}`;
+    for (var j = 0u; j < ${L}; j++) ${storeBlock(out.store(`(in_0[${at('j')}] - mean) * rs`, at('j')), '    ')}`;
   } else {
     const write = op === 'softmax' ? `exp_f32(in_0[${at('j')}] - m) / s` : `in_0[${at('j')}] - lse`;
     body = `${code}
@@ -70,18 +70,13 @@ function threadKernel(op: RowOp, node: Node, inputs: readonly Node[], target: Ta
     for (var j = 0u; j < ${L}; j++) { let v = in_0[${at('j')}]; m = ${maxCombine('m', 'v')}; }
     var s = 0.0f;
     for (var j = 0u; j < ${L}; j++) { s += exp_f32(in_0[${at('j')}] - m); }
-${op === 'log_softmax' ? '    let lse = m + log_f32(s);\n' : ''}    for (var j = 0u; j < ${L}; j++) ${store(out, write, at('j'))}`;
+${op === 'log_softmax' ? '    let lse = m + log_f32(s);\n' : ''}    for (var j = 0u; j < ${L}; j++) ${storeBlock(out.store(write, at('j')), '    ')}`;
   }
   const k = flatKernel(out.node, [...inputs, ...out.extra], target, `${op}_row_thread_f32${out.suffix}`.slice(0, 96), body, { lib: [...libOf(op), ...out.lib], helpers: out.helpers, n: p.rows });
   return { ...k, nodes: [...out.nodes] };
 }
 
 const libOf = (op: RowOp): string[] => (op === 'layernorm' ? [] : op === 'softmax' ? ['is_nan', 'exp_f32'] : ['is_nan', 'exp_f32', 'log_f32']);
-
-/** A block storing the f32 `value` at `index` through the kernel's output (the plain store or an epilogue). */
-function store(out: MatmulOutput, value: string, index: string): string {
-  return `{ ${out.store(value, index).join(' ')} }`;
-}
 
 /** One workgroup per row. */
 function workgroupKernel(op: RowOp, node: Node, inputs: readonly Node[], target: Target, p: RowPlan, out: MatmulOutput) {
@@ -108,10 +103,10 @@ ${loop(`let d = in_0[${at('j')}] - mean; q += d * d;`)}
     row_buf[lid] = q;
 ${treeReduceCode('row_buf', wg, sumCombine, target)}
     let rs = 1.0f / sqrt(row_buf[0] / ${n} + ${eps});
-${loop(store(out, `(in_0[${at('j')}] - mean) * rs`, at('j')))}
+${loop(storeBlock(out.store(`(in_0[${at('j')}] - mean) * rs`, at('j')), '    '))}
     workgroupBarrier();`;
   } else {
-    const write = store(out, op === 'softmax' ? `exp_f32(in_0[${at('j')}] - m) / s` : `in_0[${at('j')}] - lse`, at('j'));
+    const write = storeBlock(out.store(op === 'softmax' ? `exp_f32(in_0[${at('j')}] - m) / s` : `in_0[${at('j')}] - lse`, at('j')), '    ');
     body = `${code}
     var mx = ${f32Lit(-Infinity)};
 ${loop(`let v = in_0[${at('j')}]; mx = ${maxCombine('mx', 'v')};`)}

@@ -44,7 +44,13 @@ export function planHalfStorage(graph: Graph, values: readonly StoredValue[], ke
   if (!target.features.includes('shader-f16')) return half;
   const exact = exactHalfValues(graph);
   const boundBy = new Map<number, { kernel: Kernel; binding: number }[]>();
-  for (const kernel of kernels) kernel.bindings.forEach((b, binding) => boundBy.set(b.value, [...(boundBy.get(b.value) ?? []), { kernel, binding }]));
+  for (const kernel of kernels) {
+    kernel.bindings.forEach((b, binding) => {
+      const users = boundBy.get(b.value);
+      if (users) users.push({ kernel, binding });
+      else boundBy.set(b.value, [{ kernel, binding }]);
+    });
+  }
   for (const v of values) {
     if (v.id >= graph.nodes.length) continue;
     const node = graph.node(v.id);

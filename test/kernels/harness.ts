@@ -28,6 +28,7 @@ import { planMemory } from '../../compiler/plan/memory.js';
 import { GPU_RULES } from '../../kernels/index.js';
 import type { GpuDevice } from '../../runtime/gpu/device.js';
 import { runGpu } from '../../runtime/run-gpu.js';
+import { bitwiseDifference } from '../passes/graphs.js';
 
 // ---------------------------------------------------------------------------------------------- device
 
@@ -407,6 +408,7 @@ export async function assertSchedulesAgree(
   const first = scheduledProgram(graph, gpu.target, a);
   const ra = await runGpu(gpu, graph, first, feeds.inputs, params);
   const rb = await runGpu(gpu, graph, scheduledProgram(graph, gpu.target, b), feeds.inputs, params);
-  for (const [name, t] of rb) assertBitwise(Float32Array.from(ra.get(name)!.data), Float32Array.from(t.data), `${what}: ${name}`);
+  const d = bitwiseDifference(rb, ra);
+  assert.equal(d, undefined, `${what}: ${d}`);
   return first;
 }

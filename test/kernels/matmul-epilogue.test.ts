@@ -135,7 +135,6 @@ describe('matmul epilogues, each variant', () => {
 });
 
 const program = (graph: Graph, opts: ScheduleOptions) => scheduledProgram(graph, target, opts);
-const mismatch = matmulMismatch;
 
 test('random matmul chains through the executor: with epilogues = without = unfused, bitwise, and = the CPU reference', async () => {
   await fc.assert(
@@ -146,7 +145,7 @@ test('random matmul chains through the executor: with epilogues = without = unfu
       const mmKernel = fused.schedule.kernels.find((k) => k.nodes.includes(matmul))!;
       assert.match(mmKernel.name, new RegExp(`^matmul_${c.variant}_f32`));
       const got = await runGpu(gpu, graph, fused, f.inputs, f.params);
-      const m = mismatch(run(graph, f), got, c.k);
+      const m = matmulMismatch(run(graph, f), got, c.k);
       assert.equal(m, undefined, `${mmKernel.name}: ${m}`);
       for (const opts of [{ epilogues: false }, { fuse: false }]) {
         const other = await runGpu(gpu, graph, program(graph, opts), f.inputs, f.params);

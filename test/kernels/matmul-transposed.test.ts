@@ -122,7 +122,6 @@ test('a transposed read of an operand that is not a permute of the last two dims
 });
 
 const program = (graph: Graph, opts: ScheduleOptions) => scheduledProgram(graph, target, opts);
-const mismatch = matmulMismatch;
 
 test('random graphs with transposed operands through the executor: transposed reads = copies = unfused, bitwise, and = the CPU reference', async () => {
   await fc.assert(
@@ -139,7 +138,7 @@ test('random graphs with transposed operands through the executor: transposed re
       const absorbed = (c.transA === 1 ? 1 : 0) + (c.transB === 1 ? 1 : 0);
       assert.equal(fused.schedule.kernels.length, copies.schedule.kernels.length - absorbed);
       const got = await runGpu(gpu, graph, fused, f.inputs, f.params);
-      const m = mismatch(run(graph, f), got, c.k);
+      const m = matmulMismatch(run(graph, f), got, c.k);
       assert.equal(m, undefined, `${mmKernel.name}: ${m}`);
       for (const [what, p] of [['copies', copies], ['unfused', program(graph, { fuse: false })]] as const) {
         const d = bitwiseDifference(await runGpu(gpu, graph, p, f.inputs, f.params), got);

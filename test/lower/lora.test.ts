@@ -75,27 +75,43 @@ function projection(c: Config): Graph {
   return b.graph;
 }
 
-/** The old formula with ΔW materialised: for group g, rows start..end of ΔW are B_g·A_g; other rows zero. */
-function explicitDelta(c: Config): Graph {
+/** The projection's leaves with the LoRA factors: x, W, the bias, A and B. */
+function loraLeaves(b: Builder, c: Config) {
   const t = targetOf(c);
-  const b = new Builder();
-  const x = b.input('x', [...c.lead, c.inF]);
-  const w = b.param(PARAM, [c.total, c.inF]);
-  const bias = b.param('proj.bias', [c.total]);
-  const a = b.param(NAMES.a, t.lora_A);
-  const bp = b.param(NAMES.b, t.lora_B);
+  return {
+    x: b.input('x', [...c.lead, c.inF]),
+    w: b.param(PARAM, [c.total, c.inF]),
+    bias: b.param('proj.bias', [c.total]),
+    a: b.param(NAMES.a, t.lora_A),
+    bp: b.param(NAMES.b, t.lora_B),
+  };
+}
+
+/**
+ * In row order: `zeros(n)` for the n rows before, between and after the groups, and `part(A_g, B_g)` for each
+ * group g (A_g its r rows of A, B_g its rows of B).
+ */
+function groupParts(b: Builder, c: Config, a: number, bp: number, zeros: (n: number) => number, part: (aG: number, bG: number) => number): number[] {
   const parts: number[] = [];
   let cursor = 0;
   let bRow = 0;
   c.rows.forEach(([start, end], g) => {
-    if (start > cursor) parts.push(b.full(0, [start - cursor, c.inF]));
+    if (start > cursor) parts.push(zeros(start - cursor));
     const aG = b.add('slice', [a], { dim: 0, start: g * c.rank, end: (g + 1) * c.rank, step: 1 });
     const bG = b.add('slice', [bp], { dim: 0, start: bRow, end: bRow + end - start, step: 1 });
-    parts.push(b.add('matmul', [bG, aG]));
+    parts.push(part(aG, bG));
     bRow += end - start;
     cursor = end;
   });
-  if (c.total > cursor) parts.push(b.full(0, [c.total - cursor, c.inF]));
+  if (c.total > cursor) parts.push(zeros(c.total - cursor));
+  return parts;
+}
+
+/** The old formula with ΔW materialised: for group g, rows start..end of ΔW are B_g·A_g; other rows zero. */
+function explicitDelta(c: Config): Graph {
+  const b = new Builder();
+  const { x, w, bias, a, bp } = loraLeaves(b, c);
+  const parts = groupParts(b, c, a, bp, (n) => b.full(0, [n, c.inF]), (aG, bG) => b.add('matmul', [bG, aG]));
   const deltaW = parts.length === 1 ? parts[0] : b.add('concat', parts, { dim: 0 });
   const base = b.add('add', [b.add('matmul', [x, b.add('permute', [w], { dims: [1, 0] })]), bias]);
   const delta = b.add('matmul', [x, b.add('permute', [deltaW], { dims: [1, 0] })]);
@@ -105,26 +121,16 @@ function explicitDelta(c: Config): Graph {
 
 /** loralib's per-group order, as lora.ts built it before: x·Wᵀ + scaling·[0; (x·A_gᵀ)·B_gᵀ; 0 …], then + b. */
 function perGroup(c: Config): Graph {
-  const t = targetOf(c);
   const b = new Builder();
-  const x = b.input('x', [...c.lead, c.inF]);
-  const w = b.param(PARAM, [c.total, c.inF]);
-  const bias = b.param('proj.bias', [c.total]);
-  const a = b.param(NAMES.a, t.lora_A);
-  const bp = b.param(NAMES.b, t.lora_B);
-  const parts: number[] = [];
-  let cursor = 0;
-  let bRow = 0;
-  c.rows.forEach(([start, end], g) => {
-    if (start > cursor) parts.push(b.full(0, [...c.lead, start - cursor]));
-    const aG = b.add('slice', [a], { dim: 0, start: g * c.rank, end: (g + 1) * c.rank, step: 1 });
-    const bG = b.add('slice', [bp], { dim: 0, start: bRow, end: bRow + end - start, step: 1 });
-    const u = b.add('matmul', [x, b.add('permute', [aG], { dims: [1, 0] })]);
-    parts.push(b.add('matmul', [u, b.add('permute', [bG], { dims: [1, 0] })]));
-    bRow += end - start;
-    cursor = end;
-  });
-  if (c.total > cursor) parts.push(b.full(0, [...c.lead, c.total - cursor]));
+  const { x, w, bias, a, bp } = loraLeaves(b, c);
+  const parts = groupParts(
+    b,
+    c,
+    a,
+    bp,
+    (n) => b.full(0, [...c.lead, n]),
+    (aG, bG) => b.add('matmul', [b.add('matmul', [x, b.add('permute', [aG], { dims: [1, 0] })]), b.add('permute', [bG], { dims: [1, 0] })]),
+  );
   const delta = parts.length === 1 ? parts[0] : b.add('concat', parts, { dim: -1 });
   const base = b.add('matmul', [x, b.add('permute', [w], { dims: [1, 0] })]);
   b.output('y', b.add('add', [b.add('add', [base, b.scale(delta, c.alpha / c.rank)]), bias]));
