@@ -260,6 +260,19 @@ export function makeKernel(node: Node, inputs: readonly Node[], target: Target, 
 }
 
 /**
+ * The kernel with a second output binding `out_1` after `out_0`, holding `node`'s value (a kernel that computes
+ * two values in one sweep). Fails with `tooMany`'s error when the bindings exceed the target's limit.
+ */
+export function withOutput(kernel: Kernel, node: Node, target: Target, tooMany: (message: string) => Error = (m) => new Error(m)): Kernel {
+  const bindings = [...kernel.bindings, { value: node.id, access: 'read_write' as const }];
+  if (bindings.length > target.limits.maxStorageBuffersPerShaderStage) throw tooMany(`${kernel.name}: ${bindings.length} storage buffers exceed the target's ${target.limits.maxStorageBuffersPerShaderStage}`);
+  const out0 = `@group(0) @binding(${kernel.bindings.length - 1}) var<storage, read_write> out_0: array<f32>;`;
+  if (!kernel.wgsl.includes(out0)) throw new Error(`internal: ${kernel.name} does not declare out_0 last`);
+  const wgsl = kernel.wgsl.replace(out0, `${out0}\n@group(0) @binding(${kernel.bindings.length}) var<storage, read_write> out_1: array<f32>;`);
+  return { ...kernel, wgsl, bindings, nodes: [...kernel.nodes, node.id] };
+}
+
+/**
  * A kernel with one invocation per output element in a grid-stride loop over `n` elements: `body` is WGSL
  * statements that see `i: u32` (the flat output index) and write `out_0[i]`.
  */

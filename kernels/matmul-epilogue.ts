@@ -6,56 +6,118 @@
 // accumulator is the unfused path's (bit for bit), so `linear` (matmul + bias) and `x + proj(y)` are one
 // kernel each.
 import type { Kernel, Target } from '../compiler/codegen/types.js';
-import type { FusionGroup } from '../compiler/codegen/fuse.js';
+import { secondProductLeaves, type FusionGroup, type SecondProductPlan } from '../compiler/codegen/fuse.js';
 import type { Graph, Node } from '../compiler/ir/graph.js';
-import { broadcastStrides, offsetCode } from './elementwise.js';
+import { broadcastStrides, offsetCode, u32Lit } from './elementwise.js';
 import { groupExternals, KEPT_FN, memberCode } from './fused.js';
+import { viewCode } from './view.js';
 import { DIRECT_READS, matmulKernel, matmulVariant, type MatmulOutput, type MatmulReads, type MatmulVariant } from './matmul.js';
 
 /**
  * The epilogue as the output of its producer's kernel (the matmul's, or the row op's, kernels/row.ts): the
  * group's root is written, its other externals are bound after the producer's inputs.
  */
-export function epilogueOutput(graph: Graph, group: FusionGroup): MatmulOutput {
+export function epilogueOutput(graph: Graph, group: FusionGroup, layout: EpilogueLayout = {}): MatmulOutput {
   const mmId = group.matmul ?? group.row;
   if (mmId === undefined) throw new Error(`internal: fusion group %${group.root} has no matmul or row op`);
   const mm = graph.node(mmId);
   const root = graph.node(group.root);
-  const externals = groupExternals(graph, group, mmId);
+  const out = layout.out ?? 'out_0';
+  const first = layout.firstExtra ?? mm.inputs.length + (layout.before?.length ?? 0);
+  const externals = groupExternals(graph, group, mmId).filter((e) => e !== layout.computed);
   const extNodes = externals.map((e) => graph.node(e));
   const strides = extNodes.map((n) => broadcastStrides(n.shape, root.shape));
   // The product is `mm`, the externals `x<k>` (bindings after the producer's): names by position, so repeated
   // layers share WGSL.
-  const code = memberCode(graph, group, (id) => (id === mmId ? 'mm' : `x${externals.indexOf(id)}`));
+  const code = memberCode(graph, group, (id) => (id === mmId ? 'mm' : id === layout.computed ? 'mm2' : `x${externals.indexOf(id)}`));
   const offsets = externals.length ? offsetCode(root.shape, strides, externals.map((_, k) => `eo${k}`), 'o', '').split('\n') : [];
-  const node: Node = { ...mm, id: root.id, inputs: [...mm.inputs, ...externals], shape: root.shape, dtype: root.dtype };
+  const before = layout.before ?? [];
+  const node: Node = { ...mm, id: root.id, inputs: [...mm.inputs, ...before.map((n) => n.id), ...externals], shape: root.shape, dtype: root.dtype };
   return {
     suffix: `+${code.ops.join('_')}`,
     node,
-    extra: extNodes,
+    extra: [...before, ...extNodes],
     lib: code.lib,
     helpers: KEPT_FN,
     nodes: [mmId, ...group.members],
-    store: (value, index) => [
+    store: (value, index, second) => [
       // The accumulator as the unfused path stores it: the compiler cannot merge the epilogue's arithmetic
       // into the dot product's (lavapipe split the last fma and reassociated it with a following `+ 2`).
       `let mm = kept(${value});`,
+      ...(layout.computed !== undefined ? [`let mm2 = kept(${secondValue(second)});`] : []),
       `let o = ${index};`,
       ...offsets,
-      ...externals.map((_, k) => `let x${k} = in_${k + mm.inputs.length}[eo${k}];`),
+      ...externals.map((_, k) => `let x${k} = in_${k + first}[eo${k}];`),
       ...code.lines,
-      `out_0[o] = ${code.value};`,
+      `${out}[o] = ${code.value};`,
     ],
   };
+}
+
+const secondValue = (second: string | undefined): string => {
+  if (second === undefined) throw new Error('internal: an epilogue with a computed external was stored without a second product');
+  return second;
+};
+
+/** Where an epilogue's bindings and output go when its kernel binds more than the producer's operands. */
+export interface EpilogueLayout {
+  /** The output binding (default `out_0`; a second output is `out_1`). */
+  readonly out?: string;
+  /** Bindings between the producer's inputs and the group's externals. */
+  readonly before?: readonly Node[];
+  /** The binding index of the first external (default: after the producer's inputs and `before`). */
+  readonly firstExtra?: number;
+  /** An external the kernel computes itself (a second product), named `mm2` from `store`'s `second`. */
+  readonly computed?: number;
 }
 
 /**
  * The kernel of a fusion group with a matmul: the matmul's variant (or a forced one) with the group as
  * epilogue, reading the operands `reads` marks transposed through their permutes.
  */
-export function matmulEpilogueKernel(graph: Graph, group: FusionGroup, target: Target, variant?: MatmulVariant, reads: MatmulReads = DIRECT_READS): Kernel {
+export function matmulEpilogueKernel(graph: Graph, group: FusionGroup, target: Target, variant?: MatmulVariant, reads: MatmulReads = DIRECT_READS, second?: SecondProductPlan): Kernel {
   if (group.matmul === undefined) throw new Error(`internal: fusion group %${group.root} has no matmul`);
   const mm = graph.node(group.matmul);
   const inputs = mm.inputs.map((i) => graph.node(i));
-  return matmulKernel(mm, inputs, target, variant ?? matmulVariant(mm, inputs, target), epilogueOutput(graph, group), reads);
+  const out = second ? secondProductOutput(graph, group, second) : epilogueOutput(graph, group);
+  return matmulKernel(mm, inputs, target, variant ?? matmulVariant(mm, inputs, target), out, reads);
+}
+
+/**
+ * The epilogue of a group whose kernel also sums a second product (compiler/codegen/fuse.ts,
+ * planSecondProducts): the views' leaves are bound after the matmul's operands, the product's value is the
+ * second accumulator, and the views' reads are WGSL functions (`sa_*`, `sb_*`).
+ */
+function secondProductOutput(graph: Graph, group: FusionGroup, plan: SecondProductPlan): MatmulOutput {
+  const leaves = secondProductLeaves(plan);
+  const binding = (leaf: number) => `in_${2 + leaves.indexOf(leaf)}`;
+  const a = viewCode(graph, plan.a, 'sa', binding);
+  const b = viewCode(graph, plan.b, 'sb', binding);
+  const mm = graph.node(plan.matmul);
+  const [aShape, bShape] = mm.inputs.map((i) => graph.node(i).shape);
+  const base = epilogueOutput(graph, group, { before: leaves.map((l) => graph.node(l)), computed: plan.external });
+  const viewed = [...new Set([...plan.a.inlined, ...plan.b.inlined])].sort((x, y) => x - y);
+  return {
+    ...base,
+    suffix: `+mm${base.suffix}`,
+    helpers: [base.helpers, a.helpers, b.helpers].filter(Boolean).join('\n\n'),
+    nodes: [...viewed, plan.matmul, ...(plan.external !== plan.matmul ? [plan.external] : []), ...base.nodes],
+    second: {
+      k: aShape[aShape.length - 1],
+      a: (row, t) => a.call([...rowCoords(aShape.slice(0, -1), row), t]),
+      b: (t, col) => b.call([...bShape.slice(0, -2).map(() => '0u'), t, col]),
+    },
+  };
+}
+
+/** WGSL coordinates of flat row `row` over `dims` (the leading dims of a row-major operand, folded into M). */
+function rowCoords(dims: readonly number[], row: string): string[] {
+  if (dims.length <= 1) return dims.length ? [row] : [];
+  const coords: string[] = [];
+  let inner = 1;
+  for (let d = dims.length - 1; d >= 0; d--) {
+    coords.unshift(d === 0 ? `(${row} / ${u32Lit(inner)})` : `((${row} / ${u32Lit(inner)}) % ${u32Lit(dims[d])})`);
+    inner *= dims[d];
+  }
+  return coords;
 }

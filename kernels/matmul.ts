@@ -19,7 +19,9 @@
 // rows are not contiguous across the batch).
 // Every variant sums in a fixed order, so results are bitwise repeatable on one device. Each writes an output
 // element through a MatmulOutput: a plain store, or a fused elementwise epilogue (kernels/matmul-epilogue.ts)
-// evaluated on the same f32 accumulator.
+// evaluated on the same f32 accumulator. The naive and tiled variants can also sum a second product of the same
+// output shape in a second accumulator (SecondProduct: LoRA's u·Bblkᵀ beside x·Wᵀ), operands read through views;
+// the epilogue gets both accumulators.
 import type { Kernel, KernelGen, Target } from '../compiler/codegen/types.js';
 import { numel, type Node } from '../compiler/ir/graph.js';
 import { attrInts, normDim } from '../compiler/ir/rules/shape.js';
@@ -97,6 +99,12 @@ function dims(node: Node, inputs: readonly Node[], reads: MatmulReads = DIRECT_R
   };
 }
 
+/** A product's problem size as its kernel sees it: batch dims over a shared right operand fold into M. */
+export function productDims(node: Node, inputs: readonly Node[]): { readonly m: number; readonly k: number; readonly n: number; readonly batch: number } {
+  const { m, k, n, batch } = dims(node, inputs);
+  return { m, k, n, batch };
+}
+
 function tiledFits(target: Target): boolean {
   const L = target.limits;
   return (
@@ -132,8 +140,23 @@ export interface MatmulOutput {
   readonly helpers?: string;
   /** The IR nodes the kernel computes (the last is written). */
   readonly nodes: readonly number[];
-  /** WGSL statements storing the f32 `value` (an expression) for the flat output index `index` (an expression). */
-  store(value: string, index: string): string[];
+  /** A second product the kernel sums beside its own, in a second accumulator (kernels/matmul-epilogue.ts). */
+  readonly second?: SecondProduct;
+  /**
+   * WGSL statements storing the f32 `value` (an expression) for the flat output index `index` (an expression);
+   * `second` is the second product's accumulator for the same element, when there is one.
+   */
+  store(value: string, index: string, second?: string): string[];
+}
+
+/**
+ * The operands of a second product [M, K2] @ [K2, N] with the kernel's M and N (one batch): WGSL expressions for
+ * a[row, t] and b[t, col], read in place (kernels/view.ts).
+ */
+export interface SecondProduct {
+  readonly k: number;
+  a(row: string, t: string): string;
+  b(t: string, col: string): string;
 }
 
 /** The plain store: the product itself. */
@@ -195,7 +218,8 @@ function dotOperands(d: MatmulDims, t: string, indent: string): { setup: string;
 }
 
 function naive(out: MatmulOutput, inputs: readonly Node[], target: Target, d: MatmulDims): Kernel {
-  const store = out.store('acc', 'i');
+  const second = out.second;
+  const store = out.store('acc', 'i', second ? 'acc2' : undefined);
   const dot = dotOperands(d, 't', '    ');
   const body = `    let col = i % ${u32Lit(d.n)};
     let row = (i / ${u32Lit(d.n)}) % ${u32Lit(d.m)};
@@ -205,7 +229,11 @@ ${dot.setup}
     var acc = 0.0f;
     for (var t = 0u; t < ${unboundedLoop(d.k, target)}; t++) {
       acc = fma(${dot.a}, ${dot.b}, acc);
-    }
+    }${second ? `
+    var acc2 = 0.0f;
+    for (var t = 0u; t < ${unboundedLoop(second.k, target)}; t++) {
+      acc2 = fma(${second.a('row', 't')}, ${second.b('t', 'col')}, acc2);
+    }` : ''}
     ${store.length === 1 ? store[0] : storeBlock(store, '    ')}`;
   const k = flatKernel(out.node, [...inputs, ...out.extra], target, `matmul_naive_f32${readsSuffix(d)}${out.suffix}`.slice(0, 96), body, { lib: out.lib, helpers: out.helpers });
   return { ...k, nodes: [...out.nodes] };
@@ -241,17 +269,49 @@ ${treeReduceCode('part', wg, (a, b) => `${a} + ${b}`, target)}
  * The tile loads of one k step (invocation `l` of 1024 elements per tile): element (ar, ac) of the A tile and
  * (br, bc) of the B tile, consecutive invocations on consecutive addresses of the stored layout.
  */
-function tileLoads(d: MatmulDims): string {
-  const [M, N, K, T, TKl] = [u32Lit(d.m), u32Lit(d.n), u32Lit(d.k), u32Lit(TILE), u32Lit(TK)];
-  const a = d.transA
-    ? [`let ar = l % ${T};`, `let ac = l / ${T};`, `var va = 0.0f;`, `if (m0 + ar < ${M} && k0 + ac < ${K}) { va = in_0[oa + (k0 + ac) * ${M} + m0 + ar]; }`]
-    : [`let ar = l / ${TKl};`, `let ac = l % ${TKl};`, `var va = 0.0f;`, `if (m0 + ar < ${M} && k0 + ac < ${K}) { va = in_0[oa + (m0 + ar) * ${K} + k0 + ac]; }`];
-  const b = d.transB
-    ? [`let bc = l / ${TKl};`, `let br = l % ${TKl};`, `var vb = 0.0f;`, `if (k0 + br < ${K} && n0 + bc < ${N}) { vb = in_1[ob + (n0 + bc) * ${K} + k0 + br]; }`]
-    : [`let br = l / ${T};`, `let bc = l % ${T};`, `var vb = 0.0f;`, `if (k0 + br < ${K} && n0 + bc < ${N}) { vb = in_1[ob + (k0 + br) * ${N} + n0 + bc]; }`];
+function tileLoads(d: MatmulDims, second?: SecondProduct): string {
+  const [M, N, T, TKl] = [u32Lit(d.m), u32Lit(d.n), u32Lit(TILE), u32Lit(TK)];
+  const K = u32Lit(second ? second.k : d.k);
+  const a = second
+    ? [`let ar = l / ${TKl};`, `let ac = l % ${TKl};`, `var va = 0.0f;`, `if (m0 + ar < ${M} && k0 + ac < ${K}) { va = ${second.a('m0 + ar', 'k0 + ac')}; }`]
+    : d.transA
+      ? [`let ar = l % ${T};`, `let ac = l / ${T};`, `var va = 0.0f;`, `if (m0 + ar < ${M} && k0 + ac < ${K}) { va = in_0[oa + (k0 + ac) * ${M} + m0 + ar]; }`]
+      : [`let ar = l / ${TKl};`, `let ac = l % ${TKl};`, `var va = 0.0f;`, `if (m0 + ar < ${M} && k0 + ac < ${K}) { va = in_0[oa + (m0 + ar) * ${K} + k0 + ac]; }`];
+  const b = second
+    ? [`let br = l / ${T};`, `let bc = l % ${T};`, `var vb = 0.0f;`, `if (k0 + br < ${K} && n0 + bc < ${N}) { vb = ${second.b('k0 + br', 'n0 + bc')}; }`]
+    : d.transB
+      ? [`let bc = l / ${TKl};`, `let br = l % ${TKl};`, `var vb = 0.0f;`, `if (k0 + br < ${K} && n0 + bc < ${N}) { vb = in_1[ob + (n0 + bc) * ${K} + k0 + br]; }`]
+      : [`let br = l / ${T};`, `let bc = l % ${T};`, `var vb = 0.0f;`, `if (k0 + br < ${K} && n0 + bc < ${N}) { vb = in_1[ob + (k0 + br) * ${N} + n0 + bc]; }`];
   // The tiles are vec4 rows: element (k, x) is component x % 4 of vec4 k·TILE/4 + x / 4.
   const V = u32Lit(TILE / 4);
   return [...a, `tile_a[ac * ${V} + ar / 4u][ar % 4u] = va;`, ...b, `tile_b[br * ${V} + bc / 4u][bc % 4u] = vb;`].map((l) => `      ${l}`).join('\n');
+}
+
+/**
+ * WGSL: one product's sweep over K in steps of TK into the vec4 accumulators `acc` (the tile loads of one step
+ * given). Invocation (tx, ty) owns rows ty·4 + i and columns tx·4 + j: its operands are one vec4 of each tile per
+ * k. Each output is fma(a_k, b_k, acc) in k order. Constant-bound loops: GPU compilers unroll them (loopBound
+ * keeps the k loop rolled on software adapters).
+ */
+function sweep(acc: string, k: number, loads: string, target: Target): string {
+  const V = u32Lit(TILE / 4);
+  return `  for (var k0 = 0u; k0 < ${u32Lit(k)}; k0 += ${u32Lit(TK)}) {
+    // A tile as [TK][TILE] (k-major), B tile as [TK][TILE]; zeros outside the matrices.
+    for (var q = 0u; q < ${u32Lit((TILE * TK) / (THREADS * THREADS))}; q++) {
+      let l = lid + q * ${u32Lit(THREADS * THREADS)};
+${loads}
+    }
+    workgroupBarrier();
+    for (var kk = 0u; kk < ${loopBound(TK, target)}; kk++) {
+      let a4 = tile_a[kk * ${V} + ty];
+      let b4 = tile_b[kk * ${V} + tx];
+      ${acc}[0] = fma(vec4<f32>(a4.x), b4, ${acc}[0]);
+      ${acc}[1] = fma(vec4<f32>(a4.y), b4, ${acc}[1]);
+      ${acc}[2] = fma(vec4<f32>(a4.z), b4, ${acc}[2]);
+      ${acc}[3] = fma(vec4<f32>(a4.w), b4, ${acc}[3]);
+    }
+    workgroupBarrier();
+  }`;
 }
 
 function tiled(out: MatmulOutput, inputs: readonly Node[], target: Target, d: MatmulDims, id: number): Kernel {
@@ -266,13 +326,8 @@ function tiled(out: MatmulOutput, inputs: readonly Node[], target: Target, d: Ma
   if (rest !== 1 || tilesN > target.limits.maxComputeWorkgroupsPerDimension) throw new Error(`matmul %${id}: ${tilesN}x${G} tiles exceed the dispatch limits of target '${target.name}'`);
   const M = u32Lit(d.m);
   const N = u32Lit(d.n);
-  const K = u32Lit(d.k);
-  const loads = (TILE * TK) / (THREADS * THREADS);
   const T = u32Lit(TILE);
-  // Constant-bound loops: GPU compilers unroll them (loopBound keeps the k loop rolled on software adapters).
-  const V = u32Lit(TILE / 4);
-  // Invocation (tx, ty) owns rows ty·4 + i and columns tx·4 + j: its operands are one vec4 of each tile per k,
-  // its 4x4 outputs four vec4 accumulators. Each output is still fma(a_k, b_k, acc) in k order.
+  const second = out.second;
   const main = `var<workgroup> tile_a: array<vec4<f32>, ${(TILE * TK) / 4}>;
 var<workgroup> tile_b: array<vec4<f32>, ${(TILE * TK) / 4}>;
 
@@ -288,28 +343,14 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_id) lid3: v
 ${batchOffsets(d, '  ')}
   let oc = bi * ${u32Lit(d.m * d.n)};
   var acc: array<vec4<f32>, ${PER}>;
-  for (var k0 = 0u; k0 < ${K}; k0 += ${u32Lit(TK)}) {
-    // A tile as [TK][TILE] (k-major), B tile as [TK][TILE]; zeros outside the matrices.
-    for (var q = 0u; q < ${u32Lit(loads)}; q++) {
-      let l = lid + q * ${u32Lit(THREADS * THREADS)};
-${tileLoads(d)}
-    }
-    workgroupBarrier();
-    for (var kk = 0u; kk < ${loopBound(TK, target)}; kk++) {
-      let a4 = tile_a[kk * ${V} + ty];
-      let b4 = tile_b[kk * ${V} + tx];
-      acc[0] = fma(vec4<f32>(a4.x), b4, acc[0]);
-      acc[1] = fma(vec4<f32>(a4.y), b4, acc[1]);
-      acc[2] = fma(vec4<f32>(a4.z), b4, acc[2]);
-      acc[3] = fma(vec4<f32>(a4.w), b4, acc[3]);
-    }
-    workgroupBarrier();
-  }
+${sweep('acc', d.k, tileLoads(d), target)}${second ? `
+  var acc2: array<vec4<f32>, ${PER}>;
+${sweep('acc2', second.k, tileLoads(d, second), target)}` : ''}
   for (var i = 0u; i < ${u32Lit(PER)}; i++) {
     for (var j = 0u; j < ${u32Lit(PER)}; j++) {
       let row = m0 + ty * ${u32Lit(PER)} + i;
       let col = n0 + tx * ${u32Lit(PER)} + j;
-      if (row < ${M} && col < ${N}) ${storeBlock(out.store('acc[i][j]', `oc + row * ${N} + col`), '      ')}
+      if (row < ${M} && col < ${N}) ${storeBlock(out.store('acc[i][j]', `oc + row * ${N} + col`, second ? 'acc2[i][j]' : undefined), '      ')}
     }
   }
 }`;
@@ -331,6 +372,7 @@ export function matmulKernel(
   reads: MatmulReads = DIRECT_READS,
 ): Kernel {
   const d = dims(node, inputs, reads);
+  if (out.second && (d.batch !== 1 || variant === 'splitk')) throw new Error(`internal: matmul %${node.id}: a second product needs one batch and the naive or tiled variant`);
   const bound = bindStorage(out, inputs, reads);
   switch (variant) {
     case 'tiled':

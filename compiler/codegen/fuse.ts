@@ -13,8 +13,12 @@
 // permute's input and indexes it transposed (kernels/matmul.ts).
 import { numel, type Graph, type Node } from '../ir/graph.js';
 import { inlineExpr } from '../../kernels/elementwise.js';
-import { isLastTwoSwap, type MatmulReads } from '../../kernels/matmul.js';
-import { attrNum } from '../ir/rules/shape.js';
+import { groupExternals } from '../../kernels/fused.js';
+import { isLastTwoSwap, matmulVariant, productDims, type MatmulReads } from '../../kernels/matmul.js';
+import { planView, type ViewPlan } from '../../kernels/view.js';
+import { attrNum, normDim } from '../ir/rules/shape.js';
+import { ROW_THREAD_MAX, rowProductShape } from '../../kernels/row.js';
+import type { Target } from './types.js';
 
 export interface FusionGroup {
   /** The node whose value the group writes. */
@@ -171,4 +175,132 @@ export function planReducePrologues(graph: Graph, live: ReadonlySet<number>, out
     if (externals.size <= maxInputs) plan.set(n.id, group);
   }
   return plan;
+}
+
+/**
+ * A matmul whose epilogue group adds a second product of the same output shape (LoRA's `x·Wᵀ + u·Bblkᵀ`):
+ * the kernel sums that product too, in a second accumulator, with its operands read in place (views through
+ * pads, concats and transposes: kernels/view.ts). The product never reaches memory and has no kernel.
+ */
+export interface SecondProductPlan {
+  /** The group's external holding the product (the matmul, or a reshape of it): computed, not read. */
+  readonly external: number;
+  /** The second matmul. */
+  readonly matmul: number;
+  readonly a: ViewPlan;
+  readonly b: ViewPlan;
+}
+
+/** The distinct storage a second product binds: its operand views' leaves. */
+export const secondProductLeaves = (p: SecondProductPlan): number[] => [...new Set([...p.a.leaves, ...p.b.leaves])];
+
+/**
+ * Second products (epilogue group root → plan): an external of a matmul group that is (a reshape of) a matmul
+ * only the group reads, with the group matmul's rows and columns, both one batch, neither split-K (so each
+ * accumulator sums in k order as its own kernel would: bit for bit), and every binding within `maxInputs`.
+ */
+export function planSecondProducts(graph: Graph, live: ReadonlySet<number>, outputs: ReadonlySet<number>, groups: readonly FusionGroup[], maxInputs: number, target: Target): Map<number, SecondProductPlan> {
+  const readers = new Map<number, number[]>();
+  for (const n of graph.nodes) if (live.has(n.id)) for (const i of new Set(n.inputs)) readers.set(i, [...(readers.get(i) ?? []), n.id]);
+  const onlyReader = (x: number, r: number) => live.has(x) && !outputs.has(x) && readers.get(x)?.length === 1 && readers.get(x)![0] === r;
+  const problem = (mm: Node) => {
+    const inputs = mm.inputs.map((i) => graph.node(i));
+    return matmulVariant(mm, inputs, target) === 'splitk' ? undefined : productDims(mm, inputs);
+  };
+  const plans = new Map<number, SecondProductPlan>();
+  for (const g of groups) {
+    if (g.matmul === undefined) continue;
+    const p = problem(graph.node(g.matmul));
+    if (!p || p.batch !== 1) continue;
+    const externals = groupExternals(graph, g, g.matmul);
+    const members = new Set(g.members);
+    const onlyGroup = (x: number) => live.has(x) && !outputs.has(x) && (readers.get(x) ?? []).every((r) => members.has(r));
+    for (const e of externals) {
+      const ext = graph.node(e);
+      const q = ext.op === 'reshape' && onlyGroup(e) ? ext.inputs[0] : e;
+      const mm = graph.node(q);
+      if (mm.op !== 'matmul' || !(q === e ? onlyGroup(q) : onlyReader(q, e)) || numel(mm.shape) === 0) continue;
+      const d = problem(mm);
+      if (!d || d.batch !== 1 || d.m !== p.m || d.n !== p.n) continue;
+      // A view op is read in place when every reader is the second matmul or a view op already read in place.
+      const inPlace = new Set<number>([q]);
+      const inline = (id: number) => {
+        const ok = live.has(id) && !outputs.has(id) && (readers.get(id) ?? []).every((r) => inPlace.has(r));
+        if (ok) inPlace.add(id);
+        return ok;
+      };
+      const plan: SecondProductPlan = { external: e, matmul: q, a: planView(graph, mm.inputs[0], inline), b: planView(graph, mm.inputs[1], inline) };
+      // Bindings: the group matmul's operands, the views' leaves, the group's other externals.
+      if (2 + secondProductLeaves(plan).length + externals.length - 1 > maxInputs) continue;
+      plans.set(g.root, plan);
+      break;
+    }
+  }
+  return plans;
+}
+
+/**
+ * A matmul of the rows a row kernel writes (LoRA's `x·Aᵀ`, x a layernorm's output), computed by that kernel
+ * after it stores each row, with its epilogue group if it has one.
+ */
+export interface RowProductPlan {
+  readonly matmul: number;
+  /** The matmul's epilogue group (LoRA's scale), written as the kernel's second output. */
+  readonly group?: FusionGroup;
+  /** The right operand, read in place. */
+  readonly b: ViewPlan;
+}
+
+/** Widest product a row kernel computes: each invocation owns a few columns, each a dot product along the row. */
+export const ROW_PRODUCT_MAX_N = 256;
+
+/**
+ * Row products (the row kernel's stored value → plan): a matmul whose left operand is that value (or a reshape
+ * of it to rows) with contiguous rows longer than ROW_THREAD_MAX, K the row length, at most ROW_PRODUCT_MAX_N
+ * columns, one batch and not split-K (it then sums as its own kernel would), whose operand view and epilogue
+ * read only values computed before the row kernel runs (`ready`), within the binding limit, with at least one
+ * row fitting workgroup memory (kernels/row.ts, rowProductShape).
+ * `rowKernels` maps each row kernel's stored value to its row op and epilogue group; `groups` are the matmul
+ * epilogue groups; `taken` are matmuls other kernels compute.
+ */
+export function planRowProducts(graph: Graph, live: ReadonlySet<number>, outputs: ReadonlySet<number>, rowKernels: ReadonlyMap<number, { readonly row: number; readonly group?: FusionGroup }>, groups: readonly FusionGroup[], taken: ReadonlySet<number>, ready: (id: number, before: number) => boolean, maxInputs: number, target: Target): Map<number, RowProductPlan> {
+  const readers = new Map<number, number[]>();
+  for (const n of graph.nodes) if (live.has(n.id)) for (const i of new Set(n.inputs)) readers.set(i, [...(readers.get(i) ?? []), n.id]);
+  const groupOf = new Map(groups.filter((g) => g.matmul !== undefined).map((g) => [g.matmul!, g] as const));
+  const plans = new Map<number, RowProductPlan>();
+  const claimed = new Set<number>();
+  for (const [value, { row, group: rowGroup }] of rowKernels) {
+    const r = graph.node(row);
+    const len = r.shape[r.shape.length - 1];
+    if (r.op !== 'layernorm' && normDim(attrNum(r.attrs, 'dim', -1), r.shape.length) !== r.shape.length - 1) continue;
+    if (len <= ROW_THREAD_MAX) continue;
+    // The value itself, or a reshape of it to rows of the same length.
+    const sources = [value, ...(readers.get(value) ?? []).filter((x) => graph.node(x).op === 'reshape' && graph.node(x).shape.at(-1) === len)];
+    const candidates = sources.flatMap((s) => (readers.get(s) ?? []).filter((m) => graph.node(m).op === 'matmul' && graph.node(m).inputs[0] === s && graph.node(m).inputs[1] !== s));
+    for (const q of candidates) {
+      const mm = graph.node(q);
+      const inputs = mm.inputs.map((i) => graph.node(i));
+      if (taken.has(q) || claimed.has(q) || outputs.has(q) || !live.has(q) || matmulVariant(mm, inputs, target) === 'splitk') continue;
+      const d = productDims(mm, inputs);
+      if (d.batch !== 1 || d.k !== len || d.n > ROW_PRODUCT_MAX_N || numel(mm.shape) === 0 || !rowProductShape(r.shape, d.n, target)) continue;
+      const group = groupOf.get(q);
+      const inPlace = new Set<number>([q]);
+      const inline = (id: number) => {
+        const ok = live.has(id) && !outputs.has(id) && (readers.get(id) ?? []).every((x) => inPlace.has(x));
+        if (ok) inPlace.add(id);
+        return ok;
+      };
+      const b = planView(graph, mm.inputs[1], inline);
+      const externals = group ? groupExternals(graph, group, q) : [];
+      const reads = [...b.leaves, ...externals];
+      if (!reads.every((x) => ready(x, value))) continue;
+      // Bindings: the row kernel's (its op's inputs and its epilogue's externals), then the product's; two outputs.
+      const own = r.inputs.length + (rowGroup ? groupExternals(graph, rowGroup, row).length : 0);
+      if (own + reads.length + 1 > maxInputs) continue;
+      plans.set(value, group ? { matmul: q, group, b } : { matmul: q, b });
+      claimed.add(q);
+      break;
+    }
+  }
+  return plans;
 }

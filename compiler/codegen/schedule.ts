@@ -5,7 +5,7 @@
 // lists every value that needs storage, for the memory plan.
 import { Graph, numel, type Node } from '../ir/graph.js';
 import type { GpuRule, Kernel, Target } from './types.js';
-import { planFusion, planReducePrologues, planSiblingOutputs, planTransposedReads, type FusionGroup } from './fuse.js';
+import { planFusion, planReducePrologues, planRowProducts, planSecondProducts, planSiblingOutputs, planTransposedReads, ROW_EPILOGUE_OPS, type FusionGroup, type RowProductPlan, type SecondProductPlan } from './fuse.js';
 import { FlashTileError } from '../../kernels/flash-common.js';
 import { flashBackwardKernel } from '../../kernels/flash-backward.js';
 import { flashForwardKernel } from '../../kernels/flash-forward.js';
@@ -13,7 +13,7 @@ import { fusedKernel } from '../../kernels/fused.js';
 import { matmulEpilogueKernel } from '../../kernels/matmul-epilogue.js';
 import { matmulKernel } from '../../kernels/matmul.js';
 import { reducePrologueKernel } from '../../kernels/reduce.js';
-import { rowEpilogueKernel } from '../../kernels/row.js';
+import { rowEpilogueKernel, rowProductKernel } from '../../kernels/row.js';
 import { halfStorageKernel } from '../../kernels/half-storage.js';
 import { halfBindings, planHalfStorage } from './half.js';
 
@@ -52,6 +52,8 @@ export interface ScheduleOptions {
   readonly transposedReads?: boolean;
   /** One kernel writes an attention's lse, dk's dv (default true, with `fuse`; planSiblingOutputs). */
   readonly siblings?: boolean;
+  /** A matmul's kernel also sums a second product its epilogue adds (default true, with `epilogues`; planSecondProducts). */
+  readonly secondProducts?: boolean;
   /** Store exact-f16 values as f16 where the target has shader-f16 (default true; compiler/codegen/half.ts). */
   readonly halfStorage?: boolean;
 }
@@ -83,13 +85,34 @@ export function schedule(graph: Graph, target: Target, rules: { readonly [op: st
   // Values a sibling's kernel computes in the same sweep (attention's lse, dk's dv): no kernel of their own.
   const siblingOf = opts.fuse === false || opts.siblings === false ? new Map<number, number>() : planSiblingOutputs(graph, live);
   for (const l of siblingOf.values()) absorbed.add(l);
-  // Scalar constants that only fused kernels read are inlined there as literals: no fill kernel.
+  // A second product in a matmul group's epilogue (LoRA's u·Bblkᵀ) is summed by the group's kernel, its
+  // operands read in place through their pads, concats and transposes.
+  const seconds = opts.fuse === false || opts.epilogues === false || opts.secondProducts === false ? new Map<number, SecondProductPlan>() : planSecondProducts(graph, live, outputNodes, [...groupOf.values()], maxInputs, target);
+  for (const p of seconds.values()) for (const id of [p.external, p.matmul]) absorbed.add(id);
+  // A matmul of the rows a row kernel writes (LoRA's x·Aᵀ after a layernorm) runs in the row kernel.
+  const rowKernels = new Map<number, { row: number; group?: FusionGroup }>();
+  for (const g of groupOf.values()) if (g.row !== undefined) rowKernels.set(g.root, { row: g.row, group: g });
+  for (const n of graph.nodes) if (ROW_EPILOGUE_OPS.has(n.op) && live.has(n.id) && !absorbed.has(n.id) && !groupOf.has(n.id)) rowKernels.set(n.id, { row: n.id });
+  const taken = new Set([...seconds.values()].map((p) => p.matmul));
+  const leaf = (id: number) => kinds.get(id) === 'input' || kinds.get(id) === 'param';
+  const rowProducts = opts.fuse === false || opts.epilogues === false || opts.secondProducts === false ? new Map<number, RowProductPlan>() : planRowProducts(graph, live, outputNodes, rowKernels, [...groupOf.values()], taken, (id, before) => leaf(id) || (id < before && !absorbed.has(id)), maxInputs, target);
+  for (const p of rowProducts.values()) for (const id of [p.matmul, ...(p.group?.members ?? [])]) absorbed.add(id);
+  // Views read their operands in place: the view ops they inline have no kernel.
+  const views = [...[...seconds.values()].map((p) => ({ reader: p.matmul, plans: [p.a, p.b] })), ...[...rowProducts.values()].map((p) => ({ reader: p.matmul, plans: [p.b] }))];
+  const viewed = new Map<number, Set<number>>(); // reader → the constants it reads in place
+  for (const { reader, plans } of views) {
+    const inlined = plans.flatMap((v) => v.inlined);
+    for (const id of inlined) if (graph.node(id).op !== 'full') absorbed.add(id);
+    for (const id of inlined) for (const r of [reader, ...inlined]) if (graph.node(r).inputs.includes(id)) viewed.set(r, (viewed.get(r) ?? new Set()).add(id));
+  }
+  // Constants that every reader inlines (scalars in fused kernels, any constant in a view): no fill kernel.
   const fused = new Set(groups.flatMap((g) => g.members));
   const readers = new Map<number, number[]>();
   for (const n of graph.nodes) if (live.has(n.id)) for (const i of n.inputs) readers.set(i, [...(readers.get(i) ?? []), n.id]);
   for (const n of graph.nodes) {
-    const scalar = n.op === 'full' && numel(n.shape) === 1 && !outputNodes.has(n.id);
-    if (scalar && live.has(n.id) && (readers.get(n.id) ?? []).every((r) => fused.has(r))) absorbed.add(n.id);
+    if (n.op !== 'full' || !live.has(n.id) || outputNodes.has(n.id)) continue;
+    const scalar = numel(n.shape) === 1;
+    if ((readers.get(n.id) ?? []).every((r) => (scalar && fused.has(r)) || viewed.get(r)?.has(n.id))) absorbed.add(n.id);
   }
 
   // An f16 parameter or input read as f32 (a frozen fp16 backbone's weights): with f16 storage the kernels
@@ -106,7 +129,9 @@ export function schedule(graph: Graph, target: Target, rules: { readonly [op: st
     if (!live.has(node.id) || absorbed.has(node.id)) continue;
     const group = groupOf.get(node.id);
     const prologue = prologues.get(node.id);
-    if (group) push(group.matmul !== undefined ? matmulEpilogueKernel(graph, group, target, undefined, transposed.get(group.matmul)) : group.row !== undefined ? rowEpilogueKernel(graph, group, target) : fusedKernel(graph, group, target));
+    const rowProduct = rowProducts.get(node.id);
+    if (rowProduct) push(rowProductKernel(graph, rowKernels.get(node.id)!.row, group, rowProduct, target));
+    else if (group) push(group.matmul !== undefined ? matmulEpilogueKernel(graph, group, target, undefined, transposed.get(group.matmul), seconds.get(group.root)) : group.row !== undefined ? rowEpilogueKernel(graph, group, target) : fusedKernel(graph, group, target));
     else if (prologue) push(reducePrologueKernel(graph, node, prologue, target));
     else if (halfLeafCast(node.id)) aliases.set(node.id, root(node.inputs[0]));
     else {

@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import fc from 'fast-check';
-import { schedule, type Schedule } from '../../compiler/codegen/schedule.js';
+import { schedule, type Schedule, type ScheduleOptions } from '../../compiler/codegen/schedule.js';
 import { PORTABLE_TARGET, type Target } from '../../compiler/codegen/types.js';
 import { checkFiles } from '../../compiler/check/index.js';
 import { Builder } from '../../compiler/ir/builder.js';
@@ -21,7 +21,7 @@ import { buildEpilogueGraph, epilogueCaseArb } from './matmul-graphs.js';
 
 const root = fileURLToPath(new URL('../../../', import.meta.url));
 const withBindings = (n: number): Target => ({ ...PORTABLE_TARGET, name: `portable (${n} bindings)`, limits: { ...PORTABLE_TARGET.limits, maxStorageBuffersPerShaderStage: n } });
-const sched = (g: Graph, opts: { epilogues?: boolean; fuse?: boolean } = {}, target: Target = PORTABLE_TARGET): Schedule => schedule(g, target, GPU_RULES, opts);
+const sched = (g: Graph, opts: ScheduleOptions = {}, target: Target = PORTABLE_TARGET): Schedule => schedule(g, target, GPU_RULES, opts);
 
 /** x [2, 5, 8] @ w [8, 6] and the chain `then` adds after it (the chain's last node is the output y). */
 function projection(then: (b: Builder, mm: number, x: number) => number, k = 8): { graph: Graph; mm: number } {
@@ -133,7 +133,8 @@ function evaTiny(vjp: boolean) {
 
 test('eva_tiny: every linear layer is one kernel, and every layernorm with its affine', () => {
   const graph = evaTiny(false);
-  const fused = sched(graph);
+  // Row products off: each matmul its own kernel (they are on below).
+  const fused = sched(graph, { secondProducts: false });
   const plain = sched(graph, { epilogues: false });
   const matmuls = graph.nodes.filter((n) => n.op === 'matmul').length;
   // 2 blocks x (qkv, proj, fc1, fc2), each followed by its bias add (and a residual add or GELU).
@@ -147,6 +148,10 @@ test('eva_tiny: every linear layer is one kernel, and every layernorm with its a
   // Each reads its weight W [out, in] transposed (no permute kernel), then the epilogue.
   for (const k of mmKernels) assert.match(k.name, /^matmul_\w+_f32_bt\+add/);
   assert.deepEqual([...new Set(mmKernels.map((k) => k.name.split('+')[1]))].sort(), ['add', 'add_add', 'add_gelu']);
+  // With row products, each fc1 (192 columns) runs in the kernel of the norm before it, with its bias and GELU.
+  const all = sched(graph);
+  assert.equal(all.kernels.length, fused.kernels.length - 2);
+  assert.equal(all.kernels.filter((k) => k.name === 'layernorm_rows_wg_f32+mul_add+mm+add_gelu').length, 2);
   // The gradient graph also loses kernels.
   const g = evaTiny(true);
   assert.ok(sched(g).kernels.length < sched(g, { epilogues: false }).kernels.length);
