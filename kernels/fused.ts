@@ -11,7 +11,8 @@ import type { Kernel, Target } from '../compiler/codegen/types.js';
 import { isScalarConst, type FusionGroup } from '../compiler/codegen/fuse.js';
 import type { Graph, Node } from '../compiler/ir/graph.js';
 import { attrNum } from '../compiler/ir/rules/shape.js';
-import { broadcastStrides, f32Lit, flatKernel, inlineExpr, offsetCode } from './elementwise.js';
+import { broadcastStrides, f32Lit, flatKernel, inlineExpr, offsetCode, u32Lit } from './elementwise.js';
+import { viewCode, type ViewPlan } from './view.js';
 
 /** The nodes a group reads from memory, in first-use order: members' inputs that are not members, constants or `skip`. */
 export function groupExternals(graph: Graph, group: FusionGroup, skip?: number): number[] {
@@ -68,17 +69,62 @@ export function memberCode(graph: Graph, group: FusionGroup, external: (id: numb
   return { lines, value: `v${local.get(group.root)}`, lib: [...lib], ops };
 }
 
-export function fusedKernel(graph: Graph, group: FusionGroup, target: Target): Kernel {
+/** How a kernel reads a group's externals: the storage it binds and the WGSL giving each external's value. */
+export interface ExternalReads {
+  /** The nodes bound, in order: plain externals and the leaves of viewed ones, each once. */
+  readonly bindings: number[];
+  /** Module-scope WGSL: the views' functions. */
+  readonly helpers: string;
+  /** The IR nodes the views compute in place. */
+  readonly inlined: number[];
+  /** Statements declaring `x<k>` (external k's value, broadcast) at the flat index `index` of `shape`. */
+  lines(index: string): string[];
+}
+
+/**
+ * Reads of `externals` into a value of `shape`, bound from `in_<first>` on: each plain external at its
+ * broadcast offset, each external in `views` through its view (kernels/view.ts) at its broadcast coordinates.
+ */
+export function externalReads(graph: Graph, shape: readonly number[], externals: readonly number[], views: ReadonlyMap<number, ViewPlan> = new Map(), first = 0): ExternalReads {
+  const bindings: number[] = [];
+  for (const e of externals) for (const b of views.get(e)?.leaves ?? [e]) if (!bindings.includes(b)) bindings.push(b);
+  const binding = (id: number) => `in_${first + bindings.indexOf(id)}`;
+  const viewed = externals.map((e, k) => (views.has(e) ? viewCode(graph, views.get(e)!, `ev${k}_`, binding) : undefined));
+  const plain = externals.flatMap((e, k) => (views.has(e) ? [] : [k]));
+  const r = shape.length;
+  return {
+    bindings,
+    helpers: viewed.flatMap((v) => (v ? [v.helpers] : [])).join('\n\n'),
+    inlined: [...new Set(externals.flatMap((e) => views.get(e)?.inlined ?? []))],
+    lines: (index) => {
+      const strides = plain.map((k) => broadcastStrides(graph.node(externals[k]).shape, shape));
+      const out = plain.length ? offsetCode(shape, strides, plain.map((k) => `eo${k}`), index, '').split('\n') : [];
+      out.push(...plain.map((k) => `let x${k} = ${binding(externals[k])}[eo${k}];`));
+      if (viewed.some(Boolean)) {
+        // The root's coordinates, then each view's: aligned right, size-1 dims read at 0 (broadcast).
+        out.push(`var vrem = ${index};`);
+        for (let d = r - 1; d >= 0; d--) out.push(d > 0 ? `let rc${d} = vrem % ${u32Lit(shape[d])}; vrem = vrem / ${u32Lit(shape[d])};` : `let rc0 = vrem;`);
+        viewed.forEach((v, k) => {
+          if (!v) return;
+          const es = graph.node(externals[k]).shape;
+          out.push(`let x${k} = ${v.call(es.map((n, d) => (n === 1 ? '0u' : `rc${d + r - es.length}`)))};`);
+        });
+      }
+      return out;
+    },
+  };
+}
+
+export function fusedKernel(graph: Graph, group: FusionGroup, target: Target, views?: ReadonlyMap<number, ViewPlan>): Kernel {
   const root = graph.node(group.root);
   const externals = groupExternals(graph, group);
-  const extNodes = externals.map((e) => graph.node(e));
-  const strides = extNodes.map((n) => broadcastStrides(n.shape, root.shape));
-  const offsets = offsetCode(root.shape, strides, externals.map((_, k) => `o${k}`), 'i');
+  const reads = externalReads(graph, root.shape, externals, views);
   const code = memberCode(graph, group, (id) => `x${externals.indexOf(id)}`);
-  const lines = [offsets, ...externals.map((_, k) => `    let x${k} = in_${k}[o${k}];`), ...code.lines.map((l) => `    ${l}`)];
+  const lines = [...reads.lines('i'), ...code.lines].map((l) => `    ${l}`);
   lines.push(`    out_0[i] = ${code.value};`);
   // The kernel reads the externals and writes the root: a node with those inputs stands for the group.
-  const standIn: Node = { ...root, inputs: externals };
-  const k = flatKernel(standIn, extNodes, target, `fused_${code.ops.join('_')}_f32`.slice(0, 96), lines.join('\n'), { lib: code.lib, helpers: KEPT_FN });
-  return { ...k, nodes: [...group.members] };
+  const standIn: Node = { ...root, inputs: reads.bindings };
+  const helpers = [KEPT_FN, reads.helpers].filter(Boolean).join('\n\n');
+  const k = flatKernel(standIn, reads.bindings.map((b) => graph.node(b)), target, `fused_${code.ops.join('_')}_f32`.slice(0, 96), lines.join('\n'), { lib: code.lib, helpers });
+  return { ...k, nodes: [...reads.inlined, ...group.members] };
 }

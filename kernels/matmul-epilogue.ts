@@ -8,10 +8,10 @@
 import type { Kernel, Target } from '../compiler/codegen/types.js';
 import { secondProductLeaves, type FusionGroup, type SecondProductPlan } from '../compiler/codegen/fuse.js';
 import type { Graph, Node } from '../compiler/ir/graph.js';
-import { broadcastStrides, offsetCode, u32Lit } from './elementwise.js';
-import { groupExternals, KEPT_FN, memberCode } from './fused.js';
-import { viewCode } from './view.js';
-import { DIRECT_READS, matmulKernel, matmulVariant, type MatmulOutput, type MatmulReads, type MatmulVariant } from './matmul.js';
+import { u32Lit } from './elementwise.js';
+import { externalReads, groupExternals, KEPT_FN, memberCode } from './fused.js';
+import { viewCode, type ViewPlan } from './view.js';
+import { DIRECT_READS, matmulKernel, matmulVariant, rowCoords, type MatmulOutput, type MatmulReads, type MatmulVariant, type OperandViews } from './matmul.js';
 
 /**
  * The epilogue as the output of its producer's kernel (the matmul's, or the row op's, kernels/row.ts): the
@@ -25,29 +25,26 @@ export function epilogueOutput(graph: Graph, group: FusionGroup, layout: Epilogu
   const out = layout.out ?? 'out_0';
   const first = layout.firstExtra ?? mm.inputs.length + (layout.before?.length ?? 0);
   const externals = groupExternals(graph, group, mmId).filter((e) => e !== layout.computed);
-  const extNodes = externals.map((e) => graph.node(e));
-  const strides = extNodes.map((n) => broadcastStrides(n.shape, root.shape));
+  const reads = externalReads(graph, root.shape, externals, layout.views, first);
   // The product is `mm`, the externals `x<k>` (bindings after the producer's): names by position, so repeated
   // layers share WGSL.
   const code = memberCode(graph, group, (id) => (id === mmId ? 'mm' : id === layout.computed ? 'mm2' : `x${externals.indexOf(id)}`));
-  const offsets = externals.length ? offsetCode(root.shape, strides, externals.map((_, k) => `eo${k}`), 'o', '').split('\n') : [];
   const before = layout.before ?? [];
-  const node: Node = { ...mm, id: root.id, inputs: [...mm.inputs, ...before.map((n) => n.id), ...externals], shape: root.shape, dtype: root.dtype };
+  const node: Node = { ...mm, id: root.id, inputs: [...mm.inputs, ...before.map((n) => n.id), ...reads.bindings], shape: root.shape, dtype: root.dtype };
   return {
     suffix: `+${code.ops.join('_')}`,
     node,
-    extra: [...before, ...extNodes],
+    extra: [...before, ...reads.bindings.map((b) => graph.node(b))],
     lib: code.lib,
-    helpers: KEPT_FN,
-    nodes: [mmId, ...group.members],
+    helpers: [KEPT_FN, reads.helpers].filter(Boolean).join('\n\n'),
+    nodes: [...reads.inlined, mmId, ...group.members],
     store: (value, index, second) => [
       // The accumulator as the unfused path stores it: the compiler cannot merge the epilogue's arithmetic
       // into the dot product's (lavapipe split the last fma and reassociated it with a following `+ 2`).
       `let mm = kept(${value});`,
       ...(layout.computed !== undefined ? [`let mm2 = kept(${secondValue(second)});`] : []),
       `let o = ${index};`,
-      ...offsets,
-      ...externals.map((_, k) => `let x${k} = in_${k + first}[eo${k}];`),
+      ...reads.lines('o'),
       ...code.lines,
       `${out}[o] = ${code.value};`,
     ],
@@ -69,18 +66,31 @@ export interface EpilogueLayout {
   readonly firstExtra?: number;
   /** An external the kernel computes itself (a second product), named `mm2` from `store`'s `second`. */
   readonly computed?: number;
+  /** Externals read in place through views (compiler/codegen/fuse.ts, planViewReads). */
+  readonly views?: ReadonlyMap<number, ViewPlan>;
 }
 
 /**
  * The kernel of a fusion group with a matmul: the matmul's variant (or a forced one) with the group as
  * epilogue, reading the operands `reads` marks transposed through their permutes.
  */
-export function matmulEpilogueKernel(graph: Graph, group: FusionGroup, target: Target, variant?: MatmulVariant, reads: MatmulReads = DIRECT_READS, second?: SecondProductPlan): Kernel {
+export function matmulEpilogueKernel(graph: Graph, group: FusionGroup, target: Target, variant?: MatmulVariant, reads: MatmulReads = DIRECT_READS, second?: SecondProductPlan, views?: ReadonlyMap<number, ViewPlan>, operands?: OperandViews): Kernel {
   if (group.matmul === undefined) throw new Error(`internal: fusion group %${group.root} has no matmul`);
   const mm = graph.node(group.matmul);
   const inputs = mm.inputs.map((i) => graph.node(i));
-  const out = second ? secondProductOutput(graph, group, second) : epilogueOutput(graph, group);
-  return matmulKernel(mm, inputs, target, variant ?? matmulVariant(mm, inputs, target), out, reads);
+  const out = second ? secondProductOutput(graph, group, second, views) : epilogueOutput(graph, group, { views });
+  return matmulKernel(mm, inputs, target, variant ?? matmulVariant(mm, inputs, target), out, reads, operands);
+}
+
+/** A matmul's operand views (planOperandViews) as the kernel reads them: the leaf bound in the operand's slot. */
+export function operandViews(graph: Graph, plans: readonly [ViewPlan | undefined, ViewPlan | undefined] | undefined): OperandViews | undefined {
+  if (!plans) return undefined;
+  const view = (plan: ViewPlan | undefined, slot: number) => {
+    if (!plan) return undefined;
+    const code = viewCode(graph, plan, slot === 0 ? 'va' : 'vb', () => `in_${slot}`);
+    return { leaf: graph.node(plan.leaves[0]), inlined: plan.inlined, helpers: code.helpers, call: (c: readonly string[]) => code.call(c) };
+  };
+  return [view(plans[0], 0), view(plans[1], 1)];
 }
 
 /**
@@ -88,14 +98,14 @@ export function matmulEpilogueKernel(graph: Graph, group: FusionGroup, target: T
  * planSecondProducts): the views' leaves are bound after the matmul's operands, the product's value is the
  * second accumulator, and the views' reads are WGSL functions (`sa_*`, `sb_*`).
  */
-function secondProductOutput(graph: Graph, group: FusionGroup, plan: SecondProductPlan): MatmulOutput {
+function secondProductOutput(graph: Graph, group: FusionGroup, plan: SecondProductPlan, views?: ReadonlyMap<number, ViewPlan>): MatmulOutput {
   const leaves = secondProductLeaves(plan);
   const binding = (leaf: number) => `in_${2 + leaves.indexOf(leaf)}`;
   const a = viewCode(graph, plan.a, 'sa', binding);
   const b = viewCode(graph, plan.b, 'sb', binding);
   const mm = graph.node(plan.matmul);
   const [aShape, bShape] = mm.inputs.map((i) => graph.node(i).shape);
-  const base = epilogueOutput(graph, group, { before: leaves.map((l) => graph.node(l)), computed: plan.external });
+  const base = epilogueOutput(graph, group, { before: leaves.map((l) => graph.node(l)), computed: plan.external, views });
   const viewed = [...new Set([...plan.a.inlined, ...plan.b.inlined])].sort((x, y) => x - y);
   return {
     ...base,
@@ -108,16 +118,4 @@ function secondProductOutput(graph: Graph, group: FusionGroup, plan: SecondProdu
       b: (t, col) => b.call([...bShape.slice(0, -2).map(() => '0u'), t, col]),
     },
   };
-}
-
-/** WGSL coordinates of flat row `row` over `dims` (the leading dims of a row-major operand, folded into M). */
-function rowCoords(dims: readonly number[], row: string): string[] {
-  if (dims.length <= 1) return dims.length ? [row] : [];
-  const coords: string[] = [];
-  let inner = 1;
-  for (let d = dims.length - 1; d >= 0; d--) {
-    coords.unshift(d === 0 ? `(${row} / ${u32Lit(inner)})` : `((${row} / ${u32Lit(inner)}) % ${u32Lit(dims[d])})`);
-    inner *= dims[d];
-  }
-  return coords;
 }

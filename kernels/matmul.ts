@@ -52,7 +52,20 @@ interface MatmulDims {
   /** a is read from storage [..., K, M], b from [..., N, K]. */
   readonly transA: boolean;
   readonly transB: boolean;
+  /** Operands read through views: WGSL for a[row, t] and b[t, col] of batch `bi`. */
+  readonly viewA?: (row: string, t: string) => string;
+  readonly viewB?: (t: string, col: string) => string;
 }
+
+/** An operand read through a view with one leaf (kernels/view.ts), which is bound in the operand's place. */
+export interface OperandView {
+  readonly leaf: Node;
+  /** The IR nodes the view computes in place. */
+  readonly inlined: readonly number[];
+  readonly helpers: string;
+  call(coords: readonly string[]): string;
+}
+export type OperandViews = readonly [OperandView | undefined, OperandView | undefined];
 
 /** Which operands the kernel reads transposed through their permute (absorbed: its input is bound instead). */
 export type MatmulReads = readonly [boolean, boolean];
@@ -72,7 +85,7 @@ export function isLastTwoSwap(n: Node): boolean {
 }
 
 /** The suffix naming a kernel's transposed reads. */
-const readsSuffix = (d: MatmulDims): string => `${d.transA ? '_at' : ''}${d.transB ? '_bt' : ''}`;
+const readsSuffix = (d: MatmulDims): string => `${d.transA ? '_at' : d.viewA ? '_av' : ''}${d.transB ? '_bt' : d.viewB ? '_bv' : ''}`;
 
 function dims(node: Node, inputs: readonly Node[], reads: MatmulReads = DIRECT_READS): MatmulDims {
   const [a, b] = inputs;
@@ -192,6 +205,16 @@ function bindStorage(out: MatmulOutput, inputs: readonly Node[], reads: MatmulRe
   return { out: { ...out, node, nodes: [...permutes, ...out.nodes] }, inputs: bound };
 }
 
+/** The output and operands a kernel binds when it reads operands through views: each view's leaf in its place. */
+function bindViews(out: MatmulOutput, inputs: readonly Node[], views: OperandViews): { out: MatmulOutput; inputs: Node[] } {
+  if (!views[0] && !views[1]) return { out, inputs: [...inputs] };
+  const bound = inputs.map((n, i) => views[i]?.leaf ?? n);
+  const inlined = [...new Set(views.flatMap((v) => v?.inlined ?? []))];
+  const helpers = [out.helpers, ...views.map((v) => v?.helpers)].filter(Boolean).join('\n\n');
+  const node: Node = { ...out.node, inputs: [...bound.map((n) => n.id), ...out.node.inputs.slice(2)] };
+  return { out: { ...out, node, helpers, nodes: [...inlined, ...out.nodes] }, inputs: bound };
+}
+
 /** The permute's input as the storage a transposed read binds (its shape: the permute's, last two dims swapped). */
 function transposedSource(p: Node): Node {
   if (!isLastTwoSwap(p)) throw new Error(`internal: matmul operand %${p.id} (${p.op}) is read transposed but is not a permute of the last two dims`);
@@ -212,9 +235,40 @@ function dotOperands(d: MatmulDims, t: string, indent: string): { setup: string;
   const setup = [d.transA ? 'let ar = oa + row;' : `let ar = oa + row * ${u32Lit(d.k)};`, d.transB ? `let bc = ob + col * ${u32Lit(d.k)};` : 'let bc = ob + col;'];
   return {
     setup: setup.map((l) => indent + l).join('\n'),
-    a: d.transA ? `in_0[ar + ${t} * ${u32Lit(d.m)}]` : `in_0[ar + ${t}]`,
-    b: d.transB ? `in_1[bc + ${t}]` : `in_1[bc + ${t} * ${u32Lit(d.n)}]`,
+    a: d.viewA ? d.viewA('row', t) : d.transA ? `in_0[ar + ${t} * ${u32Lit(d.m)}]` : `in_0[ar + ${t}]`,
+    b: d.viewB ? d.viewB(t, 'col') : d.transB ? `in_1[bc + ${t}]` : `in_1[bc + ${t} * ${u32Lit(d.n)}]`,
   };
+}
+
+/**
+ * The coordinates of an operand element for a view: the batch's (`bi` over the output's batch dims, aligned
+ * right, size-1 dims read at 0), or the rows folded into M (`row` over a's leading dims), then the last two.
+ */
+function operandCoords(d: MatmulDims, shape: readonly number[], r: string, c: string, isA: boolean): string[] {
+  const lead = shape.slice(0, -2);
+  if (d.batchShape.length === 0) return isA ? [...rowCoords(shape.slice(0, -1), r), c] : [...lead.map(() => '0u'), r, c];
+  const coords: string[] = [];
+  let inner = 1;
+  const all = d.batchShape.map((n) => {
+    const e = `((bi / ${u32Lit(inner)}) % ${u32Lit(n)})`;
+    inner *= n;
+    return e;
+  });
+  all.reverse();
+  lead.forEach((n, i) => coords.push(n === 1 ? '0u' : all[i + d.batchShape.length - lead.length]));
+  return [...coords, r, c];
+}
+
+/** WGSL coordinates of flat row `row` over `dims` (leading dims of a row-major operand, folded into M). */
+export function rowCoords(dims: readonly number[], row: string): string[] {
+  if (dims.length <= 1) return dims.length ? [row] : [];
+  const coords: string[] = [];
+  let inner = 1;
+  for (let d = dims.length - 1; d >= 0; d--) {
+    coords.unshift(d === 0 ? `((${row}) / ${u32Lit(inner)})` : `(((${row}) / ${u32Lit(inner)}) % ${u32Lit(dims[d])})`);
+    inner *= dims[d];
+  }
+  return coords;
 }
 
 function naive(out: MatmulOutput, inputs: readonly Node[], target: Target, d: MatmulDims): Kernel {
@@ -272,13 +326,15 @@ ${treeReduceCode('part', wg, (a, b) => `${a} + ${b}`, target)}
 function tileLoads(d: MatmulDims, second?: SecondProduct): string {
   const [M, N, T, TKl] = [u32Lit(d.m), u32Lit(d.n), u32Lit(TILE), u32Lit(TK)];
   const K = u32Lit(second ? second.k : d.k);
-  const a = second
-    ? [`let ar = l / ${TKl};`, `let ac = l % ${TKl};`, `var va = 0.0f;`, `if (m0 + ar < ${M} && k0 + ac < ${K}) { va = ${second.a('m0 + ar', 'k0 + ac')}; }`]
+  const viewA = second ? second.a : d.viewA;
+  const viewB = second ? second.b : d.viewB;
+  const a = viewA
+    ? [`let ar = l / ${TKl};`, `let ac = l % ${TKl};`, `var va = 0.0f;`, `if (m0 + ar < ${M} && k0 + ac < ${K}) { va = ${viewA('m0 + ar', 'k0 + ac')}; }`]
     : d.transA
       ? [`let ar = l % ${T};`, `let ac = l / ${T};`, `var va = 0.0f;`, `if (m0 + ar < ${M} && k0 + ac < ${K}) { va = in_0[oa + (k0 + ac) * ${M} + m0 + ar]; }`]
       : [`let ar = l / ${TKl};`, `let ac = l % ${TKl};`, `var va = 0.0f;`, `if (m0 + ar < ${M} && k0 + ac < ${K}) { va = in_0[oa + (m0 + ar) * ${K} + k0 + ac]; }`];
-  const b = second
-    ? [`let br = l / ${T};`, `let bc = l % ${T};`, `var vb = 0.0f;`, `if (k0 + br < ${K} && n0 + bc < ${N}) { vb = ${second.b('k0 + br', 'n0 + bc')}; }`]
+  const b = viewB
+    ? [`let br = l / ${T};`, `let bc = l % ${T};`, `var vb = 0.0f;`, `if (k0 + br < ${K} && n0 + bc < ${N}) { vb = ${viewB('k0 + br', 'n0 + bc')}; }`]
     : d.transB
       ? [`let bc = l / ${TKl};`, `let br = l % ${TKl};`, `var vb = 0.0f;`, `if (k0 + br < ${K} && n0 + bc < ${N}) { vb = in_1[ob + (n0 + bc) * ${K} + k0 + br]; }`]
       : [`let br = l / ${T};`, `let bc = l % ${T};`, `var vb = 0.0f;`, `if (k0 + br < ${K} && n0 + bc < ${N}) { vb = in_1[ob + (k0 + br) * ${N} + n0 + bc]; }`];
@@ -370,10 +426,19 @@ export function matmulKernel(
   variant: MatmulVariant = matmulVariant(node, inputs, target),
   out: MatmulOutput = plainOutput(node),
   reads: MatmulReads = DIRECT_READS,
+  views: OperandViews = [undefined, undefined],
 ): Kernel {
-  const d = dims(node, inputs, reads);
+  if ((views[0] && reads[0]) || (views[1] && reads[1])) throw new Error(`internal: matmul %${node.id}: an operand is read both transposed and through a view`);
+  const plain = dims(node, inputs, reads);
+  const [va, vb] = views;
+  const d: MatmulDims = {
+    ...plain,
+    ...(va ? { viewA: (row: string, t: string) => va.call(operandCoords(plain, inputs[0].shape, row, t, true)) } : {}),
+    ...(vb ? { viewB: (t: string, col: string) => vb.call(operandCoords(plain, inputs[1].shape, t, col, false)) } : {}),
+  };
   if (out.second && (d.batch !== 1 || variant === 'splitk')) throw new Error(`internal: matmul %${node.id}: a second product needs one batch and the naive or tiled variant`);
-  const bound = bindStorage(out, inputs, reads);
+  const viewed = bindViews(out, inputs, views);
+  const bound = bindStorage(viewed.out, viewed.inputs, reads);
   switch (variant) {
     case 'tiled':
       return tiled(bound.out, bound.inputs, target, d, node.id);

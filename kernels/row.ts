@@ -13,7 +13,7 @@ import type { Kernel, KernelGen, Target } from '../compiler/codegen/types.js';
 import { numel, type Graph, type Node } from '../compiler/ir/graph.js';
 import { attrNum, normDim } from '../compiler/ir/rules/shape.js';
 import { dispatchGroups, f32Lit, flatKernel, groupIndexCode, kernelRule, makeKernel, u32Lit, unboundedLoop, withOutput } from './elementwise.js';
-import { viewCode } from './view.js';
+import { viewCode, type ViewPlan } from './view.js';
 import { epilogueOutput } from './matmul-epilogue.js';
 import { plainOutput, storeBlock, type MatmulOutput } from './matmul.js';
 import { ceilPow2, combineCode, treeReduceCode, treeWorkgroup } from './reduce.js';
@@ -243,10 +243,10 @@ function rowKernel(node: Node, inputs: readonly Node[], target: Target, out: Mat
  * The kernel of a fusion group whose producer is a row op (compiler/codegen/fuse.ts): the row kernel evaluates
  * the group's members on each value it would store (layernorm's affine, a softmax's scaling) and stores the root.
  */
-export function rowEpilogueKernel(graph: Graph, group: FusionGroup, target: Target): Kernel {
+export function rowEpilogueKernel(graph: Graph, group: FusionGroup, target: Target, views?: ReadonlyMap<number, ViewPlan>): Kernel {
   if (group.row === undefined) throw new Error(`internal: fusion group %${group.root} has no row op`);
   const node = graph.node(group.row);
-  return rowKernel(node, node.inputs.map((i) => graph.node(i)), target, epilogueOutput(graph, group));
+  return rowKernel(node, node.inputs.map((i) => graph.node(i)), target, epilogueOutput(graph, group, { views }));
 }
 
 /**
@@ -254,10 +254,10 @@ export function rowEpilogueKernel(graph: Graph, group: FusionGroup, target: Targ
  * (planRowProducts): the product's operand view and epilogue bind after the row kernel's inputs, its value is
  * out_1.
  */
-export function rowProductKernel(graph: Graph, row: number, group: FusionGroup | undefined, plan: RowProductPlan, target: Target): Kernel {
+export function rowProductKernel(graph: Graph, row: number, group: FusionGroup | undefined, plan: RowProductPlan, target: Target, views?: ReadonlyMap<number, ViewPlan>): Kernel {
   const node = graph.node(row);
   const p = rowPlan(node);
-  const base = group ? epilogueOutput(graph, group) : plainOutput(node);
+  const base = group ? epilogueOutput(graph, group, { views }) : plainOutput(node);
   const first = base.node.inputs.length;
   const leaves = plan.b.leaves;
   const view = viewCode(graph, plan.b, 'rb', (leaf) => `in_${first + leaves.indexOf(leaf)}`);

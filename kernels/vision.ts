@@ -20,7 +20,7 @@ import type { GpuRule, Kernel, Target } from '../compiler/codegen/types.js';
 import type { Node } from '../compiler/ir/graph.js';
 import { numel } from '../compiler/ir/graph.js';
 import type { VisionOp } from '../compiler/ir/rules/families.js';
-import { attrInts, attrNum, conv2dGeometry, type Conv2dGeometry } from '../compiler/ir/rules/shape.js';
+import { conv2dGeometry, type Conv2dGeometry } from '../compiler/ir/rules/shape.js';
 import {
   bindingDecls,
   ENTRY_PARAMS,

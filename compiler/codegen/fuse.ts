@@ -15,7 +15,7 @@ import { numel, type Graph, type Node } from '../ir/graph.js';
 import { inlineExpr } from '../../kernels/elementwise.js';
 import { groupExternals } from '../../kernels/fused.js';
 import { isLastTwoSwap, matmulVariant, productDims, type MatmulReads } from '../../kernels/matmul.js';
-import { planView, type ViewPlan } from '../../kernels/view.js';
+import { planView, VIEW_OPS, type ViewPlan } from '../../kernels/view.js';
 import { attrNum, normDim } from '../ir/rules/shape.js';
 import { ROW_THREAD_MAX, rowProductShape } from '../../kernels/row.js';
 import type { Target } from './types.js';
@@ -222,14 +222,18 @@ export function planSecondProducts(graph: Graph, live: ReadonlySet<number>, outp
       if (mm.op !== 'matmul' || !(q === e ? onlyGroup(q) : onlyReader(q, e)) || numel(mm.shape) === 0) continue;
       const d = problem(mm);
       if (!d || d.batch !== 1 || d.m !== p.m || d.n !== p.n) continue;
-      // A view op is read in place when every reader is the second matmul or a view op already read in place.
+      // A view op is read in place when every reader is the second matmul or a view op already read in place,
+      // and a's view does not bind it.
       const inPlace = new Set<number>([q]);
+      let bound: readonly number[] = [];
       const inline = (id: number) => {
-        const ok = live.has(id) && !outputs.has(id) && (readers.get(id) ?? []).every((r) => inPlace.has(r));
+        const ok = live.has(id) && !outputs.has(id) && !bound.includes(id) && (readers.get(id) ?? []).every((r) => inPlace.has(r));
         if (ok) inPlace.add(id);
         return ok;
       };
-      const plan: SecondProductPlan = { external: e, matmul: q, a: planView(graph, mm.inputs[0], inline), b: planView(graph, mm.inputs[1], inline) };
+      const a = planView(graph, mm.inputs[0], inline);
+      bound = a.leaves;
+      const plan: SecondProductPlan = { external: e, matmul: q, a, b: planView(graph, mm.inputs[1], inline) };
       // Bindings: the group matmul's operands, the views' leaves, the group's other externals.
       if (2 + secondProductLeaves(plan).length + externals.length - 1 > maxInputs) continue;
       plans.set(g.root, plan);
@@ -301,6 +305,89 @@ export function planRowProducts(graph: Graph, live: ReadonlySet<number>, outputs
       claimed.add(q);
       break;
     }
+  }
+  return plans;
+}
+
+/**
+ * Externals of fused kernels read in place through views (group root → external → plan): an external that is
+ * a movement op (permute, slice, pad, concat, expand, a reshape of one, a constant fill; kernels/view.ts) read
+ * by nothing but the group (or by view ops it inlines), no graph output, whose leaves fit the kernel's bindings.
+ * The movement kernels then do not run: the fused kernel indexes through them. `fixed(g)` is the number of
+ * bindings a group's kernel has besides its externals (a matmul's operands, a row op's input); `skip` holds
+ * externals the kernel does not read (a second product).
+ */
+export function planViewReads(graph: Graph, live: ReadonlySet<number>, outputs: ReadonlySet<number>, groups: readonly FusionGroup[], fixed: (g: FusionGroup) => number, skip: ReadonlySet<number>, maxInputs: number): Map<number, Map<number, ViewPlan>> {
+  const readers = new Map<number, number[]>();
+  for (const n of graph.nodes) if (live.has(n.id)) for (const i of new Set(n.inputs)) readers.set(i, [...(readers.get(i) ?? []), n.id]);
+  const plans = new Map<number, Map<number, ViewPlan>>();
+  for (const g of groups) {
+    const externals = groupExternals(graph, g, g.matmul ?? g.row).filter((e) => !skip.has(e));
+    const views = new Map<number, ViewPlan>();
+    const boundSet = () => new Set(externals.flatMap((e) => views.get(e)?.leaves ?? [e]));
+    const bound = () => boundSet().size;
+    // A node is inlined when only inlined nodes and members read it, and no other read binds it.
+    const inPlace = new Set(g.members);
+    const inline = (id: number) => {
+      const ok = live.has(id) && !outputs.has(id) && !boundSet().has(id) && (readers.get(id) ?? []).every((r) => inPlace.has(r));
+      if (ok) inPlace.add(id);
+      return ok;
+    };
+    for (const e of externals) {
+      if (!VIEW_OPS.has(graph.node(e).op) || isScalarConst(graph.node(e))) continue;
+      views.set(e, { root: e, inlined: [], leaves: [] }); // e itself is not bound while its view is planned
+      const plan = planView(graph, e, inline);
+      views.set(e, plan);
+      // Not a view after all (read elsewhere), or too many bindings: the ops it would inline are computed.
+      if (!plan.inlined.includes(e) || !savesKernel(graph, plan) || fixed(g) + bound() > maxInputs) {
+        views.delete(e);
+        for (const id of plan.inlined) inPlace.delete(id);
+      }
+    }
+    if (views.size) plans.set(g.root, views);
+  }
+  return plans;
+}
+
+/** Whether a view replaces a kernel: reshapes alone share their input's buffer anyway. */
+const savesKernel = (graph: Graph, plan: ViewPlan): boolean => plan.inlined.some((id) => graph.node(id).op !== 'reshape');
+
+/**
+ * Matmul operands read in place through views (matmul → a's and b's plans): an operand that is a movement tree
+ * (not a swap of the last two dims, which planTransposedReads covers) with a single leaf, read by nothing but
+ * the matmul (or view ops it inlines) and no graph output; the leaf is bound in the operand's place. The
+ * permute that merges attention heads back, for example, is then no kernel. `skip` holds matmuls other kernels
+ * compute.
+ */
+export function planOperandViews(graph: Graph, live: ReadonlySet<number>, outputs: ReadonlySet<number>, transposed: ReadonlyMap<number, MatmulReads>, skip: ReadonlySet<number>): Map<number, [ViewPlan | undefined, ViewPlan | undefined]> {
+  const readers = new Map<number, number[]>();
+  for (const n of graph.nodes) if (live.has(n.id)) for (const i of new Set(n.inputs)) readers.set(i, [...(readers.get(i) ?? []), n.id]);
+  const plans = new Map<number, [ViewPlan | undefined, ViewPlan | undefined]>();
+  for (const mm of graph.nodes) {
+    if (mm.op !== 'matmul' || !live.has(mm.id) || skip.has(mm.id) || numel(mm.shape) === 0) continue;
+    const inPlace = new Set([mm.id]);
+    const views: [ViewPlan | undefined, ViewPlan | undefined] = [undefined, undefined];
+    // What the kernel binds besides the view being planned: the plain operands and the accepted views' leaves.
+    let current = -1;
+    const bound = () => [...mm.inputs.filter((x, j) => x !== current && !views[j]), ...views.flatMap((v) => v?.leaves ?? [])];
+    const inline = (id: number) => {
+      const ok = live.has(id) && !outputs.has(id) && !bound().includes(id) && (readers.get(id) ?? []).every((r) => inPlace.has(r));
+      if (ok) inPlace.add(id);
+      return ok;
+    };
+    mm.inputs.forEach((x, i) => {
+      const n = graph.node(x);
+      if (i === 1 && mm.inputs[0] === x) {
+        views[1] = transposed.get(mm.id)?.[1] ? undefined : views[0]; // x·x: both read the same way
+        return;
+      }
+      if (transposed.get(mm.id)?.[i] || !VIEW_OPS.has(n.op) || isScalarConst(n)) return;
+      current = x;
+      const plan = planView(graph, x, inline);
+      if (plan.inlined.includes(x) && plan.leaves.length === 1 && savesKernel(graph, plan)) views[i] = plan;
+      else for (const id of plan.inlined) inPlace.delete(id);
+    });
+    if (views[0] || views[1]) plans.set(mm.id, views);
   }
   return plans;
 }

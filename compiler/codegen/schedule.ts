@@ -5,12 +5,14 @@
 // lists every value that needs storage, for the memory plan.
 import { Graph, numel, type Node } from '../ir/graph.js';
 import type { GpuRule, Kernel, Target } from './types.js';
-import { planFusion, planReducePrologues, planRowProducts, planSecondProducts, planSiblingOutputs, planTransposedReads, ROW_EPILOGUE_OPS, type FusionGroup, type RowProductPlan, type SecondProductPlan } from './fuse.js';
+import { isInlineElementwise, planFusion, planOperandViews, planReducePrologues, planRowProducts, planSecondProducts, planSiblingOutputs, planTransposedReads, planViewReads, ROW_EPILOGUE_OPS, secondProductLeaves, type FusionGroup, type RowProductPlan, type SecondProductPlan } from './fuse.js';
+import { groupExternals } from '../../kernels/fused.js';
+import type { ViewPlan } from '../../kernels/view.js';
 import { FlashTileError } from '../../kernels/flash-common.js';
 import { flashBackwardKernel } from '../../kernels/flash-backward.js';
 import { flashForwardKernel } from '../../kernels/flash-forward.js';
 import { fusedKernel } from '../../kernels/fused.js';
-import { matmulEpilogueKernel } from '../../kernels/matmul-epilogue.js';
+import { matmulEpilogueKernel, operandViews } from '../../kernels/matmul-epilogue.js';
 import { matmulKernel } from '../../kernels/matmul.js';
 import { reducePrologueKernel } from '../../kernels/reduce.js';
 import { rowEpilogueKernel, rowProductKernel } from '../../kernels/row.js';
@@ -54,6 +56,8 @@ export interface ScheduleOptions {
   readonly siblings?: boolean;
   /** A matmul's kernel also sums a second product its epilogue adds (default true, with `epilogues`; planSecondProducts). */
   readonly secondProducts?: boolean;
+  /** Fused kernels read movement ops among their inputs in place (default true, with `fuse`; planViewReads). */
+  readonly views?: boolean;
   /** Store exact-f16 values as f16 where the target has shader-f16 (default true; compiler/codegen/half.ts). */
   readonly halfStorage?: boolean;
 }
@@ -97,16 +101,32 @@ export function schedule(graph: Graph, target: Target, rules: { readonly [op: st
   const leaf = (id: number) => kinds.get(id) === 'input' || kinds.get(id) === 'param';
   const rowProducts = opts.fuse === false || opts.epilogues === false || opts.secondProducts === false ? new Map<number, RowProductPlan>() : planRowProducts(graph, live, outputNodes, rowKernels, [...groupOf.values()], taken, (id, before) => leaf(id) || (id < before && !absorbed.has(id)), maxInputs, target);
   for (const p of rowProducts.values()) for (const id of [p.matmul, ...(p.group?.members ?? [])]) absorbed.add(id);
-  // Views read their operands in place: the view ops they inline have no kernel.
-  const views = [...[...seconds.values()].map((p) => ({ reader: p.matmul, plans: [p.a, p.b] })), ...[...rowProducts.values()].map((p) => ({ reader: p.matmul, plans: [p.b] }))];
+  // Fused kernels read movement ops among their inputs in place (views), and so does a lone elementwise node
+  // that reads one (it becomes a group of one).
+  const members = new Set([...groups.flatMap((g) => g.members), ...inPrologue]);
+  const singles = graph.nodes.filter((n) => live.has(n.id) && !absorbed.has(n.id) && !members.has(n.id) && isInlineElementwise(n)).map((n) => ({ root: n.id, members: [n.id] }));
+  const rowProductBindings = (p: RowProductPlan) => p.b.leaves.length + (p.group ? groupExternals(graph, p.group, p.matmul).length : 0) + 1;
+  const fixedBindings = (g: FusionGroup) =>
+    g.matmul !== undefined ? 2 + (seconds.has(g.root) ? secondProductLeaves(seconds.get(g.root)!).length : 0) : g.row !== undefined ? graph.node(g.row).inputs.length + (rowProducts.has(g.root) ? rowProductBindings(rowProducts.get(g.root)!) : 0) : 0;
+  const viewReads = opts.fuse === false || opts.views === false ? new Map<number, Map<number, ViewPlan>>() : planViewReads(graph, live, outputNodes, [...groupOf.values(), ...singles].filter((g) => !absorbed.has(g.root)), fixedBindings, new Set([...seconds.values()].map((p) => p.external)), maxInputs);
+  for (const g of singles) if (viewReads.has(g.root)) groupOf.set(g.root, g);
+  // Matmul operands through views with one leaf (the permute merging attention heads).
+  const operandPlans = opts.fuse === false || opts.views === false ? new Map<number, [ViewPlan | undefined, ViewPlan | undefined]>() : planOperandViews(graph, live, outputNodes, transposed, new Set([...taken, ...[...rowProducts.values()].map((p) => p.matmul)]));
+  // Views read in place: the view ops they inline have no kernel.
+  const inPlace = [
+    ...[...seconds.values()].map((p) => ({ readers: [p.matmul], plans: [p.a, p.b] })),
+    ...[...rowProducts.values()].map((p) => ({ readers: [p.matmul], plans: [p.b] })),
+    ...[...viewReads].map(([root, m]) => ({ readers: groupOf.get(root)!.members, plans: [...m.values()] })),
+    ...[...operandPlans].map(([mm, v]) => ({ readers: [mm], plans: v.filter((p): p is ViewPlan => p !== undefined) })),
+  ];
   const viewed = new Map<number, Set<number>>(); // reader → the constants it reads in place
-  for (const { reader, plans } of views) {
+  for (const { readers: rs, plans } of inPlace) {
     const inlined = plans.flatMap((v) => v.inlined);
     for (const id of inlined) if (graph.node(id).op !== 'full') absorbed.add(id);
-    for (const id of inlined) for (const r of [reader, ...inlined]) if (graph.node(r).inputs.includes(id)) viewed.set(r, (viewed.get(r) ?? new Set()).add(id));
+    for (const id of inlined) for (const r of [...rs, ...inlined]) if (graph.node(r).inputs.includes(id)) viewed.set(r, (viewed.get(r) ?? new Set()).add(id));
   }
   // Constants that every reader inlines (scalars in fused kernels, any constant in a view): no fill kernel.
-  const fused = new Set(groups.flatMap((g) => g.members));
+  const fused = new Set([...groups, ...groupOf.values()].flatMap((g) => g.members));
   const readers = new Map<number, number[]>();
   for (const n of graph.nodes) if (live.has(n.id)) for (const i of n.inputs) readers.set(i, [...(readers.get(i) ?? []), n.id]);
   for (const n of graph.nodes) {
@@ -130,8 +150,9 @@ export function schedule(graph: Graph, target: Target, rules: { readonly [op: st
     const group = groupOf.get(node.id);
     const prologue = prologues.get(node.id);
     const rowProduct = rowProducts.get(node.id);
-    if (rowProduct) push(rowProductKernel(graph, rowKernels.get(node.id)!.row, group, rowProduct, target));
-    else if (group) push(group.matmul !== undefined ? matmulEpilogueKernel(graph, group, target, undefined, transposed.get(group.matmul), seconds.get(group.root)) : group.row !== undefined ? rowEpilogueKernel(graph, group, target) : fusedKernel(graph, group, target));
+    const views = viewReads.get(node.id);
+    if (rowProduct) push(rowProductKernel(graph, rowKernels.get(node.id)!.row, group, rowProduct, target, views));
+    else if (group) push(group.matmul !== undefined ? matmulEpilogueKernel(graph, group, target, undefined, transposed.get(group.matmul), seconds.get(group.root), views, operandViews(graph, operandPlans.get(group.matmul))) : group.row !== undefined ? rowEpilogueKernel(graph, group, target, views) : fusedKernel(graph, group, target, views));
     else if (prologue) push(reducePrologueKernel(graph, node, prologue, target));
     else if (halfLeafCast(node.id)) aliases.set(node.id, root(node.inputs[0]));
     else {
@@ -142,7 +163,8 @@ export function schedule(graph: Graph, target: Target, rules: { readonly [op: st
       const inputs = node.inputs.map((i) => graph.node(i));
       const reads = transposed.get(node.id);
       const sibling = siblingOf.get(node.id);
-      if (reads) push(matmulKernel(node, inputs, target, undefined, undefined, reads));
+      const opViews = operandViews(graph, operandPlans.get(node.id));
+      if (reads || opViews) push(matmulKernel(node, inputs, target, undefined, undefined, reads, opViews));
       else if (sibling !== undefined) withSibling(node, graph.node(sibling), graph, target, rules).forEach(push);
       else push(rule.gen(node, inputs, target));
     }

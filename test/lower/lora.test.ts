@@ -239,11 +239,15 @@ test('eva_tiny stage 2: no ΔW-shaped node in the forward or the LoRA gradients'
   }
 });
 
-test('a q, v projection with LoRA is the base matmul, x·Aᵀ, the Bblk build and one matmul (GPU schedule)', () => {
+test('a q, v projection with LoRA is two kernels; without second products, the base matmul, x·Aᵀ, the Bblk build and one matmul (GPU schedule)', () => {
   // ViSFT's layout in small: rows [q | k | v] of 8 each, LoRA on q and v, rank 2, alpha 4 (scaling 2).
   const c: Config = { lead: [2, 5], inF: 8, rank: 2, alpha: 4, rows: [[0, 8], [16, 24]], total: 24, seed: 1 };
   const g = optimize(applyLora(projection(c), [targetOf(c)]).graph);
-  const kernels = schedule(g, PORTABLE_TARGET, GPU_RULES).kernels;
+  // With every fusion: x·Aᵀ with its scale, then the projection summing u·Bblkᵀ beside x·Wᵀ, B read in place
+  // (test/codegen/lora-fusion.test.ts has the numbers; with a layernorm before, x·Aᵀ joins its kernel too).
+  assert.deepEqual(schedule(g, PORTABLE_TARGET, GPU_RULES).kernels.map((k) => k.name), ['matmul_naive_f32_bt+mul', 'matmul_naive_f32_bt+mm+add_add']);
+  // Without second products and views, each piece is a kernel of its own.
+  const kernels = schedule(g, PORTABLE_TARGET, GPU_RULES, { secondProducts: false, views: false }).kernels;
   const listing = kernels.map((k) => k.name).join(', ');
   const matmuls = kernels.filter((k) => k.name.startsWith('matmul_'));
   // x·Wᵀ + bias + the branch (the epilogue), x·Aᵀ with the scale, u·Bblkᵀ: three matmul kernels, nothing after them.

@@ -5,7 +5,7 @@
 // Resize and pooling are both separable resamplings: each output index along an axis is a weighted sum of
 // a few input indices (its taps). The forward op applies the taps along W, then along H (the order PyTorch
 // uses); the grad op is the exact adjoint, scattering the same weights back.
-import type { Attrs, Shape } from '../graph.js';
+import type { Shape } from '../graph.js';
 import type { VisionOp } from './families.js';
 import type { RefRule, RefTensor } from './reference-types.js';
 import { attrInts, attrNum, conv2dGeometry, msDeformGeometry, type Conv2dGeometry, type MsDeformGeometry } from './shape.js';
