@@ -349,11 +349,13 @@ function tileLoads(d: MatmulDims, second?: SecondProduct): string {
  * k. Each output is fma(a_k, b_k, acc) in k order. Constant-bound loops: GPU compilers unroll them (loopBound
  * keeps the k loop rolled on software adapters).
  */
-function sweep(acc: string, k: number, loads: string, target: Target): string {
+function sweep(acc: string, k: number, loads: string, target: Target, viewed: boolean): string {
   const V = u32Lit(TILE / 4);
+  // Loads through views inline their index functions: rolled on software adapters (LLVM's compile time).
+  const q = (TILE * TK) / (THREADS * THREADS);
   return `  for (var k0 = 0u; k0 < ${u32Lit(k)}; k0 += ${u32Lit(TK)}) {
     // A tile as [TK][TILE] (k-major), B tile as [TK][TILE]; zeros outside the matrices.
-    for (var q = 0u; q < ${u32Lit((TILE * TK) / (THREADS * THREADS))}; q++) {
+    for (var q = 0u; q < ${viewed ? unboundedLoop(q, target) : u32Lit(q)}; q++) {
       let l = lid + q * ${u32Lit(THREADS * THREADS)};
 ${loads}
     }
@@ -399,9 +401,9 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_id) lid3: v
 ${batchOffsets(d, '  ')}
   let oc = bi * ${u32Lit(d.m * d.n)};
   var acc: array<vec4<f32>, ${PER}>;
-${sweep('acc', d.k, tileLoads(d), target)}${second ? `
+${sweep('acc', d.k, tileLoads(d), target, !!(d.viewA || d.viewB))}${second ? `
   var acc2: array<vec4<f32>, ${PER}>;
-${sweep('acc2', second.k, tileLoads(d, second), target)}` : ''}
+${sweep('acc2', second.k, tileLoads(d, second), target, true)}` : ''}
   for (var i = 0u; i < ${u32Lit(PER)}; i++) {
     for (var j = 0u; j < ${u32Lit(PER)}; j++) {
       let row = m0 + ty * ${u32Lit(PER)} + i;

@@ -205,7 +205,7 @@ var<workgroup> row_x: array<f32, ${rows * p.len}>;
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid: u32) {
 ${groupIndexCode('g', groups, dispatch)}
   let r0 = g * ${u32Lit(rows)};
-  for (var rb = 0u; rb < ${u32Lit(rows)}; rb++) {
+  for (var rb = 0u; rb < ${unboundedLoop(rows, target)}; rb++) {
     let r = r0 + rb;
     if (r < ${R}) {
 ${indent(body)}
@@ -221,7 +221,7 @@ ${indent(body)}
       let bv = ${product.b('t', 'c')};
       for (var i = 0u; i < ${u32Lit(perLane)}; i++) { acc[i] = fma(row_x[(lane + i * ${u32Lit(lanes)}) * ${L} + t], bv, acc[i]); }
     }
-    for (var i = 0u; i < ${u32Lit(perLane)}; i++) {
+    for (var i = 0u; i < ${unboundedLoop(perLane, target)}; i++) { // rolled on software adapters: the store code can be long (GELU)
       let r = r0 + lane + i * ${u32Lit(lanes)};
       if (r < ${R}) ${storeBlock(product.store('acc[i]', `r * ${N} + c`), '      ')}
     }
