@@ -10,7 +10,7 @@
 import type { Kernel, Target } from '../compiler/codegen/types.js';
 import type { Node } from '../compiler/ir/graph.js';
 import { attrNum } from '../compiler/ir/rules/shape.js';
-import { broadcastStrides, groupIndexCode, loopBound, u32Lit } from './elementwise.js';
+import { broadcastStrides, groupIndexCode, loopBound, u32Lit, withOutput } from './elementwise.js';
 import { floorPow2 } from './reduce.js';
 
 export class FlashTileError extends Error {}
@@ -180,12 +180,7 @@ export function queryTilePreamble(groups: number, dispatch: readonly [number, nu
   let q_valid = min(${U(rows)}, ${U(g.Sq)} - i0);`;
 }
 
-/** `kernel` also writing `out_1` (bound after out_0) with the value of `node`. */
+/** `kernel` also writing `out_1` (bound after out_0) with the value of `node`; too many bindings: no flash tile. */
 export function withSecondOutput(kernel: Kernel, node: Node, target: Target): Kernel {
-  const bindings = [...kernel.bindings, { value: node.id, access: 'read_write' as const }];
-  if (bindings.length > target.limits.maxStorageBuffersPerShaderStage) throw new FlashTileError(`${kernel.name}: ${bindings.length} storage buffers exceed the target's ${target.limits.maxStorageBuffersPerShaderStage}`);
-  const out0 = `@group(0) @binding(${kernel.bindings.length - 1}) var<storage, read_write> out_0: array<f32>;`;
-  if (!kernel.wgsl.includes(out0)) throw new Error(`internal: ${kernel.name} does not declare out_0 last`);
-  const wgsl = kernel.wgsl.replace(out0, `${out0}\n@group(0) @binding(${kernel.bindings.length}) var<storage, read_write> out_1: array<f32>;`);
-  return { ...kernel, wgsl, bindings, nodes: [...kernel.nodes, node.id] };
+  return withOutput(kernel, node, target, (message) => new FlashTileError(message));
 }
