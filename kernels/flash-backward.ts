@@ -1,22 +1,44 @@
 // Flash-attention backward (f32, FlashAttention-2 style): the kernels of `attention_grad`, one per input
 // `wrt`, none of which holds the [Sq, Sk] matrices in memory. Inputs q, k, v, g (the output's cotangent),
-// lse (attention_lse), δ = Σ g·out per row, [mask]; P is recomputed tile by tile as e^{s − lse}.
+// lse (attention_lse), δ = Σ g·out per row, [mask]; P is recomputed tile by tile as e^{s − lse}. The layout is
+// kernels/flash-common.ts's: each invocation owns whole rows in registers and reads the swept tile by broadcast,
+// so the scores never go through workgroup memory and nothing is reduced across invocations.
 //
-// - wrt 0 (dq): a workgroup owns a tile of query rows (q pre-scaled, g's rows and the rows' lse, δ) and sweeps
-//   the keys: per key tile it loads k and v, computes dS_rc = P_rc·(g_r·v_c − δ_r) into workgroup memory,
-//   then dq_r += Σ_c dS_rc·k_c; finally ·scale.
-// - wrt 1 (dk) and wrt 2 (dv): a workgroup owns a tile of key rows (k, and v for dk) and sweeps the queries:
-//   per query tile it loads q (pre-scaled), g, lse, δ, computes P (dv) or dS (dk) transposed into workgroup
-//   memory, then dv_c += Σ_r P_rc·g_r or dk_c += Σ_r dS_rc·(scale·q_r).
+// - wrt 0 (dq): an invocation owns query rows (q pre-scaled, g, lse, δ, the dq accumulator) and sweeps the key
+//   tiles (k, v): dS_c = P_c·(g·v_c − δ), dq += Σ_c dS_c·k_c; finally ·scale.
+// - wrt 1 (dk) and wrt 2 (dv): an invocation owns key rows (k, and v for dk, the accumulators) and sweeps the
+//   query tiles (q pre-scaled, g, lse, δ): dv += Σ_r P_r·g_r, dk += Σ_r dS_r·(scale·q_r); both in one sweep
+//   when the schedule pairs them.
 // - wrt 3 (the logits' cotangent dS itself, [B, H, Sq, Sk], for a mask that needs one): one invocation per
 //   element, dot products from global memory.
 // Every sum has a fixed order and no atomics are used: bitwise repeatable.
 import type { Kernel, Target } from '../compiler/codegen/types.js';
 import type { Node } from '../compiler/ir/graph.js';
 import { attrNum } from '../compiler/ir/rules/shape.js';
-import { dispatchGroups, f32Lit, flatKernel, groupIndexCode, loopBound, makeKernel, u32Lit } from './elementwise.js';
-import { attentionGeometry, chooseFlashTiles, dotCode, loadTileCode, maskOffset, padStride, touchCode, withSecondOutput, type AttentionGeometry, type FlashTiles, queryTilePreamble } from './flash-common.js';
-import type { FlashCaps } from './flash-forward.js';
+import { dispatchGroups, f32Lit, flatKernel, loopBound, makeKernel, u32Lit } from './elementwise.js';
+import {
+  accumulateRowsCode,
+  attentionGeometry,
+  chooseRowTiles,
+  dotCode,
+  dotRowsCode,
+  EXP_FLASH,
+  laneVec4s,
+  loadMaskTileCode,
+  loadVec4RowCode,
+  loadVec4TileCode,
+  maskOffset,
+  maskTileFloats,
+  ownedRowsPreamble,
+  storeVec4RowCode,
+  tileVec4s,
+  touchCode,
+  withSecondOutput,
+  withSubgroups,
+  type AttentionGeometry,
+  type FlashCaps,
+  type FlashTiles,
+} from './flash-common.js';
 
 const Q = 'in_0';
 const K = 'in_1';
@@ -31,19 +53,23 @@ function geometryOf(node: Node, inputs: readonly Node[]): AttentionGeometry {
   return attentionGeometry(node, q, k, v, inputs[6]);
 }
 
-/** The tiles of an attention_grad node's kernel (wrt 0, 1 or 2). */
+/** The tiles of an attention_grad node's kernel (wrt 0, 1 or 2; `kv`: dk and dv in one kernel). */
 export function flashBackwardTiles(node: Node, inputs: readonly Node[], target: Target, caps: FlashCaps = {}, kv = false): FlashTiles {
   const wrt = attrNum(node.attrs, 'wrt');
   const g = geometryOf(node, inputs);
-  const ds = padStride(g.D);
-  const vs = padStride(g.Dv);
   const what = `attention_grad %${node.id} (wrt ${wrt})`;
-  if (wrt === 0) return chooseFlashTiles(target, what, g.Sq, g.Sk, (own, sweep) => 4 * (own * (ds + vs) + sweep * (ds + vs) + own * padStride(sweep)), caps);
-  // Key tiles (k, and v for dk), query tiles (q, g), the P and/or dS tiles, lse (and δ for dk).
-  const keyV = wrt === 1 || kv ? vs : 0;
-  const stats = wrt === 1 || kv ? 2 : 1;
-  const tiles = kv ? 2 : 1;
-  return chooseFlashTiles(target, what, g.Sk, g.Sq, (own, sweep) => 4 * (own * (ds + keyV) + sweep * (ds + vs) + tiles * own * padStride(sweep) + stats * sweep), caps);
+  const mask = (own: number, sweep: number) => (g.maskStrides ? 4 * maskTileFloats(own, sweep) : 0);
+  const tileBytes = (sweep: number, split: number) => 16 * sweep * (tileVec4s(g.D, split) + tileVec4s(g.Dv, split));
+  const [d, dv4] = [(split: number) => laneVec4s(g.D, split), (split: number) => laneVec4s(g.Dv, split)];
+  // dq: k and v tiles; private per query row q, g, the accumulator, the scores and dP.
+  if (wrt === 0) return chooseRowTiles(target, what, g.Sq, g.Sk, (own, sweep, split) => tileBytes(sweep, split) + mask(own, sweep), (sweep, split) => 4 * (2 * d(split) + dv4(split)) + 2 * sweep, caps);
+  // dk, dv: q and g tiles and the queries' lse (and δ for dk); private per key row k and the dk accumulator, v
+  // and the dv accumulator (v for dk too), the scores (and dP).
+  const dk = wrt === 1 || kv;
+  const dv = wrt === 2 || kv;
+  const stats = dk ? 2 : 1;
+  const rowFloats = (sweep: number, split: number) => 4 * ((dk ? 2 * d(split) + dv4(split) : d(split)) + (dv ? dv4(split) : 0)) + (dk ? 2 : 1) * sweep;
+  return chooseRowTiles(target, what, g.Sk, g.Sq, (own, sweep, split) => tileBytes(sweep, split) + 4 * stats * sweep + mask(own, sweep), rowFloats, caps);
 }
 
 /**
@@ -65,170 +91,139 @@ function maskAddCode(g: AttentionGeometry, i: string, j: string, indent: string)
   return g.maskStrides ? `\n${indent}s += ${MASK}[${maskOffset(g.maskStrides, 'b', 'h', i, j)}];` : '';
 }
 
+/** WGSL: `s<r>_<c> += mt[...]`, the mask's tile entry of owned row r and swept row c, or nothing without a mask. */
+function maskAddRowsCode(g: AttentionGeometry, t: FlashTiles, owned: readonly number[]): string {
+  if (!g.maskStrides) return '';
+  const n = t.sweep;
+  const slots = t.workgroup / t.split;
+  return `${owned.map((r) => Array.from({ length: n }, (_, c) => `    s${r}_${c} += mt[${u32Lit(r * slots * (n + 1) + c)} + mrow];`).join('\n')).join('\n')}\n`;
+}
+
+/**
+ * dq: each invocation owns query rows (for each: q pre-scaled, g, its lse and δ, the accumulator in registers)
+ * and sweeps the key tiles: dS_c = P_c·(g·v_c − δ) with P_c = e^{q·k_c [+ mask] − lse}, then
+ * dq += Σ_c dS_c·k_c; finally ·scale.
+ */
 function dqKernel(node: Node, inputs: readonly Node[], target: Target, caps: FlashCaps): Kernel {
   const g = geometryOf(node, inputs);
-  const { own: BR, sweep: BC, perRow: T, workgroup: WG } = flashBackwardTiles(node, inputs, target, caps);
-  const DS = padStride(g.D);
-  const VS = padStride(g.Dv);
-  const SS = padStride(BC);
-  const qTiles = Math.ceil(g.Sq / BR);
+  const tiles = flashBackwardTiles(node, inputs, target, caps);
+  const { sweep: BC, rows: RM, split, workgroup: WG } = tiles;
+  const DS = tileVec4s(g.D, split);
+  const VS = tileVec4s(g.Dv, split);
+  const qTiles = Math.ceil(g.Sq / tiles.own);
   const groups = g.B * g.H * qTiles;
   const dispatch = dispatchGroups(groups, target);
-  const cols = Math.max(1, Math.ceil(g.D / T));
   const U = (n: number) => u32Lit(n);
-  const lb = (n: number) => loopBound(n, target);
-  const body = `var<workgroup> qs: array<f32, ${BR * DS}>;
-var<workgroup> gs: array<f32, ${BR * VS}>;
-var<workgroup> ks: array<f32, ${BC * DS}>;
-var<workgroup> vs: array<f32, ${BC * VS}>;
-var<workgroup> dss: array<f32, ${BR * SS}>;
+  const keys = Array.from({ length: BC }, (_, c) => c);
+  const owned = Array.from({ length: RM }, (_, r) => r);
+  const each = (f: (r: number) => string) => owned.map(f).join('\n');
+  const rowBase = (r: number, D: number) => `(bh * ${U(g.Sq)} + i${r}) * ${U(D)}`;
+  const ms = g.maskStrides;
+  const rowStart = (r: number) => `${loadVec4RowCode(target, `q${r}`, Q, rowBase(r, g.D), `row_ok${r}`, g.D, f32Lit(g.scale), split)}
+${loadVec4RowCode(target, `g${r}`, G, rowBase(r, g.Dv), `row_ok${r}`, g.Dv, undefined, split)}
+  var lse${r} = 0.0f;
+  var del${r} = 0.0f;
+  if (row_ok${r}) {
+    lse${r} = ${LSE}[bh * ${U(g.Sq)} + i${r}];
+    del${r} = ${DELTA}[bh * ${U(g.Sq)} + i${r}];
+  }
+  var acc${r}: array<vec4f, ${laneVec4s(g.D, split)}>;`;
+  const body = `${EXP_FLASH}
 
-// dq: ${BR} query rows x ${BC} keys per tile, ${T} invocations per row.
+var<workgroup> kt: array<vec4f, ${BC * DS}>;
+var<workgroup> vt: array<vec4f, ${BC * VS}>;
+${ms ? `var<workgroup> mt: array<f32, ${maskTileFloats(tiles.own, BC)}>;\n` : ''}
+// dq: ${RM} query row(s) per ${split > 1 ? `${split} invocations` : 'invocation'}, ${tiles.own} rows per workgroup, ${BC} keys per tile.
 @compute @workgroup_size(${WG}, 1, 1)
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid: u32) {
-${queryTilePreamble(groups, dispatch, qTiles, BR, T, g)}
-${loadTileCode(target, 'qs', DS, Q, `(bh * ${U(g.Sq)} + i0) * ${U(g.D)}`, 'q_valid', BR, g.D, WG, f32Lit(g.scale), '  ')}
-${loadTileCode(target, 'gs', VS, G, `(bh * ${U(g.Sq)} + i0) * ${U(g.Dv)}`, 'q_valid', BR, g.Dv, WG, undefined, '  ')}
-  var lse_i = 0.0f;
-  var del_i = 0.0f;
-  if (row_ok) {
-    lse_i = ${LSE}[bh * ${U(g.Sq)} + i];
-    del_i = ${DELTA}[bh * ${U(g.Sq)} + i];
-  }
-  var acc: array<f32, ${cols}>;
-  for (var j0 = 0u; j0 < ${lb(g.Sk)}; j0 += ${U(BC)}) {
+${ownedRowsPreamble(groups, dispatch, qTiles, tiles, g.H, g.Sq, 'i', 'row_ok', ms !== undefined)}
+${each(rowStart)}
+  for (var j0 = 0u; j0 < ${loopBound(g.Sk, target)}; j0 += ${U(BC)}) {
     workgroupBarrier();
     let k_valid = min(${U(BC)}, ${U(g.Sk)} - j0);
-${loadTileCode(target, 'ks', DS, K, `(bh * ${U(g.Sk)} + j0) * ${U(g.D)}`, 'k_valid', BC, g.D, WG)}
-${loadTileCode(target, 'vs', VS, V, `(bh * ${U(g.Sk)} + j0) * ${U(g.Dv)}`, 'k_valid', BC, g.Dv, WG)}
+${loadVec4TileCode(target, 'kt', K, `(bh * ${U(g.Sk)} + j0) * ${U(g.D)}`, 'k_valid', BC, g.D, WG, undefined, DS)}
+${loadVec4TileCode(target, 'vt', V, `(bh * ${U(g.Sk)} + j0) * ${U(g.Dv)}`, 'k_valid', BC, g.Dv, WG, undefined, VS)}${ms ? `\n${loadMaskTileCode(target, MASK, tiles.own, BC, WG, 'own_valid', 'k_valid', (o, c) => maskOffset(ms, 'b', 'h', `own0 + ${o}`, `j0 + ${c}`))}` : ''}
     workgroupBarrier();
-    for (var u = 0u; u < ${lb(BC / T)}; u++) {
-      let c = tc + u * ${U(T)};
-      var ds = 0.0f;
-      if (row_ok && c < k_valid) {
-${dotCode(target, 's', 'qs', `r * ${U(DS)}`, 'ks', `c * ${U(DS)}`, g.D, '        ')}${maskAddCode(g, 'i', 'j0 + c', '        ')}
-        let p = exp_f32(s - lse_i);
-${dotCode(target, 'dp', 'gs', `r * ${U(VS)}`, 'vs', `c * ${U(VS)}`, g.Dv, '        ')}
-        ds = p * (dp - del_i);
-      }
-      dss[r * ${U(SS)} + c] = ds;
-    }
-    workgroupBarrier();
-    for (var u = 0u; u < ${lb(cols)}; u++) {
-      let d = tc + u * ${U(T)};
-      if (d < ${U(g.D)}) {
-        var a = acc[u];
-        for (var c = 0u; c < ${lb(BC)}; c++) { a = fma(dss[r * ${U(SS)} + c], ks[c * ${U(DS)} + d], a); }
-        acc[u] = a;
-      }
-    }
+${dotRowsCode(target, 's', owned.map((r) => `q${r}`), 'kt', DS, BC, split)}
+${dotRowsCode(target, 'dp', owned.map((r) => `g${r}`), 'vt', VS, BC, split)}
+${maskAddRowsCode(g, tiles, owned)}${each((r) => keys.map((c) => `    let ds${r}_${c} = select(0.0f, exp_flash(s${r}_${c} - lse${r}) * (dp${r}_${c} - del${r}), ${U(c)} < k_valid);`).join('\n'))}
+${accumulateRowsCode(target, owned.map((r) => `acc${r}`), 'kt', DS, BC, (c, r) => `ds${r}_${c}`, undefined, split)}
   }
-  if (row_ok) {
-    for (var u = 0u; u < ${lb(cols)}; u++) {
-      let d = tc + u * ${U(T)};
-      if (d < ${U(g.D)}) { out_0[(bh * ${U(g.Sq)} + i) * ${U(g.D)} + d] = acc[u] * ${f32Lit(g.scale)}; }
-    }
-  }
+${each((r) => `  if (row_ok${r}) {\n${storeVec4RowCode(target, 'out_0', rowBase(r, g.D), `acc${r}`, g.D, (x) => `${x} * ${f32Lit(g.scale)}`, split)}\n  }`)}
 }`;
-  return makeKernel(node, inputs, target, { name: 'attention_grad_q_flash_f32', body, workgroupSize: [WG, 1, 1], dispatch, lib: ['exp_f32'] });
+  return withSubgroups(makeKernel(node, inputs, target, { name: 'attention_grad_q_flash_f32', body, workgroupSize: [WG, 1, 1], dispatch }), split);
 }
 
 /**
  * dk, dv, or both (`kv`: one sweep of the queries computes P and dS once and writes dk to out_0, dv to out_1).
- * Each output element sums over the query rows in order whatever the tiles, so `kv` equals the two kernels
- * bit for bit.
+ * Each invocation owns key rows (for each: k, and v for dk, and the accumulators in registers) and sweeps the
+ * query tiles (q pre-scaled, g, the queries' lse and δ): P_r = e^{q_r·k [+ mask] − lse_r}, dv += Σ_r P_r·g_r,
+ * dk += Σ_r P_r·(g_r·v − δ_r)·q_r. Each output element sums over the query rows in order whatever the tiles,
+ * so `kv` equals the two kernels bit for bit where their rows are split alike (always on software adapters; on
+ * hardware the lighter kernels may split less, which changes the order of the dot products' sums).
  */
 function dkdvKernel(node: Node, inputs: readonly Node[], target: Target, which: 'k' | 'v' | 'kv', caps: FlashCaps): Kernel {
   const g = geometryOf(node, inputs);
-  const { own: BK, sweep: BQ, perRow: T, workgroup: WG } = flashBackwardTiles(node, inputs, target, caps, which === 'kv');
+  const tiles = flashBackwardTiles(node, inputs, target, caps, which === 'kv');
+  const { sweep: BQ, rows: RM, split, workgroup: WG } = tiles;
   const dk = which !== 'v';
   const dv = which !== 'k';
-  const DS = padStride(g.D);
-  const VS = padStride(g.Dv);
-  const PS = padStride(BQ);
-  const kTiles = Math.ceil(g.Sk / BK);
+  const DS = tileVec4s(g.D, split);
+  const VS = tileVec4s(g.Dv, split);
+  const kTiles = Math.ceil(g.Sk / tiles.own);
   const groups = g.B * g.H * kTiles;
   const dispatch = dispatchGroups(groups, target);
   const U = (n: number) => u32Lit(n);
-  const lb = (n: number) => loopBound(n, target);
-  // dk sums dS·(scale·q) over the query rows (tile dst), dv sums P·g (tile pt).
-  const outs = [...(dk ? [{ acc: 'acc_k', tile: 'dst', src: `qs[rr * ${U(DS)} + d]`, D: g.D }] : []), ...(dv ? [{ acc: 'acc_v', tile: 'pt', src: `gs[rr * ${U(VS)} + d]`, D: g.Dv }] : [])];
-  const colsOf = (D: number) => Math.max(1, Math.ceil(D / T));
-  const values = [
-    ...(dk ? [`${dotCode(target, 'dp', 'gs', `rr * ${U(VS)}`, 'vs', `c * ${U(VS)}`, g.Dv, '        ')}`, '        ds = p * (dp - del_t[rr]);'] : []),
-    ...(dv ? ['        pv = p;'] : []),
-  ].join('\n');
-  const body = `var<workgroup> ks: array<f32, ${BK * DS}>;
-${dk ? `var<workgroup> vs: array<f32, ${BK * VS}>;\n` : ''}var<workgroup> qs: array<f32, ${BQ * DS}>;
-var<workgroup> gs: array<f32, ${BQ * VS}>;
-${outs.map((o) => `var<workgroup> ${o.tile}: array<f32, ${BK * PS}>;`).join('\n')}
+  const queries = Array.from({ length: BQ }, (_, c) => c);
+  const owned = Array.from({ length: RM }, (_, r) => r);
+  const each = (f: (r: number) => string) => owned.map(f).join('\n');
+  const keyBase = (r: number, D: number) => `(bh * ${U(g.Sk)} + j${r}) * ${U(D)}`;
+  const ms = g.maskStrides;
+  const outs = [...(dk ? [{ acc: 'acc_k', D: g.D }] : []), ...(dv ? [{ acc: 'acc_v', D: g.Dv }] : [])];
+  const rowStart = (r: number) =>
+    [
+      loadVec4RowCode(target, `k${r}`, K, keyBase(r, g.D), `key_ok${r}`, g.D, undefined, split),
+      ...(dk ? [loadVec4RowCode(target, `v${r}`, V, keyBase(r, g.Dv), `key_ok${r}`, g.Dv, undefined, split)] : []),
+      ...outs.map((o) => `  var ${o.acc}${r}: array<vec4f, ${laneVec4s(o.D, split)}>;`),
+    ].join('\n');
+  const scores = (r: number) =>
+    [
+      ...queries.map((c) => `    let p${r}_${c} = select(0.0f, exp_flash(s${r}_${c} - lse_t[${U(c)}]), ${U(c)} < q_valid);`),
+      ...(dk ? queries.map((c) => `    let ds${r}_${c} = p${r}_${c} * (dp${r}_${c} - del_t[${U(c)}]);`) : []),
+    ].join('\n');
+  const body = `${EXP_FLASH}
+
+var<workgroup> qt: array<vec4f, ${BQ * DS}>;
+var<workgroup> gt: array<vec4f, ${BQ * VS}>;
 var<workgroup> lse_t: array<f32, ${BQ}>;
-${dk ? `var<workgroup> del_t: array<f32, ${BQ}>;\n` : ''}
-// d${which}: ${BK} key rows x ${BQ} queries per tile, ${T} invocations per key row.
+${dk ? `var<workgroup> del_t: array<f32, ${BQ}>;\n` : ''}${ms ? `var<workgroup> mt: array<f32, ${maskTileFloats(tiles.own, BQ)}>;\n` : ''}
+// d${which}: ${RM} key row(s) per ${split > 1 ? `${split} invocations` : 'invocation'}, ${tiles.own} rows per workgroup, ${BQ} queries per tile.
 @compute @workgroup_size(${WG}, 1, 1)
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid: u32) {
-${dk ? '' : `${touchCode([V, DELTA])}\n`}${groupIndexCode('grp', groups, dispatch)}
-  let bh = grp / ${U(kTiles)};
-  let j0 = (grp % ${U(kTiles)}) * ${U(BK)};
-  let h = bh % ${U(g.H)};
-  let b = bh / ${U(g.H)};
-  let c = lid / ${U(T)};
-  let tr = lid % ${U(T)};
-  let j = j0 + c;
-  let key_ok = j < ${U(g.Sk)};
-  let k_valid = min(${U(BK)}, ${U(g.Sk)} - j0);
-${loadTileCode(target, 'ks', DS, K, `(bh * ${U(g.Sk)} + j0) * ${U(g.D)}`, 'k_valid', BK, g.D, WG, undefined, '  ')}
-${dk ? loadTileCode(target, 'vs', VS, V, `(bh * ${U(g.Sk)} + j0) * ${U(g.Dv)}`, 'k_valid', BK, g.Dv, WG, undefined, '  ') : ''}
-${outs.map((o) => `  var ${o.acc}: array<f32, ${colsOf(o.D)}>;`).join('\n')}
-  for (var i0 = 0u; i0 < ${lb(g.Sq)}; i0 += ${U(BQ)}) {
+${dk ? '' : `${touchCode([V, DELTA])}\n`}${ownedRowsPreamble(groups, dispatch, kTiles, tiles, g.H, g.Sk, 'j', 'key_ok', ms !== undefined)}
+${each(rowStart)}
+  for (var i0 = 0u; i0 < ${loopBound(g.Sq, target)}; i0 += ${U(BQ)}) {
     workgroupBarrier();
     let q_valid = min(${U(BQ)}, ${U(g.Sq)} - i0);
-${loadTileCode(target, 'qs', DS, Q, `(bh * ${U(g.Sq)} + i0) * ${U(g.D)}`, 'q_valid', BQ, g.D, WG, f32Lit(g.scale))}
-${loadTileCode(target, 'gs', VS, G, `(bh * ${U(g.Sq)} + i0) * ${U(g.Dv)}`, 'q_valid', BQ, g.Dv, WG)}
-    for (var x = lid; x < ${lb(BQ)}; x += ${U(WG)}) {
+${loadVec4TileCode(target, 'qt', Q, `(bh * ${U(g.Sq)} + i0) * ${U(g.D)}`, 'q_valid', BQ, g.D, WG, f32Lit(g.scale), DS)}
+${loadVec4TileCode(target, 'gt', G, `(bh * ${U(g.Sq)} + i0) * ${U(g.Dv)}`, 'q_valid', BQ, g.Dv, WG, undefined, VS)}
+    for (var x = lid; x < ${U(BQ)}; x += ${U(WG)}) {
       var st = 0.0f;${dk ? '\n      var dt = 0.0f;' : ''}
       if (x < q_valid) {
         st = ${LSE}[bh * ${U(g.Sq)} + i0 + x];${dk ? `\n        dt = ${DELTA}[bh * ${U(g.Sq)} + i0 + x];` : ''}
       }
       lse_t[x] = st;${dk ? '\n      del_t[x] = dt;' : ''}
-    }
+    }${ms ? `\n${loadMaskTileCode(target, MASK, tiles.own, BQ, WG, 'own_valid', 'q_valid', (o, c) => maskOffset(ms, 'b', 'h', `i0 + ${c}`, `own0 + ${o}`))}` : ''}
     workgroupBarrier();
-    for (var u = 0u; u < ${lb(BQ / T)}; u++) {
-      let rr = tr + u * ${U(T)};
-      ${[dk ? 'var ds = 0.0f;' : '', dv ? 'var pv = 0.0f;' : ''].filter(Boolean).join(' ')}
-      if (key_ok && rr < q_valid) {
-${dotCode(target, 's', 'qs', `rr * ${U(DS)}`, 'ks', `c * ${U(DS)}`, g.D, '        ')}${maskAddCode(g, 'i0 + rr', 'j', '        ')}
-        let p = exp_f32(s - lse_t[rr]);
-${values}
-      }
-${[dk ? `      dst[c * ${U(PS)} + rr] = ds;` : '', dv ? `      pt[c * ${U(PS)} + rr] = pv;` : ''].filter(Boolean).join('\n')}
-    }
-    workgroupBarrier();
-${outs
-  .map(
-    (o) => `    for (var u = 0u; u < ${lb(colsOf(o.D))}; u++) {
-      let d = tr + u * ${U(T)};
-      if (d < ${U(o.D)}) {
-        var a = ${o.acc}[u];
-        for (var rr = 0u; rr < ${lb(BQ)}; rr++) { a = fma(${o.tile}[c * ${U(PS)} + rr], ${o.src}, a); }
-        ${o.acc}[u] = a;
-      }
-    }`,
-  )
-  .join('\n')}
+${dotRowsCode(target, 's', owned.map((r) => `k${r}`), 'qt', DS, BQ, split)}
+${dk ? dotRowsCode(target, 'dp', owned.map((r) => `v${r}`), 'gt', VS, BQ, split) : ''}
+${maskAddRowsCode(g, tiles, owned)}${each(scores)}
+${dk ? accumulateRowsCode(target, owned.map((r) => `acc_k${r}`), 'qt', DS, BQ, (c, r) => `ds${r}_${c}`, undefined, split) : ''}
+${dv ? accumulateRowsCode(target, owned.map((r) => `acc_v${r}`), 'gt', VS, BQ, (c, r) => `p${r}_${c}`, undefined, split) : ''}
   }
-  if (key_ok) {
-${outs
-  .map(
-    (o, k) => `    for (var u = 0u; u < ${lb(colsOf(o.D))}; u++) {
-      let d = tr + u * ${U(T)};
-      if (d < ${U(o.D)}) { out_${k}[(bh * ${U(g.Sk)} + j) * ${U(o.D)} + d] = ${o.acc}[u]; }
-    }`,
-  )
-  .join('\n')}
-  }
+${each((r) => `  if (key_ok${r}) {\n${outs.map((o, k) => storeVec4RowCode(target, `out_${k}`, keyBase(r, o.D), `${o.acc}${r}`, o.D, undefined, split)).join('\n')}\n  }`)}
 }`;
-  return makeKernel(node, inputs, target, { name: `attention_grad_${which}_flash_f32`, body, workgroupSize: [WG, 1, 1], dispatch, lib: ['exp_f32'] });
+  return withSubgroups(makeKernel(node, inputs, target, { name: `attention_grad_${which}_flash_f32`, body, workgroupSize: [WG, 1, 1], dispatch }), split);
 }
 
 /** wrt 3: dS = P·(dP − δ) over [B, H, Sq, Sk], one invocation per element. */

@@ -1,16 +1,18 @@
 // What the flash-attention kernels (kernels/flash-forward.ts, kernels/flash-backward.ts) share: the geometry
 // of an attention node, the choice of tile sizes from the Target's limits, and WGSL snippets (cooperative
-// tile loads into workgroup memory, dot products, mask offsets).
+// vec4 tile loads into workgroup memory, register-blocked dot products and accumulations, mask offsets).
 //
 // Every tiled kernel has the same shape: a workgroup owns `own` rows of one (batch, head) (query rows in the
 // forward and dq, key rows in dk and dv) and sweeps the other side in tiles of `sweep` rows held in workgroup
-// memory. Its invocations form `own` x `perRow`: invocation (r, tc) computes the scores of its row r against
-// sweep rows tc, tc + perRow, …, and accumulates output columns tc, tc + perRow, … of row r in registers.
-// Every sum runs in a fixed order, so results are bitwise repeatable.
+// memory as vec4s. Each invocation owns `rows` of the owned rows outright: their q (or k, v) and output
+// accumulators live in private vec4 arrays, and it computes their scores against every row of the tile, which
+// all invocations read at the same address (a broadcast). So nothing is reduced across invocations (two
+// barriers per tile: the tile is loaded, the tile is consumed), each tile load serves every owned row and each
+// owned-row load serves the whole tile. Every sum runs in a fixed order, so results are bitwise repeatable.
 import type { Kernel, Target } from '../compiler/codegen/types.js';
 import type { Node } from '../compiler/ir/graph.js';
 import { attrNum } from '../compiler/ir/rules/shape.js';
-import { broadcastStrides, groupIndexCode, loopBound, u32Lit, withOutput } from './elementwise.js';
+import { broadcastStrides, groupIndexCode, loopBound, u32Lit, unboundedLoop, withOutput } from './elementwise.js';
 import { floorPow2 } from './reduce.js';
 
 export class FlashTileError extends Error {}
@@ -49,17 +51,32 @@ export interface FlashTiles {
   readonly own: number;
   /** Rows of the swept side per tile. */
   readonly sweep: number;
-  /** Invocations per owned row (a power of two dividing `sweep`). */
-  readonly perRow: number;
-  /** Invocations per workgroup: own · perRow. */
+  /** Owned rows per invocation (any count: the code is unrolled over them). */
+  readonly rows: number;
+  /**
+   * Invocations sharing each owned row (1, or a power of two up to the subgroup size): neighbouring lanes of one
+   * subgroup, each holding every split-th vec4 of the row; dot products are summed across them by subgroup
+   * shuffles. Cuts the registers an invocation needs at large head dims.
+   */
+  readonly split: number;
+  /** Invocations per workgroup: own / rows · split. */
   readonly workgroup: number;
   /** Workgroup memory used, in bytes. */
   readonly bytes: number;
 }
 
-/** Preferred tile sizes on hardware; lowered to the problem's size and until the tiles fit the target. */
-export const FLASH_OWN_CAP = 32;
-export const FLASH_SWEEP_CAP = 64;
+/** Caps on the tiles (tests use small ones for several tiles and ragged tails on tiny shapes). */
+export interface FlashCaps {
+  /** Owned rows per workgroup at most. */
+  readonly own?: number;
+  /** Swept rows per tile at most. */
+  readonly sweep?: number;
+  /** Owned rows per invocation, exactly (fewer only when a tile has fewer rows). */
+  readonly rows?: number;
+  /** Invocations per owned row, exactly (a power of two; needs the target's subgroups). */
+  readonly split?: number;
+}
+
 /**
  * Invocations per workgroup at most on software adapters: lavapipe took about twice as long to compile these
  * kernels with 256 invocations as with 64 or 128 (measured), and its invocations are SIMD lanes of a CPU core.
@@ -71,73 +88,6 @@ const ceilPow2 = (n: number): number => {
   while (p < n) p *= 2;
   return p;
 };
-
-/**
- * Tile sizes for a kernel that owns rows of a side of length `ownLen` and sweeps one of length `sweepLen`;
- * `bytes` gives the workgroup memory a choice needs. Starts from min(cap, next power of two of the length)
- * and halves the larger tile until it fits maxComputeWorkgroupStorageSize.
- */
-export function chooseFlashTiles(
-  target: Target,
-  what: string,
-  ownLen: number,
-  sweepLen: number,
-  bytes: (own: number, sweep: number, workgroup: number) => number,
-  caps: { readonly own?: number; readonly sweep?: number } = {},
-): FlashTiles {
-  const L = target.limits;
-  const maxWg = floorPow2(Math.min(target.isFallbackAdapter ? FALLBACK_WORKGROUP_CAP : 256, L.maxComputeInvocationsPerWorkgroup, L.maxComputeWorkgroupSizeX));
-  let own = Math.min(caps.own ?? FLASH_OWN_CAP, ceilPow2(Math.max(1, ownLen)), maxWg);
-  let sweep = Math.min(caps.sweep ?? FLASH_SWEEP_CAP, ceilPow2(Math.max(1, sweepLen)));
-  for (;;) {
-    const perRow = Math.min(sweep, floorPow2(Math.floor(maxWg / own)));
-    const workgroup = own * perRow;
-    const need = bytes(own, sweep, workgroup);
-    if (need <= L.maxComputeWorkgroupStorageSize) return { own, sweep, perRow, workgroup, bytes: need };
-    if (own === 1 && sweep === 1) {
-      throw new FlashTileError(`${what}: one row of each tile needs ${need} bytes of workgroup memory, over the ${L.maxComputeWorkgroupStorageSize} of target '${target.name}' (head dim too large)`);
-    }
-    if (sweep > own || own === 1) sweep /= 2;
-    else own /= 2;
-  }
-}
-
-/** A row stride for a tile in workgroup memory: odd, so invocations reading one column of many rows spread over banks. */
-export function padStride(n: number): number {
-  return n % 2 === 0 ? n + 1 : n;
-}
-
-/**
- * WGSL: loads `rows` consecutive rows of `cols` values, starting at element `base` of `src`, into `dst` with
- * row stride `stride`; rows at or past `valid` (a u32 expression) are zeros. Values are multiplied by `scale`
- * when given. Run by all `workgroup` invocations (index `lid`).
- */
-export function loadTileCode(
-  target: Target,
-  dst: string,
-  stride: number,
-  src: string,
-  base: string,
-  valid: string,
-  rows: number,
-  cols: number,
-  workgroup: number,
-  scale?: string,
-  indent = '    ',
-): string {
-  if (cols === 0) return '';
-  const value = scale ? `${src}[${base} + x] * ${scale}` : `${src}[${base} + x]`;
-  return [
-    `for (var x = lid; x < ${loopBound(rows * cols, target)}; x += ${u32Lit(workgroup)}) {`,
-    `  let row = x / ${u32Lit(cols)};`,
-    `  var val = 0.0f;`,
-    `  if (row < ${valid}) { val = ${value}; }`,
-    `  ${dst}[row * ${u32Lit(stride)} + x % ${u32Lit(cols)}] = val;`,
-    `}`,
-  ]
-    .map((l) => indent + l)
-    .join('\n');
-}
 
 /** WGSL: `var <acc> = Σ_t a[aOff + t]·b[bOff + t]` over t < n, in order (fma). */
 export function dotCode(target: Target, acc: string, a: string, aOff: string, b: string, bOff: string, n: number, indent = '      '): string {
@@ -161,26 +111,283 @@ export function touchCode(names: readonly string[], indent = '  '): string {
   return names.map((n) => `${indent}_ = &${n};`).join('\n');
 }
 
-/**
- * The start of a kernel whose workgroup owns `rows` query rows of one (batch, head): `bh`, `b`, `h`, the tile's
- * first row `i0`, this invocation's row `r` = i0 + r (`i`, `row_ok`) and column slot `tc` (`perRow` per row), and
- * `q_valid` rows of the tile inside the sequence.
- */
-export function queryTilePreamble(groups: number, dispatch: readonly [number, number, number], qTiles: number, rows: number, perRow: number, g: Pick<AttentionGeometry, 'H' | 'Sq'>): string {
-  const U = u32Lit;
-  return `${groupIndexCode('grp', groups, dispatch)}
-  let bh = grp / ${U(qTiles)};
-  let i0 = (grp % ${U(qTiles)}) * ${U(rows)};
-  let h = bh % ${U(g.H)};
-  let b = bh / ${U(g.H)};
-  let r = lid / ${U(perRow)};
-  let tc = lid % ${U(perRow)};
-  let i = i0 + r;
-  let row_ok = i < ${U(g.Sq)};
-  let q_valid = min(${U(rows)}, ${U(g.Sq)} - i0);`;
-}
-
-/** `kernel` also writing `out_1` (bound after out_0) with the value of `node`; too many bindings: no flash tile. */
+/** `kernel` also writing `out_1` (bound after out_0) with the value of `node`. */
 export function withSecondOutput(kernel: Kernel, node: Node, target: Target): Kernel {
   return withOutput(kernel, node, target, (message) => new FlashTileError(message));
+}
+
+// ------------------------------------------------------------------ row-per-invocation layout (vec4 tiles)
+
+/**
+ * WGSL: e^x as the library's exp_f32 (kernels/elementwise.ts: the same reduction and polynomial, about 1 ulp)
+ * but without branches: the out-of-range cases are selected at the end, and p·2^k is two exact power-of-two
+ * multiplications (one rounding, as ldexp). The kernels inline it once per score of a tile; early returns
+ * there would give every copy divergent control flow.
+ */
+export const EXP_FLASH = `fn exp_flash(x: f32) -> f32 {
+  let k = floor(fma(x, 1.4426950408889634f, 0.5f));
+  let r = (x - k * 0.693145751953125f) - k * 1.428606765330187e-6f;
+  var p = 1.9841270113829523e-4f;
+  p = fma(p, r, 1.3888889225199819e-3f);
+  p = fma(p, r, 8.333333767950535e-3f);
+  p = fma(p, r, 4.1666667908430099e-2f);
+  p = fma(p, r, 1.6666667163372040e-1f);
+  p = fma(p, r, 0.5f);
+  p = fma(p, r, 1.0f);
+  p = fma(p, r, 1.0f);
+  // p·2^k as two exact power-of-two scalings (one rounding, as ldexp): 2^k1 keeps p·2^k1 normal.
+  let k1 = clamp(k, -120.0f, 127.0f);
+  let k2 = clamp(k - k1, -30.0f, 1.0f);
+  let e = (p * bitcast<f32>(u32(k1 + 127.0f) << 23u)) * bitcast<f32>(u32(k2 + 127.0f) << 23u);
+  return select(select(e, 0.0f, x < -103.97209f), bitcast<f32>(INF_U), x > 88.72284f);
+}`;
+
+/** vec4s per row of `n` values. */
+export const vec4s = (n: number): number => Math.ceil(n / 4);
+
+const COMPONENTS = ['x', 'y', 'z', 'w'] as const;
+
+/**
+ * Default tiles on software adapters (lavapipe): an invocation is a SIMD lane of a CPU core, its "registers"
+ * are stack memory, and what costs is each load from workgroup or private memory (a gather, lane by lane), so
+ * an invocation owns many rows: each tile row it loads then serves them all. The generated code grows with
+ * rows x sweep, and LLVM's compile time with it (8 x 16 took about twice as long to compile as 8 x 8 and ran
+ * no faster in the backward, measured).
+ */
+export const SOFTWARE_TILES = { rows: 8, sweep: 8, workgroup: 16 } as const;
+
+/**
+ * Default tiles on hardware: as many owned rows per invocation (up to maxRows) as keep its private rows and
+ * scores within `registerFloats` (one row at head dim 88; register blocking where head dims are small).
+ */
+export const HARDWARE_TILES = { sweep: 16, workgroup: 64, maxRows: 4, registerFloats: 128 } as const;
+
+/** The workgroup memory a choice of tiles needs: `own` rows per workgroup, `sweep` rows per swept tile. */
+export type TileBytes = (own: number, sweep: number, split: number) => number;
+
+/** Whether kernels may use subgroup shuffles among `split` neighbouring invocations on this target. */
+export function canSplit(target: Target, split: number): boolean {
+  return split === 1 || (target.features.includes('subgroups') && split <= target.subgroupMinSize);
+}
+
+/**
+ * Invocations per owned row on hardware: 1 while an owned row's private floats fit the register budget, else
+ * the fewest (2, 4 or 8) that bring one lane's share within it, where the target has subgroups that wide.
+ */
+function defaultSplit(target: Target, rowFloats: (split: number) => number): number {
+  if (target.isFallbackAdapter) return 1;
+  let split = 1;
+  while (rowFloats(split) > HARDWARE_TILES.registerFloats && split < 8 && canSplit(target, split * 2)) split *= 2;
+  return split;
+}
+
+/**
+ * Tile sizes for a kernel whose invocations own `rows` rows each (`own` rows per workgroup) of a side of length
+ * `ownLen` and sweep one of length `sweepLen` in tiles of `sweep` rows held in workgroup memory; `rowFloats`
+ * is the private floats one lane of an owned row needs. The owned side is split into as few tiles as the rows
+ * per invocation allow, and the rows are spread evenly over them (little padding: 144 rows on lavapipe are two
+ * tiles of 5 x 15, not two of 8 x 16). The sweep starts at min(default, next power of two of its length) and
+ * halves until the tiles fit the target's workgroup memory.
+ */
+export function chooseRowTiles(target: Target, what: string, ownLen: number, sweepLen: number, bytes: TileBytes, rowFloats: (sweep: number, split: number) => number, caps: FlashCaps): FlashTiles {
+  const L = target.limits;
+  const soft = target.isFallbackAdapter;
+  const maxWg = floorPow2(Math.min(soft ? FALLBACK_WORKGROUP_CAP : 256, L.maxComputeInvocationsPerWorkgroup, L.maxComputeWorkgroupSizeX));
+  const len = Math.max(1, ownLen);
+  for (let sweep = Math.min(caps.sweep ?? (soft ? SOFTWARE_TILES.sweep : HARDWARE_TILES.sweep), ceilPow2(Math.max(1, sweepLen))); ; sweep /= 2) {
+    const split = Math.min(caps.split ?? defaultSplit(target, (k) => rowFloats(sweep, k)), maxWg);
+    if (!canSplit(target, split)) throw new Error(`internal: ${what}: ${split} invocations per row need subgroups of at least ${split} on target '${target.name}'`);
+    const slotsMax = Math.floor(maxWg / split);
+    const lanes = Math.max(1, Math.min(soft ? SOFTWARE_TILES.workgroup : HARDWARE_TILES.workgroup / split, slotsMax));
+    const fit = Math.max(1, Math.min(HARDWARE_TILES.maxRows, floorPow2(Math.floor(HARDWARE_TILES.registerFloats / rowFloats(sweep, split)))));
+    const maxRows = caps.rows ?? (soft ? SOFTWARE_TILES.rows : fit);
+    const tiles = Math.ceil(len / Math.min(caps.own ?? Infinity, maxRows * lanes, maxRows * slotsMax));
+    const even = Math.ceil(len / tiles);
+    const rows = caps.rows === undefined ? Math.min(maxRows, Math.ceil(even / lanes)) : Math.min(caps.rows, even);
+    const slots = Math.ceil(even / rows);
+    const own = slots * rows;
+    const need = bytes(own, sweep, split);
+    if (need <= L.maxComputeWorkgroupStorageSize) return { own, sweep, rows, split, workgroup: slots * split, bytes: need };
+    if (sweep === 1) throw new FlashTileError(`${what}: one row of the swept tile needs ${need} bytes of workgroup memory, over the ${L.maxComputeWorkgroupStorageSize} of target '${target.name}' (head dim too large)`);
+  }
+}
+
+/** Floats of the mask's tile in workgroup memory: `own` x `sweep` with an odd row stride (no bank conflicts). */
+export const maskTileFloats = (own: number, sweep: number): number => own * (sweep + 1);
+
+/**
+ * WGSL: loads the mask's entries for the owned rows own0 + o (o < `own`, inside while o < `ownValid`) and the
+ * swept rows sweep0 + s (s < `sweep`, inside while s < `sweepValid`) into `mt` (row stride sweep + 1, zeros
+ * outside); `offset(o, s)` is the mask's element offset of such a pair. Neighbouring invocations read
+ * neighbouring swept rows (coalesced where the mask varies along them).
+ */
+export function loadMaskTileCode(target: Target, src: string, own: number, sweep: number, workgroup: number, ownValid: string, sweepValid: string, offset: (o: string, s: string) => string, indent = '    '): string {
+  const U = u32Lit;
+  return [
+    `for (var x = lid; x < ${loopBound(own * sweep, target)}; x += ${U(workgroup)}) {`,
+    `  let o = x / ${U(sweep)};`,
+    `  let s = x % ${U(sweep)};`,
+    `  var val = 0.0f;`,
+    `  if (o < ${ownValid} && s < ${sweepValid}) { val = ${src}[${offset('o', 's')}]; }`,
+    `  mt[o * ${U(sweep + 1)} + s] = val;`,
+    `}`,
+  ]
+    .map((l) => indent + l)
+    .join('\n');
+}
+
+/** The vec4s of a row of `cols` values that one of `split` lanes holds. */
+export const laneVec4s = (cols: number, split: number): number => Math.ceil(vec4s(cols) / split);
+
+/** vec4s per row of a tile in workgroup memory: padded with zeros to a whole share for each of `split` lanes. */
+export const tileVec4s = (cols: number, split: number): number => split * laneVec4s(cols, split);
+
+/** The WGSL statements filling `v` (x, y, z, w) from `src` at `at`, `c` being the row's column of x, for a row of `cols`. */
+function componentsCode(cols: number, stride: number, assign: (comp: string, e: number) => string, indent: string): string[] {
+  // Columns past `cols` (the last vec4's tail, the padding of split rows) stay zero.
+  const exact = vec4s(cols) === stride;
+  return COMPONENTS.map((x, e) => (cols % 4 === 0 && exact) || (e === 0 && exact) ? `${indent}${assign(x, e)}` : `${indent}if (c + ${u32Lit(e)} < ${u32Lit(cols)}) { ${assign(x, e)} }`);
+}
+
+/**
+ * WGSL: loads `rows` rows of `cols` values (row-major, from element `base` of `src`) into the vec4 array `dst`
+ * (`stride` vec4s per row, the tail zero-padded); rows at or past `valid` are zeros. Multiplied by `scale` when
+ * given. Invocation `lid` of `workgroup` fills vec4s lid, lid + workgroup, …: neighbours read neighbouring
+ * values (coalesced) and each writes one whole vec4.
+ */
+export function loadVec4TileCode(target: Target, dst: string, src: string, base: string, valid: string, rows: number, cols: number, workgroup: number, scale?: string, stride = vec4s(cols), indent = '    '): string {
+  if (cols === 0) return '';
+  const U = u32Lit;
+  const sc = scale ? ` * ${scale}` : '';
+  return [
+    `for (var x = lid; x < ${loopBound(rows * stride, target)}; x += ${U(workgroup)}) {`,
+    `  let row = x / ${U(stride)};`,
+    `  let c = (x % ${U(stride)}) * 4u;`,
+    `  var val = vec4f(0.0f);`,
+    `  if (row < ${valid}) {`,
+    `    let at = ${base} + row * ${U(cols)} + c;`,
+    ...componentsCode(cols, stride, (x, e) => `val.${x} = ${src}[at + ${U(e)}]${sc};`, '    '),
+    `  }`,
+    `  ${dst}[x] = val;`,
+    `}`,
+  ]
+    .map((l) => indent + l)
+    .join('\n');
+}
+
+/** WGSL: the loop over this lane's vec4s u of a row split over `split` lanes: `t` is the row's vec4 (lane `part`). */
+function laneLoop(target: Target, cols4: number, split: number): string[] {
+  const n = Math.ceil(cols4 / split);
+  return split === 1 ? [`for (var t = 0u; t < ${unboundedLoop(n, target)}; t++) {`, `  let u = t;`] : [`for (var u = 0u; u < ${unboundedLoop(n, target)}; u++) {`, `  let t = part + u * ${u32Lit(split)};`];
+}
+
+/**
+ * WGSL: `var <dst>: array<vec4f, …>` holding this lane's vec4s of the row of `cols` values from element `base` of
+ * `src` (zeros when not `ok`, and past the row).
+ */
+export function loadVec4RowCode(target: Target, dst: string, src: string, base: string, ok: string, cols: number, scale?: string, split = 1, indent = '  '): string {
+  const U = u32Lit;
+  const sc = scale ? ` * ${scale}` : '';
+  return [
+    `var ${dst}: array<vec4f, ${laneVec4s(cols, split)}>;`,
+    `if (${ok}) {`,
+    ...laneLoop(target, vec4s(cols), split).map((l) => `  ${l}`),
+    `    let c = t * 4u;`,
+    `    let at = ${base} + c;`,
+    `    var v = vec4f(0.0f);`,
+    ...componentsCode(cols, tileVec4s(cols, split), (x, e) => `v.${x} = ${src}[at + ${U(e)}]${sc};`, '    '),
+    `    ${dst}[u] = v;`,
+    `  }`,
+    `}`,
+  ]
+    .map((l) => indent + l)
+    .join('\n');
+}
+
+/** WGSL: stores this lane's vec4s of the row of `cols` values in `src` (each through `value(x)`) to `dst` from element `base`. */
+export function storeVec4RowCode(target: Target, dst: string, base: string, src: string, cols: number, value: (x: string) => string = (x) => x, split = 1, indent = '    '): string {
+  const U = u32Lit;
+  return [
+    ...laneLoop(target, vec4s(cols), split),
+    `  let c = t * 4u;`,
+    `  let at = ${base} + c;`,
+    `  let v = ${src}[u];`,
+    ...componentsCode(cols, tileVec4s(cols, split), (x, e) => `${dst}[at + ${U(e)}] = ${value(`v.${x}`)};`, '  '),
+    `}`,
+  ]
+    .map((l) => indent + l)
+    .join('\n');
+}
+
+/**
+ * WGSL: the dot products `<acc><r>_<c>` of each private vec4 row `owned[r]` with rows c = 0 … n-1 of the vec4
+ * tile `tile` (`stride` vec4s per row), each summed over the columns in order (fma). The tile's rows are the
+ * same for every invocation (a broadcast read), each load of a tile row serves every owned row and each load of
+ * an owned row serves n dot products. Split rows: each lane sums its share, then the `split` lanes add their
+ * sums pairwise (subgroupShuffleXor; the same bits in every lane, as a + b = b + a).
+ */
+export function dotRowsCode(target: Target, acc: string, owned: readonly string[], tile: string, stride: number, n: number, split = 1, indent = '    '): string {
+  const U = u32Lit;
+  const name = (r: number, c: number) => `${acc}${r}_${c}`;
+  const lines = [owned.map((_, r) => Array.from({ length: n }, (_, c) => `var ${name(r, c)} = 0.0f;`).join(' ')).join('\n')];
+  lines.push(...laneLoop(target, stride, split));
+  owned.forEach((row, r) => lines.push(`  let x${r} = ${row}[u];`));
+  for (let c = 0; c < n; c++) {
+    const fmas = owned.map((_, r) => COMPONENTS.map((x) => `${name(r, c)} = fma(x${r}.${x}, y.${x}, ${name(r, c)});`).join(' '));
+    lines.push(`  { let y = ${tile}[${c === 0 ? 't' : `${U(c * stride)} + t`}]; ${fmas.join(' ')} }`);
+  }
+  lines.push('}');
+  for (let m = 1; m < split; m *= 2) owned.forEach((_, r) => lines.push(Array.from({ length: n }, (_, c) => `${name(r, c)} += subgroupShuffleXor(${name(r, c)}, ${U(m)});`).join(' ')));
+  return lines.map((l) => indent + l).join('\n');
+}
+
+/**
+ * WGSL: for each of this lane's vec4s of the private arrays `owned[r]`: acc = acc·scale(r) (when given) +
+ * Σ_c coef(c, r)·tile[c][t] over c < n in order (`stride` vec4s per tile row); each tile load serves every array.
+ */
+export function accumulateRowsCode(
+  target: Target,
+  owned: readonly string[],
+  tile: string,
+  stride: number,
+  n: number,
+  coef: (c: number, r: number) => string,
+  scale?: (r: number) => string,
+  split = 1,
+  indent = '    ',
+): string {
+  const U = u32Lit;
+  const lines = laneLoop(target, stride, split);
+  owned.forEach((acc, r) => lines.push(`  var a${r} = ${acc}[u]${scale ? ` * ${scale(r)}` : ''};`));
+  for (let c = 0; c < n; c++) lines.push(`  { let y = ${tile}[${c === 0 ? 't' : `${U(c * stride)} + t`}]; ${owned.map((_, r) => `a${r} = fma(vec4f(${coef(c, r)}), y, a${r});`).join(' ')} }`);
+  owned.forEach((acc, r) => lines.push(`  ${acc}[u] = a${r};`));
+  lines.push('}');
+  return lines.map((l) => indent + l).join('\n');
+}
+
+/**
+ * WGSL: the first lines of a kernel whose workgroup owns tile `grp % tiles` of `t.own` rows of one (batch, head)
+ * `bh` (of a side of length S, starting at row `own0`) and whose invocation (slot, part) owns rows
+ * `<row><r>` = own0 + slot + r·slots (r < t.rows; `<ok><r>`: inside the side), part `part` of each when rows are
+ * split. With a mask: `own_valid` rows of the tile inside the side and `mrow`, the slot's row in the mask tile.
+ */
+export function ownedRowsPreamble(groups: number, dispatch: readonly [number, number, number], tiles: number, t: FlashTiles, H: number, S: number, row: string, ok: string, masked: boolean): string {
+  const U = u32Lit;
+  const slots = t.workgroup / t.split;
+  const lines = [
+    groupIndexCode('grp', groups, dispatch),
+    `  let bh = grp / ${U(tiles)};`,
+    `  let own0 = (grp % ${U(tiles)}) * ${U(t.own)};`,
+    `  let h = bh % ${U(H)};`,
+    `  let b = bh / ${U(H)};`,
+    t.split === 1 ? '  let slot = lid;' : `  let slot = lid / ${U(t.split)};\n  let part = lid % ${U(t.split)};`,
+    ...(masked ? [`  let own_valid = min(${U(t.own)}, ${U(S)} - own0);`, `  let mrow = slot * ${U(t.sweep + 1)};`] : []),
+    ...Array.from({ length: t.rows }, (_, r) => `  let ${row}${r} = own0 + slot + ${U(r * slots)};\n  let ${ok}${r} = ${row}${r} < ${U(S)};`),
+  ];
+  return lines.join('\n');
+}
+
+/** `kernel` with `enable subgroups;` when its tiles split rows over several invocations. */
+export function withSubgroups(kernel: Kernel, split: number): Kernel {
+  return split === 1 ? kernel : { ...kernel, wgsl: `enable subgroups;\n${kernel.wgsl}` };
 }

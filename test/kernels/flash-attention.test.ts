@@ -1,11 +1,12 @@
 // Flash attention (kernels/flash-forward.ts, kernels/flash-backward.ts) on Dawn: the forward, attention_lse
 // and the gradients in q, k, v and the mask as the autodiff rule builds them, against the float64 CPU
 // reference on random shapes (head dims 24, 88 and odd ones, Sq != Sk, lengths that are not multiples of the
-// tiles, default and small tiles, masks broadcast several ways and -inf entries) and against PyTorch float64
-// fixtures (test/fixtures/ops/make_attention.py); bitwise repeatability; tiles that fit every target's
-// workgroup memory; and the VJP graph holding nothing of shape [.., Sq, Sk] but the mask.
+// tiles, default and small tiles, several rows per invocation, rows split over subgroup lanes, masks broadcast
+// several ways and -inf entries) and against PyTorch float64 fixtures (test/fixtures/ops/make_attention.py),
+// also with the kernels generated for hardware; bitwise repeatability; tiles that fit every target's workgroup
+// memory; and the VJP graph holding nothing of shape [.., Sq, Sk] but the mask.
 import assert from 'node:assert/strict';
-import { describe, test } from 'node:test';
+import { after, before, describe, test } from 'node:test';
 import fc from 'fast-check';
 import { GRAD_RULES } from '../../compiler/autodiff/rules.js';
 import { vjp } from '../../compiler/autodiff/vjp.js';
@@ -16,9 +17,10 @@ import { numel, type Attrs, type Node } from '../../compiler/ir/graph.js';
 import { interpret } from '../../compiler/ir/interpret.js';
 import type { RefTensor } from '../../compiler/ir/rules/reference.js';
 import { compileOp } from '../../compiler/lower/op-entry.js';
+import { openDevice, type GpuDevice } from '../../runtime/gpu/device.js';
 import { kernelRule } from '../../kernels/elementwise.js';
 import { flashBackwardKernel, flashBackwardTiles } from '../../kernels/flash-backward.js';
-import { FlashTileError } from '../../kernels/flash-common.js';
+import { canSplit, FlashTileError, HARDWARE_TILES } from '../../kernels/flash-common.js';
 import { flashForwardKernel, flashForwardTiles, type FlashCaps } from '../../kernels/flash-forward.js';
 import { GPU_RULES } from '../../kernels/index.js';
 import { fixtureGraph, fixtures, WRT } from './attention-fixtures.js';
@@ -26,6 +28,7 @@ import { fcParams, hardwareLike, tightTarget } from './core-util.js';
 import { checkAgainstReference, compare, pipelineFor, randomTensor, runGraph, runKernel, withDevice, type GpuContext, type RuleTable } from './harness.js';
 
 type Tensor = { shape: number[]; data: Float32Array };
+type FlashTilesLike = { rows: number; split: number; sweep: number };
 
 /** GPU_RULES with the flash kernels' tiles capped (several tiles and ragged tails on tiny shapes). */
 function capped(caps: FlashCaps): RuleTable {
@@ -37,7 +40,13 @@ function capped(caps: FlashCaps): RuleTable {
   };
 }
 
-const TILES: Record<string, RuleTable | undefined> = { default: undefined, '4x8': capped({ own: 4, sweep: 8 }), '2x4': capped({ own: 2, sweep: 4 }) };
+/** Tilings: the target's own, small ones (several tiles, ragged tails), and three rows per invocation. */
+const TILES: Record<string, RuleTable | undefined> = {
+  default: undefined,
+  '4x8': capped({ own: 4, sweep: 8 }),
+  '2x4': capped({ own: 2, sweep: 4 }),
+  rows3: capped({ own: 9, sweep: 4, rows: 3 }),
+};
 
 /** attention(q, k, v, [mask]) and its cotangents as the autodiff rule builds them (all four needed). */
 function attentionWithGrads(b: Builder, [q, k, v, g, mask]: readonly number[], attrs: Attrs): { y: number; grads: readonly (number | undefined)[] } {
@@ -62,7 +71,7 @@ interface Case {
   seed: number;
 }
 
-const caseArb: fc.Arbitrary<Case> = fc.record({
+const caseArb = (tiles: readonly string[]): fc.Arbitrary<Case> => fc.record({
   b: fc.integer({ min: 1, max: 2 }),
   h: fc.integer({ min: 1, max: 2 }),
   sq: fc.integer({ min: 1, max: 19 }),
@@ -71,7 +80,7 @@ const caseArb: fc.Arbitrary<Case> = fc.record({
   dv: fc.oneof(fc.constant(-1), fc.integer({ min: 1, max: 40 })),
   mask: fc.constantFrom('none', 'full', 'keys', 'rows', 'neg_inf'),
   scale: fc.option(fc.constantFrom(0.2, 0.5), { nil: undefined }),
-  tiles: fc.constantFrom('default', '4x8', '2x4'),
+  tiles: fc.constantFrom(...tiles),
   seed: fc.integer({ min: 1, max: 1 << 30 }),
 }).map((c) => ({ ...c, dv: c.dv < 0 ? c.d : c.dv }));
 
@@ -117,7 +126,7 @@ function attentionNodes(d: number, mask: boolean, [B, H, Sq, Sk]: readonly numbe
 /** Bytes of workgroup memory a kernel's WGSL declares. */
 function declaredShared(k: Kernel): number {
   let bytes = 0;
-  for (const m of k.wgsl.matchAll(/var<workgroup>\s+\w+\s*:\s*array<f32,\s*(\d+)>/g)) bytes += 4 * Number(m[1]);
+  for (const m of k.wgsl.matchAll(/var<workgroup>\s+\w+\s*:\s*array<(f32|vec4f),\s*(\d+)>/g)) bytes += (m[1] === 'f32' ? 4 : 16) * Number(m[2]);
   return bytes;
 }
 
@@ -125,7 +134,7 @@ await withDevice(async (gpu: GpuContext) => {
   await describe('flash attention forward', async () => {
     await test('attention and attention_lse on random shapes, masks and tiles', async () => {
       await fc.assert(
-        fc.asyncProperty(caseArb, async (c) => {
+        fc.asyncProperty(caseArb(Object.keys(TILES)), async (c) => {
           const [q, k, v, , mask] = caseTensors(c);
           const attrs: Attrs = c.scale === undefined ? {} : { scale: c.scale };
           const qkm = mask ? [q, k, mask] : [q, k];
@@ -142,7 +151,7 @@ await withDevice(async (gpu: GpuContext) => {
   await describe('flash attention backward', async () => {
     await test('gradients in q, k, v and the mask (the autodiff rule) on random shapes, masks and tiles', async () => {
       await fc.assert(
-        fc.asyncProperty(caseArb, async (c) => {
+        fc.asyncProperty(caseArb(Object.keys(TILES)), async (c) => {
           const ins = caseTensors(c);
           const attrs: Attrs = c.scale === undefined ? {} : { scale: c.scale };
           for (let wrt = 0; wrt < ins.length - 1; wrt++) {
@@ -220,7 +229,7 @@ await withDevice(async (gpu: GpuContext) => {
             assert.equal(declaredShared(kernel), tiles.bytes, where);
             assert.ok(tiles.bytes <= target.limits.maxComputeWorkgroupStorageSize, where);
             assert.ok(tiles.workgroup <= target.limits.maxComputeInvocationsPerWorkgroup, where);
-            assert.equal(tiles.sweep % tiles.perRow, 0, where);
+            assert.equal(tiles.own, (tiles.workgroup / tiles.split) * tiles.rows, where);
           }
           // dk and dv in one kernel (two score tiles): within the limits too. With a mask it binds 9 buffers:
           // over the portable 8, where the two kernels stay apart (the schedule falls back).
@@ -244,9 +253,87 @@ await withDevice(async (gpu: GpuContext) => {
           if (d === 24) await pipelineFor(gpu.device, gen(node, ins(node), nvidiaLike(gpu.target)));
         }
       }
-      // On the NVIDIA-like target the forward keeps 32-row query tiles up to head dim 128.
-      const big = attentionNodes(128, false);
-      assert.equal(flashForwardTiles(big.fwd, big.ins(big.fwd), nvidiaLike(gpu.target)).own, 32);
+    });
+
+    await test('hardware tiles: two rows per invocation at head dim 24, rows split over subgroup lanes from 88 on', () => {
+      // An NVIDIA-like target with 32-wide subgroups, and the same without subgroups.
+      const withSub: Target = { ...nvidiaLike(gpu.target), features: [...gpu.target.features.filter((f) => f !== 'subgroups'), 'subgroups'], subgroupMinSize: 32, subgroupMaxSize: 32 };
+      const noSub: Target = { ...withSub, features: withSub.features.filter((f) => f !== 'subgroups') };
+      const shape = (t: FlashTilesLike) => [t.rows, t.split, t.sweep];
+      // [rows, split] of the forward, dq and dk with dv, over 300 rows.
+      for (const [d, fwd, dqRows, kvRows] of [
+        [24, [2, 1], [1, 1], [1, 1]],
+        [88, [1, 2], [1, 4], [1, 4]],
+        [128, [1, 4], [1, 4], [1, 8]],
+      ] as const) {
+        const nodes = attentionNodes(d, false, [1, 2, 300, 300]);
+        const [dq, dk] = [0, 1].map((w) => nodes.gradNodes.find((n) => n.attrs.wrt === w)!);
+        assert.deepEqual(shape(flashForwardTiles(nodes.fwd, nodes.ins(nodes.fwd), withSub)), [...fwd, HARDWARE_TILES.sweep], `forward d ${d}`);
+        assert.deepEqual(shape(flashBackwardTiles(dq, nodes.ins(dq), withSub)), [...dqRows, HARDWARE_TILES.sweep], `dq d ${d}`);
+        assert.deepEqual(shape(flashBackwardTiles(dk, nodes.ins(dk), withSub, {}, true)), [...kvRows, HARDWARE_TILES.sweep], `dk, dv d ${d}`);
+        for (const node of [nodes.fwd, dq, dk]) {
+          const tiles = (node.op === 'attention' ? flashForwardTiles : flashBackwardTiles)(node, nodes.ins(node), noSub);
+          assert.equal(tiles.split, 1, `${node.op} d ${d} without subgroups`);
+        }
+        assert.throws(() => flashForwardKernel(nodes.fwd, nodes.ins(nodes.fwd), noSub, { split: 2 }), /subgroups/);
+      }
+    });
+  });
+
+  await describe('rows split over subgroup lanes (a device opened with its subgroups)', async () => {
+    let opened: GpuDevice | undefined;
+    before(async () => {
+      opened = await openDevice();
+    });
+    after(async () => {
+      await opened?.destroy();
+    });
+    const context = (): GpuContext => ({ device: opened!.device, adapter: opened!.adapter, target: opened!.target });
+    /** 2, 4 and 8 lanes per row, as far as the device's subgroups reach. */
+    const splits = (t: Target) => [2, 4, 8].filter((k) => canSplit(t, k)).map((k) => [`split${k}`, capped({ own: 6, sweep: 8, rows: 2, split: k })] as const);
+
+    await test('forward, attention_lse and the gradients match the reference on random shapes and masks', async () => {
+      const dev = context();
+      const tables = new Map<string, RuleTable>(splits(dev.target));
+      if (tables.size === 0) {
+        // No subgroups: the tiles never split, and asking for a split is an error.
+        const { fwd, ins } = attentionNodes(88, false);
+        assert.equal(flashForwardTiles(fwd, ins(fwd), dev.target).split, 1);
+        assert.throws(() => flashForwardKernel(fwd, ins(fwd), dev.target, { split: 2 }), /subgroups/);
+        return;
+      }
+      await fc.assert(
+        fc.asyncProperty(caseArb([...tables.keys()]), async (c) => {
+          const ins = caseTensors(c);
+          const attrs: Attrs = c.scale === undefined ? {} : { scale: c.scale };
+          const rules = tables.get(c.tiles);
+          const fwd = await checkAgainstReference(dev, (b, xs) => b.add('attention', xs, attrs), ins.length > 4 ? [ins[0], ins[1], ins[2], ins[4]] : ins.slice(0, 3), { ...FORWARD_TOL, rules, label: label(c) });
+          assert.match(fwd.kernels[0].wgsl, /^enable subgroups;/);
+          await checkAgainstReference(dev, (b, xs) => b.add('attention_lse', xs, attrs), ins.length > 4 ? [ins[0], ins[1], ins[4]] : ins.slice(0, 2), { ...FORWARD_TOL, rules, label: `lse ${label(c)}` });
+          for (let wrt = 0; wrt < ins.length - 1; wrt++) {
+            await checkAgainstReference(dev, (b, xs) => attentionWithGrads(b, xs, attrs).grads[wrt]!, ins, { ...GRAD_TOL, rules, label: `d${WRT[wrt]} ${label(c)}` });
+          }
+        }),
+        fcParams(3, 703),
+      );
+    });
+
+    await test('the PyTorch fixtures with rows split over 4 lanes', async () => {
+      const dev = context();
+      const table = splits(dev.target).find(([n]) => n === 'split4');
+      if (!table) {
+        assert.ok(!canSplit(dev.target, 4));
+        return;
+      }
+      for (const fx of fixtures) {
+        const { graph, names } = fixtureGraph(fx);
+        const inputs = graph.inputs.map((i) => Float32Array.from((i.name === 'd:y' ? fx.d_output : fx.inputs[i.name]).data));
+        for (const [name, t] of [['y', fx.output] as const, ...names.map((n) => [`d:${n}`, fx.grads[n]] as const)]) {
+          const node = graph.outputs.find((o) => o.name === name)!.node;
+          const { value, kernels } = await runGraph(dev, graph, node, inputs, { rules: table[1] });
+          compare(value, t.data, t.shape, { ...(name === 'y' ? FORWARD_TOL : GRAD_TOL), label: `${fx.name} ${name} split 4` }, kernels);
+        }
+      }
     });
   });
 
