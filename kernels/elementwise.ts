@@ -122,6 +122,19 @@ export function mulLit(x: string, s: number): string {
   return s === 0 ? '0u' : s === 1 ? x : `${x} * ${u32Lit(s)}`;
 }
 
+/** WGSL: e^x's Cody-Waite reduction (x = k·ln2 + r) and e^r's degree-7 Taylor polynomial `p`, shared by exp_f32 and flash's exp. */
+export const EXP_POLY = `  let k = floor(fma(x, 1.4426950408889634f, 0.5f));
+  let r = (x - k * 0.693145751953125f) - k * 1.428606765330187e-6f;
+  var p = 1.9841270113829523e-4f;
+  p = fma(p, r, 1.3888889225199819e-3f);
+  p = fma(p, r, 8.333333767950535e-3f);
+  p = fma(p, r, 4.1666667908430099e-2f);
+  p = fma(p, r, 1.6666667163372040e-1f);
+  p = fma(p, r, 0.5f);
+  p = fma(p, r, 1.0f);
+  p = fma(p, r, 1.0f);
+`;
+
 // ---------------------------------------------------------------------------------------------- kernels
 
 /**
@@ -379,17 +392,7 @@ const LIB: Readonly<Record<string, { readonly deps: readonly string[]; readonly 
 fn exp_f32(x: f32) -> f32 {
   if (x > 88.72284f) { return bitcast<f32>(INF_U); }
   if (x < -103.97209f) { return 0.0f; }
-  let k = floor(fma(x, 1.4426950408889634f, 0.5f));
-  let r = (x - k * 0.693145751953125f) - k * 1.428606765330187e-6f;
-  var p = 1.9841270113829523e-4f;
-  p = fma(p, r, 1.3888889225199819e-3f);
-  p = fma(p, r, 8.333333767950535e-3f);
-  p = fma(p, r, 4.1666667908430099e-2f);
-  p = fma(p, r, 1.6666667163372040e-1f);
-  p = fma(p, r, 0.5f);
-  p = fma(p, r, 1.0f);
-  p = fma(p, r, 1.0f);
-  return ldexp(p, i32(k));
+${EXP_POLY}  return ldexp(p, i32(k));
 }`,
   },
   log_f32: {

@@ -12,7 +12,7 @@
 import type { Kernel, Target } from '../compiler/codegen/types.js';
 import type { Node } from '../compiler/ir/graph.js';
 import { attrNum } from '../compiler/ir/rules/shape.js';
-import { broadcastStrides, groupIndexCode, loopBound, u32Lit, unboundedLoop, withOutput } from './elementwise.js';
+import { broadcastStrides, groupIndexCode, loopBound, u32Lit, unboundedLoop, withOutput, EXP_POLY } from './elementwise.js';
 import { floorPow2 } from './reduce.js';
 
 export class FlashTileError extends Error {}
@@ -125,17 +125,7 @@ export function withSecondOutput(kernel: Kernel, node: Node, target: Target): Ke
  * there would give every copy divergent control flow.
  */
 export const EXP_FLASH = `fn exp_flash(x: f32) -> f32 {
-  let k = floor(fma(x, 1.4426950408889634f, 0.5f));
-  let r = (x - k * 0.693145751953125f) - k * 1.428606765330187e-6f;
-  var p = 1.9841270113829523e-4f;
-  p = fma(p, r, 1.3888889225199819e-3f);
-  p = fma(p, r, 8.333333767950535e-3f);
-  p = fma(p, r, 4.1666667908430099e-2f);
-  p = fma(p, r, 1.6666667163372040e-1f);
-  p = fma(p, r, 0.5f);
-  p = fma(p, r, 1.0f);
-  p = fma(p, r, 1.0f);
-  // p·2^k as two exact power-of-two scalings (one rounding, as ldexp): 2^k1 keeps p·2^k1 normal.
+${EXP_POLY}  // p·2^k as two exact power-of-two scalings (one rounding, as ldexp): 2^k1 keeps p·2^k1 normal.
   let k1 = clamp(k, -120.0f, 127.0f);
   let k2 = clamp(k - k1, -30.0f, 1.0f);
   let e = (p * bitcast<f32>(u32(k1 + 127.0f) << 23u)) * bitcast<f32>(u32(k2 + 127.0f) << 23u);
