@@ -11,7 +11,7 @@ import type { Graph, Node } from '../compiler/ir/graph.js';
 import { u32Lit } from './elementwise.js';
 import { externalReads, groupExternals, KEPT_FN, memberCode } from './fused.js';
 import { viewCode, type ViewPlan } from './view.js';
-import { DIRECT_READS, matmulKernel, matmulVariant, rowCoords, type MatmulOutput, type MatmulReads, type MatmulVariant, type OperandViews } from './matmul.js';
+import { DIRECT_READS, graphMatmulVariant, matmulKernel, rowCoords, type MatmulOutput, type MatmulReads, type MatmulVariant, type OperandViews } from './matmul.js';
 
 /**
  * The epilogue as the output of its producer's kernel (the matmul's, or the row op's, kernels/row.ts): the
@@ -79,7 +79,7 @@ export function matmulEpilogueKernel(graph: Graph, group: FusionGroup, target: T
   const mm = graph.node(group.matmul);
   const inputs = mm.inputs.map((i) => graph.node(i));
   const out = second ? secondProductOutput(graph, group, second, views) : epilogueOutput(graph, group, { views });
-  return matmulKernel(mm, inputs, target, variant ?? matmulVariant(mm, inputs, target), out, reads, operands);
+  return matmulKernel(mm, inputs, target, variant ?? graphMatmulVariant(graph, mm, target), out, reads, operands);
 }
 
 /** A matmul's operand views (planOperandViews) as the kernel reads them: the leaf bound in the operand's slot. */

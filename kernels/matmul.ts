@@ -6,6 +6,8 @@
 //   (rows 4·ty + i, cols 4·tx + j: one vec4 of each tile per k and four vec4 accumulators), K in tiles of 16
 //   staged in workgroup memory as vec4 rows (8 KiB), bounds-checked loads (zeros outside) and stores, so any
 //   M, N, K. Workgroups: x over N tiles, (y, z) over M tiles × batch.
+// - `matmul_sgmat_f16`: where both operands are exact f16 values and the Target has f16 subgroup matrices
+//   (tensor cores): in place of the tiled variant (kernels/matmul-sgmat.ts).
 // - `matmul_splitk_f32`: small outputs (batch·M·N < 4096) with long K (>= 512): one workgroup per output
 //   element, invocation t sums k = t, t + WG, … in order, then a fixed tree in workgroup memory. No atomics.
 // - `matmul_naive_f32`: one invocation per output element, sequential over K (problems under 2M
@@ -23,12 +25,14 @@
 // output shape in a second accumulator (SecondProduct: LoRA's u·Bblkᵀ beside x·Wᵀ), operands read through views;
 // the epilogue gets both accumulators.
 import type { Kernel, KernelGen, Target } from '../compiler/codegen/types.js';
-import { numel, type Node } from '../compiler/ir/graph.js';
+import { isExactHalf } from '../compiler/codegen/half.js';
+import { numel, type Graph, type Node } from '../compiler/ir/graph.js';
 import { attrInts, normDim } from '../compiler/ir/rules/shape.js';
 import { broadcastStrides, dispatchGroups, flatKernel, groupIndexCode, kernelRule, loopBound, makeKernel, offsetCode, u32Lit, unboundedLoop } from './elementwise.js';
+import { sgmatMatmul, sgmatUnfit, type SgmatTiles } from './matmul-sgmat.js';
 import { treeReduceCode, treeWorkgroup } from './reduce.js';
 
-export type MatmulVariant = 'tiled' | 'splitk' | 'naive';
+export type MatmulVariant = 'tiled' | 'sgmat' | 'splitk' | 'naive';
 
 const TILE = 64;
 const TK = 16;
@@ -40,7 +44,7 @@ export const SPLITK_MIN_K = 512;
 /** Below this many multiply-adds a problem is launch-bound: one invocation per output is as fast and never idle. */
 export const SMALL_WORK = 1 << 21;
 
-interface MatmulDims {
+export interface MatmulDims {
   readonly m: number;
   readonly k: number;
   readonly n: number;
@@ -128,15 +132,24 @@ function tiledFits(target: Target): boolean {
   );
 }
 
-/** The variant the generator picks for this node and target. */
-export function matmulVariant(node: Node, inputs: readonly Node[], target: Target): MatmulVariant {
+/**
+ * The variant the generator picks for this node and target. `halfOperands`: both operands hold exact f16 values
+ * (graphMatmulVariant knows), so the subgroup-matrix variant computes the same products where the Target has it.
+ */
+export function matmulVariant(node: Node, inputs: readonly Node[], target: Target, halfOperands = false): MatmulVariant {
   const d = dims(node, inputs);
   const outs = d.batch * d.m * d.n;
   if (outs < SMALL_OUTPUT) return d.k >= SPLITK_MIN_K ? 'splitk' : 'naive';
-  if (outs * d.k < SMALL_WORK) return 'naive';
+  if (outs * d.k < SMALL_WORK || d.m < 16 || d.n < 16) return 'naive';
+  if (halfOperands && sgmatUnfit(target, d) === undefined) return 'sgmat';
   const maxD = target.limits.maxComputeWorkgroupsPerDimension;
-  if (d.m < 16 || d.n < 16 || !tiledFits(target) || Math.ceil(d.n / TILE) > maxD || Math.ceil(d.m / TILE) * d.batch > maxD * maxD) return 'naive';
+  if (!tiledFits(target) || Math.ceil(d.n / TILE) > maxD || Math.ceil(d.m / TILE) * d.batch > maxD * maxD) return 'naive';
   return 'tiled';
+}
+
+/** matmulVariant for a graph's matmul node: with its operands' exactness as f16 values. */
+export function graphMatmulVariant(graph: Graph, node: Node, target: Target): MatmulVariant {
+  return matmulVariant(node, node.inputs.map((i) => graph.node(i)), target, node.inputs.every((i) => isExactHalf(graph, i)));
 }
 
 /** How a matmul kernel writes its outputs: the node written, extra read bindings and the store code. */
@@ -187,7 +200,7 @@ export function storeBlock(lines: readonly string[], indent: string): string {
 }
 
 /** Assembles a variant's kernel for its output: the bindings of `out.node`, the name with its suffix. */
-function assemble(out: MatmulOutput, inputs: readonly Node[], target: Target, name: string, parts: { body: string; workgroupSize: [number, number, number]; dispatch: readonly [number, number, number] }): Kernel {
+export function assemble(out: MatmulOutput, inputs: readonly Node[], target: Target, name: string, parts: { body: string; workgroupSize: [number, number, number]; dispatch: readonly [number, number, number] }): Kernel {
   const body = out.helpers ? `${out.helpers}\n\n${parts.body}` : parts.body;
   const k = makeKernel(out.node, [...inputs, ...out.extra], target, { ...parts, body, name: `${name}${out.suffix}`.slice(0, 96), lib: out.lib });
   return { ...k, nodes: [...out.nodes] };
@@ -223,7 +236,7 @@ function transposedSource(p: Node): Node {
 }
 
 /** WGSL declaring `oa`, `ob` (the batch's offsets into a and b) from the batch index `bi`. */
-function batchOffsets(d: MatmulDims, indent: string): string {
+export function batchOffsets(d: MatmulDims, indent: string): string {
   return offsetCode(d.batchShape, [d.aStrides, d.bStrides], ['oa', 'ob'], 'bi', indent);
 }
 
@@ -319,25 +332,38 @@ ${treeReduceCode('part', wg, (a, b) => `${a} + ${b}`, target)}
   return assemble(out, inputs, target, `matmul_splitk_f32${readsSuffix(d)}`, { body: main, workgroupSize: [wg, 1, 1], dispatch });
 }
 
+/** A k step's tiles: A is [tm, tk] of the output's rows, B [tk, tn] of its columns. */
+export interface TileDims {
+  readonly tm: number;
+  readonly tn: number;
+  readonly tk: number;
+}
+
 /**
- * The tile loads of one k step (invocation `l` of 1024 elements per tile): element (ar, ac) of the A tile and
- * (br, bc) of the B tile, consecutive invocations on consecutive addresses of the stored layout.
+ * WGSL loading element `l` of a k step's A tile (declaring `ar`, `ac` and its value `va`) and of its B tile (`br`,
+ * `bc`, `vb`): zeros outside the matrices, consecutive invocations on consecutive addresses of the stored layout.
  */
-function tileLoads(d: MatmulDims, second?: SecondProduct): string {
-  const [M, N, T, TKl] = [u32Lit(d.m), u32Lit(d.n), u32Lit(TILE), u32Lit(TK)];
+export function operandLoads(d: MatmulDims, t: TileDims, second?: SecondProduct): { a: string[]; b: string[] } {
+  const [M, N, TM, TN, TKl] = [u32Lit(d.m), u32Lit(d.n), u32Lit(t.tm), u32Lit(t.tn), u32Lit(t.tk)];
   const K = u32Lit(second ? second.k : d.k);
   const viewA = second ? second.a : d.viewA;
   const viewB = second ? second.b : d.viewB;
   const a = viewA
     ? [`let ar = l / ${TKl};`, `let ac = l % ${TKl};`, `var va = 0.0f;`, `if (m0 + ar < ${M} && k0 + ac < ${K}) { va = ${viewA('m0 + ar', 'k0 + ac')}; }`]
     : d.transA
-      ? [`let ar = l % ${T};`, `let ac = l / ${T};`, `var va = 0.0f;`, `if (m0 + ar < ${M} && k0 + ac < ${K}) { va = in_0[oa + (k0 + ac) * ${M} + m0 + ar]; }`]
+      ? [`let ar = l % ${TM};`, `let ac = l / ${TM};`, `var va = 0.0f;`, `if (m0 + ar < ${M} && k0 + ac < ${K}) { va = in_0[oa + (k0 + ac) * ${M} + m0 + ar]; }`]
       : [`let ar = l / ${TKl};`, `let ac = l % ${TKl};`, `var va = 0.0f;`, `if (m0 + ar < ${M} && k0 + ac < ${K}) { va = in_0[oa + (m0 + ar) * ${K} + k0 + ac]; }`];
   const b = viewB
-    ? [`let br = l / ${T};`, `let bc = l % ${T};`, `var vb = 0.0f;`, `if (k0 + br < ${K} && n0 + bc < ${N}) { vb = ${viewB('k0 + br', 'n0 + bc')}; }`]
+    ? [`let br = l / ${TN};`, `let bc = l % ${TN};`, `var vb = 0.0f;`, `if (k0 + br < ${K} && n0 + bc < ${N}) { vb = ${viewB('k0 + br', 'n0 + bc')}; }`]
     : d.transB
       ? [`let bc = l / ${TKl};`, `let br = l % ${TKl};`, `var vb = 0.0f;`, `if (k0 + br < ${K} && n0 + bc < ${N}) { vb = in_1[ob + (n0 + bc) * ${K} + k0 + br]; }`]
-      : [`let br = l / ${T};`, `let bc = l % ${T};`, `var vb = 0.0f;`, `if (k0 + br < ${K} && n0 + bc < ${N}) { vb = in_1[ob + (k0 + br) * ${N} + n0 + bc]; }`];
+      : [`let br = l / ${TN};`, `let bc = l % ${TN};`, `var vb = 0.0f;`, `if (k0 + br < ${K} && n0 + bc < ${N}) { vb = in_1[ob + (k0 + br) * ${N} + n0 + bc]; }`];
+  return { a, b };
+}
+
+/** The tile loads of one k step of the tiled variant (invocation `l` of 1024 elements per tile). */
+function tileLoads(d: MatmulDims, second?: SecondProduct): string {
+  const { a, b } = operandLoads(d, { tm: TILE, tn: TILE, tk: TK }, second);
   // The tiles are vec4 rows: element (k, x) is component x % 4 of vec4 k·TILE/4 + x / 4.
   const V = u32Lit(TILE / 4);
   return [...a, `tile_a[ac * ${V} + ar / 4u][ar % 4u] = va;`, ...b, `tile_b[br * ${V} + bc / 4u][bc % 4u] = vb;`].map((l) => `      ${l}`).join('\n');
@@ -419,7 +445,7 @@ ${sweep('acc2', second.k, tileLoads(d, second), target, true)}` : ''}
  * The matmul kernel of a given variant (tests force each one); the rule picks matmulVariant's. `out` is how
  * it stores each element (default: the product itself). `reads` marks operands that are permutes of the last
  * two dims to read transposed from the permute's input (the variant is still the one of the permuted shapes,
- * so the summation order is the permute + matmul path's).
+ * so the summation order is the permute + matmul path's). `sgmatTiles` forces the sgmat variant's tiles.
  */
 export function matmulKernel(
   node: Node,
@@ -429,6 +455,7 @@ export function matmulKernel(
   out: MatmulOutput = plainOutput(node),
   reads: MatmulReads = DIRECT_READS,
   views: OperandViews = [undefined, undefined],
+  sgmatTiles?: SgmatTiles,
 ): Kernel {
   if ((views[0] && reads[0]) || (views[1] && reads[1])) throw new Error(`internal: matmul %${node.id}: an operand is read both transposed and through a view`);
   const plain = dims(node, inputs, reads);
@@ -444,6 +471,8 @@ export function matmulKernel(
   switch (variant) {
     case 'tiled':
       return tiled(bound.out, bound.inputs, target, d, node.id);
+    case 'sgmat':
+      return sgmatMatmul(bound.out, bound.inputs, target, d, readsSuffix(d), sgmatTiles);
     case 'splitk':
       return splitK(bound.out, bound.inputs, target, d);
     case 'naive':

@@ -4,8 +4,9 @@
 // - `reduce_<op>_seq_f32`: one invocation per output element, looping over the reduced elements in row-major
 //   order (the reference's order), nested loops with baked strides. For reduced sizes up to 256.
 // - `reduce_<op>_tree_f32`: one workgroup per output element (dispatch spread over x, y, z): each invocation
-//   folds the elements t, t + WG, t + 2·WG, … in order, then a fixed-order combine in workgroup memory (a
-//   tree on hardware, a serial fold on software adapters: treeReduceCode). Deterministic; reduced sizes > 256.
+//   folds the elements t, t + WG, t + 2·WG, … in order (at least 4), then a fixed-order combine across them
+//   (subgroup operations where the target has subgroups, else a tree in workgroup memory, a serial fold on
+//   software adapters: laneReduceCode). Deterministic; reduced sizes > 256.
 // `max` propagates NaN as the reference (torch.amax): once NaN, always NaN.
 import type { FusionGroup } from '../compiler/codegen/fuse.js';
 import type { Kernel, KernelGen, Target } from '../compiler/codegen/types.js';
@@ -69,6 +70,150 @@ export function treeReduceCode(buf: string, wg: number, combine: (a: string, b: 
 export function treeWorkgroup(target: Target, cap = 256): number {
   const L = target.limits;
   return floorPow2(Math.min(cap, L.maxComputeInvocationsPerWorkgroup, L.maxComputeWorkgroupSizeX, Math.floor(L.maxComputeWorkgroupStorageSize / 4)));
+}
+
+// ---------------------------------------------------------------------------------------------- lane reductions
+
+/** Whether kernels for this target may use WGSL subgroup builtins (the device must have been opened with them). */
+export const hasSubgroups = (target: Target): boolean => target.features.includes('subgroups');
+
+/**
+ * How the `lanes` invocations that share one row (or reduced slice) combine their register partials:
+ * - `shuffle`: a subgroupShuffleXor butterfly among the lanes (lanes <= subgroupMinSize: a row never straddles
+ *   a subgroup); no workgroup memory, no barrier. Several rows per workgroup.
+ * - `subgroup`: subgroupAdd/subgroupMax over each subgroup, the subgroups' partials in workgroup memory (one
+ *   barrier), spread over each subgroup's lanes and combined by the subgroup op again, so every lane holds the
+ *   row's value. The subgroup size is read at run time (@builtin(subgroup_size));
+ *   the buffer holds the worst case, lanes / subgroupMinSize partials per row. Several rows per workgroup only
+ *   when lanes is a multiple of subgroupMaxSize (subgroups never straddle rows).
+ * - `tree`: without subgroups, a fixed-order tree over the lanes in workgroup memory (a serial fold by lane 0 on
+ *   software adapters, as treeReduceCode).
+ * Like flash-common's split rows, subgroups are taken to be runs of consecutive local_invocation_index (what
+ * Vulkan, Metal and D3D12 drivers do for 1-D workgroups). The order of every combine is fixed for a device and
+ * pipeline: runs repeat bit for bit (no atomics).
+ */
+export type LaneMode = 'shuffle' | 'subgroup' | 'tree';
+
+export interface LaneReduce {
+  /** Invocations per row, a power of two; `lane` in [0, lanes) in the generated code. */
+  readonly lanes: number;
+  /** Rows per workgroup; `slot` in [0, rows) in the generated code (unused when 1). */
+  readonly rows: number;
+  readonly mode: LaneMode;
+  /** f32 elements of each workgroup buffer a reduction uses (0: none). */
+  readonly slots: number;
+}
+
+/** Whether `lanes`-wide rows may share a workgroup on this target (see LaneMode). */
+export function lanesShareWorkgroup(lanes: number, target: Target): boolean {
+  return !hasSubgroups(target) || lanes <= target.subgroupMinSize || lanes % target.subgroupMaxSize === 0;
+}
+
+export function laneReduce(lanes: number, rows: number, target: Target): LaneReduce {
+  if (lanes !== floorPow2(lanes) || rows < 1) throw new Error(`internal: lane reduction over ${lanes} lanes, ${rows} rows`);
+  if (rows > 1 && !lanesShareWorkgroup(lanes, target)) throw new Error(`internal: ${lanes}-lane rows cannot share a workgroup on target '${target.name}'`);
+  if (hasSubgroups(target) && lanes <= target.subgroupMinSize) return { lanes, rows, mode: 'shuffle', slots: 0 };
+  if (hasSubgroups(target)) return { lanes, rows, mode: 'subgroup', slots: rows * Math.ceil(lanes / target.subgroupMinSize) };
+  return { lanes, rows, mode: 'tree', slots: rows * lanes };
+}
+
+/** The most invocations one row (or reduced slice) gets: a power of two within the target, its 2 buffers in workgroup memory. */
+export function laneLimit(target: Target): number {
+  const L = target.limits;
+  return floorPow2(Math.min(256, L.maxComputeInvocationsPerWorkgroup, L.maxComputeWorkgroupSizeX, Math.floor(L.maxComputeWorkgroupStorageSize / 8)));
+}
+
+/** Values one lane may keep in registers: a hardware register budget; a software adapter's are memory anyway. */
+export function laneRegisters(target: Target): number {
+  return target.isFallbackAdapter ? 256 : 16;
+}
+
+/**
+ * The lanes for a row (or reduced slice) of `len` elements, a power of two:
+ * - hardware: as many as give each lane at least 4 elements (up to laneLimit: 256), except that a row whose
+ *   elements fit the registers of one subgroup's lanes (laneRegisters each) gets exactly subgroupMinSize
+ *   lanes (a subgroup per row, `shuffle` mode: no barrier, no workgroup memory);
+ * - software adapters: one subgroup's width at most (8 without subgroups), for their lanes are a CPU core's
+ *   SIMD lanes, and every barrier and cross-lane step costs far more than a longer loop.
+ */
+export function laneCount(len: number, target: Target): number {
+  const wide = Math.min(laneLimit(target), floorPow2(Math.max(1, Math.ceil(len / 4))));
+  const subgroup = hasSubgroups(target) ? Math.min(laneLimit(target), floorPow2(target.subgroupMinSize)) : 8;
+  if (target.isFallbackAdapter) return Math.min(wide, subgroup);
+  if (hasSubgroups(target) && wide > subgroup && Math.ceil(len / subgroup) <= laneRegisters(target)) return subgroup;
+  return wide;
+}
+
+/** Extra parameters of `fn main` the reduction reads (the subgroup builtins in `subgroup` mode). */
+export function laneReduceParams(r: LaneReduce): string {
+  return r.mode === 'subgroup' ? ', @builtin(subgroup_size) sg_size: u32, @builtin(subgroup_invocation_id) sg_lane: u32' : '';
+}
+
+/** Module-scope declaration of a reduction's workgroup buffer `buf` ('' when it needs none). */
+export function laneReduceDecl(r: LaneReduce, buf: string): string {
+  return r.slots ? `var<workgroup> ${buf}: array<f32, ${r.slots}>;` : '';
+}
+
+/** The kernel's WGSL with `enable subgroups;` when the reduction uses subgroup builtins. */
+export function withLaneEnable(r: LaneReduce, wgsl: string): string {
+  return r.mode === 'tree' ? wgsl : `enable subgroups;\n${wgsl}`;
+}
+
+/** WGSL: `x` combined over the subgroup. subgroupMax leaves NaN to the implementation: a NaN anywhere makes it NaN. */
+function subgroupCombine(op: ReduceOp, x: string): string {
+  return op === 'sum' ? `subgroupAdd(${x})` : `select(subgroupMax(${x}), bitcast<f32>(NAN_U), subgroupAny(is_nan(${x})))`;
+}
+
+/**
+ * WGSL statements declaring `var <result>`: `acc` (each lane's partial, f32) combined over the lanes of the
+ * row, the same value in every lane. Reads `lid`, `lane` (lid % lanes) and, with several rows, `slot`
+ * (lid / lanes); writes the workgroup buffer `buf` (laneReduceDecl). Must be reached in uniform control flow by
+ * every invocation of the workgroup. `max` propagates NaN as combineCode does.
+ */
+export function laneReduceCode(r: LaneReduce, op: ReduceOp, acc: string, result: string, buf: string, target: Target, indent = '    '): string {
+  const combine = (a: string, b: string) => combineCode(op, a, b);
+  const L = u32Lit(r.lanes);
+  const lines: string[] = [];
+  if (r.mode === 'shuffle') {
+    // The shuffle in a let of its own: in combineCode's `||` it would be under non-uniform control flow.
+    lines.push(`var ${result} = ${acc};`);
+    for (let m = 1; m < r.lanes; m *= 2) lines.push(`{ let other = subgroupShuffleXor(${result}, ${u32Lit(m)}); ${result} = ${combine(result, 'other')}; }`);
+  } else if (r.mode === 'subgroup') {
+    const base = r.rows > 1 ? `slot * ${u32Lit(r.slots / r.rows)}` : '0u';
+    const at = (i: string) => (r.rows > 1 ? `${buf}[${base} + ${i}]` : `${buf}[${i}]`);
+    const parts = `(${L} + sg_size - 1u) / sg_size`;
+    lines.push(
+      `let ${result}_sg = ${subgroupCombine(op, acc)};`,
+      `if (sg_lane == 0u) { ${at(`lane / sg_size`)} = ${result}_sg; }`,
+      `workgroupBarrier();`,
+      // The partials (lanes / subgroup size of them) are spread over each subgroup's lanes, then combined again.
+      `var ${result}_p = ${identityCode(op)};`,
+      `for (var i = sg_lane; i < ${parts}; i += sg_size) { ${result}_p = ${combine(`${result}_p`, at('i'))}; }`,
+      `var ${result} = ${subgroupCombine(op, `${result}_p`)};`,
+    );
+  } else {
+    const first = r.rows > 1 ? `${buf}[lid - lane]` : `${buf}[0]`;
+    lines.push(`${buf}[lid] = ${acc};`, `workgroupBarrier();`);
+    if (target.isFallbackAdapter) {
+      lines.push(
+        `if (lane == 0u) {`,
+        `  var folded = ${buf}[lid];`,
+        `  for (var s = 1u; s < ${L}; s++) { folded = ${combine('folded', `${buf}[lid + s]`)}; }`,
+        `  ${buf}[lid] = folded;`,
+        `}`,
+        `workgroupBarrier();`,
+      );
+    } else if (r.lanes > 1) {
+      lines.push(
+        `for (var s = ${u32Lit(r.lanes / 2)}; s > 0u; s = s >> 1u) {`,
+        `  if (lane < s) { ${buf}[lid] = ${combine(`${buf}[lid]`, `${buf}[lid + s]`)}; }`,
+        `  workgroupBarrier();`,
+        `}`,
+      );
+    }
+    lines.push(`var ${result} = ${first};`);
+  }
+  return lines.map((l) => indent + l).join('\n');
 }
 
 /** Reductions with a reduced size above this use one workgroup per output element. */
@@ -187,27 +332,29 @@ function reduceKernel(op: ReduceOp, node: Node, x: Node, target: Target, input: 
       const k = flatKernel(input.node, input.bindings, target, name('seq'), body, { lib, helpers: input.helpers });
       return { ...k, nodes: [...input.nodes] };
     }
-    const wg = treeWorkgroup(target);
+    // Each lane folds every lanes-th element in order (laneCount), then the lanes combine (laneReduceCode).
+    const red = laneReduce(laneCount(p.redCount, target), 1, target);
+    const wg = red.lanes;
     const dispatch = dispatchGroups(p.outCount, target);
-      const redOff = offsetCode(p.redShape, [p.redStrides], ['roff'], 'r', '      ');
-    const main = `${input.helpers ? `${input.helpers}\n\n` : ''}var<workgroup> red_buf: array<f32, ${wg}>;
+    const redOff = offsetCode(p.redShape, [p.redStrides], ['roff'], 'r', '      ');
+    const main = `${input.helpers ? `${input.helpers}\n\n` : ''}${laneReduceDecl(red, 'red_buf')}
 
 @compute @workgroup_size(${wg}, 1, 1)
-fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid: u32) {
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid: u32${laneReduceParams(red)}) {
 ${groupIndexCode('o', p.outCount, dispatch)}
 ${base}
+    let lane = lid;
     var acc = ${identityCode(op)};
     for (var r = lid; r < ${u32Lit(p.redCount)}; r += ${u32Lit(wg)}) {
 ${redOff}
       ${input.load('base + roff')}
       acc = ${combineCode(op, 'acc', 'v')};
     }
-    red_buf[lid] = acc;
-${treeReduceCode('red_buf', wg, (a, b) => combineCode(op, a, b), target)}
-    if (lid == 0u) { out_0[o] = red_buf[0]; }
+${laneReduceCode(red, op, 'acc', 'total', 'red_buf', target)}
+    if (lid == 0u) { out_0[o] = total; }
 }`;
     const k = makeKernel(input.node, input.bindings, target, { name: name('tree'), body: main, workgroupSize: [wg, 1, 1], dispatch, lib });
-    return { ...k, nodes: [...input.nodes] };
+    return { ...k, wgsl: withLaneEnable(red, k.wgsl), nodes: [...input.nodes] };
 }
 
 export const REDUCE_GPU_RULES = {

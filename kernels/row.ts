@@ -3,8 +3,11 @@
 // A row is the `len` elements along the dim at one (outer, inner) position: element j of row r lives at
 // (r / inner)·len·inner + r % inner + j·inner. Statistics are f32 and numerically stable (the row max is
 // subtracted before exp; layernorm's variance is the two-pass biased one).
-// - `<op>_row_wg_f32`: one workgroup per row (dispatch spread over x, y, z): each invocation folds
-//   j = t, t + WG, … in order, fixed-order reductions in workgroup memory (treeReduceCode). Rows longer than 16.
+// - `<op>_row_wg_f32`: `lanes` invocations per row (reduce.ts, laneCount: >= 4 elements each on hardware, a
+//   subgroup per row where one holds it), one or a few rows per workgroup (dispatch spread over x, y, z): each
+//   lane folds j = lane, lane + lanes, … in order in registers (the row read once where it fits laneRegisters),
+//   then the lanes combine by subgroup operations where the target has subgroups, else by a fixed-order tree in
+//   workgroup memory (reduce.ts, laneReduceCode). Rows longer than 16.
 // - `<op>_row_thread_f32`: one invocation per row, sequential loops. For short rows.
 // - `<op>_rows_wg_f32+…+mm…`: several rows per workgroup, then a matmul of the stored rows (a row product:
 //   compiler/codegen/fuse.ts, planRowProducts), written as a second output.
@@ -16,7 +19,7 @@ import { dispatchGroups, f32Lit, flatKernel, groupIndexCode, kernelRule, makeKer
 import { viewCode, type ViewPlan } from './view.js';
 import { epilogueOutput } from './matmul-epilogue.js';
 import { plainOutput, storeBlock, type MatmulOutput } from './matmul.js';
-import { ceilPow2, combineCode, treeReduceCode, treeWorkgroup } from './reduce.js';
+import { combineCode, laneReduce, laneReduceCode, laneReduceDecl, laneReduceParams, laneCount, laneRegisters, lanesShareWorkgroup, withLaneEnable, type LaneReduce, type ReduceOp } from './reduce.js';
 
 type RowOp = 'softmax' | 'log_softmax' | 'layernorm';
 
@@ -47,7 +50,6 @@ function rowBase(p: RowPlan, r: string, indent: string): { code: string; stride:
 }
 
 const maxCombine = (a: string, b: string) => combineCode('max', a, b);
-const sumCombine = (a: string, b: string) => `${a} + ${b}`;
 
 /** One invocation per row. */
 function threadKernel(op: RowOp, node: Node, inputs: readonly Node[], target: Target, p: RowPlan, out: MatmulOutput) {
@@ -81,67 +83,107 @@ ${op === 'log_softmax' ? '    let lse = m + log_f32(s);\n' : ''}    for (var j =
 
 const libOf = (op: RowOp): string[] => (op === 'layernorm' ? [] : op === 'softmax' ? ['is_nan', 'exp_f32'] : ['is_nan', 'exp_f32', 'log_f32']);
 
-/** One workgroup per row. */
-/** The workgroup size of a row's kernel: a power of two covering the row, within the target's tree size. */
-const rowWorkgroup = (p: RowPlan, target: Target): number => Math.min(treeWorkgroup(target), Math.max(32, ceilPow2(p.len)));
+/** Invocations a workgroup of short rows aims for (several rows side by side). */
+const GROUP_INVOCATIONS = 64;
 
-/** WGSL computing row `r` (in scope) and storing it through `out`: the reductions in row_buf, then the stores. */
-function rowBody(op: RowOp, node: Node, p: RowPlan, wg: number, out: MatmulOutput, target: Target): { body: string; at: (j: string) => string } {
+/**
+ * How a workgroup row kernel splits its rows: `lanes` invocations per row, each owning elements j = lane +
+ * k·lanes (coalesced loads) for k < `per`, `rows` rows per workgroup, and the reduction across the lanes. The
+ * lanes (hence every sum's order) depend only on the row length and the target, so the row product kernel, which
+ * runs one row at a time, rounds exactly as the row kernel.
+ */
+interface RowLayout {
+  readonly lanes: number;
+  readonly rows: number;
+  readonly per: number;
+  readonly reduce: LaneReduce;
+}
+
+function rowLayout(p: RowPlan, target: Target, oneRow = false): RowLayout {
+  const lanes = laneCount(p.len, target);
+  const rows = oneRow || !lanesShareWorkgroup(lanes, target) ? 1 : Math.max(1, Math.min(Math.floor(GROUP_INVOCATIONS / lanes), p.rows));
+  return { lanes, rows, per: Math.ceil(p.len / lanes), reduce: laneReduce(lanes, rows, target) };
+}
+
+/** Workgroup memory (bytes) of a row layout's two reduction buffers. */
+const scratchBytes = (l: RowLayout): number => 2 * 4 * l.reduce.slots;
+
+/**
+ * WGSL computing row `r` (in scope, with `lid`, `lane` and `slot`) and storing it through `out` where `live`
+ * (a WGSL bool; stores only). Each lane folds its elements in order in registers (kept there when at most
+ * laneRegisters), then the lanes combine (laneReduceCode, buffers row_red0 and row_red1).
+ */
+function rowBody(op: RowOp, node: Node, p: RowPlan, layout: RowLayout, out: MatmulOutput, target: Target, live = ''): { body: string; at: (j: string) => string } {
   const { code, stride } = rowBase(p, 'r', '    ');
   const at = (j: string) => `base + ${j}${stride}`;
   const L = u32Lit(p.len);
-  const W = u32Lit(wg);
-  const loop = (stmt: string) => `    for (var j = lid; j < ${L}; j += ${W}) { ${stmt} }`;
+  const W = u32Lit(layout.lanes);
+  const cached = layout.per <= laneRegisters(target);
+  const guard = p.len % layout.lanes !== 0;
+  // One pass over the lane's elements: `j` and, when cached, `xv[k]` in scope; `x` reads the element.
+  const pass = (stmt: (x: string) => string, indent = '    ') =>
+    cached
+      ? `${indent}for (var k = 0u; k < ${unboundedLoop(layout.per, target)}; k++) {\n${indent}  let j = lane + k * ${W};\n${indent}  ${guard ? `if (j < ${L}) { ${stmt('xv[k]')} }` : stmt('xv[k]')}\n${indent}}`
+      : `${indent}for (var j = lane; j < ${L}; j += ${W}) { ${stmt(`in_0[${at('j')}]`)} }`;
+  const first = (stmt: (x: string) => string) => (cached ? pass((x) => `let v = in_0[${at('j')}]; ${x} = v; ${stmt('v')}`) : pass((x) => `let v = ${x}; ${stmt('v')}`));
+  const reduce = (red: ReduceOp, acc: string, result: string, buf: string) => laneReduceCode(layout.reduce, red, acc, result, buf, target);
+  const stores = (value: (x: string) => string) => {
+    const loop = pass((x) => storeBlock(out.store(value(x), at('j')), '      '), live ? '      ' : '    ');
+    return live ? `    if (${live}) {\n${loop}\n    }` : loop;
+  };
+  const regs = cached ? `    var xv: array<f32, ${layout.per}>;\n` : '';
   if (op === 'layernorm') {
     const eps = f32Lit(attrNum(node.attrs, 'eps'));
     const n = f32Lit(p.len);
     const body = `${code}
-    var s = 0.0f;
-${loop(`s += in_0[${at('j')}];`)}
-    row_buf[lid] = s;
-${treeReduceCode('row_buf', wg, sumCombine, target)}
-    let mean = row_buf[0] / ${n};
-    workgroupBarrier();
+${regs}    var s = 0.0f;
+${first((v) => `s += ${v};`)}
+${reduce('sum', 's', 'total', 'row_red0')}
+    let mean = total / ${n};
     var q = 0.0f;
-${loop(`let d = in_0[${at('j')}] - mean; q += d * d;`)}
-    row_buf[lid] = q;
-${treeReduceCode('row_buf', wg, sumCombine, target)}
-    let rs = 1.0f / sqrt(row_buf[0] / ${n} + ${eps});
-${loop(storeBlock(out.store(`(in_0[${at('j')}] - mean) * rs`, at('j')), '    '))}`;
+${pass((x) => `let d = ${x} - mean; q += d * d;`)}
+${reduce('sum', 'q', 'sq', 'row_red1')}
+    let rs = 1.0f / sqrt(sq / ${n} + ${eps});
+${stores((x) => `(${x} - mean) * rs`)}`;
     return { body, at };
   }
-  const write = storeBlock(out.store(op === 'softmax' ? `exp_f32(in_0[${at('j')}] - m) / s` : `in_0[${at('j')}] - lse`, at('j')), '    ');
+  // softmax keeps e^(x - m) in the registers for its stores; log_softmax keeps x.
+  const keepExp = op === 'softmax' && cached;
   const body = `${code}
-    var mx = ${f32Lit(-Infinity)};
-${loop(`let v = in_0[${at('j')}]; mx = ${maxCombine('mx', 'v')};`)}
-    row_buf[lid] = mx;
-${treeReduceCode('row_buf', wg, maxCombine, target)}
-    let m = row_buf[0];
-    workgroupBarrier();
+${regs}    var mx = ${f32Lit(-Infinity)};
+${first((v) => `mx = ${maxCombine('mx', v)};`)}
+${reduce('max', 'mx', 'm', 'row_red0')}
     var se = 0.0f;
-${loop(`se += exp_f32(in_0[${at('j')}] - m);`)}
-    row_buf[lid] = se;
-${treeReduceCode('row_buf', wg, sumCombine, target)}
-    let s = row_buf[0];
-${op === 'log_softmax' ? '    let lse = m + log_f32(s);\n' : ''}${loop(write)}`;
+${pass((x) => (keepExp ? `let e = exp_f32(${x} - m); ${x} = e; se += e;` : `se += exp_f32(${x} - m);`))}
+${reduce('sum', 'se', 's', 'row_red1')}
+${op === 'log_softmax' ? '    let lse = m + log_f32(s);\n' : ''}${stores((x) => (op === 'log_softmax' ? `${x} - lse` : keepExp ? `${x} / s` : `exp_f32(${x} - m) / s`))}`;
   return { body, at };
 }
 
-/** One workgroup per row. */
+/** Workgroups of `rows` rows (one row: the workgroup's index; several: clamped, stores only where live). */
 function workgroupKernel(op: RowOp, node: Node, inputs: readonly Node[], target: Target, p: RowPlan, out: MatmulOutput) {
-  const wg = rowWorkgroup(p, target);
-  const dispatch = dispatchGroups(p.rows, target);
-  const { body } = rowBody(op, node, p, wg, out, target);
-  const main = `${out.helpers ? `${out.helpers}\n\n` : ''}var<workgroup> row_buf: array<f32, ${wg}>;
-
-@compute @workgroup_size(${wg}, 1, 1)
-fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid: u32) {
-${groupIndexCode('r', p.rows, dispatch)}
+  const layout = rowLayout(p, target);
+  const { lanes, rows, reduce } = layout;
+  const wg = lanes * rows;
+  const groups = Math.ceil(p.rows / rows);
+  const dispatch = dispatchGroups(groups, target);
+  const index =
+    rows === 1
+      ? `${groupIndexCode('r', p.rows, dispatch)}\n  let lane = lid;`
+      : `${groupIndexCode('g', groups, dispatch)}
+  let lane = lid % ${u32Lit(lanes)};
+  let slot = lid / ${u32Lit(lanes)};
+  let row = g * ${u32Lit(rows)} + slot;
+  let r = min(row, ${u32Lit(p.rows - 1)}); // the lanes of a missing row reduce a real one, storing nothing`;
+  const { body } = rowBody(op, node, p, layout, out, target, rows === 1 ? '' : `row < ${u32Lit(p.rows)}`);
+  const decls = [laneReduceDecl(reduce, 'row_red0'), laneReduceDecl(reduce, 'row_red1')].filter(Boolean).join('\n');
+  const main = `${out.helpers ? `${out.helpers}\n\n` : ''}${decls ? `${decls}\n\n` : ''}@compute @workgroup_size(${wg}, 1, 1)
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid: u32${laneReduceParams(reduce)}) {
+${index}
 ${body}
-    workgroupBarrier();
 }`;
   const k = makeKernel(out.node, [...inputs, ...out.extra], target, { name: `${op}_row_wg_f32${out.suffix}`.slice(0, 96), body: main, workgroupSize: [wg, 1, 1], dispatch, lib: [...libOf(op), ...out.lib] });
-  return { ...k, nodes: [...out.nodes] };
+  return { ...k, wgsl: withLaneEnable(reduce, k.wgsl), nodes: [...out.nodes] };
 }
 
 /** At most this many rows per workgroup for a row product (its accumulators are registers). */
@@ -153,8 +195,9 @@ const PRODUCT_ROWS_MAX = 16;
  */
 export function rowProductShape(shape: readonly number[], n: number, target: Target): { rows: number; lanes: number; perLane: number; wg: number } | undefined {
   const p: RowPlan = { rows: numel(shape.slice(0, -1)), len: shape[shape.length - 1], inner: 1 };
-  const wg = rowWorkgroup(p, target);
-  const fit = Math.floor((target.limits.maxComputeWorkgroupStorageSize - 4 * wg) / (4 * p.len));
+  const layout = rowLayout(p, target, true);
+  const wg = layout.lanes;
+  const fit = Math.floor((target.limits.maxComputeWorkgroupStorageSize - scratchBytes(layout)) / (4 * p.len));
   const most = Math.min(PRODUCT_ROWS_MAX, fit, p.rows);
   if (most < 1) return undefined;
   const lanes = Math.max(1, Math.min(most, Math.floor(wg / n)));
@@ -194,17 +237,20 @@ function productKernel(op: RowOp, node: Node, inputs: readonly Node[], target: T
   const { rows, lanes, perLane, wg } = shape;
   const groups = Math.ceil(p.rows / rows);
   const dispatch = dispatchGroups(groups, target);
-  const { body, at } = rowBody(op, node, p, wg, out, target);
+  // One row at a time over all the workgroup's invocations: the row kernel's lanes (rowLayout), hence its bits.
+  const layout = rowLayout(p, target, true);
+  const { body, at } = rowBody(op, node, p, layout, out, target);
   const [L, W, N, R] = [u32Lit(p.len), u32Lit(wg), u32Lit(product.n), u32Lit(p.rows)];
   const indent = (code: string) => code.replace(/^/gm, '    ');
   const helpers = [out.helpers, product.helpers].filter(Boolean).join('\n\n');
-  const main = `${helpers ? `${helpers}\n\n` : ''}var<workgroup> row_buf: array<f32, ${wg}>;
-var<workgroup> row_x: array<f32, ${rows * p.len}>;
+  const decls = [laneReduceDecl(layout.reduce, 'row_red0'), laneReduceDecl(layout.reduce, 'row_red1')].filter(Boolean).join('\n');
+  const main = `${helpers ? `${helpers}\n\n` : ''}${decls ? `${decls}\n` : ''}var<workgroup> row_x: array<f32, ${rows * p.len}>;
 
 @compute @workgroup_size(${wg}, 1, 1)
-fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid: u32) {
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid: u32${laneReduceParams(layout.reduce)}) {
 ${groupIndexCode('g', groups, dispatch)}
   let r0 = g * ${u32Lit(rows)};
+  let lane = lid;
   for (var rb = 0u; rb < ${unboundedLoop(rows, target)}; rb++) {
     let r = r0 + rb;
     if (r < ${R}) {
@@ -215,21 +261,21 @@ ${indent(body)}
   }
   for (var w = lid; w < ${u32Lit(product.n * lanes)}; w += ${W}) {
     let c = w % ${N};
-    let lane = w / ${N};
+    let band = w / ${N};
     var acc = array<f32, ${perLane}>(); // zeros on every pass (a bare declaration was not re-zeroed on lavapipe)
     for (var t = 0u; t < ${unboundedLoop(p.len, target)}; t++) {
       let bv = ${product.b('t', 'c')};
-      for (var i = 0u; i < ${u32Lit(perLane)}; i++) { acc[i] = fma(row_x[(lane + i * ${u32Lit(lanes)}) * ${L} + t], bv, acc[i]); }
+      for (var i = 0u; i < ${u32Lit(perLane)}; i++) { acc[i] = fma(row_x[(band + i * ${u32Lit(lanes)}) * ${L} + t], bv, acc[i]); }
     }
     for (var i = 0u; i < ${unboundedLoop(perLane, target)}; i++) { // rolled on software adapters: the store code can be long (GELU)
-      let r = r0 + lane + i * ${u32Lit(lanes)};
+      let r = r0 + band + i * ${u32Lit(lanes)};
       if (r < ${R}) ${storeBlock(product.store('acc[i]', `r * ${N} + c`), '      ')}
     }
   }
 }`;
   const name = `${op}_rows_wg_f32${out.suffix}+mm${product.suffix}`.slice(0, 96);
   const k = makeKernel(out.node, [...inputs, ...out.extra], target, { name, body: main, workgroupSize: [wg, 1, 1], dispatch, lib: [...libOf(op), ...out.lib, ...product.lib] });
-  return { ...k, nodes: [...out.nodes, ...product.nodes] };
+  return { ...k, wgsl: withLaneEnable(layout.reduce, k.wgsl), nodes: [...out.nodes, ...product.nodes] };
 }
 
 /** A row op's kernel writing through `out` (default: its own value; an elementwise epilogue otherwise). */

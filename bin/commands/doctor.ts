@@ -1,5 +1,6 @@
 // `visft doctor`: which WebGPU adapter visft would use (opened as visft opens it: toggles, features, limits),
 // the Target codegen gets from it, whether it runs a dispatch, and what to install when there is none.
+import { sgmatShape } from '../../kernels/sgmat.js';
 import type { Target } from '../../compiler/codegen/types.js';
 import { defaultBackend, testDispatch } from '../../runtime/device/probe.js';
 import { dawnAdapterList, openDevice, type AdapterDescription, type GpuDevice } from '../../runtime/gpu/device.js';
@@ -79,6 +80,8 @@ export async function runDoctor(opts: DoctorOptions): Promise<number> {
     w(`features: ${t.features.join(', ') || 'none'}`);
     w(`subgroups: ${t.features.includes('subgroups') ? `sizes ${t.subgroupMinSize}..${t.subgroupMaxSize}` : 'not available'}`);
     w(`subgroup matrices: ${t.subgroupMatrixConfigs.length ? t.subgroupMatrixConfigs.map((c) => `${c.componentType}->${c.resultComponentType} ${c.M}x${c.N}x${c.K}`).join(', ') : 'none'}`);
+    const sg = sgmatShape(t);
+    w(`tensor-core matmuls: ${sg ? `yes, f16 ${sg.m}x${sg.n}x${sg.k} (matmul_sgmat_f16 for products of f16 values)` : 'no (f16 products run on the f32 tiles)'}`);
     w('limits:');
     for (const k of KEY_LIMITS) w(`  ${k}: ${t.limits[k]}`);
     if (r.adapters && r.adapters.length > 1) w(`other adapters: ${r.adapters.map((x) => `${x.name} (${x.backend})`).join('; ')} (pick one with --adapter NAME)`);

@@ -15,19 +15,26 @@ import type { Kernel, Target } from './types.js';
 /** Ops whose output holds only values of their (first) input, or a constant. */
 const MOVES = new Set(['reshape', 'permute', 'slice', 'expand', 'concat', 'pad']);
 
+/** Whether node `n` holds exact f16 numbers, given which of its inputs do. */
+function holdsHalf(n: Node, inputHalf: (id: number) => boolean): boolean {
+  if (n.dtype === 'f16') return true;
+  if (n.op === 'cast') return n.dtype === 'f32' && inputHalf(n.inputs[0]);
+  if (!MOVES.has(n.op) || n.inputs.length === 0 || !n.inputs.every(inputHalf)) return false;
+  if (n.op !== 'pad') return true;
+  const v = Number(n.attrs.value ?? 0);
+  return roundF16(v) === v;
+}
+
 /** Node ids whose values are exactly f16 numbers (in topological order, so one pass suffices). */
 export function exactHalfValues(graph: Graph): Set<number> {
   const exact = new Set<number>();
-  const isExact = (n: Node): boolean => {
-    if (n.dtype === 'f16') return true;
-    if (n.op === 'cast') return n.dtype === 'f32' && exact.has(n.inputs[0]);
-    if (!MOVES.has(n.op) || n.inputs.length === 0 || !n.inputs.every((i) => exact.has(i))) return false;
-    if (n.op !== 'pad') return true;
-    const v = Number(n.attrs.value ?? 0);
-    return roundF16(v) === v;
-  };
-  for (const n of graph.nodes) if (isExact(n)) exact.add(n.id);
+  for (const n of graph.nodes) if (holdsHalf(n, (i) => exact.has(i))) exact.add(n.id);
   return exact;
+}
+
+/** Whether value `id` is exactly an f16 number: exactHalfValues for one value (walks only its movement chain). */
+export function isExactHalf(graph: Graph, id: number): boolean {
+  return holdsHalf(graph.node(id), (i) => isExactHalf(graph, i));
 }
 
 export interface StoredValue {

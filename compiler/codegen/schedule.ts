@@ -13,7 +13,7 @@ import { flashBackwardKernel } from '../../kernels/flash-backward.js';
 import { flashForwardKernel } from '../../kernels/flash-forward.js';
 import { fusedKernel } from '../../kernels/fused.js';
 import { matmulEpilogueKernel, operandViews } from '../../kernels/matmul-epilogue.js';
-import { matmulKernel } from '../../kernels/matmul.js';
+import { graphMatmulVariant, matmulKernel } from '../../kernels/matmul.js';
 import { reducePrologueKernel } from '../../kernels/reduce.js';
 import { rowEpilogueKernel, rowProductKernel } from '../../kernels/row.js';
 import { halfStorageKernel } from '../../kernels/half-storage.js';
@@ -164,7 +164,8 @@ export function schedule(graph: Graph, target: Target, rules: { readonly [op: st
       const reads = transposed.get(node.id);
       const sibling = siblingOf.get(node.id);
       const opViews = operandViews(graph, operandPlans.get(node.id));
-      if (reads || opViews) push(matmulKernel(node, inputs, target, undefined, undefined, reads, opViews));
+      // A matmul's variant depends on its operands in the graph (exact f16 values: subgroup matrices).
+      if (node.op === 'matmul') push(matmulKernel(node, inputs, target, graphMatmulVariant(graph, node, target), undefined, reads, opViews));
       else if (sibling !== undefined) withSibling(node, graph.node(sibling), graph, target, rules).forEach(push);
       else push(rule.gen(node, inputs, target));
     }

@@ -2,6 +2,9 @@
 // limits, all read from Dawn. Nothing here knows about any particular GPU.
 import type { Target } from '../../compiler/codegen/types.js';
 import { adapterName } from '../device/probe.js';
+import { SUBGROUP_MATRIX_FEATURE } from '../../kernels/sgmat.js';
+
+export { SUBGROUP_MATRIX_FEATURE };
 
 /** The limits codegen and the memory plan rely on (Target['limits'] keys); requested at the adapter's maximum. */
 export const TARGET_LIMIT_KEYS = [
@@ -17,8 +20,6 @@ export const TARGET_LIMIT_KEYS = [
   'maxStorageBuffersPerShaderStage',
 ] as const satisfies readonly (keyof Target['limits'])[];
 
-/** The WebGPU feature that makes `enable chromium_experimental_subgroup_matrix;` usable. */
-export const SUBGROUP_MATRIX_FEATURE = 'chromium-experimental-subgroup-matrix';
 
 type SubgroupMatrixConfig = Target['subgroupMatrixConfigs'][number];
 

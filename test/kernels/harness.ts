@@ -41,6 +41,9 @@ export interface GpuContext {
 
 const TARGET_LIMITS = TARGET_LIMIT_KEYS;
 
+/** Features the test device is opened with where the adapter has them (the Target lists what was granted). */
+const HARNESS_FEATURES: GPUFeatureName[] = ['shader-f16', 'subgroups'];
+
 let globalsInstalled = false;
 
 /**
@@ -61,7 +64,9 @@ export async function withDevice<T>(fn: (gpu: GpuContext) => Promise<T>): Promis
   if (!adapter) throw new Error(`no WebGPU adapter${backend ? ` for backend=${backend}` : ''} (install Mesa >= 25 lavapipe: scripts/setup.sh)`);
   const requiredLimits: Record<string, number> = {};
   for (const k of TARGET_LIMITS) requiredLimits[k] = adapter.limits[k];
-  const device = await adapter.requestDevice({ requiredLimits });
+  // The features kernels may enable (`enable subgroups;`, `enable f16;`) when the Target lists them.
+  const requiredFeatures = HARNESS_FEATURES.filter((f) => adapter.features.has(f));
+  const device = await adapter.requestDevice({ requiredLimits, requiredFeatures });
   let lost: string | undefined;
   device.lost.then(
     (l) => {
@@ -75,9 +80,10 @@ export async function withDevice<T>(fn: (gpu: GpuContext) => Promise<T>): Promis
   const target: Target = {
     name: (info.description || info.device || info.architecture || info.vendor || 'adapter').split(': ')[0],
     isFallbackAdapter: Boolean(info.isFallbackAdapter),
-    features: [...adapter.features].map(String).sort(),
-    subgroupMinSize: info.subgroupMinSize ?? 4,
-    subgroupMaxSize: info.subgroupMaxSize ?? 128,
+    features: [...device.features].map(String).sort(),
+    // Without subgroups the sizes mean nothing (runtime/gpu/target.ts keeps WebGPU's bounds likewise).
+    subgroupMinSize: device.features.has('subgroups') && info.subgroupMinSize ? info.subgroupMinSize : 4,
+    subgroupMaxSize: device.features.has('subgroups') && info.subgroupMaxSize ? info.subgroupMaxSize : 128,
     subgroupMatrixConfigs: [],
     limits,
   };

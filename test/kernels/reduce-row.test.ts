@@ -60,8 +60,11 @@ await withDevice(async (gpu) => {
     await test('tree reductions of a hardware target and a tight target (64 invocations, 3 groups per dim)', async () => {
       await checkAgainstReference(gpu, (b, [x]) => b.add('sum', [x], { dims: [0, 2] }), [randomTensor([30, 5, 20], 8)], { target: hardwareLike(gpu.target) });
       await checkAgainstReference(gpu, (b, [x]) => b.add('max', [x], { dims: [1] }), [randomTensor([5, 400], 9)], { target: hardwareLike(gpu.target), exact: true });
+      // A software adapter gives a slice one subgroup's width of lanes (kernels/reduce.ts, laneCount); hardware up to the limit.
       const r = await checkAgainstReference(gpu, (b, [x]) => b.add('sum', [x], { dims: [-1] }), [randomTensor([20, 300], 10)], { target: tightTarget(gpu.target) });
-      assert.deepEqual(r.kernels[0].workgroupSize, [64, 1, 1]);
+      assert.ok(r.kernels[0].workgroupSize[0] <= 64, `${r.kernels[0].workgroupSize}`);
+      const h = await checkAgainstReference(gpu, (b, [x]) => b.add('sum', [x], { dims: [-1] }), [randomTensor([20, 300], 10)], { target: hardwareLike(tightTarget(gpu.target)) });
+      assert.deepEqual(h.kernels[0].workgroupSize, [64, 1, 1]);
       await checkAgainstReference(gpu, (b, [x]) => b.add('sum', [x], { dims: [1] }), [randomTensor([90, 7], 11)], { target: tightTarget(gpu.target) });
     });
   });
@@ -104,7 +107,9 @@ await withDevice(async (gpu) => {
     await test('hardware-style tree reductions and tight limits', async () => {
       await checkAgainstReference(gpu, (b, [a]) => b.add('log_softmax', [a], { dim: 0 }), [randomTensor([300, 5], 15)], { target: hardwareLike(gpu.target) });
       const r = await checkAgainstReference(gpu, (b, [a]) => b.add('layernorm', [a], { eps: 1e-5 }), [randomTensor([3, 500], 16)], { target: tightTarget(gpu.target), atol: 3e-6 });
-      assert.deepEqual(r.kernels[0].workgroupSize, [64, 1, 1]);
+      assert.ok(r.kernels[0].workgroupSize[0] <= 64, `${r.kernels[0].workgroupSize}`);
+      const h = await checkAgainstReference(gpu, (b, [a]) => b.add('layernorm', [a], { eps: 1e-5 }), [randomTensor([3, 500], 16)], { target: hardwareLike(tightTarget(gpu.target)), atol: 3e-6 });
+      assert.deepEqual(h.kernels[0].workgroupSize, [64, 1, 1]);
     });
   });
 });

@@ -1,0 +1,180 @@
+// The subgroup-matrix (tensor core) matmul variant, `matmul_sgmat_f16`: for products whose operands are exact f16
+// values (autocast's roundings, f16 inputs and parameters; compiler/codegen/half.ts isExactHalf) on a Target with an
+// f16 x f16 -> f32 subgroup-matrix config. Products of f16 numbers are exact in f32 and the sums are f32, so it
+// computes what the f32 kernels compute, in another summation order.
+//
+// Work split: a workgroup computes a BM x BN output tile with WM x WN subgroups, each FM x FN fragments of the
+// config's m x n (f32 result matrices held by the subgroup). Per k step of BK, every invocation stages its share
+// of the A [BM, BK] and B [BK, BN] tiles as f16 in workgroup memory (reads through transposes and views as the
+// other variants do, zeros outside the matrices), then each subgroup loads fragments from there and multiplies.
+// Rows of the staged tiles are padded (PAD halves) against bank conflicts. At the end each subgroup stores one
+// result fragment at a time into its own m x n f32 scratch, and its lanes apply the epilogue (MatmulOutput, and a
+// second product summed in f32 like the naive variant's) element by element with bounds checks: any M, N, K.
+// On software adapters the loops stay rolled (unboundedLoop): LLVM otherwise unrolled a small unbatched product's
+// staging loops for over a minute. Tile sizes are a first choice, not yet tuned on a GPU with tensor cores (docs/perf.md).
+import type { Kernel, Target } from '../compiler/codegen/types.js';
+import type { Node } from '../compiler/ir/graph.js';
+import { dispatchGroups, u32Lit, unboundedLoop } from './elementwise.js';
+import { assemble, batchOffsets, operandLoads, storeBlock, type MatmulDims, type MatmulOutput } from './matmul.js';
+import { nativeSgmat, sgmatOps, sgmatShape, type SgmatShape } from './sgmat.js';
+
+/** How a sgmat kernel tiles its output. */
+export interface SgmatTiles {
+  /** Subgroups along M and N. */
+  readonly wm: number;
+  readonly wn: number;
+  /** Fragments per subgroup along M and N. */
+  readonly fm: number;
+  readonly fn: number;
+  /** K per staged step (a multiple of the config's k). */
+  readonly bk: number;
+}
+
+/** f16 elements of padding per staged tile row. */
+const PAD = 8;
+/** Invocations per emulated subgroup (emulation repeats the whole matrix work in each, so keep it small). */
+const EMULATED_LANES = 4;
+
+/** Invocations per subgroup the kernel is laid out for: the Target's largest (Dawn requires x to be a multiple). */
+const lanesOf = (target: Target): number => (nativeSgmat(target) ? target.subgroupMaxSize : EMULATED_LANES);
+
+/** The tiles for a problem: 128x128 for large outputs, else 64x64 (two fragments per subgroup each way). */
+export function sgmatTiles(shape: SgmatShape, d: { readonly m: number; readonly n: number }): SgmatTiles {
+  const big = d.m >= 512 && d.n >= 512;
+  return big ? { wm: 2, wn: 4, fm: 64 / shape.m, fn: 32 / shape.n, bk: Math.max(32, shape.k) } : { wm: 2, wn: 2, fm: 32 / shape.m, fn: 32 / shape.n, bk: Math.max(32, shape.k) };
+}
+
+interface Layout {
+  readonly shape: SgmatShape;
+  readonly tiles: SgmatTiles;
+  readonly bm: number;
+  readonly bn: number;
+  readonly lanes: number;
+  readonly invocations: number;
+  readonly bytes: number;
+}
+
+function layout(target: Target, shape: SgmatShape, t: SgmatTiles): Layout {
+  const bm = t.wm * t.fm * shape.m;
+  const bn = t.wn * t.fn * shape.n;
+  const lanes = lanesOf(target);
+  const invocations = t.wm * t.wn * lanes;
+  // The staged tiles, the per-subgroup scratch, and (emulated) the result slots.
+  const slots = nativeSgmat(target) ? 0 : t.wm * t.wn * t.fm * t.fn;
+  const bytes = 2 * (bm * (t.bk + PAD) + t.bk * (bn + PAD)) + 4 * (t.wm * t.wn + slots) * shape.m * shape.n;
+  return { shape, tiles: t, bm, bn, lanes, invocations, bytes };
+}
+
+/** Why the variant cannot run this problem on `target`, or undefined when it can. */
+export function sgmatUnfit(target: Target, d: { readonly m: number; readonly n: number; readonly batch: number }, tiles?: SgmatTiles): string | undefined {
+  const shape = sgmatShape(target);
+  if (!shape) return 'the target has no f16 x f16 -> f32 subgroup-matrix config (or no shader-f16)';
+  const t = tiles ?? sgmatTiles(shape, d);
+  if (![t.fm, t.fn, t.bk / shape.k].every((x) => Number.isInteger(x) && x >= 1)) return `tiles ${JSON.stringify(t)} do not divide into ${shape.m}x${shape.n}x${shape.k} fragments`;
+  const L = target.limits;
+  const l = layout(target, shape, t);
+  if (l.invocations > L.maxComputeInvocationsPerWorkgroup || l.invocations > L.maxComputeWorkgroupSizeX) return `${l.invocations} invocations per workgroup exceed the target's limits`;
+  if (l.bytes > L.maxComputeWorkgroupStorageSize) return `${l.bytes} bytes of workgroup memory exceed the target's ${L.maxComputeWorkgroupStorageSize}`;
+  const maxD = L.maxComputeWorkgroupsPerDimension;
+  if (Math.ceil(d.n / l.bn) > maxD || Math.ceil(d.m / l.bm) * d.batch > maxD * maxD) return 'the tiles exceed the dispatch limits';
+  return undefined;
+}
+
+/** WGSL: the epilogue of fragment (i, j): store it to the subgroup's scratch, then each lane finishes its elements. */
+function fragmentEpilogue(out: MatmulOutput, d: MatmulDims, l: Layout, ops: ReturnType<typeof sgmatOps>, i: number, j: number, target: Target): string {
+  const { m: fm, n: fn } = l.shape;
+  const F = u32Lit(fm * fn);
+  const [M, N] = [u32Lit(d.m), u32Lit(d.n)];
+  const second = out.second;
+  const store = out.store(`tile_c[sg * ${F} + e]`, `oc + row * ${N} + col`, second ? 'acc2' : undefined);
+  const sum2 = second
+    ? `
+          var acc2 = 0.0f;
+          for (var t = 0u; t < ${unboundedLoop(second.k, target)}; t++) {
+            acc2 = fma(${second.a('row', 't')}, ${second.b('t', 'col')}, acc2);
+          }`
+    : '';
+  return `  if (computes) { ${ops.store('tile_c', `sg * ${F}`, `acc_${i}_${j}`, u32Lit(fn))} }
+  workgroupBarrier();
+  if (computes) {
+    for (var e = lane; e < ${F}; e += lanes) {
+      let row = m0 + sm + ${u32Lit(i * fm)} + e / ${u32Lit(fn)};
+      let col = n0 + sn + ${u32Lit(j * fn)} + e % ${u32Lit(fn)};
+      if (row < ${M} && col < ${N}) {${sum2}
+        ${storeBlock(store, '        ')}
+      }
+    }
+  }
+  workgroupBarrier();`;
+}
+
+/** The `matmul_sgmat_f16` kernel (callers check sgmatUnfit first). */
+export function sgmatMatmul(out: MatmulOutput, inputs: readonly Node[], target: Target, d: MatmulDims, suffix: string, tiles?: SgmatTiles): Kernel {
+  const shape = sgmatShape(target);
+  const why = sgmatUnfit(target, d, tiles);
+  if (!shape || why) throw new Error(`internal: matmul_sgmat_f16: ${why}`);
+  const t = tiles ?? sgmatTiles(shape, d);
+  const l = layout(target, shape, t);
+  const ops = sgmatOps(shape, nativeSgmat(target), t.wm * t.wn * t.fm * t.fn);
+  const { bm, bn, invocations: T } = l;
+  const SA = t.bk + PAD;
+  const SB = bn + PAD;
+  const tilesN = Math.ceil(d.n / bn);
+  const tilesM = Math.ceil(d.m / bm);
+  const G = tilesM * d.batch;
+  const [gy, gz] = dispatchGroups(G, target);
+  const loads = operandLoads(d, { tm: bm, tn: bn, tk: t.bk });
+  const stage = (count: number, lines: string[], put: string) => `    for (var q = 0u; q < ${unboundedLoop(Math.ceil(count / T), target)}; q++) {
+      let l = lid + q * ${u32Lit(T)};
+      if (l < ${u32Lit(count)}) {
+${[...lines, put].map((x) => `        ${x}`).join('\n')}
+      }
+    }`;
+  const frags: [number, number][] = [];
+  for (let i = 0; i < t.fm; i++) for (let j = 0; j < t.fn; j++) frags.push([i, j]);
+  const steps: string[] = [];
+  for (let s = 0; s < t.bk / shape.k; s++) {
+    const kk = s * shape.k;
+    const step: string[] = [];
+    for (let i = 0; i < t.fm; i++) step.push(`let a_${i} = ${ops.loadLeft('tile_a', `(sm + ${u32Lit(i * shape.m)}) * ${u32Lit(SA)} + ${u32Lit(kk)}`, u32Lit(SA))};`);
+    for (let j = 0; j < t.fn; j++) step.push(`let b_${j} = ${ops.loadRight('tile_b', `${u32Lit(kk * SB)} + sn + ${u32Lit(j * shape.n)}`, u32Lit(SB))};`);
+    for (const [i, j] of frags) step.push(`acc_${i}_${j} = ${ops.multiplyAccumulate(`a_${i}`, `b_${j}`, `acc_${i}_${j}`)};`);
+    steps.push('{', ...step.map((x) => `  ${x}`), '}');
+  }
+  // Native: the hardware's subgroup and lane; emulated: blocks of `lanes` invocations stand for subgroups.
+  const ids = ops.native
+    ? { params: ', @builtin(subgroup_id) sg: u32, @builtin(subgroup_invocation_id) lane: u32, @builtin(subgroup_size) lanes: u32', code: '' }
+    : { params: '', code: `  let sg = lid / ${u32Lit(l.lanes)};\n  let lane = lid % ${u32Lit(l.lanes)};\n  let lanes = ${u32Lit(l.lanes)};\n` };
+  const main = `var<workgroup> tile_a: array<f16, ${bm * SA}>;
+var<workgroup> tile_b: array<f16, ${t.bk * SB}>;
+var<workgroup> tile_c: array<f32, ${t.wm * t.wn * shape.m * shape.n}>;
+
+@compute @workgroup_size(${T}, 1, 1)
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid: u32${ids.params}) {
+  let g = wid.z * ${u32Lit(gy)} + wid.y;
+  if (g >= ${u32Lit(G)}) { return; }
+${ids.code}  let bi = g / ${u32Lit(tilesM)};
+  let m0 = (g % ${u32Lit(tilesM)}) * ${u32Lit(bm)};
+  let n0 = wid.x * ${u32Lit(bn)};
+${batchOffsets(d, '  ')}
+  let oc = bi * ${u32Lit(d.m * d.n)};
+  // Subgroups past WM x WN (smaller runtime subgroups) only help stage the tiles.
+  let computes = sg < ${u32Lit(t.wm * t.wn)};
+  let sm = (sg / ${u32Lit(t.wn)}) * ${u32Lit(t.fm * shape.m)};
+  let sn = (sg % ${u32Lit(t.wn)}) * ${u32Lit(t.fn * shape.n)};
+${frags.map(([i, j], f) => `  var acc_${i}_${j} = ${ops.zero(`sg * ${u32Lit(frags.length)} + ${u32Lit(f)}`)};`).join('\n')}
+  for (var k0 = 0u; k0 < ${unboundedLoop(d.k, target)}; k0 += ${u32Lit(t.bk)}) {
+${stage(bm * t.bk, loads.a, `tile_a[ar * ${u32Lit(SA)} + ac] = f16(va);`)}
+${stage(t.bk * bn, loads.b, `tile_b[br * ${u32Lit(SB)} + bc] = f16(vb);`)}
+    workgroupBarrier();
+    if (computes) {
+${steps.map((s) => `      ${s}`).join('\n')}
+    }
+    workgroupBarrier();
+  }
+${frags.map(([i, j]) => fragmentEpilogue(out, d, l, ops, i, j, target)).join('\n')}
+}`;
+  const helpers = ops.helpers();
+  const kernel = assemble(out, inputs, target, `matmul_sgmat_f16${suffix}`, { body: helpers ? `${helpers}\n\n${main}` : main, workgroupSize: [T, 1, 1], dispatch: [tilesN, gy, gz] });
+  return { ...kernel, wgsl: `${ops.directives}\n${kernel.wgsl}` };
+}

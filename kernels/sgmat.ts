@@ -1,0 +1,159 @@
+// Subgroup-matrix (tensor core) primitives for the kernel generators: one interface, two spellings.
+// - native: Dawn's `chromium_experimental_subgroup_matrix` builtins (subgroupMatrixLoad, ...MultiplyAccumulate,
+//   subgroupMatrixStore), used where the device has the feature (NVIDIA with allow_unsafe_apis: f16 inputs, f32
+//   results, 16x16x16 among others; ../shared/docs/webgpu.md).
+// - emulated: machines without a GPU (lavapipe) have no subgroup matrices; a test Target that lists configs without
+//   the feature gets this spelling, so the kernels' tiling, indexing, bounds and epilogues run and are checked
+//   there. A left or right matrix is its offset into the workgroup array it was loaded from (read in place by the
+//   product); a result is a slot of m·n f32s in workgroup memory (`sgm_acc`), where lane l of a subgroup of L owns
+//   elements l, l + L, ... (the kernel has `lane` and `lanes` in scope). No private arrays: LLVM compiled
+//   by-value matrices for minutes. Its product sums k in order with fma: on exact f16 operands it matches a
+//   sequential f32 loop bit for bit.
+// Semantics (gpuweb proposals/subgroup-matrix.md): left is M rows x K columns, right K x N, result M x N; a load
+// or store reads element [r, c] at offset + r·stride + c (row-major, the only layout used here); matrices live in
+// function scope; every call and its operands must be subgroup-uniform (the kernels switch the uniformity
+// diagnostic off because offsets derive from the subgroup's id).
+import type { Target } from '../compiler/codegen/types.js';
+import { u32Lit } from './elementwise.js';
+
+/** The WebGPU feature behind `enable chromium_experimental_subgroup_matrix;` (also runtime/gpu/target.ts). */
+export const SUBGROUP_MATRIX_FEATURE = 'chromium-experimental-subgroup-matrix';
+
+/** An f16-input, f32-result shape the Target's subgroup matrices multiply: [m, k] x [k, n]. */
+export interface SgmatShape {
+  readonly m: number;
+  readonly n: number;
+  readonly k: number;
+}
+
+/**
+ * The f16 x f16 -> f32 config the kernels use on `target`, or undefined: 16x16x16 when listed, else the largest.
+ * Needs shader-f16 (the tiles are f16).
+ */
+export function sgmatShape(target: Target): SgmatShape | undefined {
+  if (!target.features.includes('shader-f16')) return undefined;
+  const fits = target.subgroupMatrixConfigs.filter((c) => c.componentType === 'f16' && c.resultComponentType === 'f32');
+  const square = fits.find((c) => c.M === 16 && c.N === 16 && c.K === 16);
+  const best = square ?? [...fits].sort((a, b) => b.M * b.N * b.K - a.M * a.N * a.K)[0];
+  return best ? { m: best.M, n: best.N, k: best.K } : undefined;
+}
+
+/** Whether `target` runs the builtins (else the kernels emulate them). */
+export const nativeSgmat = (target: Target): boolean => target.features.includes(SUBGROUP_MATRIX_FEATURE) && target.features.includes('subgroups');
+
+/** The WGSL spelling of the subgroup-matrix operations for one kernel. */
+export interface SgmatOps {
+  readonly native: boolean;
+  /** Directives the module starts with. */
+  readonly directives: string;
+  /** Workgroup bytes the spelling adds (the emulated result slots). */
+  readonly workgroupBytes: number;
+  /** A zero result matrix; `slot` (a u32 expression below `slots`) tells the emulation where it lives. */
+  zero(slot: string): string;
+  /** Left [m, k] (row-major at `offset`, row stride `stride`) of the f16 workgroup array `tile`. */
+  loadLeft(tile: string, offset: string, stride: string): string;
+  /** Right [k, n] of `tile`. */
+  loadRight(tile: string, offset: string, stride: string): string;
+  /** left · right + acc. */
+  multiplyAccumulate(left: string, right: string, acc: string): string;
+  /** Statement storing result `value` [m, n] into the f32 workgroup array `tile`. */
+  store(tile: string, offset: string, value: string, stride: string): string;
+  /** A result [m, n] loaded from the f32 workgroup array `tile` (into result slot `slot` when emulated). */
+  loadResult(tile: string, offset: string, stride: string, slot: string): string;
+  /** WGSL types of a left, right and result matrix (to declare a `var` before assigning it in a branch). */
+  readonly leftType: string;
+  readonly rightType: string;
+  readonly resultType: string;
+  /** Module-scope declarations the emulated spelling uses (empty when native). */
+  helpers(): string;
+}
+
+/**
+ * The spelling for a kernel holding `slots` result matrices per workgroup. `prefix` names the emulation's
+ * module-scope helpers and slot array: a kernel whose products read left (or right) matrices from two arrays
+ * uses one spelling per pair of arrays, each with its own prefix (kernels/flash-sgmat.ts).
+ */
+export function sgmatOps(shape: SgmatShape, native: boolean, slots: number, prefix = 'sgm'): SgmatOps {
+  const { m, n, k } = shape;
+  const left = `subgroup_matrix_left<f16, ${k}, ${m}>`;
+  const right = `subgroup_matrix_right<f16, ${n}, ${k}>`;
+  const result = `subgroup_matrix_result<f32, ${n}, ${m}>`;
+  if (native) {
+    return {
+      native,
+      directives: 'enable f16;\nenable subgroups;\nenable chromium_experimental_subgroup_matrix;\ndiagnostic(off, chromium.subgroup_matrix_uniformity);',
+      workgroupBytes: 0,
+      zero: () => `${result}()`,
+      loadLeft: (tile, offset, stride) => `subgroupMatrixLoad<${left}>(&${tile}, ${offset}, false, ${stride})`,
+      loadRight: (tile, offset, stride) => `subgroupMatrixLoad<${right}>(&${tile}, ${offset}, false, ${stride})`,
+      multiplyAccumulate: (l, r, acc) => `subgroupMatrixMultiplyAccumulate(${l}, ${r}, ${acc})`,
+      store: (tile, offset, value, stride) => `subgroupMatrixStore(&${tile}, ${offset}, ${value}, false, ${stride});`,
+      loadResult: (tile, offset, stride) => `subgroupMatrixLoad<${result}>(&${tile}, ${offset}, false, ${stride})`,
+      leftType: left,
+      rightType: right,
+      resultType: result,
+      helpers: () => '',
+    };
+  }
+  const MN = u32Lit(m * n);
+  // The arrays and strides left and right matrices are read from (one of each per kernel).
+  let from: { left?: [string, string]; right?: [string, string] } = {};
+  const source = (kind: 'left' | 'right', tile: string, stride: string) => {
+    const seen = from[kind];
+    if (seen && (seen[0] !== tile || seen[1] !== stride)) throw new Error(`internal: emulated subgroup matrices read ${kind} matrices from ${seen[0]} and ${tile}`);
+    from = { ...from, [kind]: [tile, stride] };
+  };
+  const stores = new Set<string>();
+  const resultLoads = new Set<string>();
+  const P = prefix;
+  const lanesLoop = (body: string) => `for (var e = lane; e < ${MN}; e += lanes) { ${body} }`;
+  return {
+    native,
+    directives: 'enable f16;',
+    workgroupBytes: 4 * slots * m * n,
+    zero: (slot) => `${P}_zero(${slot}, lane, lanes)`,
+    loadLeft: (tile, offset, stride) => (source('left', tile, stride), offset),
+    loadRight: (tile, offset, stride) => (source('right', tile, stride), offset),
+    multiplyAccumulate: (l, r, acc) => `${P}_multiply_accumulate(${l}, ${r}, ${acc}, lane, lanes)`,
+    store: (tile, offset, value, stride) => {
+      stores.add(tile);
+      return `${P}_store_${tile}(${offset}, ${value}, ${stride}, lane, lanes);`;
+    },
+    loadResult: (tile, offset, stride, slot) => {
+      resultLoads.add(tile);
+      return `${P}_load_${tile}(${slot}, ${offset}, ${stride}, lane, lanes)`;
+    },
+    leftType: 'u32',
+    rightType: 'u32',
+    resultType: 'u32',
+    helpers: () => {
+      const [a, sa] = from.left ?? ['tile_a', '1u'];
+      const [b, sb] = from.right ?? ['tile_b', '1u'];
+      return [
+        `var<workgroup> ${P}_acc: array<f32, ${slots * m * n}>;`,
+        `fn ${P}_zero(slot: u32, lane: u32, lanes: u32) -> u32 {\n  ${lanesLoop(`${P}_acc[slot * ${MN} + e] = 0.0f;`)}\n  return slot;\n}`,
+        `fn ${P}_multiply_accumulate(a: u32, b: u32, slot: u32, lane: u32, lanes: u32) -> u32 {
+  ${lanesLoop(`
+    let i = e / ${u32Lit(n)};
+    let j = e % ${u32Lit(n)};
+    var s = ${P}_acc[slot * ${MN} + e];
+    for (var t = 0u; t < unbounded(${u32Lit(k)}); t++) { s = fma(f32(${a}[a + i * ${sa} + t]), f32(${b}[b + t * ${sb} + j]), s); }
+    ${P}_acc[slot * ${MN} + e] = s;
+  `)}
+  return slot;
+}`,
+        ...[...stores].map(
+          (tile) => `fn ${P}_store_${tile}(offset: u32, slot: u32, stride: u32, lane: u32, lanes: u32) {
+  ${lanesLoop(`${tile}[offset + (e / ${u32Lit(n)}) * stride + e % ${u32Lit(n)}] = ${P}_acc[slot * ${MN} + e];`)}
+}`,
+        ),
+        ...[...resultLoads].map(
+          (tile) => `fn ${P}_load_${tile}(slot: u32, offset: u32, stride: u32, lane: u32, lanes: u32) -> u32 {
+  ${lanesLoop(`${P}_acc[slot * ${MN} + e] = ${tile}[offset + (e / ${u32Lit(n)}) * stride + e % ${u32Lit(n)}];`)}
+  return slot;
+}`,
+        ),
+      ].join('\n\n');
+    },
+  };
+}
