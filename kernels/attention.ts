@@ -12,15 +12,19 @@
 //
 // The GPU rules below use flash attention (kernels/flash-forward.ts, kernels/flash-backward.ts) for the
 // forward, attention_lse and attention_grad; the row kernel remains the forward's fallback for head dims
-// whose one-row tiles do not fit workgroup memory.
+// whose one-row tiles do not fit workgroup memory. Where the schedule plans it (compiler/codegen/attention-views.ts),
+// the flash kernels read q, k, v and g in place through views (attentionReads, attentionViewKernels below).
 import type { Kernel, KernelGen } from '../compiler/codegen/types.js';
-import type { Node } from '../compiler/ir/graph.js';
+import type { Graph, Node } from '../compiler/ir/graph.js';
 import { attrNum } from '../compiler/ir/rules/shape.js';
 import { broadcastStrides, dispatchGroups, f32Lit, groupIndexCode, kernelRule, loopBound, makeKernel, u32Lit } from './elementwise.js';
 import { flashBackwardKernel } from './flash-backward.js';
-import { FlashTileError } from './flash-common.js';
+import { FlashTileError, type FlashOperand, type FlashReads } from './flash-common.js';
+import { flashSgmatApplies, flashSgmatForwardKernel } from './flash-sgmat.js';
 import { flashForwardKernel } from './flash-forward.js';
+import { KEPT_FN, memberCode } from './fused.js';
 import { combineCode, treeReduceCode, treeWorkgroup } from './reduce.js';
+import { viewCode, type ViewPlan } from './view.js';
 
 /** Keys per chunk at most (the scores of one chunk live in workgroup memory). */
 export const ATTENTION_CHUNK = 1024;
@@ -138,3 +142,102 @@ export const ATTENTION_GPU_RULES = {
   attention_lse: kernelRule((node, inputs, target) => flashForwardKernel(node, inputs, target)),
   attention_grad: kernelRule((node, inputs, target) => flashBackwardKernel(node, inputs, target)),
 };
+
+// ---------------------------------------------------------------------------------------------- inputs read through views
+
+/**
+ * How an attention-family kernel reads one row operand in place (compiler/codegen/attention-views.ts): a view of
+ * a movement tree (kernels/view.ts), then the prologue: elementwise nodes with scalar constants (q's scaling),
+ * each reading the one before (the first reads the view's root), the last being the operand itself.
+ */
+export interface AttentionOperandPlan {
+  readonly view: ViewPlan;
+  /** In topological order; empty when the view is the operand. */
+  readonly prologue: readonly number[];
+}
+
+/** Per input slot of an attention, attention_lse or attention_grad node: read in place, or from its binding. */
+export type AttentionOperandPlans = readonly (AttentionOperandPlan | undefined)[];
+
+/** The row operands' letters, by input slot (attention_grad's g is the output's cotangent). */
+const OPERAND_LETTERS = ['q', 'k', 'v', 'g'] as const;
+
+/**
+ * The reads of `node` with the planned slots through views: the bindings are the other inputs and the views'
+ * leaves (each once, in slot order), each view a set of WGSL functions of (b, h, row, col). A prologue runs in
+ * a function of its own that returns `kept(value)`: the value the unfused path stores, so the kernel's own
+ * arithmetic on it (·scale) starts from the same bits.
+ */
+export function attentionReads(graph: Graph, node: Node, plans: AttentionOperandPlans): FlashReads {
+  const bound: number[] = [];
+  node.inputs.forEach((x, s) => {
+    for (const id of plans[s]?.view.leaves ?? [x]) if (!bound.includes(id)) bound.push(id);
+  });
+  const binding = (id: number) => `in_${bound.indexOf(id)}`;
+  const helpers: string[] = [];
+  const lib = new Set<string>();
+  const inlined = new Set<number>();
+  const viewed: string[] = [];
+  const prologueOps: string[] = [];
+  const slots = node.inputs.map((x, s): FlashOperand => {
+    const plan = plans[s];
+    if (!plan) return binding(x);
+    const letter = OPERAND_LETTERS[s];
+    if (letter === undefined) throw new Error(`internal: ${node.op} %${node.id} reads input ${s} flat, not through a view`);
+    viewed.push(`_${letter}v`);
+    plan.view.inlined.forEach((id) => inlined.add(id));
+    const code = viewCode(graph, plan.view, `${letter}v`, binding);
+    if (code.helpers) helpers.push(code.helpers);
+    if (plan.prologue.length === 0) return (coords) => code.call(coords);
+    const root = plan.prologue[plan.prologue.length - 1];
+    const members = memberCode(graph, { root, members: [...plan.prologue] }, () => 'x');
+    members.lib.forEach((l) => lib.add(l));
+    plan.prologue.forEach((id) => inlined.add(id));
+    prologueOps.push(...members.ops);
+    const cs = ['c0', 'c1', 'c2', 'c3'];
+    helpers.push([`fn ${letter}_in(${cs.map((c) => `${c}: u32`).join(', ')}) -> f32 {`, `  let x = ${code.call(cs)};`, ...members.lines.map((l) => `  ${l}`), `  return kept(${members.value});`, '}'].join('\n'));
+    return (coords) => `${letter}_in(${coords.join(', ')})`;
+  });
+  if (prologueOps.length) helpers.unshift(KEPT_FN);
+  return {
+    slots,
+    bindings: bound.map((id) => graph.node(id)),
+    helpers: helpers.join('\n\n'),
+    lib: [...lib],
+    inlined: [...inlined].sort((a, b) => a - b),
+    suffix: `${viewed.join('')}${prologueOps.length ? `+${prologueOps.join('_')}` : ''}`,
+  };
+}
+
+/**
+ * The subgroup-matrix (tensor core) forward of an attention node whose q, k and v hold exact f16 values, on a Target
+ * with subgroup matrices where its tiles fit (kernels/flash-sgmat.ts); undefined otherwise. `lse`: the sibling
+ * attention_lse it also writes.
+ */
+export function tensorCoreAttention(graph: Graph, node: Node, target: Target, lse?: Node, reads?: FlashReads): Kernel | undefined {
+  if (!flashSgmatApplies(graph, node, target) || (lse && lse.op !== 'attention_lse')) return undefined;
+  return flashSgmatForwardKernel(node, node.inputs.map((i) => graph.node(i)), target, { lse, reads });
+}
+
+/**
+ * The kernels of an attention-family node whose row operands are read through views (`plans` by node id), with
+ * its sibling's value when it has one (compiler/codegen/fuse.ts, planSiblingOutputs); when the pair's tiles do
+ * not fit, each its own kernel, as the schedule does without views. The planner took only nodes whose own flash
+ * tiles fit.
+ */
+export function attentionViewKernels(graph: Graph, node: Node, sibling: Node | undefined, plans: ReadonlyMap<number, AttentionOperandPlans>, target: Target): Kernel[] {
+  const kernel = (n: Node, second?: Node) => {
+    const inputs = n.inputs.map((i) => graph.node(i));
+    const p = plans.get(n.id);
+    const reads = p ? attentionReads(graph, n, p) : undefined;
+    if (n.op === 'attention_grad') return flashBackwardKernel(n, inputs, target, {}, second, reads);
+    return tensorCoreAttention(graph, n, target, second, reads) ?? flashForwardKernel(n, inputs, target, {}, second, reads);
+  };
+  if (!sibling) return [kernel(node)];
+  try {
+    return [kernel(node, sibling)];
+  } catch (e) {
+    if (e instanceof FlashTileError) return [kernel(node), kernel(sibling)];
+    throw e;
+  }
+}

@@ -15,14 +15,17 @@
 import type { Kernel, Target } from '../compiler/codegen/types.js';
 import type { Node } from '../compiler/ir/graph.js';
 import { attrNum } from '../compiler/ir/rules/shape.js';
-import { dispatchGroups, f32Lit, flatKernel, loopBound, makeKernel, u32Lit } from './elementwise.js';
+import { dispatchGroups, f32Lit, flatKernel, loopBound, u32Lit } from './elementwise.js';
 import {
   accumulateRowsCode,
   attentionGeometry,
+  bindingOf,
   chooseRowTiles,
+  directReads,
   dotCode,
   dotRowsCode,
   EXP_FLASH,
+  flashKernel,
   laneVec4s,
   loadMaskTileCode,
   loadVec4RowCode,
@@ -30,23 +33,27 @@ import {
   maskOffset,
   maskTileFloats,
   ownedRowsPreamble,
+  rowSource,
   storeVec4RowCode,
+  tileSource,
   tileVec4s,
-  touchCode,
+  touchUnread,
   withSecondOutput,
   withSubgroups,
   type AttentionGeometry,
   type FlashCaps,
+  type FlashReads,
   type FlashTiles,
 } from './flash-common.js';
 
-const Q = 'in_0';
-const K = 'in_1';
-const V = 'in_2';
-const G = 'in_3';
-const LSE = 'in_4';
-const DELTA = 'in_5';
-const MASK = 'in_6';
+// Input slots.
+const Q = 0;
+const K = 1;
+const V = 2;
+const G = 3;
+const LSE = 4;
+const DELTA = 5;
+const MASK = 6;
 
 function geometryOf(node: Node, inputs: readonly Node[]): AttentionGeometry {
   const [q, k, v] = inputs;
@@ -74,21 +81,25 @@ export function flashBackwardTiles(node: Node, inputs: readonly Node[], target: 
 
 /**
  * The kernel of an attention_grad node. With `dv` (the wrt-2 node of the same inputs), the wrt-1 node's kernel
- * computes both: dk to out_0 and dv's value to out_1, in one sweep of the queries.
+ * computes both: dk to out_0 and dv's value to out_1, in one sweep of the queries. `reads`: q, k, v, g through
+ * views (compiler/codegen/attention-views.ts) instead of their bindings (not for wrt 3).
  */
-export function flashBackwardKernel(node: Node, inputs: readonly Node[], target: Target, caps: FlashCaps = {}, dv?: Node): Kernel {
+export function flashBackwardKernel(node: Node, inputs: readonly Node[], target: Target, caps: FlashCaps = {}, dv?: Node, reads: FlashReads = directReads(node)): Kernel {
   const wrt = attrNum(node.attrs, 'wrt');
   if (dv) {
     if (wrt !== 1 || dv.op !== 'attention_grad' || attrNum(dv.attrs, 'wrt') !== 2) throw new Error(`internal: %${node.id} (wrt ${wrt}) cannot also write %${dv.id}`);
-    return withSecondOutput(dkdvKernel(node, inputs, target, 'kv', caps), dv, target);
+    return withSecondOutput(dkdvKernel(node, inputs, target, 'kv', caps, reads), dv, target);
   }
-  if (wrt === 3) return logitsGradKernel(node, inputs, target);
-  return wrt === 0 ? dqKernel(node, inputs, target, caps) : dkdvKernel(node, inputs, target, wrt === 1 ? 'k' : 'v', caps);
+  if (wrt === 3) {
+    if (reads.bindings) throw new Error(`internal: attention_grad %${node.id} (wrt 3) reads its inputs flat, not through views`);
+    return logitsGradKernel(node, inputs, target);
+  }
+  return wrt === 0 ? dqKernel(node, inputs, target, caps, reads) : dkdvKernel(node, inputs, target, wrt === 1 ? 'k' : 'v', caps, reads);
 }
 
 /** WGSL: `s += mask[...]` for the (b, h, query, key) given, or nothing without a mask. */
 function maskAddCode(g: AttentionGeometry, i: string, j: string, indent: string): string {
-  return g.maskStrides ? `\n${indent}s += ${MASK}[${maskOffset(g.maskStrides, 'b', 'h', i, j)}];` : '';
+  return g.maskStrides ? `\n${indent}s += in_${MASK}[${maskOffset(g.maskStrides, 'b', 'h', i, j)}];` : '';
 }
 
 /** WGSL: `s<r>_<c> += mt[...]`, the mask's tile entry of owned row r and swept row c, or nothing without a mask. */
@@ -104,8 +115,9 @@ function maskAddRowsCode(g: AttentionGeometry, t: FlashTiles, owned: readonly nu
  * and sweeps the key tiles: dS_c = P_c·(g·v_c − δ) with P_c = e^{q·k_c [+ mask] − lse}, then
  * dq += Σ_c dS_c·k_c; finally ·scale.
  */
-function dqKernel(node: Node, inputs: readonly Node[], target: Target, caps: FlashCaps): Kernel {
+function dqKernel(node: Node, inputs: readonly Node[], target: Target, caps: FlashCaps, reads: FlashReads): Kernel {
   const g = geometryOf(node, inputs);
+  const [lse, delta, mask] = [LSE, DELTA, MASK].map((s) => (s < node.inputs.length ? bindingOf(reads, s) : ''));
   const tiles = flashBackwardTiles(node, inputs, target, caps);
   const { sweep: BC, rows: RM, split, workgroup: WG } = tiles;
   const DS = tileVec4s(g.D, split);
@@ -119,13 +131,13 @@ function dqKernel(node: Node, inputs: readonly Node[], target: Target, caps: Fla
   const each = (f: (r: number) => string) => owned.map(f).join('\n');
   const rowBase = (r: number, D: number) => `(bh * ${U(g.Sq)} + i${r}) * ${U(D)}`;
   const ms = g.maskStrides;
-  const rowStart = (r: number) => `${loadVec4RowCode(target, `q${r}`, Q, rowBase(r, g.D), `row_ok${r}`, g.D, f32Lit(g.scale), split)}
-${loadVec4RowCode(target, `g${r}`, G, rowBase(r, g.Dv), `row_ok${r}`, g.Dv, undefined, split)}
+  const rowStart = (r: number) => `${loadVec4RowCode(target, `q${r}`, rowSource(reads, Q, `i${r}`), rowBase(r, g.D), `row_ok${r}`, g.D, f32Lit(g.scale), split)}
+${loadVec4RowCode(target, `g${r}`, rowSource(reads, G, `i${r}`), rowBase(r, g.Dv), `row_ok${r}`, g.Dv, undefined, split)}
   var lse${r} = 0.0f;
   var del${r} = 0.0f;
   if (row_ok${r}) {
-    lse${r} = ${LSE}[bh * ${U(g.Sq)} + i${r}];
-    del${r} = ${DELTA}[bh * ${U(g.Sq)} + i${r}];
+    lse${r} = ${lse}[bh * ${U(g.Sq)} + i${r}];
+    del${r} = ${delta}[bh * ${U(g.Sq)} + i${r}];
   }
   var acc${r}: array<vec4f, ${laneVec4s(g.D, split)}>;`;
   const body = `${EXP_FLASH}
@@ -141,8 +153,8 @@ ${each(rowStart)}
   for (var j0 = 0u; j0 < ${loopBound(g.Sk, target)}; j0 += ${U(BC)}) {
     workgroupBarrier();
     let k_valid = min(${U(BC)}, ${U(g.Sk)} - j0);
-${loadVec4TileCode(target, 'kt', K, `(bh * ${U(g.Sk)} + j0) * ${U(g.D)}`, 'k_valid', BC, g.D, WG, undefined, DS)}
-${loadVec4TileCode(target, 'vt', V, `(bh * ${U(g.Sk)} + j0) * ${U(g.Dv)}`, 'k_valid', BC, g.Dv, WG, undefined, VS)}${ms ? `\n${loadMaskTileCode(target, MASK, tiles.own, BC, WG, 'own_valid', 'k_valid', (o, c) => maskOffset(ms, 'b', 'h', `own0 + ${o}`, `j0 + ${c}`))}` : ''}
+${loadVec4TileCode(target, 'kt', tileSource(reads, K, 'j0'), `(bh * ${U(g.Sk)} + j0) * ${U(g.D)}`, 'k_valid', BC, g.D, WG, undefined, DS)}
+${loadVec4TileCode(target, 'vt', tileSource(reads, V, 'j0'), `(bh * ${U(g.Sk)} + j0) * ${U(g.Dv)}`, 'k_valid', BC, g.Dv, WG, undefined, VS)}${ms ? `\n${loadMaskTileCode(target, mask, tiles.own, BC, WG, 'own_valid', 'k_valid', (o, c) => maskOffset(ms, 'b', 'h', `own0 + ${o}`, `j0 + ${c}`))}` : ''}
     workgroupBarrier();
 ${dotRowsCode(target, 's', owned.map((r) => `q${r}`), 'kt', DS, BC, split)}
 ${dotRowsCode(target, 'dp', owned.map((r) => `g${r}`), 'vt', VS, BC, split)}
@@ -151,7 +163,7 @@ ${accumulateRowsCode(target, owned.map((r) => `acc${r}`), 'kt', DS, BC, (c, r) =
   }
 ${each((r) => `  if (row_ok${r}) {\n${storeVec4RowCode(target, 'out_0', rowBase(r, g.D), `acc${r}`, g.D, (x) => `${x} * ${f32Lit(g.scale)}`, split)}\n  }`)}
 }`;
-  return withSubgroups(makeKernel(node, inputs, target, { name: 'attention_grad_q_flash_f32', body, workgroupSize: [WG, 1, 1], dispatch }), split);
+  return withSubgroups(flashKernel(node, inputs, target, reads, { name: 'attention_grad_q_flash_f32', body, workgroupSize: [WG, 1, 1], dispatch }), split);
 }
 
 /**
@@ -162,8 +174,9 @@ ${each((r) => `  if (row_ok${r}) {\n${storeVec4RowCode(target, 'out_0', rowBase(
  * so `kv` equals the two kernels bit for bit where their rows are split alike (always on software adapters; on
  * hardware the lighter kernels may split less, which changes the order of the dot products' sums).
  */
-function dkdvKernel(node: Node, inputs: readonly Node[], target: Target, which: 'k' | 'v' | 'kv', caps: FlashCaps): Kernel {
+function dkdvKernel(node: Node, inputs: readonly Node[], target: Target, which: 'k' | 'v' | 'kv', caps: FlashCaps, reads: FlashReads): Kernel {
   const g = geometryOf(node, inputs);
+  const [lse, delta, mask] = [LSE, DELTA, MASK].map((s) => (s < node.inputs.length ? bindingOf(reads, s) : ''));
   const tiles = flashBackwardTiles(node, inputs, target, caps, which === 'kv');
   const { sweep: BQ, rows: RM, split, workgroup: WG } = tiles;
   const dk = which !== 'v';
@@ -182,8 +195,8 @@ function dkdvKernel(node: Node, inputs: readonly Node[], target: Target, which: 
   const outs = [...(dk ? [{ acc: 'acc_k', D: g.D }] : []), ...(dv ? [{ acc: 'acc_v', D: g.Dv }] : [])];
   const rowStart = (r: number) =>
     [
-      loadVec4RowCode(target, `k${r}`, K, keyBase(r, g.D), `key_ok${r}`, g.D, undefined, split),
-      ...(dk ? [loadVec4RowCode(target, `v${r}`, V, keyBase(r, g.Dv), `key_ok${r}`, g.Dv, undefined, split)] : []),
+      loadVec4RowCode(target, `k${r}`, rowSource(reads, K, `j${r}`), keyBase(r, g.D), `key_ok${r}`, g.D, undefined, split),
+      ...(dk ? [loadVec4RowCode(target, `v${r}`, rowSource(reads, V, `j${r}`), keyBase(r, g.Dv), `key_ok${r}`, g.Dv, undefined, split)] : []),
       ...outs.map((o) => `  var ${o.acc}${r}: array<vec4f, ${laneVec4s(o.D, split)}>;`),
     ].join('\n');
   const scores = (r: number) =>
@@ -200,20 +213,20 @@ ${dk ? `var<workgroup> del_t: array<f32, ${BQ}>;\n` : ''}${ms ? `var<workgroup> 
 // d${which}: ${RM} key row(s) per ${split > 1 ? `${split} invocations` : 'invocation'}, ${tiles.own} rows per workgroup, ${BQ} queries per tile.
 @compute @workgroup_size(${WG}, 1, 1)
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid: u32) {
-${dk ? '' : `${touchCode([V, DELTA])}\n`}${ownedRowsPreamble(groups, dispatch, kTiles, tiles, g.H, g.Sk, 'j', 'key_ok', ms !== undefined)}
+${dk ? '' : `${touchUnread(reads, [V, DELTA])}\n`}${ownedRowsPreamble(groups, dispatch, kTiles, tiles, g.H, g.Sk, 'j', 'key_ok', ms !== undefined)}
 ${each(rowStart)}
   for (var i0 = 0u; i0 < ${loopBound(g.Sq, target)}; i0 += ${U(BQ)}) {
     workgroupBarrier();
     let q_valid = min(${U(BQ)}, ${U(g.Sq)} - i0);
-${loadVec4TileCode(target, 'qt', Q, `(bh * ${U(g.Sq)} + i0) * ${U(g.D)}`, 'q_valid', BQ, g.D, WG, f32Lit(g.scale), DS)}
-${loadVec4TileCode(target, 'gt', G, `(bh * ${U(g.Sq)} + i0) * ${U(g.Dv)}`, 'q_valid', BQ, g.Dv, WG, undefined, VS)}
+${loadVec4TileCode(target, 'qt', tileSource(reads, Q, 'i0'), `(bh * ${U(g.Sq)} + i0) * ${U(g.D)}`, 'q_valid', BQ, g.D, WG, f32Lit(g.scale), DS)}
+${loadVec4TileCode(target, 'gt', tileSource(reads, G, 'i0'), `(bh * ${U(g.Sq)} + i0) * ${U(g.Dv)}`, 'q_valid', BQ, g.Dv, WG, undefined, VS)}
     for (var x = lid; x < ${U(BQ)}; x += ${U(WG)}) {
       var st = 0.0f;${dk ? '\n      var dt = 0.0f;' : ''}
       if (x < q_valid) {
-        st = ${LSE}[bh * ${U(g.Sq)} + i0 + x];${dk ? `\n        dt = ${DELTA}[bh * ${U(g.Sq)} + i0 + x];` : ''}
+        st = ${lse}[bh * ${U(g.Sq)} + i0 + x];${dk ? `\n        dt = ${delta}[bh * ${U(g.Sq)} + i0 + x];` : ''}
       }
       lse_t[x] = st;${dk ? '\n      del_t[x] = dt;' : ''}
-    }${ms ? `\n${loadMaskTileCode(target, MASK, tiles.own, BQ, WG, 'own_valid', 'q_valid', (o, c) => maskOffset(ms, 'b', 'h', `i0 + ${c}`, `own0 + ${o}`))}` : ''}
+    }${ms ? `\n${loadMaskTileCode(target, mask, tiles.own, BQ, WG, 'own_valid', 'q_valid', (o, c) => maskOffset(ms, 'b', 'h', `i0 + ${c}`, `own0 + ${o}`))}` : ''}
     workgroupBarrier();
 ${dotRowsCode(target, 's', owned.map((r) => `k${r}`), 'qt', DS, BQ, split)}
 ${dk ? dotRowsCode(target, 'dp', owned.map((r) => `v${r}`), 'gt', VS, BQ, split) : ''}
@@ -223,7 +236,7 @@ ${dv ? accumulateRowsCode(target, owned.map((r) => `acc_v${r}`), 'gt', VS, BQ, (
   }
 ${each((r) => `  if (key_ok${r}) {\n${outs.map((o, k) => storeVec4RowCode(target, `out_${k}`, keyBase(r, o.D), `${o.acc}${r}`, o.D, undefined, split)).join('\n')}\n  }`)}
 }`;
-  return withSubgroups(makeKernel(node, inputs, target, { name: `attention_grad_${which}_flash_f32`, body, workgroupSize: [WG, 1, 1], dispatch }), split);
+  return withSubgroups(flashKernel(node, inputs, target, reads, { name: `attention_grad_${which}_flash_f32`, body, workgroupSize: [WG, 1, 1], dispatch }), split);
 }
 
 /** wrt 3: dS = P·(dP − δ) over [B, H, Sq, Sk], one invocation per element. */
@@ -236,10 +249,10 @@ function logitsGradKernel(node: Node, inputs: readonly Node[], target: Target): 
     let bh = row / ${U(g.Sq)};
     let h = bh % ${U(g.H)};
     let b = bh / ${U(g.H)};
-${dotCode(target, 'qk', Q, `row * ${U(g.D)}`, K, `(bh * ${U(g.Sk)} + j) * ${U(g.D)}`, g.D, '    ')}
+${dotCode(target, 'qk', `in_${Q}`, `row * ${U(g.D)}`, `in_${K}`, `(bh * ${U(g.Sk)} + j) * ${U(g.D)}`, g.D, '    ')}
     var s = qk * ${f32Lit(g.scale)};${maskAddCode(g, 'qi', 'j', '    ')}
-    let p = exp_f32(s - ${LSE}[row]);
-${dotCode(target, 'dp', G, `row * ${U(g.Dv)}`, V, `(bh * ${U(g.Sk)} + j) * ${U(g.Dv)}`, g.Dv, '    ')}
-    out_0[i] = p * (dp - ${DELTA}[row]);`;
+    let p = exp_f32(s - in_${LSE}[row]);
+${dotCode(target, 'dp', `in_${G}`, `row * ${U(g.Dv)}`, `in_${V}`, `(bh * ${U(g.Sk)} + j) * ${U(g.Dv)}`, g.Dv, '    ')}
+    out_0[i] = p * (dp - in_${DELTA}[row]);`;
   return flatKernel(node, inputs, target, 'attention_grad_logits_f32', body, { lib: ['exp_f32'] });
 }

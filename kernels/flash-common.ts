@@ -12,7 +12,7 @@
 import type { Kernel, Target } from '../compiler/codegen/types.js';
 import type { Node } from '../compiler/ir/graph.js';
 import { attrNum } from '../compiler/ir/rules/shape.js';
-import { broadcastStrides, groupIndexCode, loopBound, u32Lit, unboundedLoop, withOutput, EXP_POLY } from './elementwise.js';
+import { broadcastStrides, groupIndexCode, loopBound, makeKernel, u32Lit, unboundedLoop, withOutput, EXP_POLY, type KernelParts } from './elementwise.js';
 import { floorPow2 } from './reduce.js';
 
 export class FlashTileError extends Error {}
@@ -114,6 +114,74 @@ export function touchCode(names: readonly string[], indent = '  '): string {
 /** `kernel` also writing `out_1` (bound after out_0) with the value of `node`. */
 export function withSecondOutput(kernel: Kernel, node: Node, target: Target): Kernel {
   return withOutput(kernel, node, target, (message) => new FlashTileError(message));
+}
+
+// ------------------------------------------------------------------ how a kernel reads its inputs
+
+/**
+ * How a flash kernel reads one input: its binding's name (row-major, indexed from a row's base offset), or, for
+ * the [B, H, S, D] row operands (q, k, v, g), the WGSL of element [b, h, row, col] through a view
+ * (compiler/codegen/attention-views.ts: a movement tree read in place, maybe with a scalar prologue).
+ */
+export type FlashOperand = string | ((coords: readonly string[]) => string);
+
+/** How a flash kernel reads its inputs and what it binds. */
+export interface FlashReads {
+  /** Per input slot of the node. */
+  readonly slots: readonly FlashOperand[];
+  /** The storage bound, in binding order, when it is not the node's inputs (views bind their leaves). */
+  readonly bindings?: readonly Node[];
+  /** Module-scope WGSL: the views' functions. */
+  readonly helpers: string;
+  readonly lib: readonly string[];
+  /** IR nodes the reads compute in place (view ops, prologues). */
+  readonly inlined: readonly number[];
+  /** Appended to the kernel's name (which slots are read through views). */
+  readonly suffix: string;
+}
+
+/** The plain reads: input slot i is binding `in_<i>`. */
+export function directReads(node: Node): FlashReads {
+  return { slots: node.inputs.map((_, i) => `in_${i}`), helpers: '', lib: [], inlined: [], suffix: '' };
+}
+
+/** The binding name of input `slot`, which the kernel reads with flat offsets (lse, δ, the mask). */
+export function bindingOf(reads: FlashReads, slot: number): string {
+  const s = reads.slots[slot];
+  if (typeof s !== 'string') throw new Error(`internal: flash input ${slot} is read through a view, but the kernel reads it flat`);
+  return s;
+}
+
+/** Reads one row of a row operand: the binding, or element `col` of row `row` of the (b, h) through the view. */
+export type RowSource = string | ((col: string) => string);
+/** Reads a tile of a row operand: the binding, or element `col` of the tile's row `row` through the view. */
+export type TileSource = string | ((row: string, col: string) => string);
+
+/** The source of row `row` (a WGSL u32) of row operand `slot`, for the current (b, h). */
+export function rowSource(reads: FlashReads, slot: number, row: string): RowSource {
+  const s = reads.slots[slot];
+  return typeof s === 'string' ? s : (col) => s(['b', 'h', row, col]);
+}
+
+/** The source of the tile of row operand `slot` whose first row is `row0`, for the current (b, h). */
+export function tileSource(reads: FlashReads, slot: number, row0: string): TileSource {
+  const s = reads.slots[slot];
+  return typeof s === 'string' ? s : (row, col) => s(['b', 'h', `${row0} + ${row}`, col]);
+}
+
+/** WGSL: keeps the bindings of the slots a kernel does not read (every binding when views rebind them). */
+export function touchUnread(reads: FlashReads, slots: readonly number[], indent = '  '): string {
+  const names = reads.bindings ? reads.bindings.map((_, i) => `in_${i}`) : slots.map((s) => bindingOf(reads, s));
+  return touchCode(names, indent);
+}
+
+/** makeKernel for a flash kernel: binds what `reads` binds, with its helpers, library and name suffix. */
+export function flashKernel(node: Node, inputs: readonly Node[], target: Target, reads: FlashReads, parts: KernelParts): Kernel {
+  if (!reads.bindings) return makeKernel(node, inputs, target, parts);
+  const bound: Node = { ...node, inputs: reads.bindings.map((n) => n.id) };
+  const body = reads.helpers ? `${reads.helpers}\n\n${parts.body}` : parts.body;
+  const k = makeKernel(bound, reads.bindings, target, { ...parts, body, name: `${parts.name}${reads.suffix}`.slice(0, 96), lib: [...(parts.lib ?? []), ...reads.lib] });
+  return { ...k, nodes: [...reads.inlined, ...k.nodes] };
 }
 
 // ------------------------------------------------------------------ row-per-invocation layout (vec4 tiles)
@@ -232,6 +300,9 @@ export const laneVec4s = (cols: number, split: number): number => Math.ceil(vec4
 /** vec4s per row of a tile in workgroup memory: padded with zeros to a whole share for each of `split` lanes. */
 export const tileVec4s = (cols: number, split: number): number => split * laneVec4s(cols, split);
 
+/** The column of component e of the vec4 whose first column is `c`. */
+const colOf = (e: number): string => (e === 0 ? 'c' : `c + ${u32Lit(e)}`);
+
 /** The WGSL statements filling `v` (x, y, z, w) from `src` at `at`, `c` being the row's column of x, for a row of `cols`. */
 function componentsCode(cols: number, stride: number, assign: (comp: string, e: number) => string, indent: string): string[] {
   // Columns past `cols` (the last vec4's tail, the padding of split rows) stay zero.
@@ -241,22 +312,23 @@ function componentsCode(cols: number, stride: number, assign: (comp: string, e: 
 
 /**
  * WGSL: loads `rows` rows of `cols` values (row-major, from element `base` of `src`) into the vec4 array `dst`
- * (`stride` vec4s per row, the tail zero-padded); rows at or past `valid` are zeros. Multiplied by `scale` when
- * given. Invocation `lid` of `workgroup` fills vec4s lid, lid + workgroup, …: neighbours read neighbouring
- * values (coalesced) and each writes one whole vec4.
+ * (`stride` vec4s per row, the tail zero-padded), or through a view (`src` a function; `base` unused); rows at or
+ * past `valid` are zeros. Multiplied by `scale` when given. Invocation `lid` of `workgroup` fills vec4s lid,
+ * lid + workgroup, …: neighbours read neighbouring values (coalesced) and each writes one whole vec4.
  */
-export function loadVec4TileCode(target: Target, dst: string, src: string, base: string, valid: string, rows: number, cols: number, workgroup: number, scale?: string, stride = vec4s(cols), indent = '    '): string {
+export function loadVec4TileCode(target: Target, dst: string, src: TileSource, base: string, valid: string, rows: number, cols: number, workgroup: number, scale?: string, stride = vec4s(cols), indent = '    '): string {
   if (cols === 0) return '';
   const U = u32Lit;
   const sc = scale ? ` * ${scale}` : '';
+  const read = (e: number) => (typeof src === 'string' ? `${src}[at + ${U(e)}]` : src('row', colOf(e)));
   return [
     `for (var x = lid; x < ${loopBound(rows * stride, target)}; x += ${U(workgroup)}) {`,
     `  let row = x / ${U(stride)};`,
     `  let c = (x % ${U(stride)}) * 4u;`,
     `  var val = vec4f(0.0f);`,
     `  if (row < ${valid}) {`,
-    `    let at = ${base} + row * ${U(cols)} + c;`,
-    ...componentsCode(cols, stride, (x, e) => `val.${x} = ${src}[at + ${U(e)}]${sc};`, '    '),
+    ...(typeof src === 'string' ? [`    let at = ${base} + row * ${U(cols)} + c;`] : []),
+    ...componentsCode(cols, stride, (x, e) => `val.${x} = ${read(e)}${sc};`, '    '),
     `  }`,
     `  ${dst}[x] = val;`,
     `}`,
@@ -273,19 +345,20 @@ function laneLoop(target: Target, cols4: number, split: number): string[] {
 
 /**
  * WGSL: `var <dst>: array<vec4f, …>` holding this lane's vec4s of the row of `cols` values from element `base` of
- * `src` (zeros when not `ok`, and past the row).
+ * `src`, or through a view (`src` a function; `base` unused); zeros when not `ok`, and past the row.
  */
-export function loadVec4RowCode(target: Target, dst: string, src: string, base: string, ok: string, cols: number, scale?: string, split = 1, indent = '  '): string {
+export function loadVec4RowCode(target: Target, dst: string, src: RowSource, base: string, ok: string, cols: number, scale?: string, split = 1, indent = '  '): string {
   const U = u32Lit;
   const sc = scale ? ` * ${scale}` : '';
+  const read = (e: number) => (typeof src === 'string' ? `${src}[at + ${U(e)}]` : src(colOf(e)));
   return [
     `var ${dst}: array<vec4f, ${laneVec4s(cols, split)}>;`,
     `if (${ok}) {`,
     ...laneLoop(target, vec4s(cols), split).map((l) => `  ${l}`),
     `    let c = t * 4u;`,
-    `    let at = ${base} + c;`,
+    ...(typeof src === 'string' ? [`    let at = ${base} + c;`] : []),
     `    var v = vec4f(0.0f);`,
-    ...componentsCode(cols, tileVec4s(cols, split), (x, e) => `v.${x} = ${src}[at + ${U(e)}]${sc};`, '    '),
+    ...componentsCode(cols, tileVec4s(cols, split), (x, e) => `v.${x} = ${read(e)}${sc};`, '    '),
     `    ${dst}[u] = v;`,
     `  }`,
     `}`,

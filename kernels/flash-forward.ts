@@ -15,13 +15,16 @@
 // Fixed-order sums: bitwise repeatable.
 import type { Kernel, Target } from '../compiler/codegen/types.js';
 import type { Node } from '../compiler/ir/graph.js';
-import { dispatchGroups, f32Lit, loopBound, makeKernel, u32Lit } from './elementwise.js';
+import { dispatchGroups, f32Lit, loopBound, u32Lit } from './elementwise.js';
 import {
   accumulateRowsCode,
   attentionGeometry,
+  bindingOf,
   chooseRowTiles,
+  directReads,
   dotRowsCode,
   EXP_FLASH,
+  flashKernel,
   laneVec4s,
   loadMaskTileCode,
   loadVec4RowCode,
@@ -29,11 +32,14 @@ import {
   maskOffset,
   maskTileFloats,
   ownedRowsPreamble,
+  rowSource,
   storeVec4RowCode,
+  tileSource,
   tileVec4s,
   withSecondOutput,
   withSubgroups,
   type FlashCaps,
+  type FlashReads,
   type FlashTiles,
 } from './flash-common.js';
 import { combineCode } from './reduce.js';
@@ -55,15 +61,16 @@ export function flashForwardTiles(node: Node, inputs: readonly Node[], target: T
 /**
  * The kernel of an `attention` node (inputs q, k, v, [mask]) or an `attention_lse` node (q, k, [mask]). With
  * `lse` (an attention_lse node of the same q, k, mask and scale), the attention kernel also writes that node's
- * value, the m + ln l it has at the end anyway: the backward needs no sweep of its own for it.
+ * value, the m + ln l it has at the end anyway: the backward needs no sweep of its own for it. `reads`: q, k, v
+ * through views (compiler/codegen/attention-views.ts) instead of their bindings.
  */
-export function flashForwardKernel(node: Node, inputs: readonly Node[], target: Target, caps: FlashCaps = {}, lse?: Node): Kernel {
+export function flashForwardKernel(node: Node, inputs: readonly Node[], target: Target, caps: FlashCaps = {}, lse?: Node, reads: FlashReads = directReads(node)): Kernel {
   const lseOnly = node.op === 'attention_lse';
   if (lse && (lseOnly || lse.op !== 'attention_lse')) throw new Error(`internal: %${node.id} ${node.op} cannot also write %${lse.id} ${lse.op}`);
   const [q, k] = inputs;
   const v = lseOnly ? undefined : inputs[2];
   const mask = lseOnly ? inputs[2] : inputs[3];
-  const maskName = lseOnly ? 'in_2' : 'in_3';
+  const maskName = mask ? bindingOf(reads, lseOnly ? 2 : 3) : '';
   const g = attentionGeometry(node, q, k, v, mask);
   const tiles = flashForwardTiles(node, inputs, target, caps);
   const { own: BR, sweep: BC, rows: RM, split, workgroup: WG } = tiles;
@@ -106,7 +113,7 @@ ${keys.map((c) => `    let p${r}_${c} = select(exp_flash(s${r}_${c} - mn${r}), 0
     lseOnly ? storeLse(r, 'out_0') : `${storeVec4RowCode(target, 'out_0', rowBase(r, g.Dv), `acc${r}`, g.Dv, (x) => `${x} / l${r}`, split)}${lse ? `\n${storeLse(r, 'out_1')}` : ''}`;
   const rowStart = (r: number) =>
     [
-      loadVec4RowCode(target, `q${r}`, 'in_0', rowBase(r, g.D), `row_ok${r}`, g.D, f32Lit(g.scale), split),
+      loadVec4RowCode(target, `q${r}`, rowSource(reads, 0, `i${r}`), rowBase(r, g.D), `row_ok${r}`, g.D, f32Lit(g.scale), split),
       `  var m${r} = ${NEG_INF};`,
       `  var l${r} = 0.0f;`,
       ...(lseOnly ? [] : [`  var acc${r}: array<vec4f, ${laneVec4s(g.Dv, split)}>;`]),
@@ -124,8 +131,8 @@ ${each(rowStart)}
   for (var j0 = 0u; j0 < ${loopBound(g.Sk, target)}; j0 += ${U(BC)}) {
     workgroupBarrier();
     let k_valid = min(${U(BC)}, ${U(g.Sk)} - j0);
-${loadVec4TileCode(target, 'kt', 'in_1', `(bh * ${U(g.Sk)} + j0) * ${U(g.D)}`, 'k_valid', BC, g.D, WG, undefined, DS)}
-${lseOnly ? '' : loadVec4TileCode(target, 'vt', 'in_2', `(bh * ${U(g.Sk)} + j0) * ${U(g.Dv)}`, 'k_valid', BC, g.Dv, WG, undefined, VS)}${loadMask}
+${loadVec4TileCode(target, 'kt', tileSource(reads, 1, 'j0'), `(bh * ${U(g.Sk)} + j0) * ${U(g.D)}`, 'k_valid', BC, g.D, WG, undefined, DS)}
+${lseOnly ? '' : loadVec4TileCode(target, 'vt', tileSource(reads, 2, 'j0'), `(bh * ${U(g.Sk)} + j0) * ${U(g.Dv)}`, 'k_valid', BC, g.Dv, WG, undefined, VS)}${loadMask}
     workgroupBarrier();
 ${dotRowsCode(target, 's', owned.map((r) => `q${r}`), 'kt', DS, BC, split)}
 ${each(softmax)}
@@ -147,6 +154,6 @@ ${
 ${each((r) => `  if (row_ok${r}) {\n${store(r)}\n  }`)}
 }`;
   const name = lseOnly ? 'attention_lse_flash_f32' : lse ? 'attention_flash_lse_f32' : 'attention_flash_f32';
-  const kernel = withSubgroups(makeKernel(node, inputs, target, { name, body, workgroupSize: [WG, 1, 1], dispatch, lib: ['is_nan', ...(lseOnly || lse ? ['log_f32'] : [])] }), split);
+  const kernel = withSubgroups(flashKernel(node, inputs, target, reads, { name, body, workgroupSize: [WG, 1, 1], dispatch, lib: ['is_nan', ...(lseOnly || lse ? ['log_f32'] : [])] }), split);
   return lse ? withSecondOutput(kernel, lse, target) : kernel;
 }

@@ -18,6 +18,8 @@ import { reducePrologueKernel } from '../../kernels/reduce.js';
 import { rowEpilogueKernel, rowProductKernel } from '../../kernels/row.js';
 import { halfStorageKernel } from '../../kernels/half-storage.js';
 import { halfBindings, planHalfStorage } from './half.js';
+import { planAttentionViews } from './attention-views.js';
+import { attentionViewKernels, tensorCoreAttention } from '../../kernels/attention.js';
 
 export type ValueKind = 'input' | 'param' | 'output' | 'temp';
 
@@ -58,6 +60,8 @@ export interface ScheduleOptions {
   readonly secondProducts?: boolean;
   /** Fused kernels read movement ops among their inputs in place (default true, with `fuse`; planViewReads). */
   readonly views?: boolean;
+  /** Attention kernels read q, k, v movement trees (and q's scaling) in place (default true, with `views`; compiler/codegen/attention-views.ts). */
+  readonly attentionViews?: boolean;
   /** Store exact-f16 values as f16 where the target has shader-f16 (default true; compiler/codegen/half.ts). */
   readonly halfStorage?: boolean;
 }
@@ -101,6 +105,9 @@ export function schedule(graph: Graph, target: Target, rules: { readonly [op: st
   const leaf = (id: number) => kinds.get(id) === 'input' || kinds.get(id) === 'param';
   const rowProducts = opts.fuse === false || opts.epilogues === false || opts.secondProducts === false ? new Map<number, RowProductPlan>() : planRowProducts(graph, live, outputNodes, rowKernels, [...groupOf.values()], taken, (id, before) => leaf(id) || (id < before && !absorbed.has(id)), maxInputs, target);
   for (const p of rowProducts.values()) for (const id of [p.matmul, ...(p.group?.members ?? [])]) absorbed.add(id);
+  // Attention kernels read q, k, v (and q's scaling) in place (compiler/codegen/attention-views.ts).
+  const attn = planAttentionViews(graph, live, outputNodes, absorbed, siblingOf, groups, target, opts.fuse !== false && opts.views !== false && opts.attentionViews !== false);
+  for (const id of attn.computed) absorbed.add(id);
   // Fused kernels read movement ops among their inputs in place (views), and so does a lone elementwise node
   // that reads one (it becomes a group of one).
   const members = new Set([...groups.flatMap((g) => g.members), ...inPrologue]);
@@ -118,6 +125,7 @@ export function schedule(graph: Graph, target: Target, rules: { readonly [op: st
     ...[...rowProducts.values()].map((p) => ({ readers: [p.matmul], plans: [p.b] })),
     ...[...viewReads].map(([root, m]) => ({ readers: groupOf.get(root)!.members, plans: [...m.values()] })),
     ...[...operandPlans].map(([mm, v]) => ({ readers: [mm], plans: v.filter((p): p is ViewPlan => p !== undefined) })),
+    ...attn.inPlace,
   ];
   const viewed = new Map<number, Set<number>>(); // reader → the constants it reads in place
   for (const { readers: rs, plans } of inPlace) {
@@ -154,6 +162,7 @@ export function schedule(graph: Graph, target: Target, rules: { readonly [op: st
     if (rowProduct) push(rowProductKernel(graph, rowKernels.get(node.id)!.row, group, rowProduct, target, views));
     else if (group) push(group.matmul !== undefined ? matmulEpilogueKernel(graph, group, target, undefined, transposed.get(group.matmul), seconds.get(group.root), views, operandViews(graph, operandPlans.get(group.matmul))) : group.row !== undefined ? rowEpilogueKernel(graph, group, target, views) : fusedKernel(graph, group, target, views));
     else if (prologue) push(reducePrologueKernel(graph, node, prologue, target));
+    else if (attn.plans.has(node.id)) attentionViewKernels(graph, node, siblingOf.has(node.id) ? graph.node(siblingOf.get(node.id)!) : undefined, attn.plans, target).forEach(push);
     else if (halfLeafCast(node.id)) aliases.set(node.id, root(node.inputs[0]));
     else {
       const rule = rules[node.op];
@@ -167,7 +176,7 @@ export function schedule(graph: Graph, target: Target, rules: { readonly [op: st
       // A matmul's variant depends on its operands in the graph (exact f16 values: subgroup matrices).
       if (node.op === 'matmul') push(matmulKernel(node, inputs, target, graphMatmulVariant(graph, node, target), undefined, reads, opViews));
       else if (sibling !== undefined) withSibling(node, graph.node(sibling), graph, target, rules).forEach(push);
-      else push(rule.gen(node, inputs, target));
+      else push((node.op === 'attention' ? tensorCoreAttention(graph, node, target) : undefined) ?? rule.gen(node, inputs, target));
     }
   }
 
@@ -216,7 +225,8 @@ function withSibling(node: Node, sibling: Node, graph: Graph, target: Target, ru
     return rule.gen(n, inputsOf(n), target);
   };
   try {
-    return [node.op === 'attention' ? flashForwardKernel(node, inputsOf(node), target, {}, sibling) : flashBackwardKernel(node, inputsOf(node), target, {}, sibling)];
+    if (node.op === 'attention') return [tensorCoreAttention(graph, node, target, sibling) ?? flashForwardKernel(node, inputsOf(node), target, {}, sibling)];
+    return [flashBackwardKernel(node, inputsOf(node), target, {}, sibling)];
   } catch (e) {
     if (e instanceof FlashTileError) return [gen(node), gen(sibling)];
     throw e;

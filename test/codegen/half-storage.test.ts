@@ -9,10 +9,8 @@ import { halfBindings, exactHalfValues, planHalfStorage } from '../../compiler/c
 import { schedule } from '../../compiler/codegen/schedule.js';
 import { PORTABLE_TARGET, type Kernel, type Target } from '../../compiler/codegen/types.js';
 import { Builder } from '../../compiler/ir/builder.js';
-import { numel, type Graph } from '../../compiler/ir/graph.js';
+import type { Graph } from '../../compiler/ir/graph.js';
 import { interpret } from '../../compiler/ir/interpret.js';
-import type { RefTensor } from '../../compiler/ir/rules/reference.js';
-import { roundF16 } from '../../compiler/ir/rules/reference-core.js';
 import { formatBytes, planMemory } from '../../compiler/plan/memory.js';
 import { trainPlan } from '../../compiler/train/plan.js';
 import { compileStep } from '../../compiler/train/step-graph.js';
@@ -21,8 +19,9 @@ import { GPU_RULES } from '../../kernels/index.js';
 import { openDevice, type GpuDevice } from '../../runtime/gpu/device.js';
 import { runGpu } from '../../runtime/run-gpu.js';
 import { REPO_ROOT } from '../golden/harness.js';
-import { makeRng, randomTensor, type Rng } from '../ir/util.js';
+import { makeRng } from '../ir/util.js';
 import { assertBitwise } from '../kernels/harness.js';
+import { captionFeeds } from '../train/caption-feeds.js';
 
 const F16_TARGET: Target = { ...PORTABLE_TARGET, name: 'portable+f16', features: ['shader-f16'] };
 
@@ -135,26 +134,6 @@ describe('on the device: an fp16 LoRA training step of eva_tiny (stage 2) on a f
     await gpu?.destroy();
   });
 
-  /** Word ids below the vocabulary, lengths and a 0/1 mask for the caption inputs; random values otherwise. */
-  function feeds(g: Graph, rng: Rng): { inputs: Map<string, RefTensor>; params: Map<string, RefTensor> } {
-    const ints = (shape: readonly number[], n: number): RefTensor => ({ shape: [...shape], data: Float64Array.from({ length: numel(shape) }, () => Math.floor(rng() * n)) });
-    const special: Record<string, (shape: readonly number[]) => RefTensor> = {
-      captions: (s) => ints(s, 32),
-      targets: (s) => ints(s, 32),
-      caplens: (s) => ints(s, 11),
-      mask: (s) => ints(s, 2),
-      dropout_salt: () => ({ shape: [1], data: Float64Array.of(777) }),
-      'd:loss': () => ({ shape: [], data: Float64Array.of(1024) }),
-    };
-    const inputs = new Map(g.inputs.map((e) => [e.name, special[e.name]?.(g.node(e.node).shape) ?? randomTensor(g.node(e.node).shape, rng, -1, 1)] as const));
-    // Parameters at their dtype's precision, as the step runners give them.
-    const param = (id: number): RefTensor => {
-      const t = randomTensor(g.node(id).shape, rng, -0.2, 0.2);
-      return g.node(id).dtype === 'f16' ? { ...t, data: t.data.map(roundF16) } : t;
-    };
-    return { inputs, params: new Map(g.params.map((e) => [e.name, param(e.node)])) };
-  }
-
   test('f16 storage: same loss and gradients bit for bit as f32 storage, smaller plan', async (t: TestContext) => {
     if (!gpu.target.features.includes('shader-f16')) return t.skip(`the adapter ${gpu.target.name} has no shader-f16`);
     const checked = checkFiles([join(REPO_ROOT, 'pipelines', 'eva_tiny.visft')]);
@@ -174,7 +153,7 @@ describe('on the device: an fp16 LoRA training step of eva_tiny (stage 2) on a f
     const peak = (p: typeof half) => p.plan.arenas.reduce((a, x) => a + x.size, 0);
     t.diagnostic(`eva_tiny stage2 fp16 step: ${halfValues.length} values f16; arenas ${formatBytes(peak(full))} → ${formatBytes(peak(half))}; live peak ${formatBytes(full.plan.liveBytesPeak)} → ${formatBytes(half.plan.liveBytesPeak)}`);
     assert.ok(peak(half) < peak(full) && half.plan.liveBytesPeak < full.plan.liveBytesPeak, 'the arenas and the live peak shrink');
-    const f = feeds(step, makeRng(11));
+    const f = captionFeeds(step, makeRng(11), { lossScale: 1024 });
     const a = await runGpu(gpu, step, half, f.inputs, f.params);
     const b = await runGpu(gpu, step, full, f.inputs, f.params);
     for (const [name, v] of b) assertBitwise(Float32Array.from(a.get(name)!.data), Float32Array.from(v.data), name);

@@ -11,7 +11,7 @@ import { checkFiles } from '../../compiler/check/index.js';
 import { compileGpu, type GpuProgram } from '../../compiler/codegen/gpu.js';
 import { PORTABLE_TARGET } from '../../compiler/codegen/types.js';
 import { Builder } from '../../compiler/ir/builder.js';
-import { isFloat, numel, type Graph } from '../../compiler/ir/graph.js';
+import { isFloat, type Graph } from '../../compiler/ir/graph.js';
 import { interpret } from '../../compiler/ir/interpret.js';
 import { printGraph } from '../../compiler/ir/print.js';
 import type { RefTensor } from '../../compiler/ir/rules/reference.js';
@@ -22,8 +22,9 @@ import { backwardStart, blockSegments, rematerialize, rematPlan, RematError } fr
 import { trainPlan } from '../../compiler/train/plan.js';
 import { compileStep } from '../../compiler/train/step-graph.js';
 import { REPO_ROOT } from '../golden/harness.js';
-import { makeRng, randomTensor, type Rng } from '../ir/util.js';
+import { makeRng, randomTensor } from '../ir/util.js';
 import { bitwiseDifference, buildGraph, feeds, graphCaseArb, run } from './graphs.js';
+import { captionFeeds } from '../train/caption-feeds.js';
 
 type Feeds = { inputs: Map<string, RefTensor>; params: Map<string, RefTensor> };
 
@@ -189,25 +190,6 @@ describe('rematerialize on eva_tiny stage 2', () => {
     return { checked, stage };
   };
 
-  /** A caption batch the gather ops accept: word ids below the vocabulary, lengths, a 0/1 mask. */
-  function captionFeeds(g: Graph, rng: Rng): Feeds {
-    const ints = (shape: readonly number[], n: number): RefTensor => ({ shape: [...shape], data: Float64Array.from({ length: numel(shape) }, () => Math.floor(rng() * n)) });
-    const inputs = new Map<string, RefTensor>();
-    for (const e of g.inputs) {
-      const shape = g.node(e.node).shape;
-      const special: Record<string, () => RefTensor> = {
-        captions: () => ints(shape, 32),
-        targets: () => ints(shape, 32),
-        caplens: () => ints(shape, 11),
-        mask: () => ints(shape, 2),
-        dropout_salt: () => ({ shape: [1], data: Float64Array.of(12345) }),
-        'd:loss': () => ({ shape: [], data: Float64Array.of(1) }),
-      };
-      inputs.set(e.name, special[e.name]?.() ?? randomTensor(shape, rng, -1, 1));
-    }
-    return { inputs, params: new Map(g.params.map((e) => [e.name, randomTensor(g.node(e.node).shape, rng, -0.2, 0.2)])) };
-  }
-
   test('a frozen fp16 backbone (weights read through casts) still checkpoints every block, with the same values', () => {
     const { checked, stage } = load();
     const step = compileStep(checked, checked.roots[0], stage, { ...stage.tasks[0], backbonePrecision: 'fp16' }).graph;
@@ -217,7 +199,7 @@ describe('rematerialize on eva_tiny stage 2', () => {
     assert.deepEqual(rematPlan(step, start, segmentOf).segments.map((s) => s.name), ['blocks.1', 'blocks.0']);
     const after = rematerialize(step, start, segmentOf);
     assertRemat(step, after, start, segmentOf);
-    assertSameValues(step, after, captionFeeds(step, makeRng(5)), 'fp16 backbone');
+    assertSameValues(step, after, captionFeeds(step, makeRng(5), { salt: 12345 }), 'fp16 backbone');
   });
 
   test('unoptimised and optimised step graphs: same loss and LoRA gradients bit for bit, lower peak', (t: TestContext) => {
@@ -225,7 +207,7 @@ describe('rematerialize on eva_tiny stage 2', () => {
     assert.equal(stage.tasks.length, 1);
     const raw = compileStep(checked, checked.roots[0], stage, stage.tasks[0], { optimize: false }).graph;
     const opt = optimize(raw);
-    const f = captionFeeds(raw, makeRng(7));
+    const f = captionFeeds(raw, makeRng(7), { salt: 12345 });
     for (const [what, g] of [['unoptimised', raw], ['optimised', opt]] as const) {
       const start = backwardStart(g);
       const segmentOf = blockSegments(g, start);

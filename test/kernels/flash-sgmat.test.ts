@@ -1,0 +1,336 @@
+// The subgroup-matrix flash-attention forward (kernels/flash-sgmat.ts). lavapipe has no subgroup matrices, so
+// its Target gets configs without the feature: the kernel then spells the builtins as emulation functions and
+// everything else — staging q, kᵀ and v as f16 with padded head dims, ragged query and key tiles, the online
+// softmax, P rounded to f16, O's rescaling through the scratch, masks, the lse sibling, view reads — runs for
+// real. On a GPU with tensor cores (nativeSgmat) the same cases run natively.
+//
+// Tolerance: S = q·kᵀ sums exact f16 products in f32 and the softmax is f32, so the one coarse error is P rounded
+// to f16 before P·V, with l summing the rounded weights: out = Σ p̃_j v_j / Σ p̃_j, p̃_j = p_j (1 + δ_j). Then
+// w̃_j / w_j = (1 + δ_j) / (1 + δ̄) with δ̄ a weighted mean of the δ, so |out − ref| ≤ 2u/(1 − u) · max|v|. WGSL
+// lets f32 → f16 round either way: u = 2^-10 (one f16 ulp on [0.5, 1)), plus 1e-5·max|v| for the f32 sums. lse =
+// m + ln l: |Δ| ≤ u/(1 − u) + 1e-5·(1 + |lse|). (Observed errors are several times below the bounds.)
+import assert from 'node:assert/strict';
+import { after, before, describe, test } from 'node:test';
+import type { Kernel, Target } from '../../compiler/codegen/types.js';
+import { Builder } from '../../compiler/ir/builder.js';
+import { numel, type Attrs } from '../../compiler/ir/graph.js';
+import { interpret } from '../../compiler/ir/interpret.js';
+import { roundF16 } from '../../compiler/ir/rules/reference-core.js';
+import { flashSgmatApplies, flashSgmatBytes, flashSgmatForwardKernel, flashSgmatTiles, flashSgmatUnfit, type FlashSgmatTiles } from '../../kernels/flash-sgmat.js';
+import { nativeSgmat, SUBGROUP_MATRIX_FEATURE } from '../../kernels/sgmat.js';
+import { openDevice, type GpuDevice } from '../../runtime/gpu/device.js';
+import { pipelineFor, randomTensor } from './harness.js';
+import { join } from 'node:path';
+import { checkFiles } from '../../compiler/check/index.js';
+import { schedule } from '../../compiler/codegen/schedule.js';
+import { planMemory } from '../../compiler/plan/memory.js';
+import { trainPlan } from '../../compiler/train/plan.js';
+import { compileStep } from '../../compiler/train/step-graph.js';
+import { GPU_RULES } from '../../kernels/index.js';
+import { runGpu } from '../../runtime/run-gpu.js';
+import { REPO_ROOT } from '../golden/harness.js';
+import { makeRng } from '../ir/util.js';
+import { captionFeeds } from '../train/caption-feeds.js';
+
+type Config = { M: number; N: number; K: number };
+type Tensor = { shape: number[]; data: Float32Array };
+
+const withConfigs = (t: Target, configs: Config[], name: string): Target => ({
+  ...t,
+  name: `${t.name}+${name}`,
+  subgroupMatrixConfigs: configs.map((c) => ({ componentType: 'f16', resultComponentType: 'f32', ...c })),
+});
+
+const U16 = 2 ** -10;
+
+const LIMITS: Target['limits'] = {
+  maxStorageBufferBindingSize: 2 ** 31 - 4,
+  maxBufferSize: 2 ** 32 - 1,
+  minStorageBufferOffsetAlignment: 256,
+  maxComputeWorkgroupStorageSize: 49152,
+  maxComputeInvocationsPerWorkgroup: 1024,
+  maxComputeWorkgroupSizeX: 1024,
+  maxComputeWorkgroupSizeY: 1024,
+  maxComputeWorkgroupSizeZ: 64,
+  maxComputeWorkgroupsPerDimension: 65535,
+  maxStorageBuffersPerShaderStage: 10,
+};
+
+/** An H100 as Dawn reports it with visft's toggles: the feature, subgroups of 32, 48 KiB. */
+const NVIDIA: Target = withConfigs(
+  { name: 'nvidia', isFallbackAdapter: false, features: ['shader-f16', 'subgroups', SUBGROUP_MATRIX_FEATURE], subgroupMinSize: 32, subgroupMaxSize: 32, subgroupMatrixConfigs: [], limits: LIMITS },
+  [{ M: 16, N: 16, K: 16 }, { M: 16, N: 8, K: 16 }],
+  'configs',
+);
+/** lavapipe with configs listed but no feature: the emulated spelling, 32 KiB. */
+const EMULATED: Target = withConfigs(
+  { name: 'llvmpipe', isFallbackAdapter: true, features: ['shader-f16', 'subgroups'], subgroupMinSize: 8, subgroupMaxSize: 8, subgroupMatrixConfigs: [], limits: { ...LIMITS, maxComputeWorkgroupStorageSize: 32768 } },
+  [{ M: 16, N: 16, K: 16 }],
+  'configs',
+);
+
+const bhsd = (b: number, h: number, s: number, d: number) => [b, h, s, d];
+const shapesOf = (s: number, d: number, dv = d) => ({ q: bhsd(8, 16, s, d), k: bhsd(8, 16, s, d), v: bhsd(8, 16, s, dv) });
+
+test('tiles: 4 subgroups of 16 rows natively at 48 KiB (D 88: 64-key tiles, kᵀ and v sharing; D 112: 32-key tiles apart)', () => {
+  assert.deepEqual(flashSgmatTiles(NVIDIA, shapesOf(324, 88)), { subgroups: 4, keys: 64, sharedKv: true });
+  assert.equal(flashSgmatBytes(NVIDIA, shapesOf(324, 88)), 45312);
+  assert.deepEqual(flashSgmatTiles(NVIDIA, shapesOf(324, 112)), { subgroups: 4, keys: 32, sharedKv: false });
+  assert.equal(flashSgmatBytes(NVIDIA, shapesOf(324, 112)), 41984);
+  // Every head dim fits both targets, within their limits; fewer subgroups and keys than short sequences need.
+  for (const target of [NVIDIA, EMULATED]) {
+    for (const d of [1, 24, 40, 64, 88, 112, 128]) {
+      for (const s of [1, 37, 324]) {
+        const tiles = flashSgmatTiles(target, shapesOf(s, d));
+        assert.notEqual(typeof tiles, 'string', `${target.name} d ${d} s ${s}: ${String(tiles)}`);
+        const t = tiles as FlashSgmatTiles;
+        assert.ok(flashSgmatBytes(target, shapesOf(s, d)) <= target.limits.maxComputeWorkgroupStorageSize);
+        assert.ok(t.subgroups * 16 < s + 16 || t.subgroups === 1, `${target.name} d ${d} s ${s}: ${t.subgroups} subgroups`);
+        assert.ok(t.keys < s + 16 || t.keys === 16, `${target.name} d ${d} s ${s}: ${t.keys} keys`);
+      }
+    }
+  }
+});
+
+test('unfit: no config, no shader-f16, head dims whose tiles do not fit, forced tiles that do not divide', () => {
+  assert.match(flashSgmatUnfit({ ...NVIDIA, subgroupMatrixConfigs: [] }, shapesOf(64, 88)) ?? '', /no f16 x f16 -> f32/);
+  assert.match(flashSgmatUnfit({ ...NVIDIA, features: ['subgroups', SUBGROUP_MATRIX_FEATURE] }, shapesOf(64, 88)) ?? '', /shader-f16/);
+  assert.match(flashSgmatUnfit(NVIDIA, shapesOf(64, 1024)) ?? '', /no tiles fit .*workgroup memory/);
+  assert.match(flashSgmatUnfit(NVIDIA, shapesOf(64, 88), { subgroups: 4, keys: 24, sharedKv: false }) ?? '', /not a multiple/);
+  assert.match(flashSgmatUnfit(NVIDIA, shapesOf(64, 88), { subgroups: 4, keys: 64, sharedKv: false }) ?? '', /58624 bytes/);
+  assert.equal(flashSgmatUnfit(NVIDIA, shapesOf(64, 88)), undefined);
+});
+
+test('applies to attention whose q, k, v are exact f16 values, on a target with a config', () => {
+  const b = new Builder();
+  const round = (id: number) => b.add('cast', [b.add('cast', [id], { dtype: 'f16' })], { dtype: 'f32' });
+  const [q, k, v] = ['q', 'k', 'v'].map((n) => b.input(n, [1, 2, 40, 88]));
+  const half = b.add('attention', [round(q), round(k), round(v)]);
+  const mixed = b.add('attention', [round(q), k, round(v)]);
+  b.output('y', b.add('add', [half, mixed]));
+  const g = b.graph;
+  assert.equal(flashSgmatApplies(g, g.node(half), NVIDIA), true);
+  assert.equal(flashSgmatApplies(g, g.node(mixed), NVIDIA), false, 'k is f32');
+  assert.equal(flashSgmatApplies(g, g.node(half), { ...NVIDIA, subgroupMatrixConfigs: [] }), false, 'no config');
+});
+
+/** attention(q, k, v, [mask]) and its attention_lse sibling. */
+function attentionGraph(qs: number[], ks: number[], vs: number[], maskShape: number[] | undefined, attrs: Attrs) {
+  const b = new Builder();
+  const [q, k, v] = [b.input('q', qs), b.input('k', ks), b.input('v', vs)];
+  const mask = maskShape ? b.input('mask', maskShape) : undefined;
+  const y = b.add('attention', mask === undefined ? [q, k, v] : [q, k, v, mask], attrs);
+  const lse = b.add('attention_lse', mask === undefined ? [q, k] : [q, k, mask], attrs);
+  b.output('y', y);
+  b.output('lse', lse);
+  return { graph: b.graph, y, lse };
+}
+
+test('the native spelling: the builtins, subgroup ids, a workgroup of 32-wide subgroups, result loads', () => {
+  const { graph, y } = attentionGraph(bhsd(1, 2, 100, 88), bhsd(1, 2, 100, 88), bhsd(1, 2, 100, 88), undefined, {});
+  const node = graph.node(y);
+  const k = flashSgmatForwardKernel(node, node.inputs.map((i) => graph.node(i)), NVIDIA);
+  assert.equal(k.name, 'attention_flash_sgmat_f16');
+  assert.match(k.wgsl, /^enable f16;\nenable subgroups;\nenable chromium_experimental_subgroup_matrix;\ndiagnostic\(off, chromium\.subgroup_matrix_uniformity\);/);
+  assert.match(k.wgsl, /@builtin\(subgroup_id\) sg: u32, @builtin\(subgroup_invocation_id\) lane: u32, @builtin\(subgroup_size\) lanes: u32/);
+  assert.equal(k.workgroupSize[0] % 32, 0);
+  assert.deepEqual(k.workgroupSize, [4 * 32, 1, 1]);
+  // Q·Kᵀ from q's register fragments, P·V from P, O rescaled through the scratch (a result load).
+  assert.match(k.wgsl, /var q_5: subgroup_matrix_left<f16, 16, 16>;/);
+  assert.match(k.wgsl, /s_3 = subgroupMatrixMultiplyAccumulate\(q_5, subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>>\(&tile_kv, \d+u, false, 72u\), s_3\);/);
+  assert.match(k.wgsl, /o_5 = subgroupMatrixLoad<subgroup_matrix_result<f32, 16, 16>>\(&tile_s, sm \* 68u \+ 16u, false, 68u\);/);
+  assert.match(k.wgsl, /o_5 = subgroupMatrixMultiplyAccumulate\(p_3, subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>>\(&tile_kv, \d+u, false, 104u\), o_5\);/);
+  assert.doesNotMatch(k.wgsl, /sg[so]_|unbounded\(/);
+});
+
+/** Runs `kernel` on `inputs` (bound first) with one output per size; returns the outputs. */
+async function runOutputs(device: GPUDevice, kernel: Kernel, inputs: readonly Float32Array[], sizes: readonly number[]): Promise<Float32Array[]> {
+  assert.equal(kernel.bindings.length, inputs.length + sizes.length, `${kernel.name}: bindings`);
+  const pipeline = await pipelineFor(device, kernel);
+  const usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST;
+  const bytes = (n: number) => Math.max(16, Math.ceil((n * 4) / 16) * 16);
+  const buffers = inputs.map((x) => {
+    const buf = device.createBuffer({ size: bytes(x.length), usage });
+    device.queue.writeBuffer(buf, 0, x.buffer, x.byteOffset, x.byteLength);
+    return buf;
+  });
+  // Outputs poisoned with NaN: an element the kernel misses shows.
+  const outs = sizes.map((n) => {
+    const buf = device.createBuffer({ size: bytes(n), usage });
+    device.queue.writeBuffer(buf, 0, new Float32Array(bytes(n) / 4).fill(NaN));
+    return buf;
+  });
+  const reads = sizes.map((n) => device.createBuffer({ size: bytes(n), usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST }));
+  try {
+    device.pushErrorScope('validation');
+    const bindGroup = device.createBindGroup({ layout: pipeline.getBindGroupLayout(0), entries: [...buffers, ...outs].map((buffer, binding) => ({ binding, resource: { buffer } })) });
+    const enc = device.createCommandEncoder();
+    const pass = enc.beginComputePass();
+    pass.setPipeline(pipeline);
+    pass.setBindGroup(0, bindGroup);
+    pass.dispatchWorkgroups(...kernel.dispatch);
+    pass.end();
+    outs.forEach((o, i) => enc.copyBufferToBuffer(o, 0, reads[i], 0, bytes(sizes[i])));
+    device.queue.submit([enc.finish()]);
+    const error = await device.popErrorScope();
+    if (error) throw new Error(`${kernel.name}: ${error.message}`);
+    return await Promise.all(
+      reads.map(async (r, i) => {
+        await r.mapAsync(GPUMapMode.READ);
+        const data = new Float32Array(r.getMappedRange().slice(0, sizes[i] * 4));
+        r.unmap();
+        return data;
+      }),
+    );
+  } finally {
+    for (const b of [...buffers, ...outs, ...reads]) b.destroy();
+  }
+}
+
+/** Within `tol(i)` of the reference, NaN exactly where it is NaN; returns the largest error over the bound. */
+function assertClose(actual: Float32Array, expected: ArrayLike<number>, tol: (i: number) => number, what: string): number {
+  assert.equal(actual.length, expected.length, `${what}: length`);
+  let worst = 0;
+  for (let i = 0; i < actual.length; i++) {
+    const [a, e] = [actual[i], expected[i]];
+    if (Number.isNaN(e) || Number.isNaN(a)) {
+      assert.ok(Number.isNaN(a) && Number.isNaN(e), `${what}: element ${i} is ${a}, expected ${e}`);
+      continue;
+    }
+    const err = Math.abs(a - e);
+    if (!(err <= tol(i))) assert.fail(`${what}: element ${i} is ${a}, expected ${e} (error ${err} over the bound ${tol(i)})`);
+    worst = Math.max(worst, err / tol(i));
+  }
+  return worst;
+}
+
+interface Case {
+  readonly what: string;
+  readonly config: Config;
+  readonly b: number;
+  readonly h: number;
+  readonly sq: number;
+  readonly sk: number;
+  readonly d: number;
+  readonly dv: number;
+  readonly mask?: number[];
+  readonly scale?: number;
+  readonly tiles?: FlashSgmatTiles;
+  /** Also write the sibling attention_lse. */
+  readonly lse?: boolean;
+  /** q stored [B, Sq, H, D] and read through a view function. */
+  readonly qView?: boolean;
+}
+
+// Each case compiles one emulated kernel on lavapipe (seconds each): few, varied cases.
+const CASES: Case[] = [
+  { what: 'head dim 88, 37 rows and keys (ragged tiles), two heads, with lse', config: { M: 16, N: 16, K: 16 }, b: 1, h: 2, sq: 37, sk: 37, d: 88, dv: 88, lse: true },
+  {
+    what: 'head dim 24, 100 rows and keys, batch 2, a full mask with -inf entries and a row masked entirely, scale 0.3',
+    config: { M: 16, N: 8, K: 16 },
+    b: 2,
+    h: 1,
+    sq: 100,
+    sk: 100,
+    d: 24,
+    dv: 24,
+    mask: [2, 1, 100, 100],
+    scale: 0.3,
+  },
+  { what: 'head dim 64, one query row, 45 keys masked per key, v of 40 columns, q through a view', config: { M: 16, N: 16, K: 16 }, b: 1, h: 3, sq: 1, sk: 45, d: 64, dv: 40, mask: [45], qView: true },
+  { what: 'head dim 112, 20 rows, 45 keys, one subgroup per workgroup, kᵀ and v sharing an array', config: { M: 16, N: 16, K: 16 }, b: 1, h: 2, sq: 20, sk: 45, d: 112, dv: 112 },
+];
+
+describe('on the device (emulated subgroup matrices; native on a GPU that has them)', () => {
+  let gpu: GpuDevice;
+  let native = false;
+  before(async () => {
+    gpu = await openDevice();
+    native = nativeSgmat(gpu.target);
+  });
+  after(async () => {
+    await gpu?.destroy();
+  });
+
+  /** Emulated: the config asked for. Native: it if the device lists it, else the device's own (tiles then default). */
+  const sgTarget = (config: Config, tiles?: FlashSgmatTiles): { target: Target; tiles?: FlashSgmatTiles } => {
+    const base = gpu.target;
+    if (!native) return { target: withConfigs(base, [config], 'sgmat'), tiles };
+    const listed = base.subgroupMatrixConfigs.some((c) => c.componentType === 'f16' && c.resultComponentType === 'f32' && c.M === config.M && c.N === config.N && c.K === config.K);
+    return listed ? { target: withConfigs(base, [config], 'native'), tiles } : { target: base };
+  };
+
+  for (const c of CASES) {
+    test(c.what, async () => {
+      const { target, tiles } = sgTarget(c.config, c.tiles);
+      const attrs: Attrs = c.scale === undefined ? {} : { scale: c.scale };
+      const { graph, y, lse } = attentionGraph(bhsd(c.b, c.h, c.sq, c.d), bhsd(c.b, c.h, c.sk, c.d), bhsd(c.b, c.h, c.sk, c.dv), c.mask, attrs);
+      const seed = c.sq * 7 + c.sk + c.d;
+      const half = (t: Tensor) => ({ ...t, data: t.data.map(roundF16) });
+      const values: Tensor[] = [
+        half(randomTensor(bhsd(c.b, c.h, c.sq, c.d), seed)),
+        half(randomTensor(bhsd(c.b, c.h, c.sk, c.d), seed + 1)),
+        half(randomTensor(bhsd(c.b, c.h, c.sk, c.dv), seed + 2)),
+      ];
+      if (c.mask) {
+        const m = randomTensor(c.mask, seed + 3, -3, 1);
+        // -inf entries; in a full mask one row of the first (batch, head) masked entirely (the reference's NaN).
+        for (let i = 0; i < m.data.length; i++) if (i % 5 === 2) m.data[i] = -Infinity;
+        if (c.mask.length === 4) m.data.fill(-Infinity, 3 * c.sk, 4 * c.sk);
+        values.push(m);
+      }
+      const node = graph.node(y);
+      const inputs = node.inputs.map((i) => graph.node(i));
+      // q stored [B, Sq, H, D], read through a view function of (b, h, row, col).
+      const bound = values.map((v) => v.data);
+      let reads;
+      if (c.qView) {
+        const [B, H, S, D] = values[0].shape;
+        const stored = new Float32Array(bound[0].length);
+        for (let b = 0; b < B; b++) for (let h = 0; h < H; h++) for (let s = 0; s < S; s++) for (let d = 0; d < D; d++) stored[((b * S + s) * H + h) * D + d] = bound[0][((b * H + h) * S + s) * D + d];
+        bound[0] = stored;
+        const slots = node.inputs.map((_, i) => `in_${i}`) as (string | ((coords: readonly string[]) => string))[];
+        slots[0] = ([b, h, row, col]) => `in_0[((${b} * ${S}u + ${row}) * ${H}u + ${h}) * ${D}u + ${col}]`;
+        reads = { slots, helpers: '', lib: [], inlined: [], suffix: '_qv' };
+      }
+      const kernel = flashSgmatForwardKernel(node, inputs, target, { tiles, lse: c.lse ? graph.node(lse) : undefined, reads });
+      assert.match(kernel.name, c.lse ? /^attention_flash_lse_sgmat_f16/ : /^attention_flash_sgmat_f16/);
+      assert.equal(/subgroupMatrix/.test(kernel.wgsl), native, 'builtins only on a target with the feature');
+      const sizes = [numel(node.shape), ...(c.lse ? [numel(graph.node(lse).shape)] : [])];
+      const [out, lseOut] = await runOutputs(gpu.device, kernel, bound, sizes);
+      const ref = interpret(graph, new Map(graph.inputs.map((inp, i) => [inp.name, { shape: values[i].shape, data: Float64Array.from(values[i].data) }])));
+      const vMax = values[2].data.reduce((a, x) => Math.max(a, Math.abs(x)), 0);
+      const worst = assertClose(out, ref.get('y')!.data, () => ((2 * U16) / (1 - U16) + 1e-5) * vMax, `${c.what}: out`);
+      if (c.lse) {
+        const r = ref.get('lse')!.data;
+        assertClose(lseOut, r, (i) => U16 / (1 - U16) + 1e-5 * (1 + Math.abs(r[i])), `${c.what}: lse`);
+      }
+      // Not vacuous: the f16 rounding of P shows, but far below the bound.
+      assert.ok(worst > 0 && worst < 0.5, `${c.what}: largest error ${worst} of the bound`);
+    });
+  }
+
+  test('through the schedule: an fp16 LoRA training step of eva_tiny runs its attention (with lse) on subgroup matrices', async () => {
+    const checked = checkFiles([join(REPO_ROOT, 'pipelines', 'eva_tiny.visft')]);
+    const plan = trainPlan(checked, checked.roots[0]);
+    const stage = { ...plan.stages.find((x) => x.name === 'stage2')!, precision: 'fp16' as const };
+    const step = compileStep(checked, checked.roots[0], stage, stage.tasks[0]).graph;
+    const { target } = sgTarget({ M: 16, N: 16, K: 16 });
+    const program = (t: Target) => {
+      const sch = schedule(step, t, GPU_RULES);
+      return { target: t, schedule: sch, plan: planMemory({ values: sch.values, schedule: sch.kernels, aliases: sch.aliases }, t) };
+    };
+    const sg = program(target);
+    const names = sg.schedule.kernels.map((k) => k.name);
+    const flash = names.filter((n) => /^attention_flash(_lse)?_sgmat_f16/.test(n));
+    const attention = names.filter((n) => n.startsWith('attention_flash'));
+    assert.ok(flash.length >= 2, `attention kernels: ${attention.join(', ')}`);
+    assert.ok(flash.every((n) => n.includes('_lse') && /_qv_kv_vv/.test(n)), `each forward with its lse sibling, q, k, v read through views: ${flash.join(', ')}`);
+    assert.ok(program({ ...gpu.target, subgroupMatrixConfigs: [] }).schedule.kernels.every((k) => !k.name.includes('sgmat')));
+    const { inputs, params } = captionFeeds(step, makeRng(9), { lossScale: 1024 });
+    const got = (await runGpu(gpu, step, sg, inputs, params)).get('loss')!.data[0];
+    // The interpreter rounds where autocast does and keeps P in float64: P's f16 rounding is the difference.
+    const ref = interpret(step, inputs, params).get('loss')!.data[0];
+    assert.ok(Math.abs(got - ref) <= 2e-3 * Math.abs(ref), `loss ${got} vs the interpreter's ${ref}`);
+  });
+});
