@@ -18,7 +18,7 @@ step() { # name, seconds, command...
   echo "$name: exit $? in $((SECONDS - t0)) s" | tee -a "$OUT/summary.txt"
 }
 step doctor 60 node bin/visft.js doctor
-step sgmat-test 120 node --test --test-reporter=spec dist/test/kernels/matmul-sgmat.test.js
+step sgmat-test 180 node --test --test-reporter=spec dist/test/kernels/matmul-sgmat.test.js dist/test/kernels/flash-sgmat*.test.js
 step flash-test 150 node --test --test-reporter=spec dist/test/kernels/flash-attention.test.js
 step bench-matmul 150 node bin/visft.js bench --json --rows matmul_f16,matmul_f32
 step bench-rows 90 node bin/visft.js bench --json --rows layernorm,softmax,gelu

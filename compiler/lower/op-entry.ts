@@ -6,6 +6,8 @@ import { Builder } from '../ir/builder.js';
 import { isOpName, OPS, type OpSignature } from '../ops/catalog.js';
 import type { CompiledEntry } from './entry.js';
 import { optimize } from '../passes/index.js';
+import { autocastPass } from '../passes/autocast.js';
+import { runPass } from '../passes/engine.js';
 import { assertVerified } from '../ir/verify.js';
 import { LOWER, LowerError, type ShapeValue } from './ops.js';
 
@@ -28,7 +30,7 @@ export function parseAttr(spec: string): [string, ShapeValue] {
 /** Inputs that hold integers (indices, class ids): they take no gradient. */
 const INTEGER_INPUTS: Readonly<Record<string, readonly string[]>> = { gather: ['index'], embedding: ['ids'], cross_entropy: ['target'] };
 
-export function compileOp(name: string, shapes: ReadonlyMap<string, readonly number[]>, attrSpecs: readonly string[], withVjp: boolean): CompiledEntry {
+export function compileOp(name: string, shapes: ReadonlyMap<string, readonly number[]>, attrSpecs: readonly string[], withVjp: boolean, autocast?: 'f16' | 'bf16'): CompiledEntry {
   if (!isOpName(name)) throw new LowerError(`unknown op '${name}' (ops: ${Object.keys(OPS).join(', ')})`);
   const sig: OpSignature = OPS[name];
   const b = new Builder();
@@ -48,7 +50,8 @@ export function compileOp(name: string, shapes: ReadonlyMap<string, readonly num
   const out = LOWER[name]({ inputs, attr: (k) => attrs.get(k), b, training: false, seed: () => ++seed });
   if (out.kind !== 'tensor') throw new LowerError(`op ${name} has several results; compile it inside a module`);
   b.output('output', out.id);
-  let graph = b.graph;
+  // Mixed precision as a training step applies it: before the VJP, so the backward reads the rounded operands.
+  let graph = autocast ? runPass(b.graph, autocastPass(autocast)) : b.graph;
   if (withVjp) {
     const wrt = graph.inputs.filter((i) => graph.node(i.node).dtype === 'f32');
     const r = vjp(graph, wrt.map((i) => i.node));

@@ -94,7 +94,12 @@ function vjpParts(inputs: readonly BenchInput[], out: BenchOutput): { inputs: Be
   };
 }
 
-function attentionRow(pass: BenchPass, model: 'evag' | 'evae', heads: number, d: number, t: AttentionTask): RowSpec {
+// f16 rows (mixed precision as autocast runs it: q, k, v and the cotangent rounded to f16, f32 statistics): our
+// tensor-core kernels round P (and the backward's dS) to f16 as well, PyTorch's f16 SDPA alike; the peer runs f32
+// on the same rounded inputs. Errors stay near 2⁻⁹ of each output's largest value.
+const ATTENTION_F16_TOL: Tolerance = { atol: 4e-3, rtol: 4e-3, scaled: true };
+
+function attentionRow(pass: BenchPass, model: 'evag' | 'evae', heads: number, d: number, t: AttentionTask, dtype: 'f32' | 'f16' = 'f32'): RowSpec {
   const shape = [t.batch, heads, t.tokens, d];
   const inputs: BenchInput[] = [
     { name: 'q', shape, range: [-2, 2] },
@@ -106,18 +111,18 @@ function attentionRow(pass: BenchPass, model: 'evag' | 'evae', heads: number, d:
   const vjp = pass === 'forward+backward';
   const modelName = model === 'evag' ? 'EVA-G' : 'EVA-E';
   return {
-    name: `attention_${vjp ? 'vjp' : 'fwd'}_${model}_${t.task}`,
+    name: `attention_${vjp ? 'vjp' : 'fwd'}_${dtype === 'f16' ? 'f16_' : ''}${model}_${t.task}`,
     op: 'attention',
     pass,
-    dtype: 'f32',
-    what: `${modelName} self-attention, ${t.task} input${vjp ? ', forward and backward' : ''}`,
+    dtype,
+    what: `${modelName} self-attention, ${t.task} input${vjp ? ', forward and backward' : ''}${dtype === 'f16' ? ', f16 (autocast)' : ''}`,
     ...(vjp ? vjpParts(inputs, out) : { inputs, outputs: [out] }),
     attrs: {},
     opAttrs: [],
     shapeText: `q,k,v ${dimsText(shape)}`,
     // FlashAttention-2's count: forward 4·B·H·S²·D; backward 2.5x that (its five S²·D products).
     work: { unit: 'GFLOP/s', amount: vjp ? 3.5 * fwdFlops : fwdFlops },
-    tolerance: vjp ? ATTENTION_VJP_TOL : ATTENTION_FWD_TOL,
+    tolerance: dtype === 'f16' ? ATTENTION_F16_TOL : vjp ? ATTENTION_VJP_TOL : ATTENTION_FWD_TOL,
     peer: vjp ? ATTENTION_VJP_PEER : ATTENTION_PEER,
   };
 }
@@ -162,6 +167,8 @@ export function attentionRows(size: BenchSize): RowSpec[] {
   const rows: RowSpec[] = [];
   for (const pass of ['forward', 'forward+backward'] as const) {
     for (const model of ['evag', 'evae'] as const) for (const t of a.tasks) rows.push(attentionRow(pass, model, a.heads, a[model], t));
+    // EVA-G in f16 too: what the tensor-core kernels run (against PyTorch's f16 SDPA on NVIDIA).
+    for (const t of a.tasks) rows.push(attentionRow(pass, 'evag', a.heads, a.evag, t, 'f16'));
   }
   for (const pass of ['forward', 'forward+backward'] as const) rows.push(msdeformRow(pass, MSDEFORM_SIZES[size]));
   return rows;

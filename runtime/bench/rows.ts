@@ -134,9 +134,10 @@ export function rowGraph(row: RowSpec, dtype: 'f32' | 'f16' = row.dtype): { grap
     b.output('out', b.add(row.op, ins, row.attrs));
     return { graph: b.graph, inputs: ins, outputs: row.outputs.map((o) => o.name) };
   }
-  if (dtype !== 'f32') throw new Error(`bench row ${row.name}: ${row.op} rows are f32 only`);
+  if (dtype !== 'f32' && row.op !== 'attention') throw new Error(`bench row ${row.name}: ${row.op} rows are f32 only`);
   const shapes = new Map(row.inputs.filter((i) => !i.name.startsWith('d:')).map((i) => [i.name, i.shape] as const));
-  const { graph } = compileOp(row.op, shapes, row.opAttrs ?? [], row.pass === 'forward+backward');
+  // f16: mixed precision as a training step runs it (autocast rounds attention's operands before the VJP).
+  const { graph } = compileOp(row.op, shapes, row.opAttrs ?? [], row.pass === 'forward+backward', dtype === 'f16' ? 'f16' : undefined);
   const inputs = row.inputs.map((i) => {
     const found = graph.inputs.find((g) => g.name === i.name);
     if (!found) throw new Error(`internal: the graph of bench row ${row.name} has no input '${i.name}' (inputs: ${graph.inputs.map((g) => g.name).join(', ')})`);

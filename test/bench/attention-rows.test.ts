@@ -8,6 +8,7 @@ import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { after, before, describe, test } from 'node:test';
 import fc from 'fast-check';
+import { isExactHalf } from '../../compiler/codegen/half.js';
 import { compareOutputs } from '../../runtime/bench/bench.js';
 import { peerCall } from '../../runtime/bench/peer-ops.js';
 import { fillLocations } from '../../runtime/bench/rows-attention.js';
@@ -59,7 +60,8 @@ describe('attention and MSDeformAttn rows', () => {
     assert.deepEqual(byName(full, 'msdeform_vjp_m2f_pixel').outputs.map((o) => o.name), ['output', 'd:value', 'd:sampling_locations', 'd:attention_weights']);
 
     assert.deepEqual(selectRows(full, ['attention_vjp']).map((r) => r.name), BENCH_ROW_NAMES.filter((n) => n.startsWith('attention_vjp_')));
-    assert.equal(selectRows(full, ['attention']).length, 12);
+    assert.equal(selectRows(full, ['attention']).length, 18, 'EVA-G and EVA-E in f32, EVA-G in f16, forward and forward+backward');
+    assert.equal(selectRows(full, ['attention_vjp_f16']).length, 3);
     assert.deepEqual(selectRows(full, ['msdeform']).map((r) => r.name), ['msdeform_fwd_m2f_pixel', 'msdeform_vjp_m2f_pixel']);
     // Names are the same at every size.
     for (const size of ['quick', 'tiny'] as const) assert.deepEqual(benchRows(size).map((r) => r.name), BENCH_ROW_NAMES);
@@ -76,7 +78,12 @@ describe('attention and MSDeformAttn rows', () => {
       assert.ok(ops.has(row.op), `${name}: has ${row.op}`);
       if (row.pass === 'forward+backward') assert.ok(ops.has(`${row.op}_grad`), `${name}: has ${row.op}_grad`);
     }
-    assert.throws(() => rowGraph(byName(benchRows('tiny'), 'attention_fwd_evag_caption'), 'f16'), /f32 only/);
+    assert.throws(() => rowGraph(byName(benchRows('tiny'), 'msdeform_fwd_m2f_pixel'), 'f16'), /f32 only/);
+    // f16 attention rows: autocast before the VJP, so the forward and the backward read rounded q, k, v (and g).
+    const half = rowGraph(byName(benchRows('tiny'), 'attention_vjp_f16_evag_caption')).graph;
+    for (const n of half.nodes.filter((x) => x.op === 'attention' || x.op === 'attention_grad')) {
+      for (const i of n.inputs.slice(0, 3)) assert.ok(isExactHalf(half, i), `%${n.id} ${n.op} reads %${i} rounded`);
+    }
   });
 
   test('sampling locations: inside (-1, size) pixels, never within the margin of a whole pixel', () => {
