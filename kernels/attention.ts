@@ -21,6 +21,7 @@ import { broadcastStrides, dispatchGroups, f32Lit, groupIndexCode, kernelRule, l
 import { flashBackwardKernel } from './flash-backward.js';
 import { FlashTileError, type FlashOperand, type FlashReads } from './flash-common.js';
 import { flashSgmatApplies, flashSgmatForwardKernel } from './flash-sgmat.js';
+import { flashSgmatBackwardApplies, flashSgmatBackwardKernel } from './flash-sgmat-backward.js';
 import { flashForwardKernel } from './flash-forward.js';
 import { KEPT_FN, memberCode } from './fused.js';
 import { combineCode, treeReduceCode, treeWorkgroup } from './reduce.js';
@@ -210,13 +211,19 @@ export function attentionReads(graph: Graph, node: Node, plans: AttentionOperand
 }
 
 /**
- * The subgroup-matrix (tensor core) forward of an attention node whose q, k and v hold exact f16 values, on a Target
- * with subgroup matrices where its tiles fit (kernels/flash-sgmat.ts); undefined otherwise. `lse`: the sibling
- * attention_lse it also writes.
+ * The subgroup-matrix (tensor core) kernel of an attention node (kernels/flash-sgmat.ts) or an attention_grad node
+ * (kernels/flash-sgmat-backward.ts) whose q, k, v (and g) hold exact f16 values, on a Target with subgroup matrices
+ * where its tiles fit; undefined otherwise. `sibling`: the attention_lse the forward also writes, or the dv the dk
+ * kernel also computes.
  */
-export function tensorCoreAttention(graph: Graph, node: Node, target: Target, lse?: Node, reads?: FlashReads): Kernel | undefined {
-  if (!flashSgmatApplies(graph, node, target) || (lse && lse.op !== 'attention_lse')) return undefined;
-  return flashSgmatForwardKernel(node, node.inputs.map((i) => graph.node(i)), target, { lse, reads });
+export function tensorCoreAttention(graph: Graph, node: Node, target: Target, sibling?: Node, reads?: FlashReads): Kernel | undefined {
+  const inputs = () => node.inputs.map((i) => graph.node(i));
+  if (node.op === 'attention') {
+    if (!flashSgmatApplies(graph, node, target) || (sibling && sibling.op !== 'attention_lse')) return undefined;
+    return flashSgmatForwardKernel(node, inputs(), target, { lse: sibling, reads });
+  }
+  if (node.op === 'attention_grad' && flashSgmatBackwardApplies(graph, node, target, sibling)) return flashSgmatBackwardKernel(node, inputs(), target, { sibling, reads });
+  return undefined;
 }
 
 /**
@@ -230,8 +237,9 @@ export function attentionViewKernels(graph: Graph, node: Node, sibling: Node | u
     const inputs = n.inputs.map((i) => graph.node(i));
     const p = plans.get(n.id);
     const reads = p ? attentionReads(graph, n, p) : undefined;
-    if (n.op === 'attention_grad') return flashBackwardKernel(n, inputs, target, {}, second, reads);
-    return tensorCoreAttention(graph, n, target, second, reads) ?? flashForwardKernel(n, inputs, target, {}, second, reads);
+    const tensorCores = tensorCoreAttention(graph, n, target, second, reads);
+    if (tensorCores) return tensorCores;
+    return n.op === 'attention_grad' ? flashBackwardKernel(n, inputs, target, {}, second, reads) : flashForwardKernel(n, inputs, target, {}, second, reads);
   };
   if (!sibling) return [kernel(node)];
   try {

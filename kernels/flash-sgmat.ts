@@ -28,9 +28,10 @@ import type { Kernel, Target } from '../compiler/codegen/types.js';
 import { isExactHalf } from '../compiler/codegen/half.js';
 import type { Graph, Node, Shape } from '../compiler/ir/graph.js';
 import { dispatchGroups, f32Lit, groupIndexCode, u32Lit, unboundedLoop } from './elementwise.js';
-import { attentionGeometry, bindingOf, directReads, EXP_FLASH, flashKernel, maskOffset, tileSource, withSecondOutput, type FlashReads, type TileSource } from './flash-common.js';
+import { attentionGeometry, bindingOf, directReads, EXP_FLASH, flashKernel, maskOffset, tileSource, withSecondOutput, type FlashReads } from './flash-common.js';
 import { combineCode } from './reduce.js';
-import { nativeSgmat, sgmatOps, sgmatShape, type SgmatShape } from './sgmat.js';
+import { lcm, PAD16, PAD32, readTile, roundUp, spread, SUBGROUP_CHOICES, SWEEP_CHOICES, tilesUnfit } from './flash-sgmat-common.js';
+import { NO_SGMAT_CONFIG, nativeSgmat, sgmatIds, sgmatLanes, sgmatOps, sgmatShape, type SgmatShape } from './sgmat.js';
 
 /** How the kernel tiles one (batch, head). */
 export interface FlashSgmatTiles {
@@ -48,19 +49,6 @@ export interface AttentionShapes {
   readonly k: Shape;
   readonly v: Shape;
 }
-
-/** f16 elements of padding per staged f16 row (16 bytes: keeps rows aligned and off one bank). */
-const PAD16 = 8;
-/** f32 elements of padding per scratch row (16 bytes). */
-const PAD32 = 4;
-/** Invocations per emulated subgroup (emulation repeats the matrix work per lane group: keep it small). */
-const EMULATED_LANES = 4;
-/** Tile preferences: more rows share each staged key tile; longer key tiles rescale O less often. */
-const SUBGROUP_CHOICES = [4, 2, 1];
-const KEY_CHOICES = [64, 32, 16];
-
-const roundUp = (x: number, to: number): number => Math.ceil(x / to) * to;
-const gcd = (a: number, b: number): number => (b === 0 ? a : gcd(b, a % b));
 
 /** Sizes of the arrays a tiling needs (elements), and the workgroup bytes in all. */
 interface Layout {
@@ -91,7 +79,7 @@ interface Layout {
 
 function layout(target: Target, shape: SgmatShape, d: number, dv: number, tiles: FlashSgmatTiles): Layout {
   const native = nativeSgmat(target);
-  const lanes = native ? target.subgroupMaxSize : EMULATED_LANES;
+  const lanes = sgmatLanes(target);
   const br = tiles.subgroups * shape.m;
   const bc = tiles.keys;
   const dkp = roundUp(d, shape.k);
@@ -108,18 +96,9 @@ function layout(target: Target, shape: SgmatShape, d: number, dv: number, tiles:
   return { shape, tiles, native, lanes, invocations: tiles.subgroups * lanes, br, bc, dkp, dvp, sq, sp, sk, sv, ss, qElems, pElems, kElems, vElems, bytes };
 }
 
-/** Why `tiles` cannot run on `target` (undefined when they can). */
-function tilesUnfit(target: Target, l: Layout, groups: number): string | undefined {
-  const { m, n, k } = l.shape;
-  const t = l.tiles;
-  if (!Number.isInteger(t.subgroups) || t.subgroups < 1) return `${t.subgroups} subgroups per workgroup`;
-  if (t.keys < 1 || t.keys % n !== 0 || t.keys % k !== 0) return `${t.keys} keys per tile are not a multiple of the ${m}x${n}x${k} config's n and k`;
-  const L = target.limits;
-  if (l.invocations > L.maxComputeInvocationsPerWorkgroup || l.invocations > L.maxComputeWorkgroupSizeX) return `${l.invocations} invocations per workgroup exceed the target's limits`;
-  if (l.bytes > L.maxComputeWorkgroupStorageSize) return `${l.bytes} bytes of workgroup memory exceed the target's ${L.maxComputeWorkgroupStorageSize}`;
-  if (groups > L.maxComputeWorkgroupsPerDimension ** 3) return `${groups} workgroups exceed the dispatch limits`;
-  return undefined;
-}
+/** Why a layout cannot run on `target` for `bh` (batch, head) pairs (undefined when it can). */
+const layoutUnfit = (target: Target, l: Layout, bh: number, sq: number): string | undefined =>
+  tilesUnfit(target, { ...l, subgroups: l.tiles.subgroups, sweep: l.tiles.keys, what: 'keys' }, bh * Math.ceil(sq / l.br));
 
 /** The dims of `shapes`, or why they are not attention's. */
 function dimsOf(shapes: AttentionShapes): { bh: number; sq: number; sk: number; d: number; dv: number } | string {
@@ -136,19 +115,19 @@ function dimsOf(shapes: AttentionShapes): { bh: number; sq: number; sk: number; 
  */
 export function flashSgmatTiles(target: Target, shapes: AttentionShapes): FlashSgmatTiles | string {
   const shape = sgmatShape(target);
-  if (!shape) return 'the target has no f16 x f16 -> f32 subgroup-matrix config (or no shader-f16)';
+  if (!shape) return NO_SGMAT_CONFIG;
   const dims = dimsOf(shapes);
   if (typeof dims === 'string') return dims;
-  const unit = (shape.n * shape.k) / gcd(shape.n, shape.k);
+  const unit = lcm(shape.n, shape.k);
   const maxSubgroups = Math.max(1, Math.ceil(dims.sq / shape.m));
   const maxKeys = Math.max(unit, roundUp(dims.sk, unit));
   let last = 'no tiles';
   for (const subgroups of SUBGROUP_CHOICES.filter((s) => s <= maxSubgroups || s === 1)) {
-    for (const keys of [...new Set(KEY_CHOICES.map((c) => roundUp(c, unit)))].filter((c) => c <= maxKeys || c === unit)) {
+    for (const keys of [...new Set(SWEEP_CHOICES.map((c) => roundUp(c, unit)))].filter((c) => c <= maxKeys || c === unit)) {
       for (const sharedKv of [false, true]) {
         const tiles = { subgroups, keys, sharedKv };
         const l = layout(target, shape, dims.d, dims.dv, tiles);
-        const why = tilesUnfit(target, l, dims.bh * Math.ceil(dims.sq / l.br));
+        const why = layoutUnfit(target, l, dims.bh, dims.sq);
         if (!why) return tiles;
         last = why;
       }
@@ -169,7 +148,7 @@ export function flashSgmatBytes(target: Target, shapes: AttentionShapes, tiles?:
 /** Why the kernel cannot run attention of these shapes on `target` (with `tiles`, else its own), or undefined. */
 export function flashSgmatUnfit(target: Target, shapes: AttentionShapes, tiles?: FlashSgmatTiles): string | undefined {
   const shape = sgmatShape(target);
-  if (!shape) return 'the target has no f16 x f16 -> f32 subgroup-matrix config (or no shader-f16)';
+  if (!shape) return NO_SGMAT_CONFIG;
   const dims = dimsOf(shapes);
   if (typeof dims === 'string') return dims;
   if (!tiles) {
@@ -177,7 +156,7 @@ export function flashSgmatUnfit(target: Target, shapes: AttentionShapes, tiles?:
     return typeof t === 'string' ? t : undefined;
   }
   const l = layout(target, shape, dims.d, dims.dv, tiles);
-  return tilesUnfit(target, l, dims.bh * Math.ceil(dims.sq / l.br));
+  return layoutUnfit(target, l, dims.bh, dims.sq);
 }
 
 /**
@@ -198,16 +177,6 @@ export interface FlashSgmatOptions {
   readonly lse?: Node;
   /** q, k, v through views (compiler/codegen/attention-views.ts) instead of their bindings. */
   readonly reads?: FlashReads;
-}
-
-/** WGSL: a loop of the workgroup's invocations over `count` elements (`x`), rolled on software adapters. */
-function spread(target: Target, count: number, T: number, body: string[], indent = '  '): string {
-  return [`for (var x = lid; x < ${unboundedLoop(count, target)}; x += ${u32Lit(T)}) {`, ...body.map((b) => `  ${b}`), '}'].map((s) => indent + s).join('\n');
-}
-
-/** WGSL reading element (row, col) of a tile of a row operand whose first row is `row0`, row length `cols`. */
-function readTile(src: TileSource, row0: string, cols: number, row: string, col: string, S: number): string {
-  return typeof src === 'string' ? `${src}[(bh * ${u32Lit(S)} + ${row0} + ${row}) * ${u32Lit(cols)} + ${col}]` : src(row, col);
 }
 
 /** The `attention_flash_sgmat_f16` kernel of an attention node (inputs q, k, v, [mask]); check flashSgmatUnfit first. */
@@ -351,9 +320,7 @@ export function flashSgmatForwardKernel(node: Node, inputs: readonly Node[], tar
   }`
     : '';
 
-  const ids = native
-    ? { params: ', @builtin(subgroup_id) sg: u32, @builtin(subgroup_invocation_id) lane: u32, @builtin(subgroup_size) lanes: u32', code: '' }
-    : { params: '', code: `  let sg = lid / ${U(l.lanes)};\n  let lane = lid % ${U(l.lanes)};\n  let lanes = ${U(l.lanes)};\n` };
+  const ids = sgmatIds(native, l.lanes);
   const decls = [
     `var<workgroup> ${qArr}: array<f16, ${l.qElems}>;`,
     ...(native ? [] : [`var<workgroup> ${pArr}: array<f16, ${l.pElems}>;`]),

@@ -16,7 +16,7 @@ import type { Kernel, Target } from '../compiler/codegen/types.js';
 import type { Node } from '../compiler/ir/graph.js';
 import { dispatchGroups, u32Lit, unboundedLoop } from './elementwise.js';
 import { assemble, batchOffsets, operandLoads, storeBlock, type MatmulDims, type MatmulOutput } from './matmul.js';
-import { nativeSgmat, sgmatOps, sgmatShape, type SgmatShape } from './sgmat.js';
+import { NO_SGMAT_CONFIG, nativeSgmat, sgmatIds, sgmatLanes, sgmatOps, sgmatShape, type SgmatShape } from './sgmat.js';
 
 /** How a sgmat kernel tiles its output. */
 export interface SgmatTiles {
@@ -32,11 +32,6 @@ export interface SgmatTiles {
 
 /** f16 elements of padding per staged tile row. */
 const PAD = 8;
-/** Invocations per emulated subgroup (emulation repeats the whole matrix work in each, so keep it small). */
-const EMULATED_LANES = 4;
-
-/** Invocations per subgroup the kernel is laid out for: the Target's largest (Dawn requires x to be a multiple). */
-const lanesOf = (target: Target): number => (nativeSgmat(target) ? target.subgroupMaxSize : EMULATED_LANES);
 
 /** The tiles for a problem: 128x128 for large outputs, else 64x64 (two fragments per subgroup each way). */
 export function sgmatTiles(shape: SgmatShape, d: { readonly m: number; readonly n: number }): SgmatTiles {
@@ -57,7 +52,7 @@ interface Layout {
 function layout(target: Target, shape: SgmatShape, t: SgmatTiles): Layout {
   const bm = t.wm * t.fm * shape.m;
   const bn = t.wn * t.fn * shape.n;
-  const lanes = lanesOf(target);
+  const lanes = sgmatLanes(target);
   const invocations = t.wm * t.wn * lanes;
   // The staged tiles, the per-subgroup scratch, and (emulated) the result slots.
   const slots = nativeSgmat(target) ? 0 : t.wm * t.wn * t.fm * t.fn;
@@ -68,7 +63,7 @@ function layout(target: Target, shape: SgmatShape, t: SgmatTiles): Layout {
 /** Why the variant cannot run this problem on `target`, or undefined when it can. */
 export function sgmatUnfit(target: Target, d: { readonly m: number; readonly n: number; readonly batch: number }, tiles?: SgmatTiles): string | undefined {
   const shape = sgmatShape(target);
-  if (!shape) return 'the target has no f16 x f16 -> f32 subgroup-matrix config (or no shader-f16)';
+  if (!shape) return NO_SGMAT_CONFIG;
   const t = tiles ?? sgmatTiles(shape, d);
   if (![t.fm, t.fn, t.bk / shape.k].every((x) => Number.isInteger(x) && x >= 1)) return `tiles ${JSON.stringify(t)} do not divide into ${shape.m}x${shape.n}x${shape.k} fragments`;
   const L = target.limits;
@@ -142,9 +137,7 @@ ${[...lines, put].map((x) => `        ${x}`).join('\n')}
     steps.push('{', ...step.map((x) => `  ${x}`), '}');
   }
   // Native: the hardware's subgroup and lane; emulated: blocks of `lanes` invocations stand for subgroups.
-  const ids = ops.native
-    ? { params: ', @builtin(subgroup_id) sg: u32, @builtin(subgroup_invocation_id) lane: u32, @builtin(subgroup_size) lanes: u32', code: '' }
-    : { params: '', code: `  let sg = lid / ${u32Lit(l.lanes)};\n  let lane = lid % ${u32Lit(l.lanes)};\n  let lanes = ${u32Lit(l.lanes)};\n` };
+  const ids = sgmatIds(ops.native, l.lanes);
   const main = `var<workgroup> tile_a: array<f16, ${bm * SA}>;
 var<workgroup> tile_b: array<f16, ${t.bk * SB}>;
 var<workgroup> tile_c: array<f32, ${t.wm * t.wn * shape.m * shape.n}>;

@@ -41,6 +41,25 @@ export function sgmatShape(target: Target): SgmatShape | undefined {
 /** Whether `target` runs the builtins (else the kernels emulate them). */
 export const nativeSgmat = (target: Target): boolean => target.features.includes(SUBGROUP_MATRIX_FEATURE) && target.features.includes('subgroups');
 
+/** Why a Target cannot run the subgroup-matrix kernels (sgmatShape is undefined). */
+export const NO_SGMAT_CONFIG = 'the target has no f16 x f16 -> f32 subgroup-matrix config (or no shader-f16)';
+
+/** Invocations per emulated subgroup (emulation repeats the matrix loads per lane group: keep it small). */
+export const EMULATED_LANES = 4;
+
+/** Invocations per subgroup a kernel is laid out for: natively the Target's largest (Dawn requires x to be a multiple). */
+export const sgmatLanes = (target: Target): number => (nativeSgmat(target) ? target.subgroupMaxSize : EMULATED_LANES);
+
+/**
+ * How a kernel knows its subgroup `sg`, its `lane` and the subgroup's `lanes`: natively the builtins (extra
+ * parameters of `fn main`); emulated, blocks of `lanes` consecutive invocations (statements after `lid`).
+ */
+export function sgmatIds(native: boolean, lanes: number): { readonly params: string; readonly code: string } {
+  return native
+    ? { params: ', @builtin(subgroup_id) sg: u32, @builtin(subgroup_invocation_id) lane: u32, @builtin(subgroup_size) lanes: u32', code: '' }
+    : { params: '', code: `  let sg = lid / ${u32Lit(lanes)};\n  let lane = lid % ${u32Lit(lanes)};\n  let lanes = ${u32Lit(lanes)};\n` };
+}
+
 /** The WGSL spelling of the subgroup-matrix operations for one kernel. */
 export interface SgmatOps {
   readonly native: boolean;

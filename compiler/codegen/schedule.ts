@@ -176,7 +176,7 @@ export function schedule(graph: Graph, target: Target, rules: { readonly [op: st
       // A matmul's variant depends on its operands in the graph (exact f16 values: subgroup matrices).
       if (node.op === 'matmul') push(matmulKernel(node, inputs, target, graphMatmulVariant(graph, node, target), undefined, reads, opViews));
       else if (sibling !== undefined) withSibling(node, graph.node(sibling), graph, target, rules).forEach(push);
-      else push((node.op === 'attention' ? tensorCoreAttention(graph, node, target) : undefined) ?? rule.gen(node, inputs, target));
+      else push(tensorCoreAttention(graph, node, target) ?? rule.gen(node, inputs, target));
     }
   }
 
@@ -225,8 +225,9 @@ function withSibling(node: Node, sibling: Node, graph: Graph, target: Target, ru
     return rule.gen(n, inputsOf(n), target);
   };
   try {
-    if (node.op === 'attention') return [tensorCoreAttention(graph, node, target, sibling) ?? flashForwardKernel(node, inputsOf(node), target, {}, sibling)];
-    return [flashBackwardKernel(node, inputsOf(node), target, {}, sibling)];
+    const tensorCores = tensorCoreAttention(graph, node, target, sibling);
+    if (tensorCores) return [tensorCores];
+    return [node.op === 'attention' ? flashForwardKernel(node, inputsOf(node), target, {}, sibling) : flashBackwardKernel(node, inputsOf(node), target, {}, sibling)];
   } catch (e) {
     if (e instanceof FlashTileError) return [gen(node), gen(sibling)];
     throw e;

@@ -19,7 +19,8 @@ import { roundF16 } from '../../compiler/ir/rules/reference-core.js';
 import { flashSgmatApplies, flashSgmatBytes, flashSgmatForwardKernel, flashSgmatTiles, flashSgmatUnfit, type FlashSgmatTiles } from '../../kernels/flash-sgmat.js';
 import { nativeSgmat, SUBGROUP_MATRIX_FEATURE } from '../../kernels/sgmat.js';
 import { openDevice, type GpuDevice } from '../../runtime/gpu/device.js';
-import { pipelineFor, randomTensor } from './harness.js';
+import { assertWithin, randomTensor, runKernelOutputs } from './harness.js';
+import { deviceSgmatTarget, EMULATED, NVIDIA, type Config } from './sgmat-targets.js';
 import { join } from 'node:path';
 import { checkFiles } from '../../compiler/check/index.js';
 import { schedule } from '../../compiler/codegen/schedule.js';
@@ -32,42 +33,9 @@ import { REPO_ROOT } from '../golden/harness.js';
 import { makeRng } from '../ir/util.js';
 import { captionFeeds } from '../train/caption-feeds.js';
 
-type Config = { M: number; N: number; K: number };
 type Tensor = { shape: number[]; data: Float32Array };
 
-const withConfigs = (t: Target, configs: Config[], name: string): Target => ({
-  ...t,
-  name: `${t.name}+${name}`,
-  subgroupMatrixConfigs: configs.map((c) => ({ componentType: 'f16', resultComponentType: 'f32', ...c })),
-});
-
 const U16 = 2 ** -10;
-
-const LIMITS: Target['limits'] = {
-  maxStorageBufferBindingSize: 2 ** 31 - 4,
-  maxBufferSize: 2 ** 32 - 1,
-  minStorageBufferOffsetAlignment: 256,
-  maxComputeWorkgroupStorageSize: 49152,
-  maxComputeInvocationsPerWorkgroup: 1024,
-  maxComputeWorkgroupSizeX: 1024,
-  maxComputeWorkgroupSizeY: 1024,
-  maxComputeWorkgroupSizeZ: 64,
-  maxComputeWorkgroupsPerDimension: 65535,
-  maxStorageBuffersPerShaderStage: 10,
-};
-
-/** An H100 as Dawn reports it with visft's toggles: the feature, subgroups of 32, 48 KiB. */
-const NVIDIA: Target = withConfigs(
-  { name: 'nvidia', isFallbackAdapter: false, features: ['shader-f16', 'subgroups', SUBGROUP_MATRIX_FEATURE], subgroupMinSize: 32, subgroupMaxSize: 32, subgroupMatrixConfigs: [], limits: LIMITS },
-  [{ M: 16, N: 16, K: 16 }, { M: 16, N: 8, K: 16 }],
-  'configs',
-);
-/** lavapipe with configs listed but no feature: the emulated spelling, 32 KiB. */
-const EMULATED: Target = withConfigs(
-  { name: 'llvmpipe', isFallbackAdapter: true, features: ['shader-f16', 'subgroups'], subgroupMinSize: 8, subgroupMaxSize: 8, subgroupMatrixConfigs: [], limits: { ...LIMITS, maxComputeWorkgroupStorageSize: 32768 } },
-  [{ M: 16, N: 16, K: 16 }],
-  'configs',
-);
 
 const bhsd = (b: number, h: number, s: number, d: number) => [b, h, s, d];
 const shapesOf = (s: number, d: number, dv = d) => ({ q: bhsd(8, 16, s, d), k: bhsd(8, 16, s, d), v: bhsd(8, 16, s, dv) });
@@ -143,66 +111,7 @@ test('the native spelling: the builtins, subgroup ids, a workgroup of 32-wide su
   assert.doesNotMatch(k.wgsl, /sg[so]_|unbounded\(/);
 });
 
-/** Runs `kernel` on `inputs` (bound first) with one output per size; returns the outputs. */
-async function runOutputs(device: GPUDevice, kernel: Kernel, inputs: readonly Float32Array[], sizes: readonly number[]): Promise<Float32Array[]> {
-  assert.equal(kernel.bindings.length, inputs.length + sizes.length, `${kernel.name}: bindings`);
-  const pipeline = await pipelineFor(device, kernel);
-  const usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST;
-  const bytes = (n: number) => Math.max(16, Math.ceil((n * 4) / 16) * 16);
-  const buffers = inputs.map((x) => {
-    const buf = device.createBuffer({ size: bytes(x.length), usage });
-    device.queue.writeBuffer(buf, 0, x.buffer, x.byteOffset, x.byteLength);
-    return buf;
-  });
-  // Outputs poisoned with NaN: an element the kernel misses shows.
-  const outs = sizes.map((n) => {
-    const buf = device.createBuffer({ size: bytes(n), usage });
-    device.queue.writeBuffer(buf, 0, new Float32Array(bytes(n) / 4).fill(NaN));
-    return buf;
-  });
-  const reads = sizes.map((n) => device.createBuffer({ size: bytes(n), usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST }));
-  try {
-    device.pushErrorScope('validation');
-    const bindGroup = device.createBindGroup({ layout: pipeline.getBindGroupLayout(0), entries: [...buffers, ...outs].map((buffer, binding) => ({ binding, resource: { buffer } })) });
-    const enc = device.createCommandEncoder();
-    const pass = enc.beginComputePass();
-    pass.setPipeline(pipeline);
-    pass.setBindGroup(0, bindGroup);
-    pass.dispatchWorkgroups(...kernel.dispatch);
-    pass.end();
-    outs.forEach((o, i) => enc.copyBufferToBuffer(o, 0, reads[i], 0, bytes(sizes[i])));
-    device.queue.submit([enc.finish()]);
-    const error = await device.popErrorScope();
-    if (error) throw new Error(`${kernel.name}: ${error.message}`);
-    return await Promise.all(
-      reads.map(async (r, i) => {
-        await r.mapAsync(GPUMapMode.READ);
-        const data = new Float32Array(r.getMappedRange().slice(0, sizes[i] * 4));
-        r.unmap();
-        return data;
-      }),
-    );
-  } finally {
-    for (const b of [...buffers, ...outs, ...reads]) b.destroy();
-  }
-}
 
-/** Within `tol(i)` of the reference, NaN exactly where it is NaN; returns the largest error over the bound. */
-function assertClose(actual: Float32Array, expected: ArrayLike<number>, tol: (i: number) => number, what: string): number {
-  assert.equal(actual.length, expected.length, `${what}: length`);
-  let worst = 0;
-  for (let i = 0; i < actual.length; i++) {
-    const [a, e] = [actual[i], expected[i]];
-    if (Number.isNaN(e) || Number.isNaN(a)) {
-      assert.ok(Number.isNaN(a) && Number.isNaN(e), `${what}: element ${i} is ${a}, expected ${e}`);
-      continue;
-    }
-    const err = Math.abs(a - e);
-    if (!(err <= tol(i))) assert.fail(`${what}: element ${i} is ${a}, expected ${e} (error ${err} over the bound ${tol(i)})`);
-    worst = Math.max(worst, err / tol(i));
-  }
-  return worst;
-}
 
 interface Case {
   readonly what: string;
@@ -254,10 +163,8 @@ describe('on the device (emulated subgroup matrices; native on a GPU that has th
 
   /** Emulated: the config asked for. Native: it if the device lists it, else the device's own (tiles then default). */
   const sgTarget = (config: Config, tiles?: FlashSgmatTiles): { target: Target; tiles?: FlashSgmatTiles } => {
-    const base = gpu.target;
-    if (!native) return { target: withConfigs(base, [config], 'sgmat'), tiles };
-    const listed = base.subgroupMatrixConfigs.some((c) => c.componentType === 'f16' && c.resultComponentType === 'f32' && c.M === config.M && c.N === config.N && c.K === config.K);
-    return listed ? { target: withConfigs(base, [config], 'native'), tiles } : { target: base };
+    const { target, forced } = deviceSgmatTarget(gpu.target, native, config);
+    return forced ? { target, tiles } : { target };
   };
 
   for (const c of CASES) {
@@ -297,20 +204,20 @@ describe('on the device (emulated subgroup matrices; native on a GPU that has th
       assert.match(kernel.name, c.lse ? /^attention_flash_lse_sgmat_f16/ : /^attention_flash_sgmat_f16/);
       assert.equal(/subgroupMatrix/.test(kernel.wgsl), native, 'builtins only on a target with the feature');
       const sizes = [numel(node.shape), ...(c.lse ? [numel(graph.node(lse).shape)] : [])];
-      const [out, lseOut] = await runOutputs(gpu.device, kernel, bound, sizes);
+      const [out, lseOut] = await runKernelOutputs(gpu.device, kernel, bound, sizes);
       const ref = interpret(graph, new Map(graph.inputs.map((inp, i) => [inp.name, { shape: values[i].shape, data: Float64Array.from(values[i].data) }])));
       const vMax = values[2].data.reduce((a, x) => Math.max(a, Math.abs(x)), 0);
-      const worst = assertClose(out, ref.get('y')!.data, () => ((2 * U16) / (1 - U16) + 1e-5) * vMax, `${c.what}: out`);
+      const worst = assertWithin(out, ref.get('y')!.data, () => ((2 * U16) / (1 - U16) + 1e-5) * vMax, `${c.what}: out`);
       if (c.lse) {
         const r = ref.get('lse')!.data;
-        assertClose(lseOut, r, (i) => U16 / (1 - U16) + 1e-5 * (1 + Math.abs(r[i])), `${c.what}: lse`);
+        assertWithin(lseOut, r, (i) => U16 / (1 - U16) + 1e-5 * (1 + Math.abs(r[i])), `${c.what}: lse`);
       }
       // Not vacuous: the f16 rounding of P shows, but far below the bound.
       assert.ok(worst > 0 && worst < 0.5, `${c.what}: largest error ${worst} of the bound`);
     });
   }
 
-  test('through the schedule: an fp16 LoRA training step of eva_tiny runs its attention (with lse) on subgroup matrices', async () => {
+  test('through the schedule: an fp16 LoRA training step of eva_tiny runs its attention (with lse) and its backward on subgroup matrices', async () => {
     const checked = checkFiles([join(REPO_ROOT, 'pipelines', 'eva_tiny.visft')]);
     const plan = trainPlan(checked, checked.roots[0]);
     const stage = { ...plan.stages.find((x) => x.name === 'stage2')!, precision: 'fp16' as const };
@@ -326,11 +233,21 @@ describe('on the device (emulated subgroup matrices; native on a GPU that has th
     const attention = names.filter((n) => n.startsWith('attention_flash'));
     assert.ok(flash.length >= 2, `attention kernels: ${attention.join(', ')}`);
     assert.ok(flash.every((n) => n.includes('_lse') && /_qv_kv_vv/.test(n)), `each forward with its lse sibling, q, k, v read through views: ${flash.join(', ')}`);
+    // The backward too (kernels/flash-sgmat-backward.ts): dq, and dk with dv, per block.
+    const grads = names.filter((n) => /^attention_grad_\w+_flash_sgmat_f16/.test(n));
+    assert.deepEqual([...new Set(grads.map((n) => /^attention_grad_(\w+?)_flash/.exec(n)![1]))].sort(), ['kv', 'q'], `backward kernels: ${grads.join(', ')}`);
     assert.ok(program({ ...gpu.target, subgroupMatrixConfigs: [] }).schedule.kernels.every((k) => !k.name.includes('sgmat')));
     const { inputs, params } = captionFeeds(step, makeRng(9), { lossScale: 1024 });
-    const got = (await runGpu(gpu, step, sg, inputs, params)).get('loss')!.data[0];
-    // The interpreter rounds where autocast does and keeps P in float64: P's f16 rounding is the difference.
-    const ref = interpret(step, inputs, params).get('loss')!.data[0];
-    assert.ok(Math.abs(got - ref) <= 2e-3 * Math.abs(ref), `loss ${got} vs the interpreter's ${ref}`);
+    const out = await runGpu(gpu, step, sg, inputs, params);
+    // The interpreter rounds where autocast does and keeps P (and dS) in float64: their f16 rounding is the difference.
+    const ref = interpret(step, inputs, params);
+    const loss = [out.get('loss')!.data[0], ref.get('loss')!.data[0]];
+    assert.ok(Math.abs(loss[0] - loss[1]) <= 2e-3 * Math.abs(loss[1]), `loss ${loss[0]} vs the interpreter's ${loss[1]}`);
+    for (const [name, r] of ref) {
+      if (!name.startsWith('d:')) continue;
+      const scale = Math.max(...r.data.map(Math.abs));
+      const worst = Math.max(...r.data.map((v, i) => Math.abs(v - out.get(name)!.data[i])));
+      assert.ok(worst <= 2e-2 * scale, `${name}: worst error ${worst}, largest value ${scale}`);
+    }
   });
 });

@@ -193,6 +193,47 @@ export async function runKernel(device: GPUDevice, kernel: Kernel, inputs: reado
   }
 }
 
+/** Runs `kernel` on `inputs` (bound first) with one output per size; returns the outputs. */
+export async function runKernelOutputs(device: GPUDevice, kernel: Kernel, inputs: readonly Float32Array[], sizes: readonly number[]): Promise<Float32Array[]> {
+  assert.equal(kernel.bindings.length, inputs.length + sizes.length, `${kernel.name}: bindings`);
+  const pipeline = await pipelineFor(device, kernel);
+  const usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST;
+  const bytes = (n: number) => Math.max(16, Math.ceil((n * 4) / 16) * 16);
+  const make = (data: Float32Array) => {
+    const buf = device.createBuffer({ size: bytes(data.length), usage });
+    device.queue.writeBuffer(buf, 0, data.buffer, data.byteOffset, data.byteLength);
+    return buf;
+  };
+  const buffers = inputs.map(make);
+  // Outputs poisoned with NaN: an element the kernel misses shows.
+  const outs = sizes.map((n) => make(new Float32Array(bytes(n) / 4).fill(NaN)));
+  const reads = sizes.map((n) => device.createBuffer({ size: bytes(n), usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST }));
+  try {
+    device.pushErrorScope('validation');
+    const bindGroup = device.createBindGroup({ layout: pipeline.getBindGroupLayout(0), entries: [...buffers, ...outs].map((buffer, binding) => ({ binding, resource: { buffer } })) });
+    const enc = device.createCommandEncoder();
+    const pass = enc.beginComputePass();
+    pass.setPipeline(pipeline);
+    pass.setBindGroup(0, bindGroup);
+    pass.dispatchWorkgroups(...kernel.dispatch);
+    pass.end();
+    outs.forEach((o, i) => enc.copyBufferToBuffer(o, 0, reads[i], 0, bytes(sizes[i])));
+    device.queue.submit([enc.finish()]);
+    const error = await device.popErrorScope();
+    if (error) throw new Error(`${kernel.name}: ${error.message}`);
+    return await Promise.all(
+      reads.map(async (r, i) => {
+        await r.mapAsync(GPUMapMode.READ);
+        const data = new Float32Array(r.getMappedRange().slice(0, sizes[i] * 4));
+        r.unmap();
+        return data;
+      }),
+    );
+  } finally {
+    for (const b of [...buffers, ...outs, ...reads]) b.destroy();
+  }
+}
+
 // ---------------------------------------------------------------------------------------------- against the reference
 
 export type RuleTable = { readonly [K in IrOp]?: GpuRule };
@@ -386,6 +427,23 @@ export function matmulMismatch(expected: ReadonlyMap<string, RefTensor>, actual:
     }
   }
   return undefined;
+}
+
+/** Within `tol(i)` of the reference, NaN exactly where it is NaN; returns the largest error over the bound. */
+export function assertWithin(actual: Float32Array, expected: ArrayLike<number>, tol: (i: number) => number, what: string): number {
+  assert.equal(actual.length, expected.length, `${what}: length`);
+  let worst = 0;
+  for (let i = 0; i < actual.length; i++) {
+    const [a, e] = [actual[i], expected[i]];
+    if (Number.isNaN(e) || Number.isNaN(a)) {
+      assert.ok(Number.isNaN(a) && Number.isNaN(e), `${what}: element ${i} is ${a}, expected ${e}`);
+      continue;
+    }
+    const err = Math.abs(a - e);
+    if (!(err <= tol(i))) assert.fail(`${what}: element ${i} is ${a}, expected ${e} (error ${err} over the bound ${tol(i)})`);
+    worst = Math.max(worst, err / tol(i));
+  }
+  return worst;
 }
 
 /** Equal bit for bit (any NaN equals any NaN). */

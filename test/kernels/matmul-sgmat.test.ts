@@ -23,13 +23,7 @@ import { openDevice, type GpuDevice } from '../../runtime/gpu/device.js';
 import { runGpu } from '../../runtime/run-gpu.js';
 import { makeRng, randomTensor as randomRef } from '../ir/util.js';
 import { matmulMismatch, randomTensor, runKernel } from './harness.js';
-
-type Config = { M: number; N: number; K: number };
-const withConfigs = (t: Target, configs: Config[], name: string): Target => ({
-  ...t,
-  name: `${t.name}+${name}`,
-  subgroupMatrixConfigs: configs.map((c) => ({ componentType: 'f16', resultComponentType: 'f32', ...c })),
-});
+import { deviceSgmatTarget, withConfigs, type Config } from './sgmat-targets.js';
 
 /** Equal, or both zero (a sum of zero products may be +0 one way and -0 the other), or both NaN. */
 function assertSame(actual: ArrayLike<number>, expected: ArrayLike<number>, what: string): void {
@@ -78,9 +72,8 @@ describe('on the device (emulated subgroup matrices; native on a GPU that has th
 
   /** Emulated: the config asked for. Native: it if the device lists it, else the device's own (tiles then default). */
   const sgTarget = (config: Config, tiles?: SgmatTiles): { target: Target; tiles?: SgmatTiles } => {
-    if (!native) return { target: withConfigs(base, [config], 'sgmat'), tiles };
-    const listed = base.subgroupMatrixConfigs.some((c) => c.componentType === 'f16' && c.resultComponentType === 'f32' && c.M === config.M && c.N === config.N && c.K === config.K);
-    return listed ? { target: withConfigs(base, [config], 'native'), tiles } : { target: base };
+    const { target, forced } = deviceSgmatTarget(base, native, config);
+    return forced ? { target, tiles } : { target };
   };
 
   /** Emulated: bit for bit (sums in k order as the naive and tiled kernels do). Native: tensor cores sum in their own order. */
