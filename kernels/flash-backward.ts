@@ -26,6 +26,7 @@ import {
   dotRowsCode,
   EXP_FLASH,
   flashKernel,
+  GRAD_SLOTS,
   laneVec4s,
   loadMaskTileCode,
   loadVec4RowCode,
@@ -46,14 +47,7 @@ import {
   type FlashTiles,
 } from './flash-common.js';
 
-// Input slots.
-const Q = 0;
-const K = 1;
-const V = 2;
-const G = 3;
-const LSE = 4;
-const DELTA = 5;
-const MASK = 6;
+const { Q, K, V, G, LSE, DELTA, MASK } = GRAD_SLOTS;
 
 function geometryOf(node: Node, inputs: readonly Node[]): AttentionGeometry {
   const [q, k, v] = inputs;

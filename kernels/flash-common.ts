@@ -15,6 +15,9 @@ import { attrNum } from '../compiler/ir/rules/shape.js';
 import { broadcastStrides, groupIndexCode, loopBound, makeKernel, u32Lit, unboundedLoop, withOutput, EXP_POLY, type KernelParts } from './elementwise.js';
 import { floorPow2 } from './reduce.js';
 
+/** attention_grad's input slots. */
+export const GRAD_SLOTS = { Q: 0, K: 1, V: 2, G: 3, LSE: 4, DELTA: 5, MASK: 6 } as const;
+
 export class FlashTileError extends Error {}
 
 export interface AttentionGeometry {

@@ -26,10 +26,10 @@ import type { Kernel, Target } from '../compiler/codegen/types.js';
 import { isExactHalf } from '../compiler/codegen/half.js';
 import type { Graph, Node } from '../compiler/ir/graph.js';
 import { attrNum } from '../compiler/ir/rules/shape.js';
-import { dispatchGroups, f32Lit, groupIndexCode, u32Lit, unboundedLoop } from './elementwise.js';
-import { attentionGeometry, bindingOf, directReads, EXP_FLASH, flashKernel, FlashTileError, maskOffset, tileSource, touchUnread, withSecondOutput, type FlashReads } from './flash-common.js';
+import { dispatchGroups, f32Lit, u32Lit, unboundedLoop } from './elementwise.js';
+import { attentionGeometry, bindingOf, directReads, EXP_FLASH, flashKernel, FlashTileError, GRAD_SLOTS, maskOffset, touchUnread, withSecondOutput, type FlashReads } from './flash-common.js';
 import type { AttentionShapes } from './flash-sgmat.js';
-import { lcm, PAD16, PAD32, readTile, roundUp, spread, SUBGROUP_CHOICES, SWEEP_CHOICES, tilesUnfit } from './flash-sgmat-common.js';
+import { flashMainHead, lcm, PAD16, PAD32, roundUp, spread, stageRows, SUBGROUP_CHOICES, SWEEP_CHOICES, tilesUnfit } from './flash-sgmat-common.js';
 import { NO_SGMAT_CONFIG, nativeSgmat, sgmatIds, sgmatLanes, sgmatOps, sgmatShape, type SgmatShape } from './sgmat.js';
 
 /** How a backward kernel tiles one (batch, head). */
@@ -45,14 +45,7 @@ export interface FlashSgmatBackwardTiles {
 /** What a kernel computes: dq, dk, dv, or dk and dv together. */
 export type FlashSgmatGrad = 'q' | 'k' | 'v' | 'kv';
 
-// Input slots of attention_grad.
-const Q = 0;
-const K = 1;
-const V = 2;
-const G = 3;
-const LSE = 4;
-const DELTA = 5;
-const MASK = 6;
+const { Q, K, V, G, LSE, DELTA, MASK } = GRAD_SLOTS;
 
 /** Which products a kernel has: dP (dq, dk), acc_x += dS·a (dq, dk), acc_y += P·b (dv). */
 function rolesOf(which: FlashSgmatGrad) {
@@ -275,21 +268,8 @@ export function flashSgmatBackwardKernel(node: Node, inputs: readonly Node[], ta
   const at = (reg: Region, offset: string) => `${reg.arr}[${reg.base ? `${U(reg.base)} + ` : ''}${offset}]`;
   const off = (reg: Region, offset: string) => (reg.base ? `${U(reg.base)} + ${offset}` : offset);
 
-  /** Stages `rows` rows of operand `slot` from row `row0` as f16, zeros past `valid` and past `cols` to `width`. */
-  const stage = (slot: number, row0: string, rows: number, valid: string, width: number, cols: number, seq: number, dst: (r: string, c: string) => string, indent: string) =>
-    spread(
-      target,
-      rows * width,
-      T,
-      [
-        `let r = x / ${U(width)};`,
-        `let c = x % ${U(width)};`,
-        'var val = 0.0f;',
-        `if (${valid} && c < ${U(cols)}) { val = ${readTile(tileSource(reads, slot, row0), row0, cols, 'r', 'c', seq)}; }`,
-        `${dst('r', 'c')} = f16(val);`,
-      ],
-      indent,
-    );
+  const stage = (slot: number, row0: string, rows: number, valid: string, width: number, cols: number, seq: number, dst: (r: string, c: string) => string, indent?: string) =>
+    stageRows(target, T, reads, { slot, row0, rows, valid, width, cols, seq, dst }, indent);
   const ownValid = `own0 + r < ${U(ownLen)}`;
   const stageX = stage(xSlot, 'own0', BR, ownValid, DKP, g.D, ownLen, (rr, c) => at(l.x, `${rr} * ${U(SO)} + ${c}`), '  ');
   const stageY = r.dP ? stage(ySlot, 'own0', BR, ownValid, DVP, g.Dv, ownLen, (rr, c) => at(l.y, `${rr} * ${U(SO)} + ${c}`), '  ') : '';
@@ -417,17 +397,7 @@ ${I}}`;
 
 ${decls}
 
-// d${which}: ${W} subgroup(s) of ${m} ${r.dq ? 'query' : 'key'} rows, ${BC} ${r.dq ? 'keys' : 'queries'} per tile${tiles.sequential ? ' (staged one operand at a time)' : ''}, ${m}x${n}x${kk} matrices.
-@compute @workgroup_size(${T}, 1, 1)
-fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid: u32${ids.params}) {
-${groupIndexCode('grp', groups, dispatch)}
-${ids.code}  let bh = grp / ${U(ownTiles)};
-  let own0 = (grp % ${U(ownTiles)}) * ${U(BR)};
-  let h = bh % ${U(g.H)};
-  let b = bh / ${U(g.H)};
-  // Subgroups past ${W} (smaller runtime subgroups) only help stage the tiles.
-  let computes = sg < ${U(W)};
-  let sm = sg * ${U(m)};
+${flashMainHead({ comment: `d${which}: ${W} subgroup(s) of ${m} ${r.dq ? 'query' : 'key'} rows, ${BC} ${r.dq ? 'keys' : 'queries'} per tile${tiles.sequential ? ' (staged one operand at a time)' : ''}, ${m}x${n}x${kk} matrices.`, invocations: T, ids, groups, dispatch, tiles: ownTiles, rows: BR, row0: 'own0', heads: g.H, subgroups: W, m })}
 ${r.dP ? '' : `${touchUnread(reads, [V, DELTA])}\n`}${stageX}
 ${stageY ? `${stageY}\n` : ''}${rowStats ? `${rowStats}\n` : ''}  workgroupBarrier();
 ${range(DKP / kk)

@@ -1,8 +1,8 @@
 // What the tensor-core flash kernels (kernels/flash-sgmat.ts forward, kernels/flash-sgmat-backward.ts backward)
 // share: padding, tile preferences, the staging loop, reads of row operands, and the tile fit check.
 import type { Target } from '../compiler/codegen/types.js';
-import { u32Lit, unboundedLoop } from './elementwise.js';
-import type { TileSource } from './flash-common.js';
+import { groupIndexCode, u32Lit, unboundedLoop } from './elementwise.js';
+import { tileSource, type FlashReads, type TileSource } from './flash-common.js';
 import type { SgmatShape } from './sgmat.js';
 
 /** f16 elements of padding per staged f16 row (16 bytes: keeps rows aligned and off one bank). */
@@ -27,6 +27,34 @@ export function readTile(src: TileSource, row0: string, cols: number, row: strin
   return typeof src === 'string' ? `${src}[(bh * ${u32Lit(S)} + ${row0} + ${row}) * ${u32Lit(cols)} + ${col}]` : src(row, col);
 }
 
+/**
+ * WGSL: the workgroup's `T` invocations stage `rows` rows of row operand `slot` (read through `reads`; first row
+ * `row0`, row length `cols` of a sequence of `seq` rows) as f16, zeros past `valid` (a WGSL condition on `r`) and
+ * from `cols` to `width` columns: element (r, c) goes to `dst(r, c)`.
+ */
+export function stageRows(
+  target: Target,
+  T: number,
+  reads: FlashReads,
+  o: { slot: number; row0: string; rows: number; valid: string; width: number; cols: number; seq: number; dst: (r: string, c: string) => string },
+  indent?: string,
+): string {
+  const U = u32Lit;
+  return spread(
+    target,
+    o.rows * o.width,
+    T,
+    [
+      `let r = x / ${U(o.width)};`,
+      `let c = x % ${U(o.width)};`,
+      'var val = 0.0f;',
+      `if (${o.valid} && c < ${U(o.cols)}) { val = ${readTile(tileSource(reads, o.slot, o.row0), o.row0, o.cols, 'r', 'c', o.seq)}; }`,
+      `${o.dst('r', 'c')} = f16(val);`,
+    ],
+    indent,
+  );
+}
+
 /** A tiling as the fit check sees it: `sweep` rows per swept tile (named `what`), invocations and bytes. */
 export interface TileFit {
   readonly shape: SgmatShape;
@@ -47,4 +75,42 @@ export function tilesUnfit(target: Target, t: TileFit, groups: number): string |
   if (t.bytes > L.maxComputeWorkgroupStorageSize) return `${t.bytes} bytes of workgroup memory exceed the target's ${L.maxComputeWorkgroupStorageSize}`;
   if (groups > L.maxComputeWorkgroupsPerDimension ** 3) return `${groups} workgroups exceed the dispatch limits`;
   return undefined;
+}
+
+/** What the flash kernels' entry point starts with (flashMainHead). */
+export interface FlashMainHead {
+  /** A comment line describing the tiling. */
+  readonly comment: string;
+  readonly invocations: number;
+  /** sgmatIds: the entry point's extra parameters and the statements defining sg, lane, lanes. */
+  readonly ids: { readonly params: string; readonly code: string };
+  readonly groups: number;
+  readonly dispatch: readonly [number, number, number];
+  /** Tiles of owned rows per (batch, head), `rows` rows each; their first row is named `row0`. */
+  readonly tiles: number;
+  readonly rows: number;
+  readonly row0: string;
+  readonly heads: number;
+  /** Subgroups that compute, `m` owned rows each. */
+  readonly subgroups: number;
+  readonly m: number;
+}
+
+/**
+ * WGSL from `@compute` to the subgroup's first owned row: the workgroup's (batch `b`, head `h`, pair `bh`) and
+ * first owned row, `computes` and `sm` (the subgroup's first row in the tile).
+ */
+export function flashMainHead(o: FlashMainHead): string {
+  const U = u32Lit;
+  return `// ${o.comment}
+@compute @workgroup_size(${o.invocations}, 1, 1)
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid: u32${o.ids.params}) {
+${groupIndexCode('grp', o.groups, o.dispatch)}
+${o.ids.code}  let bh = grp / ${U(o.tiles)};
+  let ${o.row0} = (grp % ${U(o.tiles)}) * ${U(o.rows)};
+  let h = bh % ${U(o.heads)};
+  let b = bh / ${U(o.heads)};
+  // Subgroups past ${o.subgroups} (smaller runtime subgroups) only help stage the tiles.
+  let computes = sg < ${U(o.subgroups)};
+  let sm = sg * ${U(o.m)};`;
 }

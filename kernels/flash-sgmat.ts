@@ -27,10 +27,10 @@
 import type { Kernel, Target } from '../compiler/codegen/types.js';
 import { isExactHalf } from '../compiler/codegen/half.js';
 import type { Graph, Node, Shape } from '../compiler/ir/graph.js';
-import { dispatchGroups, f32Lit, groupIndexCode, u32Lit, unboundedLoop } from './elementwise.js';
-import { attentionGeometry, bindingOf, directReads, EXP_FLASH, flashKernel, maskOffset, tileSource, withSecondOutput, type FlashReads } from './flash-common.js';
+import { dispatchGroups, f32Lit, u32Lit, unboundedLoop } from './elementwise.js';
+import { attentionGeometry, bindingOf, directReads, EXP_FLASH, flashKernel, maskOffset, withSecondOutput, type FlashReads } from './flash-common.js';
 import { combineCode } from './reduce.js';
-import { lcm, PAD16, PAD32, readTile, roundUp, spread, SUBGROUP_CHOICES, SWEEP_CHOICES, tilesUnfit } from './flash-sgmat-common.js';
+import { flashMainHead, lcm, PAD16, PAD32, roundUp, spread, stageRows, SUBGROUP_CHOICES, SWEEP_CHOICES, tilesUnfit } from './flash-sgmat-common.js';
 import { NO_SGMAT_CONFIG, nativeSgmat, sgmatIds, sgmatLanes, sgmatOps, sgmatShape, type SgmatShape } from './sgmat.js';
 
 /** How the kernel tiles one (batch, head). */
@@ -212,24 +212,8 @@ export function flashSgmatForwardKernel(node: Node, inputs: readonly Node[], tar
   const range = (count: number) => Array.from({ length: count }, (_, i) => i);
   const ifComputes = (lines: string[], indent: string) => [`${indent}if (computes) {`, ...lines.map((x) => `${indent}  ${x}`), `${indent}}`].join('\n');
 
-  /**
-   * Stages `rows` rows of row operand `slot` (first row `row0`, row length `cols`) as f16, padded with zeros to
-   * `width` columns and past `valid`: element (r, c) goes to `dst(r, c)`.
-   */
   const stage = (slot: number, row0: string, rows: number, valid: string, width: number, cols: number, seq: number, dst: (r: string, c: string) => string, indent?: string) =>
-    spread(
-      target,
-      rows * width,
-      T,
-      [
-        `let r = x / ${U(width)};`,
-        `let c = x % ${U(width)};`,
-        'var val = 0.0f;',
-        `if (${valid} && c < ${U(cols)}) { val = ${readTile(tileSource(reads, slot, row0), row0, cols, 'r', 'c', seq)}; }`,
-        `${dst('r', 'c')} = f16(val);`,
-      ],
-      indent,
-    );
+    stageRows(target, T, reads, { slot, row0, rows, valid, width, cols, seq, dst }, indent);
   const stageQ = stage(0, 'i0', BR, `i0 + r < ${U(g.Sq)}`, DKP, g.D, g.Sq, (r, c) => `${qArr}[${r} * ${U(SQ)} + ${c}]`);
   // kᵀ: key r of the tile is column r (reads run along the head dim: coalesced).
   const stageK = stage(1, 'j0', BC, 'r < k_valid', DKP, g.D, g.Sk, (r, c) => `${kArr}[${c} * ${U(SK)} + ${r}]`, '    ');
@@ -335,17 +319,7 @@ export function flashSgmatForwardKernel(node: Node, inputs: readonly Node[], tar
 
 ${decls}
 
-// ${W} subgroup(s) of ${m} query rows, ${BC} keys per tile, ${shape.m}x${shape.n}x${shape.k} matrices${tiles.sharedKv ? ', kᵀ and v in one array' : ''}.
-@compute @workgroup_size(${T}, 1, 1)
-fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid: u32${ids.params}) {
-${groupIndexCode('grp', groups, dispatch)}
-${ids.code}  let bh = grp / ${U(qTiles)};
-  let i0 = (grp % ${U(qTiles)}) * ${U(BR)};
-  let h = bh % ${U(g.H)};
-  let b = bh / ${U(g.H)};
-  // Subgroups past ${W} (smaller runtime subgroups) only help stage the tiles.
-  let computes = sg < ${U(W)};
-  let sm = sg * ${U(m)};
+${flashMainHead({ comment: `${W} subgroup(s) of ${m} query rows, ${BC} keys per tile, ${shape.m}x${shape.n}x${shape.k} matrices${tiles.sharedKv ? ', kᵀ and v in one array' : ''}.`, invocations: T, ids, groups, dispatch, tiles: qTiles, rows: BR, row0: 'i0', heads: g.H, subgroups: W, m })}
 ${stageQ}
   for (var r = lid; r < ${unboundedLoop(BR, target)}; r += ${U(T)}) {
     row_m[r] = ${NEG_INF};
