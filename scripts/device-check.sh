@@ -19,6 +19,8 @@ step() { # name, seconds, command...
 }
 step doctor 60 node bin/visft.js doctor
 step sgmat-test 180 node --test --test-reporter=spec dist/test/kernels/matmul-sgmat.test.js dist/test/kernels/flash-sgmat*.test.js
+# Dawn's own subgroup-matrix tests enable the Vulkan memory model: if the native kernels fail above, try with it.
+grep -q '^ℹ fail 0' "$OUT/sgmat-test.txt" || VISFT_DAWN_TOGGLES=use_vulkan_memory_model step sgmat-test-vkmm 180 node --test --test-reporter=spec dist/test/kernels/matmul-sgmat.test.js dist/test/kernels/flash-sgmat*.test.js
 step flash-test 150 node --test --test-reporter=spec dist/test/kernels/flash-attention.test.js
 step bench-matmul 150 node bin/visft.js bench --json --rows matmul_f16,matmul_f32
 step bench-rows 90 node bin/visft.js bench --json --rows layernorm,softmax,gelu

@@ -56,7 +56,10 @@ export function dawnOptions(o: { backend?: string; profiling?: boolean; adapter?
   const flags: string[] = [];
   if (o.backend) flags.push(`backend=${o.backend}`);
   if (o.adapter) flags.push(`adapter=${o.adapter}`);
-  flags.push(`enable-dawn-features=${DAWN_TOGGLES.join(',')}`);
+  // VISFT_DAWN_TOGGLES adds toggles (comma-separated) for experiments on a lent GPU, e.g. use_vulkan_memory_model,
+  // which Dawn's own subgroup-matrix tests enable on Vulkan.
+  const extra = (process.env.VISFT_DAWN_TOGGLES ?? '').split(',').map((t) => t.trim()).filter(Boolean);
+  flags.push(`enable-dawn-features=${[...DAWN_TOGGLES, ...extra].join(',')}`);
   if (o.profiling) flags.push('disable-dawn-features=timestamp_quantization');
   return flags;
 }

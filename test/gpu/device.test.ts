@@ -50,6 +50,15 @@ test('openDevice by adapter name, and a clear error when none matches', async ()
 test('dawn options: NVIDIA toggles always, timestamp quantisation off when profiling', () => {
   assert.deepEqual(dawnOptions({ backend: 'vulkan' }), ['backend=vulkan', 'enable-dawn-features=allow_unsafe_apis,vulkan_enable_f16_on_nvidia']);
   assert.deepEqual(dawnOptions({ profiling: true }), ['enable-dawn-features=allow_unsafe_apis,vulkan_enable_f16_on_nvidia', 'disable-dawn-features=timestamp_quantization']);
+  // Extra toggles for experiments on a lent GPU (scripts/device-check.sh).
+  const saved = process.env.VISFT_DAWN_TOGGLES;
+  process.env.VISFT_DAWN_TOGGLES = ' use_vulkan_memory_model, ';
+  try {
+    assert.deepEqual(dawnOptions({}), ['enable-dawn-features=allow_unsafe_apis,vulkan_enable_f16_on_nvidia,use_vulkan_memory_model']);
+  } finally {
+    if (saved === undefined) delete process.env.VISFT_DAWN_TOGGLES;
+    else process.env.VISFT_DAWN_TOGGLES = saved;
+  }
   const a = { name: 'llvmpipe', vendor: 'mesa', architecture: 'software', device: 'llvmpipe-llvm', description: 'llvmpipe: Mesa 25', isFallbackAdapter: true };
   assert.ok(adapterMatches(a, 'Mesa'));
   assert.ok(!adapterMatches(a, 'nvidia'));
