@@ -11,7 +11,7 @@ import { compileOp } from '../../compiler/lower/op-entry.js';
 import { ShapeError } from '../../compiler/ir/rules/shape.js';
 import { printGraph } from '../../compiler/ir/print.js';
 import { compileGpu, formatKernels, formatWgsl } from '../../compiler/codegen/gpu.js';
-import { PORTABLE_TARGET } from '../../compiler/codegen/types.js';
+import { TARGETS } from '../../compiler/codegen/targets.js';
 import { formatPlan } from '../../compiler/plan/memory.js';
 import { UsageError } from './errors.js';
 import { writeFileAtomic } from './files.js';
@@ -28,6 +28,8 @@ export interface CompileOptions {
   emit?: string;
   optimize: boolean;
   fuse: boolean;
+  /** A named Target (compiler/codegen/targets.ts); default portable. */
+  target?: string;
 }
 
 export function parseShapes(specs: readonly string[]): Map<string, number[]> {
@@ -42,6 +44,8 @@ export function parseShapes(specs: readonly string[]): Map<string, number[]> {
 
 export function runCompile(file: string | undefined, opts: CompileOptions): number {
   if (!opts.output && !opts.emit) throw new UsageError('compile needs -o OUT.visftx (or --emit ir|kernels|wgsl|plan)');
+  const target = TARGETS[opts.target ?? 'portable'];
+  if (!target) throw new UsageError(`--target takes ${Object.keys(TARGETS).join(', ')}; got '${opts.target}'`);
   const shapes = parseShapes(opts.shape);
   let compiled: CompiledEntry;
   let source = { file: '', sha256: '' };
@@ -72,7 +76,7 @@ export function runCompile(file: string | undefined, opts: CompileOptions): numb
     }
     throw e;
   }
-  const gpu = compileGpu(compiled.graph, PORTABLE_TARGET, { fuse: opts.fuse });
+  const gpu = compileGpu(compiled.graph, target, { fuse: opts.fuse });
   if (opts.emit === 'ir') process.stdout.write(printGraph(compiled.graph));
   else if (opts.emit === 'kernels') process.stdout.write(formatKernels(gpu, compiled.graph));
   else if (opts.emit === 'wgsl') process.stdout.write(formatWgsl(gpu));

@@ -7,6 +7,8 @@
 // the float64 reference within f32 tolerance. The native spelling is checked as text (the builtins, the
 // directives); it runs only on a GPU with tensor cores (NVIDIA through Dawn, see docs/perf.md).
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
 import { after, before, describe, test } from 'node:test';
 import { schedule } from '../../compiler/codegen/schedule.js';
 import type { Target } from '../../compiler/codegen/types.js';
@@ -16,9 +18,10 @@ import { interpret } from '../../compiler/ir/interpret.js';
 import { roundF16 } from '../../compiler/ir/rules/reference-core.js';
 import { planMemory } from '../../compiler/plan/memory.js';
 import { GPU_RULES } from '../../kernels/index.js';
+import { TARGETS } from '../../compiler/codegen/targets.js';
 import { graphMatmulVariant, matmulKernel, matmulVariant, type MatmulReads } from '../../kernels/matmul.js';
 import { sgmatTiles, sgmatUnfit, type SgmatTiles } from '../../kernels/matmul-sgmat.js';
-import { SUBGROUP_MATRIX_FEATURE, nativeSgmat, sgmatOps, sgmatShape } from '../../kernels/sgmat.js';
+import { nativeSgmat, sgmatOps, sgmatShape } from '../../kernels/sgmat.js';
 import { openDevice, type GpuDevice } from '../../runtime/gpu/device.js';
 import { runGpu } from '../../runtime/run-gpu.js';
 import { makeRng, randomTensor as randomRef } from '../ir/util.js';
@@ -58,6 +61,19 @@ test('the native spelling: Dawn builtins with the types of the proposal, the dir
   assert.equal(ops.multiplyAccumulate('a', 'b', 'c'), 'subgroupMatrixMultiplyAccumulate(a, b, c)');
   assert.equal(ops.store('tile_c', 'o', 'c', '8u'), 'subgroupMatrixStore(&tile_c, o, c, false, 8u);');
   assert.equal(ops.helpers(), '');
+});
+
+test('visft compile --target plans for a GPU not at hand; an unknown target is a usage error', () => {
+  const bin = fileURLToPath(new URL('../../../bin/visft.js', import.meta.url));
+  const compile = (target: string) => spawnSync(process.execPath, [bin, 'compile', '--op', 'attention', '--shape', 'q=1x2x40x88', 'k=1x2x40x88', 'v=1x2x40x88', '--vjp', '--target', target, '--emit', 'kernels'], { encoding: 'utf8', timeout: 120_000 });
+  const h100 = compile('nvidia-h100');
+  assert.equal(h100.status, 0, h100.stderr);
+  assert.match(h100.stdout, /^# \d+ kernels for target 'nvidia-h100'/);
+  // Its flash tiles split rows over the H100's 32-lane subgroups: the kernels differ from the portable target's.
+  assert.notEqual(h100.stdout.replace(/nvidia-h100/g, ''), compile('portable').stdout.replace(/portable/g, ''));
+  const bad = compile('tpu');
+  assert.equal(bad.status, 2);
+  assert.match(bad.stderr, /--target takes portable, lavapipe, nvidia-h100, nvidia-h200; got 'tpu'/);
 });
 
 describe('on the device (emulated subgroup matrices; native on a GPU that has them)', () => {
@@ -208,7 +224,7 @@ describe('on the device (emulated subgroup matrices; native on a GPU that has th
   });
 
   test('a real subgroup-matrix target gets the native spelling', () => {
-    const native = withConfigs({ ...base, features: [...base.features, SUBGROUP_MATRIX_FEATURE, 'subgroups'], subgroupMaxSize: 32, subgroupMinSize: 32 }, [{ M: 16, N: 16, K: 16 }], 'native');
+    const native = TARGETS['nvidia-h100'];
     const { graph, mm } = product([2], [], 64, 64, 64, [false, true]);
     const node = graph.node(mm);
     const k = matmulKernel(node, node.inputs.map((i) => graph.node(i)), native, 'sgmat', undefined, [false, true]);
