@@ -20,6 +20,8 @@ export interface DoctorReport {
   /** Adapters Dawn lists for the backend (name and backend). */
   adapters?: { backend: string; name: string }[];
   target?: Target;
+  /** Why tensor cores are off although the adapter lists subgroup matrices. */
+  tensorCoresOff?: string;
   verified?: boolean;
   error?: string;
   hint?: string;
@@ -45,6 +47,7 @@ export async function doctorReport(opts: DoctorOptions = {}): Promise<DoctorRepo
     gpu = await openDevice({ ...(backend !== undefined ? { backend } : {}), ...(opts.adapter ? { adapter: opts.adapter } : {}) });
     report.adapter = gpu.info;
     report.target = gpu.target;
+    if (gpu.tensorCoresOff) report.tensorCoresOff = gpu.tensorCoresOff;
     const error = await testDispatch(gpu.device);
     if (error) report.error = error;
     else report.verified = true;
@@ -81,7 +84,8 @@ export async function runDoctor(opts: DoctorOptions): Promise<number> {
     w(`subgroups: ${t.features.includes('subgroups') ? `sizes ${t.subgroupMinSize}..${t.subgroupMaxSize}` : 'not available'}`);
     w(`subgroup matrices: ${t.subgroupMatrixConfigs.length ? t.subgroupMatrixConfigs.map((c) => `${c.componentType}->${c.resultComponentType} ${c.M}x${c.N}x${c.K}`).join(', ') : 'none'}`);
     const sg = sgmatShape(t);
-    w(`tensor-core matmuls: ${sg ? `yes, f16 ${sg.m}x${sg.n}x${sg.k} (matmul_sgmat_f16 for products of f16 values)` : 'no (f16 products run on the f32 tiles)'}`);
+    const off = r.tensorCoresOff ? `no: the adapter lists subgroup matrices, but ${r.tensorCoresOff}` : 'no (f16 products run on the f32 tiles)';
+    w(`tensor cores: ${sg ? `yes, f16 ${sg.m}x${sg.n}x${sg.k} (matmuls and flash attention of f16 values)` : off}`);
     w('limits:');
     for (const k of KEY_LIMITS) w(`  ${k}: ${t.limits[k]}`);
     if (r.adapters && r.adapters.length > 1) w(`other adapters: ${r.adapters.map((x) => `${x.name} (${x.backend})`).join('; ')} (pick one with --adapter NAME)`);

@@ -6,6 +6,7 @@ import type { Target } from '../../compiler/codegen/types.js';
 import { defaultBackend, withTimeout } from '../device/probe.js';
 import { errorMessage, GpuDeviceLostError, GpuError } from './errors.js';
 import { adapterDisplayName, dawnInfo, isFallbackAdapter, TARGET_LIMIT_KEYS, targetFromAdapter } from './target.js';
+import { tensorCoreProblem } from './tensor-core-probe.js';
 
 export interface OpenDeviceOptions {
   /** Pick the adapter whose description, device, vendor or architecture contains this (case-insensitive). */
@@ -126,7 +127,10 @@ export async function dawnAdapterList(backend: string | undefined = defaultBacke
 
 /** A device opened by openDevice. Keeps the GPU object alive until destroy() has finished. */
 export class GpuDevice {
-  readonly target: Target;
+  /** What codegen targets: read from the adapter; without subgroup matrices when they failed to compile here. */
+  target: Target;
+  /** Why tensor cores are off although the adapter lists subgroup matrices (tensorCoreProblem), if they are. */
+  tensorCoresOff?: string;
   readonly info: AdapterDescription;
   readonly lost: Promise<GPUDeviceLostInfo>;
   /** Uncaptured GPU errors (everything visft does runs in error scopes, so these point at a bug). */
@@ -279,5 +283,11 @@ export async function openDevice(options: OpenDeviceOptions = {}): Promise<GpuDe
   } catch (e) {
     throw new NoAdapterError(`requestDevice on ${describeAdapter(adapter).name} failed: ${errorMessage(e)}`);
   }
-  return new GpuDevice(gpu, adapter, device, backend, profiling);
+  const opened = new GpuDevice(gpu, adapter, device, backend, profiling);
+  const problem = await tensorCoreProblem(device, opened.target);
+  if (problem) {
+    opened.target = { ...opened.target, subgroupMatrixConfigs: [] };
+    opened.tensorCoresOff = problem;
+  }
+  return opened;
 }

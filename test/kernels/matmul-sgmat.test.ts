@@ -21,7 +21,8 @@ import { GPU_RULES } from '../../kernels/index.js';
 import { TARGETS } from '../../compiler/codegen/targets.js';
 import { graphMatmulVariant, matmulKernel, matmulVariant, type MatmulReads } from '../../kernels/matmul.js';
 import { sgmatTiles, sgmatUnfit, type SgmatTiles } from '../../kernels/matmul-sgmat.js';
-import { nativeSgmat, sgmatOps, sgmatShape } from '../../kernels/sgmat.js';
+import { nativeSgmat, sgmatOps, sgmatShape, SUBGROUP_MATRIX_FEATURE } from '../../kernels/sgmat.js';
+import { tensorCoreProblem } from '../../runtime/gpu/tensor-core-probe.js';
 import { openDevice, type GpuDevice } from '../../runtime/gpu/device.js';
 import { runGpu } from '../../runtime/run-gpu.js';
 import { makeRng, randomTensor as randomRef } from '../ir/util.js';
@@ -221,6 +222,15 @@ describe('on the device (emulated subgroup matrices; native on a GPU that has th
     for (const [name, v] of b) agree(a.get(name)!.data, v.data, 320, name);
     const ref = interpret(g, inputs, params);
     assert.equal(matmulMismatch(new Map([['p', ref.get('p')!]]), new Map([['p', a.get('p')!]]), 320), undefined);
+  });
+
+  test('tensorCoreProblem: nothing to check without native subgroup matrices; a rejected native kernel turns them off', async () => {
+    assert.equal(await tensorCoreProblem(gpu.device, base), undefined);
+    assert.equal(await tensorCoreProblem(gpu.device, withConfigs(base, [{ M: 16, N: 16, K: 16 }], 'emulated')), undefined);
+    // This device lacks the feature: the native kernels cannot compile here, as they would not on a driver that rejects them.
+    const claimed = withConfigs({ ...base, features: [...base.features, SUBGROUP_MATRIX_FEATURE] }, [{ M: 16, N: 16, K: 16 }], 'claimed');
+    assert.match((await tensorCoreProblem(gpu.device, claimed)) ?? '', /^matmul_sgmat_f16 did not compile: .*chromium_experimental_subgroup_matrix/);
+    assert.equal(gpu.tensorCoresOff, undefined, 'lavapipe lists no subgroup matrices: nothing was turned off');
   });
 
   test('a real subgroup-matrix target gets the native spelling', () => {

@@ -1,0 +1,61 @@
+// A check that the native subgroup-matrix kernels compile on this device before any program uses them. Their
+// spelling (kernels/sgmat.ts) follows the gpuweb proposal and Dawn's tests, but a driver or Dawn version may still
+// reject it; the device is then used without tensor cores (the f32-accumulating tiles compute the same products)
+// rather than every fp16 program failing at pipeline creation. `visft doctor` prints why.
+import type { Kernel, Target } from '../../compiler/codegen/types.js';
+import { Builder } from '../../compiler/ir/builder.js';
+import type { Graph } from '../../compiler/ir/graph.js';
+import { flashSgmatBackwardKernel } from '../../kernels/flash-sgmat-backward.js';
+import { flashSgmatForwardKernel } from '../../kernels/flash-sgmat.js';
+import { matmulKernel } from '../../kernels/matmul.js';
+import { nativeSgmat, sgmatShape } from '../../kernels/sgmat.js';
+import { errorMessage } from './errors.js';
+
+/** One small kernel of each native subgroup-matrix generator: matmul, flash forward, flash backward (dk+dv). */
+function probeKernels(target: Target): Kernel[] {
+  const b = new Builder();
+  const mm = b.add('matmul', [b.input('a', [64, 48]), b.input('b', [48, 64])]);
+  const [q, k, v] = ['q', 'k', 'v'].map((n) => b.input(n, [1, 1, 24, 40]));
+  const att = b.add('attention', [q, k, v]);
+  const g = b.input('g', [1, 1, 24, 40]);
+  const lse = b.input('lse', [1, 1, 24]);
+  const delta = b.input('delta', [1, 1, 24]);
+  const dk = b.add('attention_grad', [q, k, v, g, lse, delta], { wrt: 1 });
+  const dv = b.add('attention_grad', [q, k, v, g, lse, delta], { wrt: 2 });
+  const graph: Graph = b.graph;
+  const inputsOf = (id: number) => graph.node(id).inputs.map((i) => graph.node(i));
+  return [
+    matmulKernel(graph.node(mm), inputsOf(mm), target, 'sgmat'),
+    flashSgmatForwardKernel(graph.node(att), inputsOf(att), target),
+    flashSgmatBackwardKernel(graph.node(dk), inputsOf(dk), target, { sibling: graph.node(dv) }),
+  ];
+}
+
+/**
+ * Why the native subgroup-matrix kernels cannot run on `device` (the first failure: generating, or Dawn's
+ * message for the pipeline), or undefined when they compile or the Target has none.
+ */
+export async function tensorCoreProblem(device: GPUDevice, target: Target): Promise<string | undefined> {
+  if (!nativeSgmat(target) || !sgmatShape(target)) return undefined;
+  let kernels: Kernel[];
+  try {
+    kernels = probeKernels(target);
+  } catch (e) {
+    return `generating the test kernels failed: ${errorMessage(e)}`;
+  }
+  for (const kernel of kernels) {
+    device.pushErrorScope('validation');
+    let thrown: string | undefined;
+    try {
+      const module = device.createShaderModule({ code: kernel.wgsl, label: kernel.name });
+      await device.createComputePipelineAsync({ layout: 'auto', compute: { module, entryPoint: 'main' }, label: kernel.name });
+    } catch (e) {
+      thrown = errorMessage(e);
+    }
+    const error = await device.popErrorScope();
+    // The scope holds the shader module's own error (Tint's message); the rejected pipeline only points at it.
+    const why = error?.message ?? thrown;
+    if (why) return `${kernel.name} did not compile: ${why.split('\n').find((l) => /error/i.test(l))?.trim() ?? why.split('\n')[0]}`;
+  }
+  return undefined;
+}
