@@ -29,7 +29,7 @@ import { attrNum } from '../compiler/ir/rules/shape.js';
 import { dispatchGroups, f32Lit, u32Lit, unboundedLoop } from './elementwise.js';
 import { attentionGeometry, bindingOf, directReads, EXP_FLASH, flashKernel, FlashTileError, GRAD_SLOTS, maskOffset, touchUnread, withSecondOutput, type FlashReads } from './flash-common.js';
 import type { AttentionShapes } from './flash-sgmat.js';
-import { flashMainHead, lcm, PAD16, PAD32, roundUp, spread, stageRows, SUBGROUP_CHOICES, SWEEP_CHOICES, tilesUnfit } from './flash-sgmat-common.js';
+import { firstFit, flashMainHead, lcm, PAD16, PAD32, roundUp, spread, stageRows, tilesUnfit } from './flash-sgmat-common.js';
 import { NO_SGMAT_CONFIG, nativeSgmat, sgmatIds, sgmatLanes, sgmatOps, sgmatShape, type SgmatShape } from './sgmat.js';
 
 /** How a backward kernel tiles one (batch, head). */
@@ -158,22 +158,15 @@ export function flashSgmatBackwardTiles(target: Target, shapes: AttentionShapes,
   if (!shape) return NO_SGMAT_CONFIG;
   const dims = dimsOf(shapes, which);
   if (typeof dims === 'string') return dims;
-  const unit = lcm(shape.n, shape.k);
-  const maxSubgroups = Math.max(1, Math.ceil(dims.own / shape.m));
-  const maxSweep = Math.max(unit, roundUp(dims.sweep, unit));
-  let last = 'no tiles';
-  for (const subgroups of SUBGROUP_CHOICES.filter((s) => s <= maxSubgroups || s === 1)) {
-    for (const sweep of [...new Set(SWEEP_CHOICES.map((c) => roundUp(c, unit)))].filter((c) => c <= maxSweep || c === unit)) {
-      for (const sequential of [false, true]) {
-        const tiles = { subgroups, sweep, sequential };
-        const l = layout(target, shape, which, dims.d, dims.dv, tiles);
-        const why = layoutUnfit(target, l, dims.bh * Math.ceil(dims.own / l.br));
-        if (!why) return tiles;
-        last = why;
-      }
-    }
-  }
-  return `no tiles fit (head dims ${dims.d}, ${dims.dv}): ${last}`;
+  return firstFit(
+    shape,
+    dims,
+    (subgroups, sweep, sequential): FlashSgmatBackwardTiles => ({ subgroups, sweep, sequential }),
+    (tiles) => {
+      const l = layout(target, shape, which, dims.d, dims.dv, tiles);
+      return layoutUnfit(target, l, dims.bh * Math.ceil(dims.own / l.br));
+    },
+  );
 }
 
 /** The workgroup bytes of `tiles` (the chosen ones when not given). */

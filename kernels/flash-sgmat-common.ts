@@ -10,8 +10,8 @@ export const PAD16 = 8;
 /** f32 elements of padding per scratch row (16 bytes). */
 export const PAD32 = 4;
 /** Tile preferences: more rows share each staged tile; longer swept tiles rescale (or reload) less often. */
-export const SUBGROUP_CHOICES = [4, 2, 1];
-export const SWEEP_CHOICES = [64, 32, 16];
+const SUBGROUP_CHOICES = [4, 2, 1];
+const SWEEP_CHOICES = [64, 32, 16];
 
 export const roundUp = (x: number, to: number): number => Math.ceil(x / to) * to;
 const gcd = (a: number, b: number): number => (b === 0 ? a : gcd(b, a % b));
@@ -23,7 +23,7 @@ export function spread(target: Target, count: number, T: number, body: string[],
 }
 
 /** WGSL reading element (row, col) of a tile of a row operand whose first row is `row0`, row length `cols`. */
-export function readTile(src: TileSource, row0: string, cols: number, row: string, col: string, S: number): string {
+function readTile(src: TileSource, row0: string, cols: number, row: string, col: string, S: number): string {
   return typeof src === 'string' ? `${src}[(bh * ${u32Lit(S)} + ${row0} + ${row}) * ${u32Lit(cols)} + ${col}]` : src(row, col);
 }
 
@@ -113,4 +113,32 @@ ${o.ids.code}  let bh = grp / ${U(o.tiles)};
   // Subgroups past ${o.subgroups} (smaller runtime subgroups) only help stage the tiles.
   let computes = sg < ${U(o.subgroups)};
   let sm = sg * ${U(o.m)};`;
+}
+
+/**
+ * The first tiling that fits, in preference order: up to 4 subgroups (no more than `own` rows need), then swept
+ * tiles of 64, 32, 16 rows rounded to the config's n and k (no longer than `sweep` rows need), then `option` off
+ * before on. `unfit` says why a candidate does not fit; the result is the tiles, or why none fits.
+ */
+export function firstFit<T>(
+  shape: SgmatShape,
+  dims: { readonly own: number; readonly sweep: number; readonly d: number; readonly dv: number },
+  make: (subgroups: number, sweep: number, option: boolean) => T,
+  unfit: (tiles: T) => string | undefined,
+): T | string {
+  const unit = lcm(shape.n, shape.k);
+  const maxSubgroups = Math.max(1, Math.ceil(dims.own / shape.m));
+  const maxSweep = Math.max(unit, roundUp(dims.sweep, unit));
+  let last = 'no tiles';
+  for (const subgroups of SUBGROUP_CHOICES.filter((s) => s <= maxSubgroups || s === 1)) {
+    for (const sweep of [...new Set(SWEEP_CHOICES.map((c) => roundUp(c, unit)))].filter((c) => c <= maxSweep || c === unit)) {
+      for (const option of [false, true]) {
+        const tiles = make(subgroups, sweep, option);
+        const why = unfit(tiles);
+        if (!why) return tiles;
+        last = why;
+      }
+    }
+  }
+  return `no tiles fit (head dims ${dims.d}, ${dims.dv}): ${last}`;
 }

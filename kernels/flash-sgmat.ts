@@ -30,7 +30,7 @@ import type { Graph, Node, Shape } from '../compiler/ir/graph.js';
 import { dispatchGroups, f32Lit, u32Lit, unboundedLoop } from './elementwise.js';
 import { attentionGeometry, bindingOf, directReads, EXP_FLASH, flashKernel, maskOffset, withSecondOutput, type FlashReads } from './flash-common.js';
 import { combineCode } from './reduce.js';
-import { flashMainHead, lcm, PAD16, PAD32, roundUp, spread, stageRows, SUBGROUP_CHOICES, SWEEP_CHOICES, tilesUnfit } from './flash-sgmat-common.js';
+import { firstFit, flashMainHead, PAD16, PAD32, roundUp, spread, stageRows, tilesUnfit } from './flash-sgmat-common.js';
 import { NO_SGMAT_CONFIG, nativeSgmat, sgmatIds, sgmatLanes, sgmatOps, sgmatShape, type SgmatShape } from './sgmat.js';
 
 /** How the kernel tiles one (batch, head). */
@@ -118,22 +118,12 @@ export function flashSgmatTiles(target: Target, shapes: AttentionShapes): FlashS
   if (!shape) return NO_SGMAT_CONFIG;
   const dims = dimsOf(shapes);
   if (typeof dims === 'string') return dims;
-  const unit = lcm(shape.n, shape.k);
-  const maxSubgroups = Math.max(1, Math.ceil(dims.sq / shape.m));
-  const maxKeys = Math.max(unit, roundUp(dims.sk, unit));
-  let last = 'no tiles';
-  for (const subgroups of SUBGROUP_CHOICES.filter((s) => s <= maxSubgroups || s === 1)) {
-    for (const keys of [...new Set(SWEEP_CHOICES.map((c) => roundUp(c, unit)))].filter((c) => c <= maxKeys || c === unit)) {
-      for (const sharedKv of [false, true]) {
-        const tiles = { subgroups, keys, sharedKv };
-        const l = layout(target, shape, dims.d, dims.dv, tiles);
-        const why = layoutUnfit(target, l, dims.bh, dims.sq);
-        if (!why) return tiles;
-        last = why;
-      }
-    }
-  }
-  return `no tiles fit (head dims ${dims.d}, ${dims.dv}): ${last}`;
+  return firstFit(
+    shape,
+    { own: dims.sq, sweep: dims.sk, d: dims.d, dv: dims.dv },
+    (subgroups, keys, sharedKv): FlashSgmatTiles => ({ subgroups, keys, sharedKv }),
+    (tiles) => layoutUnfit(target, layout(target, shape, dims.d, dims.dv, tiles), dims.bh, dims.sq),
+  );
 }
 
 /** The workgroup bytes of `tiles` for these shapes on `target` (the chosen tiles when not given). */

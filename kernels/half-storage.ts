@@ -95,5 +95,7 @@ export function halfStorageKernel(kernel: Kernel, bindings: ReadonlySet<number>)
     wgsl = wgsl.replace(`> ${name}: array<f32>;`, `> ${name}: array<f16>;`);
   }
   // The declarations hold no `name[`: the whole module converts.
-  return { ...kernel, name: `${kernel.name}_f16io`, wgsl: `enable f16;\n${convertAccesses(wgsl, names)}` };
+  // Kernels that compute in f16 (subgroup-matrix tiles) enable it already.
+  const converted = convertAccesses(wgsl, names);
+  return { ...kernel, name: `${kernel.name}_f16io`, wgsl: /^enable f16;$/m.test(converted) ? converted : `enable f16;\n${converted}` };
 }

@@ -16,7 +16,7 @@
 import type { Target } from '../compiler/codegen/types.js';
 import { u32Lit } from './elementwise.js';
 
-/** The WebGPU feature behind `enable chromium_experimental_subgroup_matrix;` (also runtime/gpu/target.ts). */
+/** The WebGPU feature behind `enable chromium_experimental_subgroup_matrix;`. */
 export const SUBGROUP_MATRIX_FEATURE = 'chromium-experimental-subgroup-matrix';
 
 /** An f16-input, f32-result shape the Target's subgroup matrices multiply: [m, k] x [k, n]. */
@@ -45,7 +45,7 @@ export const nativeSgmat = (target: Target): boolean => target.features.includes
 export const NO_SGMAT_CONFIG = 'the target has no f16 x f16 -> f32 subgroup-matrix config (or no shader-f16)';
 
 /** Invocations per emulated subgroup (emulation repeats the matrix loads per lane group: keep it small). */
-export const EMULATED_LANES = 4;
+const EMULATED_LANES = 4;
 
 /** Invocations per subgroup a kernel is laid out for: natively the Target's largest (Dawn requires x to be a multiple). */
 export const sgmatLanes = (target: Target): number => (nativeSgmat(target) ? target.subgroupMaxSize : EMULATED_LANES);
@@ -65,8 +65,6 @@ export interface SgmatOps {
   readonly native: boolean;
   /** Directives the module starts with. */
   readonly directives: string;
-  /** Workgroup bytes the spelling adds (the emulated result slots). */
-  readonly workgroupBytes: number;
   /** A zero result matrix; `slot` (a u32 expression below `slots`) tells the emulation where it lives. */
   zero(slot: string): string;
   /** Left [m, k] (row-major at `offset`, row stride `stride`) of the f16 workgroup array `tile`. */
@@ -101,7 +99,6 @@ export function sgmatOps(shape: SgmatShape, native: boolean, slots: number, pref
     return {
       native,
       directives: 'enable f16;\nenable subgroups;\nenable chromium_experimental_subgroup_matrix;\ndiagnostic(off, chromium.subgroup_matrix_uniformity);',
-      workgroupBytes: 0,
       zero: () => `${result}()`,
       loadLeft: (tile, offset, stride) => `subgroupMatrixLoad<${left}>(&${tile}, ${offset}, false, ${stride})`,
       loadRight: (tile, offset, stride) => `subgroupMatrixLoad<${right}>(&${tile}, ${offset}, false, ${stride})`,
@@ -129,7 +126,6 @@ export function sgmatOps(shape: SgmatShape, native: boolean, slots: number, pref
   return {
     native,
     directives: 'enable f16;',
-    workgroupBytes: 4 * slots * m * n,
     zero: (slot) => `${P}_zero(${slot}, lane, lanes)`,
     loadLeft: (tile, offset, stride) => (source('left', tile, stride), offset),
     loadRight: (tile, offset, stride) => (source('right', tile, stride), offset),

@@ -4,8 +4,6 @@ import type { Target } from '../../compiler/codegen/types.js';
 import { adapterName } from '../device/probe.js';
 import { SUBGROUP_MATRIX_FEATURE } from '../../kernels/sgmat.js';
 
-export { SUBGROUP_MATRIX_FEATURE };
-
 /** The limits codegen and the memory plan rely on (Target['limits'] keys); requested at the adapter's maximum. */
 export const TARGET_LIMIT_KEYS = [
   'maxStorageBufferBindingSize',
