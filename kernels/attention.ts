@@ -217,6 +217,10 @@ export function attentionReads(graph: Graph, node: Node, plans: AttentionOperand
  * kernel also computes.
  */
 export function tensorCoreAttention(graph: Graph, node: Node, target: Target, sibling?: Node, reads?: FlashReads): Kernel | undefined {
+  // Off unless asked for: on the H200 (2026-11-27, warm clocks) they ran 2-3x slower than the f32-accumulating
+  // flash kernels on the same f16 values (forward 9.5 vs 3.2 ms at EVA-G detection), bound by their softmax and
+  // rescaling steps, not by the products (docs/perf.md).
+  if (!target.tuning?.tensorCoreAttention) return undefined;
   const inputs = () => node.inputs.map((i) => graph.node(i));
   if (node.op === 'attention') {
     if (!flashSgmatApplies(graph, node, target) || (sibling && sibling.op !== 'attention_lse')) return undefined;

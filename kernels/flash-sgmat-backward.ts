@@ -30,7 +30,7 @@ import { dispatchGroups, f32Lit, u32Lit, unboundedLoop } from './elementwise.js'
 import { attentionGeometry, bindingOf, directReads, EXP_FLASH, flashKernel, FlashTileError, GRAD_SLOTS, maskOffset, touchUnread, withSecondOutput, type FlashReads } from './flash-common.js';
 import type { AttentionShapes } from './flash-sgmat.js';
 import { firstFit, flashMainHead, lcm, PAD16, PAD32, roundUp, spread, stageRows, tilesUnfit } from './flash-sgmat-common.js';
-import { NO_SGMAT_CONFIG, nativeSgmat, sgmatIds, sgmatLanes, sgmatOps, sgmatShape, type SgmatShape } from './sgmat.js';
+import { NO_SGMAT_CONFIG, nativeSgmat, sgmatIds, sgmatSpelling, sgmatLanes, sgmatOps, sgmatShape, type SgmatShape } from './sgmat.js';
 
 /** How a backward kernel tiles one (batch, head). */
 export interface FlashSgmatBackwardTiles {
@@ -251,8 +251,8 @@ export function flashSgmatBackwardKernel(node: Node, inputs: readonly Node[], ta
   const xF = r.accX ? DKP / n : 0;
   const yF = r.accY ? DVP / n : 0;
   // S and dP read x, y (one array) and aᵀ, bᵀ; the accumulations read dS, P and a, b: one spelling each.
-  const sOps = sgmatOps(shape, native, l.slots.s, 'sgs');
-  const accOps = sgmatOps(shape, native, l.slots.acc, 'sga');
+  const sOps = sgmatOps(shape, sgmatSpelling(target), l.slots.s, 'sgs');
+  const accOps = sgmatOps(shape, sgmatSpelling(target), l.slots.acc, 'sga');
   const ownTiles = Math.ceil(ownLen / BR);
   const groups = g.B * g.H * ownTiles;
   const dispatch = dispatchGroups(groups, target);

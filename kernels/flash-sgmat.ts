@@ -31,7 +31,7 @@ import { dispatchGroups, f32Lit, u32Lit, unboundedLoop } from './elementwise.js'
 import { attentionGeometry, bindingOf, directReads, EXP_FLASH, flashKernel, maskOffset, withSecondOutput, type FlashReads } from './flash-common.js';
 import { combineCode } from './reduce.js';
 import { firstFit, flashMainHead, PAD16, PAD32, roundUp, spread, stageRows, tilesUnfit } from './flash-sgmat-common.js';
-import { NO_SGMAT_CONFIG, nativeSgmat, sgmatIds, sgmatLanes, sgmatOps, sgmatShape, type SgmatShape } from './sgmat.js';
+import { NO_SGMAT_CONFIG, nativeSgmat, sgmatIds, sgmatSpelling, sgmatLanes, sgmatOps, sgmatShape, type SgmatShape } from './sgmat.js';
 
 /** How the kernel tiles one (batch, head). */
 export interface FlashSgmatTiles {
@@ -118,6 +118,7 @@ export function flashSgmatTiles(target: Target, shapes: AttentionShapes): FlashS
   if (!shape) return NO_SGMAT_CONFIG;
   const dims = dimsOf(shapes);
   if (typeof dims === 'string') return dims;
+  if (target.tuning?.flashSgmatTiles) return target.tuning.flashSgmatTiles;
   return firstFit(
     shape,
     { own: dims.sq, sweep: dims.sk, d: dims.d, dv: dims.dv },
@@ -191,8 +192,8 @@ export function flashSgmatForwardKernel(node: Node, inputs: readonly Node[], tar
   // Two spellings: S = q·kᵀ reads q and kᵀ, O = P·V reads P and v (the emulation reads one pair of arrays each).
   const sFrags = BC / n;
   const oFrags = DVP / n;
-  const sOps = sgmatOps(shape, native, W * sFrags, 'sgs');
-  const oOps = sgmatOps(shape, native, W * oFrags, 'sgo');
+  const sOps = sgmatOps(shape, sgmatSpelling(target), W * sFrags, 'sgs');
+  const oOps = sgmatOps(shape, sgmatSpelling(target), W * oFrags, 'sgo');
   const [qArr, pArr] = native ? ['tile_qp', 'tile_qp'] : ['tile_q', 'tile_p'];
   const [kArr, vArr] = tiles.sharedKv ? ['tile_kv', 'tile_kv'] : ['tile_k', 'tile_v'];
   const qTiles = Math.ceil(g.Sq / BR);

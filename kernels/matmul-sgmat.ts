@@ -7,16 +7,18 @@
 // config's m x n (f32 result matrices held by the subgroup). Per k step of BK, every invocation stages its share
 // of the A [BM, BK] and B [BK, BN] tiles as f16 in workgroup memory (reads through transposes and views as the
 // other variants do, zeros outside the matrices), then each subgroup loads fragments from there and multiplies.
+// On hardware the next step's elements are loaded into registers before this step's products (Staging
+// 'prefetch' in kernels/matmul.ts): staging, not the products, bounds the kernel (ablations in docs/perf.md).
 // Rows of the staged tiles are padded (PAD halves) against bank conflicts. At the end each subgroup stores one
 // result fragment at a time into its own m x n f32 scratch, and its lanes apply the epilogue (MatmulOutput, and a
 // second product summed in f32 like the naive variant's) element by element with bounds checks: any M, N, K.
 // On software adapters the loops stay rolled (unboundedLoop): LLVM otherwise unrolled a small unbatched product's
-// staging loops for over a minute. Tile sizes are a first choice, not yet tuned on a GPU with tensor cores (docs/perf.md).
+// staging loops for over a minute. Tile sizes: measured on the H200 for 256-token products (sgmatTiles).
 import type { Kernel, Target } from '../compiler/codegen/types.js';
 import type { Node } from '../compiler/ir/graph.js';
 import { dispatchGroups, u32Lit, unboundedLoop } from './elementwise.js';
-import { assemble, batchOffsets, operandLoads, storeBlock, type MatmulDims, type MatmulOutput } from './matmul.js';
-import { NO_SGMAT_CONFIG, nativeSgmat, sgmatIds, sgmatLanes, sgmatOps, sgmatShape, type SgmatShape } from './sgmat.js';
+import { assemble, batchOffsets, defaultStaging, operandLoads, stagedKLoop, storeBlock, unrolledStaging, type MatmulDims, type MatmulOutput, type Staging, type TileDims, type TileStaging } from './matmul.js';
+import { NO_SGMAT_CONFIG, nativeSgmat, sgmatIds, sgmatLanes, sgmatOps, sgmatShape, sgmatSpelling, type SgmatShape } from './sgmat.js';
 
 /** How a sgmat kernel tiles its output. */
 export interface SgmatTiles {
@@ -28,15 +30,21 @@ export interface SgmatTiles {
   readonly fn: number;
   /** K per staged step (a multiple of the config's k). */
   readonly bk: number;
+  /** How invocations stage the tiles (kernels/matmul.ts); default defaultStaging(target). */
+  readonly staging?: Staging;
 }
 
 /** f16 elements of padding per staged tile row. */
 const PAD = 8;
 
-/** The tiles for a problem: 128x128 for large outputs, else 64x64 (two fragments per subgroup each way). */
-export function sgmatTiles(shape: SgmatShape, d: { readonly m: number; readonly n: number }): SgmatTiles {
+/**
+ * The tiles for a problem: 128x128 for large outputs, else 64x64 (two fragments per subgroup each way), staged 64
+ * deep natively (on the H200, 7-19% faster than 32 for 256-token products; the emulation's result slots leave
+ * software adapters no room for it). Measured with scripts/tune-sgmat.mjs (docs/perf.md): larger tiles lost there.
+ */
+export function sgmatTiles(shape: SgmatShape, d: { readonly m: number; readonly n: number }, native = false): SgmatTiles {
   const big = d.m >= 512 && d.n >= 512;
-  return big ? { wm: 2, wn: 4, fm: 64 / shape.m, fn: 32 / shape.n, bk: Math.max(32, shape.k) } : { wm: 2, wn: 2, fm: 32 / shape.m, fn: 32 / shape.n, bk: Math.max(32, shape.k) };
+  return big ? { wm: 2, wn: 4, fm: 64 / shape.m, fn: 32 / shape.n, bk: Math.max(32, shape.k) } : { wm: 2, wn: 2, fm: 32 / shape.m, fn: 32 / shape.n, bk: Math.max(native ? 64 : 32, shape.k) };
 }
 
 interface Layout {
@@ -64,7 +72,7 @@ function layout(target: Target, shape: SgmatShape, t: SgmatTiles): Layout {
 export function sgmatUnfit(target: Target, d: { readonly m: number; readonly n: number; readonly batch: number }, tiles?: SgmatTiles): string | undefined {
   const shape = sgmatShape(target);
   if (!shape) return NO_SGMAT_CONFIG;
-  const t = tiles ?? sgmatTiles(shape, d);
+  const t = tiles ?? target.tuning?.sgmatTiles ?? sgmatTiles(shape, d, nativeSgmat(target));
   if (![t.fm, t.fn, t.bk / shape.k].every((x) => Number.isInteger(x) && x >= 1)) return `tiles ${JSON.stringify(t)} do not divide into ${shape.m}x${shape.n}x${shape.k} fragments`;
   const L = target.limits;
   const l = layout(target, shape, t);
@@ -103,14 +111,31 @@ function fragmentEpilogue(out: MatmulOutput, d: MatmulDims, l: Layout, ops: Retu
   workgroupBarrier();`;
 }
 
+/** A loop of guarded loads and stores per tile (each load's value stored at once). */
+function loopStaging(d: MatmulDims, dims: TileDims, T: number, SA: number, SB: number, target: Target): TileStaging {
+  const loads = operandLoads(d, dims);
+  const stage = (count: number, lines: string[], put: string) => `    for (var q = 0u; q < ${unboundedLoop(Math.ceil(count / T), target)}; q++) {
+      let l = lid + q * ${u32Lit(T)};
+      if (l < ${u32Lit(count)}) {
+${[...lines, put].map((x) => `        ${x}`).join('\n')}
+      }
+    }`;
+  return {
+    before: '',
+    load: (k) => `    let k0 = ${k};`,
+    store: `${stage(dims.tm * dims.tk, loads.a, `tile_a[ar * ${u32Lit(SA)} + ac] = f16(va);`)}
+${stage(dims.tk * dims.tn, loads.b, `tile_b[br * ${u32Lit(SB)} + bc] = f16(vb);`)}`,
+  };
+}
+
 /** The `matmul_sgmat_f16` kernel (callers check sgmatUnfit first). */
 export function sgmatMatmul(out: MatmulOutput, inputs: readonly Node[], target: Target, d: MatmulDims, suffix: string, tiles?: SgmatTiles): Kernel {
   const shape = sgmatShape(target);
   const why = sgmatUnfit(target, d, tiles);
   if (!shape || why) throw new Error(`internal: matmul_sgmat_f16: ${why}`);
-  const t = tiles ?? sgmatTiles(shape, d);
+  const t = tiles ?? target.tuning?.sgmatTiles ?? sgmatTiles(shape, d, nativeSgmat(target));
   const l = layout(target, shape, t);
-  const ops = sgmatOps(shape, nativeSgmat(target), t.wm * t.wn * t.fm * t.fn);
+  const ops = sgmatOps(shape, sgmatSpelling(target), t.wm * t.wn * t.fm * t.fn);
   const { bm, bn, invocations: T } = l;
   const SA = t.bk + PAD;
   const SB = bn + PAD;
@@ -118,13 +143,12 @@ export function sgmatMatmul(out: MatmulOutput, inputs: readonly Node[], target: 
   const tilesM = Math.ceil(d.m / bm);
   const G = tilesM * d.batch;
   const [gy, gz] = dispatchGroups(G, target);
-  const loads = operandLoads(d, { tm: bm, tn: bn, tk: t.bk });
-  const stage = (count: number, lines: string[], put: string) => `    for (var q = 0u; q < ${unboundedLoop(Math.ceil(count / T), target)}; q++) {
-      let l = lid + q * ${u32Lit(T)};
-      if (l < ${u32Lit(count)}) {
-${[...lines, put].map((x) => `        ${x}`).join('\n')}
-      }
-    }`;
+  const dims: TileDims = { tm: bm, tn: bn, tk: t.bk };
+  const staging = t.staging ?? defaultStaging(target);
+  const staged =
+    staging === 'loop'
+      ? loopStaging(d, dims, T, SA, SB, target)
+      : unrolledStaging(d, dims, T, (x) => `tile_a[ar${x} * ${u32Lit(SA)} + ac${x}] = f16(va${x});`, (x) => `tile_b[br${x} * ${u32Lit(SB)} + bc${x}] = f16(vb${x});`);
   const frags: [number, number][] = [];
   for (let i = 0; i < t.fm; i++) for (let j = 0; j < t.fn; j++) frags.push([i, j]);
   const steps: string[] = [];
@@ -156,15 +180,9 @@ ${batchOffsets(d, '  ')}
   let sm = (sg / ${u32Lit(t.wn)}) * ${u32Lit(t.fm * shape.m)};
   let sn = (sg % ${u32Lit(t.wn)}) * ${u32Lit(t.fn * shape.n)};
 ${frags.map(([i, j], f) => `  var acc_${i}_${j} = ${ops.zero(`sg * ${u32Lit(frags.length)} + ${u32Lit(f)}`)};`).join('\n')}
-  for (var k0 = 0u; k0 < ${unboundedLoop(d.k, target)}; k0 += ${u32Lit(t.bk)}) {
-${stage(bm * t.bk, loads.a, `tile_a[ar * ${u32Lit(SA)} + ac] = f16(va);`)}
-${stage(t.bk * bn, loads.b, `tile_b[br * ${u32Lit(SB)} + bc] = f16(vb);`)}
-    workgroupBarrier();
-    if (computes) {
+${stagedKLoop(staging, staged, unboundedLoop(d.k, target), t.bk, `    if (computes) {
 ${steps.map((s) => `      ${s}`).join('\n')}
-    }
-    workgroupBarrier();
-  }
+    }`)}
 ${frags.map(([i, j]) => fragmentEpilogue(out, d, l, ops, i, j, target)).join('\n')}
 }`;
   const helpers = ops.helpers();

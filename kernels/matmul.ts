@@ -340,25 +340,104 @@ export interface TileDims {
 }
 
 /**
- * WGSL loading element `l` of a k step's A tile (declaring `ar`, `ac` and its value `va`) and of its B tile (`br`,
- * `bc`, `vb`): zeros outside the matrices, consecutive invocations on consecutive addresses of the stored layout.
+ * Element `l` of a k step's A tile ([tm, tk]: row `ar`, column `ac`) or B tile ([tk, tn]: `br`, `bc`), `sfx`
+ * appended to every name: the lets that place it, when it lies inside the matrix, and its load. Consecutive
+ * invocations read consecutive addresses of the stored layout.
  */
-export function operandLoads(d: MatmulDims, t: TileDims, second?: SecondProduct): { a: string[]; b: string[] } {
+export interface OperandElement {
+  readonly lets: readonly string[];
+  readonly inside: string;
+  readonly load: string;
+}
+
+export function operandElement(d: MatmulDims, t: TileDims, which: 'a' | 'b', l: string, sfx = '', second?: SecondProduct): OperandElement {
   const [M, N, TM, TN, TKl] = [u32Lit(d.m), u32Lit(d.n), u32Lit(t.tm), u32Lit(t.tn), u32Lit(t.tk)];
   const K = u32Lit(second ? second.k : d.k);
-  const viewA = second ? second.a : d.viewA;
-  const viewB = second ? second.b : d.viewB;
-  const a = viewA
-    ? [`let ar = l / ${TKl};`, `let ac = l % ${TKl};`, `var va = 0.0f;`, `if (m0 + ar < ${M} && k0 + ac < ${K}) { va = ${viewA('m0 + ar', 'k0 + ac')}; }`]
-    : d.transA
-      ? [`let ar = l % ${TM};`, `let ac = l / ${TM};`, `var va = 0.0f;`, `if (m0 + ar < ${M} && k0 + ac < ${K}) { va = in_0[oa + (k0 + ac) * ${M} + m0 + ar]; }`]
-      : [`let ar = l / ${TKl};`, `let ac = l % ${TKl};`, `var va = 0.0f;`, `if (m0 + ar < ${M} && k0 + ac < ${K}) { va = in_0[oa + (m0 + ar) * ${K} + k0 + ac]; }`];
-  const b = viewB
-    ? [`let br = l / ${TN};`, `let bc = l % ${TN};`, `var vb = 0.0f;`, `if (k0 + br < ${K} && n0 + bc < ${N}) { vb = ${viewB('k0 + br', 'n0 + bc')}; }`]
-    : d.transB
-      ? [`let bc = l / ${TKl};`, `let br = l % ${TKl};`, `var vb = 0.0f;`, `if (k0 + br < ${K} && n0 + bc < ${N}) { vb = in_1[ob + (n0 + bc) * ${K} + k0 + br]; }`]
-      : [`let br = l / ${TN};`, `let bc = l % ${TN};`, `var vb = 0.0f;`, `if (k0 + br < ${K} && n0 + bc < ${N}) { vb = in_1[ob + (k0 + br) * ${N} + n0 + bc]; }`];
-  return { a, b };
+  if (which === 'a') {
+    const [r, c] = [`ar${sfx}`, `ac${sfx}`];
+    const view = second ? second.a : d.viewA;
+    const inside = `m0 + ${r} < ${M} && k0 + ${c} < ${K}`;
+    if (view) return { lets: [`let ${r} = ${l} / ${TKl};`, `let ${c} = ${l} % ${TKl};`], inside, load: view(`m0 + ${r}`, `k0 + ${c}`) };
+    if (d.transA) return { lets: [`let ${r} = ${l} % ${TM};`, `let ${c} = ${l} / ${TM};`], inside, load: `in_0[oa + (k0 + ${c}) * ${M} + m0 + ${r}]` };
+    return { lets: [`let ${r} = ${l} / ${TKl};`, `let ${c} = ${l} % ${TKl};`], inside, load: `in_0[oa + (m0 + ${r}) * ${K} + k0 + ${c}]` };
+  }
+  const [r, c] = [`br${sfx}`, `bc${sfx}`];
+  const view = second ? second.b : d.viewB;
+  const inside = `k0 + ${r} < ${K} && n0 + ${c} < ${N}`;
+  if (view) return { lets: [`let ${r} = ${l} / ${TN};`, `let ${c} = ${l} % ${TN};`], inside, load: view(`k0 + ${r}`, `n0 + ${c}`) };
+  if (d.transB) return { lets: [`let ${c} = ${l} / ${TKl};`, `let ${r} = ${l} % ${TKl};`], inside, load: `in_1[ob + (n0 + ${c}) * ${K} + k0 + ${r}]` };
+  return { lets: [`let ${r} = ${l} / ${TN};`, `let ${c} = ${l} % ${TN};`], inside, load: `in_1[ob + (k0 + ${r}) * ${N} + n0 + ${c}]` };
+}
+
+/**
+ * WGSL loading element `l` of a k step's A tile (declaring `ar`, `ac` and its value `va`) and of its B tile (`br`,
+ * `bc`, `vb`): zeros outside the matrices.
+ */
+export function operandLoads(d: MatmulDims, t: TileDims, second?: SecondProduct): { a: string[]; b: string[] } {
+  const lines = (e: OperandElement, v: string) => [...e.lets, `var ${v} = 0.0f;`, `if (${e.inside}) { ${v} = ${e.load}; }`];
+  return { a: lines(operandElement(d, t, 'a', 'l', '', second), 'va'), b: lines(operandElement(d, t, 'b', 'l', '', second), 'vb') };
+}
+
+/**
+ * How a tiled kernel's invocations stage a k step's tiles: 'loop' (a loop of guarded loads, each stored at once),
+ * 'unrolled' (every load first, branchless, then the stores: the loads overlap instead of waiting on each other),
+ * 'prefetch' (unrolled, the next step's loads issued before this step's products, into registers).
+ */
+export type Staging = 'loop' | 'unrolled' | 'prefetch';
+
+/** 'loop' on software adapters (LLVM compiles unrolled staging slowly), else 'prefetch'. */
+export const defaultStaging = (target: Target): Staging => (target.isFallbackAdapter || target.name === 'lavapipe' ? 'loop' : 'prefetch');
+
+/** WGSL staging a k step's tiles: declarations before the k loop, the loads of step `k`, and the stores. */
+export interface TileStaging {
+  readonly before: string;
+  load(k: string): string;
+  readonly store: string;
+}
+
+/**
+ * Unrolled staging: each of the `T` invocations loads its elements of both tiles into registers (`va_q`, `vb_q`)
+ * without branches (an element outside the matrices reads what WGSL's bounds rules give and becomes zero), then
+ * `putA`/`putB` store them (given the element's suffix; `ar_q`, `ac_q`, `br_q`, `bc_q` in scope). Places are
+ * recomputed at the stores: cheap, and fewer live registers.
+ */
+export function unrolledStaging(d: MatmulDims, dims: TileDims, T: number, putA: (sfx: string) => string, putB: (sfx: string) => string): TileStaging {
+  const parts = (which: 'a' | 'b', count: number, put: (sfx: string) => string) => {
+    const n = Math.ceil(count / T);
+    const v = which === 'a' ? 'va' : 'vb';
+    const load: string[] = [];
+    const store: string[] = [];
+    for (let q = 0; q < n; q++) {
+      const l = `(lid + ${u32Lit(q * T)})`;
+      const e = operandElement(d, dims, which, l, `_${q}`);
+      load.push(`{ ${e.lets.join(' ')} ${v}_${q} = select(0.0f, ${e.load}, ${e.inside}); }`);
+      const guard = (q + 1) * T > count ? `if (${l} < ${u32Lit(count)}) ` : '';
+      store.push(`{ ${e.lets.join(' ')} ${guard}{ ${put(`_${q}`)} } }`);
+    }
+    return { decl: Array.from({ length: n }, (_, q) => `  var ${v}_${q} = 0.0f;`).join('\n'), load, store };
+  };
+  const a = parts('a', dims.tm * dims.tk, putA);
+  const b = parts('b', dims.tk * dims.tn, putB);
+  return {
+    before: `${a.decl}\n${b.decl}`,
+    load: (k) => `    {\n      let k0 = ${k};\n${[...a.load, ...b.load].map((x) => `      ${x}`).join('\n')}\n    }`,
+    store: [...a.store, ...b.store].map((x) => `    ${x}`).join('\n'),
+  };
+}
+
+/**
+ * WGSL: a staged kernel's loop over K in steps of `step`: stage the step (or store what the last step prefetched),
+ * barrier, prefetch the next step, `compute`, barrier. `bound` is the loop's WGSL bound.
+ */
+export function stagedKLoop(how: Staging, s: TileStaging, bound: string, step: number, compute: string): string {
+  const prefetch = how === 'prefetch';
+  return `${s.before}${prefetch ? `\n${s.load('0u')}` : ''}
+  for (var ks = 0u; ks < ${bound}; ks += ${u32Lit(step)}) {
+${prefetch ? s.store : `${s.load('ks')}\n${s.store}`}
+    workgroupBarrier();${prefetch ? `\n${s.load(`ks + ${u32Lit(step)}`)}` : ''}
+${compute}
+    workgroupBarrier();
+  }`;
 }
 
 /** The tile loads of one k step of the tiled variant (invocation `l` of 1024 elements per tile). */
@@ -369,33 +448,42 @@ function tileLoads(d: MatmulDims, second?: SecondProduct): string {
   return [...a, `tile_a[ac * ${V} + ar / 4u][ar % 4u] = va;`, ...b, `tile_b[br * ${V} + bc / 4u][bc % 4u] = vb;`].map((l) => `      ${l}`).join('\n');
 }
 
+/** The tiled variant's unrolled staging (vec4 tiles: element (k, x) is component x % 4 of vec4 k·TILE/4 + x / 4). */
+function tileStaging(d: MatmulDims): TileStaging {
+  const V = u32Lit(TILE / 4);
+  return unrolledStaging(d, { tm: TILE, tn: TILE, tk: TK }, THREADS * THREADS, (x) => `tile_a[ac${x} * ${V} + ar${x} / 4u][ar${x} % 4u] = va${x};`, (x) => `tile_b[br${x} * ${V} + bc${x} / 4u][bc${x} % 4u] = vb${x};`);
+}
+
 /**
- * WGSL: one product's sweep over K in steps of TK into the vec4 accumulators `acc` (the tile loads of one step
- * given). Invocation (tx, ty) owns rows ty·4 + i and columns tx·4 + j: its operands are one vec4 of each tile per
- * k. Each output is fma(a_k, b_k, acc) in k order. Constant-bound loops: GPU compilers unroll them (loopBound
- * keeps the k loop rolled on software adapters).
+ * WGSL: one product's sweep over K in steps of TK into the vec4 accumulators `acc`, its tiles staged by `how`
+ * (the guarded loop stages with `loads`). Invocation (tx, ty) owns rows ty·4 + i and columns tx·4 + j: its
+ * operands are one vec4 of each tile per k. Each output is fma(a_k, b_k, acc) in k order. Constant-bound loops:
+ * GPU compilers unroll them (loopBound keeps the k loop rolled on software adapters).
  */
-function sweep(acc: string, k: number, loads: string, target: Target, viewed: boolean): string {
+function sweep(acc: string, k: number, loads: string, target: Target, viewed: boolean, how: Staging, unrolled: () => TileStaging): string {
   const V = u32Lit(TILE / 4);
   // Loads through views inline their index functions: rolled on software adapters (LLVM's compile time).
   const q = (TILE * TK) / (THREADS * THREADS);
-  return `  for (var k0 = 0u; k0 < ${u32Lit(k)}; k0 += ${u32Lit(TK)}) {
-    // A tile as [TK][TILE] (k-major), B tile as [TK][TILE]; zeros outside the matrices.
-    for (var q = 0u; q < ${viewed ? unboundedLoop(q, target) : u32Lit(q)}; q++) {
+  // A tile as [TK][TILE] (k-major), B tile as [TK][TILE]; zeros outside the matrices.
+  const staging: TileStaging =
+    how === 'loop'
+      ? {
+          before: '',
+          load: (k0) => `    let k0 = ${k0};`,
+          store: `    for (var q = 0u; q < ${viewed ? unboundedLoop(q, target) : u32Lit(q)}; q++) {
       let l = lid + q * ${u32Lit(THREADS * THREADS)};
 ${loads}
-    }
-    workgroupBarrier();
-    for (var kk = 0u; kk < ${loopBound(TK, target)}; kk++) {
+    }`,
+        }
+      : unrolled();
+  return stagedKLoop(how, staging, u32Lit(k), TK, `    for (var kk = 0u; kk < ${loopBound(TK, target)}; kk++) {
       let a4 = tile_a[kk * ${V} + ty];
       let b4 = tile_b[kk * ${V} + tx];
       ${acc}[0] = fma(vec4<f32>(a4.x), b4, ${acc}[0]);
       ${acc}[1] = fma(vec4<f32>(a4.y), b4, ${acc}[1]);
       ${acc}[2] = fma(vec4<f32>(a4.z), b4, ${acc}[2]);
       ${acc}[3] = fma(vec4<f32>(a4.w), b4, ${acc}[3]);
-    }
-    workgroupBarrier();
-  }`;
+    }`);
 }
 
 function tiled(out: MatmulOutput, inputs: readonly Node[], target: Target, d: MatmulDims, id: number): Kernel {
@@ -412,6 +500,7 @@ function tiled(out: MatmulOutput, inputs: readonly Node[], target: Target, d: Ma
   const N = u32Lit(d.n);
   const T = u32Lit(TILE);
   const second = out.second;
+  const staging = target.tuning?.tiledStaging ?? defaultStaging(target);
   const main = `var<workgroup> tile_a: array<vec4<f32>, ${(TILE * TK) / 4}>;
 var<workgroup> tile_b: array<vec4<f32>, ${(TILE * TK) / 4}>;
 
@@ -427,9 +516,9 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_id) lid3: v
 ${batchOffsets(d, '  ')}
   let oc = bi * ${u32Lit(d.m * d.n)};
   var acc: array<vec4<f32>, ${PER}>;
-${sweep('acc', d.k, tileLoads(d), target, !!(d.viewA || d.viewB))}${second ? `
+${sweep('acc', d.k, tileLoads(d), target, !!(d.viewA || d.viewB), staging, () => tileStaging(d))}${second ? `
   var acc2: array<vec4<f32>, ${PER}>;
-${sweep('acc2', second.k, tileLoads(d, second), target, true)}` : ''}
+${sweep('acc2', second.k, tileLoads(d, second), target, true, 'loop', () => tileStaging(d))}` : ''}
   for (var i = 0u; i < ${u32Lit(PER)}; i++) {
     for (var j = 0u; j < ${u32Lit(PER)}; j++) {
       let row = m0 + ty * ${u32Lit(PER)} + i;

@@ -44,6 +44,12 @@ export const nativeSgmat = (target: Target): boolean => target.features.includes
 /** Why a Target cannot run the subgroup-matrix kernels (sgmatShape is undefined). */
 export const NO_SGMAT_CONFIG = 'the target has no f16 x f16 -> f32 subgroup-matrix config (or no shader-f16)';
 
+/** How a kernel spells the subgroup-matrix operations: natively in one of Dawn's two spellings, or emulated. */
+export type SgmatSpelling = 'template' | 'argument' | 'emulated';
+
+/** The spelling for `target` (Target.subgroupMatrixSpelling; emulated without the feature). */
+export const sgmatSpelling = (target: Target): SgmatSpelling => (nativeSgmat(target) ? (target.subgroupMatrixSpelling ?? 'template') : 'emulated');
+
 /** Invocations per emulated subgroup (emulation repeats the matrix loads per lane group: keep it small). */
 const EMULATED_LANES = 4;
 
@@ -90,21 +96,26 @@ export interface SgmatOps {
  * module-scope helpers and slot array: a kernel whose products read left (or right) matrices from two arrays
  * uses one spelling per pair of arrays, each with its own prefix (kernels/flash-sgmat.ts).
  */
-export function sgmatOps(shape: SgmatShape, native: boolean, slots: number, prefix = 'sgm'): SgmatOps {
+export function sgmatOps(shape: SgmatShape, spelling: SgmatSpelling, slots: number, prefix = 'sgm'): SgmatOps {
+  const native = spelling !== 'emulated';
   const { m, n, k } = shape;
   const left = `subgroup_matrix_left<f16, ${k}, ${m}>`;
   const right = `subgroup_matrix_right<f16, ${n}, ${k}>`;
   const result = `subgroup_matrix_result<f32, ${n}, ${m}>`;
+  // Row-major throughout: the layout as a template argument (current Dawn) or a bool argument (first releases).
+  const load = (type: string, tile: string, offset: string, stride: string) =>
+    spelling === 'template' ? `subgroupMatrixLoad<${type}, row_major>(&${tile}, ${offset}, ${stride})` : `subgroupMatrixLoad<${type}>(&${tile}, ${offset}, false, ${stride})`;
   if (native) {
     return {
       native,
       directives: 'enable f16;\nenable subgroups;\nenable chromium_experimental_subgroup_matrix;\ndiagnostic(off, chromium.subgroup_matrix_uniformity);',
       zero: () => `${result}()`,
-      loadLeft: (tile, offset, stride) => `subgroupMatrixLoad<${left}>(&${tile}, ${offset}, false, ${stride})`,
-      loadRight: (tile, offset, stride) => `subgroupMatrixLoad<${right}>(&${tile}, ${offset}, false, ${stride})`,
+      loadLeft: (tile, offset, stride) => load(left, tile, offset, stride),
+      loadRight: (tile, offset, stride) => load(right, tile, offset, stride),
       multiplyAccumulate: (l, r, acc) => `subgroupMatrixMultiplyAccumulate(${l}, ${r}, ${acc})`,
-      store: (tile, offset, value, stride) => `subgroupMatrixStore(&${tile}, ${offset}, ${value}, false, ${stride});`,
-      loadResult: (tile, offset, stride) => `subgroupMatrixLoad<${result}>(&${tile}, ${offset}, false, ${stride})`,
+      store: (tile, offset, value, stride) =>
+        spelling === 'template' ? `subgroupMatrixStore<row_major>(&${tile}, ${offset}, ${value}, ${stride});` : `subgroupMatrixStore(&${tile}, ${offset}, ${value}, false, ${stride});`,
+      loadResult: (tile, offset, stride) => load(result, tile, offset, stride),
       leftType: left,
       rightType: right,
       resultType: result,

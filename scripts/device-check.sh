@@ -3,30 +3,41 @@
 # it printed). On this machine first: `npm ci && npx tsc -p tsconfig.json && ../shared/device/prepare.sh dist`;
 # then the device tool with carry [".gpu"] and the command
 #   source .gpu/enter.sh && export PATH=/tmp/gpu-node:$PATH && bash scripts/device-check.sh
-# Everything goes to $OUT (the device tool brings it back); each step has its own time limit so one hang does not
-# lose the rest. Steps: the adapter (doctor), the kernels whose native form lavapipe cannot run (subgroup-matrix
-# matmul, flash attention with 32-wide subgroups) against their references, then the bench rows with tfjs-webgpu
-# on the same device and, where torch is installed, PyTorch's times for the same shapes.
+# Each step has its own time limit, and all of them together stay under BUDGET seconds (default 420), so one hang
+# does not lose the rest and the lease is not overrun. Steps, most valuable first: the adapter (doctor), the
+# kernels whose native form lavapipe cannot run (subgroup-matrix matmul and flash attention) against their
+# references, PyTorch's times for the bench shapes, the bench rows with tfjs-webgpu on the same device, the
+# tensor-core tile sweeps (scripts/tune-sgmat.mjs), and last the whole test suite on this GPU. The logs go to
+# $OUT/logs.tgz, rebuilt after every step (the device tool brings back at most 8 files), with a summary beside it;
+# GPU clocks, power and throttle reasons are sampled twice a second throughout (clocks.csv in the archive).
+# STEPS="doctor sgmat-test ..." runs only the steps named.
 set -u
 OUT=${OUT:-/tmp/visft-device-check}
-mkdir -p "$OUT"
+BUDGET=${BUDGET:-420}
+LOGS=/tmp/visft-logs
+mkdir -p "$OUT" "$LOGS"
 step() { # name, seconds, command...
-  local name=$1 secs=$2
+  local name=$1 secs=$2 left=$((BUDGET - SECONDS))
   shift 2
+  [[ -z "${STEPS:-}" || " $STEPS " == *" $name "* ]] || return 0
+  ((left < 15)) && { echo "$name: skipped, budget spent" | tee -a "$OUT/summary.txt"; return; }
+  ((secs > left)) && secs=$left
   local t0=$SECONDS
-  timeout "$secs" "$@" >"$OUT/$name.txt" 2>&1
+  timeout "$secs" "$@" >"$LOGS/$name.txt" 2>&1
   echo "$name: exit $? in $((SECONDS - t0)) s" | tee -a "$OUT/summary.txt"
+  tar -czf "$OUT/logs.tgz" -C "$LOGS" .
 }
-step doctor 60 node bin/visft.js doctor
-step sgmat-test 180 node --test --test-reporter=spec dist/test/kernels/matmul-sgmat.test.js dist/test/kernels/flash-sgmat*.test.js
-# Dawn's own subgroup-matrix tests enable the Vulkan memory model: if the native kernels fail above, try with it.
-grep -q '^ℹ fail 0' "$OUT/sgmat-test.txt" || VISFT_DAWN_TOGGLES=use_vulkan_memory_model step sgmat-test-vkmm 180 node --test --test-reporter=spec dist/test/kernels/matmul-sgmat.test.js dist/test/kernels/flash-sgmat*.test.js
-step flash-test 150 node --test --test-reporter=spec dist/test/kernels/flash-attention.test.js
-step bench-matmul 150 node bin/visft.js bench --json --rows matmul_f16,matmul_f32
-step bench-rows 90 node bin/visft.js bench --json --rows layernorm,softmax,gelu
-step bench-attention 120 node bin/visft.js bench --json --rows attention,msdeform
-if python3 -c 'import torch' 2>/dev/null; then
-  step torch-peer 90 python3 runtime/bench/torch_peer.py
-fi
-tail -n 3 "$OUT"/*.txt >"$OUT/tails.txt" 2>&1
+nvidia-smi -L >"$OUT/summary.txt" 2>&1
+nvidia-smi --query-gpu=timestamp,clocks.sm,clocks.mem,power.draw,temperature.gpu,utilization.gpu,clocks_throttle_reasons.active --format=csv -lms 500 >"$LOGS/clocks.csv" 2>&1 &
+step doctor 30 node bin/visft.js doctor
+SGMAT_TESTS="dist/test/kernels/matmul-sgmat.test.js dist/test/kernels/flash-sgmat.test.js dist/test/kernels/flash-sgmat-backward.test.js"
+step sgmat-test 60 node --test --test-reporter=spec $SGMAT_TESTS
+step tune-sgmat 100 node scripts/tune-sgmat.mjs --json "$LOGS/tune.json"
+python3 -c 'import torch' 2>/dev/null && step torch-peer 60 python3 runtime/bench/torch_peer.py
+step bench-matmul 60 node bin/visft.js bench --json --rows matmul_f16,matmul_f32
+step bench-rows 30 node bin/visft.js bench --json --rows layernorm,softmax,gelu
+step bench-attention 130 node bin/visft.js bench --json --repeat 10 --rows attention,msdeform
+step all-tests 90 node --test --test-reporter=dot $(find dist/test -name '*.test.js' | sort)
+kill %1 2>/dev/null
+tar -czf "$OUT/logs.tgz" -C "$LOGS" .
 cat "$OUT/summary.txt"

@@ -85,7 +85,7 @@ export async function runDoctor(opts: DoctorOptions): Promise<number> {
     w(`subgroup matrices: ${t.subgroupMatrixConfigs.length ? t.subgroupMatrixConfigs.map((c) => `${c.componentType}->${c.resultComponentType} ${c.M}x${c.N}x${c.K}`).join(', ') : 'none'}`);
     const sg = sgmatShape(t);
     const off = r.tensorCoresOff ? `no: the adapter lists subgroup matrices, but ${r.tensorCoresOff}` : 'no (f16 products run on the f32 tiles)';
-    w(`tensor cores: ${sg ? `yes, f16 ${sg.m}x${sg.n}x${sg.k} (matmuls and flash attention of f16 values)` : off}`);
+    w(`tensor cores: ${sg ? `yes, f16 ${sg.m}x${sg.n}x${sg.k} (matmuls and flash attention of f16 values; builtins in Dawn's ${t.subgroupMatrixSpelling === 'argument' ? 'first (bool layout argument)' : 'current (layout template argument)'} spelling)` : off}`);
     w('limits:');
     for (const k of KEY_LIMITS) w(`  ${k}: ${t.limits[k]}`);
     if (r.adapters && r.adapters.length > 1) w(`other adapters: ${r.adapters.map((x) => `${x.name} (${x.backend})`).join('; ')} (pick one with --adapter NAME)`);

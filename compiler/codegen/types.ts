@@ -1,5 +1,8 @@
 // The GPU side of a bundle: the Target a kernel is generated for, and the kernel graph (WGSL kernels over
 // buffers holding IR values) that the memory plan places and the runtime executes in order.
+import type { FlashSgmatTiles } from '../../kernels/flash-sgmat.js';
+import type { SgmatTiles } from '../../kernels/matmul-sgmat.js';
+import type { Staging } from '../../kernels/matmul.js';
 import type { Node } from '../ir/graph.js';
 
 /** What codegen may rely on, read from the adapter (runtime/gpu/target.ts) or a named default. */
@@ -12,6 +15,22 @@ export interface Target {
   readonly subgroupMaxSize: number;
   /** Subgroup-matrix (tensor core) shapes the adapter reports; empty when none. */
   readonly subgroupMatrixConfigs: readonly { componentType: string; resultComponentType: string; M: number; N: number; K: number }[];
+  /**
+   * How the subgroup-matrix builtins spell a layout: 'template' (`subgroupMatrixLoad<T, row_major>(p, offset,
+   * stride)`, current Dawn; the default) or 'argument' (a bool argument, the first Chrome releases). The device probe
+   * (runtime/gpu/tensor-core-probe.ts) picks the one the driver's Dawn accepts.
+   */
+  readonly subgroupMatrixSpelling?: 'template' | 'argument';
+  /**
+   * Choices forced for every kernel of a kind, by a tuning run (scripts/tune-sgmat.mjs) or a test; absent normally.
+   * `tensorCoreAttention` turns on the subgroup-matrix flash kernels, which are off by default (kernels/attention.ts).
+   */
+  readonly tuning?: {
+    readonly sgmatTiles?: SgmatTiles;
+    readonly flashSgmatTiles?: FlashSgmatTiles;
+    readonly tiledStaging?: Staging;
+    readonly tensorCoreAttention?: boolean;
+  };
   readonly limits: {
     readonly maxStorageBufferBindingSize: number;
     readonly maxBufferSize: number;

@@ -118,7 +118,7 @@ export interface BenchReport {
     readonly features: readonly string[];
   };
   readonly sizes: { readonly size: BenchSize; readonly tokens: number; readonly reason: string };
-  readonly timing: { readonly method: 'gpu-timestamps' | 'wall-clock'; readonly statistic: 'median'; readonly warmup: number; readonly repeat: number | RepeatPolicy };
+  readonly timing: { readonly method: 'gpu-timestamps' | 'wall-clock'; readonly statistic: 'median'; readonly warmup: number; readonly clockWarmupMs: number; readonly repeat: number | RepeatPolicy };
   readonly peer: { readonly name: string; readonly version: string; readonly sameDevice: true } | { readonly unavailable: string };
   readonly rows: BenchRow[];
   /** Every row ok or unavailable (no mismatch, no error). */
@@ -200,12 +200,31 @@ export function unavailableReason(row: RowSpec, gpu: GpuDevice): string | undefi
   return undefined;
 }
 
+/** Wall ms of sustained work before each row is timed on a hardware adapter (warmClocks). */
+const CLOCK_WARMUP_MS = 300;
+
+/** Iterations per timed burst (each side, alternating). */
+const BURST = 5;
+
 interface RowContext {
   readonly gpu: GpuDevice;
   readonly peer: TfjsPeer | undefined;
   readonly warmup: number;
   readonly repeat: number | RepeatPolicy;
   readonly timestamps: boolean;
+  /** Wall ms of back-to-back work before timing a row (0 on software adapters): see warmClocks. */
+  readonly clockWarmupMs: number;
+}
+
+/**
+ * Keeps the GPU busy with `timed`'s program, back to back, for `ms` of wall clock. An NVIDIA GPU stayed at its
+ * idle clock (345 of 1980 MHz on the H200, 2026-11-27) through the bench's short bursts of work, and raised it
+ * only under sustained load: without this, rows ran up to 5x slower than the same kernels a moment later.
+ */
+async function warmClocks(timed: TimedProgram, ms: number, estimateMs: number): Promise<void> {
+  const t0 = performance.now();
+  const chunk = Math.max(1, Math.min(200, Math.ceil(50 / Math.max(estimateMs, 1e-3))));
+  while (performance.now() - t0 < ms) await timed.warm(chunk);
 }
 
 const rowBase = (row: RowSpec) => ({ name: row.name, what: row.what, op: row.op, pass: row.pass, dtype: row.dtype, shape: row.shapeText, rateUnit: row.work.unit, peerComputes: row.peer });
@@ -289,16 +308,20 @@ async function benchRow(ctx: RowContext, row: RowSpec): Promise<BenchRow> {
       if (peer && fn) await peer.warm(fn, warmup);
       const peerEstimate = peer && fn ? (performance.now() - t0) / warmup : 0;
       const repeat = repeatFor(ctx.repeat, Math.max(oursEstimate, peerEstimate));
-      // GPU timestamps, alternating ours and the peer's so that both see the same machine (load, clocks).
+      await warmClocks(timed, ctx.clockWarmupMs, oursEstimate);
+      // GPU timestamps, alternating ours and the peer's so that both see the same machine (load, clocks), in
+      // bursts of back-to-back iterations: one iteration at a time left an NVIDIA GPU idle between them, and
+      // times of the same program then varied up to 5x within a run (H200, 2026-11-27).
       const oursGpu: number[] = [];
       const peerGpu: number[] = [];
       let programs: string[] = [];
       if (ctx.timestamps) {
-        for (let i = 0; i < repeat; i++) {
-          oursGpu.push(...(await timed.timestamped(1)));
+        for (let i = 0; i < repeat; i += BURST) {
+          const n = Math.min(BURST, repeat - i);
+          oursGpu.push(...(await timed.timestamped(n)));
           if (peer && fn) {
-            const t = await peer.timestamped(fn);
-            peerGpu.push(t.ms);
+            const t = await peer.timestamped(fn, n);
+            for (let j = 0; j < n; j++) peerGpu.push(t.ms);
             if (i === 0) programs = t.programs;
           }
         }
@@ -355,7 +378,8 @@ export async function runBench(opts: BenchOptions = {}): Promise<BenchReport> {
     }
 
     const rows: BenchRow[] = [];
-    const ctx: RowContext = { gpu, peer, warmup, repeat, timestamps };
+    const clockWarmupMs = fallback ? 0 : CLOCK_WARMUP_MS;
+    const ctx: RowContext = { gpu, peer, warmup, repeat, timestamps, clockWarmupMs };
     for (const row of selectRows(benchRows(size), filters)) {
       let r: BenchRow;
       try {
@@ -382,7 +406,7 @@ export async function runBench(opts: BenchOptions = {}): Promise<BenchReport> {
         features: gpu.target.features,
       },
       sizes: { size, tokens: BENCH_SIZES[size].tokens, reason },
-      timing: { method: timestamps ? 'gpu-timestamps' : 'wall-clock', statistic: 'median', warmup, repeat },
+      timing: { method: timestamps ? 'gpu-timestamps' : 'wall-clock', statistic: 'median', warmup, clockWarmupMs, repeat },
       peer: peerInfo,
       rows,
       ok: rows.every((r) => r.status === 'ok' || r.status === 'unavailable'),

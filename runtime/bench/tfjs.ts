@@ -35,8 +35,8 @@ export interface TfjsPeer {
   result(fn: PeerFn): Promise<Float32Array[]>;
   /** Untimed calls, then waits for the GPU. */
   warm(fn: PeerFn, n: number): Promise<void>;
-  /** One call under tf.time(): the sum of its programs' GPU durations, and the programs in order. */
-  timestamped(fn: PeerFn): Promise<{ readonly ms: number; readonly programs: string[] }>;
+  /** `n` calls (default 1) back to back under tf.time(): the GPU ms per call, and one call's programs in order. */
+  timestamped(fn: PeerFn, n?: number): Promise<{ readonly ms: number; readonly programs: string[] }>;
   /** `n` calls back to back, flushed and waited for: wall ms per call (includes tfjs's CPU-side work). */
   wall(fn: PeerFn, n: number): Promise<number>;
   dispose(): void;
@@ -113,12 +113,15 @@ export async function attachTfjs(gpu: GpuDevice): Promise<TfjsPeer> {
       for (let i = 0; i < n; i++) once(fn);
       await drain('warming up tfjs');
     },
-    async timestamped(fn) {
+    async timestamped(fn, n = 1) {
       if (!timestamps) throw new Error('the device has no timestamp-query');
-      const info = await tf.time(() => once(fn));
+      const calls = Math.max(1, n);
+      const info = await tf.time(() => {
+        for (let i = 0; i < calls; i++) once(fn);
+      });
       if (typeof info.kernelMs !== 'number') throw new Error(`tfjs timing failed: ${info.kernelMs.error}`);
-      const programs = (info.getExtraProfileInfo?.() ?? '').split(', ').filter(Boolean).map((p) => p.replace(/: [^:]*$/, ''));
-      return { ms: info.kernelMs, programs };
+      const all = (info.getExtraProfileInfo?.() ?? '').split(', ').filter(Boolean).map((p) => p.replace(/: [^:]*$/, ''));
+      return { ms: info.kernelMs / calls, programs: all.slice(0, all.length / calls) };
     },
     async wall(fn, n) {
       await drain('timing tfjs');

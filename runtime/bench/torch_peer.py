@@ -81,7 +81,7 @@ def main():
     # ------------------------------------------------------------------------------------------- ViT-token rows
     for name, (m, k, n) in {
         "matmul eva-g qkv": (T, 1408, 4224), "matmul eva-g fc1": (T, 1408, 6144), "matmul eva-g fc2": (T, 6144, 1408),
-        "matmul eva-e qkv": (T, 1792, 5376), "matmul eva-e fc1": (T, 1792, 15360), "matmul 4096^3": (4096, 4096, 4096),
+        "matmul eva-e qkv": (T, 1792, 5376), "matmul eva-e fc1": (T, 1792, 15360), "matmul eva-e fc2": (T, 15360, 1792), "matmul 4096^3": (4096, 4096, 4096),
     }.items():
         if not want(name):
             continue

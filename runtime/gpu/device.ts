@@ -6,7 +6,7 @@ import type { Target } from '../../compiler/codegen/types.js';
 import { defaultBackend, withTimeout } from '../device/probe.js';
 import { errorMessage, GpuDeviceLostError, GpuError } from './errors.js';
 import { adapterDisplayName, dawnInfo, isFallbackAdapter, TARGET_LIMIT_KEYS, targetFromAdapter } from './target.js';
-import { tensorCoreProblem } from './tensor-core-probe.js';
+import { probeTensorCores } from './tensor-core-probe.js';
 
 export interface OpenDeviceOptions {
   /** Pick the adapter whose description, device, vendor or architecture contains this (case-insensitive). */
@@ -284,10 +284,10 @@ export async function openDevice(options: OpenDeviceOptions = {}): Promise<GpuDe
     throw new NoAdapterError(`requestDevice on ${describeAdapter(adapter).name} failed: ${errorMessage(e)}`);
   }
   const opened = new GpuDevice(gpu, adapter, device, backend, profiling);
-  const problem = await tensorCoreProblem(device, opened.target);
-  if (problem) {
+  const probe = await probeTensorCores(device, opened.target);
+  if (probe && 'problem' in probe) {
     opened.target = { ...opened.target, subgroupMatrixConfigs: [] };
-    opened.tensorCoresOff = problem;
-  }
+    opened.tensorCoresOff = probe.problem;
+  } else if (probe) opened.target = { ...opened.target, subgroupMatrixSpelling: probe.spelling };
   return opened;
 }

@@ -1,7 +1,8 @@
 // A check that the native subgroup-matrix kernels compile on this device before any program uses them. Their
 // spelling (kernels/sgmat.ts) follows the gpuweb proposal and Dawn's tests, but a driver or Dawn version may still
-// reject it; the device is then used without tensor cores (the f32-accumulating tiles compute the same products)
-// rather than every fp16 program failing at pipeline creation. `visft doctor` prints why.
+// reject it; Dawn also moved the builtins' layout from a bool argument to a template argument, so both spellings
+// are tried. When neither compiles, the device is used without tensor cores (the f32-accumulating tiles compute the
+// same products) rather than every fp16 program failing at pipeline creation. `visft doctor` prints why.
 import type { Kernel, Target } from '../../compiler/codegen/types.js';
 import { Builder } from '../../compiler/ir/builder.js';
 import type { Graph } from '../../compiler/ir/graph.js';
@@ -31,12 +32,8 @@ function probeKernels(target: Target): Kernel[] {
   ];
 }
 
-/**
- * Why the native subgroup-matrix kernels cannot run on `device` (the first failure: generating, or Dawn's
- * message for the pipeline), or undefined when they compile or the Target has none.
- */
-export async function tensorCoreProblem(device: GPUDevice, target: Target): Promise<string | undefined> {
-  if (!nativeSgmat(target) || !sgmatShape(target)) return undefined;
+/** Why `target`'s native kernels do not compile on `device` (the first failure), or undefined when they do. */
+async function compileProblem(device: GPUDevice, target: Target): Promise<string | undefined> {
   let kernels: Kernel[];
   try {
     kernels = probeKernels(target);
@@ -58,4 +55,26 @@ export async function tensorCoreProblem(device: GPUDevice, target: Target): Prom
     if (why) return `${kernel.name} did not compile: ${why.split('\n').find((l) => /error/i.test(l))?.trim() ?? why.split('\n')[0]}`;
   }
   return undefined;
+}
+
+/** What the probe found: the spelling the device's Dawn accepts, or why tensor cores stay off. */
+export type TensorCoreProbe = { readonly spelling: 'template' | 'argument' } | { readonly problem: string } | undefined;
+
+/**
+ * Whether the native subgroup-matrix kernels run on `device`: in Dawn's current spelling (layouts as template
+ * arguments), else in the first releases' (a bool argument; current Dawn still accepts it with a deprecation
+ * warning per kernel), else why not (the current spelling's failure). Undefined when the Target has none.
+ */
+export async function probeTensorCores(device: GPUDevice, target: Target): Promise<TensorCoreProbe> {
+  if (!nativeSgmat(target) || !sgmatShape(target)) return undefined;
+  const problem = await compileProblem(device, { ...target, subgroupMatrixSpelling: 'template' });
+  if (!problem) return { spelling: 'template' };
+  if (!(await compileProblem(device, { ...target, subgroupMatrixSpelling: 'argument' }))) return { spelling: 'argument' };
+  return { problem };
+}
+
+/** Why the native subgroup-matrix kernels cannot run on `device` in either spelling, or undefined. */
+export async function tensorCoreProblem(device: GPUDevice, target: Target): Promise<string | undefined> {
+  const probe = await probeTensorCores(device, target);
+  return probe && 'problem' in probe ? probe.problem : undefined;
 }

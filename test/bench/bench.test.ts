@@ -73,7 +73,7 @@ describe('bench pieces', () => {
       command: 'visft bench --rows attention_vjp_evag_segmentation',
       device: { name: 'gpu', description: '', vendor: 'v', architecture: '', backend: 'vulkan', isFallbackAdapter: false, features: [] },
       sizes: { size: 'full', tokens: 256, reason: 'model sizes' },
-      timing: { method: 'gpu-timestamps', statistic: 'median', warmup: 3, repeat: 20 },
+      timing: { method: 'gpu-timestamps', statistic: 'median', warmup: 3, clockWarmupMs: 300, repeat: 20 },
       peer: { name: '@tensorflow/tfjs-backend-webgpu', version: '4.22.0', sameDevice: true },
       rows: [
         {

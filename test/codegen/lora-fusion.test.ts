@@ -3,6 +3,8 @@
 // pads and concat (kernels/view.ts); the layernorm kernel that writes x also computes u = x·Aᵀ·scale. On the
 // device, bit for bit the unfused kernels, and within f32 tolerance of the CPU reference, for naive and tiled
 // projections, one or two row groups, a power-of-two scale or not, and a target with little workgroup memory.
+// (Bit for bit on a software adapter; on hardware the driver may compile the same layernorm differently in the
+// two kernels: within a few ulps of the scale, test/kernels/harness.ts assertKernelsAgree.)
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { after, before, test } from 'node:test';
@@ -23,7 +25,7 @@ import { matmulVariant } from '../../kernels/matmul.js';
 import { openDevice, type GpuDevice } from '../../runtime/gpu/device.js';
 import { runGpu } from '../../runtime/run-gpu.js';
 import { makeRng, randomTensor } from '../ir/util.js';
-import { assertSchedulesAgree, matmulMismatch, scheduledProgram } from '../kernels/harness.js';
+import { assertKernelsAgree, assertSchedulesAgree, matmulMismatch, scheduledProgram } from '../kernels/harness.js';
 
 const root = fileURLToPath(new URL('../../../', import.meta.url));
 const sched = (g: Graph, target: Target = PORTABLE_TARGET, opts = {}): Schedule => schedule(g, target, GPU_RULES, opts);
@@ -93,13 +95,23 @@ after(async () => {
   await gpu?.destroy();
 });
 
+/** The longest sums behind a projection's output: the layernorm's and the product's over d, the second product's over the rank. */
+const projectionTerms = (d: number, rank: number) => 2 * d + rank;
+
+/**
+ * eva_tiny's (stdlib/eva_vit.visft: 56², patches of 14, width 96, 2 blocks, 4 heads, mlp 256, 17 tokens) longest
+ * chain of sums: the patch embedding over 3·14·14, then per block the norms, qkv, proj and fc1 over 96, the scores
+ * over 24, softmax and attention·v over 17 tokens, fc2 over 256.
+ */
+const EVA_TINY_TERMS = 3 * 14 * 14 + 2 * (5 * 96 + 24 + 2 * 17 + 256);
+
 const feeds = (g: Graph, seed: number) => {
   const rng = makeRng(seed);
   const feed = (named: readonly { name: string; node: number }[]) => new Map(named.map((e) => [e.name, randomTensor(g.node(e.node).shape, rng, -1, 1)] as const)) as Map<string, RefTensor>;
   return { inputs: feed(g.inputs), params: feed(g.params) };
 };
 
-test('on the device: random LoRA projections equal the unfused kernels bit for bit and the CPU reference', async () => {
+test('on the device: random LoRA projections equal the unfused kernels (bit for bit on a software adapter) and the CPU reference', async () => {
   const common = { rank: fc.integer({ min: 1, max: 9 }), alpha: fc.constantFrom(8, 6, 1), two: fc.boolean(), seed: fc.integer() };
   const small = fc.record({ batch: fc.integer({ min: 1, max: 3 }), seq: fc.integer({ min: 17, max: 45 }), d: fc.integer({ min: 20, max: 150 }), out3: fc.integer({ min: 8, max: 60 }), ...common });
   // Over 2M multiply-adds with M and N of 132 or more: the tiled projection.
@@ -113,7 +125,7 @@ test('on the device: random LoRA projections equal the unfused kernels bit for b
       const g = loraProjection({ ...c, out, rows });
       const what = JSON.stringify({ ...c, out });
       const f = feeds(g, c.seed);
-      const program = await assertSchedulesAgree(gpu, g, f, {}, { secondProducts: false }, what);
+      const program = await assertSchedulesAgree(gpu, g, f, {}, { secondProducts: false }, what, { terms: projectionTerms(c.d, c.rank) });
       const names = program.schedule.kernels.map((k) => k.name);
       assert.equal(names.length, 2, `${what}: ${names.join(', ')}`);
       const proj = g.nodes.find((n) => n.op === 'matmul' && g.node(n.inputs[1]).op === 'permute' && g.node(g.node(n.inputs[1]).inputs[0]).op === 'param' && g.params.find((p) => p.node === g.node(n.inputs[1]).inputs[0])?.name === 'w')!;
@@ -128,12 +140,12 @@ test('on the device: random LoRA projections equal the unfused kernels bit for b
 });
 
 // The VJP runs these kernels too; it is checked against PyTorch in test/gpu/eva-tiny-gpu.test.ts.
-test('on the device: the eva_tiny stage-2 forward equals the unfused LoRA kernels bit for bit', async () => {
+test('on the device: the eva_tiny stage-2 forward equals the unfused LoRA kernels (bit for bit on a software adapter)', async () => {
   const g = evaTiny(true);
-  await assertSchedulesAgree(gpu, g, feeds(g, 7), {}, { secondProducts: false }, 'eva_tiny stage2');
+  await assertSchedulesAgree(gpu, g, feeds(g, 7), {}, { secondProducts: false }, 'eva_tiny stage2', { terms: EVA_TINY_TERMS });
 });
 
-test('on the device: with one row per workgroup (little workgroup memory) the row product is still exact', async () => {
+test('on the device: with one row per workgroup (little workgroup memory) the row product still equals the unfused kernels', async () => {
   const g = loraProjection({ batch: 2, seq: 9, d: 200, out: 96, rank: 8, alpha: 16, rows: [[0, 32], [64, 96]] });
   // Room for one row of 200 f32s (and the reduction buffers, none with subgroups on a software adapter), not two.
   const small: Target = { ...gpu.target, name: 'small-wg', limits: { ...gpu.target.limits, maxComputeWorkgroupStorageSize: 4 * 200 + 4 * 150 } };
@@ -143,5 +155,5 @@ test('on the device: with one row per workgroup (little workgroup memory) the ro
   assert.match(program.schedule.kernels[0].wgsl, /array<f32, 200>;/);
   const fused = await runGpu(gpu, g, program, f.inputs, f.params);
   const plain = await runGpu(gpu, g, scheduledProgram(g, small, { secondProducts: false }), f.inputs, f.params);
-  for (const [name, v] of plain) assert.deepEqual(new Uint32Array(Float32Array.from(fused.get(name)!.data).buffer), new Uint32Array(Float32Array.from(v.data).buffer), name);
+  for (const [name, v] of plain) assertKernelsAgree(gpu.target, fused.get(name)!.data, v.data, name, projectionTerms(200, 8));
 });

@@ -5,12 +5,17 @@ import { adapterMatches, dawnOptions, NoAdapterError, openDevice } from '../../r
 import { GpuError, GpuOutOfMemoryError, withErrorScopes } from '../../runtime/gpu/errors.js';
 import { f16BitsToF32, f32ToF16Bits } from '../../runtime/gpu/half.js';
 import { targetFromAdapter, TARGET_LIMIT_KEYS } from '../../runtime/gpu/target.js';
+import { nativeSgmat } from '../../kernels/sgmat.js';
 
 test('openDevice: the Target reflects the adapter and device (llvmpipe: fallback, shader-f16, subgroups)', async () => {
   const gpu = await openDevice();
   try {
     const t = gpu.target;
-    assert.deepEqual(targetFromAdapter(gpu.adapter, gpu.device), t);
+    // The tensor-core probe adds the builtins' spelling the device's Dawn accepts (NVIDIA: the current one).
+    const { subgroupMatrixSpelling, ...probed } = t;
+    assert.deepEqual(targetFromAdapter(gpu.adapter, gpu.device), probed);
+    if (nativeSgmat(t) && t.subgroupMatrixConfigs.length) assert.ok(subgroupMatrixSpelling === 'template' || subgroupMatrixSpelling === 'argument', `${subgroupMatrixSpelling}`);
+    else assert.equal(subgroupMatrixSpelling, undefined);
     for (const k of TARGET_LIMIT_KEYS) assert.equal(t.limits[k], (gpu.device.limits as unknown as Record<string, number>)[k], k);
     // The device got the adapter's maximum for every limit codegen uses.
     for (const k of TARGET_LIMIT_KEYS) {

@@ -117,8 +117,8 @@ test('the native spelling: builtins, subgroup ids, 32-wide subgroups, accumulato
   assert.match(kv.wgsl, /var y_5: subgroup_matrix_left<f16, 16, 16>;/);
   assert.match(kv.wgsl, /var ax_5 = subgroup_matrix_result<f32, 16, 16>\(\);/);
   assert.match(kv.wgsl, /var ay_5 = subgroup_matrix_result<f32, 16, 16>\(\);/);
-  assert.match(kv.wgsl, /ax_5 = subgroupMatrixMultiplyAccumulate\(l_1, subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>>\(&tile_h, \d+u, false, 104u\), ax_5\);/);
-  assert.match(kv.wgsl, /subgroupMatrixStore\(&tile_s, sm \* 36u \+ 16u, s_1, false, 36u\);/);
+  assert.match(kv.wgsl, /ax_5 = subgroupMatrixMultiplyAccumulate\(l_1, subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>\(&tile_h, \d+u, 104u\), ax_5\);/);
+  assert.match(kv.wgsl, /subgroupMatrixStore<row_major>\(&tile_s, sm \* 36u \+ 16u, s_1, 36u\);/);
   assert.match(kv.wgsl, /out_1\[/);
   assert.doesNotMatch(kv.wgsl, /sg[sa]_|unbounded\(/);
   const q = flashSgmatBackwardKernel(dq, dq.inputs.map((i) => graph.node(i)), NVIDIA);

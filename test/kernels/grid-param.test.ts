@@ -38,14 +38,17 @@ function sharedText(kernels: readonly Kernel[], what: string): number[] {
 }
 
 await withDevice(async (gpu) => {
-  const sw = gpu.target;
+  // The premise of these tests: a software adapter's target (numbers up to 16 carried, larger ones baked in;
+  // kernels/grid-param.ts), whatever device runs them. A hardware device carries up to 1024, so its own target
+  // would carry the "too large" start too. Kernels generated for it are valid WGSL on any device.
+  const sw: Target = { ...gpu.target, name: `${gpu.target.name} (as a software adapter)`, isFallbackAdapter: true };
   const range = (n: number, from = 0) => Array.from({ length: n }, (_, i) => from + i);
 
   await describe('numbers carried by the dispatch', async () => {
     test('gridDispatch: the number rides in z, x covers the elements, the loop stride stays below 2^31', () => {
-      assert.equal(gridParamMax({ ...sw, isFallbackAdapter: true }), 16);
+      assert.equal(gridParamMax(sw), 16);
       assert.equal(gridParamMax(hardwareLike(sw)), 1024);
-      for (const bad of [17, -1, 2.5, NaN]) assert.equal(gridDispatch(100, bad, 256, { ...sw, isFallbackAdapter: true }), undefined, String(bad));
+      for (const bad of [17, -1, 2.5, NaN]) assert.equal(gridDispatch(100, bad, 256, sw), undefined, String(bad));
       const maxD = sw.limits.maxComputeWorkgroupsPerDimension;
       fc.assert(
         fc.property(fc.integer({ min: 1, max: 2 ** 31 - 1 }), fc.integer({ min: 0, max: 1024 }), fc.constantFrom(8, 64, 256), (n, param, wg) => {
@@ -67,17 +70,20 @@ await withDevice(async (gpu) => {
       // Steps of an unrolled loop: start t along a dim of length 12, fewer elements than z layers.
       const steps = range(12).map((t) => kernelOf('slice', [[3, 12, 70]], { dim: 1, start: t, end: t + 1 }, sw));
       assert.deepEqual(sharedText(steps, 'step slices'), range(12, 1));
-      for (const t of [0, 5, 11]) await checkAgainstReference(gpu, (b, [x]) => b.add('slice', [x], { dim: 1, start: t, end: t + 1 }), [randomTensor([3, 12, 70], t)], { ...exact, label: `step ${t}` });
+      for (const t of [0, 5, 11]) await checkAgainstReference(gpu, (b, [x]) => b.add('slice', [x], { dim: 1, start: t, end: t + 1 }), [randomTensor([3, 12, 70], t)], { ...exact, target: sw, label: `step ${t}` });
       // Chunks (q, k, v parts; an LSTM's gates): counted in chunks of the slice's length.
       const chunks = range(4).map((c) => kernelOf('slice', [[5, 384]], { dim: 1, start: 96 * c, end: 96 * (c + 1) }, sw));
       assert.deepEqual(sharedText(chunks, 'chunk slices'), [1, 2, 3, 4]);
-      await checkAgainstReference(gpu, (b, [x]) => b.add('slice', [x], { dim: -1, start: 288, end: 384 }), [randomTensor([5, 384], 7)], exact);
+      await checkAgainstReference(gpu, (b, [x]) => b.add('slice', [x], { dim: -1, start: 288, end: 384 }), [randomTensor([5, 384], 7)], { ...exact, target: sw });
       // Many elements over 3 z layers (a grid-stride loop across layers), with a step.
-      await checkAgainstReference(gpu, (b, [x]) => b.add('slice', [x], { dim: 1, start: 2, end: 9, step: 3 }), [randomTensor([2, 9, 3000], 8)], exact);
+      await checkAgainstReference(gpu, (b, [x]) => b.add('slice', [x], { dim: 1, start: 2, end: 9, step: 3 }), [randomTensor([2, 9, 3000], 8)], { ...exact, target: sw });
       // A start too large to carry on a software adapter is baked in, and still right.
       const far = kernelOf('slice', [[2, 40]], { dim: 1, start: 17, end: 18 }, sw);
       assert.notEqual(far.wgsl, kernelOf('slice', [[2, 40]], { dim: 1, start: 16, end: 17 }, sw).wgsl);
       assert.equal(far.dispatch[2], 1);
+      const baked = await checkAgainstReference(gpu, (b, [x]) => b.add('slice', [x], { dim: 1, start: 17, end: 18 }), [randomTensor([2, 40], 9)], { ...exact, target: sw });
+      assert.equal(baked.kernels[0].wgsl, far.wgsl, 'the baked kernel is the one that ran');
+      // The device's own target: carried there when the device is hardware (up to 1024), and still right.
       await checkAgainstReference(gpu, (b, [x]) => b.add('slice', [x], { dim: 1, start: 17, end: 18 }), [randomTensor([2, 40], 9)], exact);
     });
 

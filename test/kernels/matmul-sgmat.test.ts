@@ -21,7 +21,7 @@ import { GPU_RULES } from '../../kernels/index.js';
 import { TARGETS } from '../../compiler/codegen/targets.js';
 import { graphMatmulVariant, matmulKernel, matmulVariant, type MatmulReads } from '../../kernels/matmul.js';
 import { sgmatTiles, sgmatUnfit, type SgmatTiles } from '../../kernels/matmul-sgmat.js';
-import { nativeSgmat, sgmatOps, sgmatShape, SUBGROUP_MATRIX_FEATURE } from '../../kernels/sgmat.js';
+import { nativeSgmat, sgmatOps, sgmatShape, sgmatSpelling, SUBGROUP_MATRIX_FEATURE } from '../../kernels/sgmat.js';
 import { tensorCoreProblem } from '../../runtime/gpu/tensor-core-probe.js';
 import { openDevice, type GpuDevice } from '../../runtime/gpu/device.js';
 import { runGpu } from '../../runtime/run-gpu.js';
@@ -52,15 +52,24 @@ test('config choice: 16x16x16 f16->f32 first, else the largest f16->f32; none wi
   assert.equal(sgmatShape({ ...base, features: [], subgroupMatrixConfigs: [cfg('f16', 'f32', 16, 16, 16)] }), undefined);
 });
 
-test('the native spelling: Dawn builtins with the types of the proposal, the directives, row-major strides', () => {
-  const ops = sgmatOps({ m: 16, n: 8, k: 16 }, true, 4);
+test('the native spelling: Dawn builtins with the types of the proposal, the directives, row-major strides, in both layout spellings', () => {
+  const ops = sgmatOps({ m: 16, n: 8, k: 16 }, 'template', 4);
   assert.match(ops.directives, /^enable f16;\nenable subgroups;\nenable chromium_experimental_subgroup_matrix;\ndiagnostic\(off, chromium\.subgroup_matrix_uniformity\);$/);
-  // left<T, K, M>: M rows x K columns; right<T, N, K>; result<T, N, M>.
-  assert.equal(ops.loadLeft('tile_a', 'o', '40u'), 'subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>>(&tile_a, o, false, 40u)');
-  assert.equal(ops.loadRight('tile_b', 'o', '72u'), 'subgroupMatrixLoad<subgroup_matrix_right<f16, 8, 16>>(&tile_b, o, false, 72u)');
+  // left<T, K, M>: M rows x K columns; right<T, N, K>; result<T, N, M>. Current Dawn: the layout as a template argument.
+  assert.equal(ops.loadLeft('tile_a', 'o', '40u'), 'subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&tile_a, o, 40u)');
+  assert.equal(ops.loadRight('tile_b', 'o', '72u'), 'subgroupMatrixLoad<subgroup_matrix_right<f16, 8, 16>, row_major>(&tile_b, o, 72u)');
+  assert.equal(ops.loadResult('tile_c', 'o', '8u', '0u'), 'subgroupMatrixLoad<subgroup_matrix_result<f32, 8, 16>, row_major>(&tile_c, o, 8u)');
   assert.equal(ops.zero('0u'), 'subgroup_matrix_result<f32, 8, 16>()');
   assert.equal(ops.multiplyAccumulate('a', 'b', 'c'), 'subgroupMatrixMultiplyAccumulate(a, b, c)');
-  assert.equal(ops.store('tile_c', 'o', 'c', '8u'), 'subgroupMatrixStore(&tile_c, o, c, false, 8u);');
+  assert.equal(ops.store('tile_c', 'o', 'c', '8u'), 'subgroupMatrixStore<row_major>(&tile_c, o, c, 8u);');
+  // The first releases' spelling (a bool: column-major or not), which ran on the H200 with a deprecation warning.
+  const old = sgmatOps({ m: 16, n: 8, k: 16 }, 'argument', 4);
+  assert.equal(old.directives, ops.directives);
+  assert.equal(old.loadLeft('tile_a', 'o', '40u'), 'subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>>(&tile_a, o, false, 40u)');
+  assert.equal(old.store('tile_c', 'o', 'c', '8u'), 'subgroupMatrixStore(&tile_c, o, c, false, 8u);');
+  assert.equal(sgmatSpelling(TARGETS['nvidia-h100']), 'template');
+  assert.equal(sgmatSpelling({ ...TARGETS['nvidia-h100'], subgroupMatrixSpelling: 'argument' }), 'argument');
+  assert.equal(sgmatSpelling({ ...TARGETS['nvidia-h100'], features: ['shader-f16'] }), 'emulated');
   assert.equal(ops.helpers(), '');
 });
 
@@ -127,10 +136,14 @@ describe('on the device (emulated subgroup matrices; native on a GPU that has th
     [{ M: 16, N: 8, K: 16 }, [2, 1], [3], 65, 45, 63, [false, true], { wm: 2, wn: 2, fm: 2, fn: 4, bk: 16 }], // broadcast batch dims, edges off every tile
     [{ M: 16, N: 8, K: 16 }, [2], [], 33, 50, 20, [true, false], { wm: 2, wn: 2, fm: 2, fn: 4, bk: 16 }],
     [{ M: 8, N: 8, K: 8 }, [], [], 70, 41, 75, [false, true], { wm: 2, wn: 2, fm: 2, fn: 2, bk: 16 }],
+    // The unrolled stagings (hardware's default; every element's load unrolled, so small tiles keep LLVM quick):
+    // K not a multiple of the step (the prefetch past the end reads zeros), both operands transposed or not.
+    [{ M: 8, N: 8, K: 8 }, [2], [], 37, 21, 30, [false, true], { wm: 2, wn: 2, fm: 2, fn: 2, bk: 8, staging: 'prefetch' }],
+    [{ M: 8, N: 8, K: 8 }, [], [2], 29, 18, 35, [true, false], { wm: 2, wn: 2, fm: 2, fn: 2, bk: 8, staging: 'unrolled' }],
   ];
 
   for (const [config, ba, bb, m, k, n, reads, tiles] of CASES) {
-    const label = `${config.M}x${config.N}x${config.K}: [${ba}] ${m}x${k} @ [${bb}] ${k}x${n}, transposed reads ${reads}`;
+    const label = `${config.M}x${config.N}x${config.K}: [${ba}] ${m}x${k} @ [${bb}] ${k}x${n}, transposed reads ${reads}, staging ${tiles?.staging ?? 'default'}`;
     test(`${label}: the naive kernel's bits, the reference's values`, async () => {
       const { target, tiles: forced } = sgTarget(config, tiles);
       const { graph, mm } = product(ba, bb, m, k, n, reads);
@@ -224,13 +237,26 @@ describe('on the device (emulated subgroup matrices; native on a GPU that has th
     assert.equal(matmulMismatch(new Map([['p', ref.get('p')!]]), new Map([['p', a.get('p')!]]), 320), undefined);
   });
 
-  test('tensorCoreProblem: nothing to check without native subgroup matrices; a rejected native kernel turns them off', async () => {
+  test("tensorCoreProblem: the device's own target passes (nothing to check without native subgroup matrices); a rejected native kernel turns them off", async (t) => {
     assert.equal(await tensorCoreProblem(gpu.device, base), undefined);
-    assert.equal(await tensorCoreProblem(gpu.device, withConfigs(base, [{ M: 16, N: 16, K: 16 }], 'emulated')), undefined);
-    // This device lacks the feature: the native kernels cannot compile here, as they would not on a driver that rejects them.
-    const claimed = withConfigs({ ...base, features: [...base.features, SUBGROUP_MATRIX_FEATURE] }, [{ M: 16, N: 16, K: 16 }], 'claimed');
-    assert.match((await tensorCoreProblem(gpu.device, claimed)) ?? '', /^matmul_sgmat_f16 did not compile: .*chromium_experimental_subgroup_matrix/);
-    assert.equal(gpu.tensorCoresOff, undefined, 'lavapipe lists no subgroup matrices: nothing was turned off');
+    assert.equal(gpu.tensorCoresOff, undefined, 'the probe at openDevice found nothing to turn off');
+    const f16Listed = (c: Config) => base.subgroupMatrixConfigs.some((l) => l.componentType === 'f16' && l.resultComponentType === 'f32' && l.M === c.M && l.N === c.N && l.K === c.K);
+    if (!native) {
+      assert.equal(await tensorCoreProblem(gpu.device, withConfigs(base, [{ M: 16, N: 16, K: 16 }], 'emulated')), undefined);
+      // This device lacks the feature: the native kernels cannot compile here, as they would not on a driver that rejects them.
+      const claimed = withConfigs({ ...base, features: [...base.features, SUBGROUP_MATRIX_FEATURE] }, [{ M: 16, N: 16, K: 16 }], 'claimed');
+      assert.match((await tensorCoreProblem(gpu.device, claimed)) ?? '', /^matmul_sgmat_f16 did not compile: .*chromium_experimental_subgroup_matrix/);
+      return;
+    }
+    // Natively (the device's own configs passed above): a config the device does not list: Dawn rejects the shader (its ValidateSubgroupMatrixConfiguration), as a
+    // driver that cannot run the kernels would, and the probe says which kernel and why.
+    const unlisted = [{ M: 8, N: 8, K: 8 }, { M: 16, N: 16, K: 16 }, { M: 16, N: 8, K: 16 }, { M: 32, N: 32, K: 32 }].find((c) => !f16Listed(c));
+    if (!unlisted) {
+      t.diagnostic(`${base.name} lists every f16 -> f32 config the generators were tried with: no kernel it must reject`);
+      return;
+    }
+    const claimed = withConfigs(base, [unlisted], `claimed ${unlisted.M}x${unlisted.N}x${unlisted.K}`);
+    assert.match((await tensorCoreProblem(gpu.device, claimed)) ?? '', /^matmul_sgmat_f16 did not compile: .*[Ss]ubgroup matrix .*not supported by the device/);
   });
 
   test('a real subgroup-matrix target gets the native spelling', () => {

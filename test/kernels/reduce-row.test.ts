@@ -6,6 +6,9 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import fc from 'fast-check';
+import type { Kernel, Target } from '../../compiler/codegen/types.js';
+import { Builder } from '../../compiler/ir/builder.js';
+import { GPU_RULES } from '../../kernels/index.js';
 import { fcParams, hardwareLike, shapeArb, tightTarget } from './core-util.js';
 import { checkAgainstReference, randomTensor, withDevice } from './harness.js';
 
@@ -15,6 +18,24 @@ const dimsArb = shapeArb(1, 4, 7).chain((shape) =>
     .tuple(fc.subarray([...shape.keys()]), fc.array(fc.boolean(), { minLength: shape.length, maxLength: shape.length }), fc.boolean())
     .map(([dims, neg, keepdim]) => ({ shape, dims: dims.map((d) => (neg[d] ? d - shape.length : d)), keepdim })),
 );
+
+/** The kernel of sum over the last dim of [20, 300] for `target` (code only, nothing runs). */
+function rowSumKernel(target: Target): Kernel {
+  const b = new Builder();
+  const node = b.graph.node(b.add('sum', [b.input('x', [20, 300])], { dims: [-1] }));
+  const rule = GPU_RULES.sum;
+  if (rule.kind !== 'kernel') throw new Error('sum has no kernel');
+  return rule.gen(node, node.inputs.map((i) => b.graph.node(i)), target);
+}
+
+/**
+ * laneCount's rule (kernels/reduce.ts) for rows of 300 on a hardware target limited to 64 invocations: one
+ * subgroup per row where its lanes hold the row in registers (16 values each), else the limit's 64 lanes.
+ */
+function expectedRowLanes(target: Target): number {
+  const sg = target.features.includes('subgroups') ? target.subgroupMinSize : undefined;
+  return sg !== undefined && sg < 64 && Math.ceil(300 / sg) <= 16 ? sg : 64;
+}
 
 await withDevice(async (gpu) => {
   await describe('sum and max', async () => {
@@ -63,8 +84,20 @@ await withDevice(async (gpu) => {
       // A software adapter gives a slice one subgroup's width of lanes (kernels/reduce.ts, laneCount); hardware up to the limit.
       const r = await checkAgainstReference(gpu, (b, [x]) => b.add('sum', [x], { dims: [-1] }), [randomTensor([20, 300], 10)], { target: tightTarget(gpu.target) });
       assert.ok(r.kernels[0].workgroupSize[0] <= 64, `${r.kernels[0].workgroupSize}`);
-      const h = await checkAgainstReference(gpu, (b, [x]) => b.add('sum', [x], { dims: [-1] }), [randomTensor([20, 300], 10)], { target: hardwareLike(tightTarget(gpu.target)) });
-      assert.deepEqual(h.kernels[0].workgroupSize, [64, 1, 1]);
+      // Both sides of the rule on every device, from explicit subgroup sizes (lavapipe's 8, NVIDIA's 32, none)...
+      const tightHw = hardwareLike(tightTarget(gpu.target));
+      const subgroupsOf = (size: number | undefined): Target => {
+        const features = tightHw.features.filter((f) => f !== 'subgroups');
+        return size === undefined ? { ...tightHw, features } : { ...tightHw, features: [...features, 'subgroups'], subgroupMinSize: size, subgroupMaxSize: size };
+      };
+      for (const [size, lanes] of [[8, 64], [32, 32], [undefined, 64]] as const) {
+        const target = subgroupsOf(size);
+        assert.equal(expectedRowLanes(target), lanes, `subgroups of ${size}`);
+        assert.deepEqual(rowSumKernel(target).workgroupSize, [lanes, 1, 1], `subgroups of ${size}`);
+      }
+      // ...and the device's own subgroup size, run against the reference.
+      const h = await checkAgainstReference(gpu, (b, [x]) => b.add('sum', [x], { dims: [-1] }), [randomTensor([20, 300], 10)], { target: tightHw });
+      assert.deepEqual(h.kernels[0].workgroupSize, [expectedRowLanes(tightHw), 1, 1], `${gpu.target.name}: subgroups of ${tightHw.subgroupMinSize}`);
       await checkAgainstReference(gpu, (b, [x]) => b.add('sum', [x], { dims: [1] }), [randomTensor([90, 7], 11)], { target: tightTarget(gpu.target) });
     });
   });

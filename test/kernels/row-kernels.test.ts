@@ -15,10 +15,9 @@ import type { RefTensor } from '../../compiler/ir/rules/reference.js';
 import { laneCount } from '../../kernels/reduce.js';
 import { openDevice } from '../../runtime/gpu/device.js';
 import { runGpu } from '../../runtime/run-gpu.js';
-import { bitwiseDifference } from '../passes/graphs.js';
 import { randomTensor } from '../ir/util.js';
 import { fcParams, hardwareLike } from './core-util.js';
-import { assertBitwise, checkAgainstReference, makeRng, runGraph, scheduledProgram, withDevice, type GpuContext } from './harness.js';
+import { assertBitwise, assertKernelsAgree, checkAgainstReference, makeRng, runGraph, scheduledProgram, withDevice, type GpuContext } from './harness.js';
 
 type RowOp = 'softmax' | 'log_softmax' | 'layernorm';
 
@@ -207,7 +206,10 @@ function rowProductGraph(rows: number, len: number, out: number): Builder {
   return b;
 }
 
-await test('the row product kernel equals the row kernel and a matmul bit for bit on every reduction path', async () => {
+// Bit for bit on a software adapter; on hardware within assertKernelsAgree's bound: the same layernorm code in the
+// row-product kernel and the row kernel parted by up to 32 ulps of small values on an H200 (the LoRA projection
+// of test/codegen/lora-fusion.test.ts is this pair of kernels).
+await test('the row product kernel equals the row kernel and a matmul (bit for bit on a software adapter) on every reduction path', async () => {
   const opened = await openDevice();
   try {
     for (const [where, target] of targets(opened.target)) {
@@ -220,7 +222,9 @@ await test('the row product kernel equals the row kernel and a matmul bit for bi
         assert.match(fused.schedule.kernels[0].name, /^layernorm_rows_wg_f32\+mul_add\+mm/, `${where}, rows of ${len}`);
         const a = await runGpu(opened, g, fused, inputs, params);
         const b = await runGpu(opened, g, scheduledProgram(g, target, { secondProducts: false }), inputs, params);
-        assert.equal(bitwiseDifference(b, a), undefined, `${where}, rows of ${len}`);
+        assert.deepEqual([...b.keys()], [...a.keys()], `${where}, rows of ${len}: outputs`);
+        // The layernorm's sums and the product's, each over the row.
+        for (const [name, v] of a) assertKernelsAgree(opened.target, b.get(name)!.data, v.data, `${where}, rows of ${len}: ${name}`, 2 * len);
       }
     }
   } finally {

@@ -1,0 +1,118 @@
+// Tile sweeps and ablations of the matmul and flash kernels on a GPU with subgroup matrices: one short run
+// that times each variant of matmul_sgmat_f16, matmul_tiled_f32 (its staging) and attention_flash_sgmat_f16 on bench rows, so the
+// defaults in kernels/matmul-sgmat.ts and kernels/flash-sgmat.ts can be chosen from measurements (docs/perf.md).
+//   node scripts/tune-sgmat.mjs [--rows matmul_f16_evag_qkv,...] [--json FILE] [--size full|quick|tiny] [--emulate]
+// (after `npx tsc`). --emulate lists a 16x16x16 config on a device without subgroup matrices, so the emulated
+// kernels run (a check of this script on lavapipe at --size tiny; its times mean nothing).
+// Variants: tile shapes forced through Target.tuning, and ablations that leave a stage out ('no-mma': the
+// products skipped; 'no-stage': the tiles not staged), whose times say where a kernel's time goes (their
+// outputs are wrong by design and not checked). Every other variant's output is compared with the default's.
+// Timing: GPU timestamps around each of 30 back-to-back passes of the whole row program, after 200 ms of
+// back-to-back warm-up (clocks); the median counts. Needs a device with subgroup matrices; elsewhere it says so and exits 1.
+import { writeFileSync } from 'node:fs';
+import { compileGpu } from '../dist/compiler/codegen/gpu.js';
+import { openDevice } from '../dist/runtime/gpu/device.js';
+import { fromF16, toF16 } from '../dist/runtime/gpu/half.js';
+import { TimedProgram } from '../dist/runtime/bench/ours.js';
+import { benchRows, rowGraph, rowInputData } from '../dist/runtime/bench/rows.js';
+import { sgmatShape } from '../dist/kernels/sgmat.js';
+
+const args = process.argv.slice(2);
+const opt = (name) => {
+  const i = args.indexOf(name);
+  return i >= 0 ? args[i + 1] : undefined;
+};
+const ROWS = (opt('--rows') ?? 'matmul_f16_evag_qkv,matmul_f16_evag_fc2,matmul_f32_evag_qkv,matmul_f32_evag_fc2,attention_fwd_f16_evag_detection').split(',');
+
+const mm = (wm, wn, fm, fn, bk, staging = 'prefetch') => ({ sgmatTiles: { wm, wn, fm, fn, bk, staging } });
+const SGMAT_VARIANTS = {
+  '64x64 4sg bk32 loop': mm(2, 2, 2, 2, 32, 'loop'),
+  '64x64 4sg bk32 unrolled': mm(2, 2, 2, 2, 32, 'unrolled'),
+  '64x64 4sg bk32 prefetch': mm(2, 2, 2, 2, 32),
+  '64x64 4sg bk64 prefetch': mm(2, 2, 2, 2, 64),
+  '32x64 2sg bk32 prefetch': mm(1, 2, 2, 2, 32),
+  '128x64 4sg bk32 prefetch': mm(2, 2, 4, 2, 32),
+  '128x128 8sg bk32 prefetch': mm(2, 4, 4, 2, 32),
+};
+const TILED_VARIANTS = { loop: { tiledStaging: 'loop' }, unrolled: { tiledStaging: 'unrolled' }, prefetch: { tiledStaging: 'prefetch' } };
+// Attention: 'default' is the f32-accumulating flash kernel (tensor-core attention is off by default).
+const FLASH_VARIANTS = { 'tensor cores': { tensorCoreAttention: true } };
+for (const subgroups of [2, 4, 8]) for (const keys of [32, 64, 128]) for (const sharedKv of [true, false]) FLASH_VARIANTS[`tensor cores ${subgroups}sg ${keys}keys ${sharedKv ? 'shared' : 'apart'}`] = { tensorCoreAttention: true, flashSgmatTiles: { subgroups, keys, sharedKv } };
+
+// Ablations by text: the products replaced by their accumulators; the staging loops run zero times.
+const ABLATIONS = {
+  'no-mma': (w) => w.replace(/subgroupMatrixMultiplyAccumulate\(([^,()]+), (subgroupMatrixLoad<[^;]*?\)|[^,()]+), ([^,()]+)\)/g, '$3'),
+  'no-stage': (w) => w.replace(/for \(var q = 0u; q < (\d+u|unbounded\([^)]*\)); q\+\+\)/g, 'for (var q = 0u; q < 0u; q++)'),
+};
+
+const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+
+async function timeVariant(gpu, row, tuning, ablation, reference) {
+  let data = rowInputData(row).map((d) => fromF16(toF16(d)));
+  const { graph, inputs, outputs } = rowGraph(row);
+  let program = compileGpu(graph, { ...gpu.target, ...(tuning ? { tuning } : {}) });
+  const kernels = program.schedule.kernels.map((k) => k.name);
+  if (ablation) {
+    const edit = ABLATIONS[ablation];
+    program = { ...program, schedule: { ...program.schedule, kernels: program.schedule.kernels.map((k) => (/^(matmul|attention)/.test(k.name) ? { ...k, wgsl: edit(k.wgsl) } : k)) } };
+  }
+  const outIds = outputs.map((name) => program.schedule.outputs.get(name));
+  const timed = await TimedProgram.create(gpu, program, new Map(inputs.map((id, i) => [id, data[i]])));
+  try {
+    // Sustained work first: the H200 kept its idle clock through short bursts (runtime/bench/bench.ts, warmClocks).
+    const t0 = performance.now();
+    while (performance.now() - t0 < 200) await timed.warm(10);
+    const ms = median(await timed.timestamped(30));
+    let diff;
+    const out = await timed.outputs(outIds);
+    if (reference && !ablation) {
+      let worst = 0;
+      let scale = 0;
+      for (const [k, o] of out.entries()) for (let i = 0; i < o.length; i++) {
+        worst = Math.max(worst, Math.abs(o[i] - reference[k][i]) || (Number.isNaN(o[i]) ? Infinity : 0));
+        scale = Math.max(scale, Math.abs(reference[k][i]));
+      }
+      diff = worst / (scale || 1);
+    }
+    return { ms, kernels, out, diff };
+  } finally {
+    timed.destroy();
+  }
+}
+
+const gpu = await openDevice({ profiling: true });
+if (args.includes('--emulate') && !sgmatShape(gpu.target)) gpu.target = { ...gpu.target, subgroupMatrixConfigs: [{ componentType: 'f16', resultComponentType: 'f32', M: 16, N: 16, K: 16 }] };
+const results = [];
+try {
+  if (!sgmatShape(gpu.target)) {
+    console.error(`this device runs no subgroup-matrix kernels: ${gpu.tensorCoresOff ?? 'the adapter lists no f16 x f16 -> f32 config'}`);
+    process.exitCode = 1;
+  } else {
+    const rows = benchRows(opt('--size') ?? 'full').filter((r) => ROWS.includes(r.name));
+    for (const row of rows) {
+      const table = row.op === 'attention' ? FLASH_VARIANTS : row.dtype === 'f16' ? SGMAT_VARIANTS : TILED_VARIANTS;
+      // Ablations on the looped staging (the only one with a staging loop to empty) and on the default.
+      const ablated = row.op === 'attention' ? [[FLASH_VARIANTS['tensor cores'], 'tensor cores']] : [[row.dtype === 'f16' ? SGMAT_VARIANTS['64x64 4sg bk32 loop'] : TILED_VARIANTS.loop, 'loop'], [undefined, 'default']];
+      const variants = [['default', undefined, undefined], ...Object.entries(table).map(([n, t]) => [n, t, undefined]), ...ablated.flatMap(([t, n]) => Object.keys(ABLATIONS).map((a) => [`${n} ${a}`, t, a]))];
+      let reference;
+      for (const [name, tuning, ablation] of variants) {
+        const t0 = performance.now();
+        let r;
+        try {
+          const got = await timeVariant(gpu, row, tuning, ablation, reference);
+          if (name === 'default') reference = got.out;
+          r = { row: row.name, variant: name, ms: got.ms, rate: row.work.amount / (got.ms * 1e-3) / 1e12, unit: row.work.unit === 'GFLOP/s' ? 'TFLOP/s' : 'TB/s', kernels: got.kernels.join(' '), relDiff: got.diff };
+        } catch (e) {
+          r = { row: row.name, variant: name, error: String(e?.message ?? e).split('\n')[0].slice(0, 200) };
+        }
+        r.wallS = (performance.now() - t0) / 1e3;
+        results.push(r);
+        console.log(r.error ? `${r.row.padEnd(34)} ${name.padEnd(26)} ${r.error}` : `${r.row.padEnd(34)} ${name.padEnd(26)} ${r.ms.toFixed(4).padStart(9)} ms ${r.rate.toFixed(1).padStart(7)} ${r.unit}${r.relDiff === undefined ? '' : `  diff ${r.relDiff.toExponential(1)}`}  ${r.kernels}`);
+      }
+    }
+  }
+} finally {
+  const json = opt('--json');
+  if (json) writeFileSync(json, JSON.stringify({ date: new Date().toISOString(), device: gpu.info, target: { features: gpu.target.features, spelling: gpu.target.subgroupMatrixSpelling }, results }, null, 1));
+  await gpu.destroy();
+}

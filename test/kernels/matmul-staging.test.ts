@@ -1,0 +1,69 @@
+// How the tiled f32 matmul stages its tiles (kernels/matmul.ts, Staging): the guarded loop (software adapters'
+// default), unrolled branchless loads, and loads prefetched one k step ahead (hardware's default). The three
+// compute the same sums in the same order, so they agree bit for bit (on a software adapter; within rounding of
+// the driver's compiler on hardware) and equal the float64 reference — for plain and transposed reads, batches,
+// edges off every tile, and K not a multiple of the step (the prefetch past the end reads zeros).
+import assert from 'node:assert/strict';
+import { after, before, describe, test } from 'node:test';
+import type { Target } from '../../compiler/codegen/types.js';
+import { Builder } from '../../compiler/ir/builder.js';
+import { numel } from '../../compiler/ir/graph.js';
+import { interpret } from '../../compiler/ir/interpret.js';
+import { defaultStaging, matmulKernel, type MatmulReads, type Staging } from '../../kernels/matmul.js';
+import { openDevice, type GpuDevice } from '../../runtime/gpu/device.js';
+import { assertKernelsAgree, matmulMismatch, randomTensor, runKernel } from './harness.js';
+
+test('software adapters keep the guarded loop; hardware prefetches', () => {
+  const base = { name: 'x', isFallbackAdapter: false } as Target;
+  assert.equal(defaultStaging(base), 'prefetch');
+  assert.equal(defaultStaging({ ...base, isFallbackAdapter: true }), 'loop');
+  assert.equal(defaultStaging({ ...base, name: 'lavapipe' }), 'loop');
+});
+
+describe('on the device', () => {
+  let gpu: GpuDevice;
+  before(async () => {
+    gpu = await openDevice();
+  });
+  after(async () => {
+    await gpu?.destroy();
+  });
+
+  const swapLast = (r: number) => [...Array(r).keys()].map((d) => (d === r - 2 ? r - 1 : d === r - 1 ? r - 2 : d));
+
+  /** a [...ba, M, K] @ b [K, N], transposed operands stored swapped and permuted back. */
+  function product(ba: number[], m: number, k: number, n: number, reads: MatmulReads) {
+    const b = new Builder();
+    const operand = (name: string, shape: number[], trans: boolean) => {
+      const stored = trans ? [...shape.slice(0, -2), shape[shape.length - 1], shape[shape.length - 2]] : shape;
+      const s = b.input(name, stored);
+      return trans ? b.add('permute', [s], { dims: swapLast(shape.length) }) : s;
+    };
+    const mm = b.add('matmul', [operand('a', [...ba, m, k], reads[0]), operand('b', [k, n], reads[1])]);
+    b.output('y', mm);
+    return { graph: b.graph, mm };
+  }
+
+  const CASES: [number[], number, number, number, MatmulReads][] = [
+    [[2], 70, 37, 66, [false, false]], // a shared b folds the batch into M; K = 2 steps + 5
+    [[], 65, 16, 130, [true, false]], // K exactly one step
+    [[3], 30, 50, 20, [false, true]],
+  ];
+  for (const [ba, m, k, n, reads] of CASES) {
+    test(`[${ba}] ${m}x${k} @ ${k}x${n}, transposed reads ${reads}: every staging agrees and equals the reference`, async () => {
+      const { graph, mm } = product(ba, m, k, n, reads);
+      const node = graph.node(mm);
+      const inputs = node.inputs.map((i) => graph.node(i));
+      const values = graph.inputs.map((inp, i) => randomTensor(graph.node(inp.node).shape, 17 * i + m + k).data);
+      const out = new Map<Staging, Float32Array>();
+      for (const how of ['loop', 'unrolled', 'prefetch'] as const) {
+        const kernel = matmulKernel(node, inputs, { ...gpu.target, tuning: { tiledStaging: how } }, 'tiled', undefined, reads);
+        assert.equal(/var va_0/.test(kernel.wgsl), how !== 'loop', `${how}: registers only when unrolled`);
+        out.set(how, await runKernel(gpu.device, kernel, values, numel(node.shape)));
+      }
+      for (const how of ['unrolled', 'prefetch'] as const) assertKernelsAgree(gpu.target, out.get(how)!, out.get('loop')!, `${how} vs loop`, k);
+      const ref = interpret(graph, new Map(graph.inputs.map((inp, i) => [inp.name, { shape: graph.node(inp.node).shape, data: Float64Array.from(values[i]) }]))).get('y')!;
+      assert.equal(matmulMismatch(new Map([['y', ref]]), new Map([['y', { shape: ref.shape, data: Float64Array.from(out.get('prefetch')!) }]]), k), undefined);
+    });
+  }
+});
