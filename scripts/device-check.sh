@@ -4,13 +4,14 @@
 # then the device tool with carry [".gpu"] and the command
 #   source .gpu/enter.sh && export PATH=/tmp/gpu-node:$PATH && bash scripts/device-check.sh
 # Each step has its own time limit, and all of them together stay under BUDGET seconds (default 420), so one hang
-# does not lose the rest and the lease is not overrun. Steps, most valuable first: the adapter (doctor), the
+# does not lose the rest and the lease is not overrun. Steps, most valuable first: the adapter (doctor); the
 # kernels whose native form lavapipe cannot run (subgroup-matrix matmul and flash attention) against their
-# references, PyTorch's times for the bench shapes, the bench rows with tfjs-webgpu on the same device, the
-# tensor-core tile sweeps (scripts/tune-sgmat.mjs), and last the whole test suite on this GPU. The logs go to
-# $OUT/logs.tgz, rebuilt after every step (the device tool brings back at most 8 files), with a summary beside it;
-# GPU clocks, power and throttle reasons are sampled twice a second throughout (clocks.csv in the archive).
-# STEPS="doctor sgmat-test ..." runs only the steps named.
+# references; the tile and staging sweep (scripts/tune-sgmat.mjs); PyTorch's times for the bench shapes; the
+# bench rows with tfjs-webgpu on the same device; the tensor-core ceilings (scripts/sgmat-ceiling.mjs); last the
+# whole test suite on this GPU. STEPS="doctor sgmat-test ..." runs only the steps named. The logs go to
+# $OUT/logs.tgz, rebuilt after every step (the device tool brings back at most 8 files), with a summary beside it.
+# GPU clocks, power and throttle reasons are sampled twice a second throughout (clocks.csv in the archive): the
+# H200 stayed at its idle clock through short bursts of Dawn work (docs/perf.md).
 set -u
 OUT=${OUT:-/tmp/visft-device-check}
 BUDGET=${BUDGET:-420}
@@ -37,6 +38,7 @@ python3 -c 'import torch' 2>/dev/null && step torch-peer 60 python3 runtime/benc
 step bench-matmul 60 node bin/visft.js bench --json --rows matmul_f16,matmul_f32
 step bench-rows 30 node bin/visft.js bench --json --rows layernorm,softmax,gelu
 step bench-attention 130 node bin/visft.js bench --json --repeat 10 --rows attention,msdeform
+step sgmat-ceiling 30 node scripts/sgmat-ceiling.mjs
 step all-tests 90 node --test --test-reporter=dot $(find dist/test -name '*.test.js' | sort)
 kill %1 2>/dev/null
 tar -czf "$OUT/logs.tgz" -C "$LOGS" .

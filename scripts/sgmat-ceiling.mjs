@@ -1,0 +1,122 @@
+// What Dawn's subgroup matrices reach on this GPU, apart from any staging: the ceiling the tensor-core kernels
+// (kernels/matmul-sgmat.ts, kernels/flash-sgmat*.ts) are measured against. On the H200 the matmul kernel with its
+// staging removed still ran at 65-83 TFLOP/s (docs/perf.md), against ~790 for cuBLAS: these kernels say whether
+// the products themselves, the fragment loads from workgroup memory, or the barriers cost that.
+//   node scripts/sgmat-ceiling.mjs [--emulate]        (after `npx tsc`; --emulate: lavapipe smoke test, times mean nothing)
+// Kernels (4 subgroups per workgroup, 2x2 result fragments each, 16 products of 16x16x16 per iteration):
+//   regs      fragments loaded once, then only multiply-accumulates;
+//   shared    every iteration loads its left and right fragments from workgroup memory first;
+//   barrier   as shared, with a workgroup barrier per iteration (as the staged kernels have two per k step).
+// Timing: GPU timestamps around each of 20 back-to-back passes after 200 ms of warm-up; the median counts.
+import { openDevice } from '../dist/runtime/gpu/device.js';
+import { sgmatIds, sgmatLanes, sgmatOps, sgmatShape, sgmatSpelling } from '../dist/kernels/sgmat.js';
+
+const emulate = process.argv.includes('--emulate');
+const gpu = await openDevice({ profiling: true });
+if (emulate && !sgmatShape(gpu.target)) gpu.target = { ...gpu.target, subgroupMatrixConfigs: [{ componentType: 'f16', resultComponentType: 'f32', M: 16, N: 16, K: 16 }] };
+const target = gpu.target;
+const shape = sgmatShape(target);
+if (!shape) {
+  console.error(`no subgroup matrices on this device: ${gpu.tensorCoresOff ?? 'the adapter lists no f16 x f16 -> f32 config'}`);
+  await gpu.destroy();
+  process.exit(1);
+}
+const ITER = emulate ? 4 : 1024;
+const GROUPS = emulate ? 2 : 132 * 8;
+const W = emulate ? 2 : 4; // lavapipe's 32 KiB of workgroup memory also holds the emulation's result slots
+const lanes = sgmatLanes(target);
+const F = 2; // fragments per subgroup each way
+const { m, n, k } = shape;
+
+function kernel(kind) {
+  const ops = sgmatOps(shape, sgmatSpelling(target), W * F * F);
+  const ids = sgmatIds(ops.native, lanes);
+  const strideA = 4 * k;
+  const strideB = 4 * n;
+  const loads = (it) =>
+    [
+      ...Array.from({ length: F }, (_, i) => `a_${i} = ${ops.loadLeft('tile_a', `(sg * ${F * m}u + ${i * m}u) * ${strideA}u + (${it} % 4u) * ${k}u`, `${strideA}u`)};`),
+      ...Array.from({ length: F }, (_, j) => `b_${j} = ${ops.loadRight('tile_b', `(${it} % 4u) * ${k * strideB}u + sg * ${F * n}u % ${strideB}u + ${j * n}u`, `${strideB}u`)};`),
+    ].join('\n      ');
+  const products = [];
+  for (let i = 0; i < F; i++) for (let j = 0; j < F; j++) products.push(`acc_${i}_${j} = ${ops.multiplyAccumulate(`a_${i}`, `b_${j}`, `acc_${i}_${j}`)};`);
+  const tileA = W * F * m * strideA;
+  const tileB = 4 * k * strideB;
+  const body = `var<workgroup> tile_a: array<f16, ${tileA}>;
+var<workgroup> tile_b: array<f16, ${tileB}>;
+var<workgroup> tile_c: array<f32, ${W * m * n}>;
+@group(0) @binding(0) var<storage, read_write> out: array<f32>;
+
+@compute @workgroup_size(${W * lanes}, 1, 1)
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid: u32${ids.params}) {
+${ids.code}  for (var e = lid; e < ${tileA}u; e += ${W * lanes}u) { tile_a[e] = f16(f32(e % 7u) * 0.125 - 0.375); }
+  for (var e = lid; e < ${tileB}u; e += ${W * lanes}u) { tile_b[e] = f16(f32(e % 5u) * 0.125 - 0.25); }
+  workgroupBarrier();
+${Array.from({ length: F * F }, (_, f) => `  var acc_${Math.floor(f / F)}_${f % F} = ${ops.zero(`sg * ${F * F}u + ${f}u`)};`).join('\n')}
+  var a_0: ${ops.leftType}; var a_1: ${ops.leftType}; var b_0: ${ops.rightType}; var b_1: ${ops.rightType};
+  {
+      let it = 0u;
+      ${loads('it')}
+  }
+  for (var it = 0u; it < ${ITER}u; it++) {
+      ${kind === 'regs' ? '' : loads('it')}
+      ${products.join('\n      ')}
+      ${kind === 'barrier' ? 'workgroupBarrier();' : ''}
+  }
+${Array.from({ length: F * F }, (_, f) => `  ${ops.store('tile_c', `sg * ${m * n}u`, `acc_${Math.floor(f / F)}_${f % F}`, `${n}u`)}
+  workgroupBarrier();
+  if (lane == 0u) { out[(wid.x * ${W}u + sg) * ${F * F}u + ${f}u] = tile_c[sg * ${m * n}u]; }
+  workgroupBarrier();`).join('\n')}
+}`;
+  const helpers = ops.helpers();
+  return `${ops.directives}\n${helpers ? `${helpers.replace(/unbounded\(([^)]*)\)/g, '$1')}\n` : ''}${body}`;
+}
+
+const device = gpu.device;
+const out = device.createBuffer({ size: GROUPS * W * F * F * 4, usage: GPUBufferUsage.STORAGE });
+const results = [];
+for (const kind of ['regs', 'shared', 'barrier']) {
+  const code = kernel(kind);
+  device.pushErrorScope('validation');
+  const module = device.createShaderModule({ code, label: `sgmat ceiling ${kind}` });
+  const pipeline = await device.createComputePipelineAsync({ layout: 'auto', compute: { module, entryPoint: 'main' } }).catch((e) => e);
+  const err = await device.popErrorScope();
+  if (err || pipeline instanceof Error) {
+    console.log(`${kind}: did not compile: ${err?.message ?? pipeline.message}`);
+    continue;
+  }
+  const bind = device.createBindGroup({ layout: pipeline.getBindGroupLayout(0), entries: [{ binding: 0, resource: { buffer: out } }] });
+  const encode = (enc, timestamps) => {
+    const pass = enc.beginComputePass(timestamps ? { timestampWrites: timestamps } : {});
+    pass.setPipeline(pipeline);
+    pass.setBindGroup(0, bind);
+    pass.dispatchWorkgroups(GROUPS);
+    pass.end();
+  };
+  const t0 = performance.now();
+  while (performance.now() - t0 < (emulate ? 0 : 200)) {
+    const enc = device.createCommandEncoder();
+    for (let i = 0; i < 5; i++) encode(enc);
+    device.queue.submit([enc.finish()]);
+    await device.queue.onSubmittedWorkDone();
+  }
+  const N = emulate ? 2 : 20;
+  const qs = device.createQuerySet({ type: 'timestamp', count: 2 * N });
+  const resolve = device.createBuffer({ size: 16 * N, usage: GPUBufferUsage.QUERY_RESOLVE | GPUBufferUsage.COPY_SRC });
+  const read = device.createBuffer({ size: 16 * N, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
+  const enc = device.createCommandEncoder();
+  for (let i = 0; i < N; i++) encode(enc, { querySet: qs, beginningOfPassWriteIndex: 2 * i, endOfPassWriteIndex: 2 * i + 1 });
+  enc.resolveQuerySet(qs, 0, 2 * N, resolve, 0);
+  enc.copyBufferToBuffer(resolve, 0, read, 0, 16 * N);
+  device.queue.submit([enc.finish()]);
+  await read.mapAsync(GPUMapMode.READ);
+  const ts = new BigUint64Array(read.getMappedRange().slice(0));
+  read.unmap();
+  const ms = Array.from({ length: N }, (_, i) => Number(ts[2 * i + 1] - ts[2 * i]) / 1e6).sort((a, b) => a - b)[Math.floor(N / 2)];
+  const flops = GROUPS * W * ITER * F * F * 2 * m * n * k;
+  results.push({ kind, ms, tflops: flops / (ms * 1e-3) / 1e12 });
+  console.log(`${kind.padEnd(8)} ${ms.toFixed(4)} ms  ${(flops / (ms * 1e-3) / 1e12).toFixed(1)} TFLOP/s  (${GROUPS} workgroups x ${W} subgroups x ${ITER} iterations x ${F * F} products of ${m}x${n}x${k})`);
+  for (const b of [qs, resolve, read]) b.destroy();
+}
+console.log(JSON.stringify({ device: gpu.info.description, spelling: target.subgroupMatrixSpelling ?? 'emulated', results }));
+await gpu.destroy();
