@@ -4,7 +4,7 @@
 // Variants, chosen per shape and Target (matmulVariant):
 // - `matmul_tiled_f32`: 64x64 output tile per workgroup of 16x16 invocations, 4x4 outputs per invocation
 //   (rows 4·ty + i, cols 4·tx + j: one vec4 of each tile per k and four vec4 accumulators), K in tiles of 16
-//   staged in workgroup memory as vec4 rows (8 KiB), bounds-checked loads (zeros outside) and stores, so any
+//   staged in workgroup memory as vec4 rows (8.25 KiB: A's rows padded), bounds-checked loads (zeros outside) and stores, so any
 //   M, N, K. Workgroups: x over N tiles, (y, z) over M tiles × batch.
 // - `matmul_sgmat_f16`: where both operands are exact f16 values and the Target has f16 subgroup matrices
 //   (tensor cores): in place of the tiled variant (kernels/matmul-sgmat.ts).
@@ -37,6 +37,11 @@ export type MatmulVariant = 'tiled' | 'sgmat' | 'splitk' | 'naive';
 const TILE = 64;
 const TK = 16;
 const THREADS = 16; // per dim: 16x16 invocations, 4x4 outputs each
+/**
+ * vec4s per k row of the staged A tile: one past TILE/4. A row-major A is staged with 16 consecutive invocations on
+ * 16 k rows of one column; unpadded, their stores fell 256 bytes apart, all in one workgroup-memory bank.
+ */
+const A_ROW = TILE / 4 + 1;
 const PER = TILE / THREADS; // 4: the kernel's vec4 accumulators assume it
 
 export const SMALL_OUTPUT = 4096;
@@ -128,7 +133,7 @@ function tiledFits(target: Target): boolean {
     L.maxComputeInvocationsPerWorkgroup >= THREADS * THREADS &&
     L.maxComputeWorkgroupSizeX >= THREADS &&
     L.maxComputeWorkgroupSizeY >= THREADS &&
-    L.maxComputeWorkgroupStorageSize >= 2 * TILE * TK * 4
+    L.maxComputeWorkgroupStorageSize >= (A_ROW + TILE / 4) * TK * 16
   );
 }
 
@@ -443,15 +448,15 @@ ${compute}
 /** The tile loads of one k step of the tiled variant (invocation `l` of 1024 elements per tile). */
 function tileLoads(d: MatmulDims, second?: SecondProduct): string {
   const { a, b } = operandLoads(d, { tm: TILE, tn: TILE, tk: TK }, second);
-  // The tiles are vec4 rows: element (k, x) is component x % 4 of vec4 k·TILE/4 + x / 4.
-  const V = u32Lit(TILE / 4);
-  return [...a, `tile_a[ac * ${V} + ar / 4u][ar % 4u] = va;`, ...b, `tile_b[br * ${V} + bc / 4u][bc % 4u] = vb;`].map((l) => `      ${l}`).join('\n');
+  // The tiles are vec4 rows: element (k, x) is component x % 4 of vec4 k·row + x / 4 (row: A_ROW for A, TILE/4 for B).
+  const [VA, V] = [u32Lit(A_ROW), u32Lit(TILE / 4)];
+  return [...a, `tile_a[ac * ${VA} + ar / 4u][ar % 4u] = va;`, ...b, `tile_b[br * ${V} + bc / 4u][bc % 4u] = vb;`].map((l) => `      ${l}`).join('\n');
 }
 
-/** The tiled variant's unrolled staging (vec4 tiles: element (k, x) is component x % 4 of vec4 k·TILE/4 + x / 4). */
+/** The tiled variant's unrolled staging (vec4 tiles as tileLoads stores them). */
 function tileStaging(d: MatmulDims): TileStaging {
-  const V = u32Lit(TILE / 4);
-  return unrolledStaging(d, { tm: TILE, tn: TILE, tk: TK }, THREADS * THREADS, (x) => `tile_a[ac${x} * ${V} + ar${x} / 4u][ar${x} % 4u] = va${x};`, (x) => `tile_b[br${x} * ${V} + bc${x} / 4u][bc${x} % 4u] = vb${x};`);
+  const [VA, V] = [u32Lit(A_ROW), u32Lit(TILE / 4)];
+  return unrolledStaging(d, { tm: TILE, tn: TILE, tk: TK }, THREADS * THREADS, (x) => `tile_a[ac${x} * ${VA} + ar${x} / 4u][ar${x} % 4u] = va${x};`, (x) => `tile_b[br${x} * ${V} + bc${x} / 4u][bc${x} % 4u] = vb${x};`);
 }
 
 /**
@@ -477,7 +482,7 @@ ${loads}
         }
       : unrolled();
   return stagedKLoop(how, staging, u32Lit(k), TK, `    for (var kk = 0u; kk < ${loopBound(TK, target)}; kk++) {
-      let a4 = tile_a[kk * ${V} + ty];
+      let a4 = tile_a[kk * ${u32Lit(A_ROW)} + ty];
       let b4 = tile_b[kk * ${V} + tx];
       ${acc}[0] = fma(vec4<f32>(a4.x), b4, ${acc}[0]);
       ${acc}[1] = fma(vec4<f32>(a4.y), b4, ${acc}[1]);
@@ -489,7 +494,7 @@ ${loads}
 function tiled(out: MatmulOutput, inputs: readonly Node[], target: Target, d: MatmulDims, id: number): Kernel {
   if (!tiledFits(target)) {
     const L = target.limits;
-    throw new Error(`matmul %${id}: the 64x64 tile needs 256 invocations and 8 KiB of workgroup memory; target '${target.name}' allows ${L.maxComputeInvocationsPerWorkgroup} and ${L.maxComputeWorkgroupStorageSize} bytes`);
+    throw new Error(`matmul %${id}: the 64x64 tile needs 256 invocations and ${(A_ROW + TILE / 4) * TK * 16} bytes of workgroup memory; target '${target.name}' allows ${L.maxComputeInvocationsPerWorkgroup} and ${L.maxComputeWorkgroupStorageSize} bytes`);
   }
   const tilesN = Math.ceil(d.n / TILE);
   const tilesM = Math.ceil(d.m / TILE);
@@ -501,7 +506,7 @@ function tiled(out: MatmulOutput, inputs: readonly Node[], target: Target, d: Ma
   const T = u32Lit(TILE);
   const second = out.second;
   const staging = target.tuning?.tiledStaging ?? defaultStaging(target);
-  const main = `var<workgroup> tile_a: array<vec4<f32>, ${(TILE * TK) / 4}>;
+  const main = `var<workgroup> tile_a: array<vec4<f32>, ${A_ROW * TK}>;
 var<workgroup> tile_b: array<vec4<f32>, ${(TILE * TK) / 4}>;
 
 @compute @workgroup_size(${THREADS}, ${THREADS}, 1)
