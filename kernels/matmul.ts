@@ -401,19 +401,19 @@ export interface TileStaging {
 }
 
 /**
- * Unrolled staging: each of the `T` invocations loads its elements of both tiles into registers (`va_q`, `vb_q`)
+ * Unrolled staging: each of the `T` invocations (numbered `lid`) loads its elements of both tiles into registers (`va_q`, `vb_q`)
  * without branches (an element outside the matrices reads what WGSL's bounds rules give and becomes zero), then
  * `putA`/`putB` store them (given the element's suffix; `ar_q`, `ac_q`, `br_q`, `bc_q` in scope). Places are
  * recomputed at the stores: cheap, and fewer live registers.
  */
-export function unrolledStaging(d: MatmulDims, dims: TileDims, T: number, putA: (sfx: string) => string, putB: (sfx: string) => string): TileStaging {
+export function unrolledStaging(d: MatmulDims, dims: TileDims, T: number, putA: (sfx: string) => string, putB: (sfx: string) => string, lid = 'lid'): TileStaging {
   const parts = (which: 'a' | 'b', count: number, put: (sfx: string) => string) => {
     const n = Math.ceil(count / T);
     const v = which === 'a' ? 'va' : 'vb';
     const load: string[] = [];
     const store: string[] = [];
     for (let q = 0; q < n; q++) {
-      const l = `(lid + ${u32Lit(q * T)})`;
+      const l = `(${lid} + ${u32Lit(q * T)})`;
       const e = operandElement(d, dims, which, l, `_${q}`);
       load.push(`{ ${e.lets.join(' ')} ${v}_${q} = select(0.0f, ${e.load}, ${e.inside}); }`);
       const guard = (q + 1) * T > count ? `if (${l} < ${u32Lit(count)}) ` : '';
@@ -445,18 +445,30 @@ ${compute}
   }`;
 }
 
+/**
+ * Where the tiled variant's invocations keep their staged tiles: the offsets (WGSL, '' for none) of their A and B
+ * tiles in tile_a and tile_b, and their number among the invocations that stage them. Both halves of a K split
+ * have their own tiles.
+ */
+interface TileSlots {
+  readonly a: string;
+  readonly b: string;
+  readonly lid: string;
+}
+const ONE_SLOT: TileSlots = { a: '', b: '', lid: 'lid' };
+
 /** The tile loads of one k step of the tiled variant (invocation `l` of 1024 elements per tile). */
-function tileLoads(d: MatmulDims, second?: SecondProduct): string {
+function tileLoads(d: MatmulDims, slots: TileSlots, second?: SecondProduct): string {
   const { a, b } = operandLoads(d, { tm: TILE, tn: TILE, tk: TK }, second);
   // The tiles are vec4 rows: element (k, x) is component x % 4 of vec4 k·row + x / 4 (row: A_ROW for A, TILE/4 for B).
   const [VA, V] = [u32Lit(A_ROW), u32Lit(TILE / 4)];
-  return [...a, `tile_a[ac * ${VA} + ar / 4u][ar % 4u] = va;`, ...b, `tile_b[br * ${V} + bc / 4u][bc % 4u] = vb;`].map((l) => `      ${l}`).join('\n');
+  return [...a, `tile_a[${slots.a}ac * ${VA} + ar / 4u][ar % 4u] = va;`, ...b, `tile_b[${slots.b}br * ${V} + bc / 4u][bc % 4u] = vb;`].map((l) => `      ${l}`).join('\n');
 }
 
 /** The tiled variant's unrolled staging (vec4 tiles as tileLoads stores them). */
-function tileStaging(d: MatmulDims): TileStaging {
+function tileStaging(d: MatmulDims, slots: TileSlots): TileStaging {
   const [VA, V] = [u32Lit(A_ROW), u32Lit(TILE / 4)];
-  return unrolledStaging(d, { tm: TILE, tn: TILE, tk: TK }, THREADS * THREADS, (x) => `tile_a[ac${x} * ${VA} + ar${x} / 4u][ar${x} % 4u] = va${x};`, (x) => `tile_b[br${x} * ${V} + bc${x} / 4u][bc${x} % 4u] = vb${x};`);
+  return unrolledStaging(d, { tm: TILE, tn: TILE, tk: TK }, THREADS * THREADS, (x) => `tile_a[${slots.a}ac${x} * ${VA} + ar${x} / 4u][ar${x} % 4u] = va${x};`, (x) => `tile_b[${slots.b}br${x} * ${V} + bc${x} / 4u][bc${x} % 4u] = vb${x};`, slots.lid);
 }
 
 /**
@@ -465,7 +477,7 @@ function tileStaging(d: MatmulDims): TileStaging {
  * operands are one vec4 of each tile per k. Each output is fma(a_k, b_k, acc) in k order. Constant-bound loops:
  * GPU compilers unroll them (loopBound keeps the k loop rolled on software adapters).
  */
-function sweep(acc: string, k: number, loads: string, target: Target, viewed: boolean, how: Staging, unrolled: () => TileStaging): string {
+function sweep(acc: string, k: number, loads: string, target: Target, viewed: boolean, how: Staging, unrolled: () => TileStaging, slots: TileSlots = ONE_SLOT, split = 1): string {
   const V = u32Lit(TILE / 4);
   // Loads through views inline their index functions: rolled on software adapters (LLVM's compile time).
   const q = (TILE * TK) / (THREADS * THREADS);
@@ -476,19 +488,35 @@ function sweep(acc: string, k: number, loads: string, target: Target, viewed: bo
           before: '',
           load: (k0) => `    let k0 = ${k0};`,
           store: `    for (var q = 0u; q < ${viewed ? unboundedLoop(q, target) : u32Lit(q)}; q++) {
-      let l = lid + q * ${u32Lit(THREADS * THREADS)};
+      let l = ${slots.lid} + q * ${u32Lit(THREADS * THREADS)};
 ${loads}
     }`,
         }
       : unrolled();
-  return stagedKLoop(how, staging, u32Lit(k), TK, `    for (var kk = 0u; kk < ${loopBound(TK, target)}; kk++) {
-      let a4 = tile_a[kk * ${u32Lit(A_ROW)} + ty];
-      let b4 = tile_b[kk * ${V} + tx];
+  // Split: half h takes steps h, h + 2, ...: the loop itself is uniform (barriers), each half's loads are offset
+  // by h steps, and both run the same number of steps: past K they stage zeros.
+  const bound = split === 1 ? u32Lit(k) : u32Lit(Math.ceil(k / (split * TK)) * split * TK);
+  const halves: TileStaging = split === 1 ? staging : { ...staging, load: (k0) => staging.load(`${k0} + h * ${u32Lit(TK)}`) };
+  return stagedKLoop(how, halves, bound, split * TK, `    for (var kk = 0u; kk < ${loopBound(TK, target)}; kk++) {
+      let a4 = tile_a[${slots.a}kk * ${u32Lit(A_ROW)} + ty];
+      let b4 = tile_b[${slots.b}kk * ${V} + tx];
       ${acc}[0] = fma(vec4<f32>(a4.x), b4, ${acc}[0]);
       ${acc}[1] = fma(vec4<f32>(a4.y), b4, ${acc}[1]);
       ${acc}[2] = fma(vec4<f32>(a4.z), b4, ${acc}[2]);
       ${acc}[3] = fma(vec4<f32>(a4.w), b4, ${acc}[3]);
     }`);
+}
+
+/**
+ * How many halves split K in a tiled kernel: Target.tuning.tiledKSplit (1 or 2; 2 needs 512 invocations, and no
+ * second product), else 1. Two halves give a workgroup twice the invocations in flight, for outputs with fewer
+ * tiles than the GPU has multiprocessors (EVA-G's fc2 at 256 tokens: 88 tiles); not yet measured.
+ */
+function tiledSplit(target: Target, second: boolean): number {
+  const want = target.tuning?.tiledKSplit ?? 1;
+  const L = target.limits;
+  const fits = L.maxComputeInvocationsPerWorkgroup >= 2 * THREADS * THREADS && L.maxComputeWorkgroupSizeZ >= 2 && L.maxComputeWorkgroupStorageSize >= 2 * (A_ROW + TILE / 4) * TK * 16;
+  return want === 2 && fits && !second ? 2 : 1;
 }
 
 function tiled(out: MatmulOutput, inputs: readonly Node[], target: Target, d: MatmulDims, id: number): Kernel {
@@ -506,10 +534,30 @@ function tiled(out: MatmulOutput, inputs: readonly Node[], target: Target, d: Ma
   const T = u32Lit(TILE);
   const second = out.second;
   const staging = target.tuning?.tiledStaging ?? defaultStaging(target);
-  const main = `var<workgroup> tile_a: array<vec4<f32>, ${A_ROW * TK}>;
-var<workgroup> tile_b: array<vec4<f32>, ${(TILE * TK) / 4}>;
+  const split = tiledSplit(target, !!second);
+  // Split: invocation (tx, ty, h) stages and sums the steps of half h into its own tiles; half 1 then hands its
+  // sums to half 0 through the tiles, which adds them (its steps first: a fixed order) and stores.
+  const slots: TileSlots = split === 1 ? ONE_SLOT : { a: `h * ${u32Lit(A_ROW * TK)} + `, b: `h * ${u32Lit((TILE / 4) * TK)} + `, lid: 'lh' };
+  const combine =
+    split === 1
+      ? ''
+      : `
+  if (h == 1u) {
+    tile_a[lh * 2u] = acc[0];
+    tile_a[lh * 2u + 1u] = acc[1];
+    tile_b[lh * 2u] = acc[2];
+    tile_b[lh * 2u + 1u] = acc[3];
+  }
+  workgroupBarrier();
+  if (h == 1u) { return; }
+  acc[0] = acc[0] + tile_a[lh * 2u];
+  acc[1] = acc[1] + tile_a[lh * 2u + 1u];
+  acc[2] = acc[2] + tile_b[lh * 2u];
+  acc[3] = acc[3] + tile_b[lh * 2u + 1u];`;
+  const main = `var<workgroup> tile_a: array<vec4<f32>, ${split * A_ROW * TK}>;
+var<workgroup> tile_b: array<vec4<f32>, ${(split * TILE * TK) / 4}>;
 
-@compute @workgroup_size(${THREADS}, ${THREADS}, 1)
+@compute @workgroup_size(${THREADS}, ${THREADS}, ${split})
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_id) lid3: vec3u, @builtin(local_invocation_index) lid: u32) {
   let g = wid.z * ${u32Lit(gy)} + wid.y;
   if (g >= ${u32Lit(G)}) { return; }
@@ -517,13 +565,15 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_id) lid3: v
   let m0 = (g % ${u32Lit(tilesM)}) * ${T};
   let n0 = wid.x * ${T};
   let tx = lid3.x;
-  let ty = lid3.y;
+  let ty = lid3.y;${split === 1 ? '' : `
+  let h = lid3.z;
+  let lh = lid % ${u32Lit(THREADS * THREADS)};`}
 ${batchOffsets(d, '  ')}
   let oc = bi * ${u32Lit(d.m * d.n)};
   var acc: array<vec4<f32>, ${PER}>;
-${sweep('acc', d.k, tileLoads(d), target, !!(d.viewA || d.viewB), staging, () => tileStaging(d))}${second ? `
+${sweep('acc', d.k, tileLoads(d, slots), target, !!(d.viewA || d.viewB), staging, () => tileStaging(d, slots), slots, split)}${combine}${second ? `
   var acc2: array<vec4<f32>, ${PER}>;
-${sweep('acc2', second.k, tileLoads(d, second), target, true, 'loop', () => tileStaging(d))}` : ''}
+${sweep('acc2', second.k, tileLoads(d, ONE_SLOT, second), target, true, 'loop', () => tileStaging(d, ONE_SLOT))}` : ''}
   for (var i = 0u; i < ${u32Lit(PER)}; i++) {
     for (var j = 0u; j < ${u32Lit(PER)}; j++) {
       let row = m0 + ty * ${u32Lit(PER)} + i;
@@ -532,7 +582,7 @@ ${sweep('acc2', second.k, tileLoads(d, second), target, true, 'loop', () => tile
     }
   }
 }`;
-  return assemble(out, inputs, target, `matmul_tiled_f32${readsSuffix(d)}`, { body: main, workgroupSize: [THREADS, THREADS, 1], dispatch: [tilesN, gy, gz] });
+  return assemble(out, inputs, target, `matmul_tiled_f32${split === 1 ? '' : '_k2'}${readsSuffix(d)}`, { body: main, workgroupSize: [THREADS, THREADS, split], dispatch: [tilesN, gy, gz] });
 }
 
 /**

@@ -29,6 +29,7 @@ export interface Target {
     readonly sgmatTiles?: SgmatTiles;
     readonly flashSgmatTiles?: FlashSgmatTiles;
     readonly tiledStaging?: Staging;
+    readonly tiledKSplit?: 1 | 2;
     readonly tensorCoreAttention?: boolean;
   };
   readonly limits: {

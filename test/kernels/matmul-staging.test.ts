@@ -2,22 +2,36 @@
 // default), unrolled branchless loads, and loads prefetched one k step ahead (hardware's default). The three
 // compute the same sums in the same order, so they agree bit for bit (on a software adapter; within rounding of
 // the driver's compiler on hardware) and equal the float64 reference — for plain and transposed reads, batches,
-// edges off every tile, and K not a multiple of the step (the prefetch past the end reads zeros).
+// edges off every tile, and K not a multiple of the step (the prefetch past the end reads zeros). K split between
+// two halves of a workgroup (Target.tuning.tiledKSplit) sums in another fixed order: equal to the reference, and
+// repeatable bit for bit.
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
-import type { Target } from '../../compiler/codegen/types.js';
+import { PORTABLE_TARGET, type Target } from '../../compiler/codegen/types.js';
 import { Builder } from '../../compiler/ir/builder.js';
 import { numel } from '../../compiler/ir/graph.js';
 import { interpret } from '../../compiler/ir/interpret.js';
 import { defaultStaging, matmulKernel, type MatmulReads, type Staging } from '../../kernels/matmul.js';
 import { openDevice, type GpuDevice } from '../../runtime/gpu/device.js';
-import { assertKernelsAgree, matmulMismatch, randomTensor, runKernel } from './harness.js';
+import { assertBitwise, assertKernelsAgree, matmulMismatch, randomTensor, runKernel } from './harness.js';
 
 test('software adapters keep the guarded loop; hardware prefetches', () => {
   const base = { name: 'x', isFallbackAdapter: false } as Target;
   assert.equal(defaultStaging(base), 'prefetch');
   assert.equal(defaultStaging({ ...base, isFallbackAdapter: true }), 'loop');
   assert.equal(defaultStaging({ ...base, name: 'lavapipe' }), 'loop');
+});
+
+test('a K split needs 512 invocations and is only taken when asked', () => {
+  const b = new Builder();
+  const mm = b.add('matmul', [b.input('a', [70, 40]), b.input('w', [40, 66])]);
+  const node = b.graph.node(mm);
+  const inputs = node.inputs.map((i) => b.graph.node(i));
+  const wide = { ...PORTABLE_TARGET, limits: { ...PORTABLE_TARGET.limits, maxComputeInvocationsPerWorkgroup: 1024, maxComputeWorkgroupStorageSize: 32768 } };
+  const name = (t: Target) => matmulKernel(node, inputs, t, 'tiled').name;
+  assert.equal(name(wide), 'matmul_tiled_f32');
+  assert.equal(name({ ...wide, tuning: { tiledKSplit: 2 } }), 'matmul_tiled_f32_k2');
+  assert.equal(name({ ...PORTABLE_TARGET, tuning: { tiledKSplit: 2 } }), 'matmul_tiled_f32', '256 invocations at most: no split');
 });
 
 describe('on the device', () => {
@@ -63,7 +77,17 @@ describe('on the device', () => {
       }
       for (const how of ['unrolled', 'prefetch'] as const) assertKernelsAgree(gpu.target, out.get(how)!, out.get('loop')!, `${how} vs loop`, k);
       const ref = interpret(graph, new Map(graph.inputs.map((inp, i) => [inp.name, { shape: graph.node(inp.node).shape, data: Float64Array.from(values[i]) }]))).get('y')!;
-      assert.equal(matmulMismatch(new Map([['y', ref]]), new Map([['y', { shape: ref.shape, data: Float64Array.from(out.get('prefetch')!) }]]), k), undefined);
+      const matches = (got: Float32Array, what: string) => assert.equal(matmulMismatch(new Map([['y', ref]]), new Map([['y', { shape: ref.shape, data: Float64Array.from(got) }]]), k), undefined, what);
+      matches(out.get('prefetch')!, 'prefetch');
+      // K split between two halves of the workgroup, with either staging.
+      for (const how of ['loop', 'prefetch'] as const) {
+        const kernel = matmulKernel(node, inputs, { ...gpu.target, tuning: { tiledStaging: how, tiledKSplit: 2 } }, 'tiled', undefined, reads);
+        assert.match(kernel.name, /^matmul_tiled_f32_k2/);
+        assert.deepEqual(kernel.workgroupSize, [16, 16, 2]);
+        const got = await runKernel(gpu.device, kernel, values, numel(node.shape));
+        matches(got, `split, ${how}`);
+        assertBitwise(await runKernel(gpu.device, kernel, values, numel(node.shape)), got, `split, ${how}, run twice`);
+      }
     });
   }
 });
