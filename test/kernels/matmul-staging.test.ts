@@ -13,7 +13,12 @@ import { numel } from '../../compiler/ir/graph.js';
 import { interpret } from '../../compiler/ir/interpret.js';
 import { defaultStaging, matmulKernel, type MatmulReads, type Staging } from '../../kernels/matmul.js';
 import { openDevice, type GpuDevice } from '../../runtime/gpu/device.js';
-import { assertBitwise, assertKernelsAgree, matmulMismatch, randomTensor, runKernel } from './harness.js';
+import fc from 'fast-check';
+import { runGpu } from '../../runtime/run-gpu.js';
+import { buildEpilogueGraph, transposedCaseArb } from '../codegen/matmul-graphs.js';
+import { feeds, run } from '../passes/graphs.js';
+import { fcParams, hardwareLike } from './core-util.js';
+import { assertBitwise, assertKernelsAgree, matmulMismatch, randomTensor, runKernel, scheduledProgram } from './harness.js';
 
 test('software adapters keep the guarded loop; hardware prefetches', () => {
   const base = { name: 'x', isFallbackAdapter: false } as Target;
@@ -90,4 +95,20 @@ describe('on the device', () => {
       }
     });
   }
+
+  test('random epilogue graphs (transposed reads, views, biases, residuals) through the schedule for hardware: every staging and the K split = the CPU reference', async () => {
+    await fc.assert(
+      fc.asyncProperty(transposedCaseArb(['tiled'], 3), fc.integer({ min: 1, max: 1e6 }), fc.constantFrom<Staging>('unrolled', 'prefetch'), fc.constantFrom<1 | 2>(1, 2), async (c, seed, how, split) => {
+        const { graph, matmul } = buildEpilogueGraph(c);
+        const f = feeds(graph, seed, false);
+        const program = scheduledProgram(graph, hardwareLike({ ...gpu.target, tuning: { tiledStaging: how, tiledKSplit: split } }), {});
+        const mmKernel = program.schedule.kernels.find((k) => k.nodes.includes(matmul))!;
+        assert.match(mmKernel.name, split === 2 ? /^matmul_tiled_f32_k2/ : /^matmul_tiled_f32(?!_k2)/);
+        assert.match(mmKernel.wgsl, /var va_0/, 'unrolled staging');
+        const m = matmulMismatch(run(graph, f), await runGpu(gpu, graph, program, f.inputs, f.params), c.k);
+        assert.equal(m, undefined, `${mmKernel.name}: ${m}`);
+      }),
+      fcParams(4, 5151),
+    );
+  });
 });
