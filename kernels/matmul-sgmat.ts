@@ -32,6 +32,12 @@ export interface SgmatTiles {
   readonly bk: number;
   /** How invocations stage the tiles (kernels/matmul.ts); default defaultStaging(target). */
   readonly staging?: Staging;
+  /**
+   * 2: K split between two halves of the workgroup, each with its own WM x WN subgroups and tiles (steps h, h + 2,
+   * ...), summed in the epilogue (half 0's sum + half 1's): twice the subgroups in flight for outputs with fewer
+   * tiles than the GPU has multiprocessors. Default 1; not yet measured.
+   */
+  readonly ksplit?: 1 | 2;
 }
 
 /** f16 elements of padding per staged tile row. */
@@ -61,10 +67,11 @@ function layout(target: Target, shape: SgmatShape, t: SgmatTiles): Layout {
   const bm = t.wm * t.fm * shape.m;
   const bn = t.wn * t.fn * shape.n;
   const lanes = sgmatLanes(target);
-  const invocations = t.wm * t.wn * lanes;
-  // The staged tiles, the per-subgroup scratch, and (emulated) the result slots.
-  const slots = nativeSgmat(target) ? 0 : t.wm * t.wn * t.fm * t.fn;
-  const bytes = 2 * (bm * (t.bk + PAD) + t.bk * (bn + PAD)) + 4 * (t.wm * t.wn + slots) * shape.m * shape.n;
+  const halves = t.ksplit ?? 1;
+  const invocations = halves * t.wm * t.wn * lanes;
+  // The staged tiles (per half), the per-subgroup scratch, and (emulated) the result slots.
+  const slots = nativeSgmat(target) ? 0 : halves * t.wm * t.wn * t.fm * t.fn;
+  const bytes = halves * 2 * (bm * (t.bk + PAD) + t.bk * (bn + PAD)) + 4 * (halves * t.wm * t.wn + slots) * shape.m * shape.n;
   return { shape, tiles: t, bm, bn, lanes, invocations, bytes };
 }
 
@@ -89,7 +96,10 @@ function fragmentEpilogue(out: MatmulOutput, d: MatmulDims, l: Layout, ops: Retu
   const F = u32Lit(fm * fn);
   const [M, N] = [u32Lit(d.m), u32Lit(d.n)];
   const second = out.second;
-  const store = out.store(`tile_c[sg * ${F} + e]`, `oc + row * ${N} + col`, second ? 'acc2' : undefined);
+  // K split: half 0's subgroups add half 1's sums (the subgroup WM x WN past theirs) to their own.
+  const P = l.tiles.wm * l.tiles.wn;
+  const value = (l.tiles.ksplit ?? 1) === 1 ? `tile_c[sg * ${F} + e]` : `(tile_c[sg * ${F} + e] + tile_c[(sg + ${u32Lit(P)}) * ${F} + e])`;
+  const store = out.store(value, `oc + row * ${N} + col`, second ? 'acc2' : undefined);
   const sum2 = second
     ? `
           var acc2 = 0.0f;
@@ -99,7 +109,7 @@ function fragmentEpilogue(out: MatmulOutput, d: MatmulDims, l: Layout, ops: Retu
     : '';
   return `  if (computes) { ${ops.store('tile_c', `sg * ${F}`, `acc_${i}_${j}`, u32Lit(fn))} }
   workgroupBarrier();
-  if (computes) {
+  if (sg < ${u32Lit(P)}) {
     for (var e = lane; e < ${F}; e += lanes) {
       let row = m0 + sm + ${u32Lit(i * fm)} + e / ${u32Lit(fn)};
       let col = n0 + sn + ${u32Lit(j * fn)} + e % ${u32Lit(fn)};
@@ -111,11 +121,18 @@ function fragmentEpilogue(out: MatmulOutput, d: MatmulDims, l: Layout, ops: Retu
   workgroupBarrier();`;
 }
 
+/** Which invocations stage a half's tiles (`lid`: their number among them) and where the tiles start ('' or `x + `). */
+interface Half {
+  readonly lid: string;
+  readonly a: string;
+  readonly b: string;
+}
+
 /** A loop of guarded loads and stores per tile (each load's value stored at once). */
-function loopStaging(d: MatmulDims, dims: TileDims, T: number, SA: number, SB: number, target: Target): TileStaging {
+function loopStaging(d: MatmulDims, dims: TileDims, T: number, SA: number, SB: number, target: Target, half: Half): TileStaging {
   const loads = operandLoads(d, dims);
   const stage = (count: number, lines: string[], put: string) => `    for (var q = 0u; q < ${unboundedLoop(Math.ceil(count / T), target)}; q++) {
-      let l = lid + q * ${u32Lit(T)};
+      let l = ${half.lid} + q * ${u32Lit(T)};
       if (l < ${u32Lit(count)}) {
 ${[...lines, put].map((x) => `        ${x}`).join('\n')}
       }
@@ -123,8 +140,8 @@ ${[...lines, put].map((x) => `        ${x}`).join('\n')}
   return {
     before: '',
     load: (k) => `    let k0 = ${k};`,
-    store: `${stage(dims.tm * dims.tk, loads.a, `tile_a[ar * ${u32Lit(SA)} + ac] = f16(va);`)}
-${stage(dims.tk * dims.tn, loads.b, `tile_b[br * ${u32Lit(SB)} + bc] = f16(vb);`)}`,
+    store: `${stage(dims.tm * dims.tk, loads.a, `tile_a[${half.a}ar * ${u32Lit(SA)} + ac] = f16(va);`)}
+${stage(dims.tk * dims.tn, loads.b, `tile_b[${half.b}br * ${u32Lit(SB)} + bc] = f16(vb);`)}`,
   };
 }
 
@@ -135,8 +152,10 @@ export function sgmatMatmul(out: MatmulOutput, inputs: readonly Node[], target: 
   if (!shape || why) throw new Error(`internal: matmul_sgmat_f16: ${why}`);
   const t = tiles ?? target.tuning?.sgmatTiles ?? sgmatTiles(shape, d, nativeSgmat(target));
   const l = layout(target, shape, t);
-  const ops = sgmatOps(shape, sgmatSpelling(target), t.wm * t.wn * t.fm * t.fn);
+  const H = t.ksplit ?? 1;
+  const ops = sgmatOps(shape, sgmatSpelling(target), H * t.wm * t.wn * t.fm * t.fn);
   const { bm, bn, invocations: T } = l;
+  const Th = T / H;
   const SA = t.bk + PAD;
   const SB = bn + PAD;
   const tilesN = Math.ceil(d.n / bn);
@@ -145,26 +164,33 @@ export function sgmatMatmul(out: MatmulOutput, inputs: readonly Node[], target: 
   const [gy, gz] = dispatchGroups(G, target);
   const dims: TileDims = { tm: bm, tn: bn, tk: t.bk };
   const staging = t.staging ?? defaultStaging(target);
-  const staged =
+  // K split: invocations [h·Th, (h + 1)·Th) stage half h's tiles, for its steps (k offset by h steps); the loop
+  // itself stays uniform (barriers) and both halves run the same number of steps, staging zeros past K.
+  const half: Half = H === 1 ? { lid: 'lid', a: '', b: '' } : { lid: 'lh', a: `hs * ${u32Lit(bm * SA)} + `, b: `hs * ${u32Lit(t.bk * SB)} + ` };
+  const staging0 =
     staging === 'loop'
-      ? loopStaging(d, dims, T, SA, SB, target)
-      : unrolledStaging(d, dims, T, (x) => `tile_a[ar${x} * ${u32Lit(SA)} + ac${x}] = f16(va${x});`, (x) => `tile_b[br${x} * ${u32Lit(SB)} + bc${x}] = f16(vb${x});`);
+      ? loopStaging(d, dims, Th, SA, SB, target, half)
+      : unrolledStaging(d, dims, Th, (x) => `tile_a[${half.a}ar${x} * ${u32Lit(SA)} + ac${x}] = f16(va${x});`, (x) => `tile_b[${half.b}br${x} * ${u32Lit(SB)} + bc${x}] = f16(vb${x});`, half.lid);
+  const staged: TileStaging = H === 1 ? staging0 : { ...staging0, load: (k) => staging0.load(`${k} + hs * ${u32Lit(t.bk)}`) };
+  const kBound = H === 1 ? unboundedLoop(d.k, target) : unboundedLoop(Math.ceil(d.k / (H * t.bk)) * H * t.bk, target);
+  // A computing subgroup's tiles: those of its half.
+  const [fa, fb] = H === 1 ? ['', ''] : [`h * ${u32Lit(bm * SA)} + `, `h * ${u32Lit(t.bk * SB)} + `];
   const frags: [number, number][] = [];
   for (let i = 0; i < t.fm; i++) for (let j = 0; j < t.fn; j++) frags.push([i, j]);
   const steps: string[] = [];
   for (let s = 0; s < t.bk / shape.k; s++) {
     const kk = s * shape.k;
     const step: string[] = [];
-    for (let i = 0; i < t.fm; i++) step.push(`let a_${i} = ${ops.loadLeft('tile_a', `(sm + ${u32Lit(i * shape.m)}) * ${u32Lit(SA)} + ${u32Lit(kk)}`, u32Lit(SA))};`);
-    for (let j = 0; j < t.fn; j++) step.push(`let b_${j} = ${ops.loadRight('tile_b', `${u32Lit(kk * SB)} + sn + ${u32Lit(j * shape.n)}`, u32Lit(SB))};`);
+    for (let i = 0; i < t.fm; i++) step.push(`let a_${i} = ${ops.loadLeft('tile_a', `${fa}(sm + ${u32Lit(i * shape.m)}) * ${u32Lit(SA)} + ${u32Lit(kk)}`, u32Lit(SA))};`);
+    for (let j = 0; j < t.fn; j++) step.push(`let b_${j} = ${ops.loadRight('tile_b', `${fb}${u32Lit(kk * SB)} + sn + ${u32Lit(j * shape.n)}`, u32Lit(SB))};`);
     for (const [i, j] of frags) step.push(`acc_${i}_${j} = ${ops.multiplyAccumulate(`a_${i}`, `b_${j}`, `acc_${i}_${j}`)};`);
     steps.push('{', ...step.map((x) => `  ${x}`), '}');
   }
   // Native: the hardware's subgroup and lane; emulated: blocks of `lanes` invocations stand for subgroups.
   const ids = sgmatIds(ops.native, l.lanes);
-  const main = `var<workgroup> tile_a: array<f16, ${bm * SA}>;
-var<workgroup> tile_b: array<f16, ${t.bk * SB}>;
-var<workgroup> tile_c: array<f32, ${t.wm * t.wn * shape.m * shape.n}>;
+  const main = `var<workgroup> tile_a: array<f16, ${H * bm * SA}>;
+var<workgroup> tile_b: array<f16, ${H * t.bk * SB}>;
+var<workgroup> tile_c: array<f32, ${H * t.wm * t.wn * shape.m * shape.n}>;
 
 @compute @workgroup_size(${T}, 1, 1)
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid: u32${ids.params}) {
@@ -175,17 +201,20 @@ ${ids.code}  let bi = g / ${u32Lit(tilesM)};
   let n0 = wid.x * ${u32Lit(bn)};
 ${batchOffsets(d, '  ')}
   let oc = bi * ${u32Lit(d.m * d.n)};
-  // Subgroups past WM x WN (smaller runtime subgroups) only help stage the tiles.
-  let computes = sg < ${u32Lit(t.wm * t.wn)};
-  let sm = (sg / ${u32Lit(t.wn)}) * ${u32Lit(t.fm * shape.m)};
+  // Subgroups past H x WM x WN (smaller runtime subgroups) only help stage the tiles.
+  let computes = sg < ${u32Lit(H * t.wm * t.wn)};${H === 1 ? '' : `
+  let h = sg / ${u32Lit(t.wm * t.wn)};
+  let hs = lid / ${u32Lit(Th)};
+  let lh = lid % ${u32Lit(Th)};`}
+  let sm = ((sg % ${u32Lit(t.wm * t.wn)}) / ${u32Lit(t.wn)}) * ${u32Lit(t.fm * shape.m)};
   let sn = (sg % ${u32Lit(t.wn)}) * ${u32Lit(t.fn * shape.n)};
 ${frags.map(([i, j], f) => `  var acc_${i}_${j} = ${ops.zero(`sg * ${u32Lit(frags.length)} + ${u32Lit(f)}`)};`).join('\n')}
-${stagedKLoop(staging, staged, unboundedLoop(d.k, target), t.bk, `    if (computes) {
+${stagedKLoop(staging, staged, kBound, H * t.bk, `    if (computes) {
 ${steps.map((s) => `      ${s}`).join('\n')}
     }`)}
 ${frags.map(([i, j]) => fragmentEpilogue(out, d, l, ops, i, j, target)).join('\n')}
 }`;
   const helpers = ops.helpers();
-  const kernel = assemble(out, inputs, target, `matmul_sgmat_f16${suffix}`, { body: helpers ? `${helpers}\n\n${main}` : main, workgroupSize: [T, 1, 1], dispatch: [tilesN, gy, gz] });
+  const kernel = assemble(out, inputs, target, `matmul_sgmat_f16${H === 1 ? '' : '_k2'}${suffix}`, { body: helpers ? `${helpers}\n\n${main}` : main, workgroupSize: [T, 1, 1], dispatch: [tilesN, gy, gz] });
   return { ...kernel, wgsl: `${ops.directives}\n${kernel.wgsl}` };
 }

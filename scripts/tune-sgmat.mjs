@@ -24,7 +24,7 @@ const opt = (name) => {
 };
 const ROWS = (opt('--rows') ?? 'matmul_f16_evag_qkv,matmul_f16_evag_fc2,matmul_f32_evag_qkv,matmul_f32_evag_fc2,matmul_f32_evae_fc2,attention_fwd_f16_evag_detection').split(',');
 
-const mm = (wm, wn, fm, fn, bk, staging = 'prefetch') => ({ sgmatTiles: { wm, wn, fm, fn, bk, staging } });
+const mm = (wm, wn, fm, fn, bk, staging = 'prefetch', ksplit = 1) => ({ sgmatTiles: { wm, wn, fm, fn, bk, staging, ksplit } });
 const SGMAT_VARIANTS = {
   '64x64 4sg bk32 loop': mm(2, 2, 2, 2, 32, 'loop'),
   '64x64 4sg bk32 unrolled': mm(2, 2, 2, 2, 32, 'unrolled'),
@@ -33,6 +33,8 @@ const SGMAT_VARIANTS = {
   '32x64 2sg bk32 prefetch': mm(1, 2, 2, 2, 32),
   '128x64 4sg bk32 prefetch': mm(2, 2, 4, 2, 32),
   '128x128 8sg bk32 prefetch': mm(2, 4, 4, 2, 32),
+  '64x64 4sg bk32 prefetch, K split in 2': mm(2, 2, 2, 2, 32, 'prefetch', 2),
+  '64x64 4sg bk64 prefetch, K split in 2': mm(2, 2, 2, 2, 64, 'prefetch', 2),
 };
 const TILED_VARIANTS = {
   loop: { tiledStaging: 'loop' },

@@ -26,7 +26,7 @@ import { tensorCoreProblem } from '../../runtime/gpu/tensor-core-probe.js';
 import { openDevice, type GpuDevice } from '../../runtime/gpu/device.js';
 import { runGpu } from '../../runtime/run-gpu.js';
 import { makeRng, randomTensor as randomRef } from '../ir/util.js';
-import { matmulMismatch, randomTensor, runKernel } from './harness.js';
+import { assertBitwise, matmulMismatch, randomTensor, runKernel } from './harness.js';
 import { deviceSgmatTarget, withConfigs, type Config } from './sgmat-targets.js';
 
 /** Equal, or both zero (a sum of zero products may be +0 one way and -0 the other), or both NaN. */
@@ -140,11 +140,15 @@ describe('on the device (emulated subgroup matrices; native on a GPU that has th
     // K not a multiple of the step (the prefetch past the end reads zeros), both operands transposed or not.
     [{ M: 8, N: 8, K: 8 }, [2], [], 37, 21, 30, [false, true], { wm: 2, wn: 2, fm: 2, fn: 2, bk: 8, staging: 'prefetch' }],
     [{ M: 8, N: 8, K: 8 }, [], [2], 29, 18, 35, [true, false], { wm: 2, wn: 2, fm: 2, fn: 2, bk: 8, staging: 'unrolled' }],
+    // K split between two halves of the workgroup (another summation order: the reference's values, not the
+    // naive kernel's bits): with K an odd number of steps, so half 1's last step stages zeros.
+    [{ M: 8, N: 8, K: 8 }, [2], [], 37, 43, 30, [false, true], { wm: 2, wn: 2, fm: 2, fn: 2, bk: 8, staging: 'prefetch', ksplit: 2 }],
+    [{ M: 8, N: 8, K: 8 }, [], [], 20, 24, 19, [true, false], { wm: 2, wn: 2, fm: 2, fn: 2, bk: 8, staging: 'loop', ksplit: 2 }],
   ];
 
   for (const [config, ba, bb, m, k, n, reads, tiles] of CASES) {
-    const label = `${config.M}x${config.N}x${config.K}: [${ba}] ${m}x${k} @ [${bb}] ${k}x${n}, transposed reads ${reads}, staging ${tiles?.staging ?? 'default'}`;
-    test(`${label}: the naive kernel's bits, the reference's values`, async () => {
+    const label = `${config.M}x${config.N}x${config.K}: [${ba}] ${m}x${k} @ [${bb}] ${k}x${n}, transposed reads ${reads}, staging ${tiles?.staging ?? 'default'}${tiles?.ksplit === 2 ? ', K split in 2' : ''}`;
+    test(`${label}: ${tiles?.ksplit === 2 ? 'repeatable bits' : "the naive kernel's bits"}, the reference's values`, async () => {
       const { target, tiles: forced } = sgTarget(config, tiles);
       const { graph, mm } = product(ba, bb, m, k, n, reads);
       const node = graph.node(mm);
@@ -155,7 +159,10 @@ describe('on the device (emulated subgroup matrices; native on a GPU that has th
       assert.equal(/subgroupMatrix/.test(sg.wgsl), native, 'builtins only on a target with the feature');
       const naive = matmulKernel(node, inputs, target, 'naive', undefined, reads);
       const got = await runKernel(gpu.device, sg, values, numel(node.shape));
-      agree(got, await runKernel(gpu.device, naive, values, numel(node.shape)), k, label);
+      if (forced?.ksplit === 2) {
+        assert.match(sg.name, /^matmul_sgmat_f16_k2/);
+        assertBitwise(await runKernel(gpu.device, sg, values, numel(node.shape)), got, `${label}: run twice`);
+      } else agree(got, await runKernel(gpu.device, naive, values, numel(node.shape)), k, label);
       const ref = interpret(graph, new Map(graph.inputs.map((inp, i) => [inp.name, { shape: graph.node(inp.node).shape, data: Float64Array.from(values[i]) }]))).get('y')!;
       assert.equal(matmulMismatch(new Map([['y', ref]]), new Map([['y', { shape: ref.shape, data: Float64Array.from(got) }]]), k), undefined, label);
     });
