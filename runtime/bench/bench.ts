@@ -49,6 +49,8 @@ export interface SideResult {
   readonly rate: number;
   /** Kernels (ours) or tfjs programs (peer) one iteration runs, in order. */
   readonly kernels: string[];
+  /** Ours, rows of several kernels with timestamps: each kernel's median GPU ms in a pass of its own. */
+  readonly perKernel?: readonly { readonly name: string; readonly ms: number }[];
 }
 
 export interface CheckResult {
@@ -326,7 +328,9 @@ async function benchRow(ctx: RowContext, row: RowSpec): Promise<BenchRow> {
           }
         }
       }
-      const ours = side(oursGpu, await timed.wall(repeat), row, timed.kernelNames);
+      const split = ctx.timestamps && timed.kernelNames.length > 1 ? await timed.kernelTimes(Math.min(repeat, 20)) : undefined;
+      const live = program.schedule.kernels.filter((k) => k.dispatch.every((d) => d > 0)).map((k) => k.name);
+      const ours = { ...side(oursGpu, await timed.wall(repeat), row, timed.kernelNames), ...(split ? { perKernel: split.map((ms, i) => ({ name: live[i], ms })) } : {}) };
       if (!peer || !fn) return { ...base, status: 'ok', ours, repeat, ...skippedNote, ...(check ? { check } : {}) };
       const theirs = side(peerGpu, await peer.wall(fn, repeat), row, programs);
       checkUncaptured(gpu, 'tfjs');

@@ -180,6 +180,51 @@ export class TimedProgram {
     }
   }
 
+  /**
+   * `n` iterations with every kernel in its own pass between two timestamps: the median GPU ms of each kernel, in
+   * schedule order (where a row's time goes; passes of their own add a little per kernel).
+   */
+  async kernelTimes(n: number): Promise<number[]> {
+    this.check();
+    const live = this.steps.filter((s) => s.dispatch.every((d) => d > 0));
+    const passes = n * live.length;
+    if (2 * passes > MAX_QUERIES) throw new Error(`at most ${MAX_QUERIES / 2} timestamped passes at once`);
+    const device = this.gpu.device;
+    const querySet = device.createQuerySet({ label: 'visft bench kernel timestamps', type: 'timestamp', count: 2 * passes });
+    const resolve = device.createBuffer({ label: 'visft bench kernel timestamps', size: 16 * passes, usage: GPUBufferUsage.QUERY_RESOLVE | GPUBufferUsage.COPY_SRC });
+    const read = device.createBuffer({ label: 'visft bench kernel timestamps readback', size: 16 * passes, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
+    try {
+      await withErrorScopes(device, 'timing each kernel', () => {
+        const encoder = device.createCommandEncoder({ label: 'visft bench kernel timestamps' });
+        let q = 0;
+        for (let i = 0; i < n; i++) {
+          for (const s of live) {
+            const pass = encoder.beginComputePass({ label: 'visft bench kernel', timestampWrites: { querySet, beginningOfPassWriteIndex: q, endOfPassWriteIndex: q + 1 } });
+            pass.setPipeline(s.compiled.pipeline);
+            pass.setBindGroup(0, s.bindGroup);
+            pass.dispatchWorkgroups(...s.dispatch);
+            pass.end();
+            q += 2;
+          }
+        }
+        encoder.resolveQuerySet(querySet, 0, 2 * passes, resolve, 0);
+        encoder.copyBufferToBuffer(resolve, 0, read, 0, 16 * passes);
+        device.queue.submit([encoder.finish()]);
+      });
+      await this.gpu.whileAlive(read.mapAsync(GPUMapMode.READ), 'reading kernel timestamps');
+      const ts = new BigUint64Array(read.getMappedRange().slice(0));
+      read.unmap();
+      return live.map((_, k) => {
+        const ms = Array.from({ length: n }, (_, i) => Number(ts[2 * (i * live.length + k) + 1] - ts[2 * (i * live.length + k)]) / 1e6).sort((a, b) => a - b);
+        return ms[Math.floor(n / 2)];
+      });
+    } finally {
+      querySet.destroy();
+      resolve.destroy();
+      read.destroy();
+    }
+  }
+
   private check(): void {
     if (this.destroyed) throw new Error('this bench program was destroyed');
     this.gpu.checkAlive('running the bench');

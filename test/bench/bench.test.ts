@@ -148,6 +148,12 @@ describe('bench on the local adapter (tiny sizes)', () => {
         if (report.timing.method === 'gpu-timestamps') assert.ok(s.gpuMs && s.gpuMs.min <= s.gpuMs.median, `${r.name}: GPU ms`);
       }
       assert.ok(r.ours!.kernels.length >= 1 && r.ours!.kernels.every((k) => k.length > 0), `${r.name}: our kernels`);
+      // Where a row of several kernels spends its time: each kernel in a pass of its own.
+      if (report.timing.method === 'gpu-timestamps' && r.ours!.kernels.length > 1) {
+        const per = r.ours!.perKernel ?? [];
+        assert.deepEqual(per.map((k) => k.name), r.ours!.kernels, `${r.name}: per-kernel times name the kernels`);
+        assert.ok(per.every((k) => Number.isFinite(k.ms) && k.ms >= 0), `${r.name}: per-kernel ms`);
+      } else assert.equal(r.ours!.perKernel, undefined, r.name);
       if (report.timing.method === 'gpu-timestamps') assert.ok(r.peer!.kernels.length >= 1, `${r.name}: peer programs`);
       assert.ok(r.ratio !== undefined && Number.isFinite(r.ratio), `${r.name}: ratio`);
       assert.equal(r.rateUnit, r.op === 'matmul' || r.op === 'attention' ? 'GFLOP/s' : 'GB/s');
