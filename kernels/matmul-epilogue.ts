@@ -6,7 +6,7 @@
 // accumulator is the unfused path's (bit for bit), so `linear` (matmul + bias) and `x + proj(y)` are one
 // kernel each.
 import type { Kernel, Target } from '../compiler/codegen/types.js';
-import { secondProductLeaves, type FusionGroup, type SecondProductPlan } from '../compiler/codegen/fuse.js';
+import { epilogueProducer, secondProductLeaves, type FusionGroup, type SecondProductPlan } from '../compiler/codegen/fuse.js';
 import type { Graph, Node } from '../compiler/ir/graph.js';
 import { u32Lit } from './elementwise.js';
 import { externalReads, groupExternals, KEPT_FN, memberCode } from './fused.js';
@@ -18,8 +18,8 @@ import { DIRECT_READS, graphMatmulVariant, matmulKernel, rowCoords, type MatmulO
  * group's root is written, its other externals are bound after the producer's inputs.
  */
 export function epilogueOutput(graph: Graph, group: FusionGroup, layout: EpilogueLayout = {}): MatmulOutput {
-  const mmId = group.matmul ?? group.row;
-  if (mmId === undefined) throw new Error(`internal: fusion group %${group.root} has no matmul or row op`);
+  const mmId = epilogueProducer(group);
+  if (mmId === undefined) throw new Error(`internal: fusion group %${group.root} has no matmul, row op or reduction`);
   const mm = graph.node(mmId);
   const root = graph.node(group.root);
   const out = layout.out ?? 'out_0';

@@ -14,6 +14,9 @@ import { numel, type Graph, type Node } from '../compiler/ir/graph.js';
 import { attrInts, normDim } from '../compiler/ir/rules/shape.js';
 import { broadcastStrides, dispatchGroups, f32Lit, flatKernel, groupIndexCode, kernelRule, makeKernel, mergeDims, offsetCode, stridesOf, u32Lit, unboundedLoop } from './elementwise.js';
 import { groupExternals, KEPT_FN, memberCode } from './fused.js';
+import { epilogueOutput } from './matmul-epilogue.js';
+import { storeBlock, type MatmulOutput } from './matmul.js';
+import type { ViewPlan } from './view.js';
 
 export type ReduceOp = 'sum' | 'max';
 
@@ -270,18 +273,32 @@ export interface ReduceInput {
 
 const plainInput = (node: Node, inputs: readonly Node[]): ReduceInput => ({ node, bindings: inputs, lib: [], nodes: [node.id], suffix: '', load: (off) => `let v = in_0[${off}];` });
 
+/** `input` for a kernel that stores the epilogue `out`'s root: its bindings after the input's, its code and names. */
+function withEpilogue(input: ReduceInput, reduction: Node, out: MatmulOutput): ReduceInput {
+  return {
+    node: { ...input.node, id: out.node.id, shape: out.node.shape, dtype: out.node.dtype, inputs: [...input.node.inputs, ...out.extra.map((n) => n.id)] },
+    bindings: [...input.bindings, ...out.extra],
+    lib: [...input.lib, ...out.lib],
+    // A prologue's helpers are kept() alone, which the epilogue's begin with: once.
+    helpers: !input.helpers || (input.helpers === KEPT_FN && out.helpers?.startsWith(KEPT_FN)) ? out.helpers : [input.helpers, out.helpers].filter(Boolean).join('\n\n'),
+    nodes: [...input.nodes.filter((n) => n !== reduction.id), ...out.nodes],
+    suffix: `${input.suffix}${out.suffix}`,
+    load: input.load,
+  };
+}
+
 /**
  * The reduction `node` of the group's root (an elementwise tree only the reduction reads), computing the tree at
  * each element instead of reading it: the tree's lets (kernels/fused.ts), its externals read with broadcasting
  * at the element's offset. The root passes through `kept`, so it is not contracted into the sum.
  */
-export function reducePrologueKernel(graph: Graph, node: Node, group: FusionGroup, target: Target): Kernel {
+function prologueInput(graph: Graph, node: Node, group: FusionGroup): ReduceInput {
   const root = graph.node(group.root);
   const externals = groupExternals(graph, group);
   const extNodes = externals.map((e) => graph.node(e));
   const strides = extNodes.map((n) => broadcastStrides(n.shape, root.shape));
   const code = memberCode(graph, group, (id) => `x${externals.indexOf(id)}`);
-  const input: ReduceInput = {
+  return {
     node: { ...node, inputs: externals },
     bindings: extNodes,
     lib: code.lib,
@@ -294,7 +311,24 @@ export function reducePrologueKernel(graph: Graph, node: Node, group: FusionGrou
         .filter(Boolean)
         .join(' ')} }`,
   };
-  return reduceKernel(node.op as ReduceOp, node, graph.node(node.inputs[0]), target, input);
+}
+
+/** The reduction `node` computing its input's elementwise tree `group` (compiler/codegen/fuse.ts planReducePrologues). */
+export function reducePrologueKernel(graph: Graph, node: Node, group: FusionGroup, target: Target): Kernel {
+  return reduceKernel(node.op as ReduceOp, node, graph.node(node.inputs[0]), target, prologueInput(graph, node, group));
+}
+
+/**
+ * The reduction of `group` (its epilogue producer) storing the group's root instead of its own value: the
+ * elementwise ops after it (layernorm's backward scales its sums by 1/n) run on each result before the store.
+ * With `prologue`, the reduction also computes its input's tree.
+ */
+export function reduceEpilogueKernel(graph: Graph, group: FusionGroup, prologue: FusionGroup | undefined, target: Target, views?: ReadonlyMap<number, ViewPlan>): Kernel {
+  if (group.reduce === undefined) throw new Error(`internal: fusion group %${group.root} has no reduction`);
+  const node = graph.node(group.reduce);
+  const input = prologue ? prologueInput(graph, node, prologue) : plainInput(node, node.inputs.map((i) => graph.node(i)));
+  const out = epilogueOutput(graph, group, { firstExtra: input.bindings.length, views });
+  return reduceKernel(node.op as ReduceOp, node, graph.node(node.inputs[0]), target, input, out);
 }
 
 const reduceGen =
@@ -302,10 +336,17 @@ const reduceGen =
   (node, inputs, target) =>
     reduceKernel(op, node, inputs[0], target, plainInput(node, inputs));
 
-function reduceKernel(op: ReduceOp, node: Node, x: Node, target: Target, input: ReduceInput): Kernel {
+/**
+ * The kernel of reduction `node` over `x`, reading its elements as `input` says; with `out` (an epilogue), it
+ * stores `out`'s root from each result instead of the result.
+ */
+function reduceKernel(op: ReduceOp, node: Node, x: Node, target: Target, plain: ReduceInput, out?: MatmulOutput): Kernel {
+    const input = out ? withEpilogue(plain, node, out) : plain;
     const p = plan(x, node);
-    const lib = [...(op === 'max' ? ['is_nan'] : []), ...input.lib];
+    const lib = [...new Set([...(op === 'max' ? ['is_nan'] : []), ...input.lib])];
     const name = (variant: string) => `reduce_${op}_${variant}_f32${input.suffix}`.slice(0, 96);
+    // The result `value` of output element `o`: stored, or the epilogue's root computed from it and stored.
+    const store = (value: string, indent: string) => (out ? `let oi = o;\n${indent}${storeBlock(out.store(value, 'oi'), indent)}` : `out_0[o] = ${value};`);
     const base = offsetCode(p.keptShape, [p.keptStrides], ['base'], 'o');
     if (p.redCount <= TREE_THRESHOLD || p.redCount === 0) {
       // Nested loops over the reduced dims, outermost first: the reference's row-major order.
@@ -327,7 +368,7 @@ function reduceKernel(op: ReduceOp, node: Node, x: Node, target: Target, input: 
         `${inner}${input.load(off)}`,
         `${inner}acc = ${combineCode(op, 'acc', 'v')};`,
         ...close,
-        '    out_0[o] = acc;',
+        `    ${store('acc', '    ')}`,
       ].join('\n');
       const k = flatKernel(input.node, input.bindings, target, name('seq'), body, { lib, helpers: input.helpers });
       return { ...k, nodes: [...input.nodes] };
@@ -351,7 +392,9 @@ ${redOff}
       acc = ${combineCode(op, 'acc', 'v')};
     }
 ${laneReduceCode(red, op, 'acc', 'total', 'red_buf', target)}
-    if (lid == 0u) { out_0[o] = total; }
+    if (lid == 0u) {
+      ${store('total', '      ')}
+    }
 }`;
     const k = makeKernel(input.node, input.bindings, target, { name: name('tree'), body: main, workgroupSize: [wg, 1, 1], dispatch, lib });
     return { ...k, wgsl: withLaneEnable(red, k.wgsl), nodes: [...input.nodes] };

@@ -17,7 +17,7 @@
 // own kernel would store (kernels/attention.ts, attentionReads) before the kernel's own arithmetic.
 import { numel, type Graph, type Node } from '../ir/graph.js';
 import { attrNum } from '../ir/rules/shape.js';
-import { isInlineElementwise, isScalarConst, type FusionGroup } from './fuse.js';
+import { epilogueProducer, isInlineElementwise, isScalarConst, type FusionGroup } from './fuse.js';
 import type { Target } from './types.js';
 import type { AttentionOperandPlan, AttentionOperandPlans } from '../../kernels/attention.js';
 import { flashBackwardTiles } from '../../kernels/flash-backward.js';
@@ -94,7 +94,7 @@ export function planAttentionViews(graph: Graph, live: ReadonlySet<number>, outp
     const prologue = prologueOf(graph, x, freeForPrologue, readersOf);
     // A prologue takes whole fusion groups (then computed here), never part of one.
     const members = new Set(prologue);
-    const splits = (g: FusionGroup) => g.members.some((m) => !members.has(m)) || g.matmul !== undefined || g.row !== undefined;
+    const splits = (g: FusionGroup) => g.members.some((m) => !members.has(m)) || epilogueProducer(g) !== undefined;
     if (prologue.some((m) => groupOf.has(m) && splits(groupOf.get(m)!))) continue;
     const root = prologue.length ? singleInput(graph, graph.node(prologue[0]))! : x;
     // A node is inlined when only inlined nodes (and the prologue's first node) read it.

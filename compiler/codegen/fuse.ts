@@ -29,10 +29,18 @@ export interface FusionGroup {
   readonly matmul?: number;
   /** Or the row op (layernorm, softmax, log_softmax) whose kernel computes the group as its epilogue. */
   readonly row?: number;
+  /** Or the reduction (sum, max) whose kernel computes the group as its epilogue (kernels/reduce.ts). */
+  readonly reduce?: number;
 }
+
+/** The op whose kernel computes a group as its epilogue (matmul, row op or reduction), if any. */
+export const epilogueProducer = (g: FusionGroup): number | undefined => g.matmul ?? g.row ?? g.reduce;
 
 /** Row ops whose kernels take an elementwise epilogue (kernels/row.ts). */
 export const ROW_EPILOGUE_OPS: ReadonlySet<string> = new Set(['layernorm', 'softmax', 'log_softmax']);
+
+/** Reductions whose kernels take an elementwise epilogue (layernorm's backward: `sum(..)·(1/n)`). */
+export const REDUCE_EPILOGUE_OPS: ReadonlySet<string> = new Set(['sum', 'max']);
 
 /** Whether the fused-kernel generator can express the op inline. */
 export function isInlineElementwise(n: Node): boolean {
@@ -65,7 +73,7 @@ export function planFusion(graph: Graph, live: ReadonlySet<number>, outputs: Rea
     // A matmul or row op the group may absorb: only the group reads it, and it has the group's shape (not broadcast).
     const epilogueOf = (x: number) => {
       const m = graph.node(x);
-      return epilogues && (m.op === 'matmul' || ROW_EPILOGUE_OPS.has(m.op)) && !outputs.has(x) && consumers.get(x) === 1 && m.shape.join() === shape && numel(m.shape) > 0;
+      return epilogues && (m.op === 'matmul' || ROW_EPILOGUE_OPS.has(m.op) || REDUCE_EPILOGUE_OPS.has(m.op)) && !outputs.has(x) && consumers.get(x) === 1 && m.shape.join() === shape && numel(m.shape) > 0;
     };
     // Read bindings: the externals, plus one for a matmul that brings two operands instead of its product.
     const bindings = (ext: ReadonlySet<number>) => ext.size + ([...ext].some((x) => epilogueOf(x) && graph.node(x).op === 'matmul') ? 1 : 0);
@@ -98,7 +106,10 @@ export function planFusion(graph: Graph, live: ReadonlySet<number>, outputs: Rea
     const ordered = [...members].sort((a, b) => a - b);
     for (const m of ordered) if (m !== id) absorbed.add(m);
     if (producer === undefined) groups.push({ root: id, members: ordered });
-    else groups.push(graph.node(producer).op === 'matmul' ? { root: id, members: ordered, matmul: producer } : { root: id, members: ordered, row: producer });
+    else {
+      const op = graph.node(producer).op;
+      groups.push(op === 'matmul' ? { root: id, members: ordered, matmul: producer } : REDUCE_EPILOGUE_OPS.has(op) ? { root: id, members: ordered, reduce: producer } : { root: id, members: ordered, row: producer });
+    }
   }
   return groups.reverse();
 }
@@ -162,6 +173,7 @@ export function planReducePrologues(graph: Graph, live: ReadonlySet<number>, out
   const consumers = new Map<number, number>();
   for (const n of graph.nodes) if (live.has(n.id)) for (const i of new Set(n.inputs)) consumers.set(i, (consumers.get(i) ?? 0) + 1);
   const groupOf = new Map(groups.map((g) => [g.root, g] as const));
+  const epilogueOf = new Map(groups.filter((g) => g.reduce !== undefined).map((g) => [g.reduce!, g] as const));
   const inGroup = new Set(groups.flatMap((g) => g.members));
   const plan = new Map<number, FusionGroup>();
   for (const n of graph.nodes) {
@@ -169,10 +181,12 @@ export function planReducePrologues(graph: Graph, live: ReadonlySet<number>, out
     const x = graph.node(n.inputs[0]);
     if (outputs.has(x.id) || consumers.get(x.id) !== 1 || numel(x.shape) === 0) continue;
     const group = groupOf.get(x.id) ?? (isInlineElementwise(x) && !inGroup.has(x.id) ? { root: x.id, members: [x.id] } : undefined);
-    if (!group || group.matmul !== undefined || group.row !== undefined) continue;
+    if (!group || epilogueProducer(group) !== undefined) continue;
     const members = new Set(group.members);
     const externals = new Set(group.members.flatMap((m) => graph.node(m).inputs).filter((i) => !members.has(i) && !isScalarConst(graph.node(i))));
-    if (externals.size <= maxInputs) plan.set(n.id, group);
+    // A reduction with an epilogue binds the epilogue's externals too.
+    const epilogue = epilogueOf.get(n.id);
+    if (externals.size + (epilogue ? groupExternals(graph, epilogue, n.id).length : 0) <= maxInputs) plan.set(n.id, group);
   }
   return plan;
 }
@@ -322,7 +336,7 @@ export function planViewReads(graph: Graph, live: ReadonlySet<number>, outputs: 
   for (const n of graph.nodes) if (live.has(n.id)) for (const i of new Set(n.inputs)) readers.set(i, [...(readers.get(i) ?? []), n.id]);
   const plans = new Map<number, Map<number, ViewPlan>>();
   for (const g of groups) {
-    const externals = groupExternals(graph, g, g.matmul ?? g.row).filter((e) => !skip.has(e));
+    const externals = groupExternals(graph, g, epilogueProducer(g)).filter((e) => !skip.has(e));
     const views = new Map<number, ViewPlan>();
     const boundSet = () => new Set(externals.flatMap((e) => views.get(e)?.leaves ?? [e]));
     const bound = () => boundSet().size;

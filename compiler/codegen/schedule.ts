@@ -5,7 +5,7 @@
 // lists every value that needs storage, for the memory plan.
 import { Graph, numel, type Node } from '../ir/graph.js';
 import type { GpuRule, Kernel, Target } from './types.js';
-import { isInlineElementwise, planFusion, planOperandViews, planReducePrologues, planRowProducts, planSecondProducts, planSiblingOutputs, planTransposedReads, planViewReads, ROW_EPILOGUE_OPS, secondProductLeaves, type FusionGroup, type RowProductPlan, type SecondProductPlan } from './fuse.js';
+import { epilogueProducer, isInlineElementwise, planFusion, planOperandViews, planReducePrologues, planRowProducts, planSecondProducts, planSiblingOutputs, planTransposedReads, planViewReads, ROW_EPILOGUE_OPS, secondProductLeaves, type FusionGroup, type RowProductPlan, type SecondProductPlan } from './fuse.js';
 import { groupExternals } from '../../kernels/fused.js';
 import type { ViewPlan } from '../../kernels/view.js';
 import { FlashTileError } from '../../kernels/flash-common.js';
@@ -14,7 +14,7 @@ import { flashForwardKernel } from '../../kernels/flash-forward.js';
 import { fusedKernel } from '../../kernels/fused.js';
 import { matmulEpilogueKernel, operandViews } from '../../kernels/matmul-epilogue.js';
 import { graphMatmulVariant, matmulKernel } from '../../kernels/matmul.js';
-import { reducePrologueKernel } from '../../kernels/reduce.js';
+import { reduceEpilogueKernel, reducePrologueKernel } from '../../kernels/reduce.js';
 import { rowEpilogueKernel, rowProductKernel } from '../../kernels/row.js';
 import { halfStorageKernel } from '../../kernels/half-storage.js';
 import { halfBindings, planHalfStorage } from './half.js';
@@ -86,7 +86,7 @@ export function schedule(graph: Graph, target: Target, rules: { readonly [op: st
   const inPrologue = new Set([...prologues.values()].map((g) => g.root));
   const groups = [...planned.filter((g) => !inPrologue.has(g.root)), ...prologues.values()];
   const groupOf = new Map(planned.filter((g) => !inPrologue.has(g.root)).map((g) => [g.root, g] as const));
-  const absorbed = new Set(groups.flatMap((g) => [...g.members.filter((m) => m !== g.root), ...[g.matmul, g.row].filter((p): p is number => p !== undefined)]));
+  const absorbed = new Set(groups.flatMap((g) => [...g.members.filter((m) => m !== g.root), ...[epilogueProducer(g)].filter((p): p is number => p !== undefined)]));
   for (const root of inPrologue) absorbed.add(root);
   const transposed = opts.fuse === false || opts.transposedReads === false ? new Map() : planTransposedReads(graph, live, outputNodes);
   for (const [mm, reads] of transposed) graph.node(mm).inputs.forEach((p, i) => reads[i] && absorbed.add(p));
@@ -114,7 +114,13 @@ export function schedule(graph: Graph, target: Target, rules: { readonly [op: st
   const singles = graph.nodes.filter((n) => live.has(n.id) && !absorbed.has(n.id) && !members.has(n.id) && isInlineElementwise(n)).map((n) => ({ root: n.id, members: [n.id] }));
   const rowProductBindings = (p: RowProductPlan) => p.b.leaves.length + (p.group ? groupExternals(graph, p.group, p.matmul).length : 0) + 1;
   const fixedBindings = (g: FusionGroup) =>
-    g.matmul !== undefined ? 2 + (seconds.has(g.root) ? secondProductLeaves(seconds.get(g.root)!).length : 0) : g.row !== undefined ? graph.node(g.row).inputs.length + (rowProducts.has(g.root) ? rowProductBindings(rowProducts.get(g.root)!) : 0) : 0;
+    g.matmul !== undefined
+      ? 2 + (seconds.has(g.root) ? secondProductLeaves(seconds.get(g.root)!).length : 0)
+      : g.row !== undefined
+        ? graph.node(g.row).inputs.length + (rowProducts.has(g.root) ? rowProductBindings(rowProducts.get(g.root)!) : 0)
+        : g.reduce !== undefined
+          ? (prologues.has(g.reduce) ? groupExternals(graph, prologues.get(g.reduce)!).length : 1)
+          : 0;
   const viewReads = opts.fuse === false || opts.views === false ? new Map<number, Map<number, ViewPlan>>() : planViewReads(graph, live, outputNodes, [...groupOf.values(), ...singles].filter((g) => !absorbed.has(g.root)), fixedBindings, new Set([...seconds.values()].map((p) => p.external)), maxInputs);
   for (const g of singles) if (viewReads.has(g.root)) groupOf.set(g.root, g);
   // Matmul operands through views with one leaf (the permute merging attention heads).
@@ -160,7 +166,16 @@ export function schedule(graph: Graph, target: Target, rules: { readonly [op: st
     const rowProduct = rowProducts.get(node.id);
     const views = viewReads.get(node.id);
     if (rowProduct) push(rowProductKernel(graph, rowKernels.get(node.id)!.row, group, rowProduct, target, views));
-    else if (group) push(group.matmul !== undefined ? matmulEpilogueKernel(graph, group, target, undefined, transposed.get(group.matmul), seconds.get(group.root), views, operandViews(graph, operandPlans.get(group.matmul))) : group.row !== undefined ? rowEpilogueKernel(graph, group, target, views) : fusedKernel(graph, group, target, views));
+    else if (group)
+      push(
+        group.matmul !== undefined
+          ? matmulEpilogueKernel(graph, group, target, undefined, transposed.get(group.matmul), seconds.get(group.root), views, operandViews(graph, operandPlans.get(group.matmul)))
+          : group.row !== undefined
+            ? rowEpilogueKernel(graph, group, target, views)
+            : group.reduce !== undefined
+              ? reduceEpilogueKernel(graph, group, prologues.get(group.reduce), target, views)
+              : fusedKernel(graph, group, target, views),
+      );
     else if (prologue) push(reducePrologueKernel(graph, node, prologue, target));
     else if (attn.plans.has(node.id)) attentionViewKernels(graph, node, siblingOf.has(node.id) ? graph.node(siblingOf.get(node.id)!) : undefined, attn.plans, target).forEach(push);
     else if (halfLeafCast(node.id)) aliases.set(node.id, root(node.inputs[0]));
