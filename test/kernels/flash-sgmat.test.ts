@@ -1,8 +1,9 @@
 // The subgroup-matrix flash-attention forward (kernels/flash-sgmat.ts). lavapipe has no subgroup matrices, so
 // its Target gets configs without the feature: the kernel then spells the builtins as emulation functions and
 // everything else — staging q, kᵀ and v as f16 with padded head dims, ragged query and key tiles, the online
-// softmax, P rounded to f16, O's rescaling through the scratch, masks, the lse sibling, view reads — runs for
-// real. On a GPU with tensor cores (nativeSgmat) the same cases run natively.
+// softmax (split over the workgroup's invocations, 1, 2 or 4 per row here), P rounded to f16, O's rescaling
+// through the scratch and its skip when no row's max moved, masks, the lse sibling, view reads — runs for real.
+// On a GPU with tensor cores (nativeSgmat) the same cases run natively.
 //
 // Tolerance: S = q·kᵀ sums exact f16 products in f32 and the softmax is f32, so the one coarse error is P rounded
 // to f16 before P·V, with l summing the rounded weights: out = Σ p̃_j v_j / Σ p̃_j, p̃_j = p_j (1 + δ_j). Then
@@ -42,9 +43,9 @@ const shapesOf = (s: number, d: number, dv = d) => ({ q: bhsd(8, 16, s, d), k: b
 
 test('tiles: 4 subgroups of 16 rows natively at 48 KiB (D 88: 64-key tiles, kᵀ and v sharing; D 112: 32-key tiles apart)', () => {
   assert.deepEqual(flashSgmatTiles(NVIDIA, shapesOf(324, 88)), { subgroups: 4, keys: 64, sharedKv: true });
-  assert.equal(flashSgmatBytes(NVIDIA, shapesOf(324, 88)), 45312);
+  assert.equal(flashSgmatBytes(NVIDIA, shapesOf(324, 88)), 46340);
   assert.deepEqual(flashSgmatTiles(NVIDIA, shapesOf(324, 112)), { subgroups: 4, keys: 32, sharedKv: false });
-  assert.equal(flashSgmatBytes(NVIDIA, shapesOf(324, 112)), 41984);
+  assert.equal(flashSgmatBytes(NVIDIA, shapesOf(324, 112)), 43012);
   // Every head dim fits both targets, within their limits; fewer subgroups and keys than short sequences need.
   for (const target of [NVIDIA, EMULATED]) {
     for (const d of [1, 24, 40, 64, 88, 112, 128]) {
@@ -65,7 +66,7 @@ test('unfit: no config, no shader-f16, head dims whose tiles do not fit, forced 
   assert.match(flashSgmatUnfit({ ...NVIDIA, features: ['subgroups', SUBGROUP_MATRIX_FEATURE] }, shapesOf(64, 88)) ?? '', /shader-f16/);
   assert.match(flashSgmatUnfit(NVIDIA, shapesOf(64, 1024)) ?? '', /no tiles fit .*workgroup memory/);
   assert.match(flashSgmatUnfit(NVIDIA, shapesOf(64, 88), { subgroups: 4, keys: 24, sharedKv: false }) ?? '', /not a multiple/);
-  assert.match(flashSgmatUnfit(NVIDIA, shapesOf(64, 88), { subgroups: 4, keys: 64, sharedKv: false }) ?? '', /58624 bytes/);
+  assert.match(flashSgmatUnfit(NVIDIA, shapesOf(64, 88), { subgroups: 4, keys: 64, sharedKv: false }) ?? '', /59652 bytes/);
   assert.equal(flashSgmatUnfit(NVIDIA, shapesOf(64, 88)), undefined);
 });
 
@@ -109,6 +110,14 @@ test('the native spelling: the builtins, subgroup ids, a workgroup of 32-wide su
   assert.match(k.wgsl, /o_5 = subgroupMatrixLoad<subgroup_matrix_result<f32, 16, 16>, row_major>\(&tile_s, sm \* 68u \+ 16u, 68u\);/);
   assert.match(k.wgsl, /o_5 = subgroupMatrixMultiplyAccumulate\(p_3, subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>\(&tile_kv, \d+u, 104u\), o_5\);/);
   assert.doesNotMatch(k.wgsl, /sg[so]_|unbounded\(/);
+  // The softmax on all 128 invocations, 2 per row (every 2nd key each), their maxima and sums combined in order.
+  assert.match(k.wgsl, /for \(var x = lid; x < 128u; x \+= 128u\) \{\n\s*let r = x \/ 2u;\n\s*let part = x % 2u;/);
+  assert.match(k.wgsl, /for \(var j = part; j < 64u; j \+= 2u\)/);
+  assert.match(k.wgsl, /row_l\[r\] = row_l\[r\] \* row_a\[r\] \+ part_l\[r \* 2u \+ 0u\] \+ part_l\[r \* 2u \+ 1u\];/);
+  // O's round trip only when some row's α ≠ 1 (a workgroup-uniform flag), and only by the subgroups owning one.
+  assert.match(k.wgsl, /let rescale = workgroupUniformLoad\(&rescale_bits\);/);
+  assert.match(k.wgsl, /if \(j0 > 0u && rescale != 0u\) \{\n\s*let mine = computes && \(rescale & \(1u << \(sg % 32u\)\)\) != 0u;\n\s*if \(mine\) \{\n\s*subgroupMatrixStore/);
+  assert.doesNotMatch(k.wgsl, /subgroup(Add|Max|Shuffle|Broadcast)/);
 });
 
 
@@ -129,6 +138,13 @@ interface Case {
   readonly lse?: boolean;
   /** q stored [B, Sq, H, D] and read through a view function. */
   readonly qView?: boolean;
+  /**
+   * Scores monotone along the keys (q·kᵀ = sign(row)·ramp(key)): row i's scores rise with the keys (its max moves
+   * every tile: O rescaled) when sign(i) > 0, fall (α = 1 after the first tile: the round trip skipped) when < 0.
+   */
+  readonly monotone?: (row: number) => 1 | -1;
+  /** Also check a second run is bitwise the first. */
+  readonly repeat?: boolean;
 }
 
 // Each case compiles one emulated kernel on lavapipe (seconds each): few, varied cases.
@@ -148,7 +164,52 @@ const CASES: Case[] = [
   },
   { what: 'head dim 64, one query row, 45 keys masked per key, v of 40 columns, q through a view', config: { M: 16, N: 16, K: 16 }, b: 1, h: 3, sq: 1, sk: 45, d: 64, dv: 40, mask: [45], qView: true },
   { what: 'head dim 112, 20 rows, 45 keys, one subgroup per workgroup, kᵀ and v sharing an array', config: { M: 16, N: 16, K: 16 }, b: 1, h: 2, sq: 20, sk: 45, d: 112, dv: 112 },
+  {
+    what: '2-row subgroups: 2 invocations per row in the softmax (3 subgroups, 24-key tiles), keys masked, with lse, bitwise repeatable',
+    config: { M: 2, N: 8, K: 8 },
+    b: 1,
+    h: 2,
+    sq: 13,
+    sk: 100,
+    d: 24,
+    dv: 16,
+    mask: [100],
+    tiles: { subgroups: 3, keys: 24, sharedKv: false },
+    lse: true,
+    repeat: true,
+  },
+  { what: '1-row subgroups: 4 invocations per row (keys 0, 4, 8, ... each), 6 rows, 30 keys, scale 2', config: { M: 1, N: 8, K: 8 }, b: 1, h: 1, sq: 6, sk: 30, d: 8, dv: 8, scale: 2 },
+  {
+    what: 'scores falling along the keys: no max moves after the first tile, so O is never rescaled',
+    config: { M: 16, N: 16, K: 16 },
+    b: 1,
+    h: 1,
+    sq: 40,
+    sk: 70,
+    d: 24,
+    dv: 24,
+    monotone: () => -1,
+  },
+  {
+    what: 'scores rising for some rows: by 16-row block rising, falling, or alternating per row (some subgroups rescale O, some skip)',
+    config: { M: 16, N: 16, K: 16 },
+    b: 1,
+    h: 1,
+    sq: 100,
+    sk: 70,
+    d: 24,
+    dv: 24,
+    monotone: (i) => ([1, -1, i % 2 ? 1 : -1] as const)[Math.floor(i / 16) % 3],
+  },
 ];
+
+/** q and k whose scores are `monotone(row)` · ramp(key): q's first dim ±1, the rest 0; k's first dim a ramp. */
+function monotoneQk(c: Case, q: Tensor, k: Tensor): void {
+  for (let bh = 0; bh < c.b * c.h; bh++) {
+    for (let i = 0; i < c.sq; i++) for (let d = 0; d < c.d; d++) q.data[(bh * c.sq + i) * c.d + d] = d === 0 ? c.monotone!(i) : 0;
+    for (let j = 0; j < c.sk; j++) k.data[(bh * c.sk + j) * c.d] = roundF16((4 * j) / c.sk);
+  }
+}
 
 describe('on the device (emulated subgroup matrices; native on a GPU that has them)', () => {
   let gpu: GpuDevice;
@@ -179,6 +240,7 @@ describe('on the device (emulated subgroup matrices; native on a GPU that has th
         half(randomTensor(bhsd(c.b, c.h, c.sk, c.d), seed + 1)),
         half(randomTensor(bhsd(c.b, c.h, c.sk, c.dv), seed + 2)),
       ];
+      if (c.monotone) monotoneQk(c, values[0], values[1]);
       if (c.mask) {
         const m = randomTensor(c.mask, seed + 3, -3, 1);
         // -inf entries; in a full mask one row of the first (batch, head) masked entirely (the reference's NaN).
@@ -205,6 +267,11 @@ describe('on the device (emulated subgroup matrices; native on a GPU that has th
       assert.equal(/subgroupMatrix/.test(kernel.wgsl), native, 'builtins only on a target with the feature');
       const sizes = [numel(node.shape), ...(c.lse ? [numel(graph.node(lse).shape)] : [])];
       const [out, lseOut] = await runKernelOutputs(gpu.device, kernel, bound, sizes);
+      if (c.repeat) {
+        const again = await runKernelOutputs(gpu.device, kernel, bound, sizes);
+        assert.deepEqual(new Uint32Array(again[0].buffer), new Uint32Array(out.buffer), `${c.what}: a second run differs`);
+        if (c.lse) assert.deepEqual(new Uint32Array(again[1].buffer), new Uint32Array(lseOut.buffer), `${c.what}: lse differs`);
+      }
       const ref = interpret(graph, new Map(graph.inputs.map((inp, i) => [inp.name, { shape: values[i].shape, data: Float64Array.from(values[i].data) }])));
       const vMax = values[2].data.reduce((a, x) => Math.max(a, Math.abs(x)), 0);
       const worst = assertWithin(out, ref.get('y')!.data, () => ((2 * U16) / (1 - U16) + 1e-5) * vMax, `${c.what}: out`);
