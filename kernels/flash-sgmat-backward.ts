@@ -8,8 +8,10 @@
 //   dq:    owns query rows x = q, y = g; sweeps keys a = k, b = v.
 //   dk/dv: owns key rows x = k, y = v; sweeps queries a = q, b = g (so S, dP, P, dS are transposed: [key, query]).
 // Per tile: stage aᵀ, bᵀ (row-major right matrices) and a, b as f16 (zeros past the sequence and the head dims);
-//   S = x·aᵀ and dP = y·bᵀ as result fragments, stored to the f32 scratches; one invocation per element:
-//   s = S·scale [+ mask], P = e^{s − lse}, dS = P·(dP − δ) in f32, both rounded to f16 into the left array;
+//   S = x·aᵀ and dP = y·bᵀ as result fragments, stored to the f32 scratches; then every invocation of the
+//   workgroup takes elements x, x + T, ... of the BR x BC tile (row x / BC, column x % BC: lse and δ are given,
+//   so there is nothing to combine across invocations): s = S·scale [+ mask], P = e^{s − lse},
+//   dS = P·(dP − δ) in f32, both rounded to f16 into the left array;
 //   then acc_x += dS·a (dq or dk), acc_y += P·b (dv), accumulators held as result fragments across tiles.
 // At the end the accumulators go out through the scratch a chunk at a time (acc_x ·scale, as the f32 kernel).
 // Products of f16 numbers are exact in f32; the roundings the f32 kernels do not have are P and dS to f16
@@ -21,7 +23,10 @@
 // stay, and the emulation's result slots count. `sequential` tiles stage aᵀ, bᵀ, a, b one after the other
 // into one region (less memory, more barriers). Tiles: the most subgroups, the longest sweep, concurrent
 // before sequential, that fit. On software adapters loops stay rolled (unboundedLoop) for LLVM's compile time.
-// Not yet tuned on a GPU: one invocation per element for the softmax part, one barrier-separated phase each.
+// Not yet tuned on a GPU: its elementwise parts (staging, P and dS, the way out) already run on every
+// invocation, one element each (the forward's one-invocation-per-row softmax has no counterpart here); each
+// is a barrier-separated phase. What bounds it on NVIDIA is unmeasured (the products-removed ablation was the
+// forward's); suspects: a and aᵀ (b and bᵀ) staged from global memory twice, the transposed (strided) stores.
 import type { Kernel, Target } from '../compiler/codegen/types.js';
 import { isExactHalf } from '../compiler/codegen/half.js';
 import type { Graph, Node } from '../compiler/ir/graph.js';
@@ -294,7 +299,7 @@ export function flashSgmatBackwardKernel(node: Node, inputs: readonly Node[], ta
   const xLines = r.accX ? accumulate('ax', xF, l.ds, l.a) : [];
   const yLines = r.accY ? accumulate('ay', yF, l.p, l.b) : [];
 
-  // One invocation per element of the tile: P and dS in f32, rounded to f16 for the products.
+  // Every invocation, one element of the tile at a time: P and dS in f32, rounded to f16 for the products.
   const ms = g.maskStrides;
   const maskName = mask ? bindingOf(reads, MASK) : '';
   const [qi, kj] = r.dq ? ['own0 + r', 'j0 + c'] : ['j0 + c', 'own0 + r'];

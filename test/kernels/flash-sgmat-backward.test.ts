@@ -124,6 +124,14 @@ test('the native spelling: builtins, subgroup ids, 32-wide subgroups, accumulato
   const q = flashSgmatBackwardKernel(dq, dq.inputs.map((i) => graph.node(i)), NVIDIA);
   assert.match(q.name, /^attention_grad_q_flash_sgmat_f16/);
   assert.doesNotMatch(q.wgsl, /out_1/);
+  // P and dS on every invocation: one loop over the tile's 64 x BC elements, 128 invocations apart (row x / BC,
+  // column x % BC), not one invocation per row.
+  for (const kernel of [q, kv]) {
+    const loop = /for \(var x = lid; x < (\d+)u; x \+= 128u\) \{\n\s*let r = x \/ (\d+)u;\n\s*let c = x % \2u;\n\s*let ok = [^\n]*\n\s*var s = tile_s\[r \* \d+u \+ c\][^\n]*\n\s*let p = select\(0f, exp_flash\(/.exec(kernel.wgsl);
+    assert.ok(loop, `${kernel.name}: P and dS in a loop over the tile's elements`);
+    assert.equal(Number(loop[1]), 64 * Number(loop[2]), `${kernel.name}: all 64 rows of the tile`);
+    assert.equal(kernel.wgsl.split('exp_flash(s').length, 2, `${kernel.name}: P computed in that loop only`);
+  }
 });
 
 
