@@ -4,8 +4,9 @@
 // Variants, chosen per shape and Target (matmulVariant):
 // - `matmul_tiled_f32`: 64x64 output tile per workgroup of 16x16 invocations, 4x4 outputs per invocation
 //   (rows 4·ty + i, cols 4·tx + j: one vec4 of each tile per k and four vec4 accumulators), K in tiles of 16
-//   staged in workgroup memory as vec4 rows (8.25 KiB: A's rows padded), bounds-checked loads (zeros outside) and stores, so any
-//   M, N, K. Workgroups: x over N tiles, (y, z) over M tiles × batch.
+//   staged in workgroup memory as vec4 rows (8.25 KiB: A's rows padded), bounds-checked loads (zeros outside)
+//   and stores, so any M, N, K; staged by a guarded loop or unrolled and prefetched (Staging), optionally with
+//   K split between two halves of the workgroup. Workgroups: x over N tiles, (y, z) over M tiles × batch.
 // - `matmul_sgmat_f16`: where both operands are exact f16 values and the Target has f16 subgroup matrices
 //   (tensor cores): in place of the tiled variant (kernels/matmul-sgmat.ts).
 // - `matmul_splitk_f32`: small outputs (batch·M·N < 4096) with long K (>= 512): one workgroup per output
@@ -401,10 +402,10 @@ export interface TileStaging {
 }
 
 /**
- * Unrolled staging: each of the `T` invocations (numbered `lid`) loads its elements of both tiles into registers (`va_q`, `vb_q`)
- * without branches (an element outside the matrices reads what WGSL's bounds rules give and becomes zero), then
- * `putA`/`putB` store them (given the element's suffix; `ar_q`, `ac_q`, `br_q`, `bc_q` in scope). Places are
- * recomputed at the stores: cheap, and fewer live registers.
+ * Unrolled staging: each of the `T` invocations (numbered `lid`) loads its elements of both tiles into registers
+ * (`va_q`, `vb_q`) without branches (an element outside the matrices reads what WGSL's bounds rules give and
+ * becomes zero), then `putA`/`putB` store them (given the element's suffix; `ar_q`, `ac_q`, `br_q`, `bc_q` in
+ * scope). Places are recomputed at the stores: cheap, and fewer live registers.
  */
 export function unrolledStaging(d: MatmulDims, dims: TileDims, T: number, putA: (sfx: string) => string, putB: (sfx: string) => string, lid = 'lid'): TileStaging {
   const parts = (which: 'a' | 'b', count: number, put: (sfx: string) => string) => {
