@@ -17,7 +17,7 @@
 import type { Kernel, Target } from '../compiler/codegen/types.js';
 import type { Node } from '../compiler/ir/graph.js';
 import { dispatchGroups, u32Lit, unboundedLoop } from './elementwise.js';
-import { assemble, batchOffsets, defaultStaging, operandLoads, stagedKLoop, storeBlock, unrolledStaging, type MatmulDims, type MatmulOutput, type Staging, type TileDims, type TileStaging } from './matmul.js';
+import { assemble, batchOffsets, defaultStaging, ONE_SLOT, splitSteps, stagedKLoop, stageTiles, storeBlock, type MatmulDims, type MatmulOutput, type Staging, type TileDims, type TileSlots } from './matmul.js';
 import { NO_SGMAT_CONFIG, nativeSgmat, sgmatIds, sgmatLanes, sgmatOps, sgmatShape, sgmatSpelling, type SgmatShape } from './sgmat.js';
 
 /** How a sgmat kernel tiles its output. */
@@ -121,30 +121,6 @@ function fragmentEpilogue(out: MatmulOutput, d: MatmulDims, l: Layout, ops: Retu
   workgroupBarrier();`;
 }
 
-/** Which invocations stage a half's tiles (`lid`: their number among them) and where the tiles start ('' or `x + `). */
-interface Half {
-  readonly lid: string;
-  readonly a: string;
-  readonly b: string;
-}
-
-/** A loop of guarded loads and stores per tile (each load's value stored at once). */
-function loopStaging(d: MatmulDims, dims: TileDims, T: number, SA: number, SB: number, target: Target, half: Half): TileStaging {
-  const loads = operandLoads(d, dims);
-  const stage = (count: number, lines: string[], put: string) => `    for (var q = 0u; q < ${unboundedLoop(Math.ceil(count / T), target)}; q++) {
-      let l = ${half.lid} + q * ${u32Lit(T)};
-      if (l < ${u32Lit(count)}) {
-${[...lines, put].map((x) => `        ${x}`).join('\n')}
-      }
-    }`;
-  return {
-    before: '',
-    load: (k) => `    let k0 = ${k};`,
-    store: `${stage(dims.tm * dims.tk, loads.a, `tile_a[${half.a}ar * ${u32Lit(SA)} + ac] = f16(va);`)}
-${stage(dims.tk * dims.tn, loads.b, `tile_b[${half.b}br * ${u32Lit(SB)} + bc] = f16(vb);`)}`,
-  };
-}
-
 /** The `matmul_sgmat_f16` kernel (callers check sgmatUnfit first). */
 export function sgmatMatmul(out: MatmulOutput, inputs: readonly Node[], target: Target, d: MatmulDims, suffix: string, tiles?: SgmatTiles): Kernel {
   const shape = sgmatShape(target);
@@ -164,15 +140,24 @@ export function sgmatMatmul(out: MatmulOutput, inputs: readonly Node[], target: 
   const [gy, gz] = dispatchGroups(G, target);
   const dims: TileDims = { tm: bm, tn: bn, tk: t.bk };
   const staging = t.staging ?? defaultStaging(target);
-  // K split: invocations [h·Th, (h + 1)·Th) stage half h's tiles, for its steps (k offset by h steps); the loop
-  // itself stays uniform (barriers) and both halves run the same number of steps, staging zeros past K.
-  const half: Half = H === 1 ? { lid: 'lid', a: '', b: '' } : { lid: 'lh', a: `hs * ${u32Lit(bm * SA)} + `, b: `hs * ${u32Lit(t.bk * SB)} + ` };
-  const staging0 =
-    staging === 'loop'
-      ? loopStaging(d, dims, Th, SA, SB, target, half)
-      : unrolledStaging(d, dims, Th, (x) => `tile_a[${half.a}ar${x} * ${u32Lit(SA)} + ac${x}] = f16(va${x});`, (x) => `tile_b[${half.b}br${x} * ${u32Lit(SB)} + bc${x}] = f16(vb${x});`, half.lid);
-  const staged: TileStaging = H === 1 ? staging0 : { ...staging0, load: (k) => staging0.load(`${k} + hs * ${u32Lit(t.bk)}`) };
-  const kBound = H === 1 ? unboundedLoop(d.k, target) : unboundedLoop(Math.ceil(d.k / (H * t.bk)) * H * t.bk, target);
+  // K split: invocations [h·Th, (h + 1)·Th) stage half h's tiles, for its steps (splitSteps).
+  const slots: TileSlots = H === 1 ? ONE_SLOT : { lid: 'lh', a: `hs * ${u32Lit(bm * SA)} + `, b: `hs * ${u32Lit(t.bk * SB)} + ` };
+  const staged = splitSteps(
+    stageTiles(
+      staging,
+      d,
+      dims,
+      Th,
+      slots,
+      (x) => `tile_a[${slots.a}ar${x} * ${u32Lit(SA)} + ac${x}] = f16(va${x});`,
+      (x) => `tile_b[${slots.b}br${x} * ${u32Lit(SB)} + bc${x}] = f16(vb${x});`,
+      (n) => unboundedLoop(n, target),
+    ),
+    d.k,
+    H,
+    t.bk,
+    'hs',
+  );
   // A computing subgroup's tiles: those of its half.
   const [fa, fb] = H === 1 ? ['', ''] : [`h * ${u32Lit(bm * SA)} + `, `h * ${u32Lit(t.bk * SB)} + `];
   const frags: [number, number][] = [];
@@ -209,7 +194,7 @@ ${batchOffsets(d, '  ')}
   let sm = ((sg % ${u32Lit(t.wm * t.wn)}) / ${u32Lit(t.wn)}) * ${u32Lit(t.fm * shape.m)};
   let sn = (sg % ${u32Lit(t.wn)}) * ${u32Lit(t.fn * shape.n)};
 ${frags.map(([i, j], f) => `  var acc_${i}_${j} = ${ops.zero(`sg * ${u32Lit(frags.length)} + ${u32Lit(f)}`)};`).join('\n')}
-${stagedKLoop(staging, staged, kBound, H * t.bk, `    if (computes) {
+${stagedKLoop(staging, staged.staging, unboundedLoop(staged.k, target), H * t.bk, `    if (computes) {
 ${steps.map((s) => `      ${s}`).join('\n')}
     }`)}
 ${frags.map(([i, j]) => fragmentEpilogue(out, d, l, ops, i, j, target)).join('\n')}

@@ -407,7 +407,7 @@ export interface TileStaging {
  * becomes zero), then `putA`/`putB` store them (given the element's suffix; `ar_q`, `ac_q`, `br_q`, `bc_q` in
  * scope). Places are recomputed at the stores: cheap, and fewer live registers.
  */
-export function unrolledStaging(d: MatmulDims, dims: TileDims, T: number, putA: (sfx: string) => string, putB: (sfx: string) => string, lid = 'lid'): TileStaging {
+export function unrolledStaging(d: MatmulDims, dims: TileDims, T: number, putA: (sfx: string) => string, putB: (sfx: string) => string, lid = 'lid', second?: SecondProduct): TileStaging {
   const parts = (which: 'a' | 'b', count: number, put: (sfx: string) => string) => {
     const n = Math.ceil(count / T);
     const v = which === 'a' ? 'va' : 'vb';
@@ -415,7 +415,7 @@ export function unrolledStaging(d: MatmulDims, dims: TileDims, T: number, putA: 
     const store: string[] = [];
     for (let q = 0; q < n; q++) {
       const l = `(${lid} + ${u32Lit(q * T)})`;
-      const e = operandElement(d, dims, which, l, `_${q}`);
+      const e = operandElement(d, dims, which, l, `_${q}`, second);
       load.push(`{ ${e.lets.join(' ')} ${v}_${q} = select(0.0f, ${e.load}, ${e.inside}); }`);
       const guard = (q + 1) * T > count ? `if (${l} < ${u32Lit(count)}) ` : '';
       store.push(`{ ${e.lets.join(' ')} ${guard}{ ${put(`_${q}`)} } }`);
@@ -447,58 +447,76 @@ ${compute}
 }
 
 /**
- * Where the tiled variant's invocations keep their staged tiles: the offsets (WGSL, '' for none) of their A and B
- * tiles in tile_a and tile_b, and their number among the invocations that stage them. Both halves of a K split
- * have their own tiles.
+ * Where invocations keep the tiles they stage: the offsets (WGSL ending in ` + `, '' for none) of their A and B
+ * tiles in tile_a and tile_b, and the invocations' number among those that stage them (`lid`). Each half of a K
+ * split has its own tiles.
  */
-interface TileSlots {
+export interface TileSlots {
   readonly a: string;
   readonly b: string;
   readonly lid: string;
 }
-const ONE_SLOT: TileSlots = { a: '', b: '', lid: 'lid' };
+export const ONE_SLOT: TileSlots = { a: '', b: '', lid: 'lid' };
 
-/** The tile loads of one k step of the tiled variant (invocation `l` of 1024 elements per tile). */
-function tileLoads(d: MatmulDims, slots: TileSlots, second?: SecondProduct): string {
-  const { a, b } = operandLoads(d, { tm: TILE, tn: TILE, tk: TK }, second);
-  // The tiles are vec4 rows: element (k, x) is component x % 4 of vec4 k·row + x / 4 (row: A_ROW for A, TILE/4 for B).
-  const [VA, V] = [u32Lit(A_ROW), u32Lit(TILE / 4)];
-  return [...a, `tile_a[${slots.a}ac * ${VA} + ar / 4u][ar % 4u] = va;`, ...b, `tile_b[${slots.b}br * ${V} + bc / 4u][bc % 4u] = vb;`].map((l) => `      ${l}`).join('\n');
-}
-
-/** The tiled variant's unrolled staging (vec4 tiles as tileLoads stores them). */
-function tileStaging(d: MatmulDims, slots: TileSlots): TileStaging {
-  const [VA, V] = [u32Lit(A_ROW), u32Lit(TILE / 4)];
-  return unrolledStaging(d, { tm: TILE, tn: TILE, tk: TK }, THREADS * THREADS, (x) => `tile_a[${slots.a}ac${x} * ${VA} + ar${x} / 4u][ar${x} % 4u] = va${x};`, (x) => `tile_b[${slots.b}br${x} * ${V} + bc${x} / 4u][bc${x} % 4u] = vb${x};`, slots.lid);
+/**
+ * A k step's A [tm, tk] and B [tk, tn] tiles staged by `T` invocations numbered `slots.lid`, as `how` says: the
+ * guarded loop (per tile, elements T apart, each loaded, zero outside, and put at once; loop bounds from `bound`) or
+ * unrolledStaging. `putA`/`putB` store an element given its names' suffix ('' in the loop).
+ */
+export function stageTiles(how: Staging, d: MatmulDims, dims: TileDims, T: number, slots: TileSlots, putA: (sfx: string) => string, putB: (sfx: string) => string, bound: (n: number) => string, second?: SecondProduct): TileStaging {
+  if (how !== 'loop') return unrolledStaging(d, dims, T, putA, putB, slots.lid, second);
+  const loads = operandLoads(d, dims, second);
+  const stage = (count: number, lines: string[], put: string) => {
+    const body = [...lines, put].map((x) => `        ${x}`).join('\n');
+    return `    for (var q = 0u; q < ${bound(Math.ceil(count / T))}; q++) {
+      let l = ${slots.lid} + q * ${u32Lit(T)};
+${count % T ? `      if (l < ${u32Lit(count)}) {\n${body}\n      }` : body}
+    }`;
+  };
+  return { before: '', load: (k) => `    let k0 = ${k};`, store: `${stage(dims.tm * dims.tk, loads.a, putA(''))}\n${stage(dims.tk * dims.tn, loads.b, putB(''))}` };
 }
 
 /**
- * WGSL: one product's sweep over K in steps of TK into the vec4 accumulators `acc`, its tiles staged by `how`
- * (the guarded loop stages with `loads`). Invocation (tx, ty) owns rows ty·4 + i and columns tx·4 + j: its
- * operands are one vec4 of each tile per k. Each output is fma(a_k, b_k, acc) in k order. Constant-bound loops:
- * GPU compilers unroll them (loopBound keeps the k loop rolled on software adapters).
+ * A K split into `split` halves taking steps of `step` in turn: half `h` (a WGSL u32) loads `h` steps past the
+ * loop's step, and the loop's bound (`k` rounded up) gives every half the same number of steps, so the loop and
+ * its barriers stay uniform; past K the halves stage zeros.
  */
-function sweep(acc: string, k: number, loads: string, target: Target, viewed: boolean, how: Staging, unrolled: () => TileStaging, slots: TileSlots = ONE_SLOT, split = 1): string {
+export function splitSteps(s: TileStaging, k: number, split: number, step: number, h: string): { readonly staging: TileStaging; readonly k: number } {
+  if (split === 1) return { staging: s, k };
+  return { staging: { ...s, load: (k0) => s.load(`${k0} + ${h} * ${u32Lit(step)}`) }, k: Math.ceil(k / (split * step)) * split * step };
+}
+
+/**
+ * The tiled variant's staging: vec4 tiles, element (k, x) component x % 4 of vec4 k·row + x / 4 (row: A_ROW for
+ * A, TILE/4 for B). The guarded loop stays rolled on software adapters when loads go through views (their index
+ * functions are inlined: LLVM's compile time).
+ */
+function tileStaging(how: Staging, d: MatmulDims, slots: TileSlots, target: Target, second?: SecondProduct): TileStaging {
+  const [VA, V] = [u32Lit(A_ROW), u32Lit(TILE / 4)];
+  const viewed = !!(second || d.viewA || d.viewB);
+  return stageTiles(
+    how,
+    d,
+    { tm: TILE, tn: TILE, tk: TK },
+    THREADS * THREADS,
+    slots,
+    (x) => `tile_a[${slots.a}ac${x} * ${VA} + ar${x} / 4u][ar${x} % 4u] = va${x};`,
+    (x) => `tile_b[${slots.b}br${x} * ${V} + bc${x} / 4u][bc${x} % 4u] = vb${x};`,
+    (n) => (viewed ? unboundedLoop(n, target) : u32Lit(n)),
+    second,
+  );
+}
+
+/**
+ * WGSL: one product's sweep over K in steps of TK into the vec4 accumulators `acc`, its tiles staged by `staging`
+ * (of K split `split` ways, halves reading their tiles at `slots`). Invocation (tx, ty) owns rows ty·4 + i and
+ * columns tx·4 + j: its operands are one vec4 of each tile per k. Each output is fma(a_k, b_k, acc) in k order.
+ * Constant-bound loops: GPU compilers unroll them (loopBound keeps the k loop rolled on software adapters).
+ */
+function sweep(acc: string, k: number, how: Staging, staging: TileStaging, target: Target, slots: TileSlots = ONE_SLOT, split = 1): string {
   const V = u32Lit(TILE / 4);
-  // Loads through views inline their index functions: rolled on software adapters (LLVM's compile time).
-  const q = (TILE * TK) / (THREADS * THREADS);
-  // A tile as [TK][TILE] (k-major), B tile as [TK][TILE]; zeros outside the matrices.
-  const staging: TileStaging =
-    how === 'loop'
-      ? {
-          before: '',
-          load: (k0) => `    let k0 = ${k0};`,
-          store: `    for (var q = 0u; q < ${viewed ? unboundedLoop(q, target) : u32Lit(q)}; q++) {
-      let l = ${slots.lid} + q * ${u32Lit(THREADS * THREADS)};
-${loads}
-    }`,
-        }
-      : unrolled();
-  // Split: half h takes steps h, h + 2, ...: the loop itself is uniform (barriers), each half's loads are offset
-  // by h steps, and both run the same number of steps: past K they stage zeros.
-  const bound = split === 1 ? u32Lit(k) : u32Lit(Math.ceil(k / (split * TK)) * split * TK);
-  const halves: TileStaging = split === 1 ? staging : { ...staging, load: (k0) => staging.load(`${k0} + h * ${u32Lit(TK)}`) };
-  return stagedKLoop(how, halves, bound, split * TK, `    for (var kk = 0u; kk < ${loopBound(TK, target)}; kk++) {
+  const halves = splitSteps(staging, k, split, TK, 'h');
+  return stagedKLoop(how, halves.staging, u32Lit(halves.k), split * TK, `    for (var kk = 0u; kk < ${loopBound(TK, target)}; kk++) {
       let a4 = tile_a[${slots.a}kk * ${u32Lit(A_ROW)} + ty];
       let b4 = tile_b[${slots.b}kk * ${V} + tx];
       ${acc}[0] = fma(vec4<f32>(a4.x), b4, ${acc}[0]);
@@ -572,9 +590,9 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_id) lid3: v
 ${batchOffsets(d, '  ')}
   let oc = bi * ${u32Lit(d.m * d.n)};
   var acc: array<vec4<f32>, ${PER}>;
-${sweep('acc', d.k, tileLoads(d, slots), target, !!(d.viewA || d.viewB), staging, () => tileStaging(d, slots), slots, split)}${combine}${second ? `
+${sweep('acc', d.k, staging, tileStaging(staging, d, slots, target), target, slots, split)}${combine}${second ? `
   var acc2: array<vec4<f32>, ${PER}>;
-${sweep('acc2', second.k, tileLoads(d, ONE_SLOT, second), target, true, 'loop', () => tileStaging(d, ONE_SLOT))}` : ''}
+${sweep('acc2', second.k, 'loop', tileStaging('loop', d, ONE_SLOT, target, second), target)}` : ''}
   for (var i = 0u; i < ${u32Lit(PER)}; i++) {
     for (var j = 0u; j < ${u32Lit(PER)}; j++) {
       let row = m0 + ty * ${u32Lit(PER)} + i;

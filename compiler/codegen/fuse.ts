@@ -173,7 +173,7 @@ export function planReducePrologues(graph: Graph, live: ReadonlySet<number>, out
   const consumers = new Map<number, number>();
   for (const n of graph.nodes) if (live.has(n.id)) for (const i of new Set(n.inputs)) consumers.set(i, (consumers.get(i) ?? 0) + 1);
   const groupOf = new Map(groups.map((g) => [g.root, g] as const));
-  const epilogueOf = new Map(groups.filter((g) => g.reduce !== undefined).map((g) => [g.reduce!, g] as const));
+  const epilogueGroupOf = new Map(groups.filter((g) => g.reduce !== undefined).map((g) => [g.reduce!, g] as const));
   const inGroup = new Set(groups.flatMap((g) => g.members));
   const plan = new Map<number, FusionGroup>();
   for (const n of graph.nodes) {
@@ -185,7 +185,7 @@ export function planReducePrologues(graph: Graph, live: ReadonlySet<number>, out
     const members = new Set(group.members);
     const externals = new Set(group.members.flatMap((m) => graph.node(m).inputs).filter((i) => !members.has(i) && !isScalarConst(graph.node(i))));
     // A reduction with an epilogue binds the epilogue's externals too.
-    const epilogue = epilogueOf.get(n.id);
+    const epilogue = epilogueGroupOf.get(n.id);
     if (externals.size + (epilogue ? groupExternals(graph, epilogue, n.id).length : 0) <= maxInputs) plan.set(n.id, group);
   }
   return plan;

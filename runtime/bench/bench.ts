@@ -328,9 +328,8 @@ async function benchRow(ctx: RowContext, row: RowSpec): Promise<BenchRow> {
           }
         }
       }
-      const split = ctx.timestamps && timed.kernelNames.length > 1 ? await timed.kernelTimes(Math.min(repeat, 20)) : undefined;
-      const live = program.schedule.kernels.filter((k) => k.dispatch.every((d) => d > 0)).map((k) => k.name);
-      const ours = { ...side(oursGpu, await timed.wall(repeat), row, timed.kernelNames), ...(split ? { perKernel: split.map((ms, i) => ({ name: live[i], ms })) } : {}) };
+      const perKernel = ctx.timestamps && timed.kernelNames.length > 1 ? await timed.kernelTimes(Math.min(repeat, 20)) : undefined;
+      const ours = { ...side(oursGpu, await timed.wall(repeat), row, timed.kernelNames), ...(perKernel ? { perKernel } : {}) };
       if (!peer || !fn) return { ...base, status: 'ok', ours, repeat, ...skippedNote, ...(check ? { check } : {}) };
       const theirs = side(peerGpu, await peer.wall(fn, repeat), row, programs);
       checkUncaptured(gpu, 'tfjs');

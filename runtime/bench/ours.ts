@@ -24,7 +24,7 @@ export class TimedProgram {
     private readonly gpu: GpuDevice,
     private readonly program: GpuProgram,
     private readonly arenas: GPUBuffer[],
-    private readonly steps: { compiled: CompiledKernel; bindGroup: GPUBindGroup; dispatch: readonly [number, number, number] }[],
+    private readonly steps: { name: string; compiled: CompiledKernel; bindGroup: GPUBindGroup; dispatch: readonly [number, number, number] }[],
   ) {}
 
   /** Creates the arenas, compiles every kernel, binds, and uploads `inputs` (value id → data, f32 values). */
@@ -56,7 +56,7 @@ export class TimedProgram {
             }),
           }),
         );
-        steps.push({ compiled: compiled[i], bindGroup, dispatch: k.dispatch });
+        steps.push({ name: k.name, compiled: compiled[i], bindGroup, dispatch: k.dispatch });
       }
       const t = new TimedProgram(gpu, program, arenas, steps);
       for (const [id, data] of inputs) t.upload(id, data);
@@ -181,10 +181,10 @@ export class TimedProgram {
   }
 
   /**
-   * `n` iterations with every kernel in its own pass between two timestamps: the median GPU ms of each kernel, in
+   * `n` iterations with every kernel in its own pass between two timestamps: each kernel's median GPU ms, in
    * schedule order (where a row's time goes; passes of their own add a little per kernel).
    */
-  async kernelTimes(n: number): Promise<number[]> {
+  async kernelTimes(n: number): Promise<{ readonly name: string; readonly ms: number }[]> {
     this.check();
     const live = this.steps.filter((s) => s.dispatch.every((d) => d > 0));
     const passes = n * live.length;
@@ -214,9 +214,9 @@ export class TimedProgram {
       await this.gpu.whileAlive(read.mapAsync(GPUMapMode.READ), 'reading kernel timestamps');
       const ts = new BigUint64Array(read.getMappedRange().slice(0));
       read.unmap();
-      return live.map((_, k) => {
+      return live.map((step, k) => {
         const ms = Array.from({ length: n }, (_, i) => Number(ts[2 * (i * live.length + k) + 1] - ts[2 * (i * live.length + k)]) / 1e6).sort((a, b) => a - b);
-        return ms[Math.floor(n / 2)];
+        return { name: step.name, ms: ms[Math.floor(n / 2)] };
       });
     } finally {
       querySet.destroy();
