@@ -5,13 +5,14 @@
 // residual [..., M, N]; scalar constants inlined), and stores the root's value. The math after the
 // accumulator is the unfused path's (bit for bit), so `linear` (matmul + bias) and `x + proj(y)` are one
 // kernel each.
-import type { Kernel, Target } from '../compiler/codegen/types.js';
+import type { Kernel, KernelChain, Target } from '../compiler/codegen/types.js';
 import { epilogueProducer, secondProductLeaves, type FusionGroup, type SecondProductPlan } from '../compiler/codegen/fuse.js';
 import type { Graph, Node } from '../compiler/ir/graph.js';
 import { u32Lit } from './elementwise.js';
 import { externalReads, groupExternals, KEPT_FN, memberCode } from './fused.js';
 import { viewCode, type ViewPlan } from './view.js';
 import { DIRECT_READS, graphMatmulVariant, matmulKernel, rowCoords, type MatmulOutput, type MatmulReads, type MatmulVariant, type OperandViews } from './matmul.js';
+import { matmulChain } from './matmul-split-across.js';
 
 /**
  * The epilogue as the output of its producer's kernel (the matmul's, or the row op's, kernels/row.ts): the
@@ -75,11 +76,26 @@ export interface EpilogueLayout {
  * epilogue, reading the operands `reads` marks transposed through their permutes.
  */
 export function matmulEpilogueKernel(graph: Graph, group: FusionGroup, target: Target, variant?: MatmulVariant, reads: MatmulReads = DIRECT_READS, second?: SecondProductPlan, views?: ReadonlyMap<number, ViewPlan>, operands?: OperandViews): Kernel {
+  const { mm, inputs, out } = groupProduct(graph, group, second, views);
+  return matmulKernel(mm, inputs, target, variant ?? graphMatmulVariant(graph, mm, target), out, reads, operands);
+}
+
+/**
+ * The same group as a chain with K split across workgroups (kernels/matmul-split-across.ts) where matmulChain
+ * picks one for its variant, else undefined.
+ */
+export function matmulEpilogueChain(graph: Graph, group: FusionGroup, target: Target, reads: MatmulReads = DIRECT_READS, second?: SecondProductPlan, views?: ReadonlyMap<number, ViewPlan>, operands?: OperandViews): KernelChain | undefined {
+  const { mm, inputs, out } = groupProduct(graph, group, second, views);
+  return matmulChain(mm, inputs, target, graphMatmulVariant(graph, mm, target), out, reads, operands);
+}
+
+/** A matmul group's product, its operands and its output (with the second product's, when planned). */
+function groupProduct(graph: Graph, group: FusionGroup, second?: SecondProductPlan, views?: ReadonlyMap<number, ViewPlan>): { mm: Node; inputs: Node[]; out: MatmulOutput } {
   if (group.matmul === undefined) throw new Error(`internal: fusion group %${group.root} has no matmul`);
   const mm = graph.node(group.matmul);
   const inputs = mm.inputs.map((i) => graph.node(i));
   const out = second ? secondProductOutput(graph, group, second, views) : epilogueOutput(graph, group, { views });
-  return matmulKernel(mm, inputs, target, variant ?? graphMatmulVariant(graph, mm, target), out, reads, operands);
+  return { mm, inputs, out };
 }
 
 /** A matmul's operand views (planOperandViews) as the kernel reads them: the leaf bound in the operand's slot. */

@@ -17,7 +17,7 @@
 import type { Kernel, Target } from '../compiler/codegen/types.js';
 import type { Node } from '../compiler/ir/graph.js';
 import { dispatchGroups, u32Lit, unboundedLoop } from './elementwise.js';
-import { assemble, batchOffsets, defaultStaging, ONE_SLOT, splitSteps, stagedKLoop, stageTiles, storeBlock, type MatmulDims, type MatmulOutput, type Staging, type TileDims, type TileSlots } from './matmul.js';
+import { assemble, batchOffsets, defaultStaging, ONE_SLOT, rangeSteps, splitSteps, stagedKLoop, stageTiles, storeBlock, tileOrigin, type MatmulDims, type MatmulOutput, type Staging, type TileDims, type TileSlots } from './matmul.js';
 import { NO_SGMAT_CONFIG, nativeSgmat, sgmatIds, sgmatLanes, sgmatOps, sgmatShape, sgmatSpelling, type SgmatShape } from './sgmat.js';
 
 /** How a sgmat kernel tiles its output. */
@@ -75,11 +75,22 @@ function layout(target: Target, shape: SgmatShape, t: SgmatTiles): Layout {
   return { shape, tiles: t, bm, bn, lanes, invocations, bytes };
 }
 
+/** The tiles a kernel uses: forced ones, else the Target's tuning, else sgmatTiles'. */
+const chosenTiles = (target: Target, shape: SgmatShape, d: { readonly m: number; readonly n: number }, tiles?: SgmatTiles): SgmatTiles => tiles ?? target.tuning?.sgmatTiles ?? sgmatTiles(shape, d, nativeSgmat(target));
+
+/** A kernel's output tile (bm x bn) and the K its loop takes per step (both halves' with a K split). */
+export function sgmatGrid(target: Target, d: { readonly m: number; readonly n: number }, tiles?: SgmatTiles): { readonly bm: number; readonly bn: number; readonly kStep: number } {
+  const shape = sgmatShape(target);
+  if (!shape) throw new Error(`internal: matmul_sgmat_f16: ${NO_SGMAT_CONFIG}`);
+  const t = chosenTiles(target, shape, d, tiles);
+  return { bm: t.wm * t.fm * shape.m, bn: t.wn * t.fn * shape.n, kStep: t.bk * (t.ksplit ?? 1) };
+}
+
 /** Why the variant cannot run this problem on `target`, or undefined when it can. */
 export function sgmatUnfit(target: Target, d: { readonly m: number; readonly n: number; readonly batch: number }, tiles?: SgmatTiles): string | undefined {
   const shape = sgmatShape(target);
   if (!shape) return NO_SGMAT_CONFIG;
-  const t = tiles ?? target.tuning?.sgmatTiles ?? sgmatTiles(shape, d, nativeSgmat(target));
+  const t = chosenTiles(target, shape, d, tiles);
   if (![t.fm, t.fn, t.bk / shape.k].every((x) => Number.isInteger(x) && x >= 1)) return `tiles ${JSON.stringify(t)} do not divide into ${shape.m}x${shape.n}x${shape.k} fragments`;
   const L = target.limits;
   const l = layout(target, shape, t);
@@ -126,7 +137,7 @@ export function sgmatMatmul(out: MatmulOutput, inputs: readonly Node[], target: 
   const shape = sgmatShape(target);
   const why = sgmatUnfit(target, d, tiles);
   if (!shape || why) throw new Error(`internal: matmul_sgmat_f16: ${why}`);
-  const t = tiles ?? target.tuning?.sgmatTiles ?? sgmatTiles(shape, d, nativeSgmat(target));
+  const t = chosenTiles(target, shape, d, tiles);
   const l = layout(target, shape, t);
   const H = t.ksplit ?? 1;
   const ops = sgmatOps(shape, sgmatSpelling(target), H * t.wm * t.wn * t.fm * t.fn);
@@ -136,24 +147,30 @@ export function sgmatMatmul(out: MatmulOutput, inputs: readonly Node[], target: 
   const SB = bn + PAD;
   const tilesN = Math.ceil(d.n / bn);
   const tilesM = Math.ceil(d.m / bm);
-  const G = tilesM * d.batch;
+  // K ranges (MatmulOutput.kRange): the workgroups once per range.
+  const range = out.kRange;
+  const G = tilesM * d.batch * (range?.splits ?? 1);
   const [gy, gz] = dispatchGroups(G, target);
+  const origin = tileOrigin(d, tilesM, bm, range);
   const dims: TileDims = { tm: bm, tn: bn, tk: t.bk };
   const staging = t.staging ?? defaultStaging(target);
   // K split: invocations [h·Th, (h + 1)·Th) stage half h's tiles, for its steps (splitSteps).
   const slots: TileSlots = H === 1 ? ONE_SLOT : { lid: 'lh', a: `hs * ${u32Lit(bm * SA)} + `, b: `hs * ${u32Lit(t.bk * SB)} + ` };
   const staged = splitSteps(
-    stageTiles(
-      staging,
-      d,
-      dims,
-      Th,
-      slots,
-      (x) => `tile_a[${slots.a}ar${x} * ${u32Lit(SA)} + ac${x}] = f16(va${x});`,
-      (x) => `tile_b[${slots.b}br${x} * ${u32Lit(SB)} + bc${x}] = f16(vb${x});`,
-      (n) => unboundedLoop(n, target),
+    rangeSteps(
+      stageTiles(
+        staging,
+        d,
+        dims,
+        Th,
+        slots,
+        (x) => `tile_a[${slots.a}ar${x} * ${u32Lit(SA)} + ac${x}] = f16(va${x});`,
+        (x) => `tile_b[${slots.b}br${x} * ${u32Lit(SB)} + bc${x}] = f16(vb${x});`,
+        (n) => unboundedLoop(n, target),
+      ),
+      range,
     ),
-    d.k,
+    range?.len ?? d.k,
     H,
     t.bk,
     'hs',
@@ -181,11 +198,10 @@ var<workgroup> tile_c: array<f32, ${H * t.wm * t.wn * shape.m * shape.n}>;
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid: u32${ids.params}) {
   let g = wid.z * ${u32Lit(gy)} + wid.y;
   if (g >= ${u32Lit(G)}) { return; }
-${ids.code}  let bi = g / ${u32Lit(tilesM)};
-  let m0 = (g % ${u32Lit(tilesM)}) * ${u32Lit(bm)};
+${ids.code}${origin.lets}
   let n0 = wid.x * ${u32Lit(bn)};
 ${batchOffsets(d, '  ')}
-  let oc = bi * ${u32Lit(d.m * d.n)};
+  let oc = ${origin.outBatch} * ${u32Lit(d.m * d.n)};
   // Subgroups past H x WM x WN (smaller runtime subgroups) only help stage the tiles.
   let computes = sg < ${u32Lit(H * t.wm * t.wn)};${H === 1 ? '' : `
   let h = sg / ${u32Lit(t.wm * t.wn)};
@@ -200,6 +216,6 @@ ${steps.map((s) => `      ${s}`).join('\n')}
 ${frags.map(([i, j]) => fragmentEpilogue(out, d, l, ops, i, j, target)).join('\n')}
 }`;
   const helpers = ops.helpers();
-  const kernel = assemble(out, inputs, target, `matmul_sgmat_f16${H === 1 ? '' : '_k2'}${suffix}`, { body: helpers ? `${helpers}\n\n${main}` : main, workgroupSize: [T, 1, 1], dispatch: [tilesN, gy, gz] });
+  const kernel = assemble(out, inputs, target, `matmul_sgmat_f16${H === 1 ? '' : '_k2'}${range ? `_ks${range.splits}` : ''}${suffix}`, { body: helpers ? `${helpers}\n\n${main}` : main, workgroupSize: [T, 1, 1], dispatch: [tilesN, gy, gz] });
   return { ...kernel, wgsl: `${ops.directives}\n${kernel.wgsl}` };
 }

@@ -25,12 +25,14 @@
 // evaluated on the same f32 accumulator. The naive and tiled variants can also sum a second product of the same
 // output shape in a second accumulator (SecondProduct: LoRA's u·Bblkᵀ beside x·Wᵀ), operands read through views;
 // the epilogue gets both accumulators.
+// K split across workgroups (kernels/matmul-split-across.ts): the tiled and sgmat variants also compute partial
+// products of K ranges (MatmulOutput.kRange) into scratch, which a second kernel sums in a fixed order.
 import type { Kernel, KernelGen, Target } from '../compiler/codegen/types.js';
 import { isExactHalf } from '../compiler/codegen/half.js';
 import { numel, type Graph, type Node } from '../compiler/ir/graph.js';
 import { attrInts, normDim } from '../compiler/ir/rules/shape.js';
 import { broadcastStrides, dispatchGroups, flatKernel, groupIndexCode, kernelRule, loopBound, makeKernel, offsetCode, u32Lit, unboundedLoop } from './elementwise.js';
-import { sgmatMatmul, sgmatUnfit, type SgmatTiles } from './matmul-sgmat.js';
+import { sgmatGrid, sgmatMatmul, sgmatUnfit, type SgmatTiles } from './matmul-sgmat.js';
 import { treeReduceCode, treeWorkgroup } from './reduce.js';
 
 export type MatmulVariant = 'tiled' | 'sgmat' | 'splitk' | 'naive';
@@ -175,10 +177,59 @@ export interface MatmulOutput {
   /** A second product the kernel sums beside its own, in a second accumulator (kernels/matmul-epilogue.ts). */
   readonly second?: SecondProduct;
   /**
+   * Partial products (tiled and sgmat variants, no second product): the kernel runs its workgroups once per K
+   * range, and those of range s sum k in [s·len, (s + 1)·len) and store at the output index + s·(batch·M·N).
+   */
+  readonly kRange?: KRange;
+  /**
    * WGSL statements storing the f32 `value` (an expression) for the flat output index `index` (an expression);
    * `second` is the second product's accumulator for the same element, when there is one.
    */
   store(value: string, index: string, second?: string): string[];
+}
+
+/**
+ * K ranges of `len` (a multiple of the variant's K step, matmulGrid) that `splits` sets of workgroups sum apart
+ * (kernels/matmul-split-across.ts): the last may reach past K (its loads there are zeros).
+ */
+export interface KRange {
+  readonly splits: number;
+  readonly len: number;
+}
+
+/**
+ * The workgroup grid of the tiled and sgmat variants: `rows` (M tiles × batch, over dispatch y and z), `cols` (N
+ * tiles, dispatch x), and the K step of their loop, a K range's unit (with a K split inside the workgroup: both
+ * halves' steps).
+ */
+export function matmulGrid(node: Node, inputs: readonly Node[], target: Target, variant: 'tiled' | 'sgmat', reads: MatmulReads = DIRECT_READS, tiles?: SgmatTiles): { readonly rows: number; readonly cols: number; readonly kStep: number } {
+  const d = dims(node, inputs, reads);
+  const g = variant === 'sgmat' ? sgmatGrid(target, d, tiles) : { bm: TILE, bn: TILE, kStep: TK * tiledSplit(target, false) };
+  return { rows: Math.ceil(d.m / g.bm) * d.batch, cols: Math.ceil(d.n / g.bn), kStep: g.kStep };
+}
+
+/**
+ * WGSL locating a workgroup's output tile from its flat index `g` over tilesM × batch (× K ranges): the batch `bi`
+ * and first row `m0` (the one-kernel variant's lines as they were), with K ranges also `sb` (range × batch) and
+ * the range's first k `kb`. `outBatch` is the output's batch index for `oc` (a range's partials follow the
+ * previous range's).
+ */
+export function tileOrigin(d: MatmulDims, tilesM: number, rows: number, range?: KRange): { readonly lets: string; readonly outBatch: string } {
+  const m0 = `  let m0 = (g % ${u32Lit(tilesM)}) * ${u32Lit(rows)};`;
+  if (!range) return { lets: `  let bi = g / ${u32Lit(tilesM)};\n${m0}`, outBatch: 'bi' };
+  const [bi, kb] = d.batch === 1 ? ['0u', 'sb'] : [`sb % ${u32Lit(d.batch)}`, `(sb / ${u32Lit(d.batch)})`];
+  return {
+    lets: `  let sb = g / ${u32Lit(tilesM)};
+  let bi = ${bi};
+  let kb = ${kb} * ${u32Lit(range.len)};
+${m0}`,
+    outBatch: 'sb',
+  };
+}
+
+/** The operands' staging for a K range: step k0 of the loop loads k0 + kb (the range's first k, tileOrigin). */
+export function rangeSteps(s: TileStaging, range?: KRange): TileStaging {
+  return range ? { ...s, load: (k0) => s.load(`kb + ${k0}`) } : s;
 }
 
 /**
@@ -545,7 +596,8 @@ function tiled(out: MatmulOutput, inputs: readonly Node[], target: Target, d: Ma
   }
   const tilesN = Math.ceil(d.n / TILE);
   const tilesM = Math.ceil(d.m / TILE);
-  const G = tilesM * d.batch;
+  const range = out.kRange;
+  const G = tilesM * d.batch * (range?.splits ?? 1);
   const [gy, gz, rest] = dispatchGroups(G, target);
   if (rest !== 1 || tilesN > target.limits.maxComputeWorkgroupsPerDimension) throw new Error(`matmul %${id}: ${tilesN}x${G} tiles exceed the dispatch limits of target '${target.name}'`);
   const M = u32Lit(d.m);
@@ -554,6 +606,7 @@ function tiled(out: MatmulOutput, inputs: readonly Node[], target: Target, d: Ma
   const second = out.second;
   const staging = target.tuning?.tiledStaging ?? defaultStaging(target);
   const split = tiledSplit(target, !!second);
+  const origin = tileOrigin(d, tilesM, TILE, range);
   // Split: invocation (tx, ty, h) stages and sums the steps of half h into its own tiles; half 1 then hands its
   // sums to half 0 through the tiles, which adds them (its steps first: a fixed order) and stores.
   const slots: TileSlots = split === 1 ? ONE_SLOT : { a: `h * ${u32Lit(A_ROW * TK)} + `, b: `h * ${u32Lit((TILE / 4) * TK)} + `, lid: 'lh' };
@@ -580,17 +633,16 @@ var<workgroup> tile_b: array<vec4<f32>, ${(split * TILE * TK) / 4}>;
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_id) lid3: vec3u, @builtin(local_invocation_index) lid: u32) {
   let g = wid.z * ${u32Lit(gy)} + wid.y;
   if (g >= ${u32Lit(G)}) { return; }
-  let bi = g / ${u32Lit(tilesM)};
-  let m0 = (g % ${u32Lit(tilesM)}) * ${T};
+${origin.lets}
   let n0 = wid.x * ${T};
   let tx = lid3.x;
   let ty = lid3.y;${split === 1 ? '' : `
   let h = lid3.z;
   let lh = lid % ${u32Lit(THREADS * THREADS)};`}
 ${batchOffsets(d, '  ')}
-  let oc = bi * ${u32Lit(d.m * d.n)};
+  let oc = ${origin.outBatch} * ${u32Lit(d.m * d.n)};
   var acc: array<vec4<f32>, ${PER}>;
-${sweep('acc', d.k, staging, tileStaging(staging, d, slots, target), target, slots, split)}${combine}${second ? `
+${sweep('acc', range?.len ?? d.k, staging, rangeSteps(tileStaging(staging, d, slots, target), range), target, slots, split)}${combine}${second ? `
   var acc2: array<vec4<f32>, ${PER}>;
 ${sweep('acc2', second.k, 'loop', tileStaging('loop', d, ONE_SLOT, target, second), target)}` : ''}
   for (var i = 0u; i < ${u32Lit(PER)}; i++) {
@@ -601,7 +653,7 @@ ${sweep('acc2', second.k, 'loop', tileStaging('loop', d, ONE_SLOT, target, secon
     }
   }
 }`;
-  return assemble(out, inputs, target, `matmul_tiled_f32${split === 1 ? '' : '_k2'}${readsSuffix(d)}`, { body: main, workgroupSize: [THREADS, THREADS, split], dispatch: [tilesN, gy, gz] });
+  return assemble(out, inputs, target, `matmul_tiled_f32${split === 1 ? '' : '_k2'}${range ? `_ks${range.splits}` : ''}${readsSuffix(d)}`, { body: main, workgroupSize: [THREADS, THREADS, split], dispatch: [tilesN, gy, gz] });
 }
 
 /**
@@ -629,6 +681,7 @@ export function matmulKernel(
     ...(vb ? { viewB: (t: string, col: string) => vb.call(operandCoords(plain, inputs[1].shape, t, col, false)) } : {}),
   };
   if (out.second && (d.batch !== 1 || variant === 'splitk')) throw new Error(`internal: matmul %${node.id}: a second product needs one batch and the naive or tiled variant`);
+  if (out.kRange && (out.second || (variant !== 'tiled' && variant !== 'sgmat'))) throw new Error(`internal: matmul %${node.id}: K ranges need the tiled or sgmat variant and no second product`);
   const viewed = bindViews(out, inputs, views);
   const bound = bindStorage(viewed.out, viewed.inputs, reads);
   switch (variant) {

@@ -1,5 +1,5 @@
 // WGSL kernels for multi-scale deformable attention (Deformable-DETR's MSDeformAttn, the Mask2Former pixel
-// decoder's op): the forward and the three VJPs, f32, one kernel per IR node, no atomics.
+// decoder's op): the forward and the VJPs in the sampling locations and weights, f32, no atomics.
 //
 // Layout (compiler/ir/rules/reference-vision.ts): value [N, S, M, Dh] with S = Σ_l H_l·W_l (levels baked in
 // as constants, level l's rows start at level_start_index[l]), sampling_locations [N, Lq, M, L, P, 2] as
@@ -8,9 +8,8 @@
 // contributes only when −1 < h_im < H and −1 < w_im < W (exactly the CUDA op's rule, and the reference's).
 //
 // Kernels: the forward, one invocation per output element; d sampling_locations and d attention_weights,
-// one invocation per sampling point reducing over Dh; d value as a gather (each value element sums what
-// the points that sample it contribute, in increasing (q, p) order: exact, deterministic, no atomics), by
-// default tiled so that a workgroup filters the points once for a block of pixels.
+// one invocation per sampling point reducing over Dh. d value, a gather through an index of the points by
+// pixel (several kernels, no atomics), is in kernels/msdeform-value-grad.ts.
 //
 // This file also holds the small codegen helpers the vision kernels share (kernels/vision.ts imports them;
 // the dependency goes one way only).
@@ -133,9 +132,9 @@ export function indent(text: string, n: number): string {
 type MsGeom = MsDeformGeometry;
 
 /** The geometry of a msdeform node or its gradient (inputs value, locations, weights, ...). */
-const msGeom = (node: Node, inputs: readonly Node[]): MsGeom => msDeformGeometry(inputs[0].shape, inputs[1].shape, inputs[2].shape, node.attrs);
+export const msGeom = (node: Node, inputs: readonly Node[]): MsGeom => msDeformGeometry(inputs[0].shape, inputs[1].shape, inputs[2].shape, node.attrs);
 
-function geomConsts(k: MsGeom): string {
+export function geomConsts(k: MsGeom): string {
   return [
     `const N = ${u32Lit(k.n)};`,
     `const S = ${u32Lit(k.s)};`,
@@ -148,12 +147,12 @@ function geomConsts(k: MsGeom): string {
 }
 
 /**
- * WGSL helpers: `locate(pt, h, w)` computes a sampling point's bilinear footprint on an h x w level (valid
+ * WGSL helpers (LOCATE_HELPERS): `locate(pt, h, w)` computes a sampling point's bilinear footprint on an h x w level (valid
  * only when the point lands within one pixel of the map), and `value_row(n, s, m)` the offset of value's
  * (n, s, m, 0). Corner c of the footprint is (h0 + (c >> 1), w0 + (c & 1)), corner weights in the reference's
  * order (1-lh)(1-lw), (1-lh)lw, lh(1-lw), lh·lw.
  */
-const POINT_HELPERS = /* wgsl */ `
+export const LOCATE_HELPERS = /* wgsl */ `
 struct Footprint {
   valid: bool,
   h0: i32,
@@ -180,7 +179,10 @@ fn locate(pt: u32, h: u32, w: u32) -> Footprint {
 fn value_row(n: u32, s: u32, m: u32) -> u32 {
   return ((n * S + s) * M + m) * DH;
 }
+`;
 
+/** WGSL: `corner(...)`, a value element of a footprint corner (the kernel binds `value`). */
+const CORNER_HELPER = /* wgsl */ `
 // value[n, start + y·w + x, m, d], or 0 outside the h x w level.
 fn corner(n: u32, m: u32, d: u32, start: u32, h: u32, w: u32, y: i32, x: i32) -> f32 {
   if (y < 0 || x < 0 || y >= i32(h) || x >= i32(w)) { return 0.0; }
@@ -188,8 +190,11 @@ fn corner(n: u32, m: u32, d: u32, start: u32, h: u32, w: u32, y: i32, x: i32) ->
 }
 `;
 
+/** The footprint helpers and `corner`, for kernels that bind `value`. */
+export const POINT_HELPERS = LOCATE_HELPERS + CORNER_HELPER;
+
 /** WGSL: `let lvl_h`, `lvl_w`, `lvl_start` for the runtime level index `l` (levels baked in). */
-function levelSelect(k: MsGeom, l: string): string {
+export function levelSelect(k: MsGeom, l: string): string {
   const pick = (vals: readonly number[]) =>
     vals.slice(1).reduce((acc, v, i) => `select(${acc}, ${u32Lit(v)}, ${l} == ${u32Lit(i + 1)})`, u32Lit(vals[0]));
   return [
@@ -200,7 +205,7 @@ function levelSelect(k: MsGeom, l: string): string {
 }
 
 /** Declares every input binding; `_ = &x` keeps an input the formula does not read in the pipeline layout. */
-function touch(names: readonly string[]): string {
+export function touch(names: readonly string[]): string {
   return names.map((n) => `_ = &${n};`).join('\n');
 }
 
@@ -262,74 +267,18 @@ out[i] = acc;`;
 // ---------------------------------------------------------------------------------------------- backward
 
 /**
- * The VJP in value (wrt 0), sampling_locations (1) or attention_weights (2); inputs value, locations,
- * weights, g ([N, Lq, M·Dh]).
+ * The VJP in sampling_locations (wrt 1) or attention_weights (2); inputs value, locations, weights, g
+ * ([N, Lq, M·Dh]). The VJP in value is a chain of kernels (kernels/msdeform-value-grad.ts).
  */
-export function msdeformAttnGradKernel(node: Node, inputs: readonly Node[], target: Target, valueVariant: GradValueVariant = 'tiled'): Kernel {
+export function msdeformAttnPointGradKernel(node: Node, inputs: readonly Node[], target: Target): Kernel {
   requireFloat(node, inputs);
   const wrt = attrNum(node.attrs, 'wrt');
-  if (wrt === 0) return valueVariant === 'tiled' ? gradValueTiled(node, inputs, target) : gradValue(node, inputs, target);
   if (wrt === 1) return gradLocations(node, inputs, target);
   if (wrt === 2) return gradWeights(node, inputs, target);
-  throw new Error(`msdeform_attn_grad (%${node.id}): wrt must be 0, 1 or 2, got ${wrt}`);
+  throw new Error(`msdeform_attn_grad (%${node.id}): the point kernels take wrt 1 or 2, got ${wrt}`);
 }
 
-/** How d value is computed: `tiled` (the default) or the plain per-element `gather` it refines. */
-export type GradValueVariant = 'tiled' | 'gather';
-
-const GRAD_DECLS = bindingDecls(['value', 'loc', 'attw', 'g'], 'out');
-
-/**
- * d value, the plain gather (no atomics, bitwise deterministic): one invocation per value element (n, s, m, d).
- * Pixel s lies on one level l at (y, x); only level-l points can touch it, so the invocation walks every
- * query q and point p of that level in increasing order, recomputes the point's footprint and, when (y, x)
- * is one of its four corners, adds attw · corner weight · g[n, q, m, d]. O(Lq·P) per element.
- *
- * The work is dominated by footprints that miss the pixel: gradValueTiled below filters them once per
- * block of pixels instead of once per element, summing in the same order.
- */
-function gradValue(node: Node, inputs: readonly Node[], target: Target): Kernel {
-  const k = msGeom(node, inputs);
-  const B = loopBound(target);
-  // Level of value row s: the last level whose start is <= s.
-  const levelOf = k.starts
-    .slice(1)
-    .reduce((acc, st) => `${acc} + select(0u, 1u, s >= ${u32Lit(st)})`, '0u');
-  const body = `${touch(['value'])}
-let d = i % DH;
-let m = (i / DH) % M;
-let s = (i / (DH * M)) % S;
-let n = i / (DH * M * S);
-let l = ${levelOf};
-${levelSelect(k, 'l')}
-let y = i32((s - lvl_start) / lvl_w);
-let x = i32((s - lvl_start) % lvl_w);
-var acc = 0.0;
-for (var q = 0u; q < ${B('LQ')}; q++) {
-  let row = (n * LQ + q) * M + m;
-  let gq = g[row * DH + d];
-  for (var p = 0u; p < ${B('P')}; p++) {
-    let pt = (row * L + l) * P + p;
-    let f = locate(pt, lvl_h, lvl_w);
-    if (!f.valid) { continue; }
-    var wy = 0.0;
-    if (y == f.h0) { wy = 1.0 - f.lh; } else if (y == f.h0 + 1) { wy = f.lh; } else { continue; }
-    var wx = 0.0;
-    if (x == f.w0) { wx = 1.0 - f.lw; } else if (x == f.w0 + 1) { wx = f.lw; } else { continue; }
-    acc += attw[pt] * (wy * wx) * gq;
-  }
-}
-out[i] = acc;`;
-  return perElementKernel(
-    'msdeform_attn_grad_value_gather_f32',
-    node,
-    target,
-    numel(node.shape),
-    GRAD_DECLS,
-    `${geomConsts(k)}\n${POINT_HELPERS}`,
-    body,
-  );
-}
+export const GRAD_DECLS = bindingDecls(['value', 'loc', 'attw', 'g'], 'out');
 
 /** Per point (n, q, m, l, p): the footprint, then `body` (with `d` looping over channels) writes the point's output. */
 function perPointKernel(name: string, node: Node, inputs: readonly Node[], target: Target, unused: readonly string[], body: string): Kernel {
@@ -347,205 +296,87 @@ let g_row = row * DH;`;
   return perElementKernel(name, node, target, points, GRAD_DECLS, `${geomConsts(k)}\n${POINT_HELPERS}`, `${head}\n${body}`);
 }
 
-/** d sampling_locations: per point, the bilinear derivative in (x, y) contracted with g over Dh. */
-function gradLocations(node: Node, inputs: readonly Node[], target: Target): Kernel {
+/** Which point gradients a kernel writes: d sampling_locations to `out`, d attention_weights to `out` or `out_w`. */
+type PointGrads = 'locations' | 'weights' | 'both';
+
+/**
+ * d sampling_locations (the bilinear derivative in (x, y) contracted with g over Dh, times attw·size) and/or
+ * d attention_weights (Σ_d g · bilinear sample), per point. Both read the same four corners for every channel,
+ * so when the graph wants both (autodiff's siblings) one kernel computes them in one sweep, with the same
+ * arithmetic as each alone.
+ */
+function pointGradsBody(which: PointGrads, target: Target): string {
   const B = loopBound(target);
-  const body = `if (!f.valid) {
-  out[2u * pt] = 0.0;
-  out[2u * pt + 1u] = 0.0;
+  const loc = which !== 'weights';
+  const wts = which !== 'locations';
+  const wOut = which === 'both' ? 'out_w' : 'out';
+  const zero = [...(loc ? ['out[2u * pt] = 0.0;', 'out[2u * pt + 1u] = 0.0;'] : []), ...(wts ? [`${wOut}[pt] = 0.0;`] : [])];
+  return `if (!f.valid) {
+${indent(zero.join('\n'), 2)}
   return;
 }
 var dlw = 0.0;
 var dlh = 0.0;
+var acc = 0.0;
 for (var d = 0u; d < ${B('DH')}; d++) {
   let v00 = corner(n, m, d, lvl_start, lvl_h, lvl_w, f.h0, f.w0);
   let v01 = corner(n, m, d, lvl_start, lvl_h, lvl_w, f.h0, f.w0 + 1);
   let v10 = corner(n, m, d, lvl_start, lvl_h, lvl_w, f.h0 + 1, f.w0);
   let v11 = corner(n, m, d, lvl_start, lvl_h, lvl_w, f.h0 + 1, f.w0 + 1);
-  let gd = g[g_row + d];
+  let gd = g[g_row + d];${
+    loc
+      ? `
   dlw += gd * ((1.0 - f.lh) * (v01 - v00) + f.lh * (v11 - v10));
-  dlh += gd * ((1.0 - f.lw) * (v10 - v00) + f.lw * (v11 - v01));
-}
+  dlh += gd * ((1.0 - f.lw) * (v10 - v00) + f.lw * (v11 - v01));`
+      : ''
+  }${
+    wts
+      ? `
+  var v = 0.0;
+  v += (1.0 - f.lh) * (1.0 - f.lw) * v00;
+  v += (1.0 - f.lh) * f.lw * v01;
+  v += f.lh * (1.0 - f.lw) * v10;
+  v += f.lh * f.lw * v11;
+  acc += gd * v;`
+      : ''
+  }
+}${
+    loc
+      ? `
 let a = attw[pt];
 out[2u * pt] = a * f32(lvl_w) * dlw;
-out[2u * pt + 1u] = a * f32(lvl_h) * dlh;`;
-  return perPointKernel('msdeform_attn_grad_locations_f32', node, inputs, target, [], body);
+out[2u * pt + 1u] = a * f32(lvl_h) * dlh;`
+      : ''
+  }${wts ? `\n${wOut}[pt] = acc;` : ''}`;
 }
 
-/** d attention_weights: per point, Σ_d g · bilinear sample. */
+/** d sampling_locations. */
+function gradLocations(node: Node, inputs: readonly Node[], target: Target): Kernel {
+  return perPointKernel('msdeform_attn_grad_locations_f32', node, inputs, target, [], pointGradsBody('locations', target));
+}
+
+/** d attention_weights. */
 function gradWeights(node: Node, inputs: readonly Node[], target: Target): Kernel {
-  const B = loopBound(target);
-  const body = `if (!f.valid) {
-  out[pt] = 0.0;
-  return;
-}
-var acc = 0.0;
-for (var d = 0u; d < ${B('DH')}; d++) {
-  var v = 0.0;
-  v += (1.0 - f.lh) * (1.0 - f.lw) * corner(n, m, d, lvl_start, lvl_h, lvl_w, f.h0, f.w0);
-  v += (1.0 - f.lh) * f.lw * corner(n, m, d, lvl_start, lvl_h, lvl_w, f.h0, f.w0 + 1);
-  v += f.lh * (1.0 - f.lw) * corner(n, m, d, lvl_start, lvl_h, lvl_w, f.h0 + 1, f.w0);
-  v += f.lh * f.lw * corner(n, m, d, lvl_start, lvl_h, lvl_w, f.h0 + 1, f.w0 + 1);
-  acc += g[g_row + d] * v;
-}
-out[pt] = acc;`;
-  return perPointKernel('msdeform_attn_grad_weights_f32', node, inputs, target, ['attw'], body);
+  return perPointKernel('msdeform_attn_grad_weights_f32', node, inputs, target, ['attw'], pointGradsBody('weights', target));
 }
 
 /**
- * d value, tiled gather (the default): one workgroup per block of TP consecutive pixels of one level, for
- * one (n, m) and all Dh channels (invocation-owned (pixel, d) elements, E per invocation). The workgroup
- * walks the level's Lq·P points in chunks of WG: each invocation computes one point's footprint, the hits
- * on the block (a valid corner inside it) are compacted into workgroup memory with a prefix sum over the
- * workgroup (Hillis-Steele, fixed), keeping increasing (q, p) order, together with their four corner
- * weights a·w_c (0 for a corner outside the map) and the corner (0, 0)'s pixel index; then every element
- * adds weight · g[n, q, m, d] for the hits whose footprint holds its pixel. Same sums in the same order as
- * the plain gather (increasing (q, p) per element), O(Lq·P / WG + hits) per invocation and chunk instead
- * of O(Lq·P) per element. No atomics.
- *
- * Further speed (not done): a precomputed inverted index (per pixel, its (q, p, corner) sources sorted by
- * (q, p), built with a counting sort: counts, an exclusive scan, a fill in source order) makes the work
- * exactly proportional to the contributions, but needs extra kernels and buffers, outside the
- * one-kernel-per-node contract; subgroup ballots would make the compaction cheaper where available.
+ * d sampling_locations (`node`, wrt 1) and d attention_weights (`weights`, wrt 2, the same inputs) in one kernel:
+ * bindings value, locations, weights, g, then both outputs.
  */
-function gradValueTiled(node: Node, inputs: readonly Node[], target: Target): Kernel {
-  const k = msGeom(node, inputs);
-  const B = loopBound(target);
-  const wg = linearWorkgroup(target);
-  // Pixels per block: 64, or fewer when Dh is so large that an invocation would own more than 8 elements.
-  const tp = Math.max(1, Math.min(64, Math.floor((wg * 8) / k.dh)));
-  const e = Math.ceil((tp * k.dh) / wg);
-  // Very wide heads (Dh > 8·WG) or a target with little workgroup memory: the plain gather.
-  if (e > 8 || wg * 28 > target.limits.maxComputeWorkgroupStorageSize) return gradValue(node, inputs, target);
-  const levelTiles = k.levels.map(([h, w]) => Math.ceil((h * w) / tp));
-  const tileStarts: number[] = [];
-  let tilesPerNm = 0;
-  for (const t of levelTiles) {
-    tileStarts.push(tilesPerNm);
-    tilesPerNm += t;
+export function msdeformPointGradsKernel(node: Node, inputs: readonly Node[], weights: Node, target: Target): Kernel {
+  requireFloat(node, inputs);
+  if (attrNum(node.attrs, 'wrt') !== 1 || weights.op !== 'msdeform_attn_grad' || attrNum(weights.attrs, 'wrt') !== 2 || weights.inputs.join() !== node.inputs.join()) {
+    throw new Error(`internal: %${node.id} cannot also write %${weights.id}`);
   }
-  const workgroups = k.n * k.m * tilesPerNm;
-  const levelOfTile = tileStarts.slice(1).reduce((acc, st) => `${acc} + select(0u, 1u, tile >= ${u32Lit(st)})`, '0u');
-  const tileStartOf = tileStarts.slice(1).reduce((acc, st, i) => `select(${acc}, ${u32Lit(st)}, l == ${u32Lit(i + 1)})`, u32Lit(tileStarts[0]));
-  const elemSetup: string[] = [];
-  const elemAdd: string[] = [];
-  const elemStore: string[] = [];
-  for (let r = 0; r < e; r++) {
-    elemSetup.push(`let e${r} = li + ${u32Lit(r * wg)};
-let px${r} = t0 + e${r} / DH;
-let d${r} = e${r} % DH;
-let own${r} = e${r} < TP * DH && px${r} < t1;
-var acc${r} = 0.0;`);
-    elemAdd.push(`if (own${r}) {
-  let w = hit_weight(i32(px${r}) - hs, hw);
-  if (w != 0.0) { acc${r} += w * g[g_row + d${r}]; }
-}`);
-    elemStore.push(`if (own${r}) { out[value_row(n, lvl_start + px${r}, m) + d${r}] = acc${r}; }`);
-  }
-  const scan: string[] = [];
-  for (let off = 1; off < wg; off *= 2) {
-    scan.push(`{
-  var v = 0u;
-  if (li >= ${u32Lit(off)}) { v = prefix[li - ${u32Lit(off)}]; }
-  workgroupBarrier();
-  prefix[li] += v;
-  workgroupBarrier();
-}`);
-  }
-  const wgsl = `// msdeform_attn_grad_value_tiled_f32: d value by blocks of ${tp} pixels x ${k.dh} channels (${e} per invocation),
-// hits compacted in (q, p) order per chunk of ${wg} points; ${workgroups} workgroups
-${GRAD_DECLS}
-
-${geomConsts(k)}
-const WG = ${u32Lit(wg)};
-const TP = ${u32Lit(tp)};
-const TILES = ${u32Lit(workgroups)};
-const TILES_PER_NM = ${u32Lit(tilesPerNm)};
-const NPTS = ${u32Lit(k.lq * k.p)};
-${POINT_HELPERS}
-var<workgroup> prefix: array<u32, ${wg}>;
-var<workgroup> hit_q: array<u32, ${wg}>;
-var<workgroup> hit_s: array<i32, ${wg}>;
-var<workgroup> hit_w: array<vec4f, ${wg}>;
-
-// The weight of the pixel at offset delta from a hit's corner (0, 0) (level-relative indices): the
-// corners are at 0, 1, W, W + 1; a corner outside the map has weight 0 (its index may alias a pixel).
-fn hit_weight(delta: i32, hw: vec4f) -> f32 {
-  return select(0.0, hw.x, delta == 0) + select(0.0, hw.y, delta == 1) + select(0.0, hw.z, delta == lvl_w_i) + select(0.0, hw.w, delta == lvl_w_i + 1);
+  const kernel = perPointKernel('msdeform_attn_grad_points_f32', node, inputs, target, [], pointGradsBody('both', target));
+  const decl = `@group(0) @binding(4) var<storage, read_write> out: array<f32>;`;
+  if (!kernel.wgsl.includes(decl)) throw new Error('internal: the point kernel does not declare out at binding 4');
+  return {
+    ...kernel,
+    wgsl: kernel.wgsl.replace(decl, `${decl}\n@group(0) @binding(5) var<storage, read_write> out_w: array<f32>;`),
+    bindings: [...kernel.bindings, { value: weights.id, access: 'read_write' }],
+    nodes: [...kernel.nodes, weights.id],
+  };
 }
 
-var<private> lvl_w_i: i32;
-
-@compute @workgroup_size(${wg})
-fn main(${ENTRY_PARAMS}) {
-  ${rolledPrelude(target)}${WORKGROUP_INDEX}
-  if (wid >= TILES) { return; }
-  ${touch(['value'])}
-  let tile = wid % TILES_PER_NM;
-  let m = (wid / TILES_PER_NM) % M;
-  let n = wid / (TILES_PER_NM * M);
-  let l = ${levelOfTile};
-${indent(levelSelect(k, 'l'), 2)}
-  lvl_w_i = i32(lvl_w);
-  let t0 = (tile - ${tileStartOf}) * TP;
-  let t1 = min(t0 + TP, lvl_h * lvl_w);
-${indent(elemSetup.join('\n'), 2)}
-  for (var c0 = 0u; c0 < ${B('NPTS')}; c0 += WG) {
-    // 1. this invocation's point: footprint, corner weights, whether it hits the block [t0, t1)
-    let j = c0 + li;
-    var hit = false;
-    var q = 0u;
-    var s00 = 0i;
-    var w4 = vec4f(0.0);
-    if (j < NPTS) {
-      q = j / P;
-      let pt = (((n * LQ + q) * M + m) * L + l) * P + j % P;
-      let f = locate(pt, lvl_h, lvl_w);
-      if (f.valid) {
-        let a = attw[pt];
-        let y0 = f.h0 >= 0;
-        let y1 = f.h0 + 1 < i32(lvl_h);
-        let x0 = f.w0 >= 0;
-        let x1 = f.w0 + 1 < i32(lvl_w);
-        w4 = vec4f(
-          select(0.0, a * ((1.0 - f.lh) * (1.0 - f.lw)), y0 && x0),
-          select(0.0, a * ((1.0 - f.lh) * f.lw), y0 && x1),
-          select(0.0, a * (f.lh * (1.0 - f.lw)), y1 && x0),
-          select(0.0, a * (f.lh * f.lw), y1 && x1));
-        s00 = f.h0 * i32(lvl_w) + f.w0;
-        let lo = i32(t0);
-        let hi = i32(t1);
-        let c00 = s00;
-        let c01 = s00 + 1;
-        let c10 = s00 + i32(lvl_w);
-        let c11 = c10 + 1;
-        hit = (y0 && x0 && c00 >= lo && c00 < hi) || (y0 && x1 && c01 >= lo && c01 < hi) ||
-              (y1 && x0 && c10 >= lo && c10 < hi) || (y1 && x1 && c11 >= lo && c11 < hi);
-      }
-    }
-    // 2. compaction: inclusive prefix sum of the hit flags, hits stored in (q, p) order
-    prefix[li] = select(0u, 1u, hit);
-    workgroupBarrier();
-${indent(scan.join('\n'), 4)}
-    if (hit) {
-      let slot = prefix[li] - 1u;
-      hit_q[slot] = q;
-      hit_s[slot] = s00;
-      hit_w[slot] = w4;
-    }
-    let count = prefix[WG - 1u];
-    workgroupBarrier();
-    // 3. every owned element adds the hits that cover its pixel, in order
-    for (var t = 0u; t < count; t++) {
-      let hs = hit_s[t];
-      let hw = hit_w[t];
-      let g_row = ((n * LQ + hit_q[t]) * M + m) * DH;
-${indent(elemAdd.join('\n'), 6)}
-    }
-    workgroupBarrier();
-  }
-${indent(elemStore.join('\n'), 2)}
-}
-`;
-  return { name: 'msdeform_attn_grad_value_tiled_f32', wgsl, workgroupSize: [wg, 1, 1], dispatch: spreadWorkgroups(workgroups, target), bindings: nodeBindings(node), nodes: [node.id] };
-}

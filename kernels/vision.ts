@@ -27,7 +27,6 @@ import {
   indent,
   linearWorkgroup,
   loopBound,
-  msdeformAttnGradKernel,
   msdeformAttnKernel,
   nodeBindings,
   perElementKernel,
@@ -37,6 +36,7 @@ import {
   u32Lit,
   WORKGROUP_INDEX,
 } from './msdeform.js';
+import { msdeformAttnGradChain } from './msdeform-value-grad.js';
 
 // ---------------------------------------------------------------------------------------------- conv geometry
 
@@ -637,5 +637,5 @@ export const VISION_GPU_RULES: { readonly [K in VisionOp]: GpuRule } = {
   adaptive_avg_pool2d: kernel(resampleKernel),
   adaptive_avg_pool2d_grad: kernel(resampleGradKernel),
   msdeform_attn: kernel(msdeformAttnKernel),
-  msdeform_attn_grad: kernel(msdeformAttnGradKernel),
+  msdeform_attn_grad: { kind: 'chain', gen: (n, i, t) => msdeformAttnGradChain(n, i, t) },
 };

@@ -138,7 +138,8 @@ export function planTransposedReads(graph: Graph, live: ReadonlySet<number>, out
  * Nodes whose kernel also computes a sibling's value (node id → sibling id), where one sweep gives both:
  * - an attention and the attention_lse of the same q, k, mask and scale after it (the backward's, which would
  *   otherwise sweep q·kᵀ once more); of several such attention nodes (a recomputed forward), the last before it;
- * - attention_grad wrt 1 (dk) and wrt 2 (dv) of the same inputs: one sweep of the queries computes P and dS once.
+ * - attention_grad wrt 1 (dk) and wrt 2 (dv) of the same inputs: one sweep of the queries computes P and dS once;
+ * - msdeform_attn_grad wrt 1 (locations) and wrt 2 (weights) of the same inputs: one read of the corners.
  */
 export function planSiblingOutputs(graph: Graph, live: ReadonlySet<number>): Map<number, number> {
   // The scale as the kernels use it: given, or 1/√D.
@@ -147,6 +148,8 @@ export function planSiblingOutputs(graph: Graph, live: ReadonlySet<number>): Map
   const gradKey = (n: Node) => `${n.inputs.join(',')},${scale(n)}`;
   const latest = new Map<string, number>();
   const dks = new Map<string, number>();
+  const pointKey = (n: Node) => `${n.inputs.join(',')},${JSON.stringify(n.attrs.levels)}`;
+  const locGrads = new Map<string, number>();
   const pairs = new Map<number, number>();
   for (const n of graph.nodes) {
     if (!live.has(n.id)) continue;
@@ -159,6 +162,12 @@ export function planSiblingOutputs(graph: Graph, live: ReadonlySet<number>): Map
     if (n.op === 'attention_grad' && attrNum(n.attrs, 'wrt') === 2) {
       const k = dks.get(gradKey(n));
       if (k !== undefined && !pairs.has(k)) pairs.set(k, n.id);
+    }
+    // MSDeformAttn's gradients in the locations and the weights read the same corners: one kernel.
+    if (n.op === 'msdeform_attn_grad' && attrNum(n.attrs, 'wrt') === 1) locGrads.set(pointKey(n), n.id);
+    if (n.op === 'msdeform_attn_grad' && attrNum(n.attrs, 'wrt') === 2) {
+      const l = locGrads.get(pointKey(n));
+      if (l !== undefined && !pairs.has(l)) pairs.set(l, n.id);
     }
   }
   return pairs;

@@ -4,16 +4,18 @@
 // the last two dims that only a matmul reads is read transposed by the matmul kernel (no copy), and the result
 // lists every value that needs storage, for the memory plan.
 import { Graph, numel, type Node } from '../ir/graph.js';
-import type { GpuRule, Kernel, Target } from './types.js';
+import type { GpuRule, Kernel, KernelChain, Scratch, Target } from './types.js';
 import { epilogueProducer, isInlineElementwise, planFusion, planOperandViews, planReducePrologues, planRowProducts, planSecondProducts, planSiblingOutputs, planTransposedReads, planViewReads, ROW_EPILOGUE_OPS, secondProductLeaves, type FusionGroup, type RowProductPlan, type SecondProductPlan } from './fuse.js';
 import { groupExternals } from '../../kernels/fused.js';
 import type { ViewPlan } from '../../kernels/view.js';
 import { FlashTileError } from '../../kernels/flash-common.js';
 import { flashBackwardKernel } from '../../kernels/flash-backward.js';
 import { flashForwardKernel } from '../../kernels/flash-forward.js';
+import { msdeformPointGradsKernel } from '../../kernels/msdeform.js';
 import { fusedKernel } from '../../kernels/fused.js';
-import { matmulEpilogueKernel, operandViews } from '../../kernels/matmul-epilogue.js';
+import { matmulEpilogueChain, matmulEpilogueKernel, operandViews } from '../../kernels/matmul-epilogue.js';
 import { graphMatmulVariant, matmulKernel } from '../../kernels/matmul.js';
+import { matmulChain } from '../../kernels/matmul-split-across.js';
 import { reduceEpilogueKernel, reducePrologueKernel } from '../../kernels/reduce.js';
 import { rowEpilogueKernel, rowProductKernel } from '../../kernels/row.js';
 import { halfStorageKernel } from '../../kernels/half-storage.js';
@@ -27,7 +29,7 @@ export interface ValueInfo {
   readonly id: number;
   readonly bytes: number;
   readonly kind: ValueKind;
-  /** The input, parameter or output name. */
+  /** The input, parameter or output name; for a chain's scratch value, what it holds (`histogram for %5`). */
   readonly name?: string;
   readonly shape: readonly number[];
   /** Element type in storage: f16 where compiler/codegen/half.ts allows it. */
@@ -54,7 +56,7 @@ export interface ScheduleOptions {
   readonly epilogues?: boolean;
   /** Matmuls read permutes of the last two dims transposed instead of a copy (default true, with `fuse`). */
   readonly transposedReads?: boolean;
-  /** One kernel writes an attention's lse, dk's dv (default true, with `fuse`; planSiblingOutputs). */
+  /** One kernel writes an attention's lse, dk's dv, MSDeformAttn's two point gradients (default true, with `fuse`; planSiblingOutputs). */
   readonly siblings?: boolean;
   /** A matmul's kernel also sums a second product its epilogue adds (default true, with `epilogues`; planSecondProducts). */
   readonly secondProducts?: boolean;
@@ -157,8 +159,20 @@ export function schedule(graph: Graph, target: Target, rules: { readonly [op: st
     const src = n.op === 'cast' && n.dtype === 'f32' ? graph.node(n.inputs[0]) : undefined;
     return halfTarget && src !== undefined && src.dtype === 'f16' && (src.op === 'param' || src.op === 'input') && !outputNodes.has(id);
   };
+  // Values the graph does not have (output copies, chains' scratch) get ids past its nodes.
+  const synthetic = new Map<number, readonly number[]>(); // id → shape
+  const newValue = (shape: readonly number[], name?: string): number => {
+    const id = graph.nodes.length + synthetic.size;
+    synthetic.set(id, shape);
+    if (name) names.set(id, name);
+    return id;
+  };
   // Bind the storage owners: an aliased input is read through the buffer it shares.
   const push = (k: Kernel) => kernels.push({ ...k, bindings: k.bindings.map((b) => ({ ...b, value: root(b.value) })) });
+  // A chain's scratch values get ids of their own, named for the node they serve.
+  const pushChain = (node: Node, chain: KernelChain) => chainKernels(chain, (sc) => newValue([sc.words], `${sc.name} for %${node.id}`)).forEach(push);
+  // A matmul with K split across workgroups is a chain through scratch partials (kernels/matmul-split-across.ts).
+  const pushMatmul = (node: Node, chain: KernelChain | undefined, one: () => Kernel) => (chain ? pushChain(node, chain) : push(one()));
   for (const node of graph.nodes) {
     if (!live.has(node.id) || absorbed.has(node.id)) continue;
     const group = groupOf.get(node.id);
@@ -166,15 +180,16 @@ export function schedule(graph: Graph, target: Target, rules: { readonly [op: st
     const rowProduct = rowProducts.get(node.id);
     const views = viewReads.get(node.id);
     if (rowProduct) push(rowProductKernel(graph, rowKernels.get(node.id)!.row, group, rowProduct, target, views));
-    else if (group)
+    else if (group?.matmul !== undefined) {
+      const mm = [transposed.get(group.matmul), seconds.get(group.root), views, operandViews(graph, operandPlans.get(group.matmul))] as const;
+      pushMatmul(graph.node(group.root), matmulEpilogueChain(graph, group, target, ...mm), () => matmulEpilogueKernel(graph, group, target, undefined, ...mm));
+    } else if (group)
       push(
-        group.matmul !== undefined
-          ? matmulEpilogueKernel(graph, group, target, undefined, transposed.get(group.matmul), seconds.get(group.root), views, operandViews(graph, operandPlans.get(group.matmul)))
-          : group.row !== undefined
-            ? rowEpilogueKernel(graph, group, target, views)
-            : group.reduce !== undefined
-              ? reduceEpilogueKernel(graph, group, prologues.get(group.reduce), target, views)
-              : fusedKernel(graph, group, target, views),
+        group.row !== undefined
+          ? rowEpilogueKernel(graph, group, target, views)
+          : group.reduce !== undefined
+            ? reduceEpilogueKernel(graph, group, prologues.get(group.reduce), target, views)
+            : fusedKernel(graph, group, target, views),
       );
     else if (prologue) push(reducePrologueKernel(graph, node, prologue, target));
     else if (attn.plans.has(node.id)) attentionViewKernels(graph, node, siblingOf.has(node.id) ? graph.node(siblingOf.get(node.id)!) : undefined, attn.plans, target).forEach(push);
@@ -183,27 +198,27 @@ export function schedule(graph: Graph, target: Target, rules: { readonly [op: st
       const rule = rules[node.op];
       if (!rule) throw new Error(`no GPU rule for op '${node.op}'`);
       if (rule.kind === 'alias') aliases.set(node.id, root(node.inputs[0]));
-      if (rule.kind !== 'kernel') continue;
+      if (rule.kind !== 'kernel' && rule.kind !== 'chain') continue;
       const inputs = node.inputs.map((i) => graph.node(i));
       const reads = transposed.get(node.id);
       const sibling = siblingOf.get(node.id);
       const opViews = operandViews(graph, operandPlans.get(node.id));
       // A matmul's variant depends on its operands in the graph (exact f16 values: subgroup matrices).
-      if (node.op === 'matmul') push(matmulKernel(node, inputs, target, graphMatmulVariant(graph, node, target), undefined, reads, opViews));
+      const variant = node.op === 'matmul' ? graphMatmulVariant(graph, node, target) : undefined;
+      if (variant) pushMatmul(node, matmulChain(node, inputs, target, variant, undefined, reads, opViews), () => matmulKernel(node, inputs, target, variant, undefined, reads, opViews));
       else if (sibling !== undefined) withSibling(node, graph.node(sibling), graph, target, rules).forEach(push);
+      else if (rule.kind === 'chain') pushChain(node, rule.gen(node, inputs, target));
       else push(tensorCoreAttention(graph, node, target) ?? rule.gen(node, inputs, target));
     }
   }
 
   // Outputs must own their storage: an output that is an input, a parameter or an alias gets a copy.
   const outputs = new Map<string, number>();
-  const copies = new Map<number, readonly number[]>(); // synthetic values (ids past the graph) → shape
   for (const o of graph.outputs) {
     let v = root(o.node);
     const k = kinds.get(v);
     if (k === 'input' || k === 'param' || [...outputs.values()].includes(v)) {
-      const id = graph.nodes.length + copies.size;
-      copies.set(id, graph.node(o.node).shape);
+      const id = newValue(graph.node(o.node).shape);
       kernels.push(copyKernel(v, id, numel(graph.node(o.node).shape), target));
       v = id;
       kinds.set(v, 'temp');
@@ -217,7 +232,7 @@ export function schedule(graph: Graph, target: Target, rules: { readonly [op: st
   for (const k of kernels) for (const b of k.bindings) ids.add(b.value);
   for (const i of graph.inputs) ids.add(i.node);
   for (const p of graph.params) ids.add(p.node);
-  const shapeOf = (id: number): readonly number[] => copies.get(id) ?? graph.node(id).shape;
+  const shapeOf = (id: number): readonly number[] => synthetic.get(id) ?? graph.node(id).shape;
   const stored = [...ids].sort((a, b) => a - b).map((id) => ({ id, kind: kinds.get(id) ?? 'temp' }));
   const half = opts.halfStorage === false ? new Set<number>() : planHalfStorage(graph, stored, kernels, target);
   const marks = halfBindings(kernels, half);
@@ -242,11 +257,29 @@ function withSibling(node: Node, sibling: Node, graph: Graph, target: Target, ru
   try {
     const tensorCores = tensorCoreAttention(graph, node, target, sibling);
     if (tensorCores) return [tensorCores];
+    if (node.op === 'msdeform_attn_grad') return [msdeformPointGradsKernel(node, inputsOf(node), sibling, target)];
     return [node.op === 'attention' ? flashForwardKernel(node, inputsOf(node), target, {}, sibling) : flashBackwardKernel(node, inputsOf(node), target, {}, sibling)];
   } catch (e) {
     if (e instanceof FlashTileError) return [gen(node), gen(sibling)];
     throw e;
   }
+}
+
+/**
+ * A chain's kernels with each scratch placeholder bound to the value `place` gives it (a fresh id in the schedule,
+ * a buffer in a test). A binding to a placeholder the chain does not declare is an internal error.
+ */
+export function chainKernels(chain: KernelChain, place: (scratch: Scratch) => number): Kernel[] {
+  const ids = new Map(chain.scratch.map((sc) => [sc.ref, place(sc)] as const));
+  return chain.kernels.map((k) => ({
+    ...k,
+    bindings: k.bindings.map((b) => {
+      if (b.value >= 0) return b;
+      const id = ids.get(b.value);
+      if (id === undefined) throw new Error(`internal: kernel ${k.name} binds scratch ${b.value}, which its chain does not declare`);
+      return { ...b, value: id };
+    }),
+  }));
 }
 
 /** A plain copy, for outputs that would otherwise share storage with an input, parameter or another output. */

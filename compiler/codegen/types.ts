@@ -24,6 +24,8 @@ export interface Target {
   /**
    * Choices forced for every kernel of a kind, by a tuning run (scripts/tune-sgmat.mjs) or a test; absent normally.
    * `tensorCoreAttention` turns on the subgroup-matrix flash kernels, which are off by default (kernels/attention.ts).
+   * `matmulSplits` splits K across that many sets of workgroups in every tiled and sgmat matmul of the schedule (1:
+   * never; kernels/matmul-split-across.ts, which otherwise decides per shape).
    */
   readonly tuning?: {
     readonly sgmatTiles?: SgmatTiles;
@@ -31,6 +33,7 @@ export interface Target {
     readonly tiledStaging?: Staging;
     readonly tiledKSplit?: 1 | 2;
     readonly tensorCoreAttention?: boolean;
+    readonly matmulSplits?: number;
   };
   readonly limits: {
     readonly maxStorageBufferBindingSize: number;
@@ -88,5 +91,34 @@ export interface Kernel {
  */
 export type KernelGen = (node: Node, inputs: readonly Node[], target: Target) => Kernel;
 
-/** How an op runs on the GPU: a generated kernel, an alias of its input's buffer (reshape), or no kernel (leaves). */
-export type GpuRule = { readonly kind: 'kernel'; readonly gen: KernelGen } | { readonly kind: 'alias' } | { readonly kind: 'leaf' };
+/**
+ * Storage that the kernels of one chain pass between them (counts, offsets, an index, partial sums): `words`
+ * 4-byte elements of any type (the WGSL declares it array<u32>, array<i32> or array<f32>), never read before one
+ * of the chain's kernels writes it. Kernels bind it by `ref`, a negative placeholder (-1, -2, ...) that the
+ * schedule replaces with a value id of its own; the memory plan places it like any temporary.
+ */
+export interface Scratch {
+  readonly ref: number;
+  readonly words: number;
+  /** What it holds, for dumps and errors: `counts`, `offsets`. */
+  readonly name: string;
+}
+
+/** Kernels that compute one node, run in order: the last writes the node's value, the others fill scratch values. */
+export interface KernelChain {
+  readonly kernels: readonly Kernel[];
+  readonly scratch: readonly Scratch[];
+}
+
+/** A chain generator for one IR op: like KernelGen, for an op that needs several passes over global memory. */
+export type ChainGen = (node: Node, inputs: readonly Node[], target: Target) => KernelChain;
+
+/**
+ * How an op runs on the GPU: a generated kernel, a chain of kernels through scratch values, an alias of its
+ * input's buffer (reshape), or no kernel (leaves).
+ */
+export type GpuRule =
+  | { readonly kind: 'kernel'; readonly gen: KernelGen }
+  | { readonly kind: 'chain'; readonly gen: ChainGen }
+  | { readonly kind: 'alias' }
+  | { readonly kind: 'leaf' };

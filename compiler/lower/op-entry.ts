@@ -45,6 +45,9 @@ export function compileOp(name: string, shapes: ReadonlyMap<string, readonly num
   }
   for (const k of shapes.keys()) if (!names.includes(k)) throw new LowerError(`op ${name} has no input '${k}' (inputs: ${names.join(', ') || 'none'})`);
   const attrs = new Map(attrSpecs.map(parseAttr));
+  // `levels` is a list of HxW pairs even when it names one level (`--attr levels=73x73`).
+  const levels = attrs.get('levels');
+  if (Array.isArray(levels) && levels.length === 2 && levels.every((v) => typeof v === 'number')) attrs.set('levels', [levels]);
   for (const k of attrs.keys()) if (!sig.attrs.includes(k)) throw new LowerError(`op ${name} has no attribute '${k}' (attributes: ${sig.attrs.join(', ') || 'none'})`);
   let seed = 0;
   const out = LOWER[name]({ inputs, attr: (k) => attrs.get(k), b, training: false, seed: () => ++seed });

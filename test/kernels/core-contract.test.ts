@@ -77,14 +77,14 @@ await withDevice(async (gpu) => {
   const targets: Target[] = [PORTABLE_TARGET, gpu.target, hardwareLike(gpu.target), tightTarget(gpu.target)];
 
   await describe('core kernel contract', async () => {
-    test('every op has a GPU rule: leaves, an alias for reshape, kernels otherwise', () => {
+    test('every op has a GPU rule: leaves, an alias for reshape, a chain for MSDeformAttn\'s gradient, kernels otherwise', () => {
+      const want = (op: string) => (op === 'input' || op === 'param' ? 'leaf' : op === 'reshape' ? 'alias' : op === 'msdeform_attn_grad' ? 'chain' : 'kernel');
       for (const op of IR_OP_NAMES) {
         const rule = GPU_RULES[op];
         assert.ok(rule, op);
-        const want = op === 'input' || op === 'param' ? 'leaf' : op === 'reshape' ? 'alias' : 'kernel';
-        assert.equal(rule.kind, want, op);
+        assert.equal(rule.kind, want(op), op);
       }
-      assert.ok(VISION_OPS.every((op) => GPU_RULES[op].kind === 'kernel'));
+      assert.ok(VISION_OPS.every((op) => GPU_RULES[op].kind === want(op)));
     });
 
     for (const s of SAMPLES) {

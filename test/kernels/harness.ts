@@ -22,7 +22,7 @@ import { numel, type Graph, type Node } from '../../compiler/ir/graph.js';
 import { interpret } from '../../compiler/ir/interpret.js';
 import type { IrOp } from '../../compiler/ir/ops.js';
 import type { RefTensor } from '../../compiler/ir/rules/reference.js';
-import type { GpuRule, Kernel, Target } from '../../compiler/codegen/types.js';
+import type { GpuRule, Kernel, KernelChain, Target } from '../../compiler/codegen/types.js';
 import { schedule, type ScheduleOptions } from '../../compiler/codegen/schedule.js';
 import { planMemory } from '../../compiler/plan/memory.js';
 import { GPU_RULES } from '../../kernels/index.js';
@@ -234,6 +234,60 @@ export async function runKernelOutputs(device: GPUDevice, kernel: Kernel, inputs
   }
 }
 
+/**
+ * Runs a chain of kernels computing `node` (a ChainGen's result): its inputs' values from `values`, each scratch
+ * value in a buffer of its own poisoned with NaN bits (a kernel that reads a word no earlier kernel wrote
+ * shows), the kernels in order in one submission; returns the node's value. Checks each kernel's contract
+ * (bindings: the node's inputs or scratch read, scratch or the node's value written).
+ */
+export async function runChain(device: GPUDevice, node: Node, chain: KernelChain, values: ReadonlyMap<number, Float32Array>, target: Target): Promise<Float32Array> {
+  const usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST;
+  const bytes = (n: number) => Math.max(16, Math.ceil((n * 4) / 16) * 16);
+  const buffers = new Map<number, GPUBuffer>();
+  const make = (data: Float32Array) => {
+    const buf = device.createBuffer({ size: bytes(data.length), usage });
+    device.queue.writeBuffer(buf, 0, data.buffer, data.byteOffset, data.byteLength);
+    return buf;
+  };
+  const outElements = numel(node.shape);
+  const readback = device.createBuffer({ size: bytes(outElements), usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
+  try {
+    for (const id of node.inputs) if (!buffers.has(id)) buffers.set(id, make(values.get(id)!));
+    for (const sc of chain.scratch) buffers.set(sc.ref, make(new Float32Array(bytes(sc.words) / 4).fill(NaN)));
+    buffers.set(node.id, make(new Float32Array(bytes(outElements) / 4).fill(NaN)));
+    const enc = device.createCommandEncoder({ label: chain.kernels.at(-1)?.name });
+    device.pushErrorScope('validation');
+    for (const kernel of chain.kernels) {
+      const [x, y, z] = kernel.workgroupSize;
+      assert.ok(x * y * z <= target.limits.maxComputeInvocationsPerWorkgroup, `${kernel.name}: workgroup over the limit`);
+      assert.ok(kernel.dispatch.every((d) => d <= target.limits.maxComputeWorkgroupsPerDimension), `${kernel.name}: dispatch over the limit`);
+      assert.ok(kernel.bindings.length <= target.limits.maxStorageBuffersPerShaderStage, `${kernel.name}: ${kernel.bindings.length} bindings`);
+      for (const b of kernel.bindings) {
+        const scratch = b.value < 0;
+        assert.ok(scratch ? chain.scratch.some((sc) => sc.ref === b.value) : b.access === 'read' ? node.inputs.includes(b.value) : b.value === node.id, `${kernel.name}: binds %${b.value} (${b.access})`);
+      }
+      const pipeline = await pipelineFor(device, kernel);
+      const bindGroup = device.createBindGroup({ layout: pipeline.getBindGroupLayout(0), entries: kernel.bindings.map((b, binding) => ({ binding, resource: { buffer: buffers.get(b.value)! } })) });
+      if (kernel.dispatch.some((d) => d === 0)) continue;
+      const pass = enc.beginComputePass({ label: kernel.name });
+      pass.setPipeline(pipeline);
+      pass.setBindGroup(0, bindGroup);
+      pass.dispatchWorkgroups(...kernel.dispatch);
+      pass.end();
+    }
+    enc.copyBufferToBuffer(buffers.get(node.id)!, 0, readback, 0, bytes(outElements));
+    device.queue.submit([enc.finish()]);
+    const error = await device.popErrorScope();
+    if (error) throw new Error(`chain ${chain.kernels.map((k) => k.name).join(', ')}: ${error.message}`);
+    await readback.mapAsync(GPUMapMode.READ);
+    const result = new Float32Array(readback.getMappedRange().slice(0, outElements * 4));
+    readback.unmap();
+    return result;
+  } finally {
+    for (const b of [...buffers.values(), readback]) b.destroy();
+  }
+}
+
 // ---------------------------------------------------------------------------------------------- against the reference
 
 export type RuleTable = { readonly [K in IrOp]?: GpuRule };
@@ -323,6 +377,12 @@ export async function runGraph(
     if (rule.kind === 'leaf') throw new Error(`%${node.id} ${node.op} is a leaf without a value`);
     if (rule.kind === 'alias') {
       values.set(node.id, values.get(node.inputs[0])!);
+      continue;
+    }
+    if (rule.kind === 'chain') {
+      const chain = rule.gen(node, ins, target);
+      kernels.push(...chain.kernels);
+      values.set(node.id, await runChain(gpu.device, node, chain, values, target));
       continue;
     }
     const kernel = rule.gen(node, ins, target);

@@ -7,14 +7,18 @@ import { describe, test } from 'node:test';
 import fc from 'fast-check';
 import type { Builder } from '../../compiler/ir/builder.js';
 import type { Target } from '../../compiler/codegen/types.js';
-import { msdeformAttnGradKernel } from '../../kernels/msdeform.js';
+import { msdeformAttnGradChain, type GradValueVariant } from '../../kernels/msdeform-value-grad.js';
 import { VISION_GPU_RULES } from '../../kernels/vision.js';
 import { checkAgainstReference, makeRng, randomTensor, withDevice, type GpuContext, type RuleTable } from './harness.js';
 
 const NUM_RUNS = Number(process.env.VISFT_KERNEL_RUNS ?? 6);
 const rules = VISION_GPU_RULES;
-/** The plain per-element gather for d value, which the default tiled kernel refines. */
-const plainGather: RuleTable = { ...VISION_GPU_RULES, msdeform_attn_grad: { kind: 'kernel', gen: (n, i, t) => msdeformAttnGradKernel(n, i, t, 'gather') } };
+/** The rules with d value computed by `variant` (the default is `indexed`). */
+const valueVariant = (variant: GradValueVariant): RuleTable => ({ ...VISION_GPU_RULES, msdeform_attn_grad: { kind: 'chain', gen: (n, i, t) => msdeformAttnGradChain(n, i, t, variant) } });
+const tiled = valueVariant('tiled');
+const plainGather = valueVariant('gather');
+/** The indexed value gradient's chain, in order. */
+const INDEXED = ['msdeform_attn_grad_value_rank', 'msdeform_attn_grad_value_scan', 'msdeform_attn_grad_value_scan_blocks', 'msdeform_attn_grad_value_fill', 'msdeform_attn_grad_value_indexed_f32'];
 
 interface MsCase {
   readonly n: number;
@@ -73,7 +77,7 @@ async function checkAll(gpu: GpuContext, c: MsCase, t: Tensors, target?: Target)
   const names: string[] = [];
   const fwd = await checkAgainstReference(gpu, (b: Builder, [v, l, a]) => b.add('msdeform_attn', [v, l, a], { levels }), [t.value, t.loc, t.attw], opts);
   names.push(...fwd.kernels.map((k) => k.name));
-  for (const [wrt, table] of [[0, rules], [0, plainGather], [1, rules], [2, rules]] as const) {
+  for (const [wrt, table] of [[0, rules], [0, tiled], [0, plainGather], [1, rules], [2, rules]] as const) {
     const r = await checkAgainstReference(
       gpu,
       (b: Builder, [v, l, a, g]) => b.add('msdeform_attn_grad', [v, l, a, g], { levels, wrt }),
@@ -93,6 +97,7 @@ await withDevice(async (gpu) => {
           const names = await checkAll(gpu, c, tensors(c));
           assert.deepEqual(names, [
             'msdeform_attn_f32',
+            ...INDEXED,
             'msdeform_attn_grad_value_tiled_f32',
             'msdeform_attn_grad_value_gather_f32',
             'msdeform_attn_grad_locations_f32',
@@ -133,20 +138,43 @@ await withDevice(async (gpu) => {
       await checkAll(gpu, c, tensors(c), hardware);
     });
 
+    /** d value by each variant for case `c` (tensors `t`), each checked against the reference. */
+    const valueGrads = async (c: MsCase, t: Tensors, target?: Target) => {
+      const run = (table: RuleTable) =>
+        checkAgainstReference(gpu, (b: Builder, [v, l, a, g]) => b.add('msdeform_attn_grad', [v, l, a, g], { levels: c.levels, wrt: 0 }), [t.value, t.loc, t.attw, t.g], {
+          rules: table,
+          rtol: 1e-4,
+          atol: 1e-5,
+          ...(target ? { target } : {}),
+        });
+      return { indexed: await run(rules), again: await run(rules), tiled: await run(tiled), gather: await run(plainGather) };
+    };
+    const bits = (x: Float32Array) => Buffer.from(x.buffer, x.byteOffset, x.byteLength);
+
     await test('the value gradient is bitwise repeatable; many hits per block span several chunks', async () => {
       // 300 queries x 4 points crowd a 5x7 map: blocks see hundreds of hits across 5 chunks of 256 points.
       const c: MsCase = { n: 1, lq: 300, m: 1, dh: 5, p: 4, levels: [[5, 7]], seed: 31 };
-      const t = tensors(c);
-      const run = () =>
-        checkAgainstReference(gpu, (b: Builder, [v, l, a, g]) => b.add('msdeform_attn_grad', [v, l, a, g], { levels: c.levels, wrt: 0 }), [t.value, t.loc, t.attw, t.g], {
-          rules,
-          rtol: 1e-4,
-          atol: 1e-5,
-        });
-      const a = await run();
-      const b = await run();
-      assert.equal(a.kernels[0].name, 'msdeform_attn_grad_value_tiled_f32');
-      assert.deepEqual(Buffer.from(a.gpu.buffer), Buffer.from(b.gpu.buffer));
+      const r = await valueGrads(c, tensors(c));
+      assert.deepEqual(r.indexed.kernels.map((k) => k.name), INDEXED);
+      assert.deepEqual(bits(r.indexed.gpu), bits(r.again.gpu));
+      // tiled and the plain gather sum in the same (q, p) order.
+      assert.deepEqual(bits(r.tiled.gpu), bits(r.gather.gpu));
+    });
+
+    await test('the index with small workgroups: many chunks, scan blocks and rounds of the block scan', async () => {
+      // 16-invocation workgroups: chunks of 16 points, scan blocks of 64 counts; 2 x 2 x 75 chunks x 17 keys
+      // = 5100 counts in 80 blocks, so the one-workgroup block scan takes two rounds of 64.
+      const small: Target = { ...gpu.target, name: 'small', limits: { ...gpu.target.limits, maxComputeInvocationsPerWorkgroup: 16, maxComputeWorkgroupSizeX: 16 } };
+      const c: MsCase = { n: 2, lq: 300, m: 2, dh: 5, p: 4, levels: [[20, 20]], seed: 37 };
+      const r = await valueGrads(c, tensors(c), small);
+      const scan = r.indexed.kernels.find((k) => k.name === 'msdeform_attn_grad_value_scan')!;
+      assert.ok(scan.dispatch[0] * scan.dispatch[1] * scan.dispatch[2] > 64, 'more scan blocks than one round of the block scan covers');
+      assert.deepEqual(bits(r.indexed.gpu), bits(r.again.gpu));
+    });
+
+    await test('the index sorts a crowded coarse level and a sparse fine one (two levels, points outside)', async () => {
+      const c: MsCase = { n: 1, lq: 90, m: 2, dh: 7, p: 3, levels: [[9, 13], [2, 3]], seed: 41 };
+      await valueGrads(c, tensors(c));
     });
   });
 });
