@@ -637,5 +637,5 @@ export const VISION_GPU_RULES: { readonly [K in VisionOp]: GpuRule } = {
   adaptive_avg_pool2d: kernel(resampleKernel),
   adaptive_avg_pool2d_grad: kernel(resampleGradKernel),
   msdeform_attn: kernel(msdeformAttnKernel),
-  msdeform_attn_grad: { kind: 'chain', gen: (n, i, t) => msdeformAttnGradChain(n, i, t) },
+  msdeform_attn_grad: { kind: 'chain', gen: (n, i, t) => msdeformAttnGradChain(n, i, t, t.tuning?.msdeformValueGrad) },
 };

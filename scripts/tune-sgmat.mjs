@@ -4,7 +4,7 @@
 //   node scripts/tune-sgmat.mjs [--rows matmul_f16_evag_qkv,...] [--json FILE] [--size full|quick|tiny] [--emulate]
 // (after `npx tsc`). --emulate lists a 16x16x16 config on a device without subgroup matrices, so the emulated
 // kernels run (a check of this script on lavapipe at --size tiny; its times mean nothing).
-// Variants: tile shapes forced through Target.tuning, K split across 1-4 sets of workgroups on the fc2 rows
+// Variants: MSDeformAttn's value gradient (indexed, tiled), tile shapes forced through Target.tuning, K split across 1-4 sets of workgroups on the fc2 rows
 // (Target.tuning.matmulSplits; 1 is the one kernel, the default picks by shape: kernels/matmul-split-across.ts), and ablations that leave a stage out ('no-mma': the
 // products skipped; 'no-stage': the tiles not staged), whose times say where a kernel's time goes (their
 // outputs are wrong by design and not checked). Every other variant's output is compared with the default's.
@@ -23,7 +23,7 @@ const opt = (name) => {
   const i = args.indexOf(name);
   return i >= 0 ? args[i + 1] : undefined;
 };
-const ROWS = (opt('--rows') ?? 'matmul_f16_evag_qkv,matmul_f16_evag_fc2,matmul_f16_evae_fc2,matmul_f32_evag_qkv,matmul_f32_evag_fc2,matmul_f32_evae_fc2,attention_fwd_f16_evag_detection').split(',');
+const ROWS = (opt('--rows') ?? 'msdeform_vjp_m2f_pixel,msdeform_vjp_m2f_3lvl,matmul_f16_evag_qkv,matmul_f16_evag_fc2,matmul_f16_evae_fc2,matmul_f32_evag_qkv,matmul_f32_evag_fc2,matmul_f32_evae_fc2,attention_fwd_f16_evag_detection').split(',');
 
 const mm = (wm, wn, fm, fn, bk, staging = 'prefetch', ksplit = 1) => ({ sgmatTiles: { wm, wn, fm, fn, bk, staging, ksplit } });
 const SGMAT_VARIANTS = {
@@ -46,6 +46,8 @@ const TILED_VARIANTS = {
 };
 // K split across workgroups, for the products with fewer output tiles than the GPU has multiprocessors (the fc2 rows).
 const SPLIT_VARIANTS = Object.fromEntries([1, 2, 3, 4].map((splits) => [`K across ${splits}${splits === 1 ? ' (one kernel)' : ''}`, { matmulSplits: splits }]));
+// MSDeformAttn's value gradient: the default `indexed` chain against the one-kernel `tiled` it replaced.
+const MSDEFORM_VARIANTS = { 'value grad tiled (one kernel)': { msdeformValueGrad: 'tiled' } };
 // Attention: 'default' is the f32-accumulating flash kernel (tensor-core attention is off by default).
 const FLASH_VARIANTS = { 'tensor cores': { tensorCoreAttention: true } };
 for (const subgroups of [2, 4, 8]) for (const keys of [32, 64, 128]) for (const sharedKv of [true, false]) FLASH_VARIANTS[`tensor cores ${subgroups}sg ${keys}keys ${sharedKv ? 'shared' : 'apart'}`] = { tensorCoreAttention: true, flashSgmatTiles: { subgroups, keys, sharedKv } };
@@ -100,9 +102,10 @@ try {
   {
     const rows = benchRows(opt('--size') ?? 'full').filter((r) => ROWS.includes(r.name) && (tensorCores || (r.dtype === 'f32' && r.op !== 'attention')));
     for (const row of rows) {
-      const table = { ...(row.op === 'attention' ? FLASH_VARIANTS : row.dtype === 'f16' ? SGMAT_VARIANTS : TILED_VARIANTS), ...(/_fc2$/.test(row.name) ? SPLIT_VARIANTS : {}) };
+      const msdeform = row.op === 'msdeform_attn';
+      const table = msdeform ? MSDEFORM_VARIANTS : { ...(row.op === 'attention' ? FLASH_VARIANTS : row.dtype === 'f16' ? SGMAT_VARIANTS : TILED_VARIANTS), ...(/_fc2$/.test(row.name) ? SPLIT_VARIANTS : {}) };
       // Ablations on the looped staging (the only one with a staging loop to empty) and on the default.
-      const ablated = row.op === 'attention' ? [[FLASH_VARIANTS['tensor cores'], 'tensor cores']] : [[row.dtype === 'f16' ? SGMAT_VARIANTS['64x64 4sg bk32 loop'] : TILED_VARIANTS.loop, 'loop'], [undefined, 'default']];
+      const ablated = msdeform ? [] : row.op === 'attention' ? [[FLASH_VARIANTS['tensor cores'], 'tensor cores']] : [[row.dtype === 'f16' ? SGMAT_VARIANTS['64x64 4sg bk32 loop'] : TILED_VARIANTS.loop, 'loop'], [undefined, 'default']];
       const variants = [['default', undefined, undefined], ...Object.entries(table).map(([n, t]) => [n, t, undefined]), ...ablated.flatMap(([t, n]) => Object.keys(ABLATIONS).map((a) => [`${n} ${a}`, t, a]))];
       let reference;
       for (const [name, tuning, ablation] of variants) {

@@ -3,6 +3,7 @@
 import type { FlashSgmatTiles } from '../../kernels/flash-sgmat.js';
 import type { SgmatTiles } from '../../kernels/matmul-sgmat.js';
 import type { Staging } from '../../kernels/matmul.js';
+import type { GradValueVariant } from '../../kernels/msdeform-value-grad.js';
 import type { Node } from '../ir/graph.js';
 
 /** What codegen may rely on, read from the adapter (runtime/gpu/target.ts) or a named default. */
@@ -34,6 +35,8 @@ export interface Target {
     readonly tiledKSplit?: 1 | 2;
     readonly tensorCoreAttention?: boolean;
     readonly matmulSplits?: number;
+    /** How MSDeformAttn's value gradient runs (kernels/msdeform-value-grad.ts; default `indexed`). */
+    readonly msdeformValueGrad?: GradValueVariant;
   };
   readonly limits: {
     readonly maxStorageBufferBindingSize: number;

@@ -59,16 +59,31 @@ export const ATTENTION_SIZES: Readonly<Record<BenchSize, AttentionDims>> = {
 };
 
 interface MsDeformDims {
+  /** The row's name after `msdeform_{fwd,vjp}_`. */
+  readonly tag: string;
   readonly levels: readonly (readonly [number, number])[];
   readonly heads: number;
   readonly headDim: number;
   readonly points: number;
 }
 
-export const MSDEFORM_SIZES: Readonly<Record<BenchSize, MsDeformDims>> = {
-  full: { levels: [[73, 73]], heads: 8, headDim: 32, points: 4 },
-  quick: { levels: [[18, 18]], heads: 8, headDim: 32, points: 4 },
-  tiny: { levels: [[4, 5], [2, 3]], heads: 2, headDim: 4, points: 2 },
+/**
+ * Mask2Former's pixel decoder: 8 heads of 32, 4 points; one 73x73 level (the original's row), and the three levels
+ * it runs at (strides 8, 16, 32 of a 512x512 image: 64², 32², 16²; every pixel a query).
+ */
+export const MSDEFORM_SIZES: Readonly<Record<BenchSize, readonly MsDeformDims[]>> = {
+  full: [
+    { tag: 'm2f_pixel', levels: [[73, 73]], heads: 8, headDim: 32, points: 4 },
+    { tag: 'm2f_3lvl', levels: [[64, 64], [32, 32], [16, 16]], heads: 8, headDim: 32, points: 4 },
+  ],
+  quick: [
+    { tag: 'm2f_pixel', levels: [[18, 18]], heads: 8, headDim: 32, points: 4 },
+    { tag: 'm2f_3lvl', levels: [[16, 16], [8, 8], [4, 4]], heads: 8, headDim: 32, points: 4 },
+  ],
+  tiny: [
+    { tag: 'm2f_pixel', levels: [[4, 5], [2, 3]], heads: 2, headDim: 4, points: 2 },
+    { tag: 'm2f_3lvl', levels: [[4, 4], [2, 2], [1, 1]], heads: 2, headDim: 4, points: 2 },
+  ],
 };
 
 // f32 on both sides; the sums run over D (scores), S (output, dv) and S·D (dq, dk): errors stay near
@@ -146,7 +161,7 @@ function msdeformRow(pass: BenchPass, m: MsDeformDims): RowSpec {
   const parts = vjp ? vjpParts(inputs, out) : { inputs, outputs: [out] };
   const levelText = m.levels.map(([h, w]) => `${h}x${w}`).join('+');
   return {
-    name: `msdeform_${vjp ? 'vjp' : 'fwd'}_m2f_pixel`,
+    name: `msdeform_${vjp ? 'vjp' : 'fwd'}_${m.tag}`,
     op: 'msdeform_attn',
     pass,
     dtype: 'f32',
@@ -170,7 +185,7 @@ export function attentionRows(size: BenchSize): RowSpec[] {
     // EVA-G in f16 too: what the tensor-core kernels run (against PyTorch's f16 SDPA on NVIDIA).
     for (const t of a.tasks) rows.push(attentionRow(pass, 'evag', a.heads, a.evag, t, 'f16'));
   }
-  for (const pass of ['forward', 'forward+backward'] as const) rows.push(msdeformRow(pass, MSDEFORM_SIZES[size]));
+  for (const m of MSDEFORM_SIZES[size]) for (const pass of ['forward', 'forward+backward'] as const) rows.push(msdeformRow(pass, m));
   return rows;
 }
 

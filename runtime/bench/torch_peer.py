@@ -6,7 +6,8 @@
 #     f32, forward and forward+backward (torch.autograd.grad of the output for a cotangent: dq, dk, dv).
 #   msdeform: MSDeformAttn as the original's grid_sample composition (Deformable-DETR's
 #     ms_deform_attn_core_pytorch; bilinear, zero padding, align_corners=False), f16 and f32, forward and
-#     forward+backward, at the Mask2Former pixel decoder's shape (one 73x73 level, 8 heads of 32, 4 points).
+#     forward+backward, at the Mask2Former pixel decoder's shapes (one 73x73 level, and its three levels 64², 32²,
+#     16²; 8 heads of 32, 4 points).
 # --device cpu runs f32 only with the wall clock (a check of the script, not a peer); a torch without
 # scaled_dot_product_attention (< 2.0) reports those rows as unavailable.
 # Usage: python3 runtime/bench/torch_peer.py [--tokens 256] [--repeat 50] [--rows attention,msdeform] [--device cuda]
@@ -124,11 +125,13 @@ def main():
                 # FlashAttention-2's count for forward+backward: 3.5x the forward.
                 row(name, shape, dt, "forward+backward", lambda: torch.autograd.grad(sdpa(q, k, v), (q, k, v), dy), 3.5 * fwd_flops)
 
-    if want("msdeform"):
-        side = 18 if a.quick else 73
-        levels, m, dh, npt = [(side, side)], 8, 32, 4
-        s = side * side
-        name = "msdeform m2f pixel"
+    # As runtime/bench/rows-attention.ts MSDEFORM_SIZES: one 73x73 level, and Mask2Former's three (64², 32², 16²).
+    MSDEFORM_ROWS = [("msdeform m2f pixel", [(18, 18)] if a.quick else [(73, 73)]), ("msdeform m2f 3lvl", [(16, 16), (8, 8), (4, 4)] if a.quick else [(64, 64), (32, 32), (16, 16)])]
+    for name, levels in MSDEFORM_ROWS:
+        if not want(name):
+            continue
+        m, dh, npt = 8, 32, 4
+        s = sum(h * w for h, w in levels)
         shape = [1, s, m, dh]
         for dt in DTYPES:
             value = torch.rand(1, s, m, dh, device=dev, dtype=dt).mul_(2).sub_(1).requires_grad_()

@@ -62,13 +62,22 @@ describe('attention and MSDeformAttn rows', () => {
     assert.deepEqual(selectRows(full, ['attention_vjp']).map((r) => r.name), BENCH_ROW_NAMES.filter((n) => n.startsWith('attention_vjp_')));
     assert.equal(selectRows(full, ['attention']).length, 18, 'EVA-G and EVA-E in f32, EVA-G in f16, forward and forward+backward');
     assert.equal(selectRows(full, ['attention_vjp_f16']).length, 3);
-    assert.deepEqual(selectRows(full, ['msdeform']).map((r) => r.name), ['msdeform_fwd_m2f_pixel', 'msdeform_vjp_m2f_pixel']);
+    assert.deepEqual(selectRows(full, ['msdeform']).map((r) => r.name), ['msdeform_fwd_m2f_pixel', 'msdeform_vjp_m2f_pixel', 'msdeform_fwd_m2f_3lvl', 'msdeform_vjp_m2f_3lvl']);
+    // Mask2Former's three levels at strides 8, 16, 32 of a 512x512 image, every pixel a query.
+    const three = byName(full, 'msdeform_vjp_m2f_3lvl');
+    assert.deepEqual(three.opAttrs, ['levels=[64x64,32x32,16x16]']);
+    assert.deepEqual(three.inputs.map((i) => [i.name, i.shape]), [
+      ['value', [1, 5376, 8, 32]],
+      ['sampling_locations', [1, 5376, 8, 3, 4, 2]],
+      ['attention_weights', [1, 5376, 8, 3, 4]],
+      ['d:output', [1, 5376, 256]],
+    ]);
     // Names are the same at every size.
     for (const size of ['quick', 'tiny'] as const) assert.deepEqual(benchRows(size).map((r) => r.name), BENCH_ROW_NAMES);
   });
 
   test('graphs: the op through compileOp, and its VJP for forward+backward rows', () => {
-    for (const name of ['attention_vjp_evag_caption', 'msdeform_vjp_m2f_pixel', 'attention_fwd_evae_detection']) {
+    for (const name of ['attention_vjp_evag_caption', 'msdeform_vjp_m2f_pixel', 'msdeform_vjp_m2f_3lvl', 'attention_fwd_evae_detection']) {
       const row = byName(benchRows('tiny'), name);
       const { graph, inputs, outputs } = rowGraph(row);
       assert.deepEqual(inputs.map((id) => graph.inputs.find((i) => i.node === id)!.name), row.inputs.map((i) => i.name), name);
