@@ -78,6 +78,8 @@ export interface FlashCaps {
   readonly rows?: number;
   /** Invocations per owned row, exactly (a power of two; needs the target's subgroups). */
   readonly split?: number;
+  /** Invocations per workgroup at most, on hardware (HARDWARE_TILES.workgroup by default). */
+  readonly workgroup?: number;
 }
 
 /**
@@ -250,7 +252,9 @@ function defaultSplit(target: Target, rowFloats: (split: number) => number): num
  * tiles of 5 x 15, not two of 8 x 16). The sweep starts at min(default, next power of two of its length) and
  * halves until the tiles fit the target's workgroup memory.
  */
-export function chooseRowTiles(target: Target, what: string, ownLen: number, sweepLen: number, bytes: TileBytes, rowFloats: (sweep: number, split: number) => number, caps: FlashCaps): FlashTiles {
+export function chooseRowTiles(target: Target, what: string, ownLen: number, sweepLen: number, bytes: TileBytes, rowFloats: (sweep: number, split: number) => number, given: FlashCaps): FlashTiles {
+  // A tuning run's caps (Target.tuning.flashCaps, scripts/tune-sgmat.mjs) under the caller's.
+  const caps: FlashCaps = { ...target.tuning?.flashCaps, ...given };
   const L = target.limits;
   const soft = target.isFallbackAdapter;
   const maxWg = floorPow2(Math.min(soft ? FALLBACK_WORKGROUP_CAP : 256, L.maxComputeInvocationsPerWorkgroup, L.maxComputeWorkgroupSizeX));
@@ -259,7 +263,7 @@ export function chooseRowTiles(target: Target, what: string, ownLen: number, swe
     const split = Math.min(caps.split ?? defaultSplit(target, (k) => rowFloats(sweep, k)), maxWg);
     if (!canSplit(target, split)) throw new Error(`internal: ${what}: ${split} invocations per row need subgroups of at least ${split} on target '${target.name}'`);
     const slotsMax = Math.floor(maxWg / split);
-    const lanes = Math.max(1, Math.min(soft ? SOFTWARE_TILES.workgroup : HARDWARE_TILES.workgroup / split, slotsMax));
+    const lanes = Math.max(1, Math.min(soft ? SOFTWARE_TILES.workgroup : Math.floor((caps.workgroup ?? HARDWARE_TILES.workgroup) / split), slotsMax));
     const fit = Math.max(1, Math.min(HARDWARE_TILES.maxRows, floorPow2(Math.floor(HARDWARE_TILES.registerFloats / rowFloats(sweep, split)))));
     const maxRows = caps.rows ?? (soft ? SOFTWARE_TILES.rows : fit);
     const tiles = Math.ceil(len / Math.min(caps.own ?? Infinity, maxRows * lanes, maxRows * slotsMax));

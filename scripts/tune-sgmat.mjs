@@ -4,7 +4,8 @@
 //   node scripts/tune-sgmat.mjs [--rows matmul_f16_evag_qkv,...] [--json FILE] [--size full|quick|tiny] [--emulate]
 // (after `npx tsc`). --emulate lists a 16x16x16 config on a device without subgroup matrices, so the emulated
 // kernels run (a check of this script on lavapipe at --size tiny; its times mean nothing).
-// Variants: MSDeformAttn's value gradient (indexed, tiled), tile shapes forced through Target.tuning, K split across 1-4 sets of workgroups on the fc2 rows
+// Variants: MSDeformAttn's value gradient (indexed, tiled), f32 flash attention's tiles (and ablations: no staging,
+// no exp), tile shapes forced through Target.tuning, K split across 1-4 sets of workgroups on the fc2 rows
 // (Target.tuning.matmulSplits; 1 is the one kernel, the default picks by shape: kernels/matmul-split-across.ts), and ablations that leave a stage out ('no-mma': the
 // products skipped; 'no-stage': the tiles not staged), whose times say where a kernel's time goes (their
 // outputs are wrong by design and not checked). Every other variant's output is compared with the default's.
@@ -23,7 +24,7 @@ const opt = (name) => {
   const i = args.indexOf(name);
   return i >= 0 ? args[i + 1] : undefined;
 };
-const ROWS = (opt('--rows') ?? 'msdeform_vjp_m2f_pixel,msdeform_vjp_m2f_3lvl,matmul_f16_evag_qkv,matmul_f16_evag_fc2,matmul_f16_evae_fc2,matmul_f32_evag_qkv,matmul_f32_evag_fc2,matmul_f32_evae_fc2,attention_fwd_f16_evag_detection').split(',');
+const ROWS = (opt('--rows') ?? 'msdeform_vjp_m2f_pixel,msdeform_vjp_m2f_3lvl,attention_fwd_evag_detection,attention_vjp_evag_detection,matmul_f16_evag_qkv,matmul_f16_evag_fc2,matmul_f16_evae_fc2,matmul_f32_evag_qkv,matmul_f32_evag_fc2,matmul_f32_evae_fc2,attention_fwd_f16_evag_detection').split(',');
 
 const mm = (wm, wn, fm, fn, bk, staging = 'prefetch', ksplit = 1) => ({ sgmatTiles: { wm, wn, fm, fn, bk, staging, ksplit } });
 const SGMAT_VARIANTS = {
@@ -48,6 +49,11 @@ const TILED_VARIANTS = {
 const SPLIT_VARIANTS = Object.fromEntries([1, 2, 3, 4].map((splits) => [`K across ${splits}${splits === 1 ? ' (one kernel)' : ''}`, { matmulSplits: splits }]));
 // MSDeformAttn's value gradient: the default `indexed` chain against the one-kernel `tiled` it replaced.
 const MSDEFORM_VARIANTS = { 'value grad tiled (one kernel)': { msdeformValueGrad: 'tiled' } };
+// f32 flash attention: tiles through Target.tuning.flashCaps (kernels/flash-common.ts chooseRowTiles): invocations
+// per query row (split), per workgroup, keys per staged tile (sweep), rows per invocation.
+const F32_FLASH_VARIANTS = {};
+for (const split of [1, 2, 4]) for (const workgroup of [64, 128, 256]) for (const sweep of [16, 32]) F32_FLASH_VARIANTS[`f32 split ${split} wg ${workgroup} keys ${sweep}`] = { flashCaps: { split, workgroup, sweep, rows: 1 } };
+for (const split of [2, 4]) for (const sweep of [16, 32]) F32_FLASH_VARIANTS[`f32 split ${split} wg 128 keys ${sweep} 2 rows`] = { flashCaps: { split, workgroup: 128, sweep, rows: 2 } };
 // Attention: 'default' is the f32-accumulating flash kernel (tensor-core attention is off by default).
 const FLASH_VARIANTS = { 'tensor cores': { tensorCoreAttention: true } };
 for (const subgroups of [2, 4, 8]) for (const keys of [32, 64, 128]) for (const sharedKv of [true, false]) FLASH_VARIANTS[`tensor cores ${subgroups}sg ${keys}keys ${sharedKv ? 'shared' : 'apart'}`] = { tensorCoreAttention: true, flashSgmatTiles: { subgroups, keys, sharedKv } };
@@ -56,6 +62,11 @@ for (const subgroups of [2, 4, 8]) for (const keys of [32, 64, 128]) for (const 
 const ABLATIONS = {
   'no-mma': (w) => w.replace(/subgroupMatrixMultiplyAccumulate\(([^,()]+), (subgroupMatrixLoad<[^;]*?\)|[^,()]+), ([^,()]+)\)/g, '$3'),
   'no-stage': (w) => w.replace(/for \(var q = 0u; q < (\d+u|unbounded\([^)]*\)); q\+\+\)/g, 'for (var q = 0u; q < 0u; q++)'),
+};
+// The f32 flash kernels': the k/v (and q, g) tiles not staged; exp replaced by the identity.
+const FLASH_ABLATIONS = {
+  'no-stage': (w) => w.replace(/for \(var x = lid; x < ([^;]+); x \+= (\d+u)\)/g, 'for (var x = lid; x < 0u; x += $2)'),
+  'no-exp': (w) => w.replace(/fn exp_flash\(x: f32\) -> f32 \{[\s\S]*?\n\}/, 'fn exp_flash(x: f32) -> f32 { return x; }'),
 };
 
 const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
@@ -66,7 +77,7 @@ async function timeVariant(gpu, row, tuning, ablation, reference) {
   let program = compileGpu(graph, { ...gpu.target, ...(tuning ? { tuning } : {}) });
   const kernels = program.schedule.kernels.map((k) => k.name);
   if (ablation) {
-    const edit = ABLATIONS[ablation];
+    const edit = ABLATIONS[ablation] ?? FLASH_ABLATIONS[ablation.replace(/^flash /, '')];
     program = { ...program, schedule: { ...program.schedule, kernels: program.schedule.kernels.map((k) => (/^(matmul|attention)/.test(k.name) ? { ...k, wgsl: edit(k.wgsl) } : k)) } };
   }
   const outIds = outputs.map((name) => program.schedule.outputs.get(name));
@@ -100,13 +111,15 @@ try {
   const tensorCores = !!sgmatShape(gpu.target);
   if (!tensorCores) console.error(`this device runs no subgroup-matrix kernels (${gpu.tensorCoresOff ?? 'the adapter lists no f16 x f16 -> f32 config'}): only the f32 rows`);
   {
-    const rows = benchRows(opt('--size') ?? 'full').filter((r) => ROWS.includes(r.name) && (tensorCores || (r.dtype === 'f32' && r.op !== 'attention')));
+    const rows = benchRows(opt('--size') ?? 'full').filter((r) => ROWS.includes(r.name) && (tensorCores || r.dtype === 'f32'));
     for (const row of rows) {
       const msdeform = row.op === 'msdeform_attn';
-      const table = msdeform ? MSDEFORM_VARIANTS : { ...(row.op === 'attention' ? FLASH_VARIANTS : row.dtype === 'f16' ? SGMAT_VARIANTS : TILED_VARIANTS), ...(/_fc2$/.test(row.name) ? SPLIT_VARIANTS : {}) };
+      const f32Attention = row.op === 'attention' && row.dtype === 'f32';
+      const table = msdeform ? MSDEFORM_VARIANTS : f32Attention ? F32_FLASH_VARIANTS : { ...(row.op === 'attention' ? FLASH_VARIANTS : row.dtype === 'f16' ? SGMAT_VARIANTS : TILED_VARIANTS), ...(/_fc2$/.test(row.name) ? SPLIT_VARIANTS : {}) };
       // Ablations on the looped staging (the only one with a staging loop to empty) and on the default.
-      const ablated = msdeform ? [] : row.op === 'attention' ? [[FLASH_VARIANTS['tensor cores'], 'tensor cores']] : [[row.dtype === 'f16' ? SGMAT_VARIANTS['64x64 4sg bk32 loop'] : TILED_VARIANTS.loop, 'loop'], [undefined, 'default']];
-      const variants = [['default', undefined, undefined], ...Object.entries(table).map(([n, t]) => [n, t, undefined]), ...ablated.flatMap(([t, n]) => Object.keys(ABLATIONS).map((a) => [`${n} ${a}`, t, a]))];
+      const ablated = msdeform || f32Attention ? [] : row.op === 'attention' ? [[FLASH_VARIANTS['tensor cores'], 'tensor cores']] : [[row.dtype === 'f16' ? SGMAT_VARIANTS['64x64 4sg bk32 loop'] : TILED_VARIANTS.loop, 'loop'], [undefined, 'default']];
+      const ablations = f32Attention ? Object.keys(FLASH_ABLATIONS).map((a) => [`default flash ${a}`, undefined, `flash ${a}`]) : ablated.flatMap(([t, n]) => Object.keys(ABLATIONS).map((a) => [`${n} ${a}`, t, a]));
+      const variants = [['default', undefined, undefined], ...Object.entries(table).map(([n, t]) => [n, t, undefined]), ...ablations];
       let reference;
       for (const [name, tuning, ablation] of variants) {
         const t0 = performance.now();

@@ -1,5 +1,6 @@
 // The GPU side of a bundle: the Target a kernel is generated for, and the kernel graph (WGSL kernels over
 // buffers holding IR values) that the memory plan places and the runtime executes in order.
+import type { FlashCaps } from '../../kernels/flash-common.js';
 import type { FlashSgmatTiles } from '../../kernels/flash-sgmat.js';
 import type { SgmatTiles } from '../../kernels/matmul-sgmat.js';
 import type { Staging } from '../../kernels/matmul.js';
@@ -35,6 +36,8 @@ export interface Target {
     readonly tiledKSplit?: 1 | 2;
     readonly tensorCoreAttention?: boolean;
     readonly matmulSplits?: number;
+    /** Caps on the f32 flash kernels' tiles (kernels/flash-common.ts chooseRowTiles), under a caller's own. */
+    readonly flashCaps?: FlashCaps;
     /** How MSDeformAttn's value gradient runs (kernels/msdeform-value-grad.ts; default `indexed`). */
     readonly msdeformValueGrad?: GradValueVariant;
   };

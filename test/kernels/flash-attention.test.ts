@@ -277,6 +277,13 @@ await withDevice(async (gpu: GpuContext) => {
         }
         assert.throws(() => flashForwardKernel(nodes.fwd, nodes.ins(nodes.fwd), noSub, { split: 2 }), /subgroups/);
       }
+      // A tuning run's caps (Target.tuning.flashCaps) apply under the caller's: workgroup size, split, sweep.
+      const nodes = attentionNodes(88, false, [1, 2, 300, 300]);
+      const tuned: Target = { ...withSub, tuning: { flashCaps: { split: 4, workgroup: 256, sweep: 32, rows: 1 } } };
+      const t = flashForwardTiles(nodes.fwd, nodes.ins(nodes.fwd), tuned);
+      // 64 rows per workgroup at most (256 / 4): 300 rows are 5 tiles of 60, so 240 invocations (64 by default).
+      assert.deepEqual([t.rows, t.split, t.sweep, t.workgroup], [1, 4, 32, 240]);
+      assert.equal(flashForwardTiles(nodes.fwd, nodes.ins(nodes.fwd), tuned, { split: 2 }).split, 2, "the caller's caps win");
     });
   });
 
