@@ -10,17 +10,22 @@
 // (canStoreHalf says so).
 import type { Kernel } from '../compiler/codegen/types.js';
 
-/** The storage binding declared at @binding(i) as `array<f32>`, when no local declaration can shadow its name. */
-function bindingName(wgsl: string, i: number): string | undefined {
-  const m = new RegExp(`@group\\(0\\) @binding\\(${i}\\) var<storage, (?:read|read_write)> (\\w+): array<f32>;`).exec(wgsl);
+/**
+ * The storage binding declared at @binding(i) as `array<f32>` (or, read-only, `array<vec4<f32>>`: a matmul's
+ * operands loaded as vec4s), when no local declaration can shadow its name.
+ */
+function binding(wgsl: string, i: number): { readonly name: string; readonly vec4: boolean } | undefined {
+  const m = new RegExp(`@group\\(0\\) @binding\\(${i}\\) var<storage, (read|read_write)> (\\w+): array<(f32|vec4<f32>)>;`).exec(wgsl);
   if (!m) return undefined;
-  const shadowed = new RegExp(`\\b(?:let|var|const)\\s+${m[1]}\\b|\\bfn\\s+${m[1]}\\b|[(,]\\s*${m[1]}\\s*:`).test(wgsl);
-  return shadowed ? undefined : m[1];
+  const vec4 = m[3] !== 'f32';
+  if (vec4 && m[1] !== 'read') return undefined;
+  const shadowed = new RegExp(`\\b(?:let|var|const)\\s+${m[2]}\\b|\\bfn\\s+${m[2]}\\b|[(,]\\s*${m[2]}\\s*:`).test(wgsl);
+  return shadowed ? undefined : { name: m[2], vec4 };
 }
 
 /** Whether `kernel` can bind its `binding`-th value as f16 (its WGSL declares and indexes it the standard way). */
-export function canStoreHalf(kernel: Kernel, binding: number): boolean {
-  return bindingName(kernel.wgsl, binding) !== undefined;
+export function canStoreHalf(kernel: Kernel, i: number): boolean {
+  return binding(kernel.wgsl, i) !== undefined;
 }
 
 /** The index of the `]` closing the `[` at `open`. */
@@ -45,8 +50,11 @@ function statementEnd(code: string, from: number): number {
   throw new Error(`internal: a store in a kernel has no ';'`);
 }
 
-/** `code` with every access to a binding in `half` converted: reads widened to f32, stores narrowed to f16. */
-export function convertAccesses(code: string, half: ReadonlySet<string>): string {
+/**
+ * `code` with every access to a binding in `half` converted: reads widened to f32 (vec4<f32> for the bindings in
+ * `vec4`), stores narrowed to f16.
+ */
+export function convertAccesses(code: string, half: ReadonlySet<string>, vec4: ReadonlySet<string> = new Set()): string {
   const access = /\b([A-Za-z_]\w*)\[/g;
   let out = '';
   let pos = 0;
@@ -62,18 +70,19 @@ export function convertAccesses(code: string, half: ReadonlySet<string>): string
       continue;
     }
     const close = closingBracket(code, open);
-    const target = `${m[1]}[${convertAccesses(code.slice(open + 1, close), half)}]`;
+    const target = `${m[1]}[${convertAccesses(code.slice(open + 1, close), half, vec4)}]`;
     const after = code.slice(close + 1);
     const assign = /^\s*=(?!=)\s*/.exec(after);
     if (assign) {
       const rhs = close + 1 + assign[0].length;
       const end = statementEnd(code, rhs);
-      out += `${code.slice(pos, m.index)}${target} = f16(${convertAccesses(code.slice(rhs, end), half).trim()})`;
+      if (vec4.has(m[1])) throw new Error(`internal: a store to ${m[1]}, read as vec4s`);
+      out += `${code.slice(pos, m.index)}${target} = f16(${convertAccesses(code.slice(rhs, end), half, vec4).trim()})`;
       pos = end;
     } else if (/^\s*[-+*/%&|^]=/.test(after)) {
       throw new Error(`internal: a compound assignment to ${m[1]} cannot be stored as f16`);
     } else {
-      out += `${code.slice(pos, m.index)}f32(${target})`;
+      out += `${code.slice(pos, m.index)}${vec4.has(m[1]) ? 'vec4<f32>' : 'f32'}(${target})`;
       pos = close + 1;
     }
   }
@@ -87,15 +96,17 @@ export function convertAccesses(code: string, half: ReadonlySet<string>): string
 export function halfStorageKernel(kernel: Kernel, bindings: ReadonlySet<number>): Kernel {
   if (bindings.size === 0) return kernel;
   const names = new Set<string>();
+  const vec4 = new Set<string>();
   let wgsl = kernel.wgsl;
   for (const i of [...bindings].sort((a, b) => a - b)) {
-    const name = bindingName(wgsl, i);
-    if (!name) throw new Error(`internal: kernel ${kernel.name} cannot store binding ${i} as f16`);
-    names.add(name);
-    wgsl = wgsl.replace(`> ${name}: array<f32>;`, `> ${name}: array<f16>;`);
+    const b = binding(wgsl, i);
+    if (!b) throw new Error(`internal: kernel ${kernel.name} cannot store binding ${i} as f16`);
+    names.add(b.name);
+    if (b.vec4) vec4.add(b.name);
+    wgsl = b.vec4 ? wgsl.replace(`> ${b.name}: array<vec4<f32>>;`, `> ${b.name}: array<vec4<f16>>;`) : wgsl.replace(`> ${b.name}: array<f32>;`, `> ${b.name}: array<f16>;`);
   }
   // The declarations hold no `name[`: the whole module converts.
   // Kernels that compute in f16 (subgroup-matrix tiles) enable it already.
-  const converted = convertAccesses(wgsl, names);
+  const converted = convertAccesses(wgsl, names, vec4);
   return { ...kernel, name: `${kernel.name}_f16io`, wgsl: /^enable f16;$/m.test(converted) ? converted : `enable f16;\n${converted}` };
 }

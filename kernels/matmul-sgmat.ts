@@ -17,7 +17,7 @@
 import type { Kernel, Target } from '../compiler/codegen/types.js';
 import type { Node } from '../compiler/ir/graph.js';
 import { dispatchGroups, u32Lit, unboundedLoop } from './elementwise.js';
-import { assemble, batchOffsets, defaultStaging, ONE_SLOT, rangeSteps, splitSteps, stagedKLoop, stageTiles, storeBlock, tileOrigin, type MatmulDims, type MatmulOutput, type Staging, type TileDims, type TileSlots } from './matmul.js';
+import { assemble, batchOffsets, defaultStaging, ONE_SLOT, rangeSteps, splitSteps, stagedKLoop, stageTiles, storeBlock, tileOrigin, vectorBindings, vectorLoads, type MatmulDims, type MatmulOutput, type Staging, type TileDims, type TileSlots } from './matmul.js';
 import { NO_SGMAT_CONFIG, nativeSgmat, sgmatIds, sgmatLanes, sgmatOps, sgmatShape, sgmatSpelling, type SgmatShape } from './sgmat.js';
 
 /** How a sgmat kernel tiles its output. */
@@ -154,6 +154,7 @@ export function sgmatMatmul(out: MatmulOutput, inputs: readonly Node[], target: 
   const origin = tileOrigin(d, tilesM, bm, range);
   const dims: TileDims = { tm: bm, tn: bn, tk: t.bk };
   const staging = t.staging ?? defaultStaging(target);
+  const vec = vectorLoads(target, staging, d, dims);
   // K split: invocations [h·Th, (h + 1)·Th) stage half h's tiles, for its steps (splitSteps).
   const slots: TileSlots = H === 1 ? ONE_SLOT : { lid: 'lh', a: `hs * ${u32Lit(bm * SA)} + `, b: `hs * ${u32Lit(t.bk * SB)} + ` };
   const staged = splitSteps(
@@ -167,6 +168,8 @@ export function sgmatMatmul(out: MatmulOutput, inputs: readonly Node[], target: 
         (x) => `tile_a[${slots.a}ar${x} * ${u32Lit(SA)} + ac${x}] = f16(va${x});`,
         (x) => `tile_b[${slots.b}br${x} * ${u32Lit(SB)} + bc${x}] = f16(vb${x});`,
         (n) => unboundedLoop(n, target),
+        undefined,
+        vec,
       ),
       range,
     ),
@@ -217,5 +220,5 @@ ${frags.map(([i, j]) => fragmentEpilogue(out, d, l, ops, i, j, target)).join('\n
 }`;
   const helpers = ops.helpers();
   const kernel = assemble(out, inputs, target, `matmul_sgmat_f16${H === 1 ? '' : '_k2'}${range ? `_ks${range.splits}` : ''}${suffix}`, { body: helpers ? `${helpers}\n\n${main}` : main, workgroupSize: [T, 1, 1], dispatch: [tilesN, gy, gz] });
-  return { ...kernel, wgsl: `${ops.directives}\n${kernel.wgsl}` };
+  return { ...kernel, wgsl: `${ops.directives}\n${vectorBindings(kernel.wgsl, vec)}` };
 }

@@ -436,6 +436,44 @@ export function operandLoads(d: MatmulDims, t: TileDims, second?: SecondProduct)
 }
 
 /**
+ * Which operands a staged kernel loads four elements at a time from global memory (one vec4 load instead of four
+ * scalar ones): an operand read from its storage (no view, no second product) whose contiguous dim (K for a, N
+ * for b; M or K when read transposed) and batch offsets are multiples of 4, so each vec4 is aligned and lies
+ * wholly inside or wholly outside the matrix, and whose tile is whole vec4s along that dim.
+ */
+export function vectorOperands(d: MatmulDims, t: TileDims, second?: SecondProduct): MatmulReads {
+  if (second) return [false, false];
+  const quads = (...xs: number[]) => xs.every((x) => x % 4 === 0);
+  const a = !d.viewA && (d.transA ? quads(d.m, t.tm) : quads(d.k, t.tk)) && quads(...d.aStrides);
+  const b = !d.viewB && (d.transB ? quads(d.k, t.tk) : quads(d.n, t.tn)) && quads(...d.bStrides);
+  return [a, b];
+}
+
+/**
+ * Vec4 `l` of a k step's A or B tile (vectorOperands): the lets placing its first element (`ar`/`ac` or `br`/`bc`,
+ * with `sfx`), whether it lies inside the matrix, its vec4 load, and which place name its components step along.
+ */
+export function operandVector(d: MatmulDims, t: TileDims, which: 'a' | 'b', l: string, sfx: string): OperandElement & { readonly along: string } {
+  const [M, N, K] = [u32Lit(d.m), u32Lit(d.n), u32Lit(d.k)];
+  const per = (x: number) => u32Lit(x / 4);
+  if (which === 'a') {
+    const [r, c] = [`ar${sfx}`, `ac${sfx}`];
+    const inside = `m0 + ${r} < ${M} && k0 + ${c} < ${K}`;
+    if (d.transA) return { lets: [`let ${r} = (${l} % ${per(t.tm)}) * 4u;`, `let ${c} = ${l} / ${per(t.tm)};`], inside, load: `in_0[(oa + (k0 + ${c}) * ${M} + m0 + ${r}) / 4u]`, along: r };
+    return { lets: [`let ${r} = ${l} / ${per(t.tk)};`, `let ${c} = (${l} % ${per(t.tk)}) * 4u;`], inside, load: `in_0[(oa + (m0 + ${r}) * ${K} + k0 + ${c}) / 4u]`, along: c };
+  }
+  const [r, c] = [`br${sfx}`, `bc${sfx}`];
+  const inside = `k0 + ${r} < ${K} && n0 + ${c} < ${N}`;
+  if (d.transB) return { lets: [`let ${c} = ${l} / ${per(t.tk)};`, `let ${r} = (${l} % ${per(t.tk)}) * 4u;`], inside, load: `in_1[(ob + (n0 + ${c}) * ${K} + k0 + ${r}) / 4u]`, along: r };
+  return { lets: [`let ${r} = ${l} / ${per(t.tn)};`, `let ${c} = (${l} % ${per(t.tn)}) * 4u;`], inside, load: `in_1[(ob + (k0 + ${r}) * ${N} + n0 + ${c}) / 4u]`, along: c };
+}
+
+/** The kernel's WGSL with the operands loaded as vec4s declared `array<vec4<f32>>` (kernels/half-storage.ts keeps that). */
+export function vectorBindings(wgsl: string, vec: MatmulReads): string {
+  return vec.reduce((w, on, i) => (on ? w.replace(`var<storage, read> in_${i}: array<f32>;`, `var<storage, read> in_${i}: array<vec4<f32>>;`) : w), wgsl);
+}
+
+/**
  * How a tiled kernel's invocations stage a k step's tiles: 'loop' (a loop of guarded loads, each stored at once),
  * 'unrolled' (every load first, branchless, then the stores: the loads overlap instead of waiting on each other),
  * 'prefetch' (unrolled, the next step's loads issued before this step's products, into registers).
@@ -458,10 +496,11 @@ export interface TileStaging {
  * becomes zero), then `putA`/`putB` store them (given the element's suffix; `ar_q`, `ac_q`, `br_q`, `bc_q` in
  * scope). Places are recomputed at the stores: cheap, and fewer live registers.
  */
-export function unrolledStaging(d: MatmulDims, dims: TileDims, T: number, putA: (sfx: string) => string, putB: (sfx: string) => string, lid = 'lid', second?: SecondProduct): TileStaging {
-  const parts = (which: 'a' | 'b', count: number, put: (sfx: string) => string) => {
-    const n = Math.ceil(count / T);
+export function unrolledStaging(d: MatmulDims, dims: TileDims, T: number, putA: (sfx: string) => string, putB: (sfx: string) => string, lid = 'lid', second?: SecondProduct, vec: MatmulReads = [false, false]): TileStaging {
+  const parts = (which: 'a' | 'b', count: number, put: (sfx: string) => string, vector: boolean) => {
     const v = which === 'a' ? 'va' : 'vb';
+    if (vector) return vectorParts(which, count / 4, put, v);
+    const n = Math.ceil(count / T);
     const load: string[] = [];
     const store: string[] = [];
     for (let q = 0; q < n; q++) {
@@ -473,8 +512,27 @@ export function unrolledStaging(d: MatmulDims, dims: TileDims, T: number, putA: 
     }
     return { decl: Array.from({ length: n }, (_, q) => `  var ${v}_${q} = 0.0f;`).join('\n'), load, store };
   };
-  const a = parts('a', dims.tm * dims.tk, putA);
-  const b = parts('b', dims.tk * dims.tn, putB);
+  // Vec4 loads: each into a vec4 register, then its four elements put one by one (names `_q_e`).
+  const vectorParts = (which: 'a' | 'b', vecs: number, put: (sfx: string) => string, v: string) => {
+    const n = Math.ceil(vecs / T);
+    const load: string[] = [];
+    const store: string[] = [];
+    for (let q = 0; q < n; q++) {
+      const l = `(${lid} + ${u32Lit(q * T)})`;
+      const e = operandVector(d, dims, which, l, `_${q}`);
+      load.push(`{ ${e.lets.join(' ')} ${v}_${q} = select(vec4<f32>(0.0f), ${e.load}, ${e.inside}); }`);
+      const [r, c] = which === 'a' ? [`ar_${q}`, `ac_${q}`] : [`br_${q}`, `bc_${q}`];
+      const comps = [0, 1, 2, 3].map((i) => {
+        const at = (name: string) => `let ${name}_${i} = ${name}${name === e.along && i ? ` + ${u32Lit(i)}` : ''};`;
+        return `{ ${at(r)} ${at(c)} let ${v}_${q}_${i} = ${v}_${q}[${i}]; ${put(`_${q}_${i}`)} }`;
+      });
+      const guard = (q + 1) * T > vecs ? `if (${l} < ${u32Lit(vecs)}) ` : '';
+      store.push(`{ ${e.lets.join(' ')} ${guard}{ ${comps.join(' ')} } }`);
+    }
+    return { decl: Array.from({ length: n }, (_, q) => `  var ${v}_${q} = vec4<f32>(0.0f);`).join('\n'), load, store };
+  };
+  const a = parts('a', dims.tm * dims.tk, putA, vec[0]);
+  const b = parts('b', dims.tk * dims.tn, putB, vec[1]);
   return {
     before: `${a.decl}\n${b.decl}`,
     load: (k) => `    {\n      let k0 = ${k};\n${[...a.load, ...b.load].map((x) => `      ${x}`).join('\n')}\n    }`,
@@ -514,8 +572,8 @@ export const ONE_SLOT: TileSlots = { a: '', b: '', lid: 'lid' };
  * guarded loop (per tile, elements T apart, each loaded, zero outside, and put at once; loop bounds from `bound`) or
  * unrolledStaging. `putA`/`putB` store an element given its names' suffix ('' in the loop).
  */
-export function stageTiles(how: Staging, d: MatmulDims, dims: TileDims, T: number, slots: TileSlots, putA: (sfx: string) => string, putB: (sfx: string) => string, bound: (n: number) => string, second?: SecondProduct): TileStaging {
-  if (how !== 'loop') return unrolledStaging(d, dims, T, putA, putB, slots.lid, second);
+export function stageTiles(how: Staging, d: MatmulDims, dims: TileDims, T: number, slots: TileSlots, putA: (sfx: string) => string, putB: (sfx: string) => string, bound: (n: number) => string, second?: SecondProduct, vec: MatmulReads = [false, false]): TileStaging {
+  if (how !== 'loop') return unrolledStaging(d, dims, T, putA, putB, slots.lid, second, vec);
   const loads = operandLoads(d, dims, second);
   const stage = (count: number, lines: string[], put: string) => {
     const body = [...lines, put].map((x) => `        ${x}`).join('\n');
@@ -542,7 +600,7 @@ export function splitSteps(s: TileStaging, k: number, split: number, step: numbe
  * A, TILE/4 for B). The guarded loop stays rolled on software adapters when loads go through views (their index
  * functions are inlined: LLVM's compile time).
  */
-function tileStaging(how: Staging, d: MatmulDims, slots: TileSlots, target: Target, second?: SecondProduct): TileStaging {
+function tileStaging(how: Staging, d: MatmulDims, slots: TileSlots, target: Target, second?: SecondProduct, vec: MatmulReads = [false, false]): TileStaging {
   const [VA, V] = [u32Lit(A_ROW), u32Lit(TILE / 4)];
   const viewed = !!(second || d.viewA || d.viewB);
   return stageTiles(
@@ -555,7 +613,16 @@ function tileStaging(how: Staging, d: MatmulDims, slots: TileSlots, target: Targ
     (x) => `tile_b[${slots.b}br${x} * ${V} + bc${x} / 4u][bc${x} % 4u] = vb${x};`,
     (n) => (viewed ? unboundedLoop(n, target) : u32Lit(n)),
     second,
+    vec,
   );
+}
+
+/**
+ * The operands a kernel staged `how` loads as vec4s: vectorOperands' for unrolled and prefetched staging unless
+ * Target.tuning.vectorLoads is false (the guarded loop, the software adapters' default, stays scalar).
+ */
+export function vectorLoads(target: Target, how: Staging, d: MatmulDims, t: TileDims, second?: SecondProduct): MatmulReads {
+  return how === 'loop' || target.tuning?.vectorLoads === false ? [false, false] : vectorOperands(d, t, second);
 }
 
 /**
@@ -607,6 +674,7 @@ function tiled(out: MatmulOutput, inputs: readonly Node[], target: Target, d: Ma
   const staging = target.tuning?.tiledStaging ?? defaultStaging(target);
   const split = tiledSplit(target, !!second);
   const origin = tileOrigin(d, tilesM, TILE, range);
+  const vec = vectorLoads(target, staging, d, { tm: TILE, tn: TILE, tk: TK });
   // Split: invocation (tx, ty, h) stages and sums the steps of half h into its own tiles; half 1 then hands its
   // sums to half 0 through the tiles, which adds them (its steps first: a fixed order) and stores.
   const slots: TileSlots = split === 1 ? ONE_SLOT : { a: `h * ${u32Lit(A_ROW * TK)} + `, b: `h * ${u32Lit((TILE / 4) * TK)} + `, lid: 'lh' };
@@ -642,7 +710,7 @@ ${origin.lets}
 ${batchOffsets(d, '  ')}
   let oc = ${origin.outBatch} * ${u32Lit(d.m * d.n)};
   var acc: array<vec4<f32>, ${PER}>;
-${sweep('acc', range?.len ?? d.k, staging, rangeSteps(tileStaging(staging, d, slots, target), range), target, slots, split)}${combine}${second ? `
+${sweep('acc', range?.len ?? d.k, staging, rangeSteps(tileStaging(staging, d, slots, target, undefined, vec), range), target, slots, split)}${combine}${second ? `
   var acc2: array<vec4<f32>, ${PER}>;
 ${sweep('acc2', second.k, 'loop', tileStaging('loop', d, ONE_SLOT, target, second), target)}` : ''}
   for (var i = 0u; i < ${u32Lit(PER)}; i++) {
@@ -653,7 +721,8 @@ ${sweep('acc2', second.k, 'loop', tileStaging('loop', d, ONE_SLOT, target, secon
     }
   }
 }`;
-  return assemble(out, inputs, target, `matmul_tiled_f32${split === 1 ? '' : '_k2'}${range ? `_ks${range.splits}` : ''}${readsSuffix(d)}`, { body: main, workgroupSize: [THREADS, THREADS, split], dispatch: [tilesN, gy, gz] });
+  const kernel = assemble(out, inputs, target, `matmul_tiled_f32${split === 1 ? '' : '_k2'}${range ? `_ks${range.splits}` : ''}${readsSuffix(d)}`, { body: main, workgroupSize: [THREADS, THREADS, split], dispatch: [tilesN, gy, gz] });
+  return { ...kernel, wgsl: vectorBindings(kernel.wgsl, vec) };
 }
 
 /**

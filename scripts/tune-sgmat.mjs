@@ -4,7 +4,7 @@
 //   node scripts/tune-sgmat.mjs [--rows matmul_f16_evag_qkv,...] [--json FILE] [--size full|quick|tiny] [--emulate]
 // (after `npx tsc`). --emulate lists a 16x16x16 config on a device without subgroup matrices, so the emulated
 // kernels run (a check of this script on lavapipe at --size tiny; its times mean nothing).
-// Variants: MSDeformAttn's value gradient (indexed, tiled), f32 flash attention's tiles (and ablations: no staging,
+// Variants: vec4 or scalar operand loads, MSDeformAttn's value gradient (indexed, tiled), f32 flash attention's tiles (and ablations: no staging,
 // no exp), tile shapes forced through Target.tuning, K split across 1-4 sets of workgroups on the fc2 rows
 // (Target.tuning.matmulSplits; 1 is the one kernel, the default picks by shape: kernels/matmul-split-across.ts), and ablations that leave a stage out ('no-mma': the
 // products skipped; 'no-stage': the tiles not staged), whose times say where a kernel's time goes (their
@@ -37,6 +37,8 @@ const SGMAT_VARIANTS = {
   '128x128 8sg bk32 prefetch': mm(2, 4, 4, 2, 32),
   '64x64 4sg bk32 prefetch, K split in 2': mm(2, 2, 2, 2, 32, 'prefetch', 2),
   '64x64 4sg bk64 prefetch, K split in 2': mm(2, 2, 2, 2, 64, 'prefetch', 2),
+  // Operands loaded one element at a time instead of vec4s (the default since session 7, unmeasured before).
+  'default tiles, scalar loads': { vectorLoads: false },
 };
 const TILED_VARIANTS = {
   loop: { tiledStaging: 'loop' },
@@ -44,6 +46,7 @@ const TILED_VARIANTS = {
   prefetch: { tiledStaging: 'prefetch' },
   'unrolled, K split in 2': { tiledStaging: 'unrolled', tiledKSplit: 2 },
   'prefetch, K split in 2': { tiledStaging: 'prefetch', tiledKSplit: 2 },
+  'prefetch, scalar loads': { tiledStaging: 'prefetch', vectorLoads: false },
 };
 // K split across workgroups, for the products with fewer output tiles than the GPU has multiprocessors (the fc2 rows).
 const SPLIT_VARIANTS = Object.fromEntries([1, 2, 3, 4].map((splits) => [`K across ${splits}${splits === 1 ? ' (one kernel)' : ''}`, { matmulSplits: splits }]));

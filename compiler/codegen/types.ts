@@ -34,6 +34,8 @@ export interface Target {
     readonly flashSgmatTiles?: FlashSgmatTiles;
     readonly tiledStaging?: Staging;
     readonly tiledKSplit?: 1 | 2;
+    /** false: staged matmul operands load one element at a time instead of vec4s (kernels/matmul.ts vectorLoads). */
+    readonly vectorLoads?: boolean;
     readonly tensorCoreAttention?: boolean;
     readonly matmulSplits?: number;
     /** Caps on the f32 flash kernels' tiles (kernels/flash-common.ts chooseRowTiles), under a caller's own. */

@@ -34,6 +34,29 @@ test('convertAccesses widens reads and narrows stores of the half bindings only,
   assert.equal(convertAccesses('tile_in_1[i] = 1.0f;', half), 'tile_in_1[i] = 1.0f;');
   assert.equal(convertAccesses('let a = taps.in_1[j] + in_1[j];', half), 'let a = taps.in_1[j] + f32(in_1[j]);');
   assert.throws(() => convertAccesses('out_0[i] += 1.0f;', half), /compound assignment to out_0/);
+  // Operands a matmul loads as vec4s: widened to vec4<f32>; never stored to.
+  const vec4 = new Set(['in_1']);
+  assert.equal(convertAccesses('va = select(vec4<f32>(0f), in_1[(ob + c) / 4u], ok);', half, vec4), 'va = select(vec4<f32>(0f), vec4<f32>(in_1[(ob + c) / 4u]), ok);');
+  assert.throws(() => convertAccesses('in_1[i] = v;', half, vec4), /store to in_1, read as vec4s/);
+});
+
+test('halfStorageKernel declares a vec4-loaded operand array<vec4<f16>>; a read_write vec4 binding cannot be stored as f16', () => {
+  const kernel = (access: string) => ({
+    name: 'k',
+    wgsl: `@group(0) @binding(0) var<storage, ${access}> in_0: array<vec4<f32>>;\n@group(0) @binding(1) var<storage, read_write> out_0: array<f32>;\nfn main() { out_0[0] = in_0[0].x; }`,
+    workgroupSize: [1, 1, 1] as [number, number, number],
+    dispatch: [1, 1, 1] as [number, number, number],
+    bindings: [
+      { value: 0, access: 'read' as const },
+      { value: 1, access: 'read_write' as const },
+    ],
+    nodes: [1],
+  });
+  assert.ok(canStoreHalf(kernel('read'), 0));
+  assert.ok(!canStoreHalf(kernel('read_write'), 0));
+  const k = halfStorageKernel(kernel('read'), new Set([0]));
+  assert.match(k.wgsl, /in_0: array<vec4<f16>>;/);
+  assert.match(k.wgsl, /out_0\[0\] = vec4<f32>\(in_0\[0\]\)\.x;/);
 });
 
 /** x·W rounded as autocast rounds it, then a bias add in f32: the rounded operands are exact f16 values. */
