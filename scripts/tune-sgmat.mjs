@@ -24,7 +24,7 @@ const opt = (name) => {
   const i = args.indexOf(name);
   return i >= 0 ? args[i + 1] : undefined;
 };
-const ROWS = (opt('--rows') ?? 'msdeform_vjp_m2f_pixel,msdeform_vjp_m2f_3lvl,attention_fwd_evag_detection,attention_vjp_evag_detection,matmul_f16_evag_qkv,matmul_f16_evag_fc2,matmul_f16_evae_fc2,matmul_f32_evag_qkv,matmul_f32_evag_fc2,matmul_f32_evae_fc2,attention_fwd_f16_evag_detection').split(',');
+const ROWS = (opt('--rows') ?? 'matmul_f16_evag_qkv,matmul_f16_evag_fc2,matmul_f16_evae_fc2,matmul_f32_evag_qkv,matmul_f32_evag_fc2,matmul_f32_evae_fc2,msdeform_vjp_m2f_pixel,msdeform_vjp_m2f_3lvl,attention_fwd_evag_detection,attention_vjp_evag_detection,attention_fwd_f16_evag_detection').split(',');
 
 const mm = (wm, wn, fm, fn, bk, staging = 'prefetch', ksplit = 1) => ({ sgmatTiles: { wm, wn, fm, fn, bk, staging, ksplit } });
 const SGMAT_VARIANTS = {
