@@ -41,6 +41,7 @@ import {
   touchUnread,
   withSecondOutput,
   withSubgroups,
+  withVectorReads,
   type AttentionGeometry,
   type FlashCaps,
   type FlashReads,
@@ -82,14 +83,17 @@ export function flashBackwardKernel(node: Node, inputs: readonly Node[], target:
   const wrt = attrNum(node.attrs, 'wrt');
   if (dv) {
     if (wrt !== 1 || dv.op !== 'attention_grad' || attrNum(dv.attrs, 'wrt') !== 2) throw new Error(`internal: %${node.id} (wrt ${wrt}) cannot also write %${dv.id}`);
-    return withSecondOutput(dkdvKernel(node, inputs, target, 'kv', caps, reads), dv, target);
+    return withSecondOutput(dkdvKernel(node, inputs, target, 'kv', caps, vectorRows(reads, inputs, target)), dv, target);
   }
   if (wrt === 3) {
     if (reads.bindings) throw new Error(`internal: attention_grad %${node.id} (wrt 3) reads its inputs flat, not through views`);
     return logitsGradKernel(node, inputs, target);
   }
-  return wrt === 0 ? dqKernel(node, inputs, target, caps, reads) : dkdvKernel(node, inputs, target, wrt === 1 ? 'k' : 'v', caps, reads);
+  return wrt === 0 ? dqKernel(node, inputs, target, caps, vectorRows(reads, inputs, target)) : dkdvKernel(node, inputs, target, wrt === 1 ? 'k' : 'v', caps, vectorRows(reads, inputs, target));
 }
+
+/** q, k, v and g rows as vec4s where the head dims allow (unless Target.tuning.vectorLoads is false). */
+const vectorRows = (reads: FlashReads, inputs: readonly Node[], target: Target): FlashReads => (target.tuning?.vectorLoads === false ? reads : withVectorReads(reads, inputs, [Q, K, V, G]));
 
 /** WGSL: `s += mask[...]` for the (b, h, query, key) given, or nothing without a mask. */
 function maskAddCode(g: AttentionGeometry, i: string, j: string, indent: string): string {

@@ -143,6 +143,17 @@ export interface FlashReads {
   readonly inlined: readonly number[];
   /** Appended to the kernel's name (which slots are read through views). */
   readonly suffix: string;
+  /** Slots read from their binding four values at a time (withVectorReads): declared array<vec4<f32>>. */
+  readonly vec4?: ReadonlySet<number>;
+}
+
+/**
+ * `reads` with the row operands among `slots` that the f32 flash kernels load as vec4s: those read from their
+ * binding (no view) whose rows are whole vec4s (head dim a multiple of 4, so every row starts on one).
+ */
+export function withVectorReads(reads: FlashReads, inputs: readonly Node[], slots: readonly number[]): FlashReads {
+  const vec = slots.filter((s) => typeof reads.slots[s] === 'string' && inputs[s] !== undefined && inputs[s].shape[inputs[s].shape.length - 1] % 4 === 0);
+  return vec.length ? { ...reads, vec4: new Set(vec) } : reads;
 }
 
 /** The plain reads: input slot i is binding `in_<i>`. */
@@ -157,21 +168,27 @@ export function bindingOf(reads: FlashReads, slot: number): string {
   return s;
 }
 
+/** A binding read one vec4 at a time (withVectorReads). */
+export interface Vec4Binding {
+  readonly vec4: string;
+}
 /** Reads one row of a row operand: the binding, or element `col` of row `row` of the (b, h) through the view. */
-export type RowSource = string | ((col: string) => string);
+export type RowSource = string | Vec4Binding | ((col: string) => string);
 /** Reads a tile of a row operand: the binding, or element `col` of the tile's row `row` through the view. */
-export type TileSource = string | ((row: string, col: string) => string);
+export type TileSource = string | Vec4Binding | ((row: string, col: string) => string);
 
 /** The source of row `row` (a WGSL u32) of row operand `slot`, for the current (b, h). */
 export function rowSource(reads: FlashReads, slot: number, row: string): RowSource {
   const s = reads.slots[slot];
-  return typeof s === 'string' ? s : (col) => s(['b', 'h', row, col]);
+  if (typeof s === 'string') return reads.vec4?.has(slot) ? { vec4: s } : s;
+  return (col) => s(['b', 'h', row, col]);
 }
 
 /** The source of the tile of row operand `slot` whose first row is `row0`, for the current (b, h). */
 export function tileSource(reads: FlashReads, slot: number, row0: string): TileSource {
   const s = reads.slots[slot];
-  return typeof s === 'string' ? s : (row, col) => s(['b', 'h', `${row0} + ${row}`, col]);
+  if (typeof s === 'string') return reads.vec4?.has(slot) ? { vec4: s } : s;
+  return (row, col) => s(['b', 'h', `${row0} + ${row}`, col]);
 }
 
 /** WGSL: keeps the bindings of the slots a kernel does not read (every binding when views rebind them). */
@@ -182,6 +199,16 @@ export function touchUnread(reads: FlashReads, slots: readonly number[], indent 
 
 /** makeKernel for a flash kernel: binds what `reads` binds, with its helpers, library and name suffix. */
 export function flashKernel(node: Node, inputs: readonly Node[], target: Target, reads: FlashReads, parts: KernelParts): Kernel {
+  const k = unvectored(node, inputs, target, reads, parts);
+  // The vec4-read bindings' declarations (kernels/half-storage.ts stores them as array<vec4<f16>> where f16).
+  const wgsl = [...(reads.vec4 ?? [])].reduce((w, slot) => {
+    const name = reads.slots[slot] as string;
+    return w.replace(`var<storage, read> ${name}: array<f32>;`, `var<storage, read> ${name}: array<vec4<f32>>;`);
+  }, k.wgsl);
+  return { ...k, wgsl };
+}
+
+function unvectored(node: Node, inputs: readonly Node[], target: Target, reads: FlashReads, parts: KernelParts): Kernel {
   if (!reads.bindings) return makeKernel(node, inputs, target, parts);
   const bound: Node = { ...node, inputs: reads.bindings.map((n) => n.id) };
   const body = reads.helpers ? `${reads.helpers}\n\n${parts.body}` : parts.body;
@@ -318,6 +345,15 @@ function componentsCode(cols: number, stride: number, assign: (comp: string, e: 
 }
 
 /**
+ * WGSL: `dst` = the vec4 at element `at` of a vec4 binding (cols a multiple of 4, so `at` is one's first element),
+ * scaled; the padding vec4s past `cols` (split rows, `stride` > cols / 4) stay zero.
+ */
+function vec4Read(src: Vec4Binding, dst: string, cols: number, stride: number, sc: string, indent: string): string[] {
+  const load = `${dst} = ${src.vec4}[at / 4u]${sc};`;
+  return [stride * 4 === cols ? `${indent}${load}` : `${indent}if (c < ${u32Lit(cols)}) { ${load} }`];
+}
+
+/**
  * WGSL: loads `rows` rows of `cols` values (row-major, from element `base` of `src`) into the vec4 array `dst`
  * (`stride` vec4s per row, the tail zero-padded), or through a view (`src` a function; `base` unused); rows at or
  * past `valid` are zeros. Multiplied by `scale` when given. Invocation `lid` of `workgroup` fills vec4s lid,
@@ -327,15 +363,15 @@ export function loadVec4TileCode(target: Target, dst: string, src: TileSource, b
   if (cols === 0) return '';
   const U = u32Lit;
   const sc = scale ? ` * ${scale}` : '';
-  const read = (e: number) => (typeof src === 'string' ? `${src}[at + ${U(e)}]` : src('row', colOf(e)));
+  const read = (e: number) => (typeof src === 'string' ? `${src}[at + ${U(e)}]` : typeof src === 'function' ? src('row', colOf(e)) : '');
   return [
     `for (var x = lid; x < ${loopBound(rows * stride, target)}; x += ${U(workgroup)}) {`,
     `  let row = x / ${U(stride)};`,
     `  let c = (x % ${U(stride)}) * 4u;`,
     `  var val = vec4f(0.0f);`,
     `  if (row < ${valid}) {`,
-    ...(typeof src === 'string' ? [`    let at = ${base} + row * ${U(cols)} + c;`] : []),
-    ...componentsCode(cols, stride, (x, e) => `val.${x} = ${read(e)}${sc};`, '    '),
+    ...(typeof src !== 'function' ? [`    let at = ${base} + row * ${U(cols)} + c;`] : []),
+    ...(typeof src === 'object' ? vec4Read(src, 'val', cols, stride, sc, '    ') : componentsCode(cols, stride, (x, e) => `val.${x} = ${read(e)}${sc};`, '    ')),
     `  }`,
     `  ${dst}[x] = val;`,
     `}`,
@@ -357,15 +393,15 @@ function laneLoop(target: Target, cols4: number, split: number): string[] {
 export function loadVec4RowCode(target: Target, dst: string, src: RowSource, base: string, ok: string, cols: number, scale?: string, split = 1, indent = '  '): string {
   const U = u32Lit;
   const sc = scale ? ` * ${scale}` : '';
-  const read = (e: number) => (typeof src === 'string' ? `${src}[at + ${U(e)}]` : src(colOf(e)));
+  const read = (e: number) => (typeof src === 'string' ? `${src}[at + ${U(e)}]` : typeof src === 'function' ? src(colOf(e)) : '');
   return [
     `var ${dst}: array<vec4f, ${laneVec4s(cols, split)}>;`,
     `if (${ok}) {`,
     ...laneLoop(target, vec4s(cols), split).map((l) => `  ${l}`),
     `    let c = t * 4u;`,
-    ...(typeof src === 'string' ? [`    let at = ${base} + c;`] : []),
+    ...(typeof src !== 'function' ? [`    let at = ${base} + c;`] : []),
     `    var v = vec4f(0.0f);`,
-    ...componentsCode(cols, tileVec4s(cols, split), (x, e) => `v.${x} = ${read(e)}${sc};`, '    '),
+    ...(typeof src === 'object' ? vec4Read(src, 'v', cols, tileVec4s(cols, split), sc, '    ') : componentsCode(cols, tileVec4s(cols, split), (x, e) => `v.${x} = ${read(e)}${sc};`, '    ')),
     `    ${dst}[u] = v;`,
     `  }`,
     `}`,

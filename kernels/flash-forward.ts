@@ -38,6 +38,7 @@ import {
   tileVec4s,
   withSecondOutput,
   withSubgroups,
+  withVectorReads,
   type FlashCaps,
   type FlashReads,
   type FlashTiles,
@@ -64,8 +65,10 @@ export function flashForwardTiles(node: Node, inputs: readonly Node[], target: T
  * value, the m + ln l it has at the end anyway: the backward needs no sweep of its own for it. `reads`: q, k, v
  * through views (compiler/codegen/attention-views.ts) instead of their bindings.
  */
-export function flashForwardKernel(node: Node, inputs: readonly Node[], target: Target, caps: FlashCaps = {}, lse?: Node, reads: FlashReads = directReads(node)): Kernel {
+export function flashForwardKernel(node: Node, inputs: readonly Node[], target: Target, caps: FlashCaps = {}, lse?: Node, given: FlashReads = directReads(node)): Kernel {
   const lseOnly = node.op === 'attention_lse';
+  // q, k (and v) rows as vec4s where the head dim allows.
+  const reads = target.tuning?.vectorLoads === false ? given : withVectorReads(given, inputs, lseOnly ? [0, 1] : [0, 1, 2]);
   if (lse && (lseOnly || lse.op !== 'attention_lse')) throw new Error(`internal: %${node.id} ${node.op} cannot also write %${lse.id} ${lse.op}`);
   const [q, k] = inputs;
   const v = lseOnly ? undefined : inputs[2];

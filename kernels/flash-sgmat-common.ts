@@ -24,6 +24,7 @@ export function spread(target: Target, count: number, T: number, body: string[],
 
 /** WGSL reading element (row, col) of a tile of a row operand whose first row is `row0`, row length `cols`. */
 function readTile(src: TileSource, row0: string, cols: number, row: string, col: string, S: number): string {
+  if (typeof src === 'object') throw new Error(`internal: the tensor-core flash kernels read ${src.vec4} one value at a time, not as vec4s`);
   return typeof src === 'string' ? `${src}[(bh * ${u32Lit(S)} + ${row0} + ${row}) * ${u32Lit(cols)} + ${col}]` : src(row, col);
 }
 

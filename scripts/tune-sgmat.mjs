@@ -1,7 +1,7 @@
 // Tile sweeps and ablations of the matmul and flash kernels on a GPU with subgroup matrices: one short run
 // that times each variant of matmul_sgmat_f16, matmul_tiled_f32 (its staging) and attention_flash_sgmat_f16 on bench rows, so the
 // defaults in kernels/matmul-sgmat.ts and kernels/flash-sgmat.ts can be chosen from measurements (docs/perf.md).
-//   node scripts/tune-sgmat.mjs [--rows matmul_f16_evag_qkv,...] [--json FILE] [--size full|quick|tiny] [--emulate]
+//   node scripts/tune-sgmat.mjs [--rows matmul_f16_evag_qkv,...] [--variants scalar,...] [--json FILE] [--size full|quick|tiny] [--emulate]
 // (after `npx tsc`). --emulate lists a 16x16x16 config on a device without subgroup matrices, so the emulated
 // kernels run (a check of this script on lavapipe at --size tiny; its times mean nothing).
 // Variants: vec4 or scalar operand loads, MSDeformAttn's value gradient (indexed, tiled), f32 flash attention's tiles (and ablations: no staging,
@@ -57,6 +57,7 @@ const MSDEFORM_VARIANTS = { 'value grad tiled (one kernel)': { msdeformValueGrad
 const F32_FLASH_VARIANTS = {};
 for (const split of [1, 2, 4]) for (const workgroup of [64, 128, 256]) for (const sweep of [16, 32]) F32_FLASH_VARIANTS[`f32 split ${split} wg ${workgroup} keys ${sweep}`] = { flashCaps: { split, workgroup, sweep, rows: 1 } };
 for (const split of [2, 4]) for (const sweep of [16, 32]) F32_FLASH_VARIANTS[`f32 split ${split} wg 128 keys ${sweep} 2 rows`] = { flashCaps: { split, workgroup: 128, sweep, rows: 2 } };
+F32_FLASH_VARIANTS['f32 scalar loads'] = { vectorLoads: false };
 // Attention: 'default' is the f32-accumulating flash kernel (tensor-core attention is off by default).
 const FLASH_VARIANTS = { 'tensor cores': { tensorCoreAttention: true } };
 for (const subgroups of [2, 4, 8]) for (const keys of [32, 64, 128]) for (const sharedKv of [true, false]) FLASH_VARIANTS[`tensor cores ${subgroups}sg ${keys}keys ${sharedKv ? 'shared' : 'apart'}`] = { tensorCoreAttention: true, flashSgmatTiles: { subgroups, keys, sharedKv } };
@@ -122,7 +123,9 @@ try {
       // Ablations on the looped staging (the only one with a staging loop to empty) and on the default.
       const ablated = msdeform || f32Attention ? [] : row.op === 'attention' ? [[FLASH_VARIANTS['tensor cores'], 'tensor cores']] : [[row.dtype === 'f16' ? SGMAT_VARIANTS['64x64 4sg bk32 loop'] : TILED_VARIANTS.loop, 'loop'], [undefined, 'default']];
       const ablations = f32Attention ? Object.keys(FLASH_ABLATIONS).map((a) => [`default flash ${a}`, undefined, `flash ${a}`]) : ablated.flatMap(([t, n]) => Object.keys(ABLATIONS).map((a) => [`${n} ${a}`, t, a]));
-      const variants = [['default', undefined, undefined], ...Object.entries(table).map(([n, t]) => [n, t, undefined]), ...ablations];
+      // --variants a,b: only the variants whose names contain one of these (the default always runs).
+      const only = opt('--variants')?.split(',');
+      const variants = [['default', undefined, undefined], ...Object.entries(table).map(([n, t]) => [n, t, undefined]), ...ablations].filter(([n]) => n === 'default' || !only || only.some((o) => n.includes(o)));
       let reference;
       for (const [name, tuning, ablation] of variants) {
         const t0 = performance.now();

@@ -34,7 +34,10 @@ export interface Target {
     readonly flashSgmatTiles?: FlashSgmatTiles;
     readonly tiledStaging?: Staging;
     readonly tiledKSplit?: 1 | 2;
-    /** false: staged matmul operands load one element at a time instead of vec4s (kernels/matmul.ts vectorLoads). */
+    /**
+     * false: staged matmul operands and the f32 flash kernels' rows load one element at a time instead of vec4s
+     * (kernels/matmul.ts vectorLoads, kernels/flash-common.ts withVectorReads).
+     */
     readonly vectorLoads?: boolean;
     readonly tensorCoreAttention?: boolean;
     readonly matmulSplits?: number;
