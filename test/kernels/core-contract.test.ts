@@ -100,7 +100,8 @@ await withDevice(async (gpu) => {
           checkKernelShape(k, node, target);
           assert.match(k.name, /^[a-z0-9_]+$/);
           assert.deepEqual(k.nodes, [node.id]);
-          node.inputs.forEach((_, i) => assert.ok(k.wgsl.includes(`@group(0) @binding(${i}) var<storage, read> in_${i}: array<f32>;`), `${k.name}: binding ${i}`));
+          // Inputs are f32 arrays, read one value or (matmul operands, attention rows) one vec4 at a time.
+          node.inputs.forEach((_, i) => assert.match(k.wgsl, new RegExp(`@group\\(0\\) @binding\\(${i}\\) var<storage, read> in_${i}: array<(f32|vec4<f32>)>;`), `${k.name}: binding ${i}`));
           assert.ok(k.wgsl.includes(`@group(0) @binding(${node.inputs.length}) var<storage, read_write> out_0: array<f32>;`), `${k.name}: output binding`);
           // Workgroup memory declared within the limit.
           let shared = 0;
