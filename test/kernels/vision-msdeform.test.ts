@@ -172,6 +172,26 @@ await withDevice(async (gpu) => {
       assert.deepEqual(bits(r.indexed.gpu), bits(r.again.gpu));
     });
 
+    await test('the index on random geometry with many chunks (16-invocation workgroups): = the reference, repeatable', async () => {
+      const small: Target = { ...gpu.target, name: 'small', limits: { ...gpu.target.limits, maxComputeInvocationsPerWorkgroup: 16, maxComputeWorkgroupSizeX: 16 } };
+      const many = fc.record({
+        n: fc.integer({ min: 1, max: 2 }),
+        lq: fc.integer({ min: 5, max: 60 }),
+        m: fc.integer({ min: 1, max: 2 }),
+        dh: fc.integer({ min: 1, max: 9 }),
+        p: fc.integer({ min: 1, max: 4 }),
+        levels: fc.array(fc.tuple(fc.integer({ min: 1, max: 9 }), fc.integer({ min: 1, max: 9 })), { minLength: 1, maxLength: 3 }),
+        seed: fc.integer({ min: 1, max: 1 << 30 }),
+      });
+      await fc.assert(
+        fc.asyncProperty(many, async (c) => {
+          const r = await valueGrads(c, tensors(c), small);
+          assert.deepEqual(bits(r.indexed.gpu), bits(r.again.gpu));
+        }),
+        { numRuns: Math.max(2, Math.ceil(NUM_RUNS / 2)) },
+      );
+    });
+
     await test('the index sorts a crowded coarse level and a sparse fine one (two levels, points outside)', async () => {
       const c: MsCase = { n: 1, lq: 90, m: 2, dh: 7, p: 3, levels: [[9, 13], [2, 3]], seed: 41 };
       await valueGrads(c, tensors(c));
