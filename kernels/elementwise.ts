@@ -209,6 +209,14 @@ export function bindingDecls(inputs: number): string {
   return lines.join('\n');
 }
 
+/**
+ * The kernel's WGSL with the read-only f32 bindings `names` declared `array<vec4<f32>>`, for kernels that read
+ * them one vec4 at a time (kernels/half-storage.ts stores such a binding as array<vec4<f16>> where f16).
+ */
+export function declareVec4(wgsl: string, names: readonly string[]): string {
+  return names.reduce((w, name) => w.replace(`var<storage, read> ${name}: array<f32>;`, `var<storage, read> ${name}: array<vec4<f32>>;`), wgsl);
+}
+
 /** Fails with a clear message when a kernel would bind more storage buffers than the target allows. */
 export function checkBindings(node: Node, target: Target): void {
   const n = node.inputs.length + 1;

@@ -12,7 +12,7 @@
 import type { Kernel, Target } from '../compiler/codegen/types.js';
 import type { Node } from '../compiler/ir/graph.js';
 import { attrNum } from '../compiler/ir/rules/shape.js';
-import { broadcastStrides, groupIndexCode, loopBound, makeKernel, u32Lit, unboundedLoop, withOutput, EXP_POLY, type KernelParts } from './elementwise.js';
+import { broadcastStrides, declareVec4, groupIndexCode, loopBound, makeKernel, u32Lit, unboundedLoop, withOutput, EXP_POLY, type KernelParts } from './elementwise.js';
 import { floorPow2 } from './reduce.js';
 
 /** attention_grad's input slots. */
@@ -200,12 +200,7 @@ export function touchUnread(reads: FlashReads, slots: readonly number[], indent 
 /** makeKernel for a flash kernel: binds what `reads` binds, with its helpers, library and name suffix. */
 export function flashKernel(node: Node, inputs: readonly Node[], target: Target, reads: FlashReads, parts: KernelParts): Kernel {
   const k = unvectored(node, inputs, target, reads, parts);
-  // The vec4-read bindings' declarations (kernels/half-storage.ts stores them as array<vec4<f16>> where f16).
-  const wgsl = [...(reads.vec4 ?? [])].reduce((w, slot) => {
-    const name = reads.slots[slot] as string;
-    return w.replace(`var<storage, read> ${name}: array<f32>;`, `var<storage, read> ${name}: array<vec4<f32>>;`);
-  }, k.wgsl);
-  return { ...k, wgsl };
+  return { ...k, wgsl: declareVec4(k.wgsl, [...(reads.vec4 ?? [])].map((slot) => reads.slots[slot] as string)) };
 }
 
 function unvectored(node: Node, inputs: readonly Node[], target: Target, reads: FlashReads, parts: KernelParts): Kernel {

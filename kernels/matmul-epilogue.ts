@@ -12,7 +12,7 @@ import { u32Lit } from './elementwise.js';
 import { externalReads, groupExternals, KEPT_FN, memberCode } from './fused.js';
 import { viewCode, type ViewPlan } from './view.js';
 import { DIRECT_READS, graphMatmulVariant, matmulKernel, rowCoords, type MatmulOutput, type MatmulReads, type MatmulVariant, type OperandViews } from './matmul.js';
-import { matmulChain } from './matmul-split-across.js';
+import { matmulKernels } from './matmul-split-across.js';
 
 /**
  * The epilogue as the output of its producer's kernel (the matmul's, or the row op's, kernels/row.ts): the
@@ -81,12 +81,12 @@ export function matmulEpilogueKernel(graph: Graph, group: FusionGroup, target: T
 }
 
 /**
- * The same group as a chain with K split across workgroups (kernels/matmul-split-across.ts) where matmulChain
- * picks one for its variant, else undefined.
+ * The kernels of a matmul group as the schedule runs them: a chain with K split across workgroups where
+ * matmulChain picks one (kernels/matmul-split-across.ts), else matmulEpilogueKernel's one kernel.
  */
-export function matmulEpilogueChain(graph: Graph, group: FusionGroup, target: Target, reads: MatmulReads = DIRECT_READS, second?: SecondProductPlan, views?: ReadonlyMap<number, ViewPlan>, operands?: OperandViews): KernelChain | undefined {
+export function matmulEpilogueKernels(graph: Graph, group: FusionGroup, target: Target, reads: MatmulReads = DIRECT_READS, second?: SecondProductPlan, views?: ReadonlyMap<number, ViewPlan>, operands?: OperandViews): KernelChain {
   const { mm, inputs, out } = groupProduct(graph, group, second, views);
-  return matmulChain(mm, inputs, target, graphMatmulVariant(graph, mm, target), out, reads, operands);
+  return matmulKernels(mm, inputs, target, graphMatmulVariant(graph, mm, target), out, reads, operands);
 }
 
 /** A matmul group's product, its operands and its output (with the second product's, when planned). */

@@ -10,7 +10,7 @@
 import type { Kernel, KernelChain, Scratch, Target } from '../compiler/codegen/types.js';
 import { numel, type Node } from '../compiler/ir/graph.js';
 import { bindingDecls, flatKernel, u32Lit, unboundedLoop } from './elementwise.js';
-import { DIRECT_READS, matmulGrid, matmulKernel, plainOutput, storeBlock, type KRange, type MatmulOutput, type MatmulReads, type MatmulVariant, type OperandViews } from './matmul.js';
+import { DIRECT_READS, matmulGrid, matmulKernel, plainOutput, softwareTarget, storeBlock, type KRange, type MatmulOutput, type MatmulReads, type MatmulVariant, type OperandViews } from './matmul.js';
 import type { SgmatTiles } from './matmul-sgmat.js';
 
 /** The scratch placeholder of the partial products. */
@@ -34,7 +34,7 @@ export const SPLIT_MAX = 4;
  * (88 tiles, 384 steps of 16) gets 2. Not yet measured: scripts/tune-sgmat.mjs times 1-4 ranges on the fc2 rows.
  */
 export function defaultMatmulSplits(target: Target, tiles: number, steps: number): number {
-  if (target.isFallbackAdapter || target.name === 'lavapipe' || tiles >= SPLIT_TILES) return 1;
+  if (softwareTarget(target) || tiles >= SPLIT_TILES) return 1;
   return Math.max(1, Math.min(SPLIT_MAX, Math.ceil(SPLIT_TILES / tiles), Math.floor(steps / SPLIT_MIN_STEPS)));
 }
 
@@ -100,6 +100,11 @@ export function matmulChain(node: Node, inputs: readonly Node[], target: Target,
   if (numel(node.shape) === 0 || (variant !== 'tiled' && variant !== 'sgmat')) return undefined;
   const splits = matmulSplits(node, inputs, target, variant, reads, !!out.second);
   return splits > 1 ? splitAcrossChain(node, inputs, target, variant, splits, out, reads, views) : undefined;
+}
+
+/** The kernels computing a matmul: matmulChain's where it splits K, else the one kernel (a chain without scratch). */
+export function matmulKernels(node: Node, inputs: readonly Node[], target: Target, variant: MatmulVariant, out: MatmulOutput = plainOutput(node), reads: MatmulReads = DIRECT_READS, views: OperandViews = [undefined, undefined]): KernelChain {
+  return matmulChain(node, inputs, target, variant, out, reads, views) ?? { kernels: [matmulKernel(node, inputs, target, variant, out, reads, views)], scratch: [] };
 }
 
 /**

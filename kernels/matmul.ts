@@ -31,7 +31,7 @@ import type { Kernel, KernelGen, Target } from '../compiler/codegen/types.js';
 import { isExactHalf } from '../compiler/codegen/half.js';
 import { numel, type Graph, type Node } from '../compiler/ir/graph.js';
 import { attrInts, normDim } from '../compiler/ir/rules/shape.js';
-import { broadcastStrides, dispatchGroups, flatKernel, groupIndexCode, kernelRule, loopBound, makeKernel, offsetCode, u32Lit, unboundedLoop } from './elementwise.js';
+import { broadcastStrides, declareVec4, dispatchGroups, flatKernel, groupIndexCode, kernelRule, loopBound, makeKernel, offsetCode, u32Lit, unboundedLoop } from './elementwise.js';
 import { sgmatGrid, sgmatMatmul, sgmatUnfit, type SgmatTiles } from './matmul-sgmat.js';
 import { treeReduceCode, treeWorkgroup } from './reduce.js';
 
@@ -468,10 +468,8 @@ export function operandVector(d: MatmulDims, t: TileDims, which: 'a' | 'b', l: s
   return { lets: [`let ${r} = ${l} / ${per(t.tn)};`, `let ${c} = (${l} % ${per(t.tn)}) * 4u;`], inside, load: `in_1[(ob + (k0 + ${r}) * ${N} + n0 + ${c}) / 4u]`, along: c };
 }
 
-/** The kernel's WGSL with the operands loaded as vec4s declared `array<vec4<f32>>` (kernels/half-storage.ts keeps that). */
-export function vectorBindings(wgsl: string, vec: MatmulReads): string {
-  return vec.reduce((w, on, i) => (on ? w.replace(`var<storage, read> in_${i}: array<f32>;`, `var<storage, read> in_${i}: array<vec4<f32>>;`) : w), wgsl);
-}
+/** The kernel's WGSL with the operands loaded as vec4s (`vec`) declared so. */
+export const vectorBindings = (wgsl: string, vec: MatmulReads): string => declareVec4(wgsl, ['in_0', 'in_1'].filter((_, i) => vec[i]));
 
 /**
  * How a tiled kernel's invocations stage a k step's tiles: 'loop' (a loop of guarded loads, each stored at once),
@@ -480,8 +478,11 @@ export function vectorBindings(wgsl: string, vec: MatmulReads): string {
  */
 export type Staging = 'loop' | 'unrolled' | 'prefetch';
 
+/** Whether `target` is a software adapter (lavapipe's, or the named compile target for it): CPU threads, slow shader compiles. */
+export const softwareTarget = (target: Target): boolean => target.isFallbackAdapter || target.name === 'lavapipe';
+
 /** 'loop' on software adapters (LLVM compiles unrolled staging slowly), else 'prefetch'. */
-export const defaultStaging = (target: Target): Staging => (target.isFallbackAdapter || target.name === 'lavapipe' ? 'loop' : 'prefetch');
+export const defaultStaging = (target: Target): Staging => (softwareTarget(target) ? 'loop' : 'prefetch');
 
 /** WGSL staging a k step's tiles: declarations before the k loop, the loads of step `k`, and the stores. */
 export interface TileStaging {

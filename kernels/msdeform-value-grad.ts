@@ -43,6 +43,7 @@ import {
   msGeom,
   nodeBindings,
   perElementKernel,
+  perLevel,
   requireFloat,
   rolledPrelude,
   spreadWorkgroups,
@@ -92,10 +93,8 @@ function pixelBlocks(k: MsDeformGeometry, target: Target): PixelBlocks | undefin
   return { wg, tp, e, levelStarts, perNm };
 }
 
-/** WGSL: `select` over the levels of per-level constants, for the runtime level index `l`. */
-function perLevel(values: readonly number[], l = 'l'): string {
-  return values.slice(1).reduce((acc, v, i) => `select(${acc}, ${u32Lit(v)}, ${l} == ${u32Lit(i + 1)})`, u32Lit(values[0]));
-}
+/** WGSL: the level of index `x` (a value row, a block) given each level's first: the last whose start is <= x. */
+const levelAt = (starts: readonly number[], x: string): string => starts.slice(1).reduce((acc, st) => `${acc} + select(0u, 1u, ${x} >= ${u32Lit(st)})`, '0u');
 
 // ---------------------------------------------------------------------------------------------- plain gather
 
@@ -108,8 +107,7 @@ function perLevel(values: readonly number[], l = 'l'): string {
 function gradValueGather(node: Node, inputs: readonly Node[], target: Target): Kernel {
   const k = msGeom(node, inputs);
   const B = loopBound(target);
-  // Level of value row s: the last level whose start is <= s.
-  const levelOf = k.starts.slice(1).reduce((acc, st) => `${acc} + select(0u, 1u, s >= ${u32Lit(st)})`, '0u');
+  const levelOf = levelAt(k.starts, 's');
   const body = `${touch(['value'])}
 let d = i % DH;
 let m = (i / DH) % M;
@@ -159,7 +157,7 @@ function blockGatherWgsl(name: string, k: MsDeformGeometry, target: Target, b: P
   const B = loopBound(target);
   const words = maskWords(wg);
   const workgroups = k.n * k.m * b.perNm;
-  const levelOfTile = b.levelStarts.slice(1).reduce((acc, st) => `${acc} + select(0u, 1u, tile >= ${u32Lit(st)})`, '0u');
+  const levelOfTile = levelAt(b.levelStarts, 'tile');
   const elemSetup: string[] = [];
   const elemAdd: string[] = [];
   const elemStore: string[] = [];

@@ -195,13 +195,16 @@ export const POINT_HELPERS = LOCATE_HELPERS + CORNER_HELPER;
 
 /** WGSL: `let lvl_h`, `lvl_w`, `lvl_start` for the runtime level index `l` (levels baked in). */
 export function levelSelect(k: MsGeom, l: string): string {
-  const pick = (vals: readonly number[]) =>
-    vals.slice(1).reduce((acc, v, i) => `select(${acc}, ${u32Lit(v)}, ${l} == ${u32Lit(i + 1)})`, u32Lit(vals[0]));
   return [
-    `let lvl_h = ${pick(k.levels.map(([h]) => h))};`,
-    `let lvl_w = ${pick(k.levels.map(([, w]) => w))};`,
-    `let lvl_start = ${pick(k.starts)};`,
+    `let lvl_h = ${perLevel(k.levels.map(([h]) => h), l)};`,
+    `let lvl_w = ${perLevel(k.levels.map(([, w]) => w), l)};`,
+    `let lvl_start = ${perLevel(k.starts, l)};`,
   ].join('\n');
+}
+
+/** WGSL: the value of per-level constants for the runtime level index `l` (a chain of `select`s). */
+export function perLevel(values: readonly number[], l = 'l'): string {
+  return values.slice(1).reduce((acc, v, i) => `select(${acc}, ${u32Lit(v)}, ${l} == ${u32Lit(i + 1)})`, u32Lit(values[0]));
 }
 
 /** Declares every input binding; `_ = &x` keeps an input the formula does not read in the pipeline layout. */

@@ -13,9 +13,9 @@ import { flashBackwardKernel } from '../../kernels/flash-backward.js';
 import { flashForwardKernel } from '../../kernels/flash-forward.js';
 import { msdeformPointGradsKernel } from '../../kernels/msdeform.js';
 import { fusedKernel } from '../../kernels/fused.js';
-import { matmulEpilogueChain, matmulEpilogueKernel, operandViews } from '../../kernels/matmul-epilogue.js';
-import { graphMatmulVariant, matmulKernel } from '../../kernels/matmul.js';
-import { matmulChain } from '../../kernels/matmul-split-across.js';
+import { matmulEpilogueKernels, operandViews } from '../../kernels/matmul-epilogue.js';
+import { graphMatmulVariant } from '../../kernels/matmul.js';
+import { matmulKernels } from '../../kernels/matmul-split-across.js';
 import { reduceEpilogueKernel, reducePrologueKernel } from '../../kernels/reduce.js';
 import { rowEpilogueKernel, rowProductKernel } from '../../kernels/row.js';
 import { halfStorageKernel } from '../../kernels/half-storage.js';
@@ -171,8 +171,6 @@ export function schedule(graph: Graph, target: Target, rules: { readonly [op: st
   const push = (k: Kernel) => kernels.push({ ...k, bindings: k.bindings.map((b) => ({ ...b, value: root(b.value) })) });
   // A chain's scratch values get ids of their own, named for the node they serve.
   const pushChain = (node: Node, chain: KernelChain) => chainKernels(chain, (sc) => newValue([sc.words], `${sc.name} for %${node.id}`)).forEach(push);
-  // A matmul with K split across workgroups is a chain through scratch partials (kernels/matmul-split-across.ts).
-  const pushMatmul = (node: Node, chain: KernelChain | undefined, one: () => Kernel) => (chain ? pushChain(node, chain) : push(one()));
   for (const node of graph.nodes) {
     if (!live.has(node.id) || absorbed.has(node.id)) continue;
     const group = groupOf.get(node.id);
@@ -182,7 +180,8 @@ export function schedule(graph: Graph, target: Target, rules: { readonly [op: st
     if (rowProduct) push(rowProductKernel(graph, rowKernels.get(node.id)!.row, group, rowProduct, target, views));
     else if (group?.matmul !== undefined) {
       const mm = [transposed.get(group.matmul), seconds.get(group.root), views, operandViews(graph, operandPlans.get(group.matmul))] as const;
-      pushMatmul(graph.node(group.root), matmulEpilogueChain(graph, group, target, ...mm), () => matmulEpilogueKernel(graph, group, target, undefined, ...mm));
+      // One kernel, or a chain through scratch partials with K split across workgroups (kernels/matmul-split-across.ts).
+      pushChain(graph.node(group.root), matmulEpilogueKernels(graph, group, target, ...mm));
     } else if (group)
       push(
         group.row !== undefined
@@ -205,7 +204,7 @@ export function schedule(graph: Graph, target: Target, rules: { readonly [op: st
       const opViews = operandViews(graph, operandPlans.get(node.id));
       // A matmul's variant depends on its operands in the graph (exact f16 values: subgroup matrices).
       const variant = node.op === 'matmul' ? graphMatmulVariant(graph, node, target) : undefined;
-      if (variant) pushMatmul(node, matmulChain(node, inputs, target, variant, undefined, reads, opViews), () => matmulKernel(node, inputs, target, variant, undefined, reads, opViews));
+      if (variant) pushChain(node, matmulKernels(node, inputs, target, variant, undefined, reads, opViews));
       else if (sibling !== undefined) withSibling(node, graph.node(sibling), graph, target, rules).forEach(push);
       else if (rule.kind === 'chain') pushChain(node, rule.gen(node, inputs, target));
       else push(tensorCoreAttention(graph, node, target) ?? rule.gen(node, inputs, target));

@@ -137,6 +137,35 @@ export async function pipelineFor(device: GPUDevice, kernel: Kernel): Promise<GP
   return pipeline;
 }
 
+// (GPUBufferUsage is a global only once withDevice has loaded webgpu: read it when a buffer is made.)
+const storageUsage = () => GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST;
+/** Bytes of a test buffer of `n` f32s: whole 16-byte units, at least one. */
+const paddedBytes = (n: number) => Math.max(16, Math.ceil((n * 4) / 16) * 16);
+
+/** A storage buffer holding `data`. */
+function uploaded(device: GPUDevice, data: Float32Array): GPUBuffer {
+  const buf = device.createBuffer({ size: paddedBytes(data.length), usage: storageUsage() });
+  if (data.length) device.queue.writeBuffer(buf, 0, data.buffer, data.byteOffset, data.byteLength);
+  return buf;
+}
+
+/** A storage buffer of `n` f32s poisoned with NaN, so a word no kernel writes shows. */
+const poisoned = (device: GPUDevice, n: number): GPUBuffer => uploaded(device, new Float32Array(paddedBytes(n) / 4).fill(NaN));
+
+/** A mappable buffer to copy `n` f32s into, and the function that reads them once the copy is submitted. */
+function readback(device: GPUDevice, n: number): { readonly buffer: GPUBuffer; read(): Promise<Float32Array> } {
+  const buffer = device.createBuffer({ size: paddedBytes(n), usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
+  return {
+    buffer,
+    async read() {
+      await buffer.mapAsync(GPUMapMode.READ);
+      const data = new Float32Array(buffer.getMappedRange().slice(0, n * 4));
+      buffer.unmap();
+      return data;
+    },
+  };
+}
+
 /**
  * Runs one kernel: inputs bound in order (read), then the output (read_write) of `outputElements` f32s;
  * returns the output. The kernel's bindings must be its inputs then one output.
@@ -152,21 +181,13 @@ export async function runKernel(device: GPUDevice, kernel: Kernel, inputs: reado
   const pipeline = await pipelineFor(device, kernel);
   device.pushErrorScope('validation');
   device.pushErrorScope('out-of-memory');
-  const usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST;
-  const bytes = (n: number) => Math.max(16, Math.ceil((n * 4) / 16) * 16);
   const buffers: GPUBuffer[] = [];
   try {
-    for (const x of inputs) {
-      const buf = device.createBuffer({ size: bytes(x.length), usage });
-      if (x.length) device.queue.writeBuffer(buf, 0, x.buffer, x.byteOffset, x.byteLength);
-      buffers.push(buf);
-    }
-    const out = device.createBuffer({ size: bytes(outputElements), usage });
+    buffers.push(...inputs.map((x) => uploaded(device, x)));
+    const out = poisoned(device, outputElements);
     buffers.push(out);
-    // Poison the output so a kernel that misses an element shows up as NaN.
-    device.queue.writeBuffer(out, 0, new Float32Array(bytes(outputElements) / 4).fill(NaN));
-    const readback = device.createBuffer({ size: bytes(outputElements), usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
-    buffers.push(readback);
+    const back = readback(device, outputElements);
+    buffers.push(back.buffer);
     const bindGroup = device.createBindGroup({
       layout: pipeline.getBindGroupLayout(0),
       entries: buffers.slice(0, inputs.length + 1).map((buffer, binding) => ({ binding, resource: { buffer } })),
@@ -179,15 +200,12 @@ export async function runKernel(device: GPUDevice, kernel: Kernel, inputs: reado
       pass.dispatchWorkgroups(kernel.dispatch[0], kernel.dispatch[1], kernel.dispatch[2]);
       pass.end();
     }
-    enc.copyBufferToBuffer(out, 0, readback, 0, bytes(outputElements));
+    enc.copyBufferToBuffer(out, 0, back.buffer, 0, paddedBytes(outputElements));
     device.queue.submit([enc.finish()]);
     const oom = await device.popErrorScope();
     const validation = await device.popErrorScope();
     if (oom || validation) throw new Error(`kernel ${kernel.name}: ${[validation?.message, oom?.message].filter(Boolean).join('; ')}`);
-    await readback.mapAsync(GPUMapMode.READ);
-    const result = new Float32Array(readback.getMappedRange().slice(0, outputElements * 4));
-    readback.unmap();
-    return result;
+    return await back.read();
   } finally {
     for (const b of buffers) b.destroy();
   }
@@ -197,17 +215,9 @@ export async function runKernel(device: GPUDevice, kernel: Kernel, inputs: reado
 export async function runKernelOutputs(device: GPUDevice, kernel: Kernel, inputs: readonly Float32Array[], sizes: readonly number[]): Promise<Float32Array[]> {
   assert.equal(kernel.bindings.length, inputs.length + sizes.length, `${kernel.name}: bindings`);
   const pipeline = await pipelineFor(device, kernel);
-  const usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST;
-  const bytes = (n: number) => Math.max(16, Math.ceil((n * 4) / 16) * 16);
-  const make = (data: Float32Array) => {
-    const buf = device.createBuffer({ size: bytes(data.length), usage });
-    device.queue.writeBuffer(buf, 0, data.buffer, data.byteOffset, data.byteLength);
-    return buf;
-  };
-  const buffers = inputs.map(make);
-  // Outputs poisoned with NaN: an element the kernel misses shows.
-  const outs = sizes.map((n) => make(new Float32Array(bytes(n) / 4).fill(NaN)));
-  const reads = sizes.map((n) => device.createBuffer({ size: bytes(n), usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST }));
+  const buffers = inputs.map((x) => uploaded(device, x));
+  const outs = sizes.map((n) => poisoned(device, n));
+  const backs = sizes.map((n) => readback(device, n));
   try {
     device.pushErrorScope('validation');
     const bindGroup = device.createBindGroup({ layout: pipeline.getBindGroupLayout(0), entries: [...buffers, ...outs].map((buffer, binding) => ({ binding, resource: { buffer } })) });
@@ -217,20 +227,13 @@ export async function runKernelOutputs(device: GPUDevice, kernel: Kernel, inputs
     pass.setBindGroup(0, bindGroup);
     pass.dispatchWorkgroups(...kernel.dispatch);
     pass.end();
-    outs.forEach((o, i) => enc.copyBufferToBuffer(o, 0, reads[i], 0, bytes(sizes[i])));
+    outs.forEach((o, i) => enc.copyBufferToBuffer(o, 0, backs[i].buffer, 0, paddedBytes(sizes[i])));
     device.queue.submit([enc.finish()]);
     const error = await device.popErrorScope();
     if (error) throw new Error(`${kernel.name}: ${error.message}`);
-    return await Promise.all(
-      reads.map(async (r, i) => {
-        await r.mapAsync(GPUMapMode.READ);
-        const data = new Float32Array(r.getMappedRange().slice(0, sizes[i] * 4));
-        r.unmap();
-        return data;
-      }),
-    );
+    return await Promise.all(backs.map((b) => b.read()));
   } finally {
-    for (const b of [...buffers, ...outs, ...reads]) b.destroy();
+    for (const b of [...buffers, ...outs, ...backs.map((r) => r.buffer)]) b.destroy();
   }
 }
 
@@ -241,27 +244,17 @@ export async function runKernelOutputs(device: GPUDevice, kernel: Kernel, inputs
  * (bindings: the node's inputs or scratch read, scratch or the node's value written).
  */
 export async function runChain(device: GPUDevice, node: Node, chain: KernelChain, values: ReadonlyMap<number, Float32Array>, target: Target): Promise<Float32Array> {
-  const usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST;
-  const bytes = (n: number) => Math.max(16, Math.ceil((n * 4) / 16) * 16);
   const buffers = new Map<number, GPUBuffer>();
-  const make = (data: Float32Array) => {
-    const buf = device.createBuffer({ size: bytes(data.length), usage });
-    device.queue.writeBuffer(buf, 0, data.buffer, data.byteOffset, data.byteLength);
-    return buf;
-  };
   const outElements = numel(node.shape);
-  const readback = device.createBuffer({ size: bytes(outElements), usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
+  const back = readback(device, outElements);
   try {
-    for (const id of node.inputs) if (!buffers.has(id)) buffers.set(id, make(values.get(id)!));
-    for (const sc of chain.scratch) buffers.set(sc.ref, make(new Float32Array(bytes(sc.words) / 4).fill(NaN)));
-    buffers.set(node.id, make(new Float32Array(bytes(outElements) / 4).fill(NaN)));
+    for (const id of node.inputs) if (!buffers.has(id)) buffers.set(id, uploaded(device, values.get(id)!));
+    for (const sc of chain.scratch) buffers.set(sc.ref, poisoned(device, sc.words));
+    buffers.set(node.id, poisoned(device, outElements));
     const enc = device.createCommandEncoder({ label: chain.kernels.at(-1)?.name });
     device.pushErrorScope('validation');
     for (const kernel of chain.kernels) {
-      const [x, y, z] = kernel.workgroupSize;
-      assert.ok(x * y * z <= target.limits.maxComputeInvocationsPerWorkgroup, `${kernel.name}: workgroup over the limit`);
-      assert.ok(kernel.dispatch.every((d) => d <= target.limits.maxComputeWorkgroupsPerDimension), `${kernel.name}: dispatch over the limit`);
-      assert.ok(kernel.bindings.length <= target.limits.maxStorageBuffersPerShaderStage, `${kernel.name}: ${kernel.bindings.length} bindings`);
+      checkKernelLimits(kernel, target, kernel.name);
       for (const b of kernel.bindings) {
         const scratch = b.value < 0;
         assert.ok(scratch ? chain.scratch.some((sc) => sc.ref === b.value) : b.access === 'read' ? node.inputs.includes(b.value) : b.value === node.id, `${kernel.name}: binds %${b.value} (${b.access})`);
@@ -275,16 +268,13 @@ export async function runChain(device: GPUDevice, node: Node, chain: KernelChain
       pass.dispatchWorkgroups(...kernel.dispatch);
       pass.end();
     }
-    enc.copyBufferToBuffer(buffers.get(node.id)!, 0, readback, 0, bytes(outElements));
+    enc.copyBufferToBuffer(buffers.get(node.id)!, 0, back.buffer, 0, paddedBytes(outElements));
     device.queue.submit([enc.finish()]);
     const error = await device.popErrorScope();
     if (error) throw new Error(`chain ${chain.kernels.map((k) => k.name).join(', ')}: ${error.message}`);
-    await readback.mapAsync(GPUMapMode.READ);
-    const result = new Float32Array(readback.getMappedRange().slice(0, outElements * 4));
-    readback.unmap();
-    return result;
+    return await back.read();
   } finally {
-    for (const b of [...buffers.values(), readback]) b.destroy();
+    for (const b of [...buffers.values(), back.buffer]) b.destroy();
   }
 }
 
@@ -396,12 +386,8 @@ export async function runGraph(
 /** The contract every generated kernel keeps: bindings, entry point, limits. */
 export function checkKernelShape(kernel: Kernel, node: Node, target: Target): void {
   const [x, y, z] = kernel.workgroupSize;
-  const L = target.limits;
   const where = `kernel ${kernel.name} for %${node.id} ${node.op}`;
-  assert.ok(x * y * z <= L.maxComputeInvocationsPerWorkgroup, `${where}: workgroup ${x}x${y}x${z} exceeds ${L.maxComputeInvocationsPerWorkgroup} invocations`);
-  assert.ok(x <= L.maxComputeWorkgroupSizeX && y <= L.maxComputeWorkgroupSizeY && z <= L.maxComputeWorkgroupSizeZ, `${where}: workgroup size over the limits`);
-  assert.ok(kernel.dispatch.every((d) => d <= L.maxComputeWorkgroupsPerDimension), `${where}: dispatch ${kernel.dispatch.join('x')} over maxComputeWorkgroupsPerDimension`);
-  assert.ok(kernel.bindings.length <= L.maxStorageBuffersPerShaderStage, `${where}: ${kernel.bindings.length} storage bindings`);
+  checkKernelLimits(kernel, target, where);
   assert.deepEqual(
     kernel.bindings.map((b) => b.value),
     [...node.inputs, node.id],
@@ -413,6 +399,16 @@ export function checkKernelShape(kernel: Kernel, node: Node, target: Target): vo
   const declared = m[1].split(',').map((s) => Number(s.trim()));
   while (declared.length < 3) declared.push(1);
   assert.deepEqual(declared, [x, y, z], `${where}: @workgroup_size(${m[1]}) does not match workgroupSize`);
+}
+
+/** A kernel's workgroup, dispatch and bindings within the target's limits. */
+function checkKernelLimits(kernel: Kernel, target: Target, where: string): void {
+  const [x, y, z] = kernel.workgroupSize;
+  const L = target.limits;
+  assert.ok(x * y * z <= L.maxComputeInvocationsPerWorkgroup, `${where}: workgroup ${x}x${y}x${z} exceeds ${L.maxComputeInvocationsPerWorkgroup} invocations`);
+  assert.ok(x <= L.maxComputeWorkgroupSizeX && y <= L.maxComputeWorkgroupSizeY && z <= L.maxComputeWorkgroupSizeZ, `${where}: workgroup size over the limits`);
+  assert.ok(kernel.dispatch.every((d) => d <= L.maxComputeWorkgroupsPerDimension), `${where}: dispatch ${kernel.dispatch.join('x')} over maxComputeWorkgroupsPerDimension`);
+  assert.ok(kernel.bindings.length <= L.maxStorageBuffersPerShaderStage, `${where}: ${kernel.bindings.length} storage bindings`);
 }
 
 function fmtNum(v: number): string {

@@ -19,7 +19,7 @@ import { roundF16 } from '../../compiler/ir/rules/reference-core.js';
 import { planMemory } from '../../compiler/plan/memory.js';
 import { GPU_RULES } from '../../kernels/index.js';
 import { TARGETS } from '../../compiler/codegen/targets.js';
-import { graphMatmulVariant, matmulKernel, matmulVariant, type MatmulReads } from '../../kernels/matmul.js';
+import { graphMatmulVariant, matmulKernel, type MatmulReads } from '../../kernels/matmul.js';
 import { sgmatTiles, sgmatUnfit, type SgmatTiles } from '../../kernels/matmul-sgmat.js';
 import { nativeSgmat, sgmatOps, sgmatShape, sgmatSpelling, SUBGROUP_MATRIX_FEATURE } from '../../kernels/sgmat.js';
 import { tensorCoreProblem } from '../../runtime/gpu/tensor-core-probe.js';

@@ -9,6 +9,7 @@ import type { Builder } from '../../compiler/ir/builder.js';
 import type { Target } from '../../compiler/codegen/types.js';
 import { msdeformAttnGradChain, type GradValueVariant } from '../../kernels/msdeform-value-grad.js';
 import { VISION_GPU_RULES } from '../../kernels/vision.js';
+import { msGeometry, type MsCase } from './msdeform-geometry.js';
 import { checkAgainstReference, makeRng, randomTensor, withDevice, type GpuContext, type RuleTable } from './harness.js';
 
 const NUM_RUNS = Number(process.env.VISFT_KERNEL_RUNS ?? 6);
@@ -20,16 +21,6 @@ const plainGather = valueVariant('gather');
 /** The indexed value gradient's chain, in order. */
 const INDEXED = ['msdeform_attn_grad_value_rank', 'msdeform_attn_grad_value_scan', 'msdeform_attn_grad_value_scan_blocks', 'msdeform_attn_grad_value_fill', 'msdeform_attn_grad_value_indexed_f32'];
 
-interface MsCase {
-  readonly n: number;
-  readonly lq: number;
-  readonly m: number;
-  readonly dh: number;
-  readonly p: number;
-  readonly levels: [number, number][];
-  readonly seed: number;
-}
-
 const shapes = (c: MsCase) => {
   const s = c.levels.reduce((t, [h, w]) => t + h * w, 0);
   const L = c.levels.length;
@@ -38,17 +29,7 @@ const shapes = (c: MsCase) => {
 
 const size = (s: readonly number[]) => s.reduce((a, b) => a * b, 1);
 
-const msCase: fc.Arbitrary<MsCase> = fc
-  .record({
-    n: fc.integer({ min: 1, max: 2 }),
-    lq: fc.integer({ min: 1, max: 7 }),
-    m: fc.integer({ min: 1, max: 3 }),
-    dh: fc.integer({ min: 1, max: 7 }),
-    p: fc.integer({ min: 1, max: 4 }),
-    levels: fc.array(fc.tuple(fc.integer({ min: 1, max: 7 }), fc.integer({ min: 1, max: 7 })), { minLength: 1, maxLength: 2 }),
-    seed: fc.integer({ min: 1, max: 1 << 30 }),
-  })
-  .filter((c) => Object.values(shapes(c)).every((s) => size(s) < 5000));
+const msCase: fc.Arbitrary<MsCase> = msGeometry({ lq: [1, 7], m: [1, 3], dh: [1, 7], p: [1, 4], side: 7, levels: 2 }).filter((c) => Object.values(shapes(c)).every((s) => size(s) < 5000));
 
 /** Random locations in [-0.3, 1.3): many points fall outside the map, some within one pixel of it. */
 const locations = (c: MsCase) => randomTensor(shapes(c).loc, c.seed + 1, -0.3, 1.3);
@@ -174,15 +155,7 @@ await withDevice(async (gpu) => {
 
     await test('the index on random geometry with many chunks (16-invocation workgroups): = the reference, repeatable', async () => {
       const small: Target = { ...gpu.target, name: 'small', limits: { ...gpu.target.limits, maxComputeInvocationsPerWorkgroup: 16, maxComputeWorkgroupSizeX: 16 } };
-      const many = fc.record({
-        n: fc.integer({ min: 1, max: 2 }),
-        lq: fc.integer({ min: 5, max: 60 }),
-        m: fc.integer({ min: 1, max: 2 }),
-        dh: fc.integer({ min: 1, max: 9 }),
-        p: fc.integer({ min: 1, max: 4 }),
-        levels: fc.array(fc.tuple(fc.integer({ min: 1, max: 9 }), fc.integer({ min: 1, max: 9 })), { minLength: 1, maxLength: 3 }),
-        seed: fc.integer({ min: 1, max: 1 << 30 }),
-      });
+      const many = msGeometry({ lq: [5, 60], m: [1, 2], dh: [1, 9], p: [1, 4], side: 9, levels: 3 });
       await fc.assert(
         fc.asyncProperty(many, async (c) => {
           const r = await valueGrads(c, tensors(c), small);
