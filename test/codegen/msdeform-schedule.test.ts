@@ -13,7 +13,7 @@ import { openDevice, type GpuDevice } from '../../runtime/gpu/device.js';
 import { runGpu } from '../../runtime/run-gpu.js';
 import { makeRng, randomTensor } from '../ir/util.js';
 import { assertSchedulesAgree, assertWithin } from '../kernels/harness.js';
-import { msGeometry } from '../kernels/msdeform-geometry.js';
+import { msGeometry } from '../ir/msdeform-geometry.js';
 
 let gpu: GpuDevice;
 before(async () => {

@@ -7,29 +7,12 @@ import fc from 'fast-check';
 import { vjp } from '../../compiler/autodiff/vjp.js';
 import { Builder } from '../../compiler/ir/builder.js';
 import type { RefTensor } from '../../compiler/ir/rules/reference.js';
+import { msGeometry, type MsCase } from './msdeform-geometry.js';
 import { assertClose, evalOp, finiteDifferenceCheck, makeRng, randomTensor, tensor, type Rng } from './util.js';
 
 const NUM_RUNS = Number(process.env.VISFT_VISION_RUNS ?? 25);
 
-interface MsCase {
-  readonly n: number;
-  readonly lq: number;
-  readonly m: number;
-  readonly dh: number;
-  readonly p: number;
-  readonly levels: [number, number][];
-  readonly seed: number;
-}
-
-const msCase: fc.Arbitrary<MsCase> = fc.record({
-  n: fc.integer({ min: 1, max: 2 }),
-  lq: fc.integer({ min: 1, max: 3 }),
-  m: fc.integer({ min: 1, max: 2 }),
-  dh: fc.integer({ min: 1, max: 5 }),
-  p: fc.integer({ min: 1, max: 3 }),
-  levels: fc.array(fc.tuple(fc.integer({ min: 1, max: 4 }), fc.integer({ min: 1, max: 4 })), { minLength: 1, maxLength: 2 }),
-  seed: fc.integer({ min: 1, max: 1 << 30 }),
-});
+const msCase: fc.Arbitrary<MsCase> = msGeometry({ lq: [1, 3], m: [1, 2], dh: [1, 5], p: [1, 3], side: 4, levels: 2 });
 
 const shapes = (c: MsCase) => {
   const s = c.levels.reduce((t, [h, w]) => t + h * w, 0);

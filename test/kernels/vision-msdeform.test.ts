@@ -9,7 +9,7 @@ import type { Builder } from '../../compiler/ir/builder.js';
 import type { Target } from '../../compiler/codegen/types.js';
 import { msdeformAttnGradChain, type GradValueVariant } from '../../kernels/msdeform-value-grad.js';
 import { VISION_GPU_RULES } from '../../kernels/vision.js';
-import { msGeometry, type MsCase } from './msdeform-geometry.js';
+import { msGeometry, type MsCase } from '../ir/msdeform-geometry.js';
 import { checkAgainstReference, makeRng, randomTensor, withDevice, type GpuContext, type RuleTable } from './harness.js';
 
 const NUM_RUNS = Number(process.env.VISFT_KERNEL_RUNS ?? 6);
