@@ -83,6 +83,7 @@ function program(): Command {
     .option('--backend <name>', 'gpu (WebGPU through Dawn) or cpu (the float64 reference)', 'gpu')
     .option('--adapter <name>', 'pick the GPU adapter whose name contains this')
     .option('--f64', 'write outputs as float64 (default float32)')
+    .option('--kernels <which>', "auto (the bundle's kernels when compiled for a GPU target this adapter satisfies, else scheduled for this adapter), bundle, or device", 'auto')
     .action(async (bundle: string, opts: import('./commands/run.js').RunOptions) => {
       process.exitCode = await (await import('./commands/run.js')).runRun(bundle, opts);
     });

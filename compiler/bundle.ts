@@ -8,7 +8,8 @@ import type { CompiledEntry, WeightsSpec } from './lower/entry.js';
 import { Builder } from './ir/builder.js';
 import type { Kernel, Target } from './codegen/types.js';
 import { PORTABLE_TARGET } from './codegen/types.js';
-import type { GpuProgram } from './codegen/gpu.js';
+import { compileGpu, type GpuProgram } from './codegen/gpu.js';
+import { TARGETS, targetShortfalls } from './codegen/targets.js';
 import type { ValueInfo } from './codegen/schedule.js';
 import { planMemory } from './plan/memory.js';
 
@@ -41,6 +42,8 @@ export interface Bundle {
   /** The GPU program: kernels in schedule order, the values they bind, aliases and outputs (the memory plan is derived). */
   readonly gpu: {
     readonly target: string;
+    /** false when compiled with --no-fuse (absent: fused). */
+    readonly fused?: boolean;
     readonly kernels: Kernel[];
     readonly values: ValueInfo[];
     readonly aliases: [number, number][];
@@ -76,6 +79,7 @@ export function makeBundle(c: CompiledEntry, source: { file: string; sha256: str
     gpu: gpu
       ? {
           target: gpu.target.name,
+          ...(gpu.options?.fuse === false ? { fused: false } : {}),
           kernels: gpu.schedule.kernels,
           values: gpu.schedule.values,
           aliases: [...gpu.schedule.aliases],
@@ -134,10 +138,39 @@ export function parseBundle(text: string, file: string): { bundle: Bundle; graph
   return { bundle: b, graph: g };
 }
 
-/** The bundle's GPU program, with its memory plan re-derived (deterministically) for the portable target's limits. */
+/** The bundle's own GPU program, its memory plan re-derived (deterministically) for `target` (the device). */
 export function bundleGpuProgram(b: Bundle, file: string, target: Target = PORTABLE_TARGET): GpuProgram {
   if (!b.gpu) throw new BundleError(`${file} has no GPU kernels: compile it with this visft`);
   const schedule = { kernels: b.gpu.kernels, values: b.gpu.values, aliases: new Map(b.gpu.aliases), outputs: new Map(b.gpu.outputs) };
   const plan = planMemory({ values: schedule.values, schedule: schedule.kernels, aliases: schedule.aliases }, target);
   return { target, schedule, plan };
+}
+
+/**
+ * Which kernels `visft run` uses: `bundle` (the bundle's own), `device` (scheduled for the device at hand from the
+ * bundle's graph, as `visft compile --target` would for it), or `auto`: the bundle's own when it was compiled for
+ * a named GPU target that the device satisfies, else the device's. A `portable` bundle's kernels run anywhere but
+ * are planned for WebGPU's least limits and no features, and software adapters compile their unrolled loops
+ * slowly (minutes for one flash-attention kernel on lavapipe), so `auto` schedules them for the device.
+ */
+export type KernelChoice = 'auto' | 'bundle' | 'device';
+
+export interface ChosenProgram {
+  readonly program: GpuProgram;
+  /** Why the device's kernels were scheduled instead of the bundle's (absent when the bundle's run). */
+  readonly rescheduled?: string;
+}
+
+export function bundleProgramFor(b: Bundle, graph: Graph, file: string, device: Target, choice: KernelChoice): ChosenProgram {
+  if (!b.gpu) throw new BundleError(`${file} has no GPU kernels: compile it with this visft`);
+  const compiledFor = TARGETS[b.gpu.target];
+  const shortfalls = compiledFor ? targetShortfalls(device, compiledFor) : [`a target this visft does not know ('${b.gpu.target}')`];
+  if (choice === 'bundle') {
+    if (shortfalls.length) throw new BundleError(`${file} was compiled for '${b.gpu.target}'; this adapter (${device.name}) lacks ${shortfalls.join(', ')}: run with --kernels device, or compile it for this GPU`);
+    return { program: bundleGpuProgram(b, file, device) };
+  }
+  const own = choice === 'auto' && b.gpu.target !== PORTABLE_TARGET.name && !shortfalls.length;
+  if (own) return { program: bundleGpuProgram(b, file, device) };
+  const why = choice === 'device' ? '--kernels device' : b.gpu.target === PORTABLE_TARGET.name ? `the bundle's are for '${PORTABLE_TARGET.name}'` : `the bundle's are for '${b.gpu.target}', and this adapter lacks ${shortfalls.join(', ')}`;
+  return { program: compileGpu(graph, device, b.gpu.fused === false ? { fuse: false } : {}), rescheduled: why };
 }

@@ -1,6 +1,6 @@
 // `visft run BUNDLE [--weights W ...] --inputs I.safetensors --outputs O.safetensors [--backend cpu|gpu]`
 import { readFileSync } from 'node:fs';
-import { BundleError, bundleGpuProgram, parseBundle } from '../../compiler/bundle.js';
+import { BundleError, bundleProgramFor, parseBundle, type KernelChoice } from '../../compiler/bundle.js';
 import { PlanError } from '../../compiler/plan/memory.js';
 import { openDevice } from '../../runtime/gpu/device.js';
 import { GpuError } from '../../runtime/gpu/errors.js';
@@ -17,11 +17,16 @@ export interface RunOptions {
   backend: string;
   adapter?: string;
   f64?: boolean;
+  kernels?: string;
 }
+
+const KERNEL_CHOICES: readonly KernelChoice[] = ['auto', 'bundle', 'device'];
 
 export async function runRun(bundleFile: string, opts: RunOptions): Promise<number> {
   if (!opts.inputs || !opts.outputs) throw new UsageError('run needs --inputs I.safetensors and --outputs O.safetensors');
   if (opts.backend !== 'cpu' && opts.backend !== 'gpu') throw new UsageError(`--backend is cpu or gpu, not '${opts.backend}'`);
+  const kernels = (opts.kernels ?? 'auto') as KernelChoice;
+  if (!KERNEL_CHOICES.includes(kernels)) throw new UsageError(`--kernels is ${KERNEL_CHOICES.join(', ')}, not '${opts.kernels}'`);
   try {
     let text: string;
     try {
@@ -37,9 +42,11 @@ export async function runRun(bundleFile: string, opts: RunOptions): Promise<numb
     let outputs;
     if (opts.backend === 'cpu') outputs = runCpu(graph, inputs, params);
     else {
-      const program = bundleGpuProgram(bundle, bundleFile);
+      if (!bundle.gpu) throw new BundleError(`${bundleFile} has no GPU kernels: compile it with this visft`);
       const gpu = await openDevice({ adapter: opts.adapter });
       try {
+        const { program, rescheduled } = bundleProgramFor(bundle, graph, bundleFile, gpu.target, kernels);
+        if (rescheduled) process.stdout.write(`kernels: ${program.schedule.kernels.length} scheduled for ${gpu.target.name} (${rescheduled})\n`);
         outputs = await runGpu(gpu, graph, program, inputs, params);
       } finally {
         await gpu.destroy();

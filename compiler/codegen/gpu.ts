@@ -10,12 +10,14 @@ export interface GpuProgram {
   readonly target: Target;
   readonly schedule: Schedule;
   readonly plan: MemoryPlan;
+  /** How it was scheduled (a bundle keeps `fuse: false`, so a runtime that re-schedules it does the same). */
+  readonly options?: ScheduleOptions;
 }
 
 export function compileGpu(graph: Graph, target: Target, opts: ScheduleOptions = {}): GpuProgram {
   const s = schedule(graph, target, GPU_RULES, opts);
   const plan = planMemory({ values: s.values, schedule: s.kernels, aliases: s.aliases }, target);
-  return { target, schedule: s, plan };
+  return { target, schedule: s, plan, options: opts };
 }
 
 /** `--emit kernels`: one line per kernel with what it computes and binds. */

@@ -68,3 +68,28 @@ export const TARGETS: Readonly<Record<string, Target>> = {
   'nvidia-h100': { name: 'nvidia-h100', ...NVIDIA_HOPPER },
   'nvidia-h200': { name: 'nvidia-h200', ...NVIDIA_HOPPER },
 };
+
+/** Limits where a smaller value is the more capable device. */
+const SMALLER_IS_MORE: ReadonlySet<keyof Target['limits']> = new Set(['minStorageBufferOffsetAlignment']);
+
+/**
+ * What `device` lacks to run kernels generated for `compiled` as they are (empty: it can): features, subgroup
+ * sizes outside the range the kernels assumed, subgroup-matrix configs or their spelling, and limits.
+ */
+export function targetShortfalls(device: Target, compiled: Target): string[] {
+  const missing = compiled.features.filter((f) => !device.features.includes(f)).map((f) => `feature ${f}`);
+  if (compiled.features.includes('subgroups') && (device.subgroupMinSize < compiled.subgroupMinSize || device.subgroupMaxSize > compiled.subgroupMaxSize)) {
+    missing.push(`subgroup size ${compiled.subgroupMinSize}-${compiled.subgroupMaxSize} (it has ${device.subgroupMinSize}-${device.subgroupMaxSize})`);
+  }
+  const key = (c: Target['subgroupMatrixConfigs'][number]) => `${c.componentType}->${c.resultComponentType} ${c.M}x${c.N}x${c.K}`;
+  const has = new Set(device.subgroupMatrixConfigs.map(key));
+  missing.push(...compiled.subgroupMatrixConfigs.map(key).filter((k) => !has.has(k)).map((k) => `subgroup matrix ${k}`));
+  if (compiled.subgroupMatrixConfigs.length && (device.subgroupMatrixSpelling ?? 'template') !== (compiled.subgroupMatrixSpelling ?? 'template')) {
+    missing.push(`subgroup-matrix spelling '${compiled.subgroupMatrixSpelling ?? 'template'}' (it takes '${device.subgroupMatrixSpelling ?? 'template'}')`);
+  }
+  for (const [k, want] of Object.entries(compiled.limits) as [keyof Target['limits'], number][]) {
+    const got = device.limits[k];
+    if (SMALLER_IS_MORE.has(k) ? got > want : got < want) missing.push(`${k} ${want} (it has ${got})`);
+  }
+  return missing;
+}

@@ -1,0 +1,63 @@
+// `visft compile --op ... -o B` then `visft run B` end to end through the CLI, on the GPU (lavapipe in CI) against
+// `--backend cpu` (the float64 reference) on the same bundle and inputs. The shapes are the ones that once took
+// minutes on lavapipe: a portable bundle's flash kernels (head dim 88, ragged tiles) are rescheduled for the adapter.
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, test } from 'node:test';
+import { fileURLToPath } from 'node:url';
+import { fromNumbers, readSafetensors, toFloat64, writeSafetensors } from '../../runtime/weights/index.js';
+import { makeRng } from '../ir/util.js';
+
+const bin = fileURLToPath(new URL('../../../bin/visft.js', import.meta.url));
+const dir = mkdtempSync(join(tmpdir(), 'visft-run-cli-'));
+after(() => rmSync(dir, { recursive: true, force: true }));
+const cli = (...args: string[]) => spawnSync(process.execPath, [bin, ...args], { encoding: 'utf8', timeout: 180_000 });
+
+/** Compiles the op, runs it on the GPU and on the CPU, and compares every output; returns the GPU run's stdout. */
+function compareRuns(op: string, shapes: Record<string, number[]>, attrs: string[], values: (name: string, i: number) => number): string {
+  const bundle = join(dir, `${op}.visftx`);
+  const c = cli('compile', '--op', op, '--vjp', '--shape', ...Object.entries(shapes).map(([k, s]) => `${k}=${s.join('x')}`), ...(attrs.length ? ['--attr', ...attrs] : []), '-o', bundle);
+  assert.equal(c.status, 0, c.stderr);
+  const outShape = shapes.q ?? [shapes.sampling_locations[0], shapes.sampling_locations[1], shapes.value[2] * shapes.value[3]];
+  const inputs = { ...shapes, 'd:output': outShape };
+  const file = join(dir, `${op}-in.safetensors`);
+  writeSafetensors(file, new Map(Object.entries(inputs).map(([k, s]) => [k, fromNumbers('f32', s, Array.from({ length: s.reduce((a, b) => a * b, 1) }, (_, i) => values(k, i)))])));
+  const runs = (['gpu', 'cpu'] as const).map((backend) => {
+    const out = join(dir, `${op}-${backend}.safetensors`);
+    const r = cli('run', bundle, '--inputs', file, '--outputs', out, '--backend', backend);
+    assert.equal(r.status, 0, `${backend}: ${r.stderr}${r.error ?? ''}`);
+    return { stdout: r.stdout, tensors: readSafetensors(out).tensors };
+  });
+  const [gpu, cpu] = runs;
+  assert.deepEqual([...gpu.tensors.keys()].sort(), [...cpu.tensors.keys()].sort());
+  for (const [name, want] of cpu.tensors) {
+    const [a, b] = [toFloat64(gpu.tensors.get(name)!), toFloat64(want)];
+    const scale = Math.max(1, ...b.map(Math.abs));
+    const worst = Math.max(...a.map((x, i) => Math.abs(x - b[i])));
+    assert.ok(worst <= 1e-5 * scale, `${op} ${name}: GPU differs from the reference by ${worst} (scale ${scale})`);
+  }
+  return gpu.stdout;
+}
+
+test('attention (head dim 88, 11 queries, 47 keys) forward and backward: a portable bundle is rescheduled and matches the reference', () => {
+  const rand = makeRng(7);
+  const out = compareRuns('attention', { q: [1, 2, 11, 88], k: [1, 2, 47, 88], v: [1, 2, 47, 88] }, [], () => rand() * 4 - 2);
+  assert.match(out, /^kernels: \d+ scheduled for .+ \(the bundle's are for 'portable'\)$/m);
+});
+
+test('msdeform_attn over two levels, points outside the map, forward and backward, matches the reference', () => {
+  const rand = makeRng(11);
+  const levels = [[5, 3], [2, 4]];
+  const S = levels.reduce((a, [h, w]) => a + h * w, 0);
+  const values = (name: string) => (name === 'sampling_locations' ? rand() * 1.4 - 0.2 : name === 'attention_weights' ? rand() : rand() * 2 - 1);
+  compareRuns('msdeform_attn', { value: [1, S, 2, 8], sampling_locations: [1, 9, 2, 2, 3, 2], attention_weights: [1, 9, 2, 2, 3] }, [`levels=${levels.map((l) => l.join('x')).join(',')}`], values);
+});
+
+test('run --kernels takes auto, bundle or device', () => {
+  const r = cli('run', join(dir, 'none.visftx'), '--inputs', 'i', '--outputs', 'o', '--kernels', 'fast');
+  assert.equal(r.status, 2);
+  assert.match(r.stderr, /--kernels is auto, bundle, device, not 'fast'/);
+});
