@@ -249,6 +249,7 @@ export const LOWER: { readonly [K in OpName]: LowerRule } = {
   },
   msdeform_attn: (a) => {
     const levels = a.attr('levels');
+    if (levels === undefined) throw new LowerError(`msdeform_attn needs levels, the value maps' [H, W] sizes (with --op: --attr levels=64x64,32x32,16x16)`);
     if (!Array.isArray(levels)) throw new LowerError(`msdeform_attn: levels must be a list of [H, W] pairs`);
     return T(a.b.add('msdeform_attn', [need(a, 0, 'value'), need(a, 1, 'sampling_locations'), need(a, 2, 'attention_weights')], { levels: levels as number[][] }));
   },
