@@ -12,7 +12,7 @@ import { ShapeError } from '../../compiler/ir/rules/shape.js';
 import { printGraph } from '../../compiler/ir/print.js';
 import { compileGpu, formatKernels, formatWgsl } from '../../compiler/codegen/gpu.js';
 import { TARGETS } from '../../compiler/codegen/targets.js';
-import { formatPlan } from '../../compiler/plan/memory.js';
+import { formatPlan, PlanError } from '../../compiler/plan/memory.js';
 import { UsageError } from './errors.js';
 import { writeFileAtomic } from './files.js';
 import { printDiagnostics, summary } from './report.js';
@@ -76,7 +76,15 @@ export function runCompile(file: string | undefined, opts: CompileOptions): numb
     }
     throw e;
   }
-  const gpu = compileGpu(compiled.graph, target, { fuse: opts.fuse });
+  let gpu;
+  try {
+    gpu = compileGpu(compiled.graph, target, { fuse: opts.fuse });
+  } catch (e) {
+    if (!(e instanceof PlanError)) throw e;
+    const hint = target.name === 'portable' ? ` (the portable target has WebGPU's least limits: give --target for the GPU it will run on)` : '';
+    process.stderr.write(`visft: cannot compile for target '${target.name}': ${e.message}${hint}\n`);
+    return 1;
+  }
   if (opts.emit === 'ir') process.stdout.write(printGraph(compiled.graph));
   else if (opts.emit === 'kernels') process.stdout.write(formatKernels(gpu, compiled.graph));
   else if (opts.emit === 'wgsl') process.stdout.write(formatWgsl(gpu));

@@ -1,7 +1,7 @@
 // `visft run BUNDLE [--weights W ...] --inputs I.safetensors --outputs O.safetensors [--backend cpu|gpu]`
 import { readFileSync } from 'node:fs';
 import { BundleError, bundleProgramFor, parseBundle, type KernelChoice } from '../../compiler/bundle.js';
-import { PlanError } from '../../compiler/plan/memory.js';
+import { checkPlanFits, PlanError } from '../../compiler/plan/memory.js';
 import { openDevice } from '../../runtime/gpu/device.js';
 import { GpuError } from '../../runtime/gpu/errors.js';
 import { runGpu } from '../../runtime/run-gpu.js';
@@ -22,6 +22,16 @@ export interface RunOptions {
 
 const KERNEL_CHOICES: readonly KernelChoice[] = ['auto', 'bundle', 'device'];
 
+/** `f()`, its memory-plan errors saying which adapter the bundle does not fit. */
+function fitted<T>(adapter: string, f: () => T): T {
+  try {
+    return f();
+  } catch (e) {
+    if (e instanceof PlanError) throw new PlanError(`cannot run on ${adapter}: ${e.message}`);
+    throw e;
+  }
+}
+
 export async function runRun(bundleFile: string, opts: RunOptions): Promise<number> {
   if (!opts.inputs || !opts.outputs) throw new UsageError('run needs --inputs I.safetensors and --outputs O.safetensors');
   if (opts.backend !== 'cpu' && opts.backend !== 'gpu') throw new UsageError(`--backend is cpu or gpu, not '${opts.backend}'`);
@@ -37,16 +47,20 @@ export async function runRun(bundleFile: string, opts: RunOptions): Promise<numb
     const { bundle, graph } = parseBundle(text, bundleFile);
     if (bundle.params.length && !opts.weights?.length) throw new UsageError(`${bundleFile} has ${bundle.params.length} parameters: give --weights`);
     if (!bundle.params.length && opts.weights?.length) throw new UsageError(`${bundleFile} has no parameters: drop --weights`);
-    const params = bundle.params.length ? loadWeights(opts.weights!, bundle) : new Map();
-    const inputs = loadInputs(opts.inputs, bundle);
+    const load = () => ({ params: bundle.params.length ? loadWeights(opts.weights!, bundle) : new Map(), inputs: loadInputs(opts.inputs!, bundle) });
     let outputs;
-    if (opts.backend === 'cpu') outputs = runCpu(graph, inputs, params);
-    else {
+    if (opts.backend === 'cpu') {
+      const { params, inputs } = load();
+      outputs = runCpu(graph, inputs, params);
+    } else {
       if (!bundle.gpu) throw new BundleError(`${bundleFile} has no GPU kernels: compile it with this visft`);
       const gpu = await openDevice({ adapter: opts.adapter });
       try {
-        const { program, rescheduled } = bundleProgramFor(bundle, graph, bundleFile, gpu.target, kernels);
+        const { program, rescheduled } = fitted(gpu.target.name, () => bundleProgramFor(bundle, graph, bundleFile, gpu.target, kernels));
         if (rescheduled) process.stdout.write(`kernels: ${program.schedule.kernels.length} scheduled for ${gpu.target.name} (${rescheduled})\n`);
+        // Whether it fits before reading gigabytes of weights.
+        fitted(gpu.target.name, () => checkPlanFits(program.plan, gpu.target));
+        const { params, inputs } = load();
         outputs = await runGpu(gpu, graph, program, inputs, params);
       } finally {
         await gpu.destroy();

@@ -61,3 +61,19 @@ test('run --kernels takes auto, bundle or device', () => {
   assert.equal(r.status, 2);
   assert.match(r.stderr, /--kernels is auto, bundle, device, not 'fast'/);
 });
+
+test('a bundle too big for a target is a clear error: at compile time for its target, at run time for the adapter', () => {
+  // a: 8192 x 8192 f32, 256 MiB in one binding: over WebGPU's least maxStorageBufferBindingSize (128 MiB).
+  const shapes = ['--shape', 'a=8192x8192', 'b=8192x64'];
+  const portable = cli('compile', '--op', 'matmul', ...shapes, '-o', join(dir, 'big.visftx'));
+  assert.equal(portable.status, 1);
+  assert.match(portable.stderr, /^visft: cannot compile for target 'portable': value %0 \(a\) needs 268435456 bytes, over the device's maxStorageBufferBindingSize 134217728 \(.*give --target/);
+  const h100 = cli('compile', '--op', 'matmul', ...shapes, '--target', 'nvidia-h100', '-o', join(dir, 'big.visftx'));
+  assert.equal(h100.status, 0, h100.stderr);
+  // lavapipe binds 128 MiB at most: refused before the (missing) inputs are read; a GPU that binds more gets as far
+  // as the inputs. Either way one line that says what, never an internal error.
+  const run = cli('run', join(dir, 'big.visftx'), '--inputs', join(dir, 'missing.safetensors'), '--outputs', join(dir, 'o.safetensors'));
+  assert.equal(run.status, 1);
+  assert.match(run.stderr, /^visft: (cannot run on .+: value %0 \(a\) needs 268435456 bytes, over the device's maxStorageBufferBindingSize \d+|cannot read .*missing\.safetensors.*)$/m);
+  assert.doesNotMatch(run.stderr, /internal error|\n\s+at /);
+});
