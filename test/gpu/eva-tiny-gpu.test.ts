@@ -1,7 +1,6 @@
 // eva_vit_tiny with LoRA (stage 2) on the GPU (lavapipe in CI): forward and LoRA gradients against the PyTorch
 // fixtures, through a bundle as `visft run` reads it: 1e-4 forward, 1e-3 gradients (f32 on the device).
-import assert from 'node:assert/strict';
-import { after, before, test } from 'node:test';
+import { test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { bundleGpuProgram, makeBundle, parseBundle, serializeBundle } from '../../compiler/bundle.js';
 import { checkFiles } from '../../compiler/check/index.js';
@@ -9,29 +8,14 @@ import { compileGpu } from '../../compiler/codegen/gpu.js';
 import { PORTABLE_TARGET } from '../../compiler/codegen/types.js';
 import { compileEntry } from '../../compiler/lower/entry.js';
 import type { RefTensor } from '../../compiler/ir/rules/reference.js';
-import { openDevice, type GpuDevice } from '../../runtime/gpu/device.js';
 import { loadWeights } from '../../runtime/run-cpu.js';
 import { runGpu } from '../../runtime/run-gpu.js';
 import { readSafetensors, toFloat64 } from '../../runtime/weights/index.js';
+import { assertCloseScaled, sharedDevice } from './fixture-harness.js';
 
 const root = fileURLToPath(new URL('../../../', import.meta.url));
 const fx = root + 'test/fixtures/eva_tiny/';
-let gpu: GpuDevice;
-before(async () => {
-  gpu = await openDevice();
-});
-after(async () => {
-  await gpu?.destroy();
-});
-
-function close(actual: RefTensor | undefined, expected: RefTensor, rtol: number, what: string) {
-  assert.ok(actual, `${what}: missing`);
-  let scale = 0;
-  for (const v of expected.data) scale = Math.max(scale, Math.abs(v));
-  let worst = 0;
-  for (let i = 0; i < expected.data.length; i++) worst = Math.max(worst, Math.abs(actual.data[i] - expected.data[i]) / scale);
-  assert.ok(worst <= rtol, `${what}: max error ${worst.toExponential(2)} of the largest value, allowed ${rtol}`);
-}
+const device = sharedDevice();
 
 test('stage-2 forward and LoRA gradients on the GPU match PyTorch', async () => {
   const checked = checkFiles([root + 'pipelines/eva_tiny.visft']);
@@ -41,7 +25,7 @@ test('stage-2 forward and LoRA gradients on the GPU match PyTorch', async () => 
   const program = bundleGpuProgram(bundle, 'eva.visftx');
   const t = readSafetensors(fx + 'case_a.safetensors').tensors;
   const ref = (k: string): RefTensor => ({ shape: t.get(k)!.shape, data: toFloat64(t.get(k)!) });
-  const out = await runGpu(gpu, graph, program, new Map([['image', ref('image')], ['d:features', ref('d:features')]]), loadWeights([fx + 'weights.safetensors'], bundle));
-  close(out.get('features'), ref('features_lora'), 1e-4, 'features');
-  for (const p of bundle.params.filter((x) => x.trainable)) close(out.get(`d:${p.name}`), ref(`d:${p.name}`), 1e-3, `d:${p.name}`);
+  const out = await runGpu(device(), graph, program, new Map([['image', ref('image')], ['d:features', ref('d:features')]]), loadWeights([fx + 'weights.safetensors'], bundle));
+  assertCloseScaled(out.get('features'), ref('features_lora'), 1e-4, 'features');
+  for (const p of bundle.params.filter((x) => x.trainable)) assertCloseScaled(out.get(`d:${p.name}`), ref(`d:${p.name}`), 1e-3, `d:${p.name}`);
 });

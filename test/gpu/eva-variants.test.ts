@@ -3,7 +3,7 @@
 // dim 5, both on grids that resize the positions. The stage's forward and LoRA gradients, on the CPU reference
 // (1e-9) and on the GPU (lavapipe in CI) through a bundle as `visft run` reads it (1e-4 forward, 1e-3 gradients).
 import assert from 'node:assert/strict';
-import { after, before, test } from 'node:test';
+import { test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { bundleProgramFor, makeBundle, parseBundle, serializeBundle } from '../../compiler/bundle.js';
 import { checkFiles } from '../../compiler/check/index.js';
@@ -11,27 +11,13 @@ import { compileGpu } from '../../compiler/codegen/gpu.js';
 import { PORTABLE_TARGET } from '../../compiler/codegen/types.js';
 import { compileEntry } from '../../compiler/lower/entry.js';
 import type { RefTensor } from '../../compiler/ir/rules/reference.js';
-import { openDevice, type GpuDevice } from '../../runtime/gpu/device.js';
 import { runCpu } from '../../runtime/run-cpu.js';
 import { runGpu } from '../../runtime/run-gpu.js';
 import { readSafetensors, toFloat64 } from '../../runtime/weights/index.js';
+import { assertCloseScaled, sharedDevice } from './fixture-harness.js';
 
 const fx = fileURLToPath(new URL('../../../test/fixtures/eva_variants/', import.meta.url));
-let gpu: GpuDevice;
-before(async () => {
-  gpu = await openDevice();
-});
-after(async () => {
-  await gpu?.destroy();
-});
-
-function close(actual: RefTensor | undefined, expected: RefTensor, rtol: number, what: string) {
-  assert.ok(actual, `${what}: missing`);
-  assert.deepEqual(actual.shape, expected.shape, `${what}: shape`);
-  const scale = Math.max(...expected.data.map(Math.abs));
-  const worst = Math.max(...expected.data.map((e, i) => Math.abs(actual.data[i] - e) / scale));
-  assert.ok(worst <= rtol, `${what}: max error ${worst.toExponential(2)} of the largest value, allowed ${rtol}`);
-}
+const device = sharedDevice();
 
 for (const name of ['post_qkv', 'pre_k']) {
   test(`${name}: stage forward and LoRA gradients match PyTorch on the CPU reference and on the GPU`, async () => {
@@ -46,9 +32,9 @@ for (const name of ['post_qkv', 'pre_k']) {
     const trainable = bundle.params.filter((p) => p.trainable).map((p) => p.name);
     assert.ok(trainable.length === 2 * (name === 'post_qkv' ? 2 : 1) && trainable.every((p) => /\.attn\.qkv\.lora_[AB]$/.test(p)), `trains ${trainable}`);
     const cpu = runCpu(graph, inputs, params);
-    const { program } = bundleProgramFor(bundle, graph, `${name}.visftx`, gpu.target, 'auto');
-    const dev = await runGpu(gpu, graph, program, inputs, params);
-    for (const [out, rtol] of [[cpu, 1e-9], [dev, 1e-4]] as const) close(out.get('features'), ref('expected:features'), rtol, `${name} features`);
-    for (const p of trainable) for (const [out, rtol] of [[cpu, 1e-9], [dev, 1e-3]] as const) close(out.get(`d:${p}`), ref(`expected:d:${p}`), rtol, `${name} d:${p}`);
+    const { program } = bundleProgramFor(bundle, graph, `${name}.visftx`, device().target, 'auto');
+    const dev = await runGpu(device(), graph, program, inputs, params);
+    for (const [out, rtol] of [[cpu, 1e-9], [dev, 1e-4]] as const) assertCloseScaled(out.get('features'), ref('expected:features'), rtol, `${name} features`);
+    for (const p of trainable) for (const [out, rtol] of [[cpu, 1e-9], [dev, 1e-3]] as const) assertCloseScaled(out.get(`d:${p}`), ref(`expected:d:${p}`), rtol, `${name} d:${p}`);
   });
 }
