@@ -11,6 +11,8 @@
 //   (tensor cores): in place of the tiled variant (kernels/matmul-sgmat.ts).
 // - `matmul_splitk_f32`: small outputs (batch·M·N < 4096) with long K (>= 512): one workgroup per output
 //   element, invocation t sums k = t, t + WG, … in order, then a fixed tree in workgroup memory. No atomics.
+// - `matmul_blocked_f32`: software adapters, in place of the tiled variant: 4x4 outputs per invocation from
+//   registers, no workgroup memory and no barriers (kernels/matmul-blocked.ts).
 // - `matmul_naive_f32`: one invocation per output element, sequential over K (problems under 2M
 //   multiply-adds, which are launch-bound, or M or N below 16 where a 64x64 tile would be mostly empty).
 // A shared right operand (a projection x [..., M, K] @ W [K, N]) folds the batch dims into M.
@@ -22,7 +24,7 @@
 // rows are not contiguous across the batch).
 // Every variant sums in a fixed order, so results are bitwise repeatable on one device. Each writes an output
 // element through a MatmulOutput: a plain store, or a fused elementwise epilogue (kernels/matmul-epilogue.ts)
-// evaluated on the same f32 accumulator. The naive and tiled variants can also sum a second product of the same
+// evaluated on the same f32 accumulator. The naive, blocked and tiled variants can also sum a second product of the same
 // output shape in a second accumulator (SecondProduct: LoRA's u·Bblkᵀ beside x·Wᵀ), operands read through views;
 // the epilogue gets both accumulators.
 // K split across workgroups (kernels/matmul-split-across.ts): the tiled and sgmat variants also compute partial
@@ -32,10 +34,11 @@ import { isExactHalf } from '../compiler/codegen/half.js';
 import { numel, type Graph, type Node } from '../compiler/ir/graph.js';
 import { attrInts, normDim } from '../compiler/ir/rules/shape.js';
 import { broadcastStrides, declareVec4, dispatchGroups, flatKernel, groupIndexCode, kernelRule, loopBound, makeKernel, offsetCode, u32Lit, unboundedLoop } from './elementwise.js';
+import { blockedMatmul } from './matmul-blocked.js';
 import { sgmatGrid, sgmatMatmul, sgmatUnfit, type SgmatTiles } from './matmul-sgmat.js';
 import { treeReduceCode, treeWorkgroup } from './reduce.js';
 
-export type MatmulVariant = 'tiled' | 'sgmat' | 'splitk' | 'naive';
+export type MatmulVariant = 'tiled' | 'sgmat' | 'splitk' | 'naive' | 'blocked';
 
 const TILE = 64;
 const TK = 16;
@@ -97,7 +100,7 @@ export function isLastTwoSwap(n: Node): boolean {
 }
 
 /** The suffix naming a kernel's transposed reads. */
-const readsSuffix = (d: MatmulDims): string => `${d.transA ? '_at' : d.viewA ? '_av' : ''}${d.transB ? '_bt' : d.viewB ? '_bv' : ''}`;
+export const readsSuffix = (d: MatmulDims): string => `${d.transA ? '_at' : d.viewA ? '_av' : ''}${d.transB ? '_bt' : d.viewB ? '_bv' : ''}`;
 
 function dims(node: Node, inputs: readonly Node[], reads: MatmulReads = DIRECT_READS): MatmulDims {
   const [a, b] = inputs;
@@ -152,7 +155,8 @@ export function matmulVariant(node: Node, inputs: readonly Node[], target: Targe
   if (halfOperands && sgmatUnfit(target, d) === undefined) return 'sgmat';
   const maxD = target.limits.maxComputeWorkgroupsPerDimension;
   if (!tiledFits(target) || Math.ceil(d.n / TILE) > maxD || Math.ceil(d.m / TILE) * d.batch > maxD * maxD) return 'naive';
-  return 'tiled';
+  // A CPU pays for workgroup memory and barriers per invocation and caches the operands anyway (docs/perf.md).
+  return target.isFallbackAdapter ? 'blocked' : 'tiled';
 }
 
 /** matmulVariant for a graph's matmul node: with its operands' exactness as f16 values. */
@@ -763,6 +767,8 @@ export function matmulKernel(
       return splitK(bound.out, bound.inputs, target, d);
     case 'naive':
       return naive(bound.out, bound.inputs, target, d);
+    case 'blocked':
+      return blockedMatmul(bound.out, bound.inputs, target, d);
   }
 }
 

@@ -6,6 +6,7 @@
 // may be a permute of the last two dims (a transposed read, kernels/matmul.ts), sometimes also an output or read
 // by another node, so that it must stay a copy.
 import fc from 'fast-check';
+import type { Target } from '../../compiler/codegen/types.js';
 import { Builder } from '../../compiler/ir/builder.js';
 import type { Graph, Shape } from '../../compiler/ir/graph.js';
 import type { IrOp } from '../../compiler/ir/ops.js';
@@ -66,6 +67,9 @@ function dimsArb(variant: MatmulVariant) {
     fc.record({ batch: fc.constant([2]), m: fc.integer({ min: 32, max: 40 }), k: fc.constant(512), n: fc.integer({ min: 64, max: 72 }) }),
   );
 }
+
+/** The variant the schedule picks for a case sized for `variant` on `target`: software adapters block what hardware tiles. */
+export const scheduledVariant = (variant: MatmulVariant, target: Target): MatmulVariant => (variant === 'tiled' && target.isFallbackAdapter ? 'blocked' : variant);
 
 export const epilogueCaseArb = (variants: readonly MatmulVariant[] = ['naive', 'splitk', 'tiled'], maxSteps = 6): fc.Arbitrary<EpilogueCase> =>
   fc.constantFrom(...variants).chain((variant) =>

@@ -44,6 +44,7 @@ const SAMPLES: Sample[] = [
   { label: 'matmul tiled', op: 'matmul', ins: [[2, 70, 33], [33, 90]], gen: (n, i, t) => matmulKernel(n, i, t, 'tiled') },
   { label: 'matmul splitk', op: 'matmul', ins: [[3, 300], [300, 2]], gen: (n, i, t) => matmulKernel(n, i, t, 'splitk') },
   { label: 'matmul naive', op: 'matmul', ins: [[3, 30], [2, 30, 2]], gen: (n, i, t) => matmulKernel(n, i, t, 'naive') },
+  { label: 'matmul blocked', op: 'matmul', ins: [[2, 7, 33], [33, 9]], gen: (n, i, t) => matmulKernel(n, i, t, 'blocked') },
   { label: 'matmul auto', op: 'matmul', ins: [[100, 30], [30, 100]] },
   { label: 'permute', op: 'permute', ins: [[2, 3, 4]], attrs: { dims: [2, 0, 1] } },
   { label: 'slice', op: 'slice', ins: [[2, 9]], attrs: { dim: 1, start: 1, end: 8, step: 3 } },

@@ -44,7 +44,7 @@ async function checkMatmul(gpu: GpuContext, variant: MatmulVariant | undefined, 
 
 await withDevice(async (gpu) => {
   await describe('matmul', async () => {
-    for (const variant of ['naive', 'splitk'] as const) {
+    for (const variant of ['naive', 'splitk', 'blocked'] as const) {
       await test(`${variant} on random shapes with batch broadcasting`, async () => {
         const small = fc.integer({ min: 1, max: 9 });
         await fc.assert(
@@ -52,7 +52,7 @@ await withDevice(async (gpu) => {
             if ((m * k + k * n) * 9 > 60000) return;
             await checkMatmul(gpu, variant, a, b, m, k, n, seed);
           }),
-          fcParams(5, variant === 'naive' ? 501 : 502),
+          fcParams(5, variant === 'naive' ? 501 : variant === 'splitk' ? 502 : 503),
         );
       });
     }
@@ -68,19 +68,22 @@ await withDevice(async (gpu) => {
       }
     });
     await test('the variant is chosen per shape', async () => {
-      const pick = (a: number[], b: number[]) => {
+      const operands = (a: number[], b: number[]) => {
         const bd = new Builder();
-        const y = bd.add('matmul', [bd.input('a', a), bd.input('b', b)]);
-        const node = bd.graph.node(y);
-        return matmulVariant(node, node.inputs.map((i) => bd.graph.node(i)), gpu.target);
+        const node = bd.graph.node(bd.add('matmul', [bd.input('a', a), bd.input('b', b)]));
+        return [node, node.inputs.map((i) => bd.graph.node(i))] as const;
       };
+      const pick = (a: number[], b: number[]) => matmulVariant(...operands(a, b), gpu.target);
+      // Software adapters take 4x4 register blocks without workgroup memory where hardware takes 64x64 tiles.
+      const tiles = gpu.target.isFallbackAdapter ? 'blocked' : 'tiled';
+      assert.equal(matmulVariant(...operands([256, 64], [64, 256]), { ...gpu.target, isFallbackAdapter: !gpu.target.isFallbackAdapter }), tiles === 'tiled' ? 'blocked' : 'tiled');
       assert.equal(pick([3, 4], [4, 5]), 'naive');
       assert.equal(pick([8, 1000], [1000, 64]), 'splitk');
-      assert.equal(pick([256, 64], [64, 256]), 'tiled');
+      assert.equal(pick([256, 64], [64, 256]), tiles);
       assert.equal(pick([4, 2000], [2000, 1408]), 'naive');
       // x [..., M, K] @ W [K, N] folds the batch into M: 600 x 64 @ 64 x 60 is big enough for tiles, and a
       // problem under 2M multiply-adds is launch-bound, so one invocation per output.
-      assert.equal(pick([2, 3, 100, 64], [64, 60]), 'tiled');
+      assert.equal(pick([2, 3, 100, 64], [64, 60]), tiles);
       assert.equal(pick([8, 16, 96], [96, 96]), 'naive');
       await checkMatmul(gpu, undefined, [2], [], 40, 300, 30, 7);
     });

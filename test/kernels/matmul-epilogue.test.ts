@@ -22,7 +22,7 @@ import { matmulEpilogueKernel } from '../../kernels/matmul-epilogue.js';
 import { matmulKernel, type MatmulVariant } from '../../kernels/matmul.js';
 import { openDevice, type GpuDevice } from '../../runtime/gpu/device.js';
 import { runGpu } from '../../runtime/run-gpu.js';
-import { buildEpilogueGraph, epilogueCaseArb } from '../codegen/matmul-graphs.js';
+import { buildEpilogueGraph, epilogueCaseArb, scheduledVariant } from '../codegen/matmul-graphs.js';
 import { bitwiseDifference, feeds, run } from '../passes/graphs.js';
 import { fcParams } from './core-util.js';
 import { assertBitwise, compare, matmulMismatch, randomTensor, runGraph, runKernel, scheduledProgram, type RuleTable } from './harness.js';
@@ -90,13 +90,14 @@ const SHAPES: Record<Exclude<MatmulVariant, 'sgmat'>, [number[], number[], numbe
   naive: [[[2], [], 7, 9, 11], [[2], [2], 5, 6, 3]],
   splitk: [[[2], [], 3, 70, 5], [[2], [1], 4, 33, 4]],
   tiled: [[[2], [], 40, 20, 70], [[2], [2], 17, 19, 66]],
+  blocked: [[[2], [], 9, 20, 7], [[2], [2], 6, 19, 5]],
 };
 
 /** -1, -2, -3 in an input shape stand for N, M and the leading batch dim. */
 const resolve = (shape: number[], batch: number[], m: number, n: number) => shape.map((d) => (d === -1 ? n : d === -2 ? m : d === -3 ? (batch[0] ?? 1) : d));
 
 describe('matmul epilogues, each variant', () => {
-  for (const variant of ['naive', 'splitk', 'tiled'] as const) {
+  for (const variant of ['naive', 'splitk', 'tiled', 'blocked'] as const) {
     for (const [name, { chain, square }] of Object.entries(CHAINS)) {
       test(`${variant}: ${name}`, async () => {
         for (const [batch, wBatch, m, k0, n] of SHAPES[variant]) {
@@ -144,7 +145,7 @@ test('random matmul chains through the executor: with epilogues = without = unfu
       const f = feeds(graph, seed, false);
       const fused = program(graph, {});
       const mmKernel = fused.schedule.kernels.find((k) => k.nodes.includes(matmul))!;
-      assert.match(mmKernel.name, new RegExp(`^matmul_${c.variant}_f32`));
+      assert.match(mmKernel.name, new RegExp(`^matmul_${scheduledVariant(c.variant, target)}_f32`));
       const got = await runGpu(gpu, graph, fused, f.inputs, f.params);
       const m = matmulMismatch(run(graph, f), got, c.k);
       assert.equal(m, undefined, `${mmKernel.name}: ${m}`);

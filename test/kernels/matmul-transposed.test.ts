@@ -21,7 +21,7 @@ import { matmulEpilogueKernel } from '../../kernels/matmul-epilogue.js';
 import { matmulKernel, type MatmulReads, type MatmulVariant } from '../../kernels/matmul.js';
 import { openDevice, type GpuDevice } from '../../runtime/gpu/device.js';
 import { runGpu } from '../../runtime/run-gpu.js';
-import { buildEpilogueGraph, transposedCaseArb } from '../codegen/matmul-graphs.js';
+import { buildEpilogueGraph, scheduledVariant, transposedCaseArb } from '../codegen/matmul-graphs.js';
 import { bitwiseDifference, feeds, run } from '../passes/graphs.js';
 import { fcParams } from './core-util.js';
 import { assertBitwise, compare, matmulMismatch, randomTensor, runGraph, runKernel, scheduledProgram, type RuleTable } from './harness.js';
@@ -64,12 +64,13 @@ const SHAPES: Record<Exclude<MatmulVariant, 'sgmat'>, [number[], number[], numbe
   naive: [[[2], [], 7, 9, 11], [[2], [2], 5, 6, 3], [[2, 1], [3], 4, 5, 6], [[], [2], 1, 3, 1]],
   splitk: [[[2], [], 3, 70, 5], [[2], [1], 4, 33, 4], [[1], [3], 2, 40, 3]],
   tiled: [[[2], [], 40, 20, 70], [[2], [2], 17, 19, 66], [[2, 1], [3], 65, 17, 63]],
+  blocked: [[[2], [], 7, 9, 11], [[2], [2], 5, 6, 3], [[2, 1], [3], 4, 5, 6], [[], [2], 1, 3, 1]],
 };
 
 const MODES: Record<string, MatmulReads> = { at: [true, false], bt: [false, true], at_bt: [true, true] };
 
 describe('transposed reads, each variant', () => {
-  for (const variant of ['naive', 'splitk', 'tiled'] as const) {
+  for (const variant of ['naive', 'splitk', 'tiled', 'blocked'] as const) {
     for (const [mode, reads] of Object.entries(MODES)) {
       test(`${variant}: ${mode}, plain and with a bias epilogue`, async () => {
         for (const [ba, bb, m, k, n] of SHAPES[variant]) {
@@ -135,7 +136,7 @@ test('random graphs with transposed operands through the executor: transposed re
       // Absorbed exactly when only the matmul reads the permute (mode 1); a permute that is an output or has
       // another reader keeps its copy.
       const suffix = `${c.transA === 1 ? '_at' : ''}${c.transB === 1 ? '_bt' : ''}`;
-      assert.match(mmKernel.name, new RegExp(`^matmul_${c.variant}_f32${suffix}(\\+|$)`));
+      assert.match(mmKernel.name, new RegExp(`^matmul_${scheduledVariant(c.variant, target)}_f32${suffix}(\\+|$)`));
       const copies = program(graph, { transposedReads: false, views: false });
       const absorbed = (c.transA === 1 ? 1 : 0) + (c.transB === 1 ? 1 : 0);
       assert.equal(fused.schedule.kernels.length, copies.schedule.kernels.length - absorbed);
