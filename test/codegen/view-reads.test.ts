@@ -18,7 +18,9 @@ import { planMemory } from '../../compiler/plan/memory.js';
 import { GPU_RULES } from '../../kernels/index.js';
 import { openDevice, type GpuDevice } from '../../runtime/gpu/device.js';
 import { buildGraph, feeds, graphCaseArb } from '../passes/graphs.js';
-import { assertSchedulesAgree } from '../kernels/harness.js';
+import { hardwareLike } from '../kernels/core-util.js';
+import { assertBitwise, assertSchedulesAgree, scheduledProgram } from '../kernels/harness.js';
+import { runGpu } from '../../runtime/run-gpu.js';
 
 const root = fileURLToPath(new URL('../../../', import.meta.url));
 
@@ -117,13 +119,24 @@ function operandCases(t: number, d: number, e: number): { what: string; graph: G
   ];
 }
 
-test('on the device: matmul operands through views equal the copies bit for bit, naive and tiled', async () => {
+test('on the device: matmul operands through views equal the copies bit for bit, naive, blocked and tiled', async () => {
+  let tiled = 0;
   for (const [t, d, e] of [[7, 5, 9], [70, 40, 130]]) {
     for (const c of operandCases(t, d, e)) {
-      const program = await assertSchedulesAgree(gpu, c.graph, feeds(c.graph, t, false), {}, { views: false }, c.what);
+      const f = feeds(c.graph, t, false);
+      const program = await assertSchedulesAgree(gpu, c.graph, f, {}, { views: false }, c.what);
       const names = program.schedule.kernels.map((k) => k.name);
       assert.equal(names.length, 1, `${c.what}: ${names.join(', ')}`);
-      assert.match(names[0], /^matmul_(naive|tiled)_f32_av_b[tv]/, c.what);
+      assert.match(names[0], /^matmul_(naive|blocked|tiled)_f32_av_b[tv]/, c.what);
+      // The tiled kernel through views too, scheduled as for hardware: every variant sums k in order, so the
+      // outputs are the device schedule's bit for bit.
+      const hardware = scheduledProgram(c.graph, hardwareLike(gpu.target), {});
+      const tiledNames = hardware.schedule.kernels.map((k) => k.name);
+      assert.match(tiledNames[0], /^matmul_(naive|tiled)_f32_av_b[tv]/, `${c.what} (hardware): ${tiledNames.join(', ')}`);
+      if (tiledNames[0].startsWith('matmul_tiled')) tiled++;
+      const [a, b] = [await runGpu(gpu, c.graph, program, f.inputs, f.params), await runGpu(gpu, c.graph, hardware, f.inputs, f.params)];
+      assertBitwise(Float32Array.from(b.get('y')!.data), Float32Array.from(a.get('y')!.data), `${c.what}: hardware's kernels vs the device's`);
     }
   }
+  assert.ok(tiled > 0, 'no case ran the tiled kernel through views');
 });
