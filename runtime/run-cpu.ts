@@ -8,11 +8,23 @@ import { applyKeyRules, loadStateDict, matchWeights, readSafetensors, toFloat64,
 
 export class RunInputError extends Error {}
 
+/** `read()`, a file-system failure (no such file, a folder, no permission) said as what could not be read. */
+function readOrFail<T>(what: string, file: string, read: () => T): T {
+  try {
+    return read();
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (!code) throw e;
+    const why = code === 'ENOENT' ? 'no such file' : code === 'EISDIR' ? 'a folder' : code === 'EACCES' ? 'permission denied' : code;
+    throw new RunInputError(`cannot read ${what} ${file}: ${why}`);
+  }
+}
+
 /** Loads one or more weight files (later files may add keys, never repeat them) and applies the bundle's key rules. */
 export function loadWeights(files: readonly string[], bundle: Bundle): Map<string, RefTensor> {
   const merged = new Map<string, HostTensor>();
   for (const file of files) {
-    const loaded = file.endsWith('.safetensors') ? readSafetensors(file).tensors : loadStateDict(file);
+    const loaded = readOrFail('weights', file, () => (file.endsWith('.safetensors') ? readSafetensors(file).tensors : loadStateDict(file)));
     const rules: KeyRule[] = [];
     if (bundle.weights?.drop.length) rules.push({ op: 'drop', patterns: bundle.weights.drop });
     if (bundle.weights?.strip_prefix) rules.push({ op: 'strip_prefix', prefix: bundle.weights.strip_prefix });
@@ -32,7 +44,7 @@ export function loadWeights(files: readonly string[], bundle: Bundle): Map<strin
 }
 
 export function loadInputs(file: string, bundle: Bundle): Map<string, RefTensor> {
-  const { tensors } = readSafetensors(file);
+  const { tensors } = readOrFail('inputs', file, () => readSafetensors(file));
   const out = new Map<string, RefTensor>();
   const problems: string[] = [];
   for (const spec of bundle.inputs) {

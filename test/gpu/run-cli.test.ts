@@ -74,6 +74,26 @@ test('a bundle too big for a target is a clear error: at compile time for its ta
   // as the inputs. Either way one line that says what, never an internal error.
   const run = cli('run', join(dir, 'big.visftx'), '--inputs', join(dir, 'missing.safetensors'), '--outputs', join(dir, 'o.safetensors'));
   assert.equal(run.status, 1);
-  assert.match(run.stderr, /^visft: (cannot run on .+: value %0 \(a\) needs 268435456 bytes, over the device's maxStorageBufferBindingSize \d+|cannot read .*missing\.safetensors.*)$/m);
+  assert.match(run.stderr, /^visft: (cannot run on .+: value %0 \(a\) needs 268435456 bytes, over the device's maxStorageBufferBindingSize \d+|cannot read inputs .*missing\.safetensors: no such file)$/m);
   assert.doesNotMatch(run.stderr, /internal error|\n\s+at /);
+});
+
+test('unreadable weights and inputs are named, on either backend', () => {
+  const bundle = join(dir, 'gelu.visftx');
+  assert.equal(cli('compile', '--op', 'gelu', '--shape', 'x=4', '-o', bundle).status, 0);
+  for (const backend of ['cpu', 'gpu']) {
+    const missing = cli('run', bundle, '--inputs', join(dir, 'nothing.safetensors'), '--outputs', join(dir, 'o.safetensors'), '--backend', backend);
+    assert.equal(missing.status, 1);
+    assert.match(missing.stderr, /^visft: cannot read inputs .*nothing\.safetensors: no such file$/m, backend);
+    const folder = cli('run', bundle, '--inputs', dir, '--outputs', join(dir, 'o.safetensors'), '--backend', backend);
+    assert.match(folder.stderr, /^visft: cannot read inputs .*: a folder$/m, backend);
+  }
+  const extra = cli('run', bundle, '--weights', join(dir, 'w.safetensors'), '--inputs', 'i', '--outputs', 'o');
+  assert.equal(extra.status, 2, 'a bundle without parameters takes no --weights');
+  const eva = join(dir, 'eva.visftx');
+  const root = fileURLToPath(new URL('../../../', import.meta.url));
+  assert.equal(cli('compile', `${root}pipelines/eva_tiny.visft`, '--entry', 'eva', '--shape', 'image=1x3x56x56', '-o', eva).status, 0);
+  const weights = cli('run', eva, '--weights', join(dir, 'no-weights.pth'), '--inputs', join(dir, 'nothing.safetensors'), '--outputs', join(dir, 'o.safetensors'), '--backend', 'cpu');
+  assert.equal(weights.status, 1);
+  assert.match(weights.stderr, /^visft: cannot read weights .*no-weights\.pth: no such file$/m);
 });
