@@ -3,7 +3,7 @@
 import { relative } from 'node:path';
 import { extractLora, LoraError, mergeLoraFiles, type LoraKeyFormat } from '../../runtime/weights/lora-io.js';
 import { PickleError, UnsafePickleError, WeightsFormatError, ZipError } from '../../runtime/weights/index.js';
-import { UsageError } from './errors.js';
+import { fileErrorLine, UsageError } from './errors.js';
 
 export interface ExtractLoraOptions {
   output?: string;
@@ -21,8 +21,9 @@ export interface MergeLoraOptions {
 function reportFailure(e: unknown): number {
   if (e instanceof UsageError) throw e;
   const known = [LoraError, WeightsFormatError, UnsafePickleError, PickleError, ZipError].some((c) => e instanceof c);
-  if (known || (e as NodeJS.ErrnoException).code) {
-    process.stderr.write(`visft: ${(e as Error).message}\n`);
+  const fileError = fileErrorLine(e);
+  if (known || fileError) {
+    process.stderr.write(`visft: ${known ? (e as Error).message : fileError}\n`);
     return 1;
   }
   throw e;

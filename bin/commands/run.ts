@@ -8,7 +8,7 @@ import { runGpu } from '../../runtime/run-gpu.js';
 import { RunError } from '../../compiler/ir/interpret.js';
 import { loadInputs, loadWeights, runCpu, RunInputError } from '../../runtime/run-cpu.js';
 import { fromNumbers, writeSafetensors, WeightsFormatError, WeightMismatchError, UnsafePickleError, PickleError, ZipError } from '../../runtime/weights/index.js';
-import { UsageError } from './errors.js';
+import { fileErrorLine, UsageError } from './errors.js';
 
 export interface RunOptions {
   weights?: string[];
@@ -77,9 +77,9 @@ export async function runRun(bundleFile: string, opts: RunOptions): Promise<numb
       process.stderr.write(`visft: ${(e as Error).message}\n`);
       return 1;
     }
-    const code = (e as NodeJS.ErrnoException).code;
-    if (code) {
-      process.stderr.write(`visft: ${(e as Error).message}\n`);
+    const fileError = fileErrorLine(e);
+    if (fileError) {
+      process.stderr.write(`visft: ${fileError}\n`);
       return 1;
     }
     throw e;

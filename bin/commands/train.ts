@@ -18,7 +18,7 @@ import { ParamSourceError } from '../../runtime/train/params.js';
 import { createProgress } from '../../runtime/train/progress.js';
 import { checkTrainable, train, TrainError, TrainInterrupted } from '../../runtime/train/trainer.js';
 import { WeightsFormatError, WeightMismatchError, UnsafePickleError, PickleError, ZipError } from '../../runtime/weights/index.js';
-import { UsageError } from './errors.js';
+import { fileErrorLine, UsageError } from './errors.js';
 import { printDiagnostics, summary } from './report.js';
 
 export interface TrainCliOptions {
@@ -112,8 +112,10 @@ export async function runTrain(file: string, opts: TrainCliOptions): Promise<num
       process.stderr.write(`${e.where()}: error: ${e.message}\n`);
       return 1;
     }
-    if (KNOWN_ERRORS.some((c) => e instanceof c) || (e as NodeJS.ErrnoException).code) {
-      process.stderr.write(`visft: ${(e as Error).message}\n`);
+    const known = KNOWN_ERRORS.some((c) => e instanceof c);
+    const fileError = fileErrorLine(e);
+    if (known || fileError) {
+      process.stderr.write(`visft: ${known ? (e as Error).message : fileError}\n`);
       return 1;
     }
     throw e;
