@@ -1,5 +1,4 @@
-// `matmul_blocked_f32`: the matmul of software adapters, in place of the tiled kernel and of the naive one where M
-// and N are both 4 or more (matmulVariant). Each invocation computes a 4x4 block of outputs from
+// `matmul_blocked_f32`: the matmul of software adapters. Each invocation computes a 4x4 block of outputs from
 // registers, sequential over K, reading a and b straight from storage: no workgroup memory and no barriers, which
 // a CPU pays for per invocation while its caches already hold the operands (lavapipe: docs/perf.md, session 8).
 // Same operand layouts, views, batches, second product and stores as the naive variant; sums in k order.

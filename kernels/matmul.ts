@@ -11,9 +11,8 @@
 //   (tensor cores): in place of the tiled variant (kernels/matmul-sgmat.ts).
 // - `matmul_splitk_f32`: small outputs (batch·M·N < 4096) with long K (>= 512): one workgroup per output
 //   element, invocation t sums k = t, t + WG, … in order, then a fixed tree in workgroup memory. No atomics.
-// - `matmul_blocked_f32`: software adapters, in place of the tiled variant and of the naive one where M and N are
-//   both 4 or more: 4x4 outputs per invocation from registers, no workgroup memory and no barriers
-//   (kernels/matmul-blocked.ts).
+// - `matmul_blocked_f32`: software adapters, in place of the tiled variant: 4x4 outputs per invocation from
+//   registers, no workgroup memory and no barriers (kernels/matmul-blocked.ts).
 // - `matmul_naive_f32`: one invocation per output element, sequential over K (problems under 2M
 //   multiply-adds, which are launch-bound, or M or N below 16 where a 64x64 tile would be mostly empty).
 // A shared right operand (a projection x [..., M, K] @ W [K, N]) folds the batch dims into M.
@@ -151,14 +150,11 @@ function tiledFits(target: Target): boolean {
 export function matmulVariant(node: Node, inputs: readonly Node[], target: Target, halfOperands = false): MatmulVariant {
   const d = dims(node, inputs);
   const outs = d.batch * d.m * d.n;
-  // One output per invocation, or on software adapters 4x4 blocks where both M and N allow (lavapipe: 128x96 @
-  // 96x96 took 2.9 ms naive, 0.59 ms blocked).
-  const small = target.isFallbackAdapter && d.m >= 4 && d.n >= 4 ? 'blocked' : 'naive';
-  if (outs < SMALL_OUTPUT) return d.k >= SPLITK_MIN_K ? 'splitk' : small;
-  if (outs * d.k < SMALL_WORK || d.m < 16 || d.n < 16) return small;
+  if (outs < SMALL_OUTPUT) return d.k >= SPLITK_MIN_K ? 'splitk' : 'naive';
+  if (outs * d.k < SMALL_WORK || d.m < 16 || d.n < 16) return 'naive';
   if (halfOperands && sgmatUnfit(target, d) === undefined) return 'sgmat';
   const maxD = target.limits.maxComputeWorkgroupsPerDimension;
-  if (!tiledFits(target) || Math.ceil(d.n / TILE) > maxD || Math.ceil(d.m / TILE) * d.batch > maxD * maxD) return small;
+  if (!tiledFits(target) || Math.ceil(d.n / TILE) > maxD || Math.ceil(d.m / TILE) * d.batch > maxD * maxD) return 'naive';
   // A CPU pays for workgroup memory and barriers per invocation and caches the operands anyway (docs/perf.md).
   return target.isFallbackAdapter ? 'blocked' : 'tiled';
 }

@@ -11,7 +11,7 @@ import { Builder } from '../../compiler/ir/builder.js';
 import type { Graph, Shape } from '../../compiler/ir/graph.js';
 import type { IrOp } from '../../compiler/ir/ops.js';
 import { broadcastShapes } from '../../compiler/ir/rules/shape.js';
-import { graphMatmulVariant, type MatmulVariant } from '../../kernels/matmul.js';
+import type { MatmulVariant } from '../../kernels/matmul.js';
 
 export interface EpilogueStep {
   /** Unary (< UNARY.length) or binary op index. */
@@ -68,11 +68,8 @@ function dimsArb(variant: MatmulVariant) {
   );
 }
 
-/**
- * The variant the schedule picks for the case's matmul on `target`: the case's own on hardware; software adapters
- * take 4x4 register blocks for the tiled and most naive sizes (kernels/matmul.ts matmulVariant).
- */
-export const scheduledVariant = (graph: Graph, matmul: number, target: Target): MatmulVariant => graphMatmulVariant(graph, graph.node(matmul), target);
+/** The variant the schedule picks for a case sized for `variant` on `target`: software adapters block what hardware tiles. */
+export const scheduledVariant = (variant: MatmulVariant, target: Target): MatmulVariant => (variant === 'tiled' && target.isFallbackAdapter ? 'blocked' : variant);
 
 export const epilogueCaseArb = (variants: readonly MatmulVariant[] = ['naive', 'splitk', 'tiled'], maxSteps = 6): fc.Arbitrary<EpilogueCase> =>
   fc.constantFrom(...variants).chain((variant) =>
