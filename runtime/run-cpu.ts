@@ -5,6 +5,7 @@ import type { RefTensor } from '../compiler/ir/rules/reference.js';
 import type { Bundle } from '../compiler/bundle.js';
 import type { Graph } from '../compiler/ir/graph.js';
 import { applyKeyRules, loadStateDict, matchWeights, readSafetensors, toFloat64, type HostTensor, type KeyRule } from './weights/index.js';
+import { fsErrorReason } from './weights/io.js';
 
 export class RunInputError extends Error {}
 
@@ -15,8 +16,7 @@ function readOrFail<T>(what: string, file: string, read: () => T): T {
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
     if (!code) throw e;
-    const why = code === 'ENOENT' ? 'no such file' : code === 'EISDIR' ? 'a folder' : code === 'EACCES' ? 'permission denied' : code;
-    throw new RunInputError(`cannot read ${what} ${file}: ${why}`);
+    throw new RunInputError(`cannot read ${what} ${file}: ${fsErrorReason(code)}`);
   }
 }
 

@@ -79,13 +79,35 @@ export interface ByteSink {
   write(bytes: Uint8Array): void;
 }
 
+/** The temporary file an atomic write of `file` fills: `.NAME.PID.HEX.tmp` beside it. */
+const atomicTemp = (file: string): string => join(dirname(file), `.${basename(file)}.${process.pid}.${randomBytes(6).toString('hex')}.tmp`);
+
+/** The file an atomic write was writing, for a path that is one of its temporaries (else undefined). */
+export function atomicTargetOf(path: string): string | undefined {
+  const m = /^(.*[\\/])?\.(.+)\.\d+\.[0-9a-f]+\.tmp$/.exec(path);
+  return m ? `${m[1] ?? ''}${m[2]}` : undefined;
+}
+
+const FS_REASONS: Readonly<Record<string, string>> = {
+  ENOENT: 'no such file',
+  EISDIR: 'a folder',
+  ENOTDIR: 'a path through a file',
+  EACCES: 'permission denied',
+  EPERM: 'not permitted',
+  ENOSPC: 'no space left on the device',
+  EROFS: 'a read-only file system',
+};
+
+/** A file-system error code in words (`ENOENT` → `no such file`), the code itself when unlisted. */
+export const fsErrorReason = (code: string): string => FS_REASONS[code] ?? code;
+
 /**
  * Writes `file` atomically: the content goes to a temporary file in the same folder, which is flushed to disk
  * and renamed over `file` only when `fill` returned; on any error the temporary file is removed and `file` is
  * untouched.
  */
 export function writeFileAtomic(file: string, fill: (sink: ByteSink) => void): void {
-  const tmp = join(dirname(file), `.${basename(file)}.${process.pid}.${randomBytes(6).toString('hex')}.tmp`);
+  const tmp = atomicTemp(file);
   const fd = openSync(tmp, 'wx', 0o644);
   let ok = false;
   try {

@@ -11,7 +11,8 @@ import type { RefTensor } from '../../compiler/ir/rules/reference.js';
 import { loadWeights } from '../../runtime/run-cpu.js';
 import { runGpu } from '../../runtime/run-gpu.js';
 import { readSafetensors, toFloat64 } from '../../runtime/weights/index.js';
-import { assertCloseScaled, sharedDevice } from './fixture-harness.js';
+import { sharedDevice } from '../kernels/harness.js';
+import { assertCloseScaled } from './fixture-harness.js';
 
 const root = fileURLToPath(new URL('../../../', import.meta.url));
 const fx = root + 'test/fixtures/eva_tiny/';

@@ -14,7 +14,8 @@ import type { RefTensor } from '../../compiler/ir/rules/reference.js';
 import { runCpu } from '../../runtime/run-cpu.js';
 import { runGpu } from '../../runtime/run-gpu.js';
 import { readSafetensors, toFloat64 } from '../../runtime/weights/index.js';
-import { assertCloseScaled, sharedDevice } from './fixture-harness.js';
+import { sharedDevice } from '../kernels/harness.js';
+import { assertCloseScaled } from './fixture-harness.js';
 
 const fx = fileURLToPath(new URL('../../../test/fixtures/eva_variants/', import.meta.url));
 const device = sharedDevice();

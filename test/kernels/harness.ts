@@ -15,6 +15,7 @@
 // `describe` / `test`). The GPU instance stays referenced until the device is destroyed (a cold lavapipe
 // shader cache otherwise crashes dawn.node), and the device is destroyed at the end so the process exits.
 import assert from 'node:assert/strict';
+import { after, before } from 'node:test';
 import { makeRng } from '../ir/util.js';
 import { TARGET_LIMIT_KEYS } from '../../runtime/gpu/target.js';
 import { Builder } from '../../compiler/ir/builder.js';
@@ -26,7 +27,7 @@ import type { GpuRule, Kernel, KernelChain, Target } from '../../compiler/codege
 import { schedule, type ScheduleOptions } from '../../compiler/codegen/schedule.js';
 import { planMemory } from '../../compiler/plan/memory.js';
 import { GPU_RULES } from '../../kernels/index.js';
-import type { GpuDevice } from '../../runtime/gpu/device.js';
+import { openDevice, type GpuDevice } from '../../runtime/gpu/device.js';
 import { runGpu } from '../../runtime/run-gpu.js';
 import { bitwiseDifference } from '../passes/graphs.js';
 
@@ -37,6 +38,21 @@ export interface GpuContext {
   readonly adapter: GPUAdapter;
   /** The Target read from the adapter (the device was created with these limits). */
   readonly target: Target;
+}
+
+/** Opens visft's device (runtime/gpu/device.ts) before the suite's tests and destroys it after; returns its getter. */
+export function sharedDevice(): () => GpuDevice {
+  let gpu: GpuDevice | undefined;
+  before(async () => {
+    gpu = await openDevice();
+  });
+  after(async () => {
+    await gpu?.destroy();
+  });
+  return () => {
+    if (!gpu) throw new Error('the device is not open yet');
+    return gpu;
+  };
 }
 
 const TARGET_LIMITS = TARGET_LIMIT_KEYS;

@@ -5,7 +5,7 @@
 // (bias, GELU, a residual) and a second product (LoRA) agree with the one-kernel schedule; the default rule picks
 // no chain on software adapters and small shapes, and EVA's fc2 rows split on an H200.
 import assert from 'node:assert/strict';
-import { after, before, describe, test } from 'node:test';
+import { describe, test } from 'node:test';
 import { compileGpu } from '../../compiler/codegen/gpu.js';
 import { TARGETS } from '../../compiler/codegen/targets.js';
 import { PORTABLE_TARGET, type Target } from '../../compiler/codegen/types.js';
@@ -18,10 +18,9 @@ import { GPU_RULES } from '../../kernels/index.js';
 import { matmulKernel, type MatmulReads } from '../../kernels/matmul.js';
 import { defaultMatmulSplits, kRanges, matmulChain, matmulSplits, MAX_SPLITS, PARTIALS, splitAcrossChain } from '../../kernels/matmul-split-across.js';
 import type { SgmatTiles } from '../../kernels/matmul-sgmat.js';
-import { openDevice, type GpuDevice } from '../../runtime/gpu/device.js';
 import { runGpu } from '../../runtime/run-gpu.js';
 import { makeRng, randomTensor as randomRef } from '../ir/util.js';
-import { assertBitwise, matmulMismatch, randomTensor, runChain, runGraph, runKernel, type RuleTable } from './harness.js';
+import { assertBitwise, matmulMismatch, randomTensor, type RuleTable, runChain, runGraph, runKernel, sharedDevice } from './harness.js';
 import { hardwareLike } from './core-util.js';
 import { withConfigs } from './sgmat-targets.js';
 
@@ -106,19 +105,13 @@ test('the default on whole schedules: EVA fc2 rows split on an H200 (f32 and ten
 });
 
 describe('on the device', () => {
-  let gpu: GpuDevice;
-  before(async () => {
-    gpu = await openDevice();
-  });
-  after(async () => {
-    await gpu?.destroy();
-  });
+  const device = sharedDevice();
 
   test('the default picks no chain on this software adapter', () => {
-    assert.ok(gpu.target.isFallbackAdapter, 'the tests run on lavapipe');
+    assert.ok(device().target.isFallbackAdapter, 'the tests run on lavapipe');
     const { graph, node } = product([], [], 128, 2048, 128);
-    assert.equal(matmulChain(node, inputsOf(graph, node), gpu.target, 'tiled'), undefined);
-    assert.equal(matmulChain(node, inputsOf(graph, node), { ...gpu.target, isFallbackAdapter: false, name: 'hardware' }, 'tiled')?.kernels.length, 2, 'the same shape as hardware');
+    assert.equal(matmulChain(node, inputsOf(graph, node), device().target, 'tiled'), undefined);
+    assert.equal(matmulChain(node, inputsOf(graph, node), { ...device().target, isFallbackAdapter: false, name: 'hardware' }, 'tiled')?.kernels.length, 2, 'the same shape as hardware');
   });
 
   // K not a multiple of a range (16-deep steps): 100 = 64 + 36, 48 + 48 + 4, 32 + 32 + 32 + 4.
@@ -130,19 +123,19 @@ describe('on the device', () => {
   for (const [ba, bb, m, k, n, reads, tuning] of CASES) {
     const label = `[${ba}] ${m}x${k} @ [${bb}] ${k}x${n}, reads ${reads}${tuning ? `, ${JSON.stringify(tuning)}` : ''}`;
     test(`tiled: ${label}: 1-4 ranges = the reference, one range = the one kernel's bits, repeatable`, async () => {
-      const target: Target = { ...gpu.target, tuning };
+      const target: Target = { ...device().target, tuning };
       const { graph, node } = product(ba, bb, m, k, n, reads);
       const inputs = inputsOf(graph, node);
       const values = graph.inputs.map((e, i) => randomTensor(graph.node(e.node).shape, 17 * i + m + k + n).data);
       // By input id: where an operand is read transposed, the chain binds the permute's input, a graph input.
       const byId = new Map(graph.inputs.map((e, i) => [e.node, values[i]]));
       const ref = refOf(graph, values);
-      const one = await runKernel(gpu.device, matmulKernel(node, inputs, target, 'tiled', undefined, reads), values, numel(node.shape));
+      const one = await runKernel(device().device, matmulKernel(node, inputs, target, 'tiled', undefined, reads), values, numel(node.shape));
       for (let splits = 1; splits <= 4; splits++) {
         const chain = splitAcrossChain(node, inputs, target, 'tiled', splits, undefined, reads);
         assert.equal(chain.kernels.length, 2);
         assert.deepEqual(chain.scratch.map((s) => s.ref), [PARTIALS]);
-        const run = () => runChain(gpu.device, { ...node, inputs: chain.kernels[0].bindings.slice(0, 2).map((b) => b.value) }, chain, byId, target);
+        const run = () => runChain(device().device, { ...node, inputs: chain.kernels[0].bindings.slice(0, 2).map((b) => b.value) }, chain, byId, target);
         const got = await run();
         assert.equal(matmulMismatch(ref, asRef(node.shape, got), k), undefined, `${label}, ${splits} ranges`);
         if (splits === 1) assertBitwise(got, one, `${label}: one range vs the one kernel`);
@@ -155,7 +148,7 @@ describe('on the device', () => {
     const rules: RuleTable = { ...GPU_RULES, matmul: { kind: 'chain', gen: (nd, ins, t) => splitAcrossChain(nd, ins, t, 'tiled', 3) } };
     const { graph, node } = product([3], [3], 33, 90, 40);
     const values = graph.inputs.map((e, i) => randomTensor(graph.node(e.node).shape, 5 + i).data);
-    const got = await runGraph({ device: gpu.device, adapter: gpu.adapter, target: gpu.target }, graph, node.id, values, { rules });
+    const got = await runGraph({ device: device().device, adapter: device().adapter, target: device().target }, graph, node.id, values, { rules });
     assert.deepEqual(got.kernels.map((k) => k.name), ['matmul_tiled_f32_ks3', 'matmul_ksum3_f32']);
     assert.equal(matmulMismatch(refOf(graph, values), asRef(node.shape, got.value), 90), undefined);
   });
@@ -181,36 +174,36 @@ describe('on the device', () => {
     const program = (t: Target) => compileGpu(g, t);
     const oneProgram = program({ ...base, tuning: { ...base.tuning, matmulSplits: 1 } });
     assert.ok(oneProgram.schedule.kernels.every((x) => !x.name.includes('ksum')));
-    const one = await runGpu(gpu, g, oneProgram, inputs, params);
+    const one = await runGpu(device(), g, oneProgram, inputs, params);
     const ref = interpret(g, inputs, params);
     for (const s of splits) {
       const p = program({ ...base, tuning: { ...base.tuning, matmulSplits: s } });
       const names = p.schedule.kernels.map((x) => x.name);
       assert.ok(names.some((n) => kernel.test(n)) && names.some((n) => sum.test(n)), `${s} ranges: ${names.join(', ')}`);
-      const got = await runGpu(gpu, g, p, inputs, params);
+      const got = await runGpu(device(), g, p, inputs, params);
       assert.equal(matmulMismatch(one, got, k), undefined, `${s} ranges vs one kernel`);
       assert.equal(matmulMismatch(ref, got, k), undefined, `${s} ranges vs the reference`);
-      const again = await runGpu(gpu, g, p, inputs, params);
+      const again = await runGpu(device(), g, p, inputs, params);
       assertBitwise(Float32Array.from(again.get('y')!.data), Float32Array.from(got.get('y')!.data), `${s} ranges: run twice`);
     }
   }
 
   test('through the schedule: an epilogue (bias, GELU, a residual) with 2 to 4 ranges = the one kernel, within f32 tolerance', async () => {
     // 128 x 250 @ 250 x 70: the tiled kernel's size; 250 = 128 + 122, 96 + 96 + 58, 64 + 64 + 64 + 58.
-    await scheduleAgrees(linearGraph(64, 250, 70, false), 250, hardwareLike(gpu.target), [2, 3, 4], /^matmul_tiled_f32_ks\d_bt$/, /^matmul_ksum\d_f32\+add_gelu_add$/, 3);
+    await scheduleAgrees(linearGraph(64, 250, 70, false), 250, hardwareLike(device().target), [2, 3, 4], /^matmul_tiled_f32_ks\d_bt$/, /^matmul_ksum\d_f32\+add_gelu_add$/, 3);
   });
 
   test('through the schedule: a second product (LoRA) summed in the sum kernel', async () => {
-    await scheduleAgrees(linearGraph(64, 250, 70, true), 250, hardwareLike(gpu.target), [3], /^matmul_tiled_f32_ks3_bt$/, /^matmul_ksum3_f32\+mm\+/, 4);
+    await scheduleAgrees(linearGraph(64, 250, 70, true), 250, hardwareLike(device().target), [3], /^matmul_tiled_f32_ks3_bt$/, /^matmul_ksum3_f32\+mm\+/, 4);
     // By default (hardware) a kernel with a second product stays one kernel.
     const g = linearGraph(64, 250, 70, true);
-    const names = compileGpu(g, hardwareLike(gpu.target)).schedule.kernels.map((x) => x.name);
+    const names = compileGpu(g, hardwareLike(device().target)).schedule.kernels.map((x) => x.name);
     assert.ok(names.some((n) => /^matmul_tiled_f32_bt\+mm\+/.test(n)), names.join(', '));
   });
 
   // Tensor cores, emulated (lavapipe has no subgroup matrices): 8x8x8 fragments, 2x2 subgroups of 2x2, 8 deep.
   const TILES: SgmatTiles = { wm: 2, wn: 2, fm: 2, fn: 2, bk: 8 };
-  const sgTarget = (): Target => ({ ...withConfigs(gpu.target, [{ M: 8, N: 8, K: 8 }], 'sgmat'), tuning: { sgmatTiles: TILES } });
+  const sgTarget = (): Target => ({ ...withConfigs(device().target, [{ M: 8, N: 8, K: 8 }], 'sgmat'), tuning: { sgmatTiles: TILES } });
 
   test('sgmat (emulated): 3 ranges of a K not a multiple of 8 = the reference; one range = the one kernel; with a K split inside the workgroup too', async () => {
     const target = sgTarget();
@@ -219,20 +212,20 @@ describe('on the device', () => {
     const values = graph.inputs.map((e, i) => randomTensor(graph.node(e.node).shape, 9 + i).data.map(roundF16));
     const byId = new Map(inputs.map((x, i) => [x.id, values[i]]));
     const ref = refOf(graph, values);
-    const one = await runKernel(gpu.device, matmulKernel(node, inputs, target, 'sgmat'), values, numel(node.shape));
+    const one = await runKernel(device().device, matmulKernel(node, inputs, target, 'sgmat'), values, numel(node.shape));
     for (const splits of [1, 3]) {
       const chain = splitAcrossChain(node, inputs, target, 'sgmat', splits);
       assert.match(chain.kernels[0].name, new RegExp(`^matmul_sgmat_f16_ks${splits}`));
-      const got = await runChain(gpu.device, node, chain, byId, target);
+      const got = await runChain(device().device, node, chain, byId, target);
       assert.equal(matmulMismatch(ref, asRef(node.shape, got), 45), undefined, `${splits} ranges`);
       if (splits === 1) assertBitwise(got, one, 'one range vs the one kernel');
-      else assertBitwise(await runChain(gpu.device, node, chain, byId, target), got, 'run twice');
+      else assertBitwise(await runChain(device().device, node, chain, byId, target), got, 'run twice');
     }
     // With K also split inside the workgroup and hardware's prefetched staging: ranges of whole pairs of steps.
     const halves: Target = { ...target, tuning: { sgmatTiles: { ...TILES, ksplit: 2, staging: 'prefetch' } } };
     const chain = splitAcrossChain(node, inputs, halves, 'sgmat', 2);
     assert.match(chain.kernels[0].name, /^matmul_sgmat_f16_k2_ks2/);
-    assert.equal(matmulMismatch(ref, asRef(node.shape, await runChain(gpu.device, node, chain, byId, halves)), 45), undefined, 'halves and 2 ranges');
+    assert.equal(matmulMismatch(ref, asRef(node.shape, await runChain(device().device, node, chain, byId, halves)), 45), undefined, 'halves and 2 ranges');
   });
 
   test('sgmat (emulated) through the schedule: exact f16 operands, bias epilogue, 2 ranges = the one kernel', async () => {

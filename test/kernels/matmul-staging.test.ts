@@ -6,19 +6,18 @@
 // two halves of a workgroup (Target.tuning.tiledKSplit) sums in another fixed order: equal to the reference, and
 // repeatable bit for bit.
 import assert from 'node:assert/strict';
-import { after, before, describe, test } from 'node:test';
+import { describe, test } from 'node:test';
 import { PORTABLE_TARGET, type Target } from '../../compiler/codegen/types.js';
 import { Builder } from '../../compiler/ir/builder.js';
 import { numel } from '../../compiler/ir/graph.js';
 import { interpret } from '../../compiler/ir/interpret.js';
 import { defaultStaging, matmulKernel, type MatmulReads, type Staging } from '../../kernels/matmul.js';
-import { openDevice, type GpuDevice } from '../../runtime/gpu/device.js';
 import fc from 'fast-check';
 import { runGpu } from '../../runtime/run-gpu.js';
 import { buildEpilogueGraph, transposedCaseArb } from '../codegen/matmul-graphs.js';
 import { feeds, run } from '../passes/graphs.js';
 import { fcParams, hardwareLike } from './core-util.js';
-import { assertBitwise, assertKernelsAgree, matmulMismatch, randomTensor, runKernel, scheduledProgram } from './harness.js';
+import { assertBitwise, assertKernelsAgree, matmulMismatch, randomTensor, runKernel, scheduledProgram, sharedDevice } from './harness.js';
 
 test('software adapters keep the guarded loop; hardware prefetches', () => {
   const base = { name: 'x', isFallbackAdapter: false } as Target;
@@ -40,13 +39,7 @@ test('a K split needs 512 invocations and is only taken when asked', () => {
 });
 
 describe('on the device', () => {
-  let gpu: GpuDevice;
-  before(async () => {
-    gpu = await openDevice();
-  });
-  after(async () => {
-    await gpu?.destroy();
-  });
+  const device = sharedDevice();
 
   const swapLast = (r: number) => [...Array(r).keys()].map((d) => (d === r - 2 ? r - 1 : d === r - 1 ? r - 2 : d));
 
@@ -76,22 +69,22 @@ describe('on the device', () => {
       const values = graph.inputs.map((inp, i) => randomTensor(graph.node(inp.node).shape, 17 * i + m + k).data);
       const out = new Map<Staging, Float32Array>();
       for (const how of ['loop', 'unrolled', 'prefetch'] as const) {
-        const kernel = matmulKernel(node, inputs, { ...gpu.target, tuning: { tiledStaging: how } }, 'tiled', undefined, reads);
+        const kernel = matmulKernel(node, inputs, { ...device().target, tuning: { tiledStaging: how } }, 'tiled', undefined, reads);
         assert.equal(/var va_0/.test(kernel.wgsl), how !== 'loop', `${how}: registers only when unrolled`);
-        out.set(how, await runKernel(gpu.device, kernel, values, numel(node.shape)));
+        out.set(how, await runKernel(device().device, kernel, values, numel(node.shape)));
       }
-      for (const how of ['unrolled', 'prefetch'] as const) assertKernelsAgree(gpu.target, out.get(how)!, out.get('loop')!, `${how} vs loop`, k);
+      for (const how of ['unrolled', 'prefetch'] as const) assertKernelsAgree(device().target, out.get(how)!, out.get('loop')!, `${how} vs loop`, k);
       const ref = interpret(graph, new Map(graph.inputs.map((inp, i) => [inp.name, { shape: graph.node(inp.node).shape, data: Float64Array.from(values[i]) }]))).get('y')!;
       const matches = (got: Float32Array, what: string) => assert.equal(matmulMismatch(new Map([['y', ref]]), new Map([['y', { shape: ref.shape, data: Float64Array.from(got) }]]), k), undefined, what);
       matches(out.get('prefetch')!, 'prefetch');
       // K split between two halves of the workgroup, with either staging.
       for (const how of ['loop', 'prefetch'] as const) {
-        const kernel = matmulKernel(node, inputs, { ...gpu.target, tuning: { tiledStaging: how, tiledKSplit: 2 } }, 'tiled', undefined, reads);
+        const kernel = matmulKernel(node, inputs, { ...device().target, tuning: { tiledStaging: how, tiledKSplit: 2 } }, 'tiled', undefined, reads);
         assert.match(kernel.name, /^matmul_tiled_f32_k2/);
         assert.deepEqual(kernel.workgroupSize, [16, 16, 2]);
-        const got = await runKernel(gpu.device, kernel, values, numel(node.shape));
+        const got = await runKernel(device().device, kernel, values, numel(node.shape));
         matches(got, `split, ${how}`);
-        assertBitwise(await runKernel(gpu.device, kernel, values, numel(node.shape)), got, `split, ${how}, run twice`);
+        assertBitwise(await runKernel(device().device, kernel, values, numel(node.shape)), got, `split, ${how}, run twice`);
       }
     });
   }
@@ -101,11 +94,11 @@ describe('on the device', () => {
       fc.asyncProperty(transposedCaseArb(['tiled'], 3), fc.integer({ min: 1, max: 1e6 }), fc.constantFrom<Staging>('unrolled', 'prefetch'), fc.constantFrom<1 | 2>(1, 2), async (c, seed, how, split) => {
         const { graph, matmul } = buildEpilogueGraph(c);
         const f = feeds(graph, seed, false);
-        const program = scheduledProgram(graph, hardwareLike({ ...gpu.target, tuning: { tiledStaging: how, tiledKSplit: split } }), {});
+        const program = scheduledProgram(graph, hardwareLike({ ...device().target, tuning: { tiledStaging: how, tiledKSplit: split } }), {});
         const mmKernel = program.schedule.kernels.find((k) => k.nodes.includes(matmul))!;
         assert.match(mmKernel.name, split === 2 ? /^matmul_tiled_f32_k2/ : /^matmul_tiled_f32(?!_k2)/);
         assert.match(mmKernel.wgsl, /var va_0/, 'unrolled staging');
-        const m = matmulMismatch(run(graph, f), await runGpu(gpu, graph, program, f.inputs, f.params), c.k);
+        const m = matmulMismatch(run(graph, f), await runGpu(device(), graph, program, f.inputs, f.params), c.k);
         assert.equal(m, undefined, `${mmKernel.name}: ${m}`);
       }),
       fcParams(4, 5151),

@@ -4,7 +4,7 @@
 // not the sums: the kernels equal the scalar-load ones bit for bit, and the float64 reference — tiled and
 // subgroup-matrix (emulated on lavapipe), plain and transposed reads, batches, tile edges, K splits.
 import assert from 'node:assert/strict';
-import { after, before, describe, test } from 'node:test';
+import { describe, test } from 'node:test';
 import type { Target } from '../../compiler/codegen/types.js';
 import { Builder } from '../../compiler/ir/builder.js';
 import { numel } from '../../compiler/ir/graph.js';
@@ -12,10 +12,9 @@ import { interpret } from '../../compiler/ir/interpret.js';
 import { roundF16 } from '../../compiler/ir/rules/reference-core.js';
 import { matmulKernel, vectorOperands, type MatmulReads } from '../../kernels/matmul.js';
 import { nativeSgmat } from '../../kernels/sgmat.js';
-import { openDevice, type GpuDevice } from '../../runtime/gpu/device.js';
 import { runGpu } from '../../runtime/run-gpu.js';
 import { hardwareLike } from './core-util.js';
-import { assertBitwise, matmulMismatch, randomTensor, runKernel, scheduledProgram } from './harness.js';
+import { assertBitwise, matmulMismatch, randomTensor, runKernel, scheduledProgram, sharedDevice } from './harness.js';
 import { deviceSgmatTarget } from './sgmat-targets.js';
 
 const swapLast = (r: number) => [...Array(r).keys()].map((d) => (d === r - 2 ? r - 1 : d === r - 1 ? r - 2 : d));
@@ -48,13 +47,7 @@ test('which operands load vec4s: the contiguous dim, the batch offsets and the t
 });
 
 describe('on the device', () => {
-  let gpu: GpuDevice;
-  before(async () => {
-    gpu = await openDevice();
-  });
-  after(async () => {
-    await gpu?.destroy();
-  });
+  const device = sharedDevice();
 
   // [batch of a, batch of b, M, K, N, transposed reads, the operands expected as vec4s]
   const CASES: [number[], number[], number, number, number, MatmulReads, [boolean, boolean]][] = [
@@ -71,33 +64,33 @@ describe('on the device', () => {
       const ref = interpret(graph, new Map(graph.inputs.map((inp, i) => [inp.name, { shape: graph.node(inp.node).shape, data: Float64Array.from(values[i]) }]))).get('y')!;
       for (const tuning of [{ tiledStaging: 'unrolled' as const }, { tiledStaging: 'prefetch' as const }, { tiledStaging: 'prefetch' as const, tiledKSplit: 2 as const }]) {
         const what = `${JSON.stringify(tuning)}`;
-        const vec = matmulKernel(node, inputs, { ...gpu.target, tuning }, 'tiled', undefined, reads);
-        const scalar = matmulKernel(node, inputs, { ...gpu.target, tuning: { ...tuning, vectorLoads: false } }, 'tiled', undefined, reads);
+        const vec = matmulKernel(node, inputs, { ...device().target, tuning }, 'tiled', undefined, reads);
+        const scalar = matmulKernel(node, inputs, { ...device().target, tuning: { ...tuning, vectorLoads: false } }, 'tiled', undefined, reads);
         assert.deepEqual(declared(vec.wgsl), expect, `${what}: vec4 bindings`);
         assert.deepEqual(declared(scalar.wgsl), [false, false], `${what}: scalar bindings`);
-        const got = await runKernel(gpu.device, vec, values, numel(node.shape));
-        assertBitwise(got, await runKernel(gpu.device, scalar, values, numel(node.shape)), what);
+        const got = await runKernel(device().device, vec, values, numel(node.shape));
+        assertBitwise(got, await runKernel(device().device, scalar, values, numel(node.shape)), what);
         assert.equal(matmulMismatch(new Map([['y', ref]]), new Map([['y', { shape: ref.shape, data: Float64Array.from(got) }]]), k), undefined, what);
       }
-      const loop = matmulKernel(node, inputs, { ...gpu.target, tuning: { tiledStaging: 'loop' } }, 'tiled', undefined, reads);
+      const loop = matmulKernel(node, inputs, { ...device().target, tuning: { tiledStaging: 'loop' } }, 'tiled', undefined, reads);
       assert.deepEqual(declared(loop.wgsl), [false, false], 'the guarded loop loads scalars');
     });
   }
 
   test('subgroup-matrix kernel (emulated here): vec4 loads of f16 tiles = scalar loads, bit for bit', async () => {
-    const native = nativeSgmat(gpu.target);
-    const { target, forced } = deviceSgmatTarget(gpu.target, native, { M: 8, N: 8, K: 8 });
+    const native = nativeSgmat(device().target);
+    const { target, forced } = deviceSgmatTarget(device().target, native, { M: 8, N: 8, K: 8 });
     const tiles = forced ? { wm: 2, wn: 2, fm: 2, fn: 2, bk: 8, staging: 'prefetch' as const } : undefined;
     const { graph, node, inputs } = product([2], [], 36, 28, 44, [false, true]);
     const values = graph.inputs.map((inp, i) => randomTensor(graph.node(inp.node).shape, 5 + i).data.map(roundF16));
     const vec = matmulKernel(node, inputs, target, 'sgmat', undefined, [false, true], undefined, tiles);
     const scalar = matmulKernel(node, inputs, { ...target, tuning: { ...target.tuning, vectorLoads: false } }, 'sgmat', undefined, [false, true], undefined, tiles);
     if (forced) assert.deepEqual(declared(vec.wgsl), [true, true]);
-    assertBitwise(await runKernel(gpu.device, vec, values, numel(node.shape)), await runKernel(gpu.device, scalar, values, numel(node.shape)), 'sgmat');
+    assertBitwise(await runKernel(device().device, vec, values, numel(node.shape)), await runKernel(device().device, scalar, values, numel(node.shape)), 'sgmat');
   });
 
   test('f16 storage: operands rounded to f16 are stored as f16 and loaded as vec4<f16> through the schedule', async (t) => {
-    if (!gpu.target.features.includes('shader-f16')) return t.skip(`the adapter ${gpu.target.name} has no shader-f16`);
+    if (!device().target.features.includes('shader-f16')) return t.skip(`the adapter ${device().target.name} has no shader-f16`);
     const b = new Builder();
     const round = (id: number) => b.add('cast', [b.add('cast', [id], { dtype: 'f16' })], { dtype: 'f32' });
     // Work enough for the tiled variant (outputs x K >= SMALL_WORK); N = 132 leaves a tile edge.
@@ -106,7 +99,7 @@ describe('on the device', () => {
     b.output('y', b.add('matmul', [round(x), round(w)]));
     const graph = b.graph;
     // Hardware-like, without subgroup matrices: the tiled kernel with prefetched staging reads the f16 operands.
-    const target: Target = { ...hardwareLike(gpu.target), subgroupMatrixConfigs: [] };
+    const target: Target = { ...hardwareLike(device().target), subgroupMatrixConfigs: [] };
     const inputs = new Map(graph.inputs.map((i, k) => [i.name, { shape: graph.node(i.node).shape, data: Float64Array.from(randomTensor(graph.node(i.node).shape, 40 + k).data) }]));
     const program = scheduledProgram(graph, target, {});
     const mm = program.schedule.kernels.find((k) => k.name.startsWith('matmul_tiled_f32'));
@@ -114,8 +107,8 @@ describe('on the device', () => {
     assert.match(mm.wgsl, /in_0: array<vec4<f16>>/);
     assert.match(mm.wgsl, /in_1: array<vec4<f16>>/);
     assert.match(mm.wgsl, /vec4<f32>\(in_0\[/, 'reads widened to vec4<f32>');
-    const got = await runGpu(gpu, graph, program, inputs, new Map());
-    const scalar = await runGpu(gpu, graph, scheduledProgram(graph, { ...target, tuning: { vectorLoads: false } }, {}), inputs, new Map());
+    const got = await runGpu(device(), graph, program, inputs, new Map());
+    const scalar = await runGpu(device(), graph, scheduledProgram(graph, { ...target, tuning: { vectorLoads: false } }, {}), inputs, new Map());
     assertBitwise(Float32Array.from(got.get('y')!.data), Float32Array.from(scalar.get('y')!.data), 'f16 storage');
     const ref = interpret(graph, inputs);
     assert.equal(matmulMismatch(ref, got, 128), undefined);
