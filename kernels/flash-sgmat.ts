@@ -12,11 +12,11 @@
 //      part order), p = e^{s − m} rounded to f16 into `tile_p`, the part's Σ f32(p), and α = e^{m_old − m} (0
 //      while nothing was seen); then per row l = α·l + the parts' sums in part order (the sum of the rounded
 //      weights, so out = Σ p·v / Σ p weighs exactly what it sums). No float atomics: bitwise repeatable;
-//   4. O (result fragments held across tiles) rescaled by α only where some α ≠ 1: rows with α ≠ 1 set their
-//      subgroup's bit (u32 atomicOr), read back with workgroupUniformLoad (also the barrier after the softmax);
-//      when a bit is set (a uniform branch, it holds barriers) the flagged subgroups store O to the scratch a
-//      chunk at a time, rows with α ≠ 1 are multiplied, O is loaded back; then O += P·V (BC/k steps, DVP/n
-//      fragments). Once the running maxima settle most tiles skip the round trip.
+//   4. O (result fragments held across tiles) rescaled by α after the first tile: stored to the scratch a chunk
+//      at a time, rows with α ≠ 1 multiplied, loaded back; then O += P·V (BC/k steps, DVP/n fragments).
+//      Skipping the round trip when no row's max moved (flags set with a workgroup atomicOr, read with
+//      workgroupUniformLoad) gave wrong rows natively on the H200 (2026-11-27; right when emulated, and right
+//      natively with the flags taken out): it is not used.
 // At the end out = O / l (and the sibling attention_lse's m + ln l). A row masked entirely gives 0/0 = NaN (lse
 // -inf), as the reference. Products of f16 numbers are exact in f32, so S is q·kᵀ summed in f32; the one
 // rounding the f32 kernels do not have is p to f16 before P·V (relative 2^-11 with round-to-nearest).
@@ -27,8 +27,8 @@
 // subgroups (rows), then the longest key tiles, that fit the Target's workgroup memory.
 // Natively the workgroup is W subgroups of subgroupMaxSize; subgroups past W (smaller runtime subgroups) only
 // help stage. On software adapters loops stay rolled (unboundedLoop) to keep LLVM's compile time low.
-// The split softmax and the skipped round trip (replacing one invocation per row and a round trip every tile,
-// 9.5 ms at EVA-G detection on the H200) are unmeasured on NVIDIA.
+// The split softmax (replacing one invocation per row; 9.5 ms at EVA-G detection on the H200 before it) is
+// unmeasured on NVIDIA.
 import type { Kernel, Target } from '../compiler/codegen/types.js';
 import { isExactHalf } from '../compiler/codegen/half.js';
 import type { Graph, Node, Shape } from '../compiler/ir/graph.js';
@@ -102,10 +102,10 @@ function layout(target: Target, shape: SgmatShape, d: number, dv: number, tiles:
   const [kElems, vElems] = tiles.sharedKv ? [Math.max(kt, vt), 0] : [kt, vt];
   const invocations = tiles.subgroups * lanes;
   const parts = Math.max(1, Math.min(MAX_PARTS, bc, Math.floor(invocations / br)));
-  // The f32 scratch, the row statistics (m, l, α), the parts' maxima and sums, the rescale flags (one u32) and
-  // the emulated result slots (S and O fragments).
+  // The f32 scratch, the row statistics (m, l, α), the parts' maxima and sums, and the emulated result slots (S
+  // and O fragments).
   const slots = native ? 0 : tiles.subgroups * (bc / shape.n + dvp / shape.n);
-  const bytes = 2 * (qElems + pElems + kElems + vElems) + 4 * (br * ss + 3 * br + 2 * br * parts + 1 + slots * shape.m * shape.n);
+  const bytes = 2 * (qElems + pElems + kElems + vElems) + 4 * (br * ss + 3 * br + 2 * br * parts + slots * shape.m * shape.n);
   return { shape, tiles, native, lanes, invocations, parts, br, bc, dkp, dvp, sq, sp, sk, sv, ss, qElems, pElems, kElems, vElems, bytes };
 }
 
@@ -214,8 +214,7 @@ export function flashSgmatForwardKernel(node: Node, inputs: readonly Node[], tar
   const dispatch = dispatchGroups(groups, target);
   const maxC = (a: string, b: string) => combineCode('max', a, b);
   const range = (count: number) => Array.from({ length: count }, (_, i) => i);
-  const ifWho = (who: string, lines: string[], indent: string) => [`${indent}if (${who}) {`, ...lines.map((x) => `${indent}  ${x}`), `${indent}}`].join('\n');
-  const ifComputes = (lines: string[], indent: string) => ifWho('computes', lines, indent);
+  const ifComputes = (lines: string[], indent: string) => [`${indent}if (computes) {`, ...lines.map((x) => `${indent}  ${x}`), `${indent}}`].join('\n');
 
   const stage = (slot: number, row0: string, rows: number, valid: string, width: number, cols: number, seq: number, dst: (r: string, c: string) => string, indent?: string) =>
     stageRows(target, T, reads, { slot, row0, rows, valid, width, cols, seq, dst }, indent);
@@ -238,8 +237,8 @@ export function flashSgmatForwardKernel(node: Node, inputs: readonly Node[], tar
   const maskAdd = ms ? `\n      if (row < ${U(g.Sq)} && j < k_valid) { s += ${maskName}[${maskOffset(ms, 'b', 'h', 'row', 'j0 + j')}]; }` : '';
   // The softmax, T invocations at once: pair x = (row x / P, part x % P) walks keys part, part + P, ... of the
   // row. Pass 1: s·scale + mask (-inf past Sk), the part's max. Pass 2: the row's new max m from the parts' (read
-  // in a fixed order), p = e^{s − m} rounded to f16 into P, the part's Σ f32(p); part 0 writes α and flags the
-  // row's subgroup when α ≠ 1. Then one invocation per row: m, and l = α·l + the parts' sums in part order.
+  // in a fixed order), p = e^{s − m} rounded to f16 into P, the part's Σ f32(p); part 0 writes α. Then one
+  // invocation per row: m, and l = α·l + the parts' sums in part order.
   const P = l.parts;
   const pairs = BR * P;
   const partsOf = (arr: string) => range(P).map((p) => `${arr}[r * ${U(P)} + ${U(p)}]`);
@@ -248,8 +247,7 @@ export function flashSgmatForwardKernel(node: Node, inputs: readonly Node[], tar
   const rowSum = partsOf('part_l').join(' + ');
   const pairIds = [`let r = x / ${U(P)};`, `let part = x % ${U(P)};`];
   const keys = `for (var j = part; j < ${unboundedLoop(BC, target)}; j += ${U(P)}) {`;
-  const softmax = `    if (lid == 0u) { atomicStore(&rescale_bits, 0u); }
-${spread(target, pairs, T, [
+  const softmax = `${spread(target, pairs, T, [
   ...pairIds,
   'let row = i0 + r;',
   `var mx = ${NEG_INF};`,
@@ -278,11 +276,9 @@ ${spread(target, pairs, T, [
   '  // e^{m_old - m_new}; 0 while nothing was seen (m_old = -inf).',
   `  let alpha = select(exp_flash(m_old - mn), 0.0f, m_old == ${NEG_INF});`,
   '  row_a[r] = alpha;',
-  `  if (alpha != 1.0f) { atomicOr(&rescale_bits, 1u << ((r / ${U(m)}) % 32u)); }`,
   '}',
 ], '    ')}
-    // Which subgroups' O must be rescaled (bit sg % 32); also the barrier after the softmax.
-    let rescale = workgroupUniformLoad(&rescale_bits);
+    workgroupBarrier();
     for (var r = lid; r < ${unboundedLoop(BR, target)}; r += ${U(T)}) {
       row_l[r] = row_l[r] * row_a[r] + ${rowSum};
 ${rowMax('mn', 'row_m[r]').map((x) => `      ${x}`).join('\n')}
@@ -293,25 +289,23 @@ ${rowMax('mn', 'row_m[r]').map((x) => `      ${x}`).join('\n')}
   const chunk = BC / n;
   const chunks = range(Math.ceil(oFrags / chunk)).map((ci) => range(Math.min(chunk, oFrags - ci * chunk)).map((x) => ci * chunk + x));
   const oSlot = (j: number) => `sg * ${U(oFrags)} + ${U(j)}`;
-  const through = (frags: number[], indent: string, each: string[], who = 'computes') => {
+  const through = (frags: number[], indent: string, each: string[]) => {
     const width = frags.length * n;
     const c0 = frags[0] * n;
     return [
-      ifWho(who, frags.map((j) => oOps.store('tile_s', `sm * ${U(SS)} + ${U((j - frags[0]) * n)}`, `o_${j}`, U(SS))), indent),
+      ifComputes(frags.map((j) => oOps.store('tile_s', `sm * ${U(SS)} + ${U((j - frags[0]) * n)}`, `o_${j}`, U(SS))), indent),
       `${indent}workgroupBarrier();`,
       spread(target, BR * width, T, [`let r = x / ${U(width)};`, `let c = x % ${U(width)};`, ...each.map((e) => e.replaceAll('COL', c0 ? `${U(c0)} + c` : 'c'))], indent),
     ].join('\n');
   };
-  // Only when some row's α ≠ 1 (a uniform branch: it holds barriers), only the subgroups owning such rows; never
-  // at the first tile (O is zero).
-  const rescale = `    if (j0 > 0u && rescale != 0u) {
-      let mine = computes && (rescale & (1u << (sg % 32u))) != 0u;\n${chunks
+  // Never at the first tile (O is zero).
+  const rescale = `    if (j0 > 0u) {\n${chunks
     .map((frags, i) =>
       [
         ...(i > 0 ? ['      workgroupBarrier();'] : []),
-        through(frags, '      ', [`let a = row_a[r];`, `if (a != 1.0f) { tile_s[r * ${U(SS)} + c] *= a; }`], 'mine'),
+        through(frags, '      ', [`let a = row_a[r];`, `if (a != 1.0f) { tile_s[r * ${U(SS)} + c] *= a; }`]),
         '      workgroupBarrier();',
-        ifWho('mine', frags.map((j) => `o_${j} = ${oOps.loadResult('tile_s', `sm * ${U(SS)} + ${U((j - frags[0]) * n)}`, U(SS), oSlot(j))};`), '      '),
+        ifComputes(frags.map((j) => `o_${j} = ${oOps.loadResult('tile_s', `sm * ${U(SS)} + ${U((j - frags[0]) * n)}`, U(SS), oSlot(j))};`), '      '),
       ].join('\n'),
     )
     .join('\n')}\n    }`;
@@ -351,7 +345,6 @@ ${rowMax('mn', 'row_m[r]').map((x) => `      ${x}`).join('\n')}
     `var<workgroup> row_a: array<f32, ${BR}>;`,
     `var<workgroup> part_m: array<f32, ${pairs}>;`,
     `var<workgroup> part_l: array<f32, ${pairs}>;`,
-    `var<workgroup> rescale_bits: atomic<u32>;`,
   ].join('\n');
   const main = `${EXP_FLASH}
 
