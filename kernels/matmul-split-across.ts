@@ -29,13 +29,16 @@ export const SPLIT_MAX = 4;
 /**
  * The default number of K ranges for a product whose one-kernel variant has `tiles` workgroups and `steps` k steps
  * each: 1 (one kernel) on software adapters (CPU threads gain nothing, and their kernels must not change) and from
- * SPLIT_TILES tiles; else enough ranges to reach SPLIT_TILES workgroups, at most SPLIT_MAX, each range at least
- * SPLIT_MIN_STEPS steps. WebGPU reports no multiprocessor count, so the rule reads only the shape: EVA-G's fc2
- * (88 tiles, 384 steps of 16) gets 2. Not yet measured: scripts/tune-sgmat.mjs times 1-4 ranges on the fc2 rows.
+ * SPLIT_TILES tiles; else the ranges that bring the workgroups nearest 2·SPLIT_TILES (about two per
+ * multiprocessor), at most SPLIT_MAX, each range at least SPLIT_MIN_STEPS steps. WebGPU reports no multiprocessor
+ * count, so the rule reads only the shape. Measured on the H200 (scripts/tune-sgmat.mjs, 2026-11-27, each against
+ * 2 ranges in the same window): EVA-G fc2 in f32 (88 tiles) 1.49x / 1 / 0.69x / 0.80x the time with 1 / 2 / 3 / 4
+ * ranges (the rule: 3); EVA-E fc2 (112 tiles) f32 1.52x / 1 / 1.04x / 1.05x and tensor cores 1.97x / 1 / 1.31x /
+ * 1.06x (the rule: 2).
  */
 export function defaultMatmulSplits(target: Target, tiles: number, steps: number): number {
   if (softwareTarget(target) || tiles >= SPLIT_TILES) return 1;
-  return Math.max(1, Math.min(SPLIT_MAX, Math.ceil(SPLIT_TILES / tiles), Math.floor(steps / SPLIT_MIN_STEPS)));
+  return Math.max(1, Math.min(SPLIT_MAX, Math.round((2 * SPLIT_TILES) / tiles), Math.floor(steps / SPLIT_MIN_STEPS)));
 }
 
 /**

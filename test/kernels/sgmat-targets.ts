@@ -3,6 +3,7 @@
 // feature the same tests run natively (deviceSgmatTarget).
 import type { Target } from '../../compiler/codegen/types.js';
 import { TARGETS } from '../../compiler/codegen/targets.js';
+import { SUBGROUP_MATRIX_FEATURE } from '../../kernels/sgmat.js';
 
 export type Config = { M: number; N: number; K: number };
 
@@ -12,6 +13,12 @@ export const withConfigs = (t: Target, configs: Config[], name: string): Target 
   name: `${t.name}+${name}`,
   subgroupMatrixConfigs: configs.map((c) => ({ componentType: 'f16', resultComponentType: 'f32', ...c })),
 });
+
+/** `t` with these configs but without the subgroup-matrix feature: the emulated spelling, on any device. */
+export const emulatedConfigs = (t: Target, configs: Config[], name: string): Target => {
+  const listed = withConfigs(t, configs, name);
+  return { ...listed, features: listed.features.filter((f) => f !== SUBGROUP_MATRIX_FEATURE) };
+};
 
 /** An H100 as Dawn reports it with visft's toggles (compiler/codegen/targets.ts): the feature, subgroups of 32, 48 KiB. */
 export const NVIDIA: Target = TARGETS['nvidia-h100'];
