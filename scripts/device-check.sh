@@ -8,8 +8,10 @@
 # kernels whose native form lavapipe cannot run (subgroup-matrix matmul and flash attention) against their
 # references; the tile and staging sweep (scripts/tune-sgmat.mjs); PyTorch's times for the bench shapes; the
 # bench rows with tfjs-webgpu on the same device; the tensor-core ceilings (scripts/sgmat-ceiling.mjs); last the
-# whole test suite on this GPU. STEPS="doctor sgmat-test ..." runs only the steps named. The logs go to
-# $OUT/logs.tgz, rebuilt after every step (the device tool brings back at most 8 files), with a summary beside it.
+# whole test suite on this GPU. STEPS="doctor sgmat-test ..." runs only the steps named;
+# TUNE_ARGS and TORCH_ARGS pass options to the sweep and the PyTorch peer (e.g. TUNE_ARGS="--rows
+# matmul_f32_evag_fc2"). The logs go to $OUT/logs.tgz, rebuilt after every step (the device tool brings back at
+# most 8 files), with a summary beside it.
 # GPU clocks, power and throttle reasons are sampled twice a second throughout (clocks.csv in the archive): the
 # H200 stayed at its idle clock through short bursts of Dawn work (docs/perf.md).
 set -u
@@ -33,8 +35,8 @@ nvidia-smi --query-gpu=timestamp,clocks.sm,clocks.mem,power.draw,temperature.gpu
 step doctor 30 node bin/visft.js doctor
 SGMAT_TESTS="dist/test/kernels/matmul-sgmat.test.js dist/test/kernels/matmul-vector-loads.test.js dist/test/kernels/matmul-split-across.test.js dist/test/codegen/msdeform-schedule.test.js dist/test/kernels/flash-sgmat.test.js dist/test/kernels/flash-sgmat-backward.test.js dist/test/gpu/run-cli.test.js dist/test/gpu/eva-variants.test.js"
 step sgmat-test 60 node --test --test-reporter=spec $SGMAT_TESTS
-step tune-sgmat 150 node scripts/tune-sgmat.mjs --json "$LOGS/tune.json"
-python3 -c 'import torch' 2>/dev/null && step torch-peer 60 python3 runtime/bench/torch_peer.py
+step tune-sgmat "${TUNE_SECS:-150}" node scripts/tune-sgmat.mjs --json "$LOGS/tune.json" ${TUNE_ARGS:-}
+python3 -c 'import torch' 2>/dev/null && step torch-peer 60 python3 runtime/bench/torch_peer.py ${TORCH_ARGS:-}
 step bench-matmul 60 node bin/visft.js bench --json --rows matmul_f16,matmul_f32
 step bench-rows 30 node bin/visft.js bench --json --rows layernorm,softmax,gelu
 step bench-attention 130 node bin/visft.js bench --json --repeat 10 --rows attention,msdeform

@@ -9,8 +9,10 @@
 // (Target.tuning.matmulSplits; 1 is the one kernel, the default picks by shape: kernels/matmul-split-across.ts), and ablations that leave a stage out ('no-mma': the
 // products skipped; 'no-stage': the tiles not staged), whose times say where a kernel's time goes (their
 // outputs are wrong by design and not checked). Every other variant's output is compared with the default's.
-// Timing: GPU timestamps around each of 30 back-to-back passes of the whole row program, after 200 ms of
-// back-to-back warm-up (clocks); the median counts. Without subgroup matrices only the f32 rows run.
+// Timing: each variant against the row's default in alternating bursts of 4 passes (8 of each, GPU timestamps),
+// after 300 ms of alternating warm-up; the medians and their ratio (vsDefault) are printed. The ratio ranks
+// variants: the H200's clock moved between 345 and 1980 MHz through one sweep. Without subgroup matrices only
+// the f32 rows run.
 import { writeFileSync } from 'node:fs';
 import { compileGpu } from '../dist/compiler/codegen/gpu.js';
 import { openDevice } from '../dist/runtime/gpu/device.js';
@@ -75,8 +77,9 @@ const FLASH_ABLATIONS = {
 
 const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
-async function timeVariant(gpu, row, tuning, ablation, reference) {
-  let data = rowInputData(row).map((d) => fromF16(toF16(d)));
+/** The row's program under `tuning` (and `ablation`), its inputs uploaded. */
+async function timedVariant(gpu, row, tuning, ablation) {
+  const data = rowInputData(row).map((d) => fromF16(toF16(d)));
   const { graph, inputs, outputs } = rowGraph(row);
   let program = compileGpu(graph, { ...gpu.target, ...(tuning ? { tuning } : {}) });
   const kernels = program.schedule.kernels.map((k) => k.name);
@@ -86,26 +89,38 @@ async function timeVariant(gpu, row, tuning, ablation, reference) {
   }
   const outIds = outputs.map((name) => program.schedule.outputs.get(name));
   const timed = await TimedProgram.create(gpu, program, new Map(inputs.map((id, i) => [id, data[i]])));
-  try {
-    // Sustained work first: the H200 kept its idle clock through short bursts (runtime/bench/bench.ts, warmClocks).
-    const t0 = performance.now();
-    while (performance.now() - t0 < 200) await timed.warm(10);
-    const ms = median(await timed.timestamped(30));
-    let diff;
-    const out = await timed.outputs(outIds);
-    if (reference && !ablation) {
-      let worst = 0;
-      let scale = 0;
-      for (const [k, o] of out.entries()) for (let i = 0; i < o.length; i++) {
-        worst = Math.max(worst, Math.abs(o[i] - reference[k][i]) || (Number.isNaN(o[i]) ? Infinity : 0));
-        scale = Math.max(scale, Math.abs(reference[k][i]));
-      }
-      diff = worst / (scale || 1);
-    }
-    return { ms, kernels, out, diff };
-  } finally {
-    timed.destroy();
+  return { timed, kernels, outIds };
+}
+
+/**
+ * `variant` timed against `baseline` (the row's default) in alternating bursts after 300 ms of alternating
+ * warm-up: the GPU's clock moved between 345 and 1980 MHz through a sweep (H200, 2026-11-27), so a time is only
+ * comparable with the default's taken in the same window; the ratio is what ranks variants.
+ */
+async function timePair(variant, baseline) {
+  const t0 = performance.now();
+  while (performance.now() - t0 < 300) {
+    await variant.warm(4);
+    await baseline.warm(4);
   }
+  const ours = [];
+  const base = [];
+  for (let i = 0; i < 8; i++) {
+    ours.push(...(await variant.timestamped(4)));
+    base.push(...(await baseline.timestamped(4)));
+  }
+  return { ms: median(ours), baseMs: median(base) };
+}
+
+/** The largest |out − reference| over the outputs, relative to the reference's largest magnitude. */
+function relDiff(out, reference) {
+  let worst = 0;
+  let scale = 0;
+  for (const [k, o] of out.entries()) for (let i = 0; i < o.length; i++) {
+    worst = Math.max(worst, Math.abs(o[i] - reference[k][i]) || (Number.isNaN(o[i]) ? Infinity : 0));
+    scale = Math.max(scale, Math.abs(reference[k][i]));
+  }
+  return worst / (scale || 1);
 }
 
 const gpu = await openDevice({ profiling: true });
@@ -126,20 +141,29 @@ try {
       // --variants a,b: only the variants whose names contain one of these (the default always runs).
       const only = opt('--variants')?.split(',');
       const variants = [['default', undefined, undefined], ...Object.entries(table).map(([n, t]) => [n, t, undefined]), ...ablations].filter(([n]) => n === 'default' || !only || only.some((o) => n.includes(o)));
-      let reference;
-      for (const [name, tuning, ablation] of variants) {
-        const t0 = performance.now();
-        let r;
-        try {
-          const got = await timeVariant(gpu, row, tuning, ablation, reference);
-          if (name === 'default') reference = got.out;
-          r = { row: row.name, variant: name, ms: got.ms, rate: row.work.amount / (got.ms * 1e-3) / 1e12, unit: row.work.unit === 'GFLOP/s' ? 'TFLOP/s' : 'TB/s', kernels: got.kernels.join(' '), relDiff: got.diff };
-        } catch (e) {
-          r = { row: row.name, variant: name, error: String(e?.message ?? e).split('\n')[0].slice(0, 200) };
+      const base = await timedVariant(gpu, row, undefined, undefined);
+      try {
+        const reference = await base.timed.outputs(base.outIds);
+        for (const [name, tuning, ablation] of variants) {
+          const t0 = performance.now();
+          let r;
+          let v;
+          try {
+            v = name === 'default' ? base : await timedVariant(gpu, row, tuning, ablation);
+            const { ms, baseMs } = await timePair(v.timed, base.timed);
+            const diff = ablation || name === 'default' ? undefined : relDiff(await v.timed.outputs(v.outIds), reference);
+            r = { row: row.name, variant: name, ms, baseMs, vsDefault: ms / baseMs, rate: row.work.amount / (ms * 1e-3) / 1e12, unit: row.work.unit === 'GFLOP/s' ? 'TFLOP/s' : 'TB/s', kernels: v.kernels.join(' '), relDiff: diff };
+          } catch (e) {
+            r = { row: row.name, variant: name, error: String(e?.message ?? e).split('\n')[0].slice(0, 200) };
+          } finally {
+            if (v && v !== base) v.timed.destroy();
+          }
+          r.wallS = (performance.now() - t0) / 1e3;
+          results.push(r);
+          console.log(r.error ? `${r.row.padEnd(34)} ${name.padEnd(26)} ${r.error}` : `${r.row.padEnd(34)} ${name.padEnd(26)} ${r.ms.toFixed(4).padStart(9)} ms (default ${r.baseMs.toFixed(4)} ms, x${r.vsDefault.toFixed(3)}) ${r.rate.toFixed(1).padStart(7)} ${r.unit}${r.relDiff === undefined ? '' : `  diff ${r.relDiff.toExponential(1)}`}  ${r.kernels}`);
         }
-        r.wallS = (performance.now() - t0) / 1e3;
-        results.push(r);
-        console.log(r.error ? `${r.row.padEnd(34)} ${name.padEnd(26)} ${r.error}` : `${r.row.padEnd(34)} ${name.padEnd(26)} ${r.ms.toFixed(4).padStart(9)} ms ${r.rate.toFixed(1).padStart(7)} ${r.unit}${r.relDiff === undefined ? '' : `  diff ${r.relDiff.toExponential(1)}`}  ${r.kernels}`);
+      } finally {
+        base.timed.destroy();
       }
     }
   }
