@@ -4,8 +4,9 @@
 // atomics are integer atomicOr on workgroup bit masks, whose result is the same in any order).
 //
 // Variants (GradValueVariant):
-// - `indexed` (the default): a chain of five kernels that first sorts the points by where they land, so
-//   that a block of pixels reads only the points that can touch it: the work is linear in the points.
+// - `indexed` (the default): a chain of five kernels (six with split blocks) that first sorts the points by
+//   where they land, so that a block of pixels reads only the points that can touch it: the work is linear in
+//   the points.
 // - `tiled`: one kernel; a workgroup per block of pixels walks every point of its level (quadratic).
 // - `gather`: one invocation per value element walking every point of its level (the plain reference form).
 // `tiled` and `gather` sum in increasing (q, p) order and agree bit for bit; `indexed` sums in a fixed order of
@@ -23,7 +24,20 @@
 //              (t1 + W)/TP (every point with a corner in the block, and a few more) in chunks, marks each
 //              point in the bit masks of the block pixels it touches, and each element adds its pixel's points
 //              in entry order: by key, then (q, p).
+//   6. sum:    only where a level's blocks are split (below): adds each element's partial sums.
 // Measured on lavapipe (docs/perf.md, session 7): 12x less time than `tiled` at Mask2Former's 73x73 level.
+//
+// Split blocks. Every level of a (n, m) has the same Lq·P points, so a block of a coarse level holds many more
+// of them than one of a fine level: at Mask2Former's 64x64 + 32x32 + 16x16, a 16x16 block reads ~10000 entries
+// (a 64x64 one ~1000), and its few workgroups (32 for 8 heads) ran long after the rest were done: on an H200 the
+// gather took 0.79 ms, against 0.12 ms for one 73x73 level with as many points. So a heavy block (more than
+// SPLIT_FROM_CHUNKS chunks expected, from the shapes: gradValueSplits) gets S workgroups, each summing a fixed,
+// contiguous slice of the block's entries (whole chunks, in entry order) into a row of partial sums (scratch),
+// and the sum kernel adds an element's S partials in slice order (no atomics: bitwise repeatable; equal to the
+// unsplit sum within float rounding). Levels with S = 1 store d value from the gather as before, bit for bit.
+// H200 (f32, 8 heads x 32 dims, 4 points, every pixel a query): at 64x64 + 32x32 + 16x16 the gather went from
+// 0.78 ms to 0.24 ms + 0.014 ms (sum) with S = 1, 6, 20 (S = 1, 3, 10: 0.28 + 0.011; 2, 6, 20: 0.24 + 0.021); a
+// 73x73 level stays whole: S = 2-4 took 0.10-0.11 ms + 0.012-0.016 ms (sum) against 0.12 ms.
 import type { Node } from '../compiler/ir/graph.js';
 import { numel } from '../compiler/ir/graph.js';
 import { attrNum, type MsDeformGeometry } from '../compiler/ir/rules/shape.js';
@@ -71,8 +85,9 @@ interface PixelBlocks {
   readonly wg: number;
   readonly tp: number;
   readonly e: number;
-  /** Each level's first block, counted per (n, m). */
+  /** Each level's first block, counted per (n, m), and each level's number of blocks. */
   readonly levelStarts: readonly number[];
+  readonly levelBlocks: readonly number[];
   readonly perNm: number;
 }
 
@@ -84,14 +99,85 @@ function pixelBlocks(k: MsDeformGeometry, target: Target): PixelBlocks | undefin
   const e = Math.ceil((tp * k.dh) / wg);
   // Workgroup memory: per point slot q, s00 and four weights (24 bytes), per pixel a mask, the index range.
   if (e > 8 || wg * 24 + tp * maskWords(wg) * 4 + 8 > target.limits.maxComputeWorkgroupStorageSize) return undefined;
-  const levelStarts: number[] = [];
-  let perNm = 0;
-  for (const [h, w] of k.levels) {
-    levelStarts.push(perNm);
-    perNm += Math.ceil((h * w) / tp);
-  }
-  return { wg, tp, e, levelStarts, perNm };
+  const levelBlocks = k.levels.map(([h, w]) => Math.ceil((h * w) / tp));
+  const levelStarts = prefixSums(levelBlocks);
+  return { wg, tp, e, levelStarts, levelBlocks, perNm: levelBlocks.reduce((a, c) => a + c, 0) };
 }
+
+// ---------------------------------------------------------------------------------------------- split blocks
+
+/** The most workgroups per block (Target.tuning.msdeformSplits may ask for up to this many). */
+export const MAX_VALUE_SPLITS = 64;
+
+/** By default a block expecting more than SPLIT_FROM_CHUNKS chunks of WG entries is split into slices of about SLICE_CHUNKS. */
+export const SPLIT_FROM_CHUNKS = 4;
+export const SLICE_CHUNKS = 2;
+
+/**
+ * The index entries a block of TP pixels of an h x w level reads, expected from the shapes: its keys cover
+ * ⌊(TP + W) / TP⌋ + 1 blocks of TP anchors out of H·W + W + 1, and Lq·P points per (n, m, l) spread over them.
+ */
+export function expectedBlockEntries(k: MsDeformGeometry, tp: number, [h, w]: readonly [number, number]): number {
+  const anchors = (Math.floor((tp + w) / tp) + 1) * tp;
+  return k.lq * k.p * Math.min(1, anchors / (h * w + w + 1));
+}
+
+/**
+ * Workgroups per block of each level for the `indexed` gather (1: the block's one workgroup writes d value).
+ * Target.tuning.msdeformSplits when set; else 1 on software adapters (CPU threads gain nothing from more
+ * workgroups); on hardware, a level whose blocks expect more than SPLIT_FROM_CHUNKS·WG entries gets
+ * ⌈entries / (SLICE_CHUNKS·WG)⌉ (at most MAX_VALUE_SPLITS), others 1. At WG 256: Mask2Former's 73x73 and 64x64
+ * levels (≈760 and ≈990 entries per block) stay whole, 32x32 (≈2600) gets 6 and 16x16 (≈10100) 20, the best
+ * of the splits timed on an H200 (see the header).
+ */
+export function gradValueSplits(k: MsDeformGeometry, target: Target): number[] {
+  const forced = target.tuning?.msdeformSplits;
+  if (forced !== undefined) return forcedSplits(forced, k.levels.length);
+  const b = pixelBlocks(k, target);
+  if (!b || target.isFallbackAdapter) return k.levels.map(() => 1);
+  return k.levels.map((level) => {
+    const entries = expectedBlockEntries(k, b.tp, level);
+    return entries <= SPLIT_FROM_CHUNKS * b.wg ? 1 : Math.min(MAX_VALUE_SPLITS, Math.ceil(entries / (SLICE_CHUNKS * b.wg)));
+  });
+}
+
+function forcedSplits(forced: number | readonly number[], levels: number): number[] {
+  const where = 'Target.tuning.msdeformSplits';
+  if (typeof forced !== 'number' && forced.length !== levels) throw new Error(`${where}: ${forced.length} splits given for ${levels} levels`);
+  const splits = typeof forced === 'number' ? Array.from({ length: levels }, () => forced) : [...forced];
+  const bad = splits.find((s) => !Number.isInteger(s) || s < 1 || s > MAX_VALUE_SPLITS);
+  if (bad !== undefined) throw new Error(`${where}: ${bad} workgroups per block asked for; it takes a whole number from 1 to ${MAX_VALUE_SPLITS}`);
+  return splits;
+}
+
+/** Where the split gather's workgroups and partial sums go (levels with S = 1 keep one workgroup per block). */
+interface SplitPlan {
+  readonly splits: readonly number[];
+  /** Per (n, m): each level's first workgroup (blocks · S of them) and the count. */
+  readonly workStarts: readonly number[];
+  readonly workPerNm: number;
+  /** Per (n, m): each split level's first row of TP·Dh partial sums (one per workgroup), and the count. */
+  readonly rowStarts: readonly number[];
+  readonly rowsPerNm: number;
+  /** Words of the partial sums: N · M · rowsPerNm · TP · Dh. */
+  readonly words: number;
+}
+
+/** The plan for `splits`, or undefined where no level splits or it does not fit the target (then: no split). */
+function splitPlan(k: MsDeformGeometry, b: PixelBlocks, splits: readonly number[], target: Target): SplitPlan | undefined {
+  if (splits.every((s) => s === 1)) return undefined;
+  const work = b.levelBlocks.map((blocks, l) => blocks * splits[l]);
+  const rows = work.map((w, l) => (splits[l] > 1 ? w : 0));
+  const workPerNm = work.reduce((a, c) => a + c, 0);
+  const rowsPerNm = rows.reduce((a, c) => a + c, 0);
+  const words = k.n * k.m * rowsPerNm * b.tp * k.dh;
+  const L = target.limits;
+  const fits = k.n * k.m * workPerNm <= L.maxComputeWorkgroupsPerDimension ** 3 && words < 2 ** 32 && 4 * words <= Math.min(L.maxStorageBufferBindingSize, L.maxBufferSize);
+  return fits ? { splits, workStarts: prefixSums(work), workPerNm, rowStarts: prefixSums(rows), rowsPerNm, words } : undefined;
+}
+
+/** Exclusive prefix sums: each item's start. */
+const prefixSums = (counts: readonly number[]): number[] => counts.map((_, i) => counts.slice(0, i).reduce((a, c) => a + c, 0));
 
 /** WGSL: the level of index `x` (a value row, a block) given each level's first: the last whose start is <= x. */
 const levelAt = (starts: readonly number[], x: string): string => starts.slice(1).reduce((acc, st) => `${acc} + select(0u, 1u, ${x} >= ${u32Lit(st)})`, '0u');
@@ -152,15 +238,16 @@ type PointSource = 'all' | 'indexed';
  *    weight · g[n, q, m, d] for exactly the points that touch it.
  * Work per element: its contributions plus TP·⌈WG/32⌉ mask words per chunk; two barriers per chunk.
  */
-function blockGatherWgsl(name: string, k: MsDeformGeometry, target: Target, b: PixelBlocks, source: PointSource, decls: string, extra: string): string {
+function blockGatherWgsl(name: string, k: MsDeformGeometry, target: Target, b: PixelBlocks, source: PointSource, decls: string, extra: string, split?: SplitPlan): string {
   const { wg, tp, e } = b;
   const B = loopBound(target);
   const words = maskWords(wg);
-  const workgroups = k.n * k.m * b.perNm;
-  const levelOfTile = levelAt(b.levelStarts, 'tile');
+  const perNm = split?.workPerNm ?? b.perNm;
+  const workgroups = k.n * k.m * perNm;
   const elemSetup: string[] = [];
   const elemAdd: string[] = [];
   const elemStore: string[] = [];
+  const partialStore: string[] = [];
   for (let r = 0; r < e; r++) {
     elemSetup.push(`let e${r} = li + ${u32Lit(r * wg)};
 let px${r} = t0 + e${r} / DH;
@@ -169,7 +256,45 @@ let own${r} = e${r} < TP * DH && px${r} < t1;
 var acc${r} = 0.0;`);
     elemAdd.push(`if (own${r}) { acc${r} = add_hits(acc${r}, px${r} - t0, i32(px${r}), d${r}, n, m); }`);
     elemStore.push(`if (own${r}) { out[value_row(n, lvl_start + px${r}, m) + d${r}] = acc${r}; }`);
+    partialStore.push(`if (own${r}) { partial[row + e${r}] = acc${r}; }`);
   }
+  // A split level's workgroup stores its slice's sums in its row of partials; the sum kernel adds the rows.
+  const store = split
+    ? `if (splits == 1u) {
+${indent(elemStore.join('\n'), 2)}
+} else {
+  let row = ((n * M + m) * ROWS_PER_NM + ${perLevel(split.rowStarts)} + v) * (TP * DH);
+${indent(partialStore.join('\n'), 2)}
+}`
+    : elemStore.join('\n');
+  // The workgroup's block (and slice): blocks of each level in turn, per (n, m); a split level's S slices of a block side by side.
+  const locate = split
+    ? `let u = wid % TILES_PER_NM;
+let m = (wid / TILES_PER_NM) % M;
+let n = wid / (TILES_PER_NM * M);
+let l = ${levelAt(split.workStarts, 'u')};
+${levelSelect(k, 'l')}
+lvl_w_i = i32(lvl_w);
+let v = u - ${perLevel(split.workStarts)};
+let splits = ${perLevel(split.splits)};
+let slice_ix = v % splits;
+let t0 = (v / splits) * TP;`
+    : `let tile = wid % TILES_PER_NM;
+let m = (wid / TILES_PER_NM) % M;
+let n = wid / (TILES_PER_NM * M);
+let l = ${levelAt(b.levelStarts, 'tile')};
+${levelSelect(k, 'l')}
+lvl_w_i = i32(lvl_w);
+let t0 = (tile - ${perLevel(b.levelStarts)}) * TP;`;
+  // The slice of a split block: whole chunks of WG entries, in entry order (S = 1: all of the block's entries).
+  const range = split
+    ? `let hi = min(offset(kb + (k_hi + 1u) * C), ENTRIES);
+    let lo = min(offset(kb + k_lo * C), hi);
+    let per = ((hi - lo + splits - 1u) / splits + WG - 1u) / WG * WG;
+    range_lo = min(lo + slice_ix * per, hi);
+    range_hi = min(range_lo + per, hi);`
+    : `range_hi = min(offset(kb + (k_hi + 1u) * C), ENTRIES);
+    range_lo = min(offset(kb + k_lo * C), range_hi);`;
   // The points: j runs over the level's points in (q, p) order, or over entries [entry_lo, entry_hi) of the index.
   const walk =
     source === 'all'
@@ -181,8 +306,7 @@ var acc${r} = 0.0;`);
     let k_lo = t0 / TP;
     let k_hi = min((t1 + lvl_w) / TP, level_keys(l) - 1u);
     // (clamped to the index's size: a damaged index must not make the loop run away)
-    range_hi = min(offset(kb + (k_hi + 1u) * C), ENTRIES);
-    range_lo = min(offset(kb + k_lo * C), range_hi);
+    ${range}
   }
   let entry_lo = workgroupUniformLoad(&range_lo);
   let entry_hi = workgroupUniformLoad(&range_hi);
@@ -198,7 +322,7 @@ ${geomConsts(k)}
 const WG = ${u32Lit(wg)};
 const TP = ${u32Lit(tp)};
 const TILES = ${u32Lit(workgroups)};
-const TILES_PER_NM = ${u32Lit(b.perNm)};
+const TILES_PER_NM = ${u32Lit(perNm)};${split ? `\nconst ROWS_PER_NM = ${u32Lit(split.rowsPerNm)};` : ''}
 const NPTS = ${u32Lit(k.lq * k.p)};
 const WORDS = ${u32Lit(words)}; // mask words per pixel
 ${extra}${LOCATE_HELPERS}
@@ -240,13 +364,7 @@ fn mark(c: i32, t0: u32, t1: u32, t: u32) {
 fn main(${ENTRY_PARAMS}) {
   ${rolledPrelude(target)}${WORKGROUP_INDEX}
   if (wid >= TILES) { return; }
-  let tile = wid % TILES_PER_NM;
-  let m = (wid / TILES_PER_NM) % M;
-  let n = wid / (TILES_PER_NM * M);
-  let l = ${levelOfTile};
-${indent(levelSelect(k, 'l'), 2)}
-  lvl_w_i = i32(lvl_w);
-  let t0 = (tile - ${perLevel(b.levelStarts)}) * TP;
+${indent(locate, 2)}
   let t1 = min(t0 + TP, lvl_h * lvl_w);
 ${indent(elemSetup.join('\n'), 2)}
   ${walk.before}${walk.loop} {
@@ -282,7 +400,7 @@ ${indent(elemSetup.join('\n'), 2)}
 ${indent(elemAdd.join('\n'), 4)}
     workgroupBarrier();
   }
-${indent(elemStore.join('\n'), 2)}
+${indent(store, 2)}
 }
 `;
 }
@@ -338,6 +456,7 @@ const HIST = -2;
 const OFFSETS = -3;
 const BLOCK_SUMS = -4;
 const ENTRIES = -5;
+const PARTIALS = -6;
 
 /** WGSL: the index's constants and its lookups (`key_base`, `level_keys`, `offset`). */
 function indexConsts(k: MsDeformGeometry, x: IndexLayout): string {
@@ -566,6 +685,7 @@ fn main(${ENTRY_PARAMS}) {
   );
 
   const name = 'msdeform_attn_grad_value_indexed_f32';
+  const split = splitPlan(k, b, gradValueSplits(k, target), target);
   const decls = [
     storage(0, 'loc', 'read', 'f32'),
     storage(1, 'attw', 'read', 'f32'),
@@ -574,11 +694,12 @@ fn main(${ENTRY_PARAMS}) {
     storage(4, 'offsets', 'read'),
     storage(5, 'block_sums', 'read'),
     storage(6, 'out', 'read_write', 'f32'),
+    ...(split ? [storage(7, 'partial', 'read_write', 'f32')] : []),
   ].join('\n');
   const gather = base(
     name,
-    blockGatherWgsl(name, k, target, b, 'indexed', decls, `${indexConsts(k, x)}${OFFSET_FN}`),
-    spreadWorkgroups(k.n * k.m * b.perNm, target),
+    blockGatherWgsl(name, k, target, b, 'indexed', decls, `${indexConsts(k, x)}${OFFSET_FN}`, split),
+    spreadWorkgroups(k.n * k.m * (split?.workPerNm ?? b.perNm), target),
     [
       { value: loc, access: 'read' },
       { value: attw, access: 'read' },
@@ -587,17 +708,73 @@ fn main(${ENTRY_PARAMS}) {
       { value: OFFSETS, access: 'read' },
       { value: BLOCK_SUMS, access: 'read' },
       { value: node.id, access: 'read_write' },
+      ...(split ? [{ value: PARTIALS, access: 'read_write' as const }] : []),
     ],
   );
 
+  const scratch = [
+    { ref: INFO, words: points, name: 'point keys and ranks' },
+    { ref: HIST, words: x.hist, name: 'histogram' },
+    { ref: OFFSETS, words: x.hist + 1, name: 'offsets' },
+    { ref: BLOCK_SUMS, words: x.blocks, name: 'block sums' },
+    { ref: ENTRIES, words: groups * k.lq * k.p, name: 'entries' },
+  ];
+  if (!split) return { kernels: [rank, scan, top, fill, gather], scratch };
   return {
-    kernels: [rank, scan, top, fill, gather],
-    scratch: [
-      { ref: INFO, words: points, name: 'point keys and ranks' },
-      { ref: HIST, words: x.hist, name: 'histogram' },
-      { ref: OFFSETS, words: x.hist + 1, name: 'offsets' },
-      { ref: BLOCK_SUMS, words: x.blocks, name: 'block sums' },
-      { ref: ENTRIES, words: groups * k.lq * k.p, name: 'entries' },
+    kernels: [rank, scan, top, fill, gather, splitSumKernel(node, k, target, b, split)],
+    scratch: [...scratch, { ref: PARTIALS, words: split.words, name: 'partial sums' }],
+  };
+}
+
+/**
+ * d value of the split levels: one invocation per element (n, s, m, d) of their pixels, which adds the S partial
+ * sums of its block's workgroups in slice order (a fixed order: bitwise repeatable) and stores the total.
+ */
+function splitSumKernel(node: Node, k: MsDeformGeometry, target: Target, b: PixelBlocks, split: SplitPlan): Kernel {
+  const B = loopBound(target);
+  const levels = split.splits.flatMap((s, l) => (s > 1 ? [l] : []));
+  const pixels = levels.map((l) => k.levels[l][0] * k.levels[l][1]);
+  const total = k.n * pixels.reduce((a, c) => a + c, 0) * k.m * k.dh;
+  const of = (values: readonly number[]) => perLevel(levels.map((l) => values[l]), 'j');
+  const name = 'msdeform_attn_grad_value_sum_f32';
+  const wgsl = `// ${name}: d value of the split levels (${levels.join(', ')}): per element, its block's partial sums in slice order
+${storage(0, 'partial', 'read', 'f32')}
+${storage(1, 'out', 'read_write', 'f32')}
+
+${geomConsts(k)}
+const TP = ${u32Lit(b.tp)};
+const ROWS_PER_NM = ${u32Lit(split.rowsPerNm)};
+const SS = ${u32Lit(pixels.reduce((a, c) => a + c, 0))}; // pixels of the split levels
+const TOTAL = ${u32Lit(total)};
+
+@compute @workgroup_size(${b.wg})
+fn main(${ENTRY_PARAMS}) {
+  ${rolledPrelude(target)}${WORKGROUP_INDEX}
+  let i = wid * ${u32Lit(b.wg)} + li;
+  if (i >= TOTAL) { return; }
+  let d = i % DH;
+  let m = (i / DH) % M;
+  let s = (i / (DH * M)) % SS;
+  let n = i / (DH * M * SS);
+  let j = ${levelAt(prefixSums(pixels), 's')}; // the j-th split level
+  let px = s - ${perLevel(prefixSums(pixels), 'j')};
+  let splits = ${of(split.splits)};
+  let row = (n * M + m) * ROWS_PER_NM + ${of(split.rowStarts)} + (px / TP) * splits;
+  let at = (px % TP) * DH + d;
+  var acc = 0.0;
+  for (var r = 0u; r < ${B('splits')}; r++) { acc += partial[(row + r) * (TP * DH) + at]; }
+  out[((n * S + ${of(k.starts)} + px) * M + m) * DH + d] = acc;
+}
+`;
+  return {
+    name,
+    wgsl,
+    workgroupSize: [b.wg, 1, 1],
+    dispatch: spreadWorkgroups(Math.ceil(total / b.wg), target),
+    bindings: [
+      { value: PARTIALS, access: 'read' },
+      { value: node.id, access: 'read_write' },
     ],
+    nodes: [node.id],
   };
 }

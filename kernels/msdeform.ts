@@ -8,7 +8,8 @@
 // contributes only when −1 < h_im < H and −1 < w_im < W (exactly the CUDA op's rule, and the reference's).
 //
 // Kernels: the forward, one invocation per output element; d sampling_locations and d attention_weights,
-// one invocation per sampling point reducing over Dh. d value, a gather through an index of the points by
+// per sampling point reducing over Dh (on hardware with several invocations per point: pointLanes; on an H200
+// 0.155 -> 0.031 ms at Mask2Former's 73x73 level, 0.37 -> 0.08 ms at 64x64 + 32x32 + 16x16). d value, a gather through an index of the points by
 // pixel (several kernels, no atomics), is in kernels/msdeform-value-grad.ts.
 //
 // This file also holds the small codegen helpers the vision kernels share (kernels/vision.ts imports them;
@@ -283,24 +284,91 @@ export function msdeformAttnPointGradKernel(node: Node, inputs: readonly Node[],
 
 export const GRAD_DECLS = bindingDecls(['value', 'loc', 'attw', 'g'], 'out');
 
-/** Per point (n, q, m, l, p): the footprint, then `body` (with `d` looping over channels) writes the point's output. */
-function perPointKernel(name: string, node: Node, inputs: readonly Node[], target: Target, unused: readonly string[], body: string): Kernel {
-  const k = msGeom(node, inputs);
-  const points = k.n * k.lq * k.m * k.levels.length * k.p;
-  const head = `${touch(unused)}
-let pt = i;
-let l = (pt / P) % L;
+/** The most invocations per sampling point of the point-gradient kernels (pointLanes). */
+export const MAX_POINT_LANES = 8;
+
+/**
+ * Invocations per sampling point of the point-gradient kernels: 1 on software adapters (one point per invocation,
+ * no barrier), else the largest power of two up to min(Dh, MAX_POINT_LANES). One invocation per point was
+ * latency-bound on an H200 (0.16 ms for Mask2Former's 73x73 level: 32 channels x 5 dependent loads each, and
+ * neighbouring invocations' corners far apart); lanes split the channels, so neighbouring lanes read
+ * neighbouring channels of one corner. H200, 73x73 at Dh 32: 2 lanes 0.076 ms, 4 0.037, 8 0.031, 16 0.041, 32 0.085.
+ */
+export function pointLanes(k: MsGeom, target: Target): number {
+  if (target.isFallbackAdapter) return 1;
+  let lanes = 1;
+  while (lanes * 2 <= Math.min(k.dh, MAX_POINT_LANES, linearWorkgroup(target))) lanes *= 2;
+  return lanes;
+}
+
+/** WGSL: a point's head (pt → l, row, m, n, the level, the footprint `f`, g's row). */
+function pointHead(k: MsGeom): string {
+  return `let l = (pt / P) % L;
 let row = pt / (P * L); // (n·LQ + q)·M + m
 let m = row % M;
 let n = row / (M * LQ);
 ${levelSelect(k, 'l')}
 let f = locate(pt, lvl_h, lvl_w);
 let g_row = row * DH;`;
-  return perElementKernel(name, node, target, points, GRAD_DECLS, `${geomConsts(k)}\n${POINT_HELPERS}`, `${head}\n${body}`);
+}
+
+/**
+ * Per point (n, q, m, l, p): the footprint, then the sums over channels d (`lanes` invocations per point, each
+ * over every lanes-th channel), then the point's outputs.
+ */
+function perPointKernel(name: string, node: Node, inputs: readonly Node[], target: Target, unused: readonly string[], which: PointGrads, lanes = pointLanes(msGeom(node, inputs), target)): Kernel {
+  const k = msGeom(node, inputs);
+  const points = k.n * k.lq * k.m * k.levels.length * k.p;
+  const helpers = `${geomConsts(k)}\n${POINT_HELPERS}`;
+  if (lanes === 1) {
+    const head = `${touch(unused)}\nlet pt = i;\n${pointHead(k)}`;
+    return perElementKernel(name, node, target, points, GRAD_DECLS, helpers, `${head}\n${pointGradsBody(which, target)}`);
+  }
+  return lanedPointKernel(name, node, target, points, helpers, [touch(unused), pointHead(k)].filter(Boolean).join('\n'), which, lanes);
 }
 
 /** Which point gradients a kernel writes: d sampling_locations to `out`, d attention_weights to `out` or `out_w`. */
 type PointGrads = 'locations' | 'weights' | 'both';
+
+/** WGSL: one channel d's terms of the sums (dlw, dlh for the locations, acc for the weights). */
+function channelTerms(which: PointGrads): string {
+  const loc = which !== 'weights';
+  const wts = which !== 'locations';
+  return `let v00 = corner(n, m, d, lvl_start, lvl_h, lvl_w, f.h0, f.w0);
+let v01 = corner(n, m, d, lvl_start, lvl_h, lvl_w, f.h0, f.w0 + 1);
+let v10 = corner(n, m, d, lvl_start, lvl_h, lvl_w, f.h0 + 1, f.w0);
+let v11 = corner(n, m, d, lvl_start, lvl_h, lvl_w, f.h0 + 1, f.w0 + 1);
+let gd = g[g_row + d];${
+    loc
+      ? `
+dlw += gd * ((1.0 - f.lh) * (v01 - v00) + f.lh * (v11 - v10));
+dlh += gd * ((1.0 - f.lw) * (v10 - v00) + f.lw * (v11 - v01));`
+      : ''
+  }${
+    wts
+      ? `
+var v = 0.0;
+v += (1.0 - f.lh) * (1.0 - f.lw) * v00;
+v += (1.0 - f.lh) * f.lw * v01;
+v += f.lh * (1.0 - f.lw) * v10;
+v += f.lh * f.lw * v11;
+acc += gd * v;`
+      : ''
+  }`;
+}
+
+/** WGSL: a point's outputs: zeros when its footprint is not valid, else from the sums `dlw`, `dlh`, `acc`. */
+function pointStores(which: PointGrads, sums: { readonly dlw: string; readonly dlh: string; readonly acc: string }): { readonly zero: string; readonly store: string } {
+  const loc = which !== 'weights';
+  const wts = which !== 'locations';
+  const wOut = which === 'both' ? 'out_w' : 'out';
+  const zero = [...(loc ? ['out[2u * pt] = 0.0;', 'out[2u * pt + 1u] = 0.0;'] : []), ...(wts ? [`${wOut}[pt] = 0.0;`] : [])];
+  const store = [
+    ...(loc ? ['let a = attw[pt];', `out[2u * pt] = a * f32(lvl_w) * ${sums.dlw};`, `out[2u * pt + 1u] = a * f32(lvl_h) * ${sums.dlh};`] : []),
+    ...(wts ? [`${wOut}[pt] = ${sums.acc};`] : []),
+  ];
+  return { zero: zero.join('\n'), store: store.join('\n') };
+}
 
 /**
  * d sampling_locations (the bilinear derivative in (x, y) contracted with g over Dh, times attw·size) and/or
@@ -310,69 +378,89 @@ type PointGrads = 'locations' | 'weights' | 'both';
  */
 function pointGradsBody(which: PointGrads, target: Target): string {
   const B = loopBound(target);
-  const loc = which !== 'weights';
-  const wts = which !== 'locations';
-  const wOut = which === 'both' ? 'out_w' : 'out';
-  const zero = [...(loc ? ['out[2u * pt] = 0.0;', 'out[2u * pt + 1u] = 0.0;'] : []), ...(wts ? [`${wOut}[pt] = 0.0;`] : [])];
+  const { zero, store } = pointStores(which, { dlw: 'dlw', dlh: 'dlh', acc: 'acc' });
   return `if (!f.valid) {
-${indent(zero.join('\n'), 2)}
+${indent(zero, 2)}
   return;
 }
 var dlw = 0.0;
 var dlh = 0.0;
 var acc = 0.0;
 for (var d = 0u; d < ${B('DH')}; d++) {
-  let v00 = corner(n, m, d, lvl_start, lvl_h, lvl_w, f.h0, f.w0);
-  let v01 = corner(n, m, d, lvl_start, lvl_h, lvl_w, f.h0, f.w0 + 1);
-  let v10 = corner(n, m, d, lvl_start, lvl_h, lvl_w, f.h0 + 1, f.w0);
-  let v11 = corner(n, m, d, lvl_start, lvl_h, lvl_w, f.h0 + 1, f.w0 + 1);
-  let gd = g[g_row + d];${
-    loc
-      ? `
-  dlw += gd * ((1.0 - f.lh) * (v01 - v00) + f.lh * (v11 - v10));
-  dlh += gd * ((1.0 - f.lw) * (v10 - v00) + f.lw * (v11 - v01));`
-      : ''
-  }${
-    wts
-      ? `
-  var v = 0.0;
-  v += (1.0 - f.lh) * (1.0 - f.lw) * v00;
-  v += (1.0 - f.lh) * f.lw * v01;
-  v += f.lh * (1.0 - f.lw) * v10;
-  v += f.lh * f.lw * v11;
-  acc += gd * v;`
-      : ''
+${indent(channelTerms(which), 2)}
+}
+${store}`;
+}
+
+/**
+ * The point kernel with `lanes` invocations per point (consecutive in the workgroup): lane t sums channels t,
+ * t + lanes, ... in increasing order, then the point's first lane adds the lanes' sums in lane order (a fixed
+ * order: bitwise repeatable) and stores. No early return: every invocation reaches the barrier.
+ */
+function lanedPointKernel(name: string, node: Node, target: Target, points: number, helpers: string, head: string, which: PointGrads, lanes: number): Kernel {
+  const wg = linearWorkgroup(target);
+  const per = wg / lanes;
+  const B = loopBound(target);
+  const { zero, store } = pointStores(which, { dlw: 'sum.x', dlh: 'sum.y', acc: 'sum.z' });
+  const wgsl = `// ${name}: ${lanes} invocations per sampling point over its channels (${points} points)
+${GRAD_DECLS}
+
+const TOTAL = ${u32Lit(points)};
+const LANES = ${u32Lit(lanes)};
+${helpers}
+var<workgroup> lane_sums: array<vec3f, ${wg}>;
+
+@compute @workgroup_size(${wg})
+fn main(${ENTRY_PARAMS}) {
+  ${rolledPrelude(target)}${WORKGROUP_INDEX}
+  let lane = li % LANES;
+  let at = wid * ${u32Lit(per)} + li / LANES;
+  // Past the last point: a copy of it that stores nothing, so that every invocation reaches the barrier.
+  let pt = min(at, TOTAL - 1u);
+${indent(head, 2)}
+  var dlw = 0.0;
+  var dlh = 0.0;
+  var acc = 0.0;
+  if (f.valid) {
+    for (var d = lane; d < ${B('DH')}; d += LANES) {
+${indent(channelTerms(which), 6)}
+    }
   }
-}${
-    loc
-      ? `
-let a = attw[pt];
-out[2u * pt] = a * f32(lvl_w) * dlw;
-out[2u * pt + 1u] = a * f32(lvl_h) * dlh;`
-      : ''
-  }${wts ? `\n${wOut}[pt] = acc;` : ''}`;
+  lane_sums[li] = vec3f(dlw, dlh, acc);
+  workgroupBarrier();
+  if (lane != 0u || at >= TOTAL) { return; }
+  if (!f.valid) {
+${indent(zero, 4)}
+    return;
+  }
+  var sum = lane_sums[li];
+  for (var t = 1u; t < LANES; t++) { sum += lane_sums[li + t]; }
+${indent(store, 2)}
+}
+`;
+  return { name, wgsl, workgroupSize: [wg, 1, 1], dispatch: spreadWorkgroups(Math.ceil(points / per), target), bindings: nodeBindings(node), nodes: [node.id] };
 }
 
 /** d sampling_locations. */
 function gradLocations(node: Node, inputs: readonly Node[], target: Target): Kernel {
-  return perPointKernel('msdeform_attn_grad_locations_f32', node, inputs, target, [], pointGradsBody('locations', target));
+  return perPointKernel('msdeform_attn_grad_locations_f32', node, inputs, target, [], 'locations');
 }
 
 /** d attention_weights. */
 function gradWeights(node: Node, inputs: readonly Node[], target: Target): Kernel {
-  return perPointKernel('msdeform_attn_grad_weights_f32', node, inputs, target, ['attw'], pointGradsBody('weights', target));
+  return perPointKernel('msdeform_attn_grad_weights_f32', node, inputs, target, ['attw'], 'weights');
 }
 
 /**
  * d sampling_locations (`node`, wrt 1) and d attention_weights (`weights`, wrt 2, the same inputs) in one kernel:
  * bindings value, locations, weights, g, then both outputs.
  */
-export function msdeformPointGradsKernel(node: Node, inputs: readonly Node[], weights: Node, target: Target): Kernel {
+export function msdeformPointGradsKernel(node: Node, inputs: readonly Node[], weights: Node, target: Target, lanes?: number): Kernel {
   requireFloat(node, inputs);
   if (attrNum(node.attrs, 'wrt') !== 1 || weights.op !== 'msdeform_attn_grad' || attrNum(weights.attrs, 'wrt') !== 2 || weights.inputs.join() !== node.inputs.join()) {
     throw new Error(`internal: %${node.id} cannot also write %${weights.id}`);
   }
-  const kernel = perPointKernel('msdeform_attn_grad_points_f32', node, inputs, target, [], pointGradsBody('both', target));
+  const kernel = perPointKernel('msdeform_attn_grad_points_f32', node, inputs, target, [], 'both', lanes);
   const decl = `@group(0) @binding(4) var<storage, read_write> out: array<f32>;`;
   if (!kernel.wgsl.includes(decl)) throw new Error('internal: the point kernel does not declare out at binding 4');
   return {

@@ -45,6 +45,11 @@ export interface Target {
     readonly flashCaps?: FlashCaps;
     /** How MSDeformAttn's value gradient runs (kernels/msdeform-value-grad.ts; default `indexed`). */
     readonly msdeformValueGrad?: GradValueVariant;
+    /**
+     * Workgroups per pixel block of the `indexed` value gradient, each summing a slice of the block's points (1:
+     * never split): one number for every level, or one per level (kernels/msdeform-value-grad.ts gradValueSplits).
+     */
+    readonly msdeformSplits?: number | readonly number[];
   };
   readonly limits: {
     readonly maxStorageBufferBindingSize: number;

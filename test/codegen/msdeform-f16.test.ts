@@ -21,9 +21,8 @@ after(async () => {
   await gpu?.destroy();
 });
 
-test('f16 MSDeformAttn forward and gradients: f16 storage, f32 arithmetic', async (t) => {
-  if (!gpu.target.features.includes('shader-f16')) return t.skip(`the adapter ${gpu.target.name} has no shader-f16`);
-  // Two levels (4x5 and 2x3), 2 heads of 8, 3 points, 6 queries; some points outside the maps.
+/** The f16 forward and its VJP in all three inputs (2 levels 4x5 and 2x3, 2 heads of 8, 3 points, 6 queries). */
+function f16Graph() {
   const levels = [
     [4, 5],
     [2, 3],
@@ -39,7 +38,29 @@ test('f16 MSDeformAttn forward and gradients: f16 storage, f32 arithmetic', asyn
   b.output('y', y);
   const r = vjp(b.graph, [value, loc, attw]);
   ['value', 'sampling_locations', 'attention_weights'].forEach((n, i) => r.builder.output(`d:${n}`, r.grads.get([value, loc, attw][i])!));
-  const graph = r.builder.graph;
+  return r.builder.graph;
+}
+
+/** Runs the program against the reference on the same f16 inputs, within f16 rounding of the results. */
+async function checkF16(graph: ReturnType<typeof f16Graph>, program: ReturnType<typeof compileGpu>) {
+  const rng = makeRng(9);
+  const f16 = (tensor: RefTensor): RefTensor => ({ ...tensor, data: tensor.data.map(roundF16) });
+  const ranges: Record<string, [number, number]> = { value: [-2, 2], sampling_locations: [-0.1, 1.1], attention_weights: [0, 1], 'd:y': [-1, 1] };
+  const inputs = new Map(graph.inputs.map((i) => [i.name, f16(randomTensor(graph.node(i.node).shape, rng, ...ranges[i.name]))] as const));
+  const got = await runGpu(gpu, graph, program, inputs, new Map());
+  const want = interpret(graph, inputs);
+  for (const [name, w] of want) {
+    const g = got.get(name)!;
+    let scale = 1e-6;
+    for (const v of w.data) scale = Math.max(scale, Math.abs(v));
+    // Each stored result is one f16 rounding (2⁻¹¹ relative) of an f32 sum; allow twice that of the largest.
+    w.data.forEach((v, i) => assert.ok(Math.abs(g.data[i] - v) <= 2 ** -10 * Math.max(Math.abs(v), 0.05 * scale) + 1e-6 * scale, `${name}[${i}]: ${g.data[i]} vs ${v} (scale ${scale})`));
+  }
+}
+
+test('f16 MSDeformAttn forward and gradients: f16 storage, f32 arithmetic', async (t) => {
+  if (!gpu.target.features.includes('shader-f16')) return t.skip(`the adapter ${gpu.target.name} has no shader-f16`);
+  const graph = f16Graph();
   const program = compileGpu(graph, gpu.target);
   // Every kernel that reads or writes a float value does so as f16; the value gradient's index kernels (scan,
   // fill) bind only their u32 scratch.
@@ -56,18 +77,16 @@ test('f16 MSDeformAttn forward and gradients: f16 storage, f32 arithmetic', asyn
     ],
   );
   assert.ok(program.schedule.values.filter((v) => v.dtype === 'f16').length >= 8);
+  await checkF16(graph, program);
+});
 
-  const rng = makeRng(9);
-  const f16 = (tensor: RefTensor): RefTensor => ({ ...tensor, data: tensor.data.map(roundF16) });
-  const ranges: Record<string, [number, number]> = { value: [-2, 2], sampling_locations: [-0.1, 1.1], attention_weights: [0, 1], 'd:y': [-1, 1] };
-  const inputs = new Map(graph.inputs.map((i) => [i.name, f16(randomTensor(graph.node(i.node).shape, rng, ...ranges[i.name]))] as const));
-  const got = await runGpu(gpu, graph, program, inputs, new Map());
-  const want = interpret(graph, inputs);
-  for (const [name, w] of want) {
-    const g = got.get(name)!;
-    let scale = 1e-6;
-    for (const v of w.data) scale = Math.max(scale, Math.abs(v));
-    // Each stored result is one f16 rounding (2⁻¹¹ relative) of an f32 sum; allow twice that of the largest.
-    w.data.forEach((v, i) => assert.ok(Math.abs(g.data[i] - v) <= 2 ** -10 * Math.max(Math.abs(v), 0.05 * scale) + 1e-6 * scale, `${name}[${i}]: ${g.data[i]} vs ${v} (scale ${scale})`));
-  }
+test('f16 value gradient with split blocks: f32 partial sums, the sum kernel stores f16', async (t) => {
+  if (!gpu.target.features.includes('shader-f16')) return t.skip(`the adapter ${gpu.target.name} has no shader-f16`);
+  const graph = f16Graph();
+  const program = compileGpu(graph, { ...gpu.target, tuning: { msdeformSplits: [2, 3] } });
+  const names = program.schedule.kernels.map((k) => k.name);
+  assert.ok(names.includes('msdeform_attn_grad_value_indexed_f32_f16io') && names.includes('msdeform_attn_grad_value_sum_f32_f16io'), names.join(', '));
+  const partials = program.schedule.values.find((v) => v.name?.startsWith('partial sums for %'));
+  assert.equal(partials?.dtype, 'f32');
+  await checkF16(graph, program);
 });
