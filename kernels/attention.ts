@@ -155,6 +155,12 @@ export interface AttentionOperandPlan {
   readonly view: ViewPlan;
   /** In topological order; empty when the view is the operand. */
   readonly prologue: readonly number[];
+  /**
+   * The operand's values are those of the view's one leaf, in its row-major order (the view only reshapes, the
+   * prologue only casts that keep every value): the kernel reads the leaf's binding as it reads a plain input
+   * (rows as vec4s, vec4<f16> ones when the leaf is stored as f16), computing the view and prologue nodes in place.
+   */
+  readonly direct?: boolean;
 }
 
 /** Per input slot of an attention, attention_lse or attention_grad node: read in place, or from its binding. */
@@ -165,7 +171,8 @@ const OPERAND_LETTERS = ['q', 'k', 'v', 'g'] as const;
 
 /**
  * The reads of `node` with the planned slots through views: the bindings are the other inputs and the views'
- * leaves (each once, in slot order), each view a set of WGSL functions of (b, h, row, col). A prologue runs in
+ * leaves (each once, in slot order), each view a set of WGSL functions of (b, h, row, col), or, for a direct
+ * plan, its leaf's binding, read as a plain input. A prologue runs in
  * a function of its own that returns `kept(value)`: the value the unfused path stores, so the kernel's own
  * arithmetic on it (·scale) starts from the same bits.
  */
@@ -183,6 +190,10 @@ export function attentionReads(graph: Graph, node: Node, plans: AttentionOperand
   const slots = node.inputs.map((x, s): FlashOperand => {
     const plan = plans[s];
     if (!plan) return binding(x);
+    if (plan.direct) {
+      [...plan.view.inlined, ...plan.prologue].forEach((id) => inlined.add(id));
+      return binding(plan.view.leaves[0]);
+    }
     const letter = OPERAND_LETTERS[s];
     if (letter === undefined) throw new Error(`internal: ${node.op} %${node.id} reads input ${s} flat, not through a view`);
     viewed.push(`_${letter}v`);

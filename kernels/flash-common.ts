@@ -143,16 +143,24 @@ export interface FlashReads {
   readonly inlined: readonly number[];
   /** Appended to the kernel's name (which slots are read through views). */
   readonly suffix: string;
-  /** Slots read from their binding four values at a time (withVectorReads): declared array<vec4<f32>>. */
+  /**
+   * Slots read from their binding four values at a time (withVectorReads): declared array<vec4<f32>>, which f16
+   * storage turns into array<vec4<f16>> (kernels/half-storage.ts: each load widened to vec4<f32>, exactly).
+   */
   readonly vec4?: ReadonlySet<number>;
 }
 
 /**
  * `reads` with the row operands among `slots` that the f32 flash kernels load as vec4s: those read from their
- * binding (no view) whose rows are whole vec4s (head dim a multiple of 4, so every row starts on one).
+ * binding (no view, or a direct one: kernels/attention.ts) whose rows are whole vec4s (head dim a multiple of 4,
+ * so every row starts on one), unless the kernel also reads that binding element by element (through a view's
+ * function, or as a flat input such as the mask): one declaration serves both.
  */
 export function withVectorReads(reads: FlashReads, inputs: readonly Node[], slots: readonly number[]): FlashReads {
-  const vec = slots.filter((s) => typeof reads.slots[s] === 'string' && inputs[s] !== undefined && inputs[s].shape[inputs[s].shape.length - 1] % 4 === 0);
+  const whole = (s: number) => typeof reads.slots[s] === 'string' && inputs[s] !== undefined && inputs[s].shape[inputs[s].shape.length - 1] % 4 === 0;
+  const rows = slots.filter(whole);
+  const scalar = (name: string) => new RegExp(`\\b${name}\\[`).test(reads.helpers) || reads.slots.some((s, i) => s === name && !rows.includes(i));
+  const vec = rows.filter((s) => !scalar(reads.slots[s] as string));
   return vec.length ? { ...reads, vec4: new Set(vec) } : reads;
 }
 

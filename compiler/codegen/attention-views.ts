@@ -15,9 +15,20 @@
 // - every kernel that reads it still fits the target's storage bindings (plans are dropped until they all do).
 // Bit for bit the unfused path: the view reads the same stored values, and the prologue computes the value its
 // own kernel would store (kernels/attention.ts, attentionReads) before the kernel's own arithmetic.
+//
+// Casts get their own treatment, because a flash kernel reads each swept element once per tile of the other side
+// (144 times per element at EVA-G detection), and what a view reads it reads element by element:
+// - a prologue that rounds to f16 or bf16 is not read in place: its own (fused) kernel rounds each element once
+//   and stores the result (as f16 where the target allows), which the flash kernels then read from its binding,
+//   instead of running the branchy software rounding (kernels/elementwise.ts, cast_f16) at every read (autocast's
+//   f16 VJP at EVA-G detection on the H200: 48.2 -> 16.7 ms; fp16 training's q = round(permute(qkv)·scale) too);
+// - where the view is flat (the operand's values are one leaf's, in its row-major order: no movement but
+//   reshapes), a prologue of casts that keep every value (to f32; to f16 of exact f16 values, half.ts) is read as
+//   its leaf, straight from the binding: as vec4s, vec4<f16> ones where the leaf is stored as f16.
 import { numel, type Graph, type Node } from '../ir/graph.js';
 import { attrNum } from '../ir/rules/shape.js';
 import { epilogueProducer, isInlineElementwise, isScalarConst, type FusionGroup } from './fuse.js';
+import { isExactHalf } from './half.js';
 import type { Target } from './types.js';
 import type { AttentionOperandPlan, AttentionOperandPlans } from '../../kernels/attention.js';
 import { flashBackwardTiles } from '../../kernels/flash-backward.js';
@@ -105,8 +116,12 @@ export function planAttentionViews(graph: Graph, live: ReadonlySet<number>, outp
       return ok;
     };
     const view = VIEW_OPS.has(graph.node(root).op) && !isScalarConst(graph.node(root)) ? planView(graph, root, inline) : { root, inlined: [], leaves: [root] };
+    const flat = view.leaves.length === 1 && view.inlined.every((id) => graph.node(id).op === 'reshape');
+    // A rounding runs once, in a kernel of its own (see the top of this file).
+    if (prologue.some((id) => roundsToHalf(graph, graph.node(id)))) continue;
     const saves = prologue.length > 0 || view.inlined.some((id) => graph.node(id).op !== 'reshape');
-    if (saves && (prologue.length > 0 || view.inlined.includes(x))) operands.set(x, { view, prologue });
+    const direct = flat && prologue.every((id) => keepsValues(graph, graph.node(id)));
+    if (saves && (prologue.length > 0 || view.inlined.includes(x))) operands.set(x, { view, prologue, ...(direct ? { direct } : {}) });
   }
 
   // Drop plans until every kernel reading them fits the bindings: the distinct storage it binds and its outputs.
@@ -138,6 +153,19 @@ export function planAttentionViews(graph: Graph, live: ReadonlySet<number>, outp
     inPlace.push({ readers: [...readersOf(x), ...p.prologue], plans: [p.view, { root: x, inlined: [...new Set(constants)], leaves: [] }] });
   }
   return { plans, computed: [...computed].sort((a, b) => a - b), inPlace };
+}
+
+/**
+ * Whether `n` is a cast whose kernel value is its input's, bit for bit: kernels hold every value as an f32, so a
+ * cast to f32 is the identity there (kernels/elementwise.ts), and so is a cast to f16 of exact f16 values.
+ */
+export function keepsValues(graph: Graph, n: Node): boolean {
+  return n.op === 'cast' && (n.dtype === 'f32' || (n.dtype === 'f16' && isExactHalf(graph, n.inputs[0])));
+}
+
+/** Whether `n` is a cast that rounds to f16 or bf16 (in software, with branches: kernels/elementwise.ts). */
+export function roundsToHalf(graph: Graph, n: Node): boolean {
+  return n.op === 'cast' && (n.dtype === 'f16' || n.dtype === 'bf16') && !keepsValues(graph, n);
 }
 
 /** The one input of an elementwise node that is not a scalar constant (it may be read twice), if it has one. */
