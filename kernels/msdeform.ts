@@ -9,8 +9,9 @@
 //
 // Kernels: the forward, one invocation per output element; d sampling_locations and d attention_weights,
 // per sampling point reducing over Dh (on hardware with several invocations per point: pointLanes; on an H200
-// 0.155 -> 0.031 ms at Mask2Former's 73x73 level, 0.37 -> 0.08 ms at 64x64 + 32x32 + 16x16). d value, a gather through an index of the points by
-// pixel (several kernels, no atomics), is in kernels/msdeform-value-grad.ts.
+// 0.155 -> 0.031 ms at Mask2Former's 73x73 level, 0.37 -> 0.08 ms at 64x64 + 32x32 + 16x16). d value, a
+// gather through an index of the points by pixel (several kernels, no atomics), is in
+// kernels/msdeform-value-grad.ts.
 //
 // This file also holds the small codegen helpers the vision kernels share (kernels/vision.ts imports them;
 // the dependency goes one way only).
