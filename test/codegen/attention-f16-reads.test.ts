@@ -4,7 +4,9 @@
 // - autocast's rounding of a flat operand (the bench's f16 rows: f32 inputs rounded to f16) runs once, in a
 //   fused cast kernel that stores f16, instead of at every read of the flash kernels (each swept element is read
 //   once per tile of the other side, and cast_f16 is a branchy software rounding);
-// - real views (permutes, slices of a packed projection) are read through their functions as before.
+// - autocast's rounding over a real view (fp16 training's q = round(permute(qkv)·scale)) runs in its own kernel
+//   too; real views (permutes, slices of a packed projection) with no rounding are read through their functions
+//   as before.
 // On the device (lavapipe, scheduled as for hardware): the forward, lse and the three gradients give the bits of
 // the kernels that read the same operands through views with cast prologues (the path before), and agree with
 // the CPU reference.
@@ -98,6 +100,23 @@ test('f16 inputs read as f32: the flash kernels bind the f16 inputs and load the
   assert.equal(viewed.length, 1);
   assert.match(viewed[0].name, /^attention_flash_f32_kv_f16io$/);
   assert.deepEqual(declarations(viewed[0]), ['array<vec4<f16>>', 'array<f16>', 'array<f32>']);
+});
+
+test("a rounding over a real view (fp16 training's q = round(permute(x)·scale)) runs once in its own kernel; k and v stay views", () => {
+  const b = new Builder();
+  const x = b.input('x', [1, 64, 2, 88]);
+  const heads = (id: number) => b.add('permute', [id], { dims: [0, 2, 1, 3] });
+  const round = (id: number) => b.add('cast', [b.add('cast', [id], { dtype: 'f16' })], { dtype: 'f32' });
+  const q = round(b.add('mul', [heads(x), b.full(0.125, [])]));
+  b.output('out', b.add('attention', [q, heads(x), heads(x)], { scale: 1 }));
+  const p = compileGpu(b.graph, H200);
+  const flash = flashKernels(p.schedule.kernels);
+  assert.equal(flash.length, 1);
+  assert.match(flash[0].name, /^attention_flash_f32_kv_vv_f16io$/, 'q bound, k and v through views');
+  const rounding = p.schedule.kernels.find((k) => k.bindings.at(-1)!.value === flash[0].bindings[0].value)!;
+  assert.match(rounding.name, /cast_f16.*_f16io$/, rounding.name);
+  assert.equal(p.schedule.values.find((v) => v.id === flash[0].bindings[0].value)?.dtype, 'f16', 'the rounded q is stored as f16');
+  assert.equal(declarations(flash[0])[0], 'array<vec4<f16>>');
 });
 
 test('withVectorReads: a binding the kernel also reads element by element keeps its scalar declaration', () => {
