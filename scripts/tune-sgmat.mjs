@@ -4,7 +4,7 @@
 //   node scripts/tune-sgmat.mjs [--rows matmul_f16_evag_qkv,...] [--variants scalar,...] [--json FILE] [--size full|quick|tiny] [--emulate]
 // (after `npx tsc`). --emulate lists a 16x16x16 config on a device without subgroup matrices, so the emulated
 // kernels run (a check of this script on lavapipe at --size tiny; its times mean nothing).
-// Variants: vec4 or scalar operand loads, MSDeformAttn's value gradient (indexed, tiled), f32 flash attention's tiles (and ablations: no staging,
+// Variants: vec4 or scalar operand loads, the tiled f32 kernel's register blocks (block8x8-64x64, ...), MSDeformAttn's value gradient (indexed, tiled), f32 flash attention's tiles (and ablations: no staging,
 // no exp), tile shapes forced through Target.tuning, K split across 1-4 sets of workgroups on the fc2 rows
 // (Target.tuning.matmulSplits; 1 is the one kernel, the default picks by shape: kernels/matmul-split-across.ts), and ablations that leave a stage out ('no-mma': the
 // products skipped; 'no-stage': the tiles not staged), whose times say where a kernel's time goes (their
@@ -49,6 +49,17 @@ const TILED_VARIANTS = {
   'unrolled, K split in 2': { tiledStaging: 'unrolled', tiledKSplit: 2 },
   'prefetch, K split in 2': { tiledStaging: 'prefetch', tiledKSplit: 2 },
   'prefetch, scalar loads': { tiledStaging: 'prefetch', vectorLoads: false },
+  // Bigger register blocks (Target.tuning.tiledTiles, kernels/matmul.ts): rows x cols outputs per invocation in a
+  // tm x tn tile, default staging; the same sums as the default's 4x4 of 64x64. On the fc2 rows the default K split
+  // counts the block's (fewer) tiles. `--variants block` runs them all.
+  'block8x8-64x64': { tiledTiles: { tm: 64, tn: 64, rows: 8, cols: 8 } },
+  'block8x8-128x64': { tiledTiles: { tm: 128, tn: 64, rows: 8, cols: 8 } },
+  'block8x8-64x128': { tiledTiles: { tm: 64, tn: 128, rows: 8, cols: 8 } },
+  'block8x8-128x128': { tiledTiles: { tm: 128, tn: 128, rows: 8, cols: 8 } },
+  'block8x4-128x64': { tiledTiles: { tm: 128, tn: 64, rows: 8, cols: 4 } },
+  'block8x8-128x128-ksplit2': { tiledTiles: { tm: 128, tn: 128, rows: 8, cols: 8 }, tiledKSplit: 2 },
+  // 128x128 tiles leave EVA-G's qkv 66 workgroups, which the default rule splits in 4 K ranges: the one kernel too.
+  'block8x8-128x128-onekernel': { tiledTiles: { tm: 128, tn: 128, rows: 8, cols: 8 }, matmulSplits: 1 },
 };
 // K split across workgroups, for the products with fewer output tiles than the GPU has multiprocessors (the fc2 rows).
 const SPLIT_VARIANTS = Object.fromEntries([1, 2, 3, 4].map((splits) => [`K across ${splits}${splits === 1 ? ' (one kernel)' : ''}`, { matmulSplits: splits }]));

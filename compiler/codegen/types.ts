@@ -3,7 +3,7 @@
 import type { FlashCaps } from '../../kernels/flash-common.js';
 import type { FlashSgmatTiles } from '../../kernels/flash-sgmat.js';
 import type { SgmatTiles } from '../../kernels/matmul-sgmat.js';
-import type { Staging } from '../../kernels/matmul.js';
+import type { Staging, TiledTiles } from '../../kernels/matmul.js';
 import type { GradValueVariant } from '../../kernels/msdeform-value-grad.js';
 import type { Node } from '../ir/graph.js';
 
@@ -34,6 +34,11 @@ export interface Target {
     readonly flashSgmatTiles?: FlashSgmatTiles;
     readonly tiledStaging?: Staging;
     readonly tiledKSplit?: 1 | 2;
+    /**
+     * The tiled f32 matmul's output tile and each invocation's block (kernels/matmul.ts TiledTiles; default 64x64
+     * of 4x4): 8x8 blocks load fewer staged vec4s per FMA; the sums are the default's bit for bit. Unmeasured.
+     */
+    readonly tiledTiles?: TiledTiles;
     /**
      * false: staged matmul operands and the f32 flash kernels' rows load one element at a time instead of vec4s
      * (kernels/matmul.ts vectorLoads, kernels/flash-common.ts withVectorReads).
