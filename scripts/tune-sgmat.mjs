@@ -49,7 +49,7 @@ const TILED_VARIANTS = {
   'unrolled, K split in 2': { tiledStaging: 'unrolled', tiledKSplit: 2 },
   'prefetch, K split in 2': { tiledStaging: 'prefetch', tiledKSplit: 2 },
   'prefetch, scalar loads': { tiledStaging: 'prefetch', vectorLoads: false },
-  // Bigger register blocks (Target.tuning.tiledTiles, kernels/matmul.ts): rows x cols outputs per invocation in a
+  // Bigger register blocks (Target.tuning.tiledTiles, kernels/matmul-tiled.ts): rows x cols outputs per invocation in a
   // tm x tn tile, default staging; the same sums as the default's 4x4 of 64x64. On the fc2 rows the default K split
   // counts the block's (fewer) tiles. `--variants block` runs them all.
   'block8x8-64x64': { tiledTiles: { tm: 64, tn: 64, rows: 8, cols: 8 } },

@@ -3,7 +3,8 @@
 import type { FlashCaps } from '../../kernels/flash-common.js';
 import type { FlashSgmatTiles } from '../../kernels/flash-sgmat.js';
 import type { SgmatTiles } from '../../kernels/matmul-sgmat.js';
-import type { Staging, TiledTiles } from '../../kernels/matmul.js';
+import type { Staging } from '../../kernels/matmul.js';
+import type { TiledTiles } from '../../kernels/matmul-tiled.js';
 import type { GradValueVariant } from '../../kernels/msdeform-value-grad.js';
 import type { Node } from '../ir/graph.js';
 
@@ -35,7 +36,7 @@ export interface Target {
     readonly tiledStaging?: Staging;
     readonly tiledKSplit?: 1 | 2;
     /**
-     * The tiled f32 matmul's output tile and each invocation's block (kernels/matmul.ts TiledTiles; default 64x64
+     * The tiled f32 matmul's output tile and each invocation's block (kernels/matmul-tiled.ts TiledTiles; default 64x64
      * of 4x4): 8x8 blocks load fewer staged vec4s per FMA; the sums are the default's bit for bit. Unmeasured.
      */
     readonly tiledTiles?: TiledTiles;

@@ -12,7 +12,8 @@ import type { Target } from '../../compiler/codegen/types.js';
 import { Builder } from '../../compiler/ir/builder.js';
 import { numel } from '../../compiler/ir/graph.js';
 import { interpret } from '../../compiler/ir/interpret.js';
-import { matmulGrid, matmulKernel, TiledTilesError, type MatmulReads, type Staging, type TiledTiles } from '../../kernels/matmul.js';
+import { matmulGrid, matmulKernel, type MatmulReads, type Staging } from '../../kernels/matmul.js';
+import { TiledTilesError, type TiledTiles } from '../../kernels/matmul-tiled.js';
 import { fcParams } from './core-util.js';
 import { assertBitwise, matmulMismatch, randomTensor, runKernel, sharedDevice } from './harness.js';
 
