@@ -64,7 +64,8 @@ const TILED_VARIANTS = {
 // K split across workgroups, for the products with fewer output tiles than the GPU has multiprocessors (the fc2 rows).
 const SPLIT_VARIANTS = Object.fromEntries([1, 2, 3, 4].map((splits) => [`K across ${splits}${splits === 1 ? ' (one kernel)' : ''}`, { matmulSplits: splits }]));
 // MSDeformAttn's value gradient: the default `indexed` chain against the one-kernel `tiled` it replaced.
-const MSDEFORM_VARIANTS = { 'value grad tiled (one kernel)': { msdeformValueGrad: 'tiled' } };
+// Heavy blocks split across workgroups by default on hardware (gradValueSplits); 'unsplit' keeps one per block.
+const MSDEFORM_VARIANTS = { 'value grad tiled (one kernel)': { msdeformValueGrad: 'tiled' }, 'value-grad-unsplit': { msdeformSplits: 1 } };
 // f32 flash attention: tiles through Target.tuning.flashCaps (kernels/flash-common.ts chooseRowTiles): invocations
 // per query row (split), per workgroup, keys per staged tile (sweep), rows per invocation.
 const F32_FLASH_VARIANTS = {};
