@@ -6,7 +6,8 @@ import fc from 'fast-check';
 import { PORTABLE_TARGET, type Target } from '../../compiler/codegen/types.js';
 import { Builder } from '../../compiler/ir/builder.js';
 import type { MsDeformGeometry } from '../../compiler/ir/rules/shape.js';
-import { expectedBlockEntries, gradValueSplits, msdeformAttnGradChain, MAX_VALUE_SPLITS, SLICE_CHUNKS, SPLIT_FROM_CHUNKS } from '../../kernels/msdeform-value-grad.js';
+import { expectedBlockEntries, gradValueSplits, MAX_VALUE_SPLITS, SLICE_CHUNKS, SPLIT_FROM_CHUNKS } from '../../kernels/msdeform-blocks.js';
+import { msdeformAttnGradChain } from '../../kernels/msdeform-value-grad.js';
 import { MAX_POINT_LANES, msdeformAttnPointGradKernel, pointLanes } from '../../kernels/msdeform.js';
 import { msGeometry, type MsCase } from '../ir/msdeform-geometry.js';
 

@@ -6,7 +6,7 @@ import { describe, test } from 'node:test';
 import fc from 'fast-check';
 import type { Builder } from '../../compiler/ir/builder.js';
 import type { Target } from '../../compiler/codegen/types.js';
-import { gradValueSplits } from '../../kernels/msdeform-value-grad.js';
+import { gradValueSplits } from '../../kernels/msdeform-blocks.js';
 import { VISION_GPU_RULES } from '../../kernels/vision.js';
 import { msGeometry, type MsCase } from '../ir/msdeform-geometry.js';
 import { checkAgainstReference, randomTensor, withDevice, type GpuContext } from './harness.js';
