@@ -18,24 +18,12 @@ import { buildEpilogueGraph, transposedCaseArb } from '../codegen/matmul-graphs.
 import { feeds, run } from '../passes/graphs.js';
 import { fcParams, hardwareLike } from './core-util.js';
 import { assertKernelsAgree, matmulMismatch, sharedDevice } from './harness.js';
+import { linearGraph } from './matmul-products.js';
 
 const B64: TiledTiles = { tm: 64, tn: 64, rows: 8, cols: 8 };
 const B128x64: TiledTiles = { tm: 128, tn: 64, rows: 8, cols: 4 };
 const B128: TiledTiles = { tm: 128, tn: 128, rows: 8, cols: 8 };
 
-/** gelu(x @ Wᵀ + bias) + r, with a LoRA branch (x @ Aᵀ · 0.5) @ Bᵀ in the sum when `lora`. */
-function linearGraph(tokens: number, d: number, out: number, lora: boolean): Graph {
-  const b = new Builder();
-  const x = b.input('x', [2, tokens, d]);
-  let y = b.add('matmul', [x, b.transposeLast(b.param('w', [out, d]))]);
-  if (lora) {
-    const rows = b.add('reshape', [x], { shape: [-1, d] });
-    const u = b.add('mul', [b.add('matmul', [rows, b.transposeLast(b.param('lora_a', [4, d]))]), b.add('full', [], { shape: [], value: 0.5 })]);
-    y = b.add('add', [y, b.add('reshape', [b.add('matmul', [u, b.transposeLast(b.param('lora_b', [out, 4]))])], { shape: [2, tokens, out] })]);
-  }
-  b.output('y', b.add('add', [b.add('gelu', [b.add('add', [y, b.param('bias', [out])])]), b.input('r', [2, tokens, out])]));
-  return b.graph;
-}
 
 /** Head merge then a projection (x [B,H,T,D] → [B,T,H·D] @ Wᵀ + bias): a read through a view, b transposed. */
 function headMerge(t: number, d: number, e: number): Graph {

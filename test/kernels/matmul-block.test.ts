@@ -9,13 +9,13 @@ import { describe, test } from 'node:test';
 import fc from 'fast-check';
 import { TARGETS } from '../../compiler/codegen/targets.js';
 import type { Target } from '../../compiler/codegen/types.js';
-import { Builder } from '../../compiler/ir/builder.js';
 import { numel } from '../../compiler/ir/graph.js';
 import { interpret } from '../../compiler/ir/interpret.js';
 import { matmulGrid, matmulKernel, type MatmulReads, type Staging } from '../../kernels/matmul.js';
 import { TiledTilesError, type TiledTiles } from '../../kernels/matmul-tiled.js';
 import { fcParams } from './core-util.js';
 import { assertBitwise, matmulMismatch, randomTensor, runKernel, sharedDevice } from './harness.js';
+import { product } from './matmul-products.js';
 
 const H200 = TARGETS['nvidia-h200'];
 const B64: TiledTiles = { tm: 64, tn: 64, rows: 8, cols: 8 };
@@ -23,21 +23,6 @@ const B128x64: TiledTiles = { tm: 128, tn: 64, rows: 8, cols: 4 };
 const B64x128: TiledTiles = { tm: 64, tn: 128, rows: 4, cols: 8 };
 const B128: TiledTiles = { tm: 128, tn: 128, rows: 8, cols: 8 };
 
-const swapLast = (r: number) => [...Array(r).keys()].map((d) => (d === r - 2 ? r - 1 : d === r - 1 ? r - 2 : d));
-
-/** a [...ba, M, K] @ b [...bb, K, N]; a transposed operand is stored swapped and permuted back. */
-function product(ba: number[], bb: number[], m: number, k: number, n: number, reads: MatmulReads) {
-  const b = new Builder();
-  const operand = (name: string, shape: number[], trans: boolean) => {
-    const stored = trans ? [...shape.slice(0, -2), shape[shape.length - 1], shape[shape.length - 2]] : shape;
-    const s = b.input(name, stored);
-    return trans ? b.add('permute', [s], { dims: swapLast(shape.length) }) : s;
-  };
-  const mm = b.add('matmul', [operand('a', [...ba, m, k], reads[0]), operand('b', [...bb, k, n], reads[1])]);
-  b.output('y', mm);
-  const node = b.graph.node(mm);
-  return { graph: b.graph, node, inputs: node.inputs.map((i) => b.graph.node(i)) };
-}
 
 const withTuning = (t: Target, tuning: Target['tuning']): Target => ({ ...t, tuning: { ...t.tuning, ...tuning } });
 

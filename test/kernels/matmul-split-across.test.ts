@@ -23,6 +23,7 @@ import { makeRng, randomTensor as randomRef } from '../ir/util.js';
 import { assertBitwise, matmulMismatch, randomTensor, type RuleTable, runChain, runGraph, runKernel, sharedDevice } from './harness.js';
 import { hardwareLike } from './core-util.js';
 import { emulatedConfigs } from './sgmat-targets.js';
+import { linearGraph } from './matmul-products.js';
 
 const H200 = TARGETS['nvidia-h200'];
 
@@ -156,19 +157,6 @@ describe('on the device', () => {
     assert.equal(matmulMismatch(refOf(graph, values), asRef(node.shape, got.value), 90), undefined);
   });
 
-  /** gelu(x @ Wᵀ + bias) + r, with a LoRA branch (x @ Aᵀ · 0.5) @ Bᵀ in the sum when `lora`. */
-  function linearGraph(tokens: number, d: number, out: number, lora: boolean): Graph {
-    const b = new Builder();
-    const x = b.input('x', [2, tokens, d]);
-    let y = b.add('matmul', [x, b.transposeLast(b.param('w', [out, d]))]);
-    if (lora) {
-      const rows = b.add('reshape', [x], { shape: [-1, d] });
-      const u = b.add('mul', [b.add('matmul', [rows, b.transposeLast(b.param('lora_a', [4, d]))]), b.add('full', [], { shape: [], value: 0.5 })]);
-      y = b.add('add', [y, b.add('reshape', [b.add('matmul', [u, b.transposeLast(b.param('lora_b', [out, 4]))])], { shape: [2, tokens, out] })]);
-    }
-    b.output('y', b.add('add', [b.add('gelu', [b.add('add', [y, b.param('bias', [out])])]), b.input('r', [2, tokens, out])]));
-    return b.graph;
-  }
 
   async function scheduleAgrees(g: Graph, k: number, base: Target, splits: number[], kernel: RegExp, sum: RegExp, seed: number): Promise<void> {
     const rng = makeRng(seed);

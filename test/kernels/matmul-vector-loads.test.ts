@@ -16,22 +16,8 @@ import { runGpu } from '../../runtime/run-gpu.js';
 import { hardwareLike } from './core-util.js';
 import { assertBitwise, matmulMismatch, randomTensor, runKernel, scheduledProgram, sharedDevice } from './harness.js';
 import { deviceSgmatTarget } from './sgmat-targets.js';
+import { product } from './matmul-products.js';
 
-const swapLast = (r: number) => [...Array(r).keys()].map((d) => (d === r - 2 ? r - 1 : d === r - 1 ? r - 2 : d));
-
-/** a [...ba, M, K] @ b [...bb, K, N]; a transposed operand is stored swapped and permuted back. */
-function product(ba: number[], bb: number[], m: number, k: number, n: number, reads: MatmulReads) {
-  const b = new Builder();
-  const operand = (name: string, shape: number[], trans: boolean) => {
-    const stored = trans ? [...shape.slice(0, -2), shape[shape.length - 1], shape[shape.length - 2]] : shape;
-    const s = b.input(name, stored);
-    return trans ? b.add('permute', [s], { dims: swapLast(shape.length) }) : s;
-  };
-  const mm = b.add('matmul', [operand('a', [...ba, m, k], reads[0]), operand('b', [...bb, k, n], reads[1])]);
-  b.output('y', mm);
-  const node = b.graph.node(mm);
-  return { graph: b.graph, node, inputs: node.inputs.map((i) => b.graph.node(i)) };
-}
 
 const declared = (wgsl: string): boolean[] => [0, 1].map((i) => new RegExp(`in_${i}: array<vec4<f(32|16)>>`).test(wgsl));
 
