@@ -163,7 +163,8 @@ ${lines.map((l) => `      ${l}`).join('\n')}
  * How many halves split K in a tiled kernel of layout `g`: Target.tuning.tiledKSplit (1 or 2; 2 needs twice the
  * invocations and workgroup memory, and no second product), else 1. Two halves give a workgroup twice the
  * invocations in flight, for outputs with fewer tiles than the GPU has multiprocessors (EVA-G's fc2 at 256 tokens:
- * 88 tiles); not yet measured.
+ * 88 tiles). On the H200 it took 1.07–1.11x the time of one half (session 9); the K split across workgroups
+ * (kernels/matmul-split-across.ts) is what fills the GPU.
  */
 function tiledSplit(target: Target, g: TiledLayout, second: boolean): number {
   const want = target.tuning?.tiledKSplit ?? 1;
