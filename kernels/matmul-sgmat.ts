@@ -35,7 +35,7 @@ export interface SgmatTiles {
   /**
    * 2: K split between two halves of the workgroup, each with its own WM x WN subgroups and tiles (steps h, h + 2,
    * ...), summed in the epilogue (half 0's sum + half 1's): twice the subgroups in flight for outputs with fewer
-   * tiles than the GPU has multiprocessors. Default 1: on the H200 it took 1.9–2.1x the time (session 9).
+   * tiles than the GPU has multiprocessors. Default 1: on the H200 it took 1.8–2.1x the time (session 9).
    */
   readonly ksplit?: 1 | 2;
 }
