@@ -11,6 +11,7 @@
 // the device has timestamp-query (one iteration of ours, then one of the peer's, `repeat` times, so both
 // see the same load; the median counts), else by the wall clock over `repeat` back-to-back iterations.
 import { compileGpu } from '../../compiler/codegen/gpu.js';
+import type { Target } from '../../compiler/codegen/types.js';
 import { openDevice, type GpuDevice } from '../gpu/device.js';
 import { errorMessage } from '../gpu/errors.js';
 import { Executor } from '../gpu/executor.js';
@@ -190,11 +191,11 @@ function side(gpu: readonly number[], wallMs: number, row: RowSpec, kernels: str
 // ---------------------------------------------------------------------------------------------- rows
 
 /** Why a row cannot run on this target (f16 rows need shader-f16 and f16 kernels), or undefined. */
-export function unavailableReason(row: RowSpec, gpu: GpuDevice): string | undefined {
+export function unavailableReason(row: RowSpec, target: Target): string | undefined {
   if (row.dtype !== 'f16') return undefined;
-  if (!gpu.target.features.includes('shader-f16')) return 'not available: the device has no shader-f16';
+  if (!target.features.includes('shader-f16')) return 'not available: the device has no shader-f16';
   try {
-    const p = compileGpu(rowGraph(row, 'f16').graph, gpu.target);
+    const p = compileGpu(rowGraph(row, 'f16').graph, target);
     // f16 storage, or autocast's rounding inside a kernel (a forward attention row reads its f32 inputs and
     // rounds them in the flash kernel's loads: no f16 binding, but f16 numerics).
     if (!p.schedule.kernels.some((k) => /\benable f16;/.test(k.wgsl) || /cast_f16/.test(k.name))) return 'not available: f32 kernels only';
@@ -252,7 +253,7 @@ async function peerResults(ctx: RowContext, row: RowSpec, tensors: readonly Tens
 
 async function benchRow(ctx: RowContext, row: RowSpec): Promise<BenchRow> {
   const base = rowBase(row);
-  const unavailable = unavailableReason(row, ctx.gpu);
+  const unavailable = unavailableReason(row, ctx.gpu.target);
   if (unavailable) return { ...base, status: 'unavailable', reason: unavailable };
 
   const { gpu } = ctx;

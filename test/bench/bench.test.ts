@@ -7,7 +7,8 @@ import { fileURLToPath } from 'node:url';
 import { describe, test } from 'node:test';
 import { runBenchCommand } from '../../bin/commands/bench.js';
 import { UsageError } from '../../bin/commands/errors.js';
-import { compareAll, compareOutputs, repeatFor, runBench, type BenchReport } from '../../runtime/bench/bench.js';
+import { compareAll, compareOutputs, repeatFor, runBench, unavailableReason, type BenchReport } from '../../runtime/bench/bench.js';
+import { TARGETS } from '../../compiler/codegen/targets.js';
 import { formatReport } from '../../runtime/bench/report.js';
 import { BENCH_ROW_NAMES, benchRows, rowInputData, selectRows } from '../../runtime/bench/rows.js';
 
@@ -106,6 +107,18 @@ describe('bench pieces', () => {
     assert.equal(repeatFor(p, 100), 10);
     assert.equal(repeatFor(p, 1000), 5);
     assert.equal(repeatFor(p, 0.001), 50);
+  });
+
+  test('f16 rows run where the target has shader-f16: matmuls on f16 storage, attention with its rounding in a kernel', () => {
+    const h200 = TARGETS['nvidia-h200'];
+    const noF16 = { ...h200, features: h200.features.filter((f) => f !== 'shader-f16') };
+    const f16 = benchRows('tiny').filter((r) => r.dtype === 'f16');
+    assert.ok(f16.some((r) => r.op === 'attention' && r.pass === 'forward') && f16.some((r) => r.op === 'matmul'));
+    for (const row of f16) {
+      assert.equal(unavailableReason(row, h200), undefined, row.name);
+      assert.match(unavailableReason(row, noF16) ?? '', /no shader-f16/, row.name);
+    }
+    for (const row of benchRows('tiny').filter((r) => r.dtype === 'f32')) assert.equal(unavailableReason(row, noF16), undefined, row.name);
   });
 
   test('the command rejects unknown rows and bad --repeat before opening a device', async () => {
