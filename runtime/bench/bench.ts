@@ -196,9 +196,7 @@ export function unavailableReason(row: RowSpec, target: Target): string | undefi
   if (!target.features.includes('shader-f16')) return 'not available: the device has no shader-f16';
   try {
     const p = compileGpu(rowGraph(row, 'f16').graph, target);
-    // f16 storage, or autocast's rounding inside a kernel (a forward attention row reads its f32 inputs and
-    // rounds them in the flash kernel's loads: no f16 binding, but f16 numerics).
-    if (!p.schedule.kernels.some((k) => /\benable f16;/.test(k.wgsl) || /cast_f16/.test(k.name))) return 'not available: f32 kernels only';
+    if (!p.schedule.kernels.some((k) => /\benable f16;/.test(k.wgsl))) return 'not available: f32 kernels only';
   } catch (e) {
     return `not available: ${errorMessage(e)}`;
   }

@@ -109,7 +109,7 @@ describe('bench pieces', () => {
     assert.equal(repeatFor(p, 0.001), 50);
   });
 
-  test('f16 rows run where the target has shader-f16: matmuls on f16 storage, attention with its rounding in a kernel', () => {
+  test('f16 rows run where the target has shader-f16 (attention\'s forward rows too: autocast\'s rounding stores f16), none without it', () => {
     const h200 = TARGETS['nvidia-h200'];
     const noF16 = { ...h200, features: h200.features.filter((f) => f !== 'shader-f16') };
     const f16 = benchRows('tiny').filter((r) => r.dtype === 'f16');
