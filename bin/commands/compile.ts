@@ -1,5 +1,5 @@
 // `visft compile FILE --entry NAME [--stage S] [--vjp] [--shape IN=AxBxC ...] -o OUT.visftx`
-// `visft compile --op OPNAME --shape IN=... [--attr KEY=VALUE ...] [--vjp] -o OUT.visftx`
+// `visft compile --op OPNAME --shape IN=... [--attr KEY=VALUE ...] [--vjp] [--precision fp16|bf16] -o OUT.visftx`
 import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { checkFiles } from '../../compiler/check/index.js';
@@ -22,6 +22,8 @@ export interface CompileOptions {
   op?: string;
   stage?: string;
   vjp?: boolean;
+  /** For --op: fp32 (default), fp16 or bf16 autocast (compiler/lower/op-entry.ts). */
+  precision?: string;
   shape: string[];
   attr: string[];
   output?: string;
@@ -42,17 +44,27 @@ export function parseShapes(specs: readonly string[]): Map<string, number[]> {
   return out;
 }
 
+/** --precision as compileOp's autocast; only for --op (a pipeline's precision is its stage's). */
+function autocastOf(opts: CompileOptions): 'f16' | 'bf16' | undefined {
+  const p = opts.precision;
+  if (p === undefined || p === 'fp32') return undefined;
+  if (p !== 'fp16' && p !== 'bf16') throw new UsageError(`--precision takes fp32, fp16 or bf16; got '${p}'`);
+  if (opts.op === undefined) throw new UsageError('--precision applies to --op (a pipeline entry takes its stage\'s precision in `visft train`)');
+  return p === 'fp16' ? 'f16' : 'bf16';
+}
+
 export function runCompile(file: string | undefined, opts: CompileOptions): number {
   if (!opts.output && !opts.emit) throw new UsageError('compile needs -o OUT.visftx (or --emit ir|kernels|wgsl|plan)');
   const target = TARGETS[opts.target ?? 'portable'];
   if (!target) throw new UsageError(`--target takes ${Object.keys(TARGETS).join(', ')}; got '${opts.target}'`);
   const shapes = parseShapes(opts.shape);
+  const autocast = autocastOf(opts);
   let compiled: CompiledEntry;
   let source = { file: '', sha256: '' };
   try {
     if (opts.op !== undefined) {
       if (file !== undefined || opts.entry !== undefined) throw new UsageError('give either FILE --entry NAME or --op OPNAME, not both');
-      compiled = compileOp(opts.op, shapes, opts.attr, opts.vjp === true);
+      compiled = compileOp(opts.op, shapes, opts.attr, opts.vjp === true, autocast);
       source = { file: `op:${opts.op}`, sha256: '' };
     } else {
       if (file === undefined || opts.entry === undefined) throw new UsageError('compile needs FILE --entry NAME, or --op OPNAME');

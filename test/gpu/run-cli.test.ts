@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import { after, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { fromNumbers, readSafetensors, toFloat64, writeSafetensors } from '../../runtime/weights/index.js';
+import { roundF16 } from '../../compiler/ir/rules/reference-core.js';
 import { makeRng } from '../ir/util.js';
 
 const bin = fileURLToPath(new URL('../../../bin/visft.js', import.meta.url));
@@ -16,10 +17,13 @@ const dir = mkdtempSync(join(tmpdir(), 'visft-run-cli-'));
 after(() => rmSync(dir, { recursive: true, force: true }));
 const cli = (...args: string[]) => spawnSync(process.execPath, [bin, ...args], { encoding: 'utf8', timeout: 180_000 });
 
-/** Compiles the op, runs it on the GPU and on the CPU, and compares every output; returns the GPU run's stdout. */
-function compareRuns(op: string, shapes: Record<string, number[]>, attrs: string[], values: (name: string, i: number) => number): string {
+/**
+ * Compiles the op (with `extra` compile options), runs it on the GPU and on the CPU, and compares every output
+ * within `tol` of its scale; returns the GPU run's stdout.
+ */
+function compareRuns(op: string, shapes: Record<string, number[]>, attrs: string[], values: (name: string, i: number) => number, extra: string[] = [], tol = 1e-5): string {
   const bundle = join(dir, `${op}.visftx`);
-  const c = cli('compile', '--op', op, '--vjp', '--shape', ...Object.entries(shapes).map(([k, s]) => `${k}=${s.join('x')}`), ...(attrs.length ? ['--attr', ...attrs] : []), '-o', bundle);
+  const c = cli('compile', '--op', op, '--vjp', ...extra, '--shape', ...Object.entries(shapes).map(([k, s]) => `${k}=${s.join('x')}`), ...(attrs.length ? ['--attr', ...attrs] : []), '-o', bundle);
   assert.equal(c.status, 0, c.stderr);
   const outShape = shapes.q ?? [shapes.sampling_locations[0], shapes.sampling_locations[1], shapes.value[2] * shapes.value[3]];
   const inputs = { ...shapes, 'd:output': outShape };
@@ -32,12 +36,16 @@ function compareRuns(op: string, shapes: Record<string, number[]>, attrs: string
     return { stdout: r.stdout, tensors: readSafetensors(out).tensors };
   });
   const [gpu, cpu] = runs;
+  if (extra.includes('fp16')) {
+    // Autocast rounds the op's result and the gradients: every output holds f16 values on both backends.
+    for (const run of runs) for (const [name, t] of run.tensors) assert.ok(toFloat64(t).every((x) => roundF16(x) === x), `${op} ${name}: not rounded to f16`);
+  }
   assert.deepEqual([...gpu.tensors.keys()].sort(), [...cpu.tensors.keys()].sort());
   for (const [name, want] of cpu.tensors) {
     const [a, b] = [toFloat64(gpu.tensors.get(name)!), toFloat64(want)];
     const scale = Math.max(1, ...b.map(Math.abs));
     const worst = Math.max(...a.map((x, i) => Math.abs(x - b[i])));
-    assert.ok(worst <= 1e-5 * scale, `${op} ${name}: GPU differs from the reference by ${worst} (scale ${scale})`);
+    assert.ok(worst <= tol * scale, `${op} ${name}: GPU differs from the reference by ${worst} (scale ${scale})`);
   }
   return gpu.stdout;
 }
@@ -46,6 +54,19 @@ test('attention (head dim 88, 11 queries, 47 keys) forward and backward: a porta
   const rand = makeRng(7);
   const out = compareRuns('attention', { q: [1, 2, 11, 88], k: [1, 2, 47, 88], v: [1, 2, 47, 88] }, [], () => rand() * 4 - 2);
   assert.match(out, /^kernels: \d+ scheduled for .+ \(the bundle's are for 'portable'\)$/m);
+});
+
+test('attention under --precision fp16 (operands, output and gradients rounded as a training step rounds them) matches the reference', () => {
+  const rand = makeRng(5);
+  // Both sides round at the same places; a value the GPU's f32 arithmetic puts on the other side of an f16
+  // rounding boundary than the float64 reference differs by one f16 ulp (2^-11 relative, 2^-10 near a power of 2).
+  compareRuns('attention', { q: [1, 2, 13, 24], k: [1, 2, 29, 24], v: [1, 2, 29, 24] }, [], () => rand() * 4 - 2, ['--precision', 'fp16'], 2e-3);
+  const bad = cli('compile', '--op', 'attention', '--precision', 'fp8', '--shape', 'q=1x1x2x4', 'k=1x1x2x4', 'v=1x1x2x4', '--emit', 'ir');
+  assert.equal(bad.status, 2);
+  assert.match(bad.stderr, /--precision takes fp32, fp16 or bf16; got 'fp8'/);
+  const entry = cli('compile', 'pipelines/eva_tiny.visft', '--entry', 'x', '--precision', 'fp16', '--emit', 'ir');
+  assert.equal(entry.status, 2);
+  assert.match(entry.stderr, /--precision applies to --op/);
 });
 
 test('msdeform_attn over two levels, points outside the map, forward and backward, matches the reference', () => {
