@@ -62,7 +62,7 @@ function program(): Command {
     .option('--op <name>', 'compile one primitive op instead')
     .option('--stage <name>', 'apply the stage\'s LoRA and take its trainable parameters')
     .option('--vjp', 'also compute gradients: takes d:<output>, returns d:<param> (d:<input> for --op)')
-    .option('--precision <p>', 'for --op: fp32 (default), or fp16 / bf16 mixed precision as a training step applies it (the operands rounded before the op and its VJP)')
+    .option('--precision <p>', 'fp32 (default), or fp16 / bf16 mixed precision as a training step applies it (matmul and attention operands rounded before the VJP)')
     .option('--shape <spec...>', 'input shapes, NAME=AxBxC', [])
     .option('--attr <spec...>', 'op attributes for --op, KEY=VALUE', [])
     .option('--emit <form>', 'print an intermediate form: ir, kernels, wgsl or plan')

@@ -1,4 +1,4 @@
-// `visft compile FILE --entry NAME [--stage S] [--vjp] [--shape IN=AxBxC ...] -o OUT.visftx`
+// `visft compile FILE --entry NAME [--stage S] [--vjp] [--precision fp16|bf16] [--shape IN=AxBxC ...] -o OUT.visftx`
 // `visft compile --op OPNAME --shape IN=... [--attr KEY=VALUE ...] [--vjp] [--precision fp16|bf16] -o OUT.visftx`
 import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
@@ -44,12 +44,11 @@ export function parseShapes(specs: readonly string[]): Map<string, number[]> {
   return out;
 }
 
-/** --precision as compileOp's autocast; only for --op (a pipeline's precision is its stage's). */
+/** --precision as the lowering's autocast (compiler/passes/autocast.ts). */
 function autocastOf(opts: CompileOptions): 'f16' | 'bf16' | undefined {
   const p = opts.precision;
   if (p === undefined || p === 'fp32') return undefined;
   if (p !== 'fp16' && p !== 'bf16') throw new UsageError(`--precision takes fp32, fp16 or bf16; got '${p}'`);
-  if (opts.op === undefined) throw new UsageError('--precision applies to --op (a pipeline entry takes its stage\'s precision in `visft train`)');
   return p === 'fp16' ? 'f16' : 'bf16';
 }
 
@@ -74,7 +73,7 @@ export function runCompile(file: string | undefined, opts: CompileOptions): numb
         process.stderr.write(summary(checked.program.diags, `cannot compile ${file}`) + '\n');
         return 1;
       }
-      compiled = compileEntry(checked, checked.roots[0], { entry: opts.entry, stage: opts.stage, vjp: opts.vjp, shapes, optimize: opts.optimize });
+      compiled = compileEntry(checked, checked.roots[0], { entry: opts.entry, stage: opts.stage, vjp: opts.vjp, shapes, optimize: opts.optimize, autocast });
       source = { file, sha256: createHash('sha256').update(readFileSync(file)).digest('hex') };
     }
   } catch (e) {

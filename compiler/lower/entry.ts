@@ -16,6 +16,7 @@ import { applyLora, type LoraParams } from './lora.js';
 import { Lowering, type ParamMeta } from './lower.js';
 import { LowerError } from './ops.js';
 import { optimize, runPass } from '../passes/index.js';
+import { autocastPass } from '../passes/autocast.js';
 import { attentionPass } from '../passes/attention.js';
 import { assertVerified } from '../ir/verify.js';
 
@@ -30,6 +31,8 @@ export interface EntryOptions {
   readonly training?: boolean;
   /** Run the optimisation passes (default true). */
   readonly optimize?: boolean;
+  /** Mixed precision as a training step of that precision applies it (compiler/passes/autocast.ts). */
+  readonly autocast?: 'f16' | 'bf16';
 }
 
 export interface WeightsSpec {
@@ -104,6 +107,7 @@ export function compileEntry(checked: CheckResult, root: LoadedFile, opts: Entry
 
   // Attention written out as ops becomes the attention op (flash kernels) before its gradient is taken.
   graph = runPass(graph, attentionPass);
+  if (opts.autocast) graph = runPass(graph, autocastPass(opts.autocast));
   if (opts.vjp) {
     const wrt = graph.params.filter((p) => trainable.has(p.name));
     const r = vjp(graph, wrt.map((p) => p.node));

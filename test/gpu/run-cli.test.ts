@@ -64,9 +64,19 @@ test('attention under --precision fp16 (operands, output and gradients rounded a
   const bad = cli('compile', '--op', 'attention', '--precision', 'fp8', '--shape', 'q=1x1x2x4', 'k=1x1x2x4', 'v=1x1x2x4', '--emit', 'ir');
   assert.equal(bad.status, 2);
   assert.match(bad.stderr, /--precision takes fp32, fp16 or bf16; got 'fp8'/);
-  const entry = cli('compile', 'pipelines/eva_tiny.visft', '--entry', 'x', '--precision', 'fp16', '--emit', 'ir');
-  assert.equal(entry.status, 2);
-  assert.match(entry.stderr, /--precision applies to --op/);
+});
+
+test('compile --precision on a pipeline entry: autocast rounds the backbone\'s matmul operands in the IR, and the stage\'s gradients follow', () => {
+  const ir = (...extra: string[]) => {
+    const r = cli('compile', 'pipelines/eva_tiny.visft', '--entry', 'eva', '--stage', 'stage2', '--vjp', '--shape', 'image=1x3x28x28', ...extra, '--emit', 'ir');
+    assert.equal(r.status, 0, r.stderr);
+    return r.stdout;
+  };
+  const [plain, half] = [ir(), ir('--precision', 'fp16')];
+  const casts = (text: string) => (text.match(/= cast\(.*\{dtype: "f16"\}/g) ?? []).length;
+  assert.equal(casts(plain), 0);
+  assert.ok(casts(half) > 10, `${casts(half)} roundings to f16`);
+  assert.match(half, /^output d:blocks\.0\.attn\.qkv\.lora_A: f32\[16, 96\]/m);
 });
 
 test('msdeform_attn over two levels, points outside the map, forward and backward, matches the reference', () => {
