@@ -160,24 +160,21 @@ ${indent(partialStore.join('\n'), 2)}
 }`
     : elemStore.join('\n');
   // The workgroup's block (and slice): blocks of each level in turn, per (n, m); a split level's S slices of a block side by side.
-  const locate = split
-    ? `let u = wid % TILES_PER_NM;
+  const [u, starts] = split ? ['u', split.workStarts] : ['tile', b.levelStarts];
+  const locate = `let ${u} = wid % TILES_PER_NM;
 let m = (wid / TILES_PER_NM) % M;
 let n = wid / (TILES_PER_NM * M);
-let l = ${levelAt(split.workStarts, 'u')};
+let l = ${levelAt(starts, u)};
 ${levelSelect(k, 'l')}
 lvl_w_i = i32(lvl_w);
-let v = u - ${perLevel(split.workStarts)};
+${
+  split
+    ? `let v = u - ${perLevel(starts)};
 let splits = ${perLevel(split.splits)};
 let slice_ix = v % splits;
 let t0 = (v / splits) * TP;`
-    : `let tile = wid % TILES_PER_NM;
-let m = (wid / TILES_PER_NM) % M;
-let n = wid / (TILES_PER_NM * M);
-let l = ${levelAt(b.levelStarts, 'tile')};
-${levelSelect(k, 'l')}
-lvl_w_i = i32(lvl_w);
-let t0 = (tile - ${perLevel(b.levelStarts)}) * TP;`;
+    : `let t0 = (tile - ${perLevel(starts)}) * TP;`
+}`;
   // The slice of a split block: whole chunks of WG entries, in entry order (S = 1: all of the block's entries).
   const range = split
     ? `let hi = min(offset(kb + (k_hi + 1u) * C), ENTRIES);
