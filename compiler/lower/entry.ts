@@ -15,6 +15,7 @@ import { Diagnostics } from '../frontend/diagnostics.js';
 import { applyLora, type LoraParams } from './lora.js';
 import { Lowering, type ParamMeta } from './lower.js';
 import { LowerError } from './ops.js';
+import { checkSeedShapes, splitSeedShapes } from './seed-shapes.js';
 import { optimize, runPass } from '../passes/index.js';
 import { autocastPass } from '../passes/autocast.js';
 import { attentionPass } from '../passes/attention.js';
@@ -75,10 +76,11 @@ export function compileEntry(checked: CheckResult, root: LoadedFile, opts: Entry
   const b = lowering.b;
   const inputs = moduleInputs(module, scopeOf);
   const given = new Map<string, { kind: 'tensor'; id: number }>();
-  const missing = inputs.filter((i) => !opts.shapes.has(i.name));
+  const { inputs: shapes, seeds } = splitSeedShapes(opts.shapes, opts.vjp === true);
+  const missing = inputs.filter((i) => !shapes.has(i.name));
   if (missing.length) throw new LowerError(`give the input shapes with --shape: ${missing.map((i) => `${i.name}=${i.example}`).join(' ')}`);
-  for (const extra of opts.shapes.keys()) if (!inputs.some((i) => i.name === extra)) throw new LowerError(`'${opts.entry}' has no input '${extra}' (inputs: ${inputs.map((i) => i.name).join(', ')})`);
-  for (const i of inputs) given.set(i.name, { kind: 'tensor', id: b.input(i.name, opts.shapes.get(i.name)!, i.dtype) });
+  for (const extra of shapes.keys()) if (!inputs.some((i) => i.name === extra)) throw new LowerError(`'${opts.entry}' has no input '${extra}' (inputs: ${inputs.map((i) => i.name).join(', ')})`);
+  for (const i of inputs) given.set(i.name, { kind: 'tensor', id: b.input(i.name, shapes.get(i.name)!, i.dtype) });
   const outs = lowering.instance(module, args, given, '');
   for (const [name, v] of outs) {
     if (v.kind !== 'tensor') throw new LowerError(`output '${name}' is not a tensor`);
@@ -109,6 +111,7 @@ export function compileEntry(checked: CheckResult, root: LoadedFile, opts: Entry
   graph = runPass(graph, attentionPass);
   if (opts.autocast) graph = runPass(graph, autocastPass(opts.autocast));
   if (opts.vjp) {
+    checkSeedShapes(seeds, graph);
     const wrt = graph.params.filter((p) => trainable.has(p.name));
     const r = vjp(graph, wrt.map((p) => p.node));
     for (const p of wrt) r.builder.output(`d:${p.name}`, r.grads.get(p.node)!);

@@ -10,6 +10,7 @@ import { autocastPass } from '../passes/autocast.js';
 import { runPass } from '../passes/engine.js';
 import { assertVerified } from '../ir/verify.js';
 import { LOWER, LowerError, type ShapeValue } from './ops.js';
+import { checkSeedShapes, splitSeedShapes } from './seed-shapes.js';
 
 /** `--attr` values: numbers, true/false, lists `[1,2]` or `1,2` and pair lists `16x16,8x8` (levels). */
 export function parseAttr(spec: string): [string, ShapeValue] {
@@ -30,9 +31,10 @@ export function parseAttr(spec: string): [string, ShapeValue] {
 /** Inputs that hold integers (indices, class ids): they take no gradient. */
 const INTEGER_INPUTS: Readonly<Record<string, readonly string[]>> = { gather: ['index'], embedding: ['ids'], cross_entropy: ['target'] };
 
-export function compileOp(name: string, shapes: ReadonlyMap<string, readonly number[]>, attrSpecs: readonly string[], withVjp: boolean, autocast?: 'f16' | 'bf16'): CompiledEntry {
+export function compileOp(name: string, allShapes: ReadonlyMap<string, readonly number[]>, attrSpecs: readonly string[], withVjp: boolean, autocast?: 'f16' | 'bf16'): CompiledEntry {
   if (!isOpName(name)) throw new LowerError(`unknown op '${name}' (ops: ${Object.keys(OPS).join(', ')})`);
   const sig: OpSignature = OPS[name];
+  const { inputs: shapes, seeds } = splitSeedShapes(allShapes, withVjp);
   const b = new Builder();
   const names = sig.inputs.map((i) => i.replace(/^\.\.\.|\?$/g, ''));
   const inputs: (number | undefined)[] = [];
@@ -56,6 +58,7 @@ export function compileOp(name: string, shapes: ReadonlyMap<string, readonly num
   // Mixed precision as a training step applies it: before the VJP, so the backward reads the rounded operands.
   let graph = autocast ? runPass(b.graph, autocastPass(autocast)) : b.graph;
   if (withVjp) {
+    checkSeedShapes(seeds, graph);
     const wrt = graph.inputs.filter((i) => graph.node(i.node).dtype === 'f32');
     const r = vjp(graph, wrt.map((i) => i.node));
     for (const i of wrt) r.builder.output(`d:${i.name}`, r.grads.get(i.node)!);

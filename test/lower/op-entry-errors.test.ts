@@ -31,3 +31,13 @@ test('a well-formed request compiles, one level given as HxW included', () => {
   const att = compileOp('attention', shapes({ q: [1, 2, 5, 8], k: [1, 2, 6, 8], v: [1, 2, 6, 12] }), ['scale=0.5'], true);
   assert.deepEqual(att.graph.node(att.graph.outputs[0].node).shape, [1, 2, 5, 12]);
 });
+
+test('--shape d:output is accepted with --vjp when it is the output shape, and refused with the reason otherwise', () => {
+  const qkv = { q: [1, 2, 5, 8], k: [1, 2, 6, 8], v: [1, 2, 6, 12] };
+  const withSeed = compileOp('attention', shapes({ ...qkv, 'd:output': [1, 2, 5, 12] }), [], true);
+  const without = compileOp('attention', shapes(qkv), [], true);
+  assert.deepEqual(withSeed.graph.inputs.map((i) => [i.name, withSeed.graph.node(i.node).shape]), without.graph.inputs.map((i) => [i.name, without.graph.node(i.node).shape]));
+  refused(() => compileOp('attention', shapes({ ...qkv, 'd:output': [1, 2, 5, 8] }), [], true), /--shape d:output=1x2x5x8: the output 'output' is 1x2x5x12, and its gradient has its shape/);
+  refused(() => compileOp('attention', shapes({ ...qkv, 'd:out': [1, 2, 5, 12] }), [], true), /--shape d:out: no output 'out' \(outputs: output\)/);
+  refused(() => compileOp('attention', shapes({ ...qkv, 'd:output': [1, 2, 5, 12] }), [], false), /--shape d:output: a gradient input exists only with --vjp/);
+});
