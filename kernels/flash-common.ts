@@ -80,6 +80,12 @@ export interface FlashCaps {
   readonly split?: number;
   /** Invocations per workgroup at most, on hardware (HARDWARE_TILES.workgroup by default). */
   readonly workgroup?: number;
+  /**
+   * Each lane's loops over its vec4s of a row written out, one block per vec4 (hardware only): the private row
+   * arrays are then indexed by constants and can stay in registers whether or not the driver unrolls a loop of
+   * that length. Default off (rolled loops, unmeasured which is faster on NVIDIA; a `tune-sgmat` variant).
+   */
+  readonly unroll?: boolean;
 }
 
 /**
@@ -383,10 +389,19 @@ export function loadVec4TileCode(target: Target, dst: string, src: TileSource, b
     .join('\n');
 }
 
-/** WGSL: the loop over this lane's vec4s u of a row split over `split` lanes: `t` is the row's vec4 (lane `part`). */
-function laneLoop(target: Target, cols4: number, split: number): string[] {
+/**
+ * WGSL: `body` for each of this lane's vec4s u of a row split over `split` lanes, `t` being the row's vec4 (lane
+ * `part`): a loop, or (tuning flashCaps.unroll, hardware) one block per u with u and t constants.
+ */
+function laneLoop(target: Target, cols4: number, split: number, body: readonly string[]): string[] {
   const n = Math.ceil(cols4 / split);
-  return split === 1 ? [`for (var t = 0u; t < ${unboundedLoop(n, target)}; t++) {`, `  let u = t;`] : [`for (var u = 0u; u < ${unboundedLoop(n, target)}; u++) {`, `  let t = part + u * ${u32Lit(split)};`];
+  const U = u32Lit;
+  const inner = body.map((l) => `  ${l}`);
+  if (target.tuning?.flashCaps?.unroll && !target.isFallbackAdapter) {
+    return Array.from({ length: n }, (_, u) => ['{', `  let u = ${U(u)};`, `  let t = ${split === 1 ? U(u) : `part + ${U(u * split)}`};`, ...inner, '}']).flat();
+  }
+  const head = split === 1 ? [`for (var t = 0u; t < ${unboundedLoop(n, target)}; t++) {`, `  let u = t;`] : [`for (var u = 0u; u < ${unboundedLoop(n, target)}; u++) {`, `  let t = part + u * ${U(split)};`];
+  return [...head, ...inner, '}'];
 }
 
 /**
@@ -400,13 +415,13 @@ export function loadVec4RowCode(target: Target, dst: string, src: RowSource, bas
   return [
     `var ${dst}: array<vec4f, ${laneVec4s(cols, split)}>;`,
     `if (${ok}) {`,
-    ...laneLoop(target, vec4s(cols), split).map((l) => `  ${l}`),
-    `    let c = t * 4u;`,
-    ...(typeof src !== 'function' ? [`    let at = ${base} + c;`] : []),
-    `    var v = vec4f(0.0f);`,
-    ...(typeof src === 'object' ? vec4Read(src, 'v', cols, tileVec4s(cols, split), sc, '    ') : componentsCode(cols, tileVec4s(cols, split), (x, e) => `v.${x} = ${read(e)}${sc};`, '    ')),
-    `    ${dst}[u] = v;`,
-    `  }`,
+    ...laneLoop(target, vec4s(cols), split, [
+      `let c = t * 4u;`,
+      ...(typeof src !== 'function' ? [`let at = ${base} + c;`] : []),
+      `var v = vec4f(0.0f);`,
+      ...(typeof src === 'object' ? vec4Read(src, 'v', cols, tileVec4s(cols, split), sc, '') : componentsCode(cols, tileVec4s(cols, split), (x, e) => `v.${x} = ${read(e)}${sc};`, '')),
+      `${dst}[u] = v;`,
+    ]).map((l) => `  ${l}`),
     `}`,
   ]
     .map((l) => indent + l)
@@ -417,12 +432,12 @@ export function loadVec4RowCode(target: Target, dst: string, src: RowSource, bas
 export function storeVec4RowCode(target: Target, dst: string, base: string, src: string, cols: number, value: (x: string) => string = (x) => x, split = 1, indent = '    '): string {
   const U = u32Lit;
   return [
-    ...laneLoop(target, vec4s(cols), split),
-    `  let c = t * 4u;`,
-    `  let at = ${base} + c;`,
-    `  let v = ${src}[u];`,
-    ...componentsCode(cols, tileVec4s(cols, split), (x, e) => `${dst}[at + ${U(e)}] = ${value(`v.${x}`)};`, '  '),
-    `}`,
+    ...laneLoop(target, vec4s(cols), split, [
+      `let c = t * 4u;`,
+      `let at = ${base} + c;`,
+      `let v = ${src}[u];`,
+      ...componentsCode(cols, tileVec4s(cols, split), (x, e) => `${dst}[at + ${U(e)}] = ${value(`v.${x}`)};`, ''),
+    ]),
   ]
     .map((l) => indent + l)
     .join('\n');
@@ -439,13 +454,12 @@ export function dotRowsCode(target: Target, acc: string, owned: readonly string[
   const U = u32Lit;
   const name = (r: number, c: number) => `${acc}${r}_${c}`;
   const lines = [owned.map((_, r) => Array.from({ length: n }, (_, c) => `var ${name(r, c)} = 0.0f;`).join(' ')).join('\n')];
-  lines.push(...laneLoop(target, stride, split));
-  owned.forEach((row, r) => lines.push(`  let x${r} = ${row}[u];`));
+  const body = owned.map((row, r) => `let x${r} = ${row}[u];`);
   for (let c = 0; c < n; c++) {
     const fmas = owned.map((_, r) => COMPONENTS.map((x) => `${name(r, c)} = fma(x${r}.${x}, y.${x}, ${name(r, c)});`).join(' '));
-    lines.push(`  { let y = ${tile}[${c === 0 ? 't' : `${U(c * stride)} + t`}]; ${fmas.join(' ')} }`);
+    body.push(`{ let y = ${tile}[${c === 0 ? 't' : `${U(c * stride)} + t`}]; ${fmas.join(' ')} }`);
   }
-  lines.push('}');
+  lines.push(...laneLoop(target, stride, split, body));
   for (let m = 1; m < split; m *= 2) owned.forEach((_, r) => lines.push(Array.from({ length: n }, (_, c) => `${name(r, c)} += subgroupShuffleXor(${name(r, c)}, ${U(m)});`).join(' ')));
   return lines.map((l) => indent + l).join('\n');
 }
@@ -466,11 +480,10 @@ export function accumulateRowsCode(
   indent = '    ',
 ): string {
   const U = u32Lit;
-  const lines = laneLoop(target, stride, split);
-  owned.forEach((acc, r) => lines.push(`  var a${r} = ${acc}[u]${scale ? ` * ${scale(r)}` : ''};`));
-  for (let c = 0; c < n; c++) lines.push(`  { let y = ${tile}[${c === 0 ? 't' : `${U(c * stride)} + t`}]; ${owned.map((_, r) => `a${r} = fma(vec4f(${coef(c, r)}), y, a${r});`).join(' ')} }`);
-  owned.forEach((acc, r) => lines.push(`  ${acc}[u] = a${r};`));
-  lines.push('}');
+  const body = owned.map((acc, r) => `var a${r} = ${acc}[u]${scale ? ` * ${scale(r)}` : ''};`);
+  for (let c = 0; c < n; c++) body.push(`{ let y = ${tile}[${c === 0 ? 't' : `${U(c * stride)} + t`}]; ${owned.map((_, r) => `a${r} = fma(vec4f(${coef(c, r)}), y, a${r});`).join(' ')} }`);
+  owned.forEach((acc, r) => body.push(`${acc}[u] = a${r};`));
+  const lines = laneLoop(target, stride, split, body);
   return lines.map((l) => indent + l).join('\n');
 }
 

@@ -72,6 +72,10 @@ const F32_FLASH_VARIANTS = {};
 for (const split of [1, 2, 4]) for (const workgroup of [64, 128, 256]) for (const sweep of [16, 32]) F32_FLASH_VARIANTS[`f32 split ${split} wg ${workgroup} keys ${sweep}`] = { flashCaps: { split, workgroup, sweep, rows: 1 } };
 for (const split of [2, 4]) for (const sweep of [16, 32]) F32_FLASH_VARIANTS[`f32 split ${split} wg 128 keys ${sweep} 2 rows`] = { flashCaps: { split, workgroup: 128, sweep, rows: 2 } };
 F32_FLASH_VARIANTS['f32 scalar loads'] = { vectorLoads: false };
+// Lane loops written out (flashCaps.unroll): private row arrays indexed by constants whether or not the driver
+// unrolls; alone, and with the two-row tiles whose arrays are twice as long.
+F32_FLASH_VARIANTS['f32 unroll'] = { flashCaps: { unroll: true } };
+for (const split of [2, 4]) F32_FLASH_VARIANTS[`f32 unroll split ${split} wg 128 keys 16 2 rows`] = { flashCaps: { split, workgroup: 128, sweep: 16, rows: 2, unroll: true } };
 // Attention: 'default' is the f32-accumulating flash kernel (tensor-core attention is off by default).
 const FLASH_VARIANTS = { 'tensor cores': { tensorCoreAttention: true } };
 for (const subgroups of [2, 4, 8]) for (const keys of [32, 64, 128]) for (const sharedKv of [true, false]) FLASH_VARIANTS[`tensor cores ${subgroups}sg ${keys}keys ${sharedKv ? 'shared' : 'apart'}`] = { tensorCoreAttention: true, flashSgmatTiles: { subgroups, keys, sharedKv } };
