@@ -3,7 +3,9 @@
 // staging removed still ran at 65-83 TFLOP/s (docs/perf.md), against ~790 for cuBLAS: these kernels say whether
 // the products themselves, the fragment loads from workgroup memory, or the barriers cost that.
 //   node scripts/sgmat-ceiling.mjs [--emulate]        (after `npx tsc`; --emulate: lavapipe smoke test, times mean nothing)
-// Kernels (4 subgroups per workgroup, 2x2 result fragments each, 16 products of 16x16x16 per iteration):
+// Kernels (4 subgroups per workgroup, FxF result fragments each, F = 2 (as the matmul kernel's 64x64 tiles) and
+// F = 4 (16 independent accumulators per subgroup: whether more products in flight per subgroup raise the rate),
+// 4·F² products of 16x16x16 per iteration):
 //   regs      fragments loaded once, then only multiply-accumulates;
 //   shared    every iteration loads its left and right fragments from workgroup memory first;
 //   barrier   as shared, with a workgroup barrier per iteration (as the staged kernels have two per k step).
@@ -23,12 +25,13 @@ if (!shape) {
 }
 const ITER = emulate ? 4 : 1024;
 const GROUPS = emulate ? 2 : 132 * 8;
-const W = emulate ? 2 : 4; // lavapipe's 32 KiB of workgroup memory also holds the emulation's result slots
+// Subgroups per workgroup: lavapipe's 32 KiB of workgroup memory also holds the emulation's result slots.
+const subgroupsFor = (F) => (emulate ? (F > 2 ? 1 : 2) : 4);
 const lanes = sgmatLanes(target);
-const F = 2; // fragments per subgroup each way
 const { m, n, k } = shape;
 
-function kernel(kind) {
+function kernel(kind, F) {
+  const W = subgroupsFor(F);
   const ops = sgmatOps(shape, sgmatSpelling(target), W * F * F);
   const ids = sgmatIds(ops.native, lanes);
   const strideA = 4 * k;
@@ -53,7 +56,7 @@ ${ids.code}  for (var e = lid; e < ${tileA}u; e += ${W * lanes}u) { tile_a[e] = 
   for (var e = lid; e < ${tileB}u; e += ${W * lanes}u) { tile_b[e] = f16(f32(e % 5u) * 0.125 - 0.25); }
   workgroupBarrier();
 ${Array.from({ length: F * F }, (_, f) => `  var acc_${Math.floor(f / F)}_${f % F} = ${ops.zero(`sg * ${F * F}u + ${f}u`)};`).join('\n')}
-  var a_0: ${ops.leftType}; var a_1: ${ops.leftType}; var b_0: ${ops.rightType}; var b_1: ${ops.rightType};
+  ${Array.from({ length: F }, (_, i) => `var a_${i}: ${ops.leftType}; var b_${i}: ${ops.rightType};`).join(' ')}
   {
       let it = 0u;
       ${loads('it')}
@@ -73,16 +76,24 @@ ${Array.from({ length: F * F }, (_, f) => `  ${ops.store('tile_c', `sg * ${m * n
 }
 
 const device = gpu.device;
-const out = device.createBuffer({ size: GROUPS * W * F * F * 4, usage: GPUBufferUsage.STORAGE });
+const out = device.createBuffer({ size: GROUPS * 4 * 16 * 4, usage: GPUBufferUsage.STORAGE });
 const results = [];
-for (const kind of ['regs', 'shared', 'barrier']) {
-  const code = kernel(kind);
+for (const [kind, F] of [2, 4].flatMap((f) => ['regs', 'shared', 'barrier'].map((kind) => [kind, f]))) {
+  const W = subgroupsFor(F);
+  const code = kernel(kind, F);
   device.pushErrorScope('validation');
-  const module = device.createShaderModule({ code, label: `sgmat ceiling ${kind}` });
+  const module = device.createShaderModule({ code, label: `sgmat ceiling ${kind} ${F}x${F}` });
+  if (emulate && F > 2) {
+    // The emulation's result slots for 16 fragments overflow lavapipe's workgroup memory: only the WGSL is checked.
+    const errors = (await module.getCompilationInfo()).messages.filter((m) => m.type === 'error');
+    await device.popErrorScope();
+    console.log(`${kind} ${F}x${F}: WGSL ${errors.length ? `invalid: ${errors[0].message}` : 'valid'} (not run emulated)`);
+    continue;
+  }
   const pipeline = await device.createComputePipelineAsync({ layout: 'auto', compute: { module, entryPoint: 'main' } }).catch((e) => e);
   const err = await device.popErrorScope();
   if (err || pipeline instanceof Error) {
-    console.log(`${kind}: did not compile: ${err?.message ?? pipeline.message}`);
+    console.log(`${kind} ${F}x${F}: did not compile: ${err?.message ?? pipeline.message}`);
     continue;
   }
   const bind = device.createBindGroup({ layout: pipeline.getBindGroupLayout(0), entries: [{ binding: 0, resource: { buffer: out } }] });
@@ -114,8 +125,8 @@ for (const kind of ['regs', 'shared', 'barrier']) {
   read.unmap();
   const ms = Array.from({ length: N }, (_, i) => Number(ts[2 * i + 1] - ts[2 * i]) / 1e6).sort((a, b) => a - b)[Math.floor(N / 2)];
   const flops = GROUPS * W * ITER * F * F * 2 * m * n * k;
-  results.push({ kind, ms, tflops: flops / (ms * 1e-3) / 1e12 });
-  console.log(`${kind.padEnd(8)} ${ms.toFixed(4)} ms  ${(flops / (ms * 1e-3) / 1e12).toFixed(1)} TFLOP/s  (${GROUPS} workgroups x ${W} subgroups x ${ITER} iterations x ${F * F} products of ${m}x${n}x${k})`);
+  results.push({ kind, fragments: `${F}x${F}`, ms, tflops: flops / (ms * 1e-3) / 1e12 });
+  console.log(`${kind.padEnd(8)} ${F}x${F} ${ms.toFixed(4)} ms  ${(flops / (ms * 1e-3) / 1e12).toFixed(1)} TFLOP/s  (${GROUPS} workgroups x ${W} subgroups x ${ITER} iterations x ${F * F} products of ${m}x${n}x${k})`);
   for (const b of [qs, resolve, read]) b.destroy();
 }
 console.log(JSON.stringify({ device: gpu.info.description, spelling: target.subgroupMatrixSpelling ?? 'emulated', results }));
