@@ -43,6 +43,7 @@ import {
   type FlashReads,
   type FlashTiles,
 } from './flash-common.js';
+import { flashBlockedKernel } from './flash-blocked.js';
 import { combineCode } from './reduce.js';
 
 export type { FlashCaps } from './flash-common.js';
@@ -70,6 +71,9 @@ export function flashForwardKernel(node: Node, inputs: readonly Node[], target: 
   // q, k (and v) rows as vec4s where the head dim allows.
   const reads = target.tuning?.vectorLoads === false ? given : withVectorReads(given, inputs, lseOnly ? [0, 1] : [0, 1, 2]);
   if (lse && (lseOnly || lse.op !== 'attention_lse')) throw new Error(`internal: %${node.id} ${node.op} cannot also write %${lse.id} ${lse.op}`);
+  // The register-blocked variant (kernels/flash-blocked.ts) where a tuning run asks for it and it applies.
+  const blocked = target.tuning?.flashBlocked && !target.isFallbackAdapter ? flashBlockedKernel(node, inputs, target, lse, given) : undefined;
+  if (blocked) return blocked;
   const [q, k] = inputs;
   const v = lseOnly ? undefined : inputs[2];
   const mask = lseOnly ? inputs[2] : inputs[3];

@@ -33,7 +33,7 @@ step() { # name, seconds, command...
 nvidia-smi -L >"$OUT/summary.txt" 2>&1
 nvidia-smi --query-gpu=timestamp,clocks.sm,clocks.mem,power.draw,temperature.gpu,utilization.gpu,clocks_throttle_reasons.active --format=csv -lms 500 >"$LOGS/clocks.csv" 2>&1 &
 step doctor 30 node bin/visft.js doctor
-SGMAT_TESTS="dist/test/kernels/matmul-sgmat.test.js dist/test/kernels/matmul-vector-loads.test.js dist/test/kernels/matmul-split-across.test.js dist/test/codegen/msdeform-schedule.test.js dist/test/kernels/flash-sgmat.test.js dist/test/kernels/flash-sgmat-backward.test.js dist/test/gpu/run-cli.test.js dist/test/gpu/eva-variants.test.js dist/test/kernels/msdeform-split.test.js dist/test/kernels/msdeform-lanes.test.js dist/test/codegen/attention-f16-reads.test.js dist/test/kernels/matmul-block.test.js dist/test/kernels/flash-unroll.test.js"
+SGMAT_TESTS="dist/test/kernels/matmul-sgmat.test.js dist/test/kernels/matmul-vector-loads.test.js dist/test/kernels/matmul-split-across.test.js dist/test/codegen/msdeform-schedule.test.js dist/test/kernels/flash-sgmat.test.js dist/test/kernels/flash-sgmat-backward.test.js dist/test/gpu/run-cli.test.js dist/test/gpu/eva-variants.test.js dist/test/kernels/msdeform-split.test.js dist/test/kernels/msdeform-lanes.test.js dist/test/codegen/attention-f16-reads.test.js dist/test/kernels/matmul-block.test.js dist/test/kernels/flash-unroll.test.js dist/test/kernels/flash-blocked.test.js"
 step sgmat-test 90 node --test --test-reporter=spec $SGMAT_TESTS
 step tune-sgmat "${TUNE_SECS:-150}" node scripts/tune-sgmat.mjs --json "$LOGS/tune.json" ${TUNE_ARGS:-}
 python3 -c 'import torch' 2>/dev/null && step torch-peer 60 python3 runtime/bench/torch_peer.py ${TORCH_ARGS:-}

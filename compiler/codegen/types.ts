@@ -49,6 +49,8 @@ export interface Target {
     readonly matmulSplits?: number;
     /** Caps on the f32 flash kernels' tiles (kernels/flash-common.ts chooseRowTiles), under a caller's own. */
     readonly flashCaps?: FlashCaps;
+    /** The register-blocked f32 flash forward (kernels/flash-blocked.ts) where it applies (no mask, subgroups). Unmeasured. */
+    readonly flashBlocked?: boolean;
     /** How MSDeformAttn's value gradient runs (kernels/msdeform-value-grad.ts; default `indexed`). */
     readonly msdeformValueGrad?: GradValueVariant;
     /**
