@@ -73,8 +73,21 @@ function reshape(b: Builder, x: number, shape: readonly number[]): number {
 }
 
 /** `linear`: x @ weightᵀ + bias (weight [out, in]). LoRA attaches to this exact pattern (compiler/lower/lora.ts). */
+/**
+ * x @ y with torch.matmul's rules for 1-D operands: a 1-D left operand is a row [1, K], a 1-D right one a column
+ * [K, 1], and the dim each added is dropped from the result (1-D @ 1-D is a scalar).
+ */
+export function matmulNd(b: Builder, x: number, y: number): number {
+  const [xs, ys] = [b.shape(x), b.shape(y)];
+  const out = b.add('matmul', [xs.length === 1 ? reshape(b, x, [1, xs[0]]) : x, ys.length === 1 ? reshape(b, y, [ys[0], 1]) : y]);
+  if (xs.length > 1 && ys.length > 1) return out;
+  const os = b.shape(out);
+  const dropped = [...(xs.length === 1 ? [os.length - 2] : []), ...(ys.length === 1 ? [os.length - 1] : [])];
+  return reshape(b, out, os.filter((_, i) => !dropped.includes(i)));
+}
+
 export function linear(b: Builder, x: number, w: number, bias?: number): number {
-  const y = b.add('matmul', [x, b.add('permute', [w], { dims: [1, 0] })]);
+  const y = matmulNd(b, x, b.add('permute', [w], { dims: [1, 0] }));
   return bias === undefined ? y : b.add('add', [y, bias]);
 }
 
@@ -158,7 +171,7 @@ export const LOWER: { readonly [K in OpName]: LowerRule } = {
     const cshape = [1, s[1], ...s.slice(2).map(() => 1)];
     return T(affine(a.b, y, a.inputs[1], a.inputs[2], cshape));
   },
-  matmul: (a) => T(a.b.add('matmul', [need(a, 0, 'a'), need(a, 1, 'b')])),
+  matmul: (a) => T(matmulNd(a.b, need(a, 0, 'a'), need(a, 1, 'b'))),
   linear: (a) => T(linear(a.b, need(a, 0, 'x'), need(a, 1, 'weight'), a.inputs[2])),
   reshape: (a) => T(reshape(a.b, need(a, 0, 'x'), ints(a, 'shape'))),
   permute: (a) => T(a.b.add('permute', [need(a, 0, 'x')], { dims: ints(a, 'dims') })),
@@ -188,7 +201,14 @@ export const LOWER: { readonly [K in OpName]: LowerRule } = {
   slice: (a) => {
     const x = need(a, 0, 'x');
     const d = norm(num(a, 'dim'), rank(a, x));
-    return T(a.b.add('slice', [x], { dim: d, start: num(a, 'start', 0), end: num(a, 'end', a.b.shape(x)[d]), step: num(a, 'step', 1) }));
+    // Python's slice bounds: negative ones count from the end, both clamp to [0, n], end before start is empty.
+    const n = a.b.shape(x)[d];
+    const bound = (name: string, dflt: number) => {
+      const v = num(a, name, dflt);
+      return Math.min(Math.max(v < 0 ? v + n : v, 0), n);
+    };
+    const start = bound('start', 0);
+    return T(a.b.add('slice', [x], { dim: d, start, end: Math.max(start, bound('end', n)), step: num(a, 'step', 1) }));
   },
   concat: (a) => T(a.b.add('concat', a.inputs.map((_, k) => need(a, k, `xs[${k}]`)), { dim: num(a, 'dim', 0) })),
   pad: (a) => {
@@ -201,8 +221,29 @@ export const LOWER: { readonly [K in OpName]: LowerRule } = {
     for (let k = 0; k < flat.length / 2; k++) pairs[r - 1 - k] = [flat[2 * k], flat[2 * k + 1]];
     return T(a.b.add('pad', [x], { pads: pairs, value: num(a, 'value', 0) }));
   },
-  expand: (a) => T(a.b.add('expand', [need(a, 0, 'x')], { shape: ints(a, 'shape') })),
-  gather: (a) => T(a.b.add('gather', [need(a, 0, 'x'), need(a, 1, 'index')], { dim: num(a, 'dim') })),
+  expand: (a) => {
+    // torch's expand: -1 keeps the size of x's dim at that place (not for new leading dims).
+    const x = need(a, 0, 'x');
+    const xs = a.b.shape(x);
+    const shape = ints(a, 'shape');
+    const lead = shape.length - xs.length;
+    const sizes = shape.map((s, i) => {
+      if (s !== -1) return s;
+      if (i < lead) throw new LowerError(`expand: -1 at dim ${i} of [${shape}] is a new dim of x [${xs}]; give its size`);
+      return xs[i - lead];
+    });
+    return T(a.b.add('expand', [x], { shape: sizes }));
+  },
+  gather: (a) => {
+    // torch.gather: index may be smaller than x in the other dims; x is read over index's extent there.
+    const x = need(a, 0, 'x');
+    const index = need(a, 1, 'index');
+    const [xs, is] = [a.b.shape(x), a.b.shape(index)];
+    const d = norm(num(a, 'dim'), xs.length);
+    let src = x;
+    if (is.length === xs.length) for (let k = 0; k < xs.length; k++) if (k !== d && is[k] < xs[k]) src = a.b.add('slice', [src], { dim: k, start: 0, end: is[k], step: 1 });
+    return T(a.b.add('gather', [src, index], { dim: d }));
+  },
   embedding: (a) => {
     // Rows of weight [V, E] picked by ids [...]: a gather along dim 0 with the ids broadcast over E.
     const ids = need(a, 0, 'ids');

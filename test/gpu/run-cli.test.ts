@@ -128,3 +128,19 @@ test('unreadable weights and inputs are named, on either backend', () => {
   assert.equal(weights.status, 1);
   assert.match(weights.stderr, /^visft: cannot read weights .*no-weights\.pth: no such file$/m);
 });
+
+test('an empty slice (x[:, 5:5]) runs on the GPU: a [3, 0] output and a zero gradient, as on the reference', () => {
+  const bundle = join(dir, 'empty-slice.visftx');
+  const c = cli('compile', '--op', 'slice', '--vjp', '--attr', 'dim=1', 'start=5', 'end=5', '--shape', 'x=3x8', '-o', bundle);
+  assert.equal(c.status, 0, c.stderr);
+  const file = join(dir, 'empty-slice-in.safetensors');
+  writeSafetensors(file, new Map([['x', fromNumbers('f32', [3, 8], Array.from({ length: 24 }, (_, i) => i + 1))], ['d:output', fromNumbers('f32', [3, 0], [])]]));
+  for (const backend of ['gpu', 'cpu']) {
+    const out = join(dir, `empty-slice-${backend}.safetensors`);
+    const r = cli('run', bundle, '--inputs', file, '--outputs', out, '--backend', backend);
+    assert.equal(r.status, 0, `${backend}: ${r.stderr}`);
+    const t = readSafetensors(out).tensors;
+    assert.deepEqual(t.get('output')!.shape, [3, 0], backend);
+    assert.deepEqual([...toFloat64(t.get('d:x')!)], new Array(24).fill(0), backend);
+  }
+});
