@@ -7,8 +7,9 @@
 # does not lose the rest and the lease is not overrun. Steps, most valuable first: the adapter (doctor); the
 # kernels whose native form lavapipe cannot run (subgroup-matrix matmul and flash attention) against their
 # references; the tile and staging sweep (scripts/tune-sgmat.mjs); PyTorch's times for the bench shapes; the
-# bench rows with tfjs-webgpu on the same device; the tensor-core ceilings (scripts/sgmat-ceiling.mjs); last the
-# whole test suite on this GPU. STEPS="doctor sgmat-test ..." runs only the steps named;
+# bench rows with tfjs-webgpu on the same device; the tensor-core ceilings (scripts/sgmat-ceiling.mjs); the
+# whole test suite on this GPU; last every primitive op against PyTorch (scripts/oracle-fuzz.py).
+# STEPS="doctor sgmat-test ..." runs only the steps named;
 # TUNE_ARGS and TORCH_ARGS pass options to the sweep and the PyTorch peer (e.g. TUNE_ARGS="--rows
 # matmul_f32_evag_fc2"). The logs go to $OUT/logs.tgz, rebuilt after every step (the device tool brings back at
 # most 8 files), with a summary beside it.
@@ -33,7 +34,7 @@ step() { # name, seconds, command...
 nvidia-smi -L >"$OUT/summary.txt" 2>&1
 nvidia-smi --query-gpu=timestamp,clocks.sm,clocks.mem,power.draw,temperature.gpu,utilization.gpu,clocks_throttle_reasons.active --format=csv -lms 500 >"$LOGS/clocks.csv" 2>&1 &
 step doctor 30 node bin/visft.js doctor
-SGMAT_TESTS="dist/test/kernels/matmul-sgmat.test.js dist/test/kernels/matmul-vector-loads.test.js dist/test/kernels/matmul-split-across.test.js dist/test/codegen/msdeform-schedule.test.js dist/test/kernels/flash-sgmat.test.js dist/test/kernels/flash-sgmat-backward.test.js dist/test/gpu/run-cli.test.js dist/test/gpu/eva-variants.test.js dist/test/kernels/msdeform-split.test.js dist/test/kernels/msdeform-lanes.test.js dist/test/codegen/attention-f16-reads.test.js dist/test/kernels/matmul-block.test.js dist/test/kernels/flash-unroll.test.js dist/test/kernels/flash-blocked.test.js"
+SGMAT_TESTS="dist/test/kernels/matmul-sgmat.test.js dist/test/kernels/matmul-vector-loads.test.js dist/test/kernels/matmul-split-across.test.js dist/test/codegen/msdeform-schedule.test.js dist/test/kernels/flash-sgmat.test.js dist/test/kernels/flash-sgmat-backward.test.js dist/test/gpu/run-cli.test.js dist/test/gpu/eva-variants.test.js dist/test/kernels/msdeform-split.test.js dist/test/kernels/msdeform-lanes.test.js dist/test/codegen/attention-f16-reads.test.js dist/test/kernels/matmul-block.test.js dist/test/kernels/flash-unroll.test.js dist/test/kernels/flash-blocked.test.js dist/test/kernels/flash-blocked-backward.test.js"
 step sgmat-test 90 node --test --test-reporter=spec $SGMAT_TESTS
 step tune-sgmat "${TUNE_SECS:-150}" node scripts/tune-sgmat.mjs --json "$LOGS/tune.json" ${TUNE_ARGS:-}
 python3 -c 'import torch' 2>/dev/null && step torch-peer 60 python3 runtime/bench/torch_peer.py ${TORCH_ARGS:-}
@@ -42,6 +43,8 @@ step bench-rows 30 node bin/visft.js bench --json --rows layernorm,softmax,gelu
 step bench-attention 130 node bin/visft.js bench --json --repeat 10 --rows attention,msdeform
 step sgmat-ceiling 30 node scripts/sgmat-ceiling.mjs
 step all-tests 90 node --test --test-reporter=dot $(find dist/test -name '*.test.js' | sort)
+# Every primitive op through the CLI on this GPU against PyTorch float64 (3 random cases per op, ~2 min).
+python3 -c 'import torch, numpy' 2>/dev/null && step oracle-fuzz 150 python3 scripts/oracle-fuzz.py --cases 147 --seed 7 -v
 kill %1 2>/dev/null
 tar -czf "$OUT/logs.tgz" -C "$LOGS" .
 cat "$OUT/summary.txt"
