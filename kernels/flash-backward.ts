@@ -47,6 +47,7 @@ import {
   type FlashReads,
   type FlashTiles,
 } from './flash-common.js';
+import { flashBlockedGradKernel } from './flash-blocked-backward.js';
 
 const { Q, K, V, G, LSE, DELTA, MASK } = GRAD_SLOTS;
 
@@ -80,6 +81,9 @@ export function flashBackwardTiles(node: Node, inputs: readonly Node[], target: 
  * views (compiler/codegen/attention-views.ts) instead of their bindings (not for wrt 3).
  */
 export function flashBackwardKernel(node: Node, inputs: readonly Node[], target: Target, caps: FlashCaps = {}, dv?: Node, reads: FlashReads = directReads(node)): Kernel {
+  // The register-blocked variant (kernels/flash-blocked-backward.ts) where a tuning run asks for it and it applies.
+  const blocked = target.tuning?.flashBlockedGrad && !target.isFallbackAdapter ? flashBlockedGradKernel(node, inputs, target, dv, reads) : undefined;
+  if (blocked) return blocked;
   const wrt = attrNum(node.attrs, 'wrt');
   if (dv) {
     if (wrt !== 1 || dv.op !== 'attention_grad' || attrNum(dv.attrs, 'wrt') !== 2) throw new Error(`internal: %${node.id} (wrt ${wrt}) cannot also write %${dv.id}`);

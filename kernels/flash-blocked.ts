@@ -34,24 +34,29 @@
 import type { Kernel, Target } from '../compiler/codegen/types.js';
 import type { Node } from '../compiler/ir/graph.js';
 import { dispatchGroups, f32Lit, groupIndexCode, u32Lit } from './elementwise.js';
+import {
+  BR,
+  coefSlot,
+  COMPONENTS,
+  GROUPS,
+  LANES,
+  outputBlockCode,
+  outputBlocks,
+  outputDeclLines,
+  range,
+  scoreBlockLines,
+  SP_STRIDE,
+  storeBlocksCode,
+  sweptRow,
+  SWEEP_GROUPS as KEY_GROUPS,
+  SWEEP_TILES as KEY_TILES,
+  type Geometry,
+} from './flash-blocked-common.js';
 import { attentionGeometry, canSplit, EXP_FLASH, flashKernel, loadVec4TileCode, tileSource, vec4s, withSecondOutput, withSubgroups, withVectorReads, type FlashReads } from './flash-common.js';
 import { combineCode } from './reduce.js';
 
-/** Invocations per workgroup. */
-const LANES = 128;
-/** Query rows per workgroup. */
-const BR = 32;
-/** Row groups of 4 rows (rows g, g + 8, g + 16, g + 24). */
-const GROUPS = BR / 4;
-/** Key groups of the score phase: an invocation's keys are kg + 16j. */
-const KEY_GROUPS = LANES / GROUPS;
-/** vec4s per key in the S/P tile: the 8 row groups and one pad (bank spread for the softmax lanes). */
-const SP_STRIDE = GROUPS + 1;
 /** Lanes per row in the softmax phase. */
 const PARTS = LANES / BR;
-/** Keys per tile, largest first: the first whose tiles fit workgroup memory. */
-const KEY_TILES = [64, 48, 32, 16] as const;
-const COMPONENTS = ['x', 'y', 'z', 'w'] as const;
 
 /** The blocked kernel's layout for a head dim D (q, k) and Dv (v; 0 for attention_lse). */
 export interface BlockedTiles {
@@ -105,8 +110,6 @@ export function flashBlockedKernel(node: Node, inputs: readonly Node[], target: 
   return lse ? withSecondOutput(kernel, lse, target) : kernel;
 }
 
-type Geometry = ReturnType<typeof attentionGeometry>;
-
 function blockedBody(g: Geometry, tiles: BlockedTiles, target: Target, reads: FlashReads, lseOnly: boolean, withLse: boolean, groups: number, dispatch: [number, number, number], qTiles: number): string {
   const U = u32Lit;
   const NEG_INF = f32Lit(-Infinity);
@@ -114,17 +117,9 @@ function blockedBody(g: Geometry, tiles: BlockedTiles, target: Target, reads: Fl
   const { keys: BC, kStride: KS, vStride: VS, columnGroups: NC } = tiles;
   const D4 = vec4s(g.D);
   const KJ = BC / KEY_GROUPS;
-  const range = (n: number) => Array.from({ length: n }, (_, i) => i);
-  const rows4 = range(4);
-  const kjs = range(KJ);
   const ts = range(BC / PARTS);
-  // P·V blocks per lane: column group pc + 16b.
-  const blocks = range(Math.ceil(NC / (LANES / GROUPS)));
-  const blockCols = (b: number) => (b === 0 ? 'pc' : `pc + ${U(b * (LANES / GROUPS))}`);
-  // Block b's w-th output vec4 column (w < 2).
-  const cols = (b: number, w: number) => (w === 0 ? blockCols(b) : `${blockCols(b)} + ${U(NC)}`);
-  const blockLive = (b: number) => ((b + 1) * (LANES / GROUPS) <= NC ? '' : `${blockCols(b)} < ${U(NC)}`);
-  const o = (b: number, i: number, w: number) => `o${b}_${i}_${w}`;
+  // P·V blocks per lane: column groups pc + 16b.
+  const ob = outputBlocks('o', NC);
   const lseOut = lseOnly ? 'out_0' : 'out_1';
 
   const stageK = loadVec4TileCode(target, 'kv', tileSource(reads, 1, 'j0'), `(bh * ${U(g.Sk)} + j0) * ${U(g.D)}`, 'k_valid', BC, g.D, LANES, undefined, KS);
@@ -133,16 +128,8 @@ function blockedBody(g: Geometry, tiles: BlockedTiles, target: Target, reads: Fl
   // Phase 2: the scores of rows sr + 8i, keys sc + 16j.
   const scores = [
     '    {',
-    `      ${rows4.map((i) => kjs.map((j) => `var s${i}_${j} = 0.0f;`).join(' ')).join(' ')}`,
-    `      for (var t = 0u; t < ${U(D4)}; t++) {`,
-    ...rows4.map((i) => `        let x${i} = qt[${i === 0 ? 'qa' : `qa + ${U(i * GROUPS * D4)}`} + t];`),
-    ...kjs.map((j) => `        let y${j} = kv[${j === 0 ? 'ka' : `ka + ${U(j * KEY_GROUPS * KS)}`} + t];`),
-    ...rows4.flatMap((i) => kjs.map((j) => `        ${COMPONENTS.map((c) => `s${i}_${j} = fma(x${i}.${c}, y${j}.${c}, s${i}_${j});`).join(' ')}`)),
-    '      }',
-    ...kjs.map((j) => {
-      const key = j === 0 ? 'sc' : `sc + ${U(j * KEY_GROUPS)}`;
-      return `      sp[${j === 0 ? key : `(${key})`} * ${U(SP_STRIDE)} + sr] = select(vec4f(${NEG_INF}), vec4f(${rows4.map((i) => `s${i}_${j}`).join(', ')}), ${key} < k_valid);`;
-    }),
+    ...scoreBlockLines('s', { tile: 'qt', base: 'qa', stride: D4 }, { tile: 'kv', base: 'ka', stride: KS }, D4, KJ, '      '),
+    ...range(KJ).map((j) => `      sp[${coefSlot(j)}] = select(vec4f(${NEG_INF}), vec4f(${range(4).map((i) => `s${i}_${j}`).join(', ')}), ${sweptRow(j)} < k_valid);`),
     '    }',
   ].join('\n');
 
@@ -167,43 +154,13 @@ function blockedBody(g: Geometry, tiles: BlockedTiles, target: Target, reads: Fl
   ].join('\n');
 
   // Phase 4: O = O·α + Σ_key p·v for this lane's blocks.
-  const pv = blocks
-    .map((b) => {
-      const live = blockLive(b);
-      const inner = [
-        '  let a = al[pr];',
-        ...rows4.map((i) => `  ${[0, 1].map((w) => `${o(b, i, w)} = ${o(b, i, w)} * a.${COMPONENTS[i]};`).join(' ')}`),
-        `  for (var c = 0u; c < ${U(BC)}; c++) {`,
-        `    let p = sp[c * ${U(SP_STRIDE)} + pr];`,
-        ...[0, 1].map((w) => `    let v${w} = kv[c * ${U(VS)} + ${cols(b, w)}];`),
-        ...rows4.map((i) => `    ${[0, 1].map((w) => `${o(b, i, w)} = fma(vec4f(p.${COMPONENTS[i]}), v${w}, ${o(b, i, w)});`).join(' ')}`),
-        '  }',
-      ];
-      return live ? [`    if (${live}) {`, ...inner.map((l) => `    ${l}`), '    }'].join('\n') : ['    {', ...inner.map((l) => `    ${l}`), '    }'].join('\n');
-    })
-    .join('\n');
+  const pv = outputBlockCode(ob, { coef: 'sp', tile: 'kv', stride: VS, count: BC }, (b) => [
+    '  let a = al[pr];',
+    ...range(4).map((i) => `  ${[0, 1].map((w) => `${ob.acc(b, i, w)} = ${ob.acc(b, i, w)} * a.${COMPONENTS[i]};`).join(' ')}`),
+  ]);
 
   // out = O / l: rows past Sq and columns past Dv are not stored.
-  const storeOut = blocks
-    .map((b) => {
-      const live = blockLive(b);
-      const lines = rows4.flatMap((i) => [
-        `  if (q0 + pr + ${U(i * GROUPS)} < ${U(g.Sq)}) {`,
-        `    let base = (bh * ${U(g.Sq)} + q0 + pr + ${U(i * GROUPS)}) * ${U(g.Dv)};`,
-        ...[0, 1].flatMap((w) => {
-          // Whole vec4s inside the row, unless it has a tail or this is the zero pad of an odd count of vec4s.
-          const exact = g.Dv % 4 === 0 && (w === 0 || vec4s(g.Dv) % 2 === 0);
-          return [
-            `    { let c = ${w === 0 && b === 0 ? 'pc' : `(${cols(b, w)})`} * 4u; let y = ${o(b, i, w)} / lv.${COMPONENTS[i]};`,
-            ...COMPONENTS.map((x, e) => `      ${exact ? '' : `if (c + ${U(e)} < ${U(g.Dv)}) { `}out_0[base + c + ${U(e)}] = y.${x};${exact ? '' : ' }'}`),
-            '    }',
-          ];
-        }),
-        '  }',
-      ]);
-      return [`  ${live ? `if (${live}) ` : ''}{`, ...lines.map((l) => `  ${l}`), '  }'].join('\n');
-    })
-    .join('\n');
+  const storeOut = storeBlocksCode(ob, { out: 'out_0', row0: 'q0', rows: g.Sq, cols: g.Dv, value: (acc, i) => `${acc} / lv.${COMPONENTS[i]}` });
   const storeLse = `  if (part == 0u && q0 + sa + 8u * si < ${U(g.Sq)}) { ${lseOut}[bh * ${U(g.Sq)} + q0 + sa + 8u * si] = m + log_f32(l); }`;
 
   const declarations = [
@@ -212,12 +169,12 @@ function blockedBody(g: Geometry, tiles: BlockedTiles, target: Target, reads: Fl
     `var<workgroup> sp: array<vec4f, ${BC * SP_STRIDE}>;`,
     ...(lseOnly ? [] : [`var<workgroup> al: array<vec4f, ${GROUPS}>;`]),
   ];
-  const oDecls = lseOnly ? [] : blocks.flatMap((b) => rows4.map((i) => `  ${[0, 1].map((w) => `var ${o(b, i, w)} = vec4f(0.0f);`).join(' ')}`));
+  const oDecls = lseOnly ? [] : outputDeclLines(ob);
   return `${EXP_FLASH}
 
 ${declarations.join('\n')}
 
-// ${BR} query rows per workgroup, ${BC} keys per tile; scores in 4 x ${KJ} blocks${lseOnly ? '' : `, outputs in ${blocks.length} block(s) of 4 rows x 2 vec4s per invocation`}.
+// ${BR} query rows per workgroup, ${BC} keys per tile; scores in 4 x ${KJ} blocks${lseOnly ? '' : `, outputs in ${ob.blocks.length} block(s) of 4 rows x 2 vec4s per invocation`}.
 @compute @workgroup_size(${LANES}, 1, 1)
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid: u32) {
 ${groupIndexCode('grp', groups, dispatch)}

@@ -82,6 +82,9 @@ F32_FLASH_VARIANTS['f32 unroll'] = { flashCaps: { unroll: true } };
 for (const split of [2, 4]) F32_FLASH_VARIANTS[`f32 unroll split ${split} wg 128 keys 16 2 rows`] = { flashCaps: { split, workgroup: 128, sweep: 16, rows: 2, unroll: true } };
 // Register-blocked forward (kernels/flash-blocked.ts): 4x4 score blocks and 4-row x 8-column output blocks per invocation.
 F32_FLASH_VARIANTS['f32 blocked'] = { flashBlocked: true };
+// Register-blocked dq and dk+dv (kernels/flash-blocked-backward.ts), alone and with the blocked forward.
+F32_FLASH_VARIANTS['f32 blocked grad'] = { flashBlockedGrad: true };
+F32_FLASH_VARIANTS['f32 blocked both'] = { flashBlocked: true, flashBlockedGrad: true };
 // Attention: 'default' is the f32-accumulating flash kernel (tensor-core attention is off by default).
 const FLASH_VARIANTS = { 'tensor cores': { tensorCoreAttention: true } };
 for (const subgroups of [2, 4, 8]) for (const keys of [32, 64, 128]) for (const sharedKv of [true, false]) FLASH_VARIANTS[`tensor cores ${subgroups}sg ${keys}keys ${sharedKv ? 'shared' : 'apart'}`] = { tensorCoreAttention: true, flashSgmatTiles: { subgroups, keys, sharedKv } };

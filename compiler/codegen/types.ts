@@ -51,6 +51,8 @@ export interface Target {
     readonly flashCaps?: FlashCaps;
     /** The register-blocked f32 flash forward (kernels/flash-blocked.ts) where it applies (no mask, subgroups). Unmeasured. */
     readonly flashBlocked?: boolean;
+    /** The register-blocked f32 flash dq and dk+dv kernels (kernels/flash-blocked-backward.ts) where they apply (no mask). Unmeasured. */
+    readonly flashBlockedGrad?: boolean;
     /** How MSDeformAttn's value gradient runs (kernels/msdeform-value-grad.ts; default `indexed`). */
     readonly msdeformValueGrad?: GradValueVariant;
     /**
