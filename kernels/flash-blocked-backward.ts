@@ -32,8 +32,8 @@
 // loads g twice per query tile) and more barriers per tile (5 and 7 against 2).
 //
 // Every sum has a fixed order (over the head dim, then the swept rows in order), no atomics: bitwise repeatable.
-// Applies to wrt 0, and wrt 1 paired with its wrt-2 sibling, where the target allows 128 invocations, q, k, v and
-// g are read from bindings (plain, or a view's leaf read in place) and there is no mask; otherwise
+// Applies to wrt 0, and wrt 1 paired with its wrt-2 sibling, where the target allows 128 invocations, lse and δ are
+// bindings and there is no mask (q, k, v and g may be views, staged through tileSource); otherwise
 // flashBlockedGradKernel declines (undefined) and the caller uses kernels/flash-backward.ts.
 import type { Kernel, Target } from '../compiler/codegen/types.js';
 import type { Node } from '../compiler/ir/graph.js';
@@ -97,7 +97,8 @@ export function flashBlockedGradKernel(node: Node, inputs: readonly Node[], targ
   const kind: BlockedGradKind | undefined = wrt === 0 && !dv ? 'q' : wrt === 1 && dv?.op === 'attention_grad' && attrNum(dv.attrs, 'wrt') === 2 ? 'kv' : undefined;
   const L = target.limits;
   if (!kind || inputs.length > DELTA + 1 || Math.min(L.maxComputeInvocationsPerWorkgroup, L.maxComputeWorkgroupSizeX) < LANES) return undefined;
-  if ([Q, K, V, G, LSE, DELTA].some((s) => typeof given.slots[s] !== 'string')) return undefined;
+  // q, k, v and g may be read through views (their tiles are staged through tileSource); lse and δ are indexed.
+  if ([LSE, DELTA].some((s) => typeof given.slots[s] !== 'string')) return undefined;
   const [q, k, v] = inputs;
   const g = attentionGeometry(node, q, k, v, undefined);
   const tiles = blockedGradTiles(kind, g.D, g.Dv, L.maxComputeWorkgroupStorageSize);
@@ -156,6 +157,8 @@ function mainStart(g: Geometry, target: Target, reads: FlashReads, head: string,
     'fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid: u32) {',
     head,
     `  let bh = grp / ${U(ownTiles)};`,
+    `  let h = bh % ${U(g.H)};`,
+    `  let b = bh / ${U(g.H)};`,
     `  let ${row0} = (grp % ${U(ownTiles)}) * ${U(BR)};`,
     `  let ${valid} = min(${U(BR)}, ${U(row0 === 'q0' ? g.Sq : g.Sk)} - ${row0});`,
     ...owned.map((o) => stage(target, reads, g, o.tile, o.slot, row0, valid, BR, vec4sOf(o.slot), o.scaled, '  ')),

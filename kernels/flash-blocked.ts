@@ -28,9 +28,9 @@
 // lets D = 88 keep BC = 64 within the H200's 48 KiB); a P·V lane's two output vec4s are NC apart, not adjacent,
 // so neighbouring column groups read neighbouring v slots.
 //
-// Applies where the target has subgroups of at least 4, allows 128 invocations, q, k (and v) are read from
-// bindings (plain, or a view's leaf read in place) and there is no mask; otherwise flashBlockedKernel declines
-// (undefined) and the caller uses kernels/flash-forward.ts.
+// Applies where the target has subgroups of at least 4, allows 128 invocations and there is no mask (q, k and v
+// may be plain bindings or views, as a backbone's qkv split is read: tiles are staged through tileSource);
+// otherwise flashBlockedKernel declines (undefined) and the caller uses kernels/flash-forward.ts.
 import type { Kernel, Target } from '../compiler/codegen/types.js';
 import type { Node } from '../compiler/ir/graph.js';
 import { dispatchGroups, f32Lit, groupIndexCode, u32Lit } from './elementwise.js';
@@ -95,7 +95,6 @@ export function flashBlockedKernel(node: Node, inputs: readonly Node[], target: 
   const masked = inputs.length > operands.length;
   const L = target.limits;
   if (masked || !canSplit(target, PARTS) || Math.min(L.maxComputeInvocationsPerWorkgroup, L.maxComputeWorkgroupSizeX) < LANES) return undefined;
-  if (operands.some((s) => typeof given.slots[s] !== 'string')) return undefined;
   const reads = target.tuning?.vectorLoads === false ? given : withVectorReads(given, inputs, operands);
   const [q, k] = inputs;
   const g = attentionGeometry(node, q, k, lseOnly ? undefined : inputs[2], undefined);
@@ -179,6 +178,8 @@ ${declarations.join('\n')}
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid: u32) {
 ${groupIndexCode('grp', groups, dispatch)}
   let bh = grp / ${U(qTiles)};
+  let h = bh % ${U(g.H)};
+  let b = bh / ${U(g.H)};
   let q0 = (grp % ${U(qTiles)}) * ${U(BR)};
   let q_valid = min(${U(BR)}, ${U(g.Sq)} - q0);
 ${loadVec4TileCode(target, 'qt', tileSource(reads, 0, 'q0'), `(bh * ${U(g.Sq)} + q0) * ${U(g.D)}`, 'q_valid', BR, g.D, LANES, f32Lit(g.scale), D4, '  ')}
