@@ -8,7 +8,9 @@
 // 4·F² products of 16x16x16 per iteration):
 //   regs      fragments loaded once, then only multiply-accumulates;
 //   shared    every iteration loads its left and right fragments from workgroup memory first;
-//   barrier   as shared, with a workgroup barrier per iteration (as the staged kernels have two per k step).
+//   barrier   as shared, with a workgroup barrier per iteration (as the staged kernels have two per k step);
+//   global    as shared, the fragments loaded from storage buffers instead (16 workgroup-sized regions, cached):
+//             whether a kernel could skip staging through workgroup memory.
 // Timing: GPU timestamps around each of 20 back-to-back passes after 200 ms of warm-up; the median counts.
 import { openDevice } from '../dist/runtime/gpu/device.js';
 import { sgmatIds, sgmatLanes, sgmatOps, sgmatShape, sgmatSpelling } from '../dist/kernels/sgmat.js';
@@ -24,6 +26,8 @@ if (!shape) {
   process.exit(1);
 }
 const ITER = emulate ? 4 : 1024;
+// Distinct storage regions the 'global' kernels read (workgroup w reads region w % REGIONS).
+const REGIONS = 16;
 const GROUPS = emulate ? 2 : 132 * 8;
 // Subgroups per workgroup: lavapipe's 32 KiB of workgroup memory also holds the emulation's result slots.
 const subgroupsFor = (F) => (emulate ? (F > 2 ? 1 : 2) : 4);
@@ -36,20 +40,22 @@ function kernel(kind, F) {
   const ids = sgmatIds(ops.native, lanes);
   const strideA = 4 * k;
   const strideB = 4 * n;
+  const tileA = W * F * m * strideA;
+  const tileB = 4 * k * strideB;
+  // Fragments from workgroup memory, or (global) from this workgroup's region of the storage buffers.
+  const [srcA, srcB, baseA, baseB] = kind === 'global' ? ['src_a', 'src_b', `(wid.x % ${REGIONS}u) * ${tileA}u + `, `(wid.x % ${REGIONS}u) * ${tileB}u + `] : ['tile_a', 'tile_b', '', ''];
   const loads = (it) =>
     [
-      ...Array.from({ length: F }, (_, i) => `a_${i} = ${ops.loadLeft('tile_a', `(sg * ${F * m}u + ${i * m}u) * ${strideA}u + (${it} % 4u) * ${k}u`, `${strideA}u`)};`),
-      ...Array.from({ length: F }, (_, j) => `b_${j} = ${ops.loadRight('tile_b', `(${it} % 4u) * ${k * strideB}u + sg * ${F * n}u % ${strideB}u + ${j * n}u`, `${strideB}u`)};`),
+      ...Array.from({ length: F }, (_, i) => `a_${i} = ${ops.loadLeft(srcA, `${baseA}(sg * ${F * m}u + ${i * m}u) * ${strideA}u + (${it} % 4u) * ${k}u`, `${strideA}u`)};`),
+      ...Array.from({ length: F }, (_, j) => `b_${j} = ${ops.loadRight(srcB, `${baseB}(${it} % 4u) * ${k * strideB}u + sg * ${F * n}u % ${strideB}u + ${j * n}u`, `${strideB}u`)};`),
     ].join('\n      ');
   const products = [];
   for (let i = 0; i < F; i++) for (let j = 0; j < F; j++) products.push(`acc_${i}_${j} = ${ops.multiplyAccumulate(`a_${i}`, `b_${j}`, `acc_${i}_${j}`)};`);
-  const tileA = W * F * m * strideA;
-  const tileB = 4 * k * strideB;
   const body = `var<workgroup> tile_a: array<f16, ${tileA}>;
 var<workgroup> tile_b: array<f16, ${tileB}>;
 var<workgroup> tile_c: array<f32, ${W * m * n}>;
 @group(0) @binding(0) var<storage, read_write> out: array<f32>;
-
+${kind === 'global' ? `@group(0) @binding(1) var<storage, read> src_a: array<f16>;\n@group(0) @binding(2) var<storage, read> src_b: array<f16>;\n` : ''}
 @compute @workgroup_size(${W * lanes}, 1, 1)
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid: u32${ids.params}) {
 ${ids.code}  for (var e = lid; e < ${tileA}u; e += ${W * lanes}u) { tile_a[e] = f16(f32(e % 7u) * 0.125 - 0.375); }
@@ -77,8 +83,10 @@ ${Array.from({ length: F * F }, (_, f) => `  ${ops.store('tile_c', `sg * ${m * n
 
 const device = gpu.device;
 const out = device.createBuffer({ size: GROUPS * 4 * 16 * 4, usage: GPUBufferUsage.STORAGE });
+// The 'global' kernels' operands: REGIONS copies of the largest tiles (f16; zeros time as any values do).
+const sources = [0, 1].map(() => device.createBuffer({ size: REGIONS * 4 * 4 * 16 * 64 * 2, usage: GPUBufferUsage.STORAGE }));
 const results = [];
-for (const [kind, F] of [2, 4].flatMap((f) => ['regs', 'shared', 'barrier'].map((kind) => [kind, f]))) {
+for (const [kind, F] of [2, 4].flatMap((f) => ['regs', 'shared', 'barrier', 'global'].map((kind) => [kind, f]))) {
   const W = subgroupsFor(F);
   const code = kernel(kind, F);
   device.pushErrorScope('validation');
@@ -96,7 +104,8 @@ for (const [kind, F] of [2, 4].flatMap((f) => ['regs', 'shared', 'barrier'].map(
     console.log(`${kind} ${F}x${F}: did not compile: ${err?.message ?? pipeline.message}`);
     continue;
   }
-  const bind = device.createBindGroup({ layout: pipeline.getBindGroupLayout(0), entries: [{ binding: 0, resource: { buffer: out } }] });
+  const entries = [out, ...(kind === 'global' ? sources : [])].map((buffer, binding) => ({ binding, resource: { buffer } }));
+  const bind = device.createBindGroup({ layout: pipeline.getBindGroupLayout(0), entries });
   const encode = (enc, timestamps) => {
     const pass = enc.beginComputePass(timestamps ? { timestampWrites: timestamps } : {});
     pass.setPipeline(pipeline);
