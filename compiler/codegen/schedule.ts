@@ -47,7 +47,8 @@ export interface Schedule {
 }
 
 /** Bytes of a value's storage: f32 (or f16) elements, at least one, so a binding is never empty. */
-export const valueBytes = (shape: readonly number[], dtype: 'f32' | 'f16' = 'f32'): number => Math.max(1, numel(shape)) * (dtype === 'f16' ? 2 : 4);
+// An empty tensor has 0 bytes; the memory plan still binds at least 4 (a binding is never empty).
+export const valueBytes = (shape: readonly number[], dtype: 'f32' | 'f16' = 'f32'): number => numel(shape) * (dtype === 'f16' ? 2 : 4);
 
 export interface ScheduleOptions {
   /** Fuse elementwise chains and matmul epilogues (default true); off gives one kernel per node, for fused = unfused tests. */

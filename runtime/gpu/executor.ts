@@ -225,8 +225,7 @@ export class Executor {
     if (!v || !p) throw new Error(`cannot upload %${id}: the memory plan has no storage for it`);
     if (v.kind !== kind) throw new Error(`${label(v)} is a ${v.kind}, not a ${kind}`);
     const n = v.bytes / bytesPerElement(v);
-    // An empty tensor's storage holds one (unused) element: a binding is never empty.
-    if (data.length !== n && !(data.length === 0 && n === 1)) throw new Error(`${kind} ${label(v)} has ${data.length} elements, expected ${n}`);
+    if (data.length !== n) throw new Error(`${kind} ${label(v)} has ${data.length} elements, expected ${n}`);
     let bytes: ArrayBufferView;
     if (v.dtype === 'f16') bytes = toF16(data instanceof Float32Array ? data : Float32Array.from(data));
     else if (data instanceof Float32Array) bytes = data;
