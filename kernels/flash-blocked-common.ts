@@ -31,6 +31,21 @@ export type Geometry = ReturnType<typeof attentionGeometry>;
 
 export const range = (n: number): number[] => Array.from({ length: n }, (_, i) => i);
 
+/**
+ * WGSL lines opening `main` after the group index `grp`: the workgroup's (batch, head) `bh` (and `b`, `h`, which
+ * views read), its first owned row `row0` of the side's `S` rows in tiles of BR, and `valid` of them inside.
+ */
+export function ownedTileLines(H: number, ownTiles: number, S: number, row0: string, valid: string): string[] {
+  const U = u32Lit;
+  return [
+    `  let bh = grp / ${U(ownTiles)};`,
+    `  let h = bh % ${U(H)};`,
+    `  let b = bh / ${U(H)};`,
+    `  let ${row0} = (grp % ${U(ownTiles)}) * ${U(BR)};`,
+    `  let ${valid} = min(${U(BR)}, ${U(S)} - ${row0});`,
+  ];
+}
+
 /** Swept row j of a score lane's block (a WGSL u32). */
 export const sweptRow = (j: number): string => (j === 0 ? 'sc' : `sc + ${u32Lit(j * SWEEP_GROUPS)}`);
 

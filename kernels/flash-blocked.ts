@@ -43,6 +43,7 @@ import {
   outputBlockCode,
   outputBlocks,
   outputDeclLines,
+  ownedTileLines,
   range,
   scoreBlockLines,
   SP_STRIDE,
@@ -177,11 +178,7 @@ ${declarations.join('\n')}
 @compute @workgroup_size(${LANES}, 1, 1)
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid: u32) {
 ${groupIndexCode('grp', groups, dispatch)}
-  let bh = grp / ${U(qTiles)};
-  let h = bh % ${U(g.H)};
-  let b = bh / ${U(g.H)};
-  let q0 = (grp % ${U(qTiles)}) * ${U(BR)};
-  let q_valid = min(${U(BR)}, ${U(g.Sq)} - q0);
+${ownedTileLines(g.H, qTiles, g.Sq, 'q0', 'q_valid').join('\n')}
 ${loadVec4TileCode(target, 'qt', tileSource(reads, 0, 'q0'), `(bh * ${U(g.Sq)} + q0) * ${U(g.D)}`, 'q_valid', BR, g.D, LANES, f32Lit(g.scale), D4, '  ')}
   // Scores: rows sr + 8i, keys sc + 16j.
   let sr = lid / ${U(KEY_GROUPS)};
