@@ -8,7 +8,7 @@
 # kernels whose native form lavapipe cannot run (subgroup-matrix matmul and flash attention) against their
 # references; the tile and staging sweep (scripts/tune-sgmat.mjs); PyTorch's times for the bench shapes; the
 # bench rows with tfjs-webgpu on the same device; the tensor-core ceilings (scripts/sgmat-ceiling.mjs); the
-# whole test suite on this GPU; last every primitive op against PyTorch (scripts/oracle-fuzz.py).
+# whole test suite on this GPU; last every primitive op against PyTorch (scripts/oracle-fuzz.py, fp16 then f32).
 # STEPS="doctor sgmat-test ..." runs only the steps named;
 # TUNE_ARGS and TORCH_ARGS pass options to the sweep and the PyTorch peer (e.g. TUNE_ARGS="--rows
 # matmul_f32_evag_fc2"). The logs go to $OUT/logs.tgz, rebuilt after every step (the device tool brings back at
@@ -43,7 +43,9 @@ step bench-rows 30 node bin/visft.js bench --json --rows layernorm,softmax,gelu
 step bench-attention 130 node bin/visft.js bench --json --repeat 10 --rows attention,msdeform
 step sgmat-ceiling 30 node scripts/sgmat-ceiling.mjs
 step all-tests 90 node --test --test-reporter=dot $(find dist/test -name '*.test.js' | sort)
-# Every primitive op through the CLI on this GPU against PyTorch float64 (3 random cases per op, ~2 min).
+# Every primitive op through the CLI on this GPU against PyTorch float64: first under fp16 autocast (the f16 matmul
+# operands go to the tensor-core kernels; ~3 cases per op autocast rounds), then in f32 (3 random cases per op, ~2 min).
+python3 -c 'import torch, numpy' 2>/dev/null && step oracle-fuzz-fp16 60 python3 scripts/oracle-fuzz.py --precision fp16 --cases 24 --seed 7 -v
 python3 -c 'import torch, numpy' 2>/dev/null && step oracle-fuzz 150 python3 scripts/oracle-fuzz.py --cases 147 --seed 7 -v
 kill %1 2>/dev/null
 tar -czf "$OUT/logs.tgz" -C "$LOGS" .

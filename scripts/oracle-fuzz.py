@@ -2,13 +2,16 @@
 # Oracle fuzz of visft's primitive ops through the CLI against PyTorch float64.
 #
 #   /usr/bin/python3 scripts/oracle-fuzz.py [--ops a,b] [--cases N] [--seed S] [--backend gpu|cpu] [--repo DIR]
-#                                           [--only I] [--work DIR]
+#                                           [--only I] [--work DIR] [--precision fp32|fp16|bf16]
 #
 # Each case draws random shapes and attributes, runs `visft compile --op OP ... [--vjp]` and `visft run`, and
 # compares every output (and every d:<input> gradient) with PyTorch float64 on the same float32-rounded inputs.
 # Ops with several results (lstm_cell) or several inputs (concat) go through a generated one-module .visft file
 # whose tensors are all params, so --vjp returns a gradient for each. One line per case (ok / FAIL / ERR); the
 # case's files stay under --work; `--ops OP --seed S --only I` reruns case I alone. Exit 1 when any case fails.
+# --precision fp16|bf16 compiles with `--precision` (autocast as a training step applies it) and compares with the
+# same rounding done in PyTorch: matmul, attention and conv2d operands and results rounded to the half type
+# (gradients too: the gradient of a rounding is a rounding), bias and everything else in float64.
 import argparse, json, math, os, random, struct, subprocess, sys, zlib
 import numpy as np, torch
 import torch.nn.functional as F
@@ -17,6 +20,12 @@ import torch.nn.functional as F
 # float64 reference (outputs read back as float64), so it must agree to rounding: 1e-9.
 TOL_GPU = {'fwd': 2e-5, 'grad': 1e-4}
 TOL_CPU = {'fwd': 1e-9, 'grad': 1e-9}
+# Half precision: our f32 result and torch's float64 one can round to neighbouring halves (a tie broken the other
+# way), a difference of one unit in the last place of the half type, 2^-10 (fp16) or 2^-7 (bf16) relative to the
+# largest value; gradients carry such flips through one more product. Two units forward, four for gradients.
+TOL_HALF = {'fp16': {'fwd': 2 * 2 ** -10, 'grad': 4 * 2 ** -10}, 'bf16': {'fwd': 2 * 2 ** -7, 'grad': 4 * 2 ** -7}}
+# The ops autocast rounds; the rest of a --precision run checks that they are left alone.
+HALF_OPS = ['matmul', 'linear', 'attention', 'conv2d', 'msdeform_attn', 'layernorm', 'softmax', 'gelu']
 # Per-op loosening on the GPU, each with its reason.
 LOOSE_GPU = {
     # WGSL exp/log/pow are not correctly rounded (the spec allows 3 + 2|x| ULP for exp): a few ULP of f32 on
@@ -54,9 +63,11 @@ def lst(v):
 class Case:
     """One op call: inputs (name -> tensor), integer inputs, --attr specs, the torch reference."""
 
-    def __init__(self, op, ins, fn, attrs=(), ints=(), vjp=True, note='', module=None):
+    def __init__(self, op, ins, fn, attrs=(), ints=(), vjp=True, note='', module=None, amp=None):
         self.op, self.ins, self.fn, self.attrs, self.ints = op, ins, fn, list(attrs), set(ints)
         self.vjp, self.note, self.module = vjp, note, module
+        # amp(v, R): the reference under autocast, R rounding a tensor to the half type (None: autocast leaves the op)
+        self.amp = amp
 
     def desc(self):
         shapes = ' '.join('%s=%s' % (n, sx(t.shape)) for n, t in self.ins.items())
@@ -223,7 +234,8 @@ def case_matmul(r):
         a = rnd(r, K)
     if r.random() < 0.15:
         b = rnd(r, K)
-    return Case('matmul', {'a': a, 'b': b}, lambda v: v['a'] @ v['b'], vjp=r.random() < 0.6)
+    return Case('matmul', {'a': a, 'b': b}, lambda v: v['a'] @ v['b'], vjp=r.random() < 0.6,
+                amp=lambda v, R: R(R(v['a']) @ R(v['b'])))
 
 
 def case_linear(r):
@@ -232,7 +244,9 @@ def case_linear(r):
     ins = {'x': rnd(r, *lead, I), 'weight': rnd(r, O, I)}
     if r.random() < 0.6:
         ins['bias'] = rnd(r, O)
-    return Case('linear', ins, lambda v: F.linear(v['x'], v['weight'], v.get('bias')), vjp=r.random() < 0.6)
+    # Under autocast the bias is added to the rounded product in f32 (visft's linear is matmul + add).
+    amp = lambda v, R: R(R(v['x']) @ R(v['weight']).t()) + (v['bias'] if 'bias' in v else 0)
+    return Case('linear', ins, lambda v: F.linear(v['x'], v['weight'], v.get('bias')), vjp=r.random() < 0.6, amp=amp)
 
 
 def conv_out(n, k, s, p, d):
@@ -263,7 +277,8 @@ def case_conv2d(r):
     pr('dilation', dl, 1)
     if g != 1 or r.random() < 0.3:
         attrs.append('groups=%d' % g)
-    return Case('conv2d', ins, lambda v: F.conv2d(v['x'], v['weight'], v.get('bias'), st, pd, dl, g), attrs, vjp=r.random() < 0.6)
+    amp = lambda v, R: R(F.conv2d(R(v['x']), R(v['weight']), None, st, pd, dl, g)) + (v['bias'].view(-1, 1, 1) if 'bias' in v else 0)
+    return Case('conv2d', ins, lambda v: F.conv2d(v['x'], v['weight'], v.get('bias'), st, pd, dl, g), attrs, vjp=r.random() < 0.6, amp=amp)
 
 
 def case_patchify(r):
@@ -472,12 +487,12 @@ def case_attention(r):
         scale = r.choice([0.1, 1.0])
         attrs = ['scale=%g' % scale]
 
-    def fn(v):
-        s = v['q'] @ v['k'].transpose(-1, -2) * scale
-        if 'mask' in v:
+    def fn(v, R=lambda t: t):
+        s = R(v['q']) @ R(v['k']).transpose(-1, -2) * scale
+        if 'mask' in v:  # added to the f32 scores: not rounded
             s = s + v['mask']
-        return torch.softmax(s, -1) @ v['v']
-    return Case('attention', ins, fn, attrs, vjp=r.random() < 0.6)
+        return R(torch.softmax(s, -1) @ R(v['v']))
+    return Case('attention', ins, fn, attrs, vjp=r.random() < 0.6, amp=fn)
 
 
 def msdeform_ref(value, levels, loc, aw):
@@ -660,10 +675,28 @@ def cli(repo, *args):
     return r.stdout
 
 
-def reference(case):
+HALF_DTYPES = {'fp16': torch.float16, 'bf16': torch.bfloat16}
+
+
+def rounding(precision):
+    """R(t): t rounded to the half type, in float64; its gradient is the gradient rounded (as visft's cast)."""
+    half = HALF_DTYPES[precision]
+
+    class Round(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, t):
+            return t.to(half).double()
+
+        @staticmethod
+        def backward(ctx, g):
+            return g.to(half).double()
+    return Round.apply
+
+
+def reference(case, precision='fp32'):
     """Outputs and gradients in float64; adds the d:<output> seeds to case.ins when vjp."""
     lv = {n: (t.clone().requires_grad_(case.vjp) if n not in case.ints else t) for n, t in case.ins.items()}
-    out = case.fn(lv)
+    out = case.amp(lv, rounding(precision)) if precision != 'fp32' and case.amp else case.fn(lv)
     outs = out if isinstance(out, dict) else {'output': out}
     ref = {n: t.detach() for n, t in outs.items()}
     seeds = {}
@@ -707,9 +740,9 @@ def module_source(case):
 def run_case(args, case, tag):
     w = args.work
     b, fi, fo = ['%s/%s.%s' % (w, tag, e) for e in ('visftx', 'in.safetensors', 'out.safetensors')]
-    ref, seeds = reference(case)
+    ref, seeds = reference(case, args.precision)
     shapes = ['%s=%s' % (n, sx(t.shape)) for n, t in case.ins.items()]
-    vj = ['--vjp'] if case.vjp else []
+    vj = (['--vjp'] if case.vjp else []) + (['--precision', args.precision] if args.precision != 'fp32' else [])
     if case.module is None:
         ca = ['compile', '--op', case.op, *(['--attr', *case.attrs] if case.attrs else []), *(['--shape', *shapes] if shapes else []), *vj, '-o', b]
         cli(args.repo, *ca)
@@ -728,14 +761,20 @@ def run_case(args, case, tag):
     cli(args.repo, *ra)
     got = st_read(fo)
     tol = TOL_CPU if args.backend == 'cpu' else {**TOL_GPU, **LOOSE_GPU.get(case.op, {})}
+    if args.precision != 'fp32' and case.amp:
+        tol = TOL_HALF[args.precision]
     problems, worst = [], 0.0
     # A result that is zero up to cancellation (e.g. d:weight of a mean loss over one class) is measured against
     # a thousandth of the case's largest result instead of its own rounding noise.
     big = lambda ts: max((t.abs().max().item() for t in ts if t.numel()), default=1.0)
     floor = max(1e-3 * big(ref.values()), 1e-6 * big(case.ins.values()))
+    if args.backend == 'cpu':
+        # float64 against float64: torch's own rounding, amplified by an ill-conditioned case (a layernorm of one
+        # value near 1000, whose gradient is 0 exactly for us and 1e-12 for torch), must not count.
+        floor = max(floor, 1e-3 * big(case.ins.values()))
     # The tolerance follows f32: at least 10x what PyTorch's own float32 gets wrong on this case (a layernorm of
     # values near 1000, a gradient that cancels), so ill-conditioned cases do not fail a correct f32 kernel.
-    ref32 = reference_f32(case, seeds) if args.backend == 'gpu' else None
+    ref32 = reference_f32(case, seeds) if args.backend == 'gpu' and not (args.precision != 'fp32' and case.amp) else None
     def err_of(gt, rt):
         return (gt - rt).abs().max().item() / max(rt.abs().max().item(), floor, 1e-30)
     for n, rt in ref.items():
@@ -762,8 +801,9 @@ def run_case(args, case, tag):
 
 def main():
     ap = argparse.ArgumentParser(description='oracle fuzz of visft ops through the CLI against PyTorch float64')
-    ap.add_argument('--ops', default=','.join(GENERATORS))
-    ap.add_argument('--cases', type=int, default=len(GENERATORS))
+    ap.add_argument('--ops', help='the ops to draw from, a,b,... (default: all; with --precision, the ones autocast rounds and a few it leaves)')
+    ap.add_argument('--cases', type=int)
+    ap.add_argument('--precision', default='fp32', choices=['fp32', 'fp16', 'bf16'], help='compile with autocast (see the head of this file)')
     ap.add_argument('--seed', type=int, default=1)
     ap.add_argument('--backend', default='gpu', choices=['gpu', 'cpu'])
     ap.add_argument('--repo', default=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -771,11 +811,13 @@ def main():
     ap.add_argument('--work', help='where case files go (default /tmp/visft-oracle-fuzz/s<seed>-<backend>)')
     ap.add_argument('-v', '--verbose', action='store_true', help='print the commands of failing cases')
     args = ap.parse_args()
+    args.ops = args.ops or ','.join(GENERATORS if args.precision == 'fp32' else HALF_OPS)
     ops = args.ops.split(',')
+    args.cases = args.cases or len(ops)
     unknown = [o for o in ops if o not in GENERATORS]
     if unknown:
         ap.error('no generator for %s (have: %s)' % (', '.join(unknown), ', '.join(GENERATORS)))
-    args.work = args.work or '/tmp/visft-oracle-fuzz/s%d-%s' % (args.seed, args.backend)
+    args.work = args.work or '/tmp/visft-oracle-fuzz/s%d-%s-%s' % (args.seed, args.backend, args.precision)
     os.makedirs(args.work, exist_ok=True)
     torch.manual_seed(args.seed)
     fails = 0
@@ -795,7 +837,7 @@ def main():
             fails += 1
             print('ERR  ' + head + '\n     ' + str(e)[-1200:].replace('\n', '\n     '), flush=True)
     n = len(idx)
-    print('%d of %d cases failed (seed %d, backend %s, --ops %s)' % (fails, n, args.seed, args.backend, args.ops if args.ops != ','.join(GENERATORS) else 'all'))
+    print('%d of %d cases failed (seed %d, backend %s, precision %s, --ops %s)' % (fails, n, args.seed, args.backend, args.precision, args.ops if args.ops != ','.join(GENERATORS) else 'all'))
     return 1 if fails else 0
 
 

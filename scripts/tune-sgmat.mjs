@@ -5,7 +5,7 @@
 // (after `npx tsc`). --emulate lists a 16x16x16 config on a device without subgroup matrices, so the emulated
 // kernels run (a check of this script on lavapipe at --size tiny; its times mean nothing).
 // Variants: vec4 or scalar operand loads, the tiled f32 kernel's register blocks (block8x8-64x64, ...), MSDeformAttn's value gradient (indexed, tiled), f32 flash attention's tiles (and ablations: no staging,
-// no exp), tile shapes forced through Target.tuning, K split across 1-4 sets of workgroups on the fc2 rows
+// no exp), the default program on a second device with Dawn toggles (robustness off, the Vulkan memory model), tile shapes forced through Target.tuning, K split across 1-4 sets of workgroups on the fc2 rows
 // (Target.tuning.matmulSplits; 1 is the one kernel, the default picks by shape: kernels/matmul-split-across.ts), and ablations that leave a stage out ('no-mma': the
 // products skipped; 'no-stage': the tiles not staged), whose times say where a kernel's time goes (their
 // outputs are wrong by design and not checked). Every other variant's output is compared with the default's.
@@ -85,6 +85,16 @@ F32_FLASH_VARIANTS['f32 blocked'] = { flashBlocked: true };
 // Register-blocked dq and dk+dv (kernels/flash-blocked-backward.ts), alone and with the blocked forward.
 F32_FLASH_VARIANTS['f32 blocked grad'] = { flashBlockedGrad: true };
 F32_FLASH_VARIANTS['f32 blocked both'] = { flashBlocked: true, flashBlockedGrad: true };
+// The row's default program on a second device opened with Dawn toggles (every row): `disable_robustness` drops the
+// index clamps Dawn's shader transform puts on every array access (ONNX Runtime's and Skia's native WebGPU turn it
+// off for their own shaders); `disable_workgroup_init` drops the zeroing of workgroup memory WGSL asks for at the
+// start of every workgroup (our kernels write their tiles before reading them); `use_vulkan_memory_model` is what
+// Dawn's subgroup-matrix tests run with on Vulkan.
+const DEVICE_VARIANTS = {
+  'robustness off': ['disable_robustness'],
+  'robustness off, no workgroup init': ['disable_robustness', 'disable_workgroup_init'],
+  'vulkan memory model': ['use_vulkan_memory_model'],
+};
 // Attention: 'default' is the f32-accumulating flash kernel (tensor-core attention is off by default).
 const FLASH_VARIANTS = { 'tensor cores': { tensorCoreAttention: true } };
 for (const subgroups of [2, 4, 8]) for (const keys of [32, 64, 128]) for (const sharedKv of [true, false]) FLASH_VARIANTS[`tensor cores ${subgroups}sg ${keys}keys ${sharedKv ? 'shared' : 'apart'}`] = { tensorCoreAttention: true, flashSgmatTiles: { subgroups, keys, sharedKv } };
@@ -102,8 +112,17 @@ const FLASH_ABLATIONS = {
 
 const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
-/** The row's program under `tuning` (and `ablation`), its inputs uploaded. */
-async function timedVariant(gpu, row, tuning, ablation) {
+/** A device per toggle set (opened on first use; `gpu` itself for none). */
+const devices = new Map();
+async function deviceWith(toggles) {
+  if (!toggles) return gpu;
+  const key = toggles.join(',');
+  if (!devices.has(key)) devices.set(key, await openDevice({ profiling: true, toggles }));
+  return devices.get(key);
+}
+
+/** The row's program under `tuning` (and `ablation`), its inputs uploaded; on a device with extra `toggles`, if any. */
+async function timedVariant(gpu, row, tuning, ablation, toggles) {
   const data = rowInputData(row).map((d) => fromF16(toF16(d)));
   const { graph, inputs, outputs } = rowGraph(row);
   let program = compileGpu(graph, { ...gpu.target, ...(tuning ? { tuning } : {}) });
@@ -113,7 +132,7 @@ async function timedVariant(gpu, row, tuning, ablation) {
     program = { ...program, schedule: { ...program.schedule, kernels: program.schedule.kernels.map((k) => (/^(matmul|attention)/.test(k.name) ? { ...k, wgsl: edit(k.wgsl) } : k)) } };
   }
   const outIds = outputs.map((name) => program.schedule.outputs.get(name));
-  const timed = await TimedProgram.create(gpu, program, new Map(inputs.map((id, i) => [id, data[i]])));
+  const timed = await TimedProgram.create(await deviceWith(toggles), program, new Map(inputs.map((id, i) => [id, data[i]])));
   return { timed, kernels, outIds };
 }
 
@@ -168,16 +187,17 @@ try {
       const ablations = f32Attention ? Object.keys(FLASH_ABLATIONS).map((a) => [`default flash ${a}`, undefined, `flash ${a}`]) : ablated.flatMap(([t, n]) => Object.keys(ABLATIONS).map((a) => [`${n} ${a}`, t, a]));
       // --variants a,b: only the variants whose names contain one of these (the default always runs).
       const only = opt('--variants')?.split(',');
-      const variants = [['default', undefined, undefined], ...Object.entries(table).map(([n, t]) => [n, t, undefined]), ...ablations].filter(([n]) => n === 'default' || !only || only.some((o) => n.includes(o)));
+      const onDevices = Object.entries(DEVICE_VARIANTS).map(([n, toggles]) => [n, undefined, undefined, toggles]);
+      const variants = [['default', undefined, undefined], ...Object.entries(table).map(([n, t]) => [n, t, undefined]), ...ablations, ...onDevices].filter(([n]) => n === 'default' || !only || only.some((o) => n.includes(o)));
       const base = await timedVariant(gpu, row, undefined, undefined);
       try {
         const reference = await base.timed.outputs(base.outIds);
-        for (const [name, tuning, ablation] of variants) {
+        for (const [name, tuning, ablation, toggles] of variants) {
           const t0 = performance.now();
           let r;
           let v;
           try {
-            v = name === 'default' ? base : await timedVariant(gpu, row, tuning, ablation);
+            v = name === 'default' ? base : await timedVariant(gpu, row, tuning, ablation, toggles);
             const { ms, baseMs } = await timePair(v.timed, base.timed);
             const diff = ablation || name === 'default' ? undefined : relDiff(await v.timed.outputs(v.outIds), reference);
             r = { row: row.name, variant: name, ms, baseMs, vsDefault: ms / baseMs, rate: row.work.amount / (ms * 1e-3) / 1e12, unit: row.work.unit === 'GFLOP/s' ? 'TFLOP/s' : 'TB/s', kernels: v.kernels.join(' '), relDiff: diff };
@@ -198,5 +218,6 @@ try {
 } finally {
   const json = opt('--json');
   if (json) writeFileSync(json, JSON.stringify({ date: new Date().toISOString(), device: gpu.info, target: { features: gpu.target.features, spelling: gpu.target.subgroupMatrixSpelling }, results }, null, 1));
+  for (const d of devices.values()) await d.destroy();
   await gpu.destroy();
 }

@@ -17,6 +17,11 @@ export interface OpenDeviceOptions {
   profiling?: boolean;
   /** Give up on adapter and device requests after this many milliseconds (default 60000). */
   timeoutMs?: number;
+  /**
+   * Dawn toggles on top of visft's (an experiment's, e.g. `disable_robustness`: no index clamping in the shaders;
+   * scripts/tune-sgmat.mjs times a second device opened with it against the first).
+   */
+  toggles?: readonly string[];
 }
 
 export interface AdapterDescription {
@@ -53,14 +58,14 @@ export class NoAdapterError extends GpuError {
 }
 
 /** The Dawn `create` options for a backend and profiling choice. */
-export function dawnOptions(o: { backend?: string; profiling?: boolean; adapter?: string } = {}): string[] {
+export function dawnOptions(o: { backend?: string; profiling?: boolean; adapter?: string; toggles?: readonly string[] } = {}): string[] {
   const flags: string[] = [];
   if (o.backend) flags.push(`backend=${o.backend}`);
   if (o.adapter) flags.push(`adapter=${o.adapter}`);
   // VISFT_DAWN_TOGGLES adds toggles (comma-separated) for experiments on a lent GPU, e.g. use_vulkan_memory_model,
   // which Dawn's own subgroup-matrix tests enable on Vulkan.
   const extra = (process.env.VISFT_DAWN_TOGGLES ?? '').split(',').map((t) => t.trim()).filter(Boolean);
-  flags.push(`enable-dawn-features=${[...DAWN_TOGGLES, ...extra].join(',')}`);
+  flags.push(`enable-dawn-features=${[...new Set([...DAWN_TOGGLES, ...(o.toggles ?? []), ...extra])].join(',')}`);
   if (o.profiling) flags.push('disable-dawn-features=timestamp_quantization');
   return flags;
 }
@@ -230,7 +235,7 @@ export async function openDevice(options: OpenDeviceOptions = {}): Promise<GpuDe
   const profiling = options.profiling ?? false;
   const make = (adapterName?: string): GPU => {
     try {
-      return mod.create(dawnOptions({ backend, profiling, ...(adapterName ? { adapter: adapterName } : {}) }));
+      return mod.create(dawnOptions({ backend, profiling, toggles: options.toggles, ...(adapterName ? { adapter: adapterName } : {}) }));
     } catch (e) {
       throw new NoAdapterError(`cannot create the WebGPU instance${backend ? ` (backend=${backend})` : ''}: ${errorMessage(e)}`);
     }

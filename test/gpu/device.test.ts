@@ -55,6 +55,8 @@ test('openDevice by adapter name, and a clear error when none matches', async ()
 test('dawn options: NVIDIA toggles always, timestamp quantisation off when profiling', () => {
   assert.deepEqual(dawnOptions({ backend: 'vulkan' }), ['backend=vulkan', 'enable-dawn-features=allow_unsafe_apis,vulkan_enable_f16_on_nvidia']);
   assert.deepEqual(dawnOptions({ profiling: true }), ['enable-dawn-features=allow_unsafe_apis,vulkan_enable_f16_on_nvidia', 'disable-dawn-features=timestamp_quantization']);
+  // An experiment's toggles (scripts/tune-sgmat.mjs opens a second device with them), each once.
+  assert.deepEqual(dawnOptions({ toggles: ['disable_robustness', 'allow_unsafe_apis'] }), ['enable-dawn-features=allow_unsafe_apis,vulkan_enable_f16_on_nvidia,disable_robustness']);
   // Extra toggles for experiments on a lent GPU (scripts/device-check.sh).
   const saved = process.env.VISFT_DAWN_TOGGLES;
   process.env.VISFT_DAWN_TOGGLES = ' use_vulkan_memory_model, ';
