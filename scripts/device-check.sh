@@ -6,8 +6,9 @@
 # Each step has its own time limit, and all of them together stay under BUDGET seconds (default 420), so one hang
 # does not lose the rest and the lease is not overrun. Steps, most valuable first: the adapter (doctor); the
 # kernels whose native form lavapipe cannot run (subgroup-matrix matmul and flash attention) against their
-# references; the tile and staging sweep (scripts/tune-sgmat.mjs); PyTorch's times for the bench shapes; the
-# bench rows with tfjs-webgpu on the same device; the tensor-core ceilings (scripts/sgmat-ceiling.mjs); the
+# references; Dawn's robustness transform on and off (the default programs, the tensor-core ceilings of
+# scripts/sgmat-ceiling.mjs); the tile and staging sweep (scripts/tune-sgmat.mjs); PyTorch's times for the bench
+# shapes; the bench rows with tfjs-webgpu on the same device (and again with robustness off); the
 # whole test suite on this GPU; last every primitive op against PyTorch (scripts/oracle-fuzz.py, fp16 then f32).
 # STEPS="doctor sgmat-test ..." runs only the steps named;
 # TUNE_ARGS and TORCH_ARGS pass options to the sweep and the PyTorch peer (e.g. TUNE_ARGS="--rows
@@ -36,12 +37,21 @@ nvidia-smi --query-gpu=timestamp,clocks.sm,clocks.mem,power.draw,temperature.gpu
 step doctor 30 node bin/visft.js doctor
 SGMAT_TESTS="dist/test/kernels/matmul-sgmat.test.js dist/test/kernels/matmul-vector-loads.test.js dist/test/kernels/matmul-split-across.test.js dist/test/codegen/msdeform-schedule.test.js dist/test/kernels/flash-sgmat.test.js dist/test/kernels/flash-sgmat-backward.test.js dist/test/gpu/run-cli.test.js dist/test/gpu/eva-variants.test.js dist/test/kernels/msdeform-split.test.js dist/test/kernels/msdeform-lanes.test.js dist/test/codegen/attention-f16-reads.test.js dist/test/kernels/matmul-block.test.js dist/test/kernels/flash-unroll.test.js dist/test/kernels/flash-blocked.test.js dist/test/kernels/flash-blocked-backward.test.js dist/test/kernels/flash-blocked-views.test.js"
 step sgmat-test 90 node --test --test-reporter=spec $SGMAT_TESTS
+# Dawn's robustness transform clamps every array index in our shaders and wraps every subgroup-matrix load and
+# store whose offset is not constant in an if, through a function-scope variable (Tint's core.Robustness with
+# predicate_subgroup_matrix): every measurement up to session 10 ran with it. First the default programs on a
+# second device with it off against the first, then the tensor-core ceilings both ways.
+ROBUST_ROWS=matmul_f16_evae_fc1,matmul_f16_evag_qkv,attention_fwd_evag_detection,attention_vjp_evag_detection,matmul_f32_evag_qkv,attention_vjp_f16_evag_detection,msdeform_vjp_m2f_3lvl
+step tune-robustness 90 node scripts/tune-sgmat.mjs --json "$LOGS/tune-robustness.json" --rows "${ROBUST_ROWS}" --variants robust
+step sgmat-ceiling 30 node scripts/sgmat-ceiling.mjs
+step sgmat-ceiling-norobust 30 env VISFT_DAWN_TOGGLES=disable_robustness node scripts/sgmat-ceiling.mjs
 step tune-sgmat "${TUNE_SECS:-150}" node scripts/tune-sgmat.mjs --json "$LOGS/tune.json" ${TUNE_ARGS:-}
 python3 -c 'import torch' 2>/dev/null && step torch-peer 60 python3 runtime/bench/torch_peer.py ${TORCH_ARGS:-}
 step bench-matmul 60 node bin/visft.js bench --json --rows matmul_f16,matmul_f32
 step bench-rows 30 node bin/visft.js bench --json --rows layernorm,softmax,gelu
 step bench-attention 130 node bin/visft.js bench --json --repeat 10 --rows attention,msdeform
-step sgmat-ceiling 30 node scripts/sgmat-ceiling.mjs
+# The bench rows again with robustness off (absolute times against the steps above: same lease, warm clocks).
+step bench-norobust 120 env VISFT_DAWN_TOGGLES=disable_robustness node bin/visft.js bench --json --repeat 10 --rows matmul_f16,matmul_f32,attention_fwd,attention_vjp_evag,attention_vjp_f16
 step all-tests 90 node --test --test-reporter=dot $(find dist/test -name '*.test.js' | sort)
 # Every primitive op through the CLI on this GPU against PyTorch float64: first under fp16 autocast (the f16 matmul
 # operands go to the tensor-core kernels; ~3 cases per op autocast rounds), then in f32 (3 random cases per op, ~2 min).

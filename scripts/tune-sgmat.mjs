@@ -188,6 +188,8 @@ try {
       // --variants a,b: only the variants whose names contain one of these (the default always runs).
       const only = opt('--variants')?.split(',');
       const onDevices = Object.entries(DEVICE_VARIANTS).map(([n, toggles]) => [n, undefined, undefined, toggles]);
+      // The tensor-core flash kernels lost to the f32 ones with robustness on (their fragment loads predicated).
+      if (row.op === 'attention' && row.dtype === 'f16') onDevices.push(['tensor cores, robustness off', FLASH_VARIANTS['tensor cores'], undefined, DEVICE_VARIANTS['robustness off']]);
       const variants = [['default', undefined, undefined], ...Object.entries(table).map(([n, t]) => [n, t, undefined]), ...ablations, ...onDevices].filter(([n]) => n === 'default' || !only || only.some((o) => n.includes(o)));
       const base = await timedVariant(gpu, row, undefined, undefined);
       try {
