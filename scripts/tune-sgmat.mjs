@@ -5,7 +5,7 @@
 // (after `npx tsc`). --emulate lists a 16x16x16 config on a device without subgroup matrices, so the emulated
 // kernels run (a check of this script on lavapipe at --size tiny; its times mean nothing).
 // Variants: vec4 or scalar operand loads, the tiled f32 kernel's register blocks (block8x8-64x64, ...), MSDeformAttn's value gradient (indexed, tiled), f32 flash attention's tiles (and ablations: no staging,
-// no exp), the default program on a second device with Dawn toggles (robustness off, the Vulkan memory model), tile shapes forced through Target.tuning, K split across 1-4 sets of workgroups on the fc2 rows
+// no exp), the default program on a second device with Dawn toggles (robustness off, no workgroup-memory zeroing, the Vulkan memory model), tile shapes forced through Target.tuning, K split across 1-4 sets of workgroups on the fc2 rows
 // (Target.tuning.matmulSplits; 1 is the one kernel, the default picks by shape: kernels/matmul-split-across.ts), and ablations that leave a stage out ('no-mma': the
 // products skipped; 'no-stage': the tiles not staged), whose times say where a kernel's time goes (their
 // outputs are wrong by design and not checked). Every other variant's output is compared with the default's.
