@@ -3,7 +3,7 @@
 import { sgmatShape } from '../../kernels/sgmat.js';
 import type { Target } from '../../compiler/codegen/types.js';
 import { defaultBackend, testDispatch } from '../../runtime/device/probe.js';
-import { dawnAdapterList, openDevice, type AdapterDescription, type GpuDevice } from '../../runtime/gpu/device.js';
+import { dawnAdapterList, dawnToggles, openDevice, type AdapterDescription, type GpuDevice } from '../../runtime/gpu/device.js';
 import { errorMessage } from '../../runtime/gpu/errors.js';
 
 export interface DoctorOptions {
@@ -16,6 +16,8 @@ export interface DoctorOptions {
 export interface DoctorReport {
   ok: boolean;
   backend?: string;
+  /** The Dawn toggles the device was opened with. */
+  toggles?: string[];
   adapter?: AdapterDescription;
   /** Adapters Dawn lists for the backend (name and backend). */
   adapters?: { backend: string; name: string }[];
@@ -42,6 +44,7 @@ export async function doctorReport(opts: DoctorOptions = {}): Promise<DoctorRepo
   const backend = opts.backend ?? defaultBackend();
   const report: DoctorReport = { ok: false };
   if (backend !== undefined) report.backend = backend;
+  report.toggles = dawnToggles();
   let gpu: GpuDevice | undefined;
   try {
     gpu = await openDevice({ ...(backend !== undefined ? { backend } : {}), ...(opts.adapter ? { adapter: opts.adapter } : {}) });
@@ -80,6 +83,10 @@ export async function runDoctor(opts: DoctorOptions): Promise<number> {
     w(`adapter: ${a.description || a.device || a.vendor} (${[a.vendor, a.architecture].filter(Boolean).join(', ')})`);
     w(`software adapter: ${a.isFallbackAdapter ? 'yes (correct but slow; numbers from it are not speed claims)' : 'no'}`);
     w(`backend: ${r.backend ?? 'default'}`);
+    const toggles = r.toggles ?? [];
+    // Timings depend on it: Dawn's robustness transform clamps every array index in the shaders.
+    const robust = toggles.includes('disable_robustness') ? 'off' : 'on (Dawn clamps array indices in shaders; VISFT_DAWN_TOGGLES=disable_robustness turns it off)';
+    w(`dawn toggles: ${toggles.join(', ')}; shader robustness ${robust}`);
     w(`features: ${t.features.join(', ') || 'none'}`);
     w(`subgroups: ${t.features.includes('subgroups') ? `sizes ${t.subgroupMinSize}..${t.subgroupMaxSize}` : 'not available'}`);
     w(`subgroup matrices: ${t.subgroupMatrixConfigs.length ? t.subgroupMatrixConfigs.map((c) => `${c.componentType}->${c.resultComponentType} ${c.M}x${c.N}x${c.K}`).join(', ') : 'none'}`);

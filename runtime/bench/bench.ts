@@ -12,7 +12,7 @@
 // see the same load; the median counts), else by the wall clock over `repeat` back-to-back iterations.
 import { compileGpu } from '../../compiler/codegen/gpu.js';
 import type { Target } from '../../compiler/codegen/types.js';
-import { openDevice, type GpuDevice } from '../gpu/device.js';
+import { dawnToggles, openDevice, type GpuDevice } from '../gpu/device.js';
 import { errorMessage } from '../gpu/errors.js';
 import { Executor } from '../gpu/executor.js';
 import { fromF16, toF16 } from '../gpu/half.js';
@@ -119,6 +119,8 @@ export interface BenchReport {
     readonly backend: string;
     readonly isFallbackAdapter: boolean;
     readonly features: readonly string[];
+    /** Dawn toggles the device was opened with (shader robustness is on unless disable_robustness is here). */
+    readonly toggles?: readonly string[];
   };
   readonly sizes: { readonly size: BenchSize; readonly tokens: number; readonly reason: string };
   readonly timing: { readonly method: 'gpu-timestamps' | 'wall-clock'; readonly statistic: 'median'; readonly warmup: number; readonly clockWarmupMs: number; readonly repeat: number | RepeatPolicy };
@@ -408,6 +410,7 @@ export async function runBench(opts: BenchOptions = {}): Promise<BenchReport> {
         backend: gpu.backend ?? 'default',
         isFallbackAdapter: fallback,
         features: gpu.target.features,
+        toggles: dawnToggles(),
       },
       sizes: { size, tokens: BENCH_SIZES[size].tokens, reason },
       timing: { method: timestamps ? 'gpu-timestamps' : 'wall-clock', statistic: 'median', warmup, clockWarmupMs, repeat },

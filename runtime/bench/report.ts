@@ -40,6 +40,7 @@ export function formatReport(rep: BenchReport): string {
   lines.push(`visft bench, ${rep.date}`);
   lines.push(`command: ${rep.command}`);
   lines.push(`device: ${d.name}${d.description && d.description !== d.name ? ` (${d.description})` : ''}, backend ${d.backend}, ${d.isFallbackAdapter ? 'FALLBACK (software) adapter: ratios on it are not speed claims' : 'hardware adapter'}`);
+  if (d.toggles) lines.push(`dawn toggles: ${d.toggles.join(', ')} (shader robustness ${d.toggles.includes('disable_robustness') ? 'off' : 'on'})`);
   const ownShapes = rep.rows.some((r) => r.op === 'attention' || r.op === 'msdeform_attn');
   lines.push(`sizes: ${rep.sizes.size}, ${rep.sizes.tokens} tokens${ownShapes ? ' in the ViT-token rows (attention and MSDeformAttn rows: the shapes below)' : ''} (${rep.sizes.reason})`);
   const method = rep.timing.method === 'gpu-timestamps' ? 'GPU timestamps (timestamp-query, unquantised)' : 'wall clock (no timestamp-query)';

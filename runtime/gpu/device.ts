@@ -57,15 +57,20 @@ export class NoAdapterError extends GpuError {
   }
 }
 
+/** The Dawn toggles a device is opened with: visft's, then `toggles`, then VISFT_DAWN_TOGGLES's, each once. */
+export function dawnToggles(toggles: readonly string[] = []): string[] {
+  // VISFT_DAWN_TOGGLES adds toggles (comma-separated) for experiments on a lent GPU, e.g. use_vulkan_memory_model,
+  // which Dawn's own subgroup-matrix tests enable on Vulkan, or disable_robustness.
+  const extra = (process.env.VISFT_DAWN_TOGGLES ?? '').split(',').map((t) => t.trim()).filter(Boolean);
+  return [...new Set([...DAWN_TOGGLES, ...toggles, ...extra])];
+}
+
 /** The Dawn `create` options for a backend and profiling choice. */
 export function dawnOptions(o: { backend?: string; profiling?: boolean; adapter?: string; toggles?: readonly string[] } = {}): string[] {
   const flags: string[] = [];
   if (o.backend) flags.push(`backend=${o.backend}`);
   if (o.adapter) flags.push(`adapter=${o.adapter}`);
-  // VISFT_DAWN_TOGGLES adds toggles (comma-separated) for experiments on a lent GPU, e.g. use_vulkan_memory_model,
-  // which Dawn's own subgroup-matrix tests enable on Vulkan.
-  const extra = (process.env.VISFT_DAWN_TOGGLES ?? '').split(',').map((t) => t.trim()).filter(Boolean);
-  flags.push(`enable-dawn-features=${[...new Set([...DAWN_TOGGLES, ...(o.toggles ?? []), ...extra])].join(',')}`);
+  flags.push(`enable-dawn-features=${dawnToggles(o.toggles).join(',')}`);
   if (o.profiling) flags.push('disable-dawn-features=timestamp_quantization');
   return flags;
 }

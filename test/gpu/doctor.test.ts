@@ -12,6 +12,7 @@ test('doctorReport opens the adapter as visft does, reports its Target, and veri
   assert.equal(r.target.isFallbackAdapter, r.adapter.isFallbackAdapter);
   assert.ok(r.target.limits.maxStorageBufferBindingSize > 0);
   assert.ok(Array.isArray(r.adapters) && r.adapters.length >= 1, 'Dawn lists at least the adapter in use');
+  assert.ok(r.toggles?.includes('allow_unsafe_apis') && r.toggles.includes('vulkan_enable_f16_on_nvidia'), 'the toggles visft opens devices with');
 });
 
 test('doctorReport with an adapter that does not exist says what is available', async () => {
