@@ -55,7 +55,7 @@ step bench-norobust 120 env VISFT_DAWN_TOGGLES=disable_robustness node bin/visft
 step all-tests 90 node --test --test-reporter=dot $(find dist/test -name '*.test.js' | sort)
 # Every primitive op through the CLI on this GPU against PyTorch float64: first under fp16 autocast (the f16 matmul
 # operands go to the tensor-core kernels; ~3 cases per op autocast rounds), then in f32 (3 random cases per op, ~2 min).
-python3 -c 'import torch, numpy' 2>/dev/null && step oracle-fuzz-fp16 60 python3 scripts/oracle-fuzz.py --precision fp16 --cases 24 --seed 7 -v
+python3 -c 'import torch, numpy' 2>/dev/null && step oracle-fuzz-fp16 60 python3 scripts/oracle-fuzz.py --precision fp16 --cases 30 --seed 7 -v
 python3 -c 'import torch, numpy' 2>/dev/null && step oracle-fuzz 150 python3 scripts/oracle-fuzz.py --cases 147 --seed 7 -v
 kill %1 2>/dev/null
 tar -czf "$OUT/logs.tgz" -C "$LOGS" .

@@ -11,7 +11,8 @@
 # case's files stay under --work; `--ops OP --seed S --only I` reruns case I alone. Exit 1 when any case fails.
 # --precision fp16|bf16 compiles with `--precision` (autocast as a training step applies it) and compares with the
 # same rounding done in PyTorch: matmul, attention and conv2d operands and results rounded to the half type
-# (gradients too: the gradient of a rounding is a rounding), bias and everything else in float64.
+# (gradients too: the gradient of a rounding is a rounding), bias and everything else in float64; patchify and
+# lstm_cell hold such ops. Of the other ops, none is rounded (a CPU-backend run over all of them agrees to 1e-9).
 import argparse, json, math, os, random, struct, subprocess, sys, zlib
 import numpy as np, torch
 import torch.nn.functional as F
@@ -24,8 +25,8 @@ TOL_CPU = {'fwd': 1e-9, 'grad': 1e-9}
 # way), a difference of one unit in the last place of the half type, 2^-10 (fp16) or 2^-7 (bf16) relative to the
 # largest value; gradients carry such flips through one more product. Two units forward, four for gradients.
 TOL_HALF = {'fp16': {'fwd': 2 * 2 ** -10, 'grad': 4 * 2 ** -10}, 'bf16': {'fwd': 2 * 2 ** -7, 'grad': 4 * 2 ** -7}}
-# The ops autocast rounds; the rest of a --precision run checks that they are left alone.
-HALF_OPS = ['matmul', 'linear', 'attention', 'conv2d', 'msdeform_attn', 'layernorm', 'softmax', 'gelu']
+# The ops autocast rounds (or that hold such ops); the rest of a --precision run checks that they are left alone.
+HALF_OPS = ['matmul', 'linear', 'attention', 'conv2d', 'patchify', 'lstm_cell', 'msdeform_attn', 'layernorm', 'softmax', 'gelu']
 # Per-op loosening on the GPU, each with its reason.
 LOOSE_GPU = {
     # WGSL exp/log/pow are not correctly rounded (the spec allows 3 + 2|x| ULP for exp): a few ULP of f32 on
@@ -289,10 +290,10 @@ def case_patchify(r):
     if r.random() < 0.5:
         ins['bias'] = rnd(r, D)
 
-    def fn(v):
-        y = F.conv2d(v['image'], v['weight'], stride=p).flatten(2).transpose(1, 2)
+    def fn(v, R=lambda t: t):
+        y = R(F.conv2d(R(v['image']), R(v['weight']), stride=p)).flatten(2).transpose(1, 2)
         return y + v['bias'] if 'bias' in v else y
-    return Case('patchify', ins, fn, ['patch=%d' % p], vjp=r.random() < 0.6)
+    return Case('patchify', ins, fn, ['patch=%d' % p], vjp=r.random() < 0.6, amp=fn)
 
 
 def case_resize(mode):
@@ -598,9 +599,17 @@ def case_lstm(r):
     def fn(v):
         h, c = torch._VF.lstm_cell(v['x'], (v['h'], v['c']), v['w_ih'], v['w_hh'], v.get('b_ih'), v.get('b_hh'))
         return {'h1': h, 'c1': c}
+
+    def amp(v, R):  # the cell written out: each of its two products rounded, biases and gates in f32
+        g = R(R(v['x']) @ R(v['w_ih']).t()) + R(R(v['h']) @ R(v['w_hh']).t())
+        if bias:
+            g = g + v['b_ih'] + v['b_hh']
+        i, f, gg, o = g.chunk(4, 1)
+        c1 = torch.sigmoid(f) * v['c'] + torch.sigmoid(i) * torch.tanh(gg)
+        return {'h1': torch.sigmoid(o) * torch.tanh(c1), 'c1': c1}
     call = 'lstm_cell(%s)' % ', '.join(ins)
     body = 'let s = %s\n  output h1 = s.h\n  output c1 = s.c' % call
-    return Case('lstm_cell', ins, fn, vjp=r.random() < 0.7, module=body)
+    return Case('lstm_cell', ins, fn, vjp=r.random() < 0.7, module=body, amp=amp)
 
 
 def case_concat(r):
