@@ -44,6 +44,7 @@ export async function doctorReport(opts: DoctorOptions = {}): Promise<DoctorRepo
   const backend = opts.backend ?? defaultBackend();
   const report: DoctorReport = { ok: false };
   if (backend !== undefined) report.backend = backend;
+  // The toggles it opens devices with, known even when none opens.
   report.toggles = dawnToggles();
   let gpu: GpuDevice | undefined;
   try {

@@ -12,7 +12,7 @@
 // see the same load; the median counts), else by the wall clock over `repeat` back-to-back iterations.
 import { compileGpu } from '../../compiler/codegen/gpu.js';
 import type { Target } from '../../compiler/codegen/types.js';
-import { dawnToggles, openDevice, type GpuDevice } from '../gpu/device.js';
+import { openDevice, type GpuDevice } from '../gpu/device.js';
 import { errorMessage } from '../gpu/errors.js';
 import { Executor } from '../gpu/executor.js';
 import { fromF16, toF16 } from '../gpu/half.js';
@@ -410,7 +410,7 @@ export async function runBench(opts: BenchOptions = {}): Promise<BenchReport> {
         backend: gpu.backend ?? 'default',
         isFallbackAdapter: fallback,
         features: gpu.target.features,
-        toggles: dawnToggles(),
+        toggles: gpu.toggles,
       },
       sizes: { size, tokens: BENCH_SIZES[size].tokens, reason },
       timing: { method: timestamps ? 'gpu-timestamps' : 'wall-clock', statistic: 'median', warmup, clockWarmupMs, repeat },

@@ -141,6 +141,8 @@ export class GpuDevice {
   target: Target;
   /** Why tensor cores are off although the adapter lists subgroup matrices (tensorCoreProblem), if they are. */
   tensorCoresOff?: string;
+  /** The Dawn toggles the device was opened with (timings depend on them: shader robustness is one). */
+  toggles: readonly string[] = [];
   readonly info: AdapterDescription;
   readonly lost: Promise<GPUDeviceLostInfo>;
   /** Uncaptured GPU errors (everything visft does runs in error scopes, so these point at a bug). */
@@ -294,6 +296,7 @@ export async function openDevice(options: OpenDeviceOptions = {}): Promise<GpuDe
     throw new NoAdapterError(`requestDevice on ${describeAdapter(adapter).name} failed: ${errorMessage(e)}`);
   }
   const opened = new GpuDevice(gpu, adapter, device, backend, profiling);
+  opened.toggles = dawnToggles(options.toggles);
   const probe = await probeTensorCores(device, opened.target);
   if (probe && 'problem' in probe) {
     opened.target = { ...opened.target, subgroupMatrixConfigs: [] };

@@ -3,7 +3,7 @@
 // this adapter (its Target marked as hardware, so the hardware code runs) dq, dk and dv of attention's autodiff
 // rule match the float64 reference on ragged shapes and every swept tile size, bitwise the same on a second run.
 import assert from 'node:assert/strict';
-import { after, before, describe, test } from 'node:test';
+import { describe, test } from 'node:test';
 import { GRAD_RULES } from '../../compiler/autodiff/rules.js';
 import { compileGpu } from '../../compiler/codegen/gpu.js';
 import { TARGETS } from '../../compiler/codegen/targets.js';
@@ -13,10 +13,9 @@ import { interpret } from '../../compiler/ir/interpret.js';
 import type { RefTensor } from '../../compiler/ir/rules/reference.js';
 import { blockedGradTiles } from '../../kernels/flash-blocked-backward.js';
 import { benchRows, rowGraph } from '../../runtime/bench/rows.js';
-import { openDevice, type GpuDevice } from '../../runtime/gpu/device.js';
 import { runGpu } from '../../runtime/run-gpu.js';
 import { hardwareLike } from './core-util.js';
-import { compare, randomTensor } from './harness.js';
+import { compare, randomTensor, sharedDevice } from './harness.js';
 
 const GRAD_TOL = { rtol: 1e-3, atol: 1e-4 };
 const blockedGrad = (t: Target): Target => ({ ...t, tuning: { flashBlockedGrad: true } });
@@ -93,13 +92,7 @@ describe('blocked flash backward on the nvidia-h200 target', () => {
 });
 
 describe('blocked flash backward on this adapter, as hardware', () => {
-  let opened: GpuDevice | undefined;
-  before(async () => {
-    opened = await openDevice();
-  });
-  after(async () => {
-    await opened?.destroy();
-  });
+  const opened = sharedDevice();
 
   // Head dim 88 (EVA-G; 16 swept rows within lavapipe's 32 KiB) and 13 with dv 20 (tails inside the last vec4, an
   // odd count of v vec4s) at 48 swept rows (EVA-G's on the H200; a smaller workgroup memory limit picks it); Sq,
@@ -116,7 +109,7 @@ describe('blocked flash backward on this adapter, as hardware', () => {
 
   test('dq, dk and dv match the float64 reference; bitwise repeatable', async () => {
     for (const [n, c] of cases.entries()) {
-      const hw = hardwareLike(opened!.target);
+      const hw = hardwareLike(opened().target);
       const limits = { ...hw.limits, maxComputeWorkgroupStorageSize: c.shared ?? hw.limits.maxComputeWorkgroupStorageSize };
       const target: Target = { ...hw, limits, tuning: { flashBlocked: true, flashBlockedGrad: true } };
       for (const kind of ['q', 'kv'] as const) assert.equal(blockedGradTiles(kind, c.d, c.dv, limits.maxComputeWorkgroupStorageSize)?.sweep, c.sweep);
@@ -131,13 +124,13 @@ describe('blocked flash backward on this adapter, as hardware', () => {
         }),
       );
       const ref = interpret(graph, inputs);
-      const got = await runGpu(opened!, graph, program, inputs, new Map());
+      const got = await runGpu(opened(), graph, program, inputs, new Map());
       for (const name of ['dq', 'dk', 'dv']) {
         const want = ref.get(name)!;
         compare(Float32Array.from(got.get(name)!.data), want.data, want.shape, { ...GRAD_TOL, label: `${label} ${name}` }, program.schedule.kernels);
       }
       if (n === 0) {
-        const again = await runGpu(opened!, graph, program, inputs, new Map());
+        const again = await runGpu(opened(), graph, program, inputs, new Map());
         for (const name of ['dq', 'dk', 'dv']) assert.deepEqual(new Uint32Array(Float32Array.from(again.get(name)!.data).buffer), new Uint32Array(Float32Array.from(got.get(name)!.data).buffer), `${label} ${name}: bitwise`);
       }
     }

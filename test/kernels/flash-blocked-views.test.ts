@@ -4,7 +4,7 @@
 // their view suffixes; on this adapter (as hardware) the forward, the lse and the gradient of x match the
 // float64 reference.
 import assert from 'node:assert/strict';
-import { after, before, test } from 'node:test';
+import { test } from 'node:test';
 import { vjp } from '../../compiler/autodiff/vjp.js';
 import { compileGpu } from '../../compiler/codegen/gpu.js';
 import { TARGETS } from '../../compiler/codegen/targets.js';
@@ -13,10 +13,9 @@ import { Builder } from '../../compiler/ir/builder.js';
 import type { Graph } from '../../compiler/ir/graph.js';
 import { interpret } from '../../compiler/ir/interpret.js';
 import type { RefTensor } from '../../compiler/ir/rules/reference.js';
-import { openDevice, type GpuDevice } from '../../runtime/gpu/device.js';
 import { runGpu } from '../../runtime/run-gpu.js';
 import { hardwareLike } from './core-util.js';
-import { compare, randomTensor } from './harness.js';
+import { compare, randomTensor, sharedDevice } from './harness.js';
 
 const blocked = (t: Target): Target => ({ ...t, tuning: { flashBlocked: true, flashBlockedGrad: true } });
 
@@ -39,20 +38,14 @@ test('on the H200 target the blocked kernels read q, k, v and g through views', 
   assert.ok(names.length >= 3 && names.every((n) => n.includes('blocked') && /_qv_kv_vv/.test(n)), names.join(', '));
 });
 
-let gpu: GpuDevice | undefined;
-before(async () => {
-  gpu = await openDevice();
-});
-after(async () => {
-  await gpu?.destroy();
-});
+const gpu = sharedDevice();
 
 test('through views on this adapter (as hardware): y and d:x match the float64 reference', async () => {
   // One small case at EVA-G's head dim: lavapipe compiles hardware code (every loop unrolled) slowly, 24 took it
   // 38 s, 88 about 5.
   for (const [B, S, H, D, seed] of [[2, 19, 2, 88, 3]]) {
     const graph = qkvAttention(B, S, H, D);
-    const target = blocked(hardwareLike(gpu!.target));
+    const target = blocked(hardwareLike(gpu().target));
     const program = compileGpu(graph, target);
     const names = program.schedule.kernels.map((k) => k.name).filter((n) => n.startsWith('attention'));
     assert.ok(names.length >= 3 && names.every((n) => n.includes('blocked')), names.join(', '));
@@ -63,7 +56,7 @@ test('through views on this adapter (as hardware): y and d:x match the float64 r
       }),
     );
     const want = interpret(graph, inputs);
-    const got = await runGpu(gpu!, graph, program, inputs, new Map());
+    const got = await runGpu(gpu(), graph, program, inputs, new Map());
     for (const [name, tol] of [['y', { rtol: 1e-4, atol: 1e-5 }], ['d:x', { rtol: 1e-3, atol: 1e-4 }]] as const) {
       const w = want.get(name)!;
       compare(Float32Array.from(got.get(name)!.data), w.data, w.shape, { ...tol, label: `${name} [${B},${S},${H},${D}]` }, program.schedule.kernels);

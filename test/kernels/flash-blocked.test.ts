@@ -3,7 +3,7 @@
 // hardware, so the hardware code runs) attention, attention_lse and the pair one kernel writes match the float64
 // reference on ragged shapes, every tile size the layout takes, bitwise the same on a second run.
 import assert from 'node:assert/strict';
-import { after, before, describe, test } from 'node:test';
+import { describe, test } from 'node:test';
 import { compileGpu } from '../../compiler/codegen/gpu.js';
 import { TARGETS } from '../../compiler/codegen/targets.js';
 import type { Kernel, Target } from '../../compiler/codegen/types.js';
@@ -12,10 +12,9 @@ import { interpret } from '../../compiler/ir/interpret.js';
 import type { RefTensor } from '../../compiler/ir/rules/reference.js';
 import { blockedTiles } from '../../kernels/flash-blocked.js';
 import { benchRows, rowGraph } from '../../runtime/bench/rows.js';
-import { openDevice, type GpuDevice } from '../../runtime/gpu/device.js';
 import { runGpu } from '../../runtime/run-gpu.js';
 import { hardwareLike } from './core-util.js';
-import { checkAgainstReference, compare, randomTensor, type GpuContext } from './harness.js';
+import { checkAgainstReference, compare, randomTensor, sharedDevice, type GpuContext } from './harness.js';
 
 const TOL = { rtol: 1e-4, atol: 1e-5 };
 const blocked = (t: Target): Target => ({ ...t, tuning: { flashBlocked: true } });
@@ -86,13 +85,7 @@ describe('blocked flash forward on the nvidia-h200 target', () => {
 });
 
 describe('blocked flash forward on this adapter, as hardware', () => {
-  let opened: GpuDevice | undefined;
-  before(async () => {
-    opened = await openDevice();
-  });
-  after(async () => {
-    await opened?.destroy();
-  });
+  const opened = sharedDevice();
 
   // Head dims 88 (EVA-G; 32 keys per tile within lavapipe's 32 KiB), 61 (48 keys; tails inside the last vec4),
   // 13 with dv 132 (16 keys under a smaller workgroup memory limit; two output blocks per invocation); Sq, Sk
@@ -105,7 +98,7 @@ describe('blocked flash forward on this adapter, as hardware', () => {
   ];
 
   test('attention and attention_lse match the float64 reference; bitwise repeatable', async () => {
-    const dev: GpuContext = { device: opened!.device, adapter: opened!.adapter, target: opened!.target };
+    const dev: GpuContext = { device: opened().device, adapter: opened().adapter, target: opened().target };
     for (const [i, c] of cases.entries()) {
       const hw = hardwareLike(dev.target);
       const limits = { ...hw.limits, maxComputeWorkgroupStorageSize: c.shared ?? hw.limits.maxComputeWorkgroupStorageSize };
@@ -129,7 +122,7 @@ describe('blocked flash forward on this adapter, as hardware', () => {
   });
 
   test('at 64 keys per tile, one kernel writes the output and the lse, both matching the reference', async () => {
-    const target = blocked(hardwareLike(opened!.target));
+    const target = blocked(hardwareLike(opened().target));
     // 64 keys per tile (the layout EVA-G's head dim gets on the H200); head dim 8 (LLVM unrolls the score loop of
     // short rows: 15 s to compile at head dim 24), dv 20 (an odd count of vec4s: the padded column pair).
     const c = { B: 2, H: 1, sq: 45, sk: 70, d: 8, dv: 20 };
@@ -144,7 +137,7 @@ describe('blocked flash forward on this adapter, as hardware', () => {
       }),
     );
     const ref = interpret(graph, inputs);
-    const got = await runGpu(opened!, graph, program, inputs, new Map());
+    const got = await runGpu(opened(), graph, program, inputs, new Map());
     for (const name of ['y', 'lse']) {
       const want = ref.get(name)!;
       compare(Float32Array.from(got.get(name)!.data), want.data, want.shape, { ...TOL, label: `pair ${name}` }, program.schedule.kernels);

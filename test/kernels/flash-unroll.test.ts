@@ -3,14 +3,13 @@
 // kernels give, both matching the float64 reference. Run with the hardware code shapes on this adapter (a copy
 // of its Target marked as hardware), with rows split over subgroup lanes where it has subgroups.
 import assert from 'node:assert/strict';
-import { after, before, describe, test } from 'node:test';
+import { describe, test } from 'node:test';
 import { GRAD_RULES } from '../../compiler/autodiff/rules.js';
 import type { Target } from '../../compiler/codegen/types.js';
 import type { Builder } from '../../compiler/ir/builder.js';
-import { openDevice, type GpuDevice } from '../../runtime/gpu/device.js';
 import { canSplit, type FlashCaps } from '../../kernels/flash-common.js';
 import { hardwareLike } from './core-util.js';
-import { checkAgainstReference, randomTensor, type GpuContext } from './harness.js';
+import { checkAgainstReference, randomTensor, sharedDevice, type GpuContext } from './harness.js';
 
 const FORWARD_TOL = { rtol: 1e-4, atol: 1e-5 };
 const GRAD_TOL = { rtol: 1e-3, atol: 1e-4 };
@@ -20,17 +19,11 @@ const LANE_LOOP = /for \(var [ut] = 0u; [ut] < /;
 /** `t` as hardware, with these flash caps (small tiles keep lavapipe's compile short; tails on every side). */
 const tuned = (t: Target, caps: FlashCaps): Target => ({ ...hardwareLike(t), tuning: { flashCaps: caps } });
 
-let opened: GpuDevice | undefined;
-before(async () => {
-  opened = await openDevice();
-});
-after(async () => {
-  await opened?.destroy();
-});
+const opened = sharedDevice();
 
 describe('flash kernels with unrolled lane loops', () => {
   test('forward, lse and gradients: no lane loop left, bitwise the rolled kernels, within tolerance of the reference', async () => {
-    const dev: GpuContext = { device: opened!.device, adapter: opened!.adapter, target: opened!.target };
+    const dev: GpuContext = { device: opened().device, adapter: opened().adapter, target: opened().target };
     const splits = [1, ...[2, 4].filter((k) => canSplit(dev.target, k))];
     // Head dims 13 and 9 (tails inside the last vec4; split rows padded past the row), dk ≠ dv. Small: lavapipe
     // compiles hardware code (every loop unrolled by LLVM) slowly.
