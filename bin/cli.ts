@@ -5,6 +5,7 @@ import { Command, CommanderError, Option } from 'commander';
 import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { UsageError } from './commands/errors.js';
+import { TuningProfileError } from '../runtime/tune/profile.js';
 
 const pkg = JSON.parse(readFileSync(fileURLToPath(new URL('../../package.json', import.meta.url)), 'utf8')) as { version: string };
 
@@ -69,6 +70,7 @@ function program(): Command {
     .option('--no-optimize', 'skip the optimisation passes (DCE, CSE, constant folding, simplification)')
     .option('--no-fuse', 'one kernel per IR node (no elementwise fusion)')
     .option('--target <name>', 'plan kernels and memory for a GPU not at hand: portable (default), lavapipe, nvidia-h100, nvidia-h200')
+    .option('--tuning <file>', "generate the kernels with a tuning profile's choices (`visft tune`): what that GPU runs under it")
     .option('-o, --output <file>', 'the bundle to write (.visftx)')
     .action(async (file: string | undefined, opts: import('./commands/compile.js').CompileOptions) => {
       process.exitCode = (await import('./commands/compile.js')).runCompile(file, opts);
@@ -83,6 +85,7 @@ function program(): Command {
     .option('--outputs <file>', 'where to write the outputs (.safetensors)')
     .option('--backend <name>', 'gpu (WebGPU through Dawn) or cpu (the float64 reference)', 'gpu')
     .option('--adapter <name>', 'pick the GPU adapter whose name contains this')
+    .option('--tuning <profile>', "auto (the tuning profile measured on this adapter, if any: `visft tune`), none, or a profile file")
     .option('--f64', 'write outputs as float64 (default float32)')
     .option('--kernels <which>', "auto (the bundle's kernels when compiled for a GPU target this adapter satisfies, else scheduled for this adapter), bundle, or device", 'auto')
     .action(async (bundle: string, opts: import('./commands/run.js').RunOptions) => {
@@ -103,6 +106,7 @@ function program(): Command {
     .description('find the WebGPU adapter, run a test dispatch, and say what to install when there is none')
     .option('--json', 'print JSON')
     .option('--adapter <name>', 'examine the adapter whose name contains this')
+    .option('--tuning <profile>', "auto (the tuning profile measured on this adapter, if any: `visft tune`), none, or a profile file")
     .option('--backend <name>', 'Dawn backend: vulkan, metal, d3d12, opengl')
     .action(async (opts: import('./commands/doctor.js').DoctorOptions) => {
       process.exitCode = await (await import('./commands/doctor.js')).runDoctor(opts);
@@ -116,9 +120,24 @@ function program(): Command {
     .option('--full', 'model sizes even on a software adapter')
     .option('--rows <names>', 'comma-separated row names or prefixes (e.g. matmul_f32,gelu)')
     .option('--adapter <name>', 'pick the GPU adapter whose name contains this')
+    .option('--tuning <profile>', "auto (the tuning profile measured on this adapter, if any: `visft tune`), none, or a profile file")
     .option('--repeat <n>', 'timed iterations (set by the slower side; default: about 200 ms of work per side, 20 to 200; on a software adapter about 1 s, 5 to 50)')
     .action(async (opts: import('./commands/bench.js').BenchCliOptions) => {
       process.exitCode = await (await import('./commands/bench.js')).runBenchCommand(opts);
+    });
+
+  cmd
+    .command('tune')
+    .description("time the kernels' equivalent forms on this GPU and write a tuning profile that later runs on it apply")
+    .option('--json', 'print the result as JSON')
+    .option('--rows <names>', 'comma-separated bench rows to time on (default: one of each kind and model)')
+    .option('--groups <names>', "comma-separated groups to try (default: all that apply), e.g. 'dawn robustness'")
+    .option('--seconds <n>', 'stop starting new timings after this long (default 600)')
+    .option('--size <size>', 'full (default on hardware), quick (default on a software adapter), or tiny')
+    .option('--out <file>', 'where to write the profile (default: the user profile folder, where later runs look)')
+    .option('--adapter <name>', 'pick the GPU adapter whose name contains this')
+    .action(async (opts: import('./commands/tune.js').TuneCliOptions) => {
+      process.exitCode = await (await import('./commands/tune.js')).runTuneCommand(opts);
     });
 
   cmd
@@ -154,6 +173,7 @@ function program(): Command {
     .option('--seed <n>', 'the run seed (initialisation, data order, dropout, task draws); default 0')
     .option('--backend <name>', 'gpu (WebGPU through Dawn) or cpu (the float64 reference; slow)', 'gpu')
     .option('--adapter <name>', 'pick the GPU adapter whose name contains this')
+    .option('--tuning <profile>', "auto (the tuning profile measured on this adapter, if any: `visft tune`), none, or a profile file")
     .option('--tasks <names>', 'train only these tasks (comma-separated), e.g. the caption task of a three-task pipeline')
     .option('--plan', 'print the resolved training plan as JSON and stop')
     .action(async (file: string, opts: import('./commands/train.js').TrainCliOptions) => {
@@ -182,7 +202,7 @@ export async function main(argv: string[]): Promise<number> {
       // --help and --version end here too, with exit code 0
       return e.exitCode === 0 ? 0 : 2;
     }
-    if (e instanceof UsageError) {
+    if (e instanceof UsageError || e instanceof TuningProfileError) {
       process.stderr.write(`visft: ${e.message}\n`);
       return 2;
     }

@@ -10,6 +10,7 @@ import type { Kernel, Target } from './codegen/types.js';
 import { PORTABLE_TARGET } from './codegen/types.js';
 import { compileGpu, type GpuProgram } from './codegen/gpu.js';
 import { TARGETS, targetShortfalls } from './codegen/targets.js';
+import { canonicalJson } from './util/canonical-json.js';
 import type { ValueInfo } from './codegen/schedule.js';
 import { planMemory } from './plan/memory.js';
 
@@ -44,6 +45,8 @@ export interface Bundle {
     readonly target: string;
     /** false when compiled with --no-fuse (absent: fused). */
     readonly fused?: boolean;
+    /** The Target.tuning the kernels were generated with (a tuning profile's; absent: the defaults). */
+    readonly tuning?: Target['tuning'];
     readonly kernels: Kernel[];
     readonly values: ValueInfo[];
     readonly aliases: [number, number][];
@@ -80,6 +83,7 @@ export function makeBundle(c: CompiledEntry, source: { file: string; sha256: str
       ? {
           target: gpu.target.name,
           ...(gpu.options?.fuse === false ? { fused: false } : {}),
+          ...(gpu.target.tuning ? { tuning: gpu.target.tuning } : {}),
           kernels: gpu.schedule.kernels,
           values: gpu.schedule.values,
           aliases: [...gpu.schedule.aliases],
@@ -169,8 +173,17 @@ export function bundleProgramFor(b: Bundle, graph: Graph, file: string, device: 
     if (shortfalls.length) throw new BundleError(`${file} was compiled for '${b.gpu.target}'; this adapter (${device.name}) lacks ${shortfalls.join(', ')}: run with --kernels device, or compile it for this GPU`);
     return { program: bundleGpuProgram(b, file, device) };
   }
-  const own = choice === 'auto' && b.gpu.target !== PORTABLE_TARGET.name && !shortfalls.length;
+  // Kernels generated with other tuning choices than this device's (its tuning profile) run, but slower.
+  const sameTuning = canonicalJson(b.gpu.tuning ?? {}) === canonicalJson(device.tuning ?? {});
+  const own = choice === 'auto' && b.gpu.target !== PORTABLE_TARGET.name && !shortfalls.length && sameTuning;
   if (own) return { program: bundleGpuProgram(b, file, device) };
-  const why = choice === 'device' ? '--kernels device' : b.gpu.target === PORTABLE_TARGET.name ? `the bundle's are for '${PORTABLE_TARGET.name}'` : `the bundle's are for '${b.gpu.target}', and this adapter lacks ${shortfalls.join(', ')}`;
+  const why =
+    choice === 'device'
+      ? '--kernels device'
+      : b.gpu.target === PORTABLE_TARGET.name
+        ? `the bundle's are for '${PORTABLE_TARGET.name}'`
+        : shortfalls.length
+          ? `the bundle's are for '${b.gpu.target}', and this adapter lacks ${shortfalls.join(', ')}`
+          : `the bundle's were generated without this adapter's tuning profile`;
   return { program: compileGpu(graph, device, b.gpu.fused === false ? { fuse: false } : {}), rescheduled: why };
 }

@@ -10,6 +10,9 @@
 # scripts/sgmat-ceiling.mjs); the tile and staging sweep (scripts/tune-sgmat.mjs); PyTorch's times for the bench
 # shapes; the bench rows with tfjs-webgpu on the same device (and again with robustness off); the
 # whole test suite on this GPU; last every primitive op against PyTorch (scripts/oracle-fuzz.py, fp16 then f32).
+# `visft tune` (tune-profile) measures the kernels' equivalent forms and Dawn's robustness toggles on this GPU and
+# writes the tuning profile ($OUT/tuning-profile.json) that bench-tuned then applies; every other step runs
+# without a profile (VISFT_TUNING=none), so its numbers are the defaults'.
 # STEPS="doctor sgmat-test ..." runs only the steps named;
 # TUNE_ARGS and TORCH_ARGS pass options to the sweep and the PyTorch peer (e.g. TUNE_ARGS="--rows
 # matmul_f32_evag_fc2"). The logs go to $OUT/logs.tgz, rebuilt after every step (the device tool brings back at
@@ -21,6 +24,8 @@ OUT=${OUT:-/tmp/visft-device-check}
 BUDGET=${BUDGET:-420}
 LOGS=/tmp/visft-logs
 mkdir -p "$OUT" "$LOGS"
+export VISFT_TUNING=none
+PROFILE="$OUT/tuning-profile.json"
 step() { # name, seconds, command...
   local name=$1 secs=$2 left=$((BUDGET - SECONDS))
   shift 2
@@ -37,6 +42,8 @@ nvidia-smi --query-gpu=timestamp,clocks.sm,clocks.mem,power.draw,temperature.gpu
 step doctor 30 node bin/visft.js doctor
 SGMAT_TESTS="dist/test/kernels/matmul-sgmat.test.js dist/test/kernels/matmul-vector-loads.test.js dist/test/kernels/matmul-split-across.test.js dist/test/codegen/msdeform-schedule.test.js dist/test/kernels/flash-sgmat.test.js dist/test/kernels/flash-sgmat-backward.test.js dist/test/gpu/run-cli.test.js dist/test/gpu/eva-variants.test.js dist/test/kernels/msdeform-split.test.js dist/test/kernels/msdeform-lanes.test.js dist/test/codegen/attention-f16-reads.test.js dist/test/kernels/matmul-block.test.js dist/test/kernels/flash-unroll.test.js dist/test/kernels/flash-blocked.test.js dist/test/kernels/flash-blocked-backward.test.js dist/test/kernels/flash-blocked-views.test.js"
 step sgmat-test 90 node --test --test-reporter=spec $SGMAT_TESTS
+TUNE_PROFILE_SECS=${TUNE_PROFILE_SECS:-240}
+step tune-profile "$TUNE_PROFILE_SECS" node bin/visft.js tune --seconds $((TUNE_PROFILE_SECS - 30)) --out "$PROFILE"
 # Dawn's robustness transform clamps every array index in our shaders and wraps every subgroup-matrix load and
 # store whose offset is not constant in an if, through a function-scope variable (Tint's core.Robustness with
 # predicate_subgroup_matrix): every measurement up to session 10 ran with it. First the default programs on a
@@ -52,11 +59,14 @@ step bench-rows 30 node bin/visft.js bench --json --rows layernorm,softmax,gelu
 step bench-attention 130 node bin/visft.js bench --json --repeat 10 --rows attention,msdeform
 # The bench rows again with robustness off (absolute times against the steps above: same lease, warm clocks).
 step bench-norobust 120 env VISFT_DAWN_TOGGLES=disable_robustness node bin/visft.js bench --json --repeat 10 --rows matmul_f16,matmul_f32,attention_fwd,attention_vjp_evag,attention_vjp_f16
+# The bench rows under the profile tune-profile wrote (the untuned times are the steps above, same lease).
+[[ -f "$PROFILE" ]] && step bench-tuned 150 env VISFT_TUNING="$PROFILE" node bin/visft.js bench --json --repeat 10 --rows matmul_f16,matmul_f32,attention_fwd,attention_vjp_evag,attention_vjp_f16,msdeform
 step all-tests 90 node --test --test-reporter=dot $(find dist/test -name '*.test.js' | sort)
 # Every primitive op through the CLI on this GPU against PyTorch float64: first under fp16 autocast (the f16 matmul
 # operands go to the tensor-core kernels; ~3 cases per op autocast rounds), then in f32 (3 random cases per op, ~2 min).
 python3 -c 'import torch, numpy' 2>/dev/null && step oracle-fuzz-fp16 60 python3 scripts/oracle-fuzz.py --precision fp16 --cases 30 --seed 7 -v
 python3 -c 'import torch, numpy' 2>/dev/null && step oracle-fuzz 150 python3 scripts/oracle-fuzz.py --cases 147 --seed 7 -v
 kill %1 2>/dev/null
+[[ -f "$PROFILE" ]] && cp "$PROFILE" "$LOGS/"
 tar -czf "$OUT/logs.tgz" -C "$LOGS" .
 cat "$OUT/summary.txt"

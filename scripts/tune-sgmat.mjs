@@ -14,11 +14,9 @@
 // variants: the H200's clock moved between 345 and 1980 MHz through one sweep. Without subgroup matrices only
 // the f32 rows run.
 import { writeFileSync } from 'node:fs';
-import { compileGpu } from '../dist/compiler/codegen/gpu.js';
 import { openDevice } from '../dist/runtime/gpu/device.js';
-import { fromF16, toF16 } from '../dist/runtime/gpu/half.js';
-import { TimedProgram } from '../dist/runtime/bench/ours.js';
-import { benchRows, rowGraph, rowInputData } from '../dist/runtime/bench/rows.js';
+import { benchRows } from '../dist/runtime/bench/rows.js';
+import { relDiff, timedVariant as variantOn, timePair } from '../dist/runtime/tune/pair-timing.js';
 import { sgmatShape } from '../dist/kernels/sgmat.js';
 
 const args = process.argv.slice(2);
@@ -110,64 +108,23 @@ const FLASH_ABLATIONS = {
   'no-exp': (w) => w.replace(/fn exp_flash\(x: f32\) -> f32 \{[\s\S]*?\n\}/, 'fn exp_flash(x: f32) -> f32 { return x; }'),
 };
 
-const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
-
 /** A device per toggle set (opened on first use; `gpu` itself for none). */
 const devices = new Map();
 async function deviceWith(toggles) {
   if (!toggles) return gpu;
   const key = toggles.join(',');
-  if (!devices.has(key)) devices.set(key, await openDevice({ profiling: true, toggles }));
+  if (!devices.has(key)) devices.set(key, await openDevice({ profiling: true, tuning: 'none', toggles }));
   return devices.get(key);
 }
 
 /** The row's program under `tuning` (and `ablation`), its inputs uploaded; on a device with extra `toggles`, if any. */
 async function timedVariant(gpu, row, tuning, ablation, toggles) {
-  const data = rowInputData(row).map((d) => fromF16(toF16(d)));
-  const { graph, inputs, outputs } = rowGraph(row);
-  let program = compileGpu(graph, { ...gpu.target, ...(tuning ? { tuning } : {}) });
-  const kernels = program.schedule.kernels.map((k) => k.name);
-  if (ablation) {
-    const edit = ABLATIONS[ablation] ?? FLASH_ABLATIONS[ablation.replace(/^flash /, '')];
-    program = { ...program, schedule: { ...program.schedule, kernels: program.schedule.kernels.map((k) => (/^(matmul|attention)/.test(k.name) ? { ...k, wgsl: edit(k.wgsl) } : k)) } };
-  }
-  const outIds = outputs.map((name) => program.schedule.outputs.get(name));
-  const timed = await TimedProgram.create(await deviceWith(toggles), program, new Map(inputs.map((id, i) => [id, data[i]])));
-  return { timed, kernels, outIds };
+  const edit = ablation ? (ABLATIONS[ablation] ?? FLASH_ABLATIONS[ablation.replace(/^flash /, '')]) : undefined;
+  return variantOn(await deviceWith(toggles), row, tuning, edit && ((k) => (/^(matmul|attention)/.test(k.name) ? { ...k, wgsl: edit(k.wgsl) } : k)));
 }
 
-/**
- * `variant` timed against `baseline` (the row's default) in alternating bursts after 300 ms of alternating
- * warm-up: the GPU's clock moved between 345 and 1980 MHz through a sweep (H200, 2026-11-27), so a time is only
- * comparable with the default's taken in the same window; the ratio is what ranks variants.
- */
-async function timePair(variant, baseline) {
-  const t0 = performance.now();
-  while (performance.now() - t0 < 300) {
-    await variant.warm(4);
-    await baseline.warm(4);
-  }
-  const ours = [];
-  const base = [];
-  for (let i = 0; i < 8; i++) {
-    ours.push(...(await variant.timestamped(4)));
-    base.push(...(await baseline.timestamped(4)));
-  }
-  return { ms: median(ours), baseMs: median(base) };
-}
-
-/** The largest |out − reference| over the outputs, relative to the reference's largest magnitude. */
-function relDiff(out, reference) {
-  let worst = 0;
-  let scale = 0;
-  for (const [k, o] of out.entries()) for (let i = 0; i < o.length; i++) {
-    worst = Math.max(worst, Math.abs(o[i] - reference[k][i]) || (Number.isNaN(o[i]) ? Infinity : 0));
-    scale = Math.max(scale, Math.abs(reference[k][i]));
-  }
-  return worst / (scale || 1);
-}
-
-const gpu = await openDevice({ profiling: true });
+// No tuning profile: every variant is timed against the defaults.
+const gpu = await openDevice({ profiling: true, tuning: 'none' });
 if (args.includes('--emulate') && !sgmatShape(gpu.target)) gpu.target = { ...gpu.target, subgroupMatrixConfigs: [{ componentType: 'f16', resultComponentType: 'f32', M: 16, N: 16, K: 16 }] };
 const results = [];
 try {

@@ -2,9 +2,7 @@
 // against tfjs-webgpu on the same device (runtime/bench). Exit 0 when every row ran and agreed with the peer
 // (or is not available on this device), 1 when a row disagreed or failed, 2 for usage errors.
 import { BENCH_ROW_NAMES } from '../../runtime/bench/rows.js';
-import { NoAdapterError } from '../../runtime/gpu/device.js';
-import { GpuError } from '../../runtime/gpu/errors.js';
-import { UsageError } from './errors.js';
+import { gpuErrorExit, UsageError } from './errors.js';
 
 export interface BenchCliOptions {
   json?: boolean;
@@ -12,6 +10,8 @@ export interface BenchCliOptions {
   full?: boolean;
   rows?: string;
   adapter?: string;
+  /** auto, none, or a tuning profile file. */
+  tuning?: string;
   repeat?: string;
 }
 
@@ -24,6 +24,7 @@ function commandLine(o: BenchCliOptions): string {
   if (o.rows) parts.push(`--rows ${o.rows}`);
   if (o.adapter) parts.push(`--adapter '${o.adapter}'`);
   if (o.repeat) parts.push(`--repeat ${o.repeat}`);
+  if (o.tuning) parts.push(`--tuning ${o.tuning}`);
   return parts.join(' ');
 }
 
@@ -47,17 +48,13 @@ export async function runBenchCommand(opts: BenchCliOptions): Promise<number> {
       rows,
       ...(opts.adapter ? { adapter: opts.adapter } : {}),
       ...(repeat !== undefined ? { repeat } : {}),
+      ...(opts.tuning ? { tuning: opts.tuning } : {}),
       command: commandLine(opts),
       progress: (line) => process.stderr.write(`bench: ${line}\n`),
     });
     process.stdout.write(opts.json ? JSON.stringify(report, null, 2) + '\n' : formatReport(report));
     return report.ok ? 0 : 1;
   } catch (e) {
-    if (e instanceof GpuError) {
-      const hint = e instanceof NoAdapterError && e.hint ? `\n  hint: ${e.hint}` : '';
-      process.stderr.write(`visft: ${e.message}${hint}\n`);
-      return 1;
-    }
-    throw e;
+    return gpuErrorExit(e);
   }
 }

@@ -12,6 +12,7 @@ import { ShapeError } from '../../compiler/ir/rules/shape.js';
 import { printGraph } from '../../compiler/ir/print.js';
 import { compileGpu, formatKernels, formatWgsl } from '../../compiler/codegen/gpu.js';
 import { TARGETS } from '../../compiler/codegen/targets.js';
+import { readProfile } from '../../runtime/tune/profile.js';
 import { formatPlan, PlanError } from '../../compiler/plan/memory.js';
 import { UsageError } from './errors.js';
 import { writeFileAtomic } from './files.js';
@@ -32,6 +33,8 @@ export interface CompileOptions {
   fuse: boolean;
   /** A named Target (compiler/codegen/targets.ts); default portable. */
   target?: string;
+  /** A tuning profile (`visft tune`) whose choices the kernels take: what that GPU will run under it. */
+  tuning?: string;
 }
 
 export function parseShapes(specs: readonly string[]): Map<string, number[]> {
@@ -54,8 +57,10 @@ function autocastOf(opts: CompileOptions): 'f16' | 'bf16' | undefined {
 
 export function runCompile(file: string | undefined, opts: CompileOptions): number {
   if (!opts.output && !opts.emit) throw new UsageError('compile needs -o OUT.visftx (or --emit ir|kernels|wgsl|plan)');
-  const target = TARGETS[opts.target ?? 'portable'];
-  if (!target) throw new UsageError(`--target takes ${Object.keys(TARGETS).join(', ')}; got '${opts.target}'`);
+  const named = TARGETS[opts.target ?? 'portable'];
+  if (!named) throw new UsageError(`--target takes ${Object.keys(TARGETS).join(', ')}; got '${opts.target}'`);
+  const tuning = opts.tuning ? readProfile(opts.tuning).tuning : undefined;
+  const target = tuning && Object.keys(tuning).length ? { ...named, tuning } : named;
   const shapes = parseShapes(opts.shape);
   const autocast = autocastOf(opts);
   let compiled: CompiledEntry;

@@ -5,12 +5,15 @@ import type { Target } from '../../compiler/codegen/types.js';
 import { defaultBackend, testDispatch } from '../../runtime/device/probe.js';
 import { dawnAdapterList, dawnToggles, openDevice, type AdapterDescription, type GpuDevice } from '../../runtime/gpu/device.js';
 import { errorMessage } from '../../runtime/gpu/errors.js';
+import { describeProfile, TuningProfileError } from '../../runtime/tune/profile.js';
 
 export interface DoctorOptions {
   json?: boolean;
   /** Substring of the adapter's name to pick (multi-GPU machines). */
   adapter?: string;
   backend?: string;
+  /** auto, none, or a tuning profile file. */
+  tuning?: string;
 }
 
 export interface DoctorReport {
@@ -24,6 +27,10 @@ export interface DoctorReport {
   target?: Target;
   /** Why tensor cores are off although the adapter lists subgroup matrices. */
   tensorCoresOff?: string;
+  /** Why the tuning profile could not be applied (the rest of the report is without one). */
+  tuningError?: string;
+  /** The tuning profile applied (its file, when it was measured, what it adopted), if one was. */
+  tuning?: { file: string; created: string; adopted: readonly string[] };
   verified?: boolean;
   error?: string;
   hint?: string;
@@ -48,14 +55,25 @@ export async function doctorReport(opts: DoctorOptions = {}): Promise<DoctorRepo
   report.toggles = dawnToggles();
   let gpu: GpuDevice | undefined;
   try {
-    gpu = await openDevice({ ...(backend !== undefined ? { backend } : {}), ...(opts.adapter ? { adapter: opts.adapter } : {}) });
+    const open = (tuning?: string) => openDevice({ ...(backend !== undefined ? { backend } : {}), ...(opts.adapter ? { adapter: opts.adapter } : {}), ...(tuning ? { tuning } : {}) });
+    try {
+      gpu = await open(opts.tuning);
+    } catch (e) {
+      if (!(e instanceof TuningProfileError)) throw e;
+      // The adapter is fine: say what is wrong with the profile and examine the rest without it.
+      report.tuningError = e.message;
+      gpu = await open('none');
+    }
     report.adapter = gpu.info;
     report.target = gpu.target;
     if (gpu.tensorCoresOff) report.tensorCoresOff = gpu.tensorCoresOff;
+    report.toggles = [...gpu.toggles];
+    const tp = gpu.tuningProfile;
+    if (tp) report.tuning = { file: tp.file, created: tp.profile.created, adopted: tp.profile.adopted };
     const error = await testDispatch(gpu.device);
     if (error) report.error = error;
     else report.verified = true;
-    report.ok = !error;
+    report.ok = !error && !report.tuningError;
   } catch (e) {
     report.error = errorMessage(e);
     const hint = (e as { hint?: unknown }).hint;
@@ -88,6 +106,9 @@ export async function runDoctor(opts: DoctorOptions): Promise<number> {
     // Timings depend on it: Dawn's robustness transform clamps every array index in the shaders.
     const robust = toggles.includes('disable_robustness') ? 'off' : 'on (Dawn clamps array indices in shaders; VISFT_DAWN_TOGGLES=disable_robustness turns it off)';
     w(`dawn toggles: ${toggles.join(', ')}; shader robustness ${robust}`);
+    const tp = r.tuning;
+    if (r.tuningError) w(`tuning profile: ERROR: ${r.tuningError}`);
+    else w(`tuning profile: ${tp ? describeProfile(tp) : 'none for this adapter (`visft tune` measures one)'}`);
     w(`features: ${t.features.join(', ') || 'none'}`);
     w(`subgroups: ${t.features.includes('subgroups') ? `sizes ${t.subgroupMinSize}..${t.subgroupMaxSize}` : 'not available'}`);
     w(`subgroup matrices: ${t.subgroupMatrixConfigs.length ? t.subgroupMatrixConfigs.map((c) => `${c.componentType}->${c.resultComponentType} ${c.M}x${c.N}x${c.K}`).join(', ') : 'none'}`);

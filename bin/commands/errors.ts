@@ -1,3 +1,5 @@
+import { NoAdapterError } from '../../runtime/gpu/device.js';
+import { GpuError } from '../../runtime/gpu/errors.js';
 import { atomicTargetOf, fsErrorReason } from '../../runtime/weights/io.js';
 
 /** A user-facing failure of a command (bad arguments, unwritable output): printed as `visft: message`, exit 2. */
@@ -19,4 +21,12 @@ export function fileErrorLine(e: unknown): string | undefined {
     return `cannot write ${target ?? err.path}: ${err.code === 'ENOENT' ? 'its folder does not exist' : fsErrorReason(err.code)}`;
   }
   return `cannot read ${err.path}: ${fsErrorReason(err.code)}`;
+}
+
+/** For a command that only reads the GPU (bench, tune): a GPU error printed as `visft: ...` (with the install hint) and exit 1; anything else rethrown. */
+export function gpuErrorExit(e: unknown): number {
+  if (!(e instanceof GpuError)) throw e;
+  const hint = e instanceof NoAdapterError && e.hint ? `\n  hint: ${e.hint}` : '';
+  process.stderr.write(`visft: ${e.message}${hint}\n`);
+  return 1;
 }

@@ -3,6 +3,7 @@ import { readFileSync } from 'node:fs';
 import { BundleError, bundleProgramFor, parseBundle, type KernelChoice } from '../../compiler/bundle.js';
 import { checkPlanFits, PlanError } from '../../compiler/plan/memory.js';
 import { openDevice } from '../../runtime/gpu/device.js';
+import { describeProfile } from '../../runtime/tune/profile.js';
 import { GpuError } from '../../runtime/gpu/errors.js';
 import { runGpu } from '../../runtime/run-gpu.js';
 import { RunError } from '../../compiler/ir/interpret.js';
@@ -16,6 +17,8 @@ export interface RunOptions {
   outputs?: string;
   backend: string;
   adapter?: string;
+  /** auto, none, or a tuning profile file. */
+  tuning?: string;
   f64?: boolean;
   kernels?: string;
 }
@@ -54,7 +57,8 @@ export async function runRun(bundleFile: string, opts: RunOptions): Promise<numb
       outputs = runCpu(graph, inputs, params);
     } else {
       if (!bundle.gpu) throw new BundleError(`${bundleFile} has no GPU kernels: compile it with this visft`);
-      const gpu = await openDevice({ adapter: opts.adapter });
+      const gpu = await openDevice({ adapter: opts.adapter, tuning: opts.tuning });
+      if (gpu.tuningProfile) process.stderr.write(`visft: tuning profile ${describeProfile({ file: gpu.tuningProfile.file, ...gpu.tuningProfile.profile })}\n`);
       try {
         const { program, rescheduled } = fitted(gpu.target.name, () => bundleProgramFor(bundle, graph, bundleFile, gpu.target, kernels));
         if (rescheduled) process.stdout.write(`kernels: ${program.schedule.kernels.length} scheduled for ${gpu.target.name} (${rescheduled})\n`);

@@ -67,6 +67,11 @@ export class TimedProgram {
     }
   }
 
+  /** The device it runs on. */
+  get device(): GpuDevice {
+    return this.gpu;
+  }
+
   /** Names of the kernels, in schedule order. */
   get kernelNames(): string[] {
     return this.program.schedule.kernels.map((k) => k.name);

@@ -1,5 +1,6 @@
 // The text form of a bench report: a header (date, device, sizes, timing, peer), one table row per bench row,
 // and what each side ran.
+import { describeProfile } from '../tune/profile.js';
 import type { BenchReport, BenchRow } from './bench.js';
 
 const ms = (v: number): string => (v >= 100 ? v.toFixed(1) : v >= 1 ? v.toFixed(3) : v.toPrecision(3));
@@ -41,6 +42,7 @@ export function formatReport(rep: BenchReport): string {
   lines.push(`command: ${rep.command}`);
   lines.push(`device: ${d.name}${d.description && d.description !== d.name ? ` (${d.description})` : ''}, backend ${d.backend}, ${d.isFallbackAdapter ? 'FALLBACK (software) adapter: ratios on it are not speed claims' : 'hardware adapter'}`);
   if (d.toggles) lines.push(`dawn toggles: ${d.toggles.join(', ')} (shader robustness ${d.toggles.includes('disable_robustness') ? 'off' : 'on'})`);
+  lines.push(`tuning profile: ${d.tuning ? describeProfile(d.tuning) : 'none (the default kernels)'}`);
   const ownShapes = rep.rows.some((r) => r.op === 'attention' || r.op === 'msdeform_attn');
   lines.push(`sizes: ${rep.sizes.size}, ${rep.sizes.tokens} tokens${ownShapes ? ' in the ViT-token rows (attention and MSDeformAttn rows: the shapes below)' : ''} (${rep.sizes.reason})`);
   const method = rep.timing.method === 'gpu-timestamps' ? 'GPU timestamps (timestamp-query, unquantised)' : 'wall clock (no timestamp-query)';

@@ -7,6 +7,7 @@ import { defaultBackend, withTimeout } from '../device/probe.js';
 import { errorMessage, GpuDeviceLostError, GpuError } from './errors.js';
 import { adapterDisplayName, dawnInfo, isFallbackAdapter, TARGET_LIMIT_KEYS, targetFromAdapter } from './target.js';
 import { probeTensorCores } from './tensor-core-probe.js';
+import { findProfile, type LoadedProfile } from '../tune/profile.js';
 
 export interface OpenDeviceOptions {
   /** Pick the adapter whose description, device, vendor or architecture contains this (case-insensitive). */
@@ -22,6 +23,11 @@ export interface OpenDeviceOptions {
    * scripts/tune-sgmat.mjs times a second device opened with it against the first).
    */
   toggles?: readonly string[];
+  /**
+   * The tuning profile (runtime/tune/profile.ts): 'auto' (the one measured on this adapter, if any), 'none', or a
+   * file. Default: $VISFT_TUNING, else 'auto'.
+   */
+  tuning?: string;
 }
 
 export interface AdapterDescription {
@@ -143,6 +149,8 @@ export class GpuDevice {
   tensorCoresOff?: string;
   /** The Dawn toggles the device was opened with (timings depend on them: shader robustness is one). */
   toggles: readonly string[] = [];
+  /** The tuning profile applied: its Target.tuning is in `target`, its toggles in `toggles`. */
+  tuningProfile?: LoadedProfile;
   readonly info: AdapterDescription;
   readonly lost: Promise<GPUDeviceLostInfo>;
   /** Uncaptured GPU errors (everything visft does runs in error scopes, so these point at a bug). */
@@ -297,6 +305,23 @@ export async function openDevice(options: OpenDeviceOptions = {}): Promise<GpuDe
   }
   const opened = new GpuDevice(gpu, adapter, device, backend, profiling);
   opened.toggles = dawnToggles(options.toggles);
+  let loaded: LoadedProfile | undefined;
+  try {
+    loaded = findProfile({ ...opened.info, backend: backend ?? '' }, options.tuning);
+  } catch (e) {
+    await opened.destroy();
+    throw e;
+  }
+  const wanted = loaded?.profile.toggles.filter((t) => !opened.toggles.includes(t)) ?? [];
+  if (loaded && wanted.length) {
+    // Toggles are the instance's: open again with the profile's, and this very profile (so this is the last time).
+    await opened.destroy();
+    return openDevice({ ...options, toggles: [...(options.toggles ?? []), ...wanted], tuning: loaded.file, adapter: options.adapter ?? (opened.info.description || undefined) });
+  }
+  if (loaded) {
+    opened.tuningProfile = loaded;
+    if (Object.keys(loaded.profile.tuning).length) opened.target = { ...opened.target, tuning: loaded.profile.tuning };
+  }
   const probe = await probeTensorCores(device, opened.target);
   if (probe && 'problem' in probe) {
     opened.target = { ...opened.target, subgroupMatrixConfigs: [] };

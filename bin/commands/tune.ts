@@ -1,0 +1,72 @@
+// `visft tune [--rows NAME,...] [--groups NAME,...] [--seconds N] [--out FILE] [--json]`: times the kernels'
+// equivalent forms on this adapter (runtime/tune) and writes the tuning profile that later runs on it apply.
+// Exit 0 when a profile was written (also when the defaults won: the profile then records that), 1 on GPU errors,
+// 2 for usage errors.
+import { join } from 'node:path';
+import { BENCH_ROW_NAMES } from '../../runtime/bench/rows.js';
+import { TUNE_GROUPS } from '../../runtime/tune/knobs.js';
+import { profileFileName, userProfileDir, writeProfile } from '../../runtime/tune/profile.js';
+import { fileErrorLine, gpuErrorExit, UsageError } from './errors.js';
+
+export interface TuneCliOptions {
+  json?: boolean;
+  rows?: string;
+  groups?: string;
+  seconds?: string;
+  size?: string;
+  out?: string;
+  adapter?: string;
+}
+
+const list = (s: string | undefined): string[] | undefined => (s === undefined ? undefined : s.split(',').map((x) => x.trim()).filter(Boolean));
+
+export async function runTuneCommand(opts: TuneCliOptions): Promise<number> {
+  const rows = list(opts.rows);
+  const unknownRows = rows?.filter((r) => !BENCH_ROW_NAMES.includes(r)) ?? [];
+  if (unknownRows.length) throw new UsageError(`--rows: no bench row is called ${unknownRows.map((r) => `'${r}'`).join(', ')}; rows are: ${BENCH_ROW_NAMES.join(', ')}`);
+  const groups = list(opts.groups);
+  const names = TUNE_GROUPS.map((g) => g.name);
+  const unknownGroups = groups?.filter((g) => !names.includes(g)) ?? [];
+  if (unknownGroups.length) throw new UsageError(`--groups: no group is called ${unknownGroups.map((g) => `'${g}'`).join(', ')}; groups are: ${names.map((n) => `'${n}'`).join(', ')}`);
+  const seconds = opts.seconds === undefined ? undefined : Number(opts.seconds);
+  if (seconds !== undefined && !(Number.isFinite(seconds) && seconds > 0 && seconds <= 86_400)) throw new UsageError(`--seconds takes a number of seconds from 1 to 86400, not '${opts.seconds}'`);
+  if (opts.size !== undefined && !['full', 'quick', 'tiny'].includes(opts.size)) throw new UsageError(`--size takes full, quick or tiny, not '${opts.size}'`);
+
+  const command = ['visft tune', opts.rows && `--rows ${opts.rows}`, opts.groups && `--groups '${opts.groups}'`, opts.seconds && `--seconds ${opts.seconds}`, opts.size && `--size ${opts.size}`, opts.adapter && `--adapter '${opts.adapter}'`].filter(Boolean).join(' ');
+  const { runTune } = await import('../../runtime/tune/tune.js');
+  let result;
+  try {
+    result = await runTune({
+      command,
+      ...(rows ? { rows } : {}),
+      ...(groups ? { groups } : {}),
+      ...(seconds !== undefined ? { seconds } : {}),
+      ...(opts.size ? { size: opts.size as 'full' | 'quick' | 'tiny' } : {}),
+      ...(opts.adapter ? { adapter: opts.adapter } : {}),
+      progress: (line) => process.stderr.write(`tune: ${line}\n`),
+    });
+  } catch (e) {
+    return gpuErrorExit(e);
+  }
+  const { profile, notes, cut } = result;
+  const out = opts.out ?? join(userProfileDir(), profileFileName(profile.adapter));
+  try {
+    writeProfile(out, profile);
+  } catch (e) {
+    throw new UsageError(fileErrorLine(e) ?? `cannot write ${out}: ${(e as Error).message}`);
+  }
+  if (opts.json) {
+    process.stdout.write(JSON.stringify({ file: out, cut, notes, profile }, null, 2) + '\n');
+    return 0;
+  }
+  const w = (s: string) => process.stdout.write(s + '\n');
+  w(`tuning profile: ${out}`);
+  w(`adapter: ${profile.adapter.description || profile.adapter.device} (${profile.adapter.backend || 'default backend'})`);
+  if (!profile.adopted.length) w('adopted: nothing (the defaults won, or nothing won by more than the noise)');
+  else w(['adopted:', ...profile.adopted.map((a) => `  ${a}`)].join('\n'));
+  if (profile.toggles.length) w(`dawn toggles: ${profile.toggles.join(', ')}`);
+  if (cut) w('the time limit (--seconds) cut the search: the groups after it were not tried');
+  for (const n of notes) w(`note: ${n}`);
+  w('later runs on this adapter apply it (VISFT_TUNING=none or --tuning none to run without)');
+  return 0;
+}

@@ -1,0 +1,125 @@
+// What `visft tune` tries, group by group in this order: each option is a Target.tuning (or Dawn toggles) that
+// generates a different but equivalent program, timed against the configuration adopted so far on the bench rows
+// it changes. The options are the ones the kernels were written to offer (docs/perf.md says what each is for);
+// options that change nothing on a device (e.g. the tiled f32 matmul's blocks where the software adapter takes the
+// blocked kernel) are skipped there.
+import type { Target } from '../../compiler/codegen/types.js';
+import { sgmatShape } from '../../kernels/sgmat.js';
+import type { RowSpec } from '../bench/row-types.js';
+
+type Tuning = NonNullable<Target['tuning']>;
+
+export interface TuneOption {
+  readonly name: string;
+  /** Merged over the tuning adopted so far (a key set here replaces the adopted one's). */
+  readonly tuning?: Tuning;
+  /** Dawn toggles added to the adopted ones (the device is opened again with them). */
+  readonly toggles?: readonly string[];
+}
+
+export interface TuneGroup {
+  readonly name: string;
+  /** The rows it is timed on (of those being tuned; rows whose program an option leaves unchanged are skipped). */
+  readonly rows: (row: RowSpec) => boolean;
+  /** Whether the group means anything on this device. */
+  readonly applies: (target: Target) => boolean;
+  readonly options: readonly TuneOption[];
+}
+
+const always = (): boolean => true;
+const tensorCores = (t: Target): boolean => !!sgmatShape(t);
+const isMatmul = (dtype: 'f32' | 'f16') => (r: RowSpec) => r.op === 'matmul' && r.dtype === dtype;
+const isAttention = (dtype: 'f32' | 'f16') => (r: RowSpec) => r.op === 'attention' && r.dtype === dtype;
+
+export const TUNE_GROUPS: readonly TuneGroup[] = [
+  {
+    // First, since every later timing runs under it: Dawn's shader robustness clamps every array index and
+    // predicates every subgroup-matrix load (docs/perf.md, "Where visft loses").
+    name: 'dawn robustness',
+    rows: always,
+    applies: always,
+    options: [
+      { name: 'robustness off', toggles: ['disable_robustness'] },
+      { name: 'robustness off, no workgroup zeroing', toggles: ['disable_robustness', 'disable_workgroup_init'] },
+    ],
+  },
+  {
+    name: 'f32 matmul register blocks',
+    rows: isMatmul('f32'),
+    applies: always,
+    options: [
+      { name: '8x8 blocks, 64x64 tiles', tuning: { tiledTiles: { tm: 64, tn: 64, rows: 8, cols: 8 } } },
+      { name: '8x8 blocks, 128x64 tiles', tuning: { tiledTiles: { tm: 128, tn: 64, rows: 8, cols: 8 } } },
+      { name: '8x8 blocks, 64x128 tiles', tuning: { tiledTiles: { tm: 64, tn: 128, rows: 8, cols: 8 } } },
+      { name: '8x8 blocks, 128x128 tiles', tuning: { tiledTiles: { tm: 128, tn: 128, rows: 8, cols: 8 } } },
+      { name: '8x4 blocks, 128x64 tiles', tuning: { tiledTiles: { tm: 128, tn: 64, rows: 8, cols: 4 } } },
+    ],
+  },
+  {
+    name: 'f16 matmul tensor-core tiles',
+    rows: isMatmul('f16'),
+    applies: tensorCores,
+    options: [
+      { name: '128x64, 4 subgroups, 64 deep', tuning: { sgmatTiles: { wm: 2, wn: 2, fm: 4, fn: 2, bk: 64 } } },
+      { name: '64x128, 4 subgroups, 64 deep', tuning: { sgmatTiles: { wm: 2, wn: 2, fm: 2, fn: 4, bk: 64 } } },
+      { name: '128x128, 8 subgroups, 32 deep', tuning: { sgmatTiles: { wm: 2, wn: 4, fm: 4, fn: 2, bk: 32 } } },
+      { name: '64x64, 4 subgroups, 32 deep', tuning: { sgmatTiles: { wm: 2, wn: 2, fm: 2, fn: 2, bk: 32 } } },
+    ],
+  },
+  {
+    name: 'f32 flash attention forward',
+    rows: isAttention('f32'),
+    applies: always,
+    options: [
+      { name: 'register-blocked forward', tuning: { flashBlocked: true } },
+      { name: 'lane loops unrolled', tuning: { flashCaps: { unroll: true } } },
+      { name: '2 rows per invocation, 2 lanes per row', tuning: { flashCaps: { split: 2, workgroup: 128, sweep: 16, rows: 2 } } },
+      { name: '32 keys per tile', tuning: { flashCaps: { sweep: 32 } } },
+    ],
+  },
+  {
+    name: 'f32 flash attention backward',
+    rows: (r) => isAttention('f32')(r) && r.pass === 'forward+backward',
+    applies: always,
+    options: [{ name: 'register-blocked dq and dk+dv', tuning: { flashBlockedGrad: true } }],
+  },
+  {
+    name: 'f16 attention on tensor cores',
+    rows: isAttention('f16'),
+    applies: tensorCores,
+    options: [
+      { name: 'tensor-core flash kernels', tuning: { tensorCoreAttention: true } },
+      { name: 'tensor-core flash kernels, 4 subgroups, 64 keys', tuning: { tensorCoreAttention: true, flashSgmatTiles: { subgroups: 4, keys: 64, sharedKv: false } } },
+    ],
+  },
+  {
+    name: 'msdeform value gradient',
+    rows: (r) => r.op === 'msdeform_attn' && r.pass === 'forward+backward',
+    applies: always,
+    options: [
+      { name: 'blocks unsplit', tuning: { msdeformSplits: 1 } },
+      { name: 'one tiled kernel', tuning: { msdeformValueGrad: 'tiled' } },
+    ],
+  },
+];
+
+/**
+ * Rows timed by default: one of each kind and model, at sizes whose passes take milliseconds on an H200 (the
+ * segmentation attention rows take 12–150 ms a pass, too long to time every option against).
+ */
+export const TUNE_ROWS: readonly string[] = [
+  'matmul_f32_evag_qkv',
+  'matmul_f32_evag_fc2',
+  'matmul_f32_evae_fc1',
+  'matmul_f16_evag_qkv',
+  'matmul_f16_evag_fc2',
+  'matmul_f16_evae_fc1',
+  'attention_fwd_evag_detection',
+  'attention_fwd_evae_caption',
+  'attention_vjp_evag_caption',
+  'attention_vjp_evag_detection',
+  'attention_fwd_f16_evag_detection',
+  'attention_vjp_f16_evag_caption',
+  'msdeform_vjp_m2f_pixel',
+  'msdeform_vjp_m2f_3lvl',
+];

@@ -1,0 +1,224 @@
+// `visft tune`: measures which of the kernels' equivalent forms (runtime/tune/knobs.ts) are fastest on this
+// adapter and writes a tuning profile (runtime/tune/profile.ts) that every later run on it applies. Greedy, group
+// by group: each option is timed against the configuration adopted so far, in alternating bursts on the rows it
+// changes (runtime/tune/pair-timing.ts); the best is adopted when it is faster overall by a margin, slower on no
+// row by more than noise, its outputs match the default program's, and a second timing confirms it.
+import { readFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { compileGpu } from '../../compiler/codegen/gpu.js';
+import type { Kernel, Target } from '../../compiler/codegen/types.js';
+import { unavailableReason } from '../bench/bench.js';
+import type { RowSpec } from '../bench/row-types.js';
+import { benchRows, rowGraph, type BenchSize } from '../bench/rows.js';
+import { openDevice, type GpuDevice } from '../gpu/device.js';
+import { errorMessage } from '../gpu/errors.js';
+import { TUNE_GROUPS, TUNE_ROWS, type TuneGroup, type TuneOption } from './knobs.js';
+import { relDiff, timedVariant, timePair, type TimedVariant } from './pair-timing.js';
+import { TUNING_FORMAT, TUNING_VERSION, type ProfileAdapter, type TuningEvidence, type TuningProfile, type Tuning } from './profile.js';
+
+export interface TuneOptions {
+  readonly size?: BenchSize;
+  /** Bench row names to time on (default TUNE_ROWS). */
+  readonly rows?: readonly string[];
+  /** Group names to try (default all that apply to the device). */
+  readonly groups?: readonly string[];
+  /** Stop starting new timings after this long (what was adopted by then is kept). */
+  readonly seconds?: number;
+  readonly adapter?: string;
+  readonly backend?: string;
+  /** Adopt an option when its geometric-mean time ratio is at most this (default 0.97), and no row's above `worst`. */
+  readonly threshold?: number;
+  readonly worst?: number;
+  /** Alternating-burst timing (pair-timing.ts timePair); tests shrink it. */
+  readonly timing?: { readonly warmMs?: number; readonly bursts?: number; readonly passes?: number };
+  readonly command: string;
+  readonly progress?: (line: string) => void;
+}
+
+export interface TuneResult {
+  readonly profile: TuningProfile;
+  /** Groups and options not timed, and why (`f16 matmul tensor-core tiles: no tensor cores`). */
+  readonly notes: readonly string[];
+  /** The time limit cut the search. */
+  readonly cut: boolean;
+}
+
+/** Outputs may differ from the default program's by this much (relative to each output's largest value): summation order. */
+const MAX_REL_DIFF: Readonly<Record<'f32' | 'f16', number>> = { f32: 1e-4, f16: 2e-2 };
+
+interface Config {
+  readonly toggles: readonly string[];
+  readonly tuning: Tuning;
+}
+
+const geomean = (xs: readonly number[]): number => Math.exp(xs.reduce((a, x) => a + Math.log(x), 0) / xs.length);
+
+const programKey = (kernels: readonly Kernel[]): string => JSON.stringify(kernels.map((k) => [k.wgsl, k.dispatch, k.workgroupSize]));
+
+function packageVersion(spec: string): string {
+  try {
+    const file = spec === 'visft' ? new URL('../../../package.json', import.meta.url) : createRequire(import.meta.url).resolve(`${spec}/package.json`);
+    return (JSON.parse(readFileSync(file, 'utf8')) as { version: string }).version;
+  } catch {
+    return 'unknown';
+  }
+}
+
+export async function runTune(o: TuneOptions): Promise<TuneResult> {
+  const say = o.progress ?? (() => undefined);
+  const threshold = o.threshold ?? 0.97;
+  const worst = o.worst ?? 1.05;
+  const deadline = performance.now() + (o.seconds ?? 600) * 1000;
+  const base = await openDevice({ profiling: true, tuning: 'none', ...(o.adapter ? { adapter: o.adapter } : {}), ...(o.backend ? { backend: o.backend } : {}) });
+  const devices = new Map<string, GpuDevice>([[base.toggles.join(','), base]]);
+  const notes: string[] = [];
+  const evidence: TuningEvidence[] = [];
+  const adopted: string[] = [];
+  let cut = false;
+  const baseline = new Map<string, TimedVariant>();
+  const reference = new Map<string, Float32Array[]>();
+  try {
+    // As `visft bench` chooses: model sizes on hardware, shrunk ones on a software adapter.
+    const size = o.size ?? (base.target.isFallbackAdapter ? 'quick' : 'full');
+    const wanted = o.rows ?? TUNE_ROWS;
+    const rows: RowSpec[] = [];
+    for (const row of benchRows(size).filter((r) => wanted.includes(r.name))) {
+      const why = unavailableReason(row, base.target);
+      if (why) notes.push(`${row.name}: ${why}`);
+      else rows.push(row);
+    }
+    const deviceFor = async (toggles: readonly string[]): Promise<GpuDevice> => {
+      const all = [...new Set([...base.toggles, ...toggles])];
+      const key = all.join(',');
+      if (!devices.has(key)) devices.set(key, await openDevice({ profiling: true, tuning: 'none', toggles, adapter: o.adapter ?? (base.info.description || undefined), ...(o.backend ? { backend: o.backend } : {}) }));
+      return devices.get(key)!;
+    };
+    const compileFor = (row: RowSpec, target: Target, tuning: Tuning): Kernel[] => {
+      const { tuning: _own, ...t } = target;
+      return compileGpu(rowGraph(row).graph, { ...t, ...(Object.keys(tuning).length ? { tuning } : {}) }).schedule.kernels as Kernel[];
+    };
+    let current: Config = { toggles: [], tuning: {} };
+    const baselineFor = async (row: RowSpec): Promise<TimedVariant> => {
+      let b = baseline.get(row.name);
+      if (!b) {
+        b = await timedVariant(await deviceFor(current.toggles), row, current.tuning);
+        baseline.set(row.name, b);
+        if (!reference.has(row.name)) reference.set(row.name, await b.timed.outputs(b.outIds));
+      }
+      return b;
+    };
+    const dropBaselines = (): void => {
+      for (const b of baseline.values()) b.timed.destroy();
+      baseline.clear();
+    };
+    // The default program's outputs, before anything is adopted: every option is checked against them.
+    for (const row of [...rows]) {
+      try {
+        await baselineFor(row);
+      } catch (e) {
+        notes.push(`${row.name}: left out: its default program failed (${errorMessage(e).split('\n')[0]})`);
+        rows.splice(rows.indexOf(row), 1);
+      }
+    }
+
+    /** Ratios of `cfg` against the current configuration on `changed` rows; undefined when cut by the deadline. */
+    const measure = async (cfg: Config, changed: readonly RowSpec[], group: string, option: string, record: boolean): Promise<number[] | undefined> => {
+      const ratios: number[] = [];
+      for (const row of changed) {
+        if (performance.now() > deadline) return undefined;
+        const v = await timedVariant(await deviceFor(cfg.toggles), row, cfg.tuning);
+        try {
+          const { ms, baseMs } = await timePair(v.timed, (await baselineFor(row)).timed, o.timing);
+          const diff = relDiff(await v.timed.outputs(v.outIds), reference.get(row.name)!);
+          if (diff > MAX_REL_DIFF[row.dtype]) throw new Error(`its outputs differ from the default program's by ${diff.toExponential(1)} (relative) on ${row.name}`);
+          ratios.push(ms / baseMs);
+          if (record) evidence.push({ group, option, row: row.name, ratio: ms / baseMs, relDiff: diff });
+          say(`${group} | ${option} | ${row.name}: x${(ms / baseMs).toFixed(3)} (${ms.toFixed(4)} ms against ${baseMs.toFixed(4)} ms), diff ${diff.toExponential(1)}`);
+        } finally {
+          v.timed.destroy();
+        }
+      }
+      return ratios;
+    };
+
+    const groups = TUNE_GROUPS.filter((g) => !o.groups || o.groups.includes(g.name));
+    for (const group of groups) {
+      if (cut) break;
+      if (!group.applies(base.target)) {
+        notes.push(`${group.name}: does not apply to this device`);
+        continue;
+      }
+      const candidates: { option: TuneOption; cfg: Config; changed: RowSpec[]; score: number }[] = [];
+      for (const option of group.options) {
+        const cfg = mergeConfig(current, option);
+        let changed: RowSpec[];
+        try {
+          changed = rows.filter((r) => group.rows(r)).filter((r) => option.toggles?.length || programKey(compileFor(r, base.target, cfg.tuning)) !== programKey(compileFor(r, base.target, current.tuning)));
+        } catch (e) {
+          notes.push(`${group.name} | ${option.name}: does not compile here (${errorMessage(e).split('\n')[0]})`);
+          continue;
+        }
+        if (!changed.length) {
+          notes.push(`${group.name} | ${option.name}: changes no tuned row's program on this device`);
+          continue;
+        }
+        let ratios: number[] | undefined;
+        try {
+          ratios = await measure(cfg, changed, group.name, option.name, true);
+        } catch (e) {
+          notes.push(`${group.name} | ${option.name}: rejected: ${errorMessage(e).split('\n')[0]}`);
+          continue;
+        }
+        if (!ratios) {
+          cut = true;
+          break;
+        }
+        if (Math.max(...ratios) <= worst) candidates.push({ option, cfg, changed, score: geomean(ratios) });
+      }
+      const best = candidates.sort((a, b) => a.score - b.score)[0];
+      if (!best || best.score > threshold || cut) continue;
+      // A second timing against the same baseline: one lucky window adopts nothing.
+      const again = await measure(best.cfg, best.changed, group.name, `${best.option.name} (confirming)`, false).catch(() => undefined);
+      if (!again) {
+        cut = performance.now() > deadline;
+        continue;
+      }
+      if (geomean(again) > threshold || Math.max(...again) > worst) {
+        say(`${group.name}: ${best.option.name} not confirmed (x${geomean(again).toFixed(3)} the second time)`);
+        continue;
+      }
+      current = best.cfg;
+      adopted.push(`${group.name}: ${best.option.name} (x${best.score.toFixed(3)}, then x${geomean(again).toFixed(3)})`);
+      say(`adopted ${group.name}: ${best.option.name}`);
+      dropBaselines();
+    }
+    const adapter: ProfileAdapter = { vendor: base.info.vendor, architecture: base.info.architecture, device: base.info.device, description: base.info.description, backend: base.backend ?? '' };
+    const profile: TuningProfile = {
+      format: TUNING_FORMAT,
+      version: TUNING_VERSION,
+      adapter,
+      created: new Date().toISOString(),
+      command: o.command,
+      visft: packageVersion('visft'),
+      webgpu: packageVersion('webgpu'),
+      toggles: [...current.toggles],
+      tuning: current.tuning,
+      evidence,
+      adopted,
+    };
+    return { profile, notes, cut };
+  } finally {
+    for (const b of baseline.values()) b.timed.destroy();
+    for (const d of devices.values()) await d.destroy();
+  }
+}
+
+/** The adopted configuration with one option on top: its tuning keys replace the adopted ones', its toggles add. */
+export function mergeConfig(current: Config, option: TuneOption): Config {
+  return {
+    toggles: [...new Set([...current.toggles, ...(option.toggles ?? [])])],
+    tuning: { ...current.tuning, ...(option.tuning ?? {}) },
+  };
+}
+
+export type { TuneGroup };

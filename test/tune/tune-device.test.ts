@@ -1,0 +1,112 @@
+// Tuning profiles on the device (lavapipe in CI): openDevice applies a profile's choices and toggles; `visft tune`
+// measures and writes one that doctor, bench and run then use; bad input is a one-line error.
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { test } from 'node:test';
+import { fileURLToPath } from 'node:url';
+import { compileGpu } from '../../compiler/codegen/gpu.js';
+import { benchRows, rowGraph } from '../../runtime/bench/rows.js';
+import { openDevice } from '../../runtime/gpu/device.js';
+import { readProfile, TUNING_FORMAT, TUNING_VERSION, writeProfile, type TuningProfile } from '../../runtime/tune/profile.js';
+
+const bin = fileURLToPath(new URL('../../../bin/visft.js', import.meta.url));
+const visft = (...args: string[]) => spawnSync(process.execPath, [bin, ...args], { encoding: 'utf8', timeout: 600_000, env: { ...process.env, VISFT_TUNING: 'none' } });
+const dir = mkdtempSync(join(tmpdir(), 'visft-tune-device-'));
+const geomean = (xs: number[]): number => Math.exp(xs.reduce((a, x) => a + Math.log(x), 0) / xs.length);
+
+test("openDevice applies a profile measured on this adapter: its tuning in the Target, its toggles on the device", async () => {
+  const probe = await openDevice({ tuning: 'none' });
+  const adapter = { vendor: probe.info.vendor, architecture: probe.info.architecture, device: probe.info.device, description: probe.info.description, backend: probe.backend ?? '' };
+  await probe.destroy();
+  assert.equal(probe.tuningProfile, undefined);
+  const file = join(dir, 'made.json');
+  const made: TuningProfile = {
+    format: TUNING_FORMAT,
+    version: TUNING_VERSION,
+    adapter,
+    created: new Date().toISOString(),
+    command: 'test',
+    visft: '0',
+    webgpu: '0',
+    toggles: ['disable_robustness'],
+    tuning: { msdeformValueGrad: 'tiled' },
+    evidence: [],
+    adopted: ['msdeform value gradient: one tiled kernel'],
+  };
+  writeProfile(file, made);
+  const gpu = await openDevice({ tuning: file });
+  try {
+    assert.equal(gpu.tuningProfile?.file, file);
+    assert.deepEqual(gpu.target.tuning, { msdeformValueGrad: 'tiled' });
+    assert.ok(gpu.toggles.includes('disable_robustness') && gpu.toggles.includes('allow_unsafe_apis'), gpu.toggles.join());
+    const row = benchRows('tiny').find((r) => r.name === 'msdeform_vjp_m2f_pixel')!;
+    const kernels = compileGpu(rowGraph(row).graph, gpu.target).schedule.kernels.map((k) => k.name);
+    assert.ok(kernels.includes('msdeform_attn_grad_value_tiled_f32'), kernels.join(' '));
+  } finally {
+    await gpu.destroy();
+  }
+  // `visft compile --target ... --tuning FILE` generates what that GPU runs under the profile; the bundle says so.
+  const op = ['compile', '--op', 'msdeform_attn', '--vjp', '--shape', 'value=1x26x2x4', 'sampling_locations=1x26x2x2x2x2', 'attention_weights=1x26x2x2x2', '--attr', 'levels=[4x5,2x3]', '--target', 'nvidia-h200', '--emit', 'kernels'];
+  const plain = visft(...op);
+  const tuned = visft(...op, '--tuning', file);
+  assert.equal(plain.status, 0, plain.stderr);
+  assert.equal(tuned.status, 0, tuned.stderr);
+  assert.doesNotMatch(plain.stdout, /msdeform_attn_grad_value_tiled_f32/);
+  assert.match(tuned.stdout, /msdeform_attn_grad_value_tiled_f32/);
+  // A profile of another adapter, given by name, is refused with both names.
+  writeProfile(join(dir, 'other.json'), { ...made, adapter: { ...adapter, description: 'NVIDIA H200' } });
+  await assert.rejects(openDevice({ tuning: join(dir, 'other.json') }), /other\.json was measured on NVIDIA H200 \(vulkan\); this adapter is /);
+});
+
+test('`visft tune` writes a profile whose adoptions its evidence supports, and doctor and bench apply it', () => {
+  const out = join(dir, 'tuned.json');
+  const r = visft('tune', '--rows', 'msdeform_vjp_m2f_pixel', '--groups', 'msdeform value gradient', '--size', 'tiny', '--seconds', '300', '--out', out, '--json');
+  assert.equal(r.status, 0, r.stderr);
+  const result = JSON.parse(r.stdout) as { file: string; cut: boolean; profile: TuningProfile };
+  assert.equal(result.file, out);
+  const profile = readProfile(out);
+  assert.deepEqual(profile, result.profile);
+  assert.match(profile.command, /^visft tune --rows msdeform_vjp_m2f_pixel --groups 'msdeform value gradient'/);
+  assert.ok(profile.evidence.length > 0, 'at least one option changed the row and was timed');
+  for (const e of profile.evidence) {
+    assert.equal(e.row, 'msdeform_vjp_m2f_pixel');
+    assert.equal(e.group, 'msdeform value gradient');
+    assert.ok(e.ratio > 0 && e.relDiff <= 1e-4, JSON.stringify(e));
+  }
+  for (const a of profile.adopted) {
+    const option = a.replace(/^msdeform value gradient: /, '').replace(/ \(x.*$/, '');
+    assert.ok(geomean(profile.evidence.filter((e) => e.option === option).map((e) => e.ratio)) <= 0.97, a);
+  }
+  assert.equal(profile.adopted.length > 0, Object.keys(profile.tuning).length > 0);
+  assert.deepEqual(profile.toggles, []);
+
+  const doctor = visft('doctor', '--tuning', out, '--json');
+  assert.equal(doctor.status, 0, doctor.stderr);
+  assert.equal((JSON.parse(doctor.stdout) as { tuning?: { file: string } }).tuning?.file, out);
+  const bench = visft('bench', '--rows', 'msdeform_vjp_m2f_pixel', '--tuning', out, '--repeat', '2', '--json');
+  assert.equal(bench.status, 0, bench.stderr);
+  const report = JSON.parse(bench.stdout) as { device: { tuning?: { file: string } }; rows: { status: string }[] };
+  assert.equal(report.device.tuning?.file, out);
+  assert.deepEqual(report.rows.map((x) => x.status), ['ok']);
+});
+
+test('bad tune arguments and broken profiles are one-line errors', () => {
+  const cases: [string[], RegExp][] = [
+    [['tune', '--rows', 'matmul_f64_evag_qkv'], /--rows: no bench row is called 'matmul_f64_evag_qkv'; rows are: matmul_f32_evag_qkv/],
+    [['tune', '--groups', 'faster please'], /--groups: no group is called 'faster please'; groups are: 'dawn robustness'/],
+    [['tune', '--seconds', '0'], /--seconds takes a number of seconds from 1 to 86400, not '0'/],
+    [['tune', '--size', 'huge'], /--size takes full, quick or tiny, not 'huge'/],
+  ];
+  const broken = join(dir, 'broken.json');
+  writeFileSync(broken, JSON.stringify({ format: TUNING_FORMAT, version: TUNING_VERSION }));
+  cases.push([['bench', '--rows', 'gelu_evag', '--tuning', broken], /broken\.json: adapter: missing/]);
+  for (const [args, message] of cases) {
+    const r = visft(...args);
+    assert.equal(r.status, 2, `${args.join(' ')}: ${r.stderr}`);
+    assert.match(r.stderr, message);
+    assert.doesNotMatch(r.stderr, /\n\s+at /, 'no stack trace');
+  }
+});
