@@ -11,8 +11,9 @@
 # shapes; the bench rows with tfjs-webgpu on the same device (and again with robustness off); the
 # whole test suite on this GPU; last every primitive op against PyTorch (scripts/oracle-fuzz.py, fp16 then f32).
 # `visft tune` (tune-profile) measures the kernels' equivalent forms and Dawn's robustness toggles on this GPU and
-# writes the tuning profile ($OUT/tuning-profile.json) that bench-tuned then applies; every other step runs
-# without a profile (VISFT_TUNING=none), so its numbers are the defaults'.
+# writes the tuning profile (/tmp/visft-tuning/profile.json, kept on the machine while it stays warm, so a second
+# call's bench-tuned finds it; copied to $OUT) that bench-tuned then applies; every other step runs without a
+# profile (VISFT_TUNING=none), so its numbers are the defaults'.
 # STEPS="doctor sgmat-test ..." runs only the steps named;
 # TUNE_ARGS and TORCH_ARGS pass options to the sweep and the PyTorch peer (e.g. TUNE_ARGS="--rows
 # matmul_f32_evag_fc2"). The logs go to $OUT/logs.tgz, rebuilt after every step (the device tool brings back at
@@ -25,7 +26,7 @@ BUDGET=${BUDGET:-420}
 LOGS=/tmp/visft-logs
 mkdir -p "$OUT" "$LOGS"
 export VISFT_TUNING=none
-PROFILE="$OUT/tuning-profile.json"
+PROFILE=/tmp/visft-tuning/profile.json
 step() { # name, seconds, command...
   local name=$1 secs=$2 left=$((BUDGET - SECONDS))
   shift 2
@@ -67,6 +68,6 @@ step all-tests 90 node --test --test-reporter=dot $(find dist/test -name '*.test
 python3 -c 'import torch, numpy' 2>/dev/null && step oracle-fuzz-fp16 60 python3 scripts/oracle-fuzz.py --precision fp16 --cases 30 --seed 7 -v
 python3 -c 'import torch, numpy' 2>/dev/null && step oracle-fuzz 150 python3 scripts/oracle-fuzz.py --cases 147 --seed 7 -v
 kill %1 2>/dev/null
-[[ -f "$PROFILE" ]] && cp "$PROFILE" "$LOGS/"
+[[ -f "$PROFILE" ]] && cp "$PROFILE" "$LOGS/tuning-profile.json" && cp "$PROFILE" "$OUT/tuning-profile.json"
 tar -czf "$OUT/logs.tgz" -C "$LOGS" .
 cat "$OUT/summary.txt"
