@@ -130,6 +130,7 @@ function program(): Command {
     .command('tune')
     .description("time the kernels' equivalent forms on this GPU and write a tuning profile that later runs on it apply")
     .option('--json', 'print the result as JSON')
+    .option('--list', 'list the groups and options it tries, and on which rows, without timing anything')
     .option('--rows <names>', 'comma-separated bench rows to time on (default: one of each kind and model)')
     .option('--groups <names>', "comma-separated groups to try (default: all that apply), e.g. 'dawn robustness'")
     .option('--seconds <n>', 'stop starting new timings after this long (default 600)')

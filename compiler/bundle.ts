@@ -184,6 +184,8 @@ export function bundleProgramFor(b: Bundle, graph: Graph, file: string, device: 
         ? `the bundle's are for '${PORTABLE_TARGET.name}'`
         : shortfalls.length
           ? `the bundle's are for '${b.gpu.target}', and this adapter lacks ${shortfalls.join(', ')}`
-          : `the bundle's were generated without this adapter's tuning profile`;
+          : device.tuning
+            ? `the bundle's were generated without this adapter's tuning profile`
+            : `the bundle's were generated with tuning choices, and no tuning profile applies to this adapter`;
   return { program: compileGpu(graph, device, b.gpu.fused === false ? { fuse: false } : {}), rescheduled: why };
 }

@@ -1,15 +1,16 @@
-// `visft tune [--rows NAME,...] [--groups NAME,...] [--seconds N] [--out FILE] [--json]`: times the kernels'
+// `visft tune [--rows NAME,...] [--groups NAME,...] [--seconds N] [--out FILE] [--json] [--list]`: times the kernels'
 // equivalent forms on this adapter (runtime/tune) and writes the tuning profile that later runs on it apply.
 // Exit 0 when a profile was written (also when the defaults won: the profile then records that), 1 on GPU errors,
 // 2 for usage errors.
 import { join } from 'node:path';
-import { BENCH_ROW_NAMES } from '../../runtime/bench/rows.js';
-import { TUNE_GROUPS } from '../../runtime/tune/knobs.js';
+import { BENCH_ROW_NAMES, benchRows } from '../../runtime/bench/rows.js';
+import { TUNE_GROUPS, TUNE_ROWS } from '../../runtime/tune/knobs.js';
 import { profileFileName, userProfileDir, writeProfile } from '../../runtime/tune/profile.js';
 import { fileErrorLine, gpuErrorExit, UsageError } from './errors.js';
 
 export interface TuneCliOptions {
   json?: boolean;
+  list?: boolean;
   rows?: string;
   groups?: string;
   seconds?: string;
@@ -20,7 +21,24 @@ export interface TuneCliOptions {
 
 const list = (s: string | undefined): string[] | undefined => (s === undefined ? undefined : s.split(',').map((x) => x.trim()).filter(Boolean));
 
+/** The groups and their options, in the order tried, and the default rows (`visft tune --list`). */
+function listGroups(json: boolean | undefined): number {
+  if (json) {
+    process.stdout.write(JSON.stringify({ groups: TUNE_GROUPS.map((g) => ({ name: g.name, options: g.options, rows: TUNE_ROWS.filter((r) => g.rows(rowSpec(r))) })), rows: TUNE_ROWS }, null, 2) + '\n');
+    return 0;
+  }
+  const w = (s: string) => process.stdout.write(s + '\n');
+  for (const g of TUNE_GROUPS) {
+    w(`${g.name} (on ${TUNE_ROWS.filter((r) => g.rows(rowSpec(r))).join(', ')})`);
+    for (const o of g.options) w(`  ${o.name}: ${[o.toggles?.length ? `dawn toggles ${o.toggles.join(', ')}` : '', o.tuning ? `tuning ${JSON.stringify(o.tuning)}` : ''].filter(Boolean).join('; ')}`);
+  }
+  return 0;
+}
+
+const rowSpec = (name: string) => benchRows('tiny').find((r) => r.name === name)!;
+
 export async function runTuneCommand(opts: TuneCliOptions): Promise<number> {
+  if (opts.list) return listGroups(opts.json);
   const rows = list(opts.rows);
   const unknownRows = rows?.filter((r) => !BENCH_ROW_NAMES.includes(r)) ?? [];
   if (unknownRows.length) throw new UsageError(`--rows: no bench row is called ${unknownRows.map((r) => `'${r}'`).join(', ')}; rows are: ${BENCH_ROW_NAMES.join(', ')}`);

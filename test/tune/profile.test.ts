@@ -146,6 +146,7 @@ test("`visft run` takes a bundle's own kernels only when they were generated wit
   assert.match(bundleProgramFor(bundle, graph, 'mm.visftx', tuned, 'auto').rescheduled ?? '', /generated without this adapter's tuning profile/);
   const own = parseBundle(serializeBundle(makeBundle(entry, { file: 'mm.visft', sha256: '' }, compileGpu(b.graph, tuned))), 'mm.visftx');
   assert.deepEqual(own.bundle.gpu?.tuning, tuned.tuning);
+  assert.match(bundleProgramFor(own.bundle, own.graph, 'mm.visftx', untuned, 'auto').rescheduled ?? '', /generated with tuning choices, and no tuning profile applies/);
   // Key order does not matter; the same choices do.
   const reordered = { ...untuned, tuning: { tiledTiles: { cols: 8, rows: 8, tn: 64, tm: 128 } } as const };
   assert.equal(bundleProgramFor(own.bundle, own.graph, 'mm.visftx', reordered, 'auto').rescheduled, undefined);

@@ -10,6 +10,7 @@ import { fileURLToPath } from 'node:url';
 import { compileGpu } from '../../compiler/codegen/gpu.js';
 import { benchRows, rowGraph } from '../../runtime/bench/rows.js';
 import { openDevice } from '../../runtime/gpu/device.js';
+import { TUNE_GROUPS } from '../../runtime/tune/knobs.js';
 import { readProfile, TUNING_FORMAT, TUNING_VERSION, writeProfile, type TuningProfile } from '../../runtime/tune/profile.js';
 
 const bin = fileURLToPath(new URL('../../../bin/visft.js', import.meta.url));
@@ -91,6 +92,17 @@ test('`visft tune` writes a profile whose adoptions its evidence supports, and d
   const report = JSON.parse(bench.stdout) as { device: { tuning?: { file: string } }; rows: { status: string }[] };
   assert.equal(report.device.tuning?.file, out);
   assert.deepEqual(report.rows.map((x) => x.status), ['ok']);
+});
+
+test('`visft tune --list` names every group, its options and its rows, without a device', () => {
+  const r = visft('tune', '--list', '--json');
+  assert.equal(r.status, 0, r.stderr);
+  const listed = JSON.parse(r.stdout) as { groups: { name: string; options: { name: string }[]; rows: string[] }[]; rows: string[] };
+  assert.deepEqual(listed.groups.map((g) => g.name), TUNE_GROUPS.map((g) => g.name));
+  for (const [i, g] of listed.groups.entries()) {
+    assert.deepEqual(g.options.map((o) => o.name), TUNE_GROUPS[i].options.map((o) => o.name));
+    assert.ok(g.rows.length > 0 && g.rows.every((row) => listed.rows.includes(row)), g.name);
+  }
 });
 
 test('bad tune arguments and broken profiles are one-line errors', () => {
