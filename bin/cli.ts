@@ -129,6 +129,7 @@ function program(): Command {
   cmd
     .command('tune')
     .description("time the kernels' equivalent forms on this GPU and write a tuning profile that later runs on it apply")
+    .argument('[bundles...]', 'bundles (visft compile -o) to time on: your model and shapes, instead of the bench rows (with --rows, as well)')
     .option('--json', 'print the result as JSON')
     .option('--list', 'list the groups and options it tries, and on which rows, without timing anything')
     .option('--rows <names>', 'comma-separated bench rows to time on (default: one of each kind and model)')
@@ -137,8 +138,8 @@ function program(): Command {
     .option('--size <size>', 'full (default on hardware), quick (default on a software adapter), or tiny')
     .option('--out <file>', 'where to write the profile (default: the user profile folder, where later runs look)')
     .option('--adapter <name>', 'pick the GPU adapter whose name contains this')
-    .action(async (opts: import('./commands/tune.js').TuneCliOptions) => {
-      process.exitCode = await (await import('./commands/tune.js')).runTuneCommand(opts);
+    .action(async (bundles: string[], opts: import('./commands/tune.js').TuneCliOptions) => {
+      process.exitCode = await (await import('./commands/tune.js')).runTuneCommand(bundles, opts);
     });
 
   cmd

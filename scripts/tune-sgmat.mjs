@@ -16,7 +16,7 @@
 import { writeFileSync } from 'node:fs';
 import { openDevice } from '../dist/runtime/gpu/device.js';
 import { benchRows } from '../dist/runtime/bench/rows.js';
-import { relDiff, timedVariant as variantOn, timePair } from '../dist/runtime/tune/pair-timing.js';
+import { relDiff, rowCase, timedVariant as variantOn, timePair } from '../dist/runtime/tune/pair-timing.js';
 import { sgmatShape } from '../dist/kernels/sgmat.js';
 
 const args = process.argv.slice(2);
@@ -120,7 +120,7 @@ async function deviceWith(toggles) {
 /** The row's program under `tuning` (and `ablation`), its inputs uploaded; on a device with extra `toggles`, if any. */
 async function timedVariant(gpu, row, tuning, ablation, toggles) {
   const edit = ablation ? (ABLATIONS[ablation] ?? FLASH_ABLATIONS[ablation.replace(/^flash /, '')]) : undefined;
-  return variantOn(await deviceWith(toggles), row, tuning, edit && ((k) => (/^(matmul|attention)/.test(k.name) ? { ...k, wgsl: edit(k.wgsl) } : k)));
+  return variantOn(await deviceWith(toggles), rowCase(row), tuning, edit && ((k) => (/^(matmul|attention)/.test(k.name) ? { ...k, wgsl: edit(k.wgsl) } : k)));
 }
 
 // No tuning profile: every variant is timed against the defaults.

@@ -1,8 +1,11 @@
-// `visft tune [--rows NAME,...] [--groups NAME,...] [--seconds N] [--out FILE] [--json] [--list]`: times the kernels'
+// `visft tune [BUNDLE...] [--rows NAME,...] [--groups NAME,...] [--seconds N] [--out FILE] [--json] [--list]`: times the kernels'
 // equivalent forms on this adapter (runtime/tune) and writes the tuning profile that later runs on it apply.
 // Exit 0 when a profile was written (also when the defaults won: the profile then records that), 1 on GPU errors,
 // 2 for usage errors.
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { BundleError, parseBundle } from '../../compiler/bundle.js';
+import { bundleCase, type TuneCase } from '../../runtime/tune/pair-timing.js';
 import { BENCH_ROW_NAMES, benchRows } from '../../runtime/bench/rows.js';
 import { TUNE_GROUPS, TUNE_ROWS } from '../../runtime/tune/knobs.js';
 import { profileFileName, userProfileDir, writeProfile } from '../../runtime/tune/profile.js';
@@ -37,8 +40,27 @@ function listGroups(json: boolean | undefined): number {
 
 const rowSpec = (name: string) => benchRows('tiny').find((r) => r.name === name)!;
 
-export async function runTuneCommand(opts: TuneCliOptions): Promise<number> {
+/** The bundles' graphs with seeded data; unreadable or malformed files are usage errors naming the file. */
+function bundleCases(files: readonly string[]): TuneCase[] {
+  return files.map((file) => {
+    let text: string;
+    try {
+      text = readFileSync(file, 'utf8');
+    } catch (e) {
+      throw new UsageError(fileErrorLine(e) ?? `cannot read ${file}`);
+    }
+    try {
+      return bundleCase(file, parseBundle(text, file).graph);
+    } catch (e) {
+      if (e instanceof BundleError) throw new UsageError(e.message);
+      throw e;
+    }
+  });
+}
+
+export async function runTuneCommand(bundles: readonly string[], opts: TuneCliOptions): Promise<number> {
   if (opts.list) return listGroups(opts.json);
+  const cases = bundleCases(bundles);
   const rows = list(opts.rows);
   const unknownRows = rows?.filter((r) => !BENCH_ROW_NAMES.includes(r)) ?? [];
   if (unknownRows.length) throw new UsageError(`--rows: no bench row is called ${unknownRows.map((r) => `'${r}'`).join(', ')}; rows are: ${BENCH_ROW_NAMES.join(', ')}`);
@@ -50,13 +72,14 @@ export async function runTuneCommand(opts: TuneCliOptions): Promise<number> {
   if (seconds !== undefined && !(Number.isFinite(seconds) && seconds > 0 && seconds <= 86_400)) throw new UsageError(`--seconds takes a number of seconds from 1 to 86400, not '${opts.seconds}'`);
   if (opts.size !== undefined && !['full', 'quick', 'tiny'].includes(opts.size)) throw new UsageError(`--size takes full, quick or tiny, not '${opts.size}'`);
 
-  const command = ['visft tune', opts.rows && `--rows ${opts.rows}`, opts.groups && `--groups '${opts.groups}'`, opts.seconds && `--seconds ${opts.seconds}`, opts.size && `--size ${opts.size}`, opts.adapter && `--adapter '${opts.adapter}'`].filter(Boolean).join(' ');
+  const command = ['visft tune', ...bundles, opts.rows && `--rows ${opts.rows}`, opts.groups && `--groups '${opts.groups}'`, opts.seconds && `--seconds ${opts.seconds}`, opts.size && `--size ${opts.size}`, opts.adapter && `--adapter '${opts.adapter}'`].filter(Boolean).join(' ');
   const { runTune } = await import('../../runtime/tune/tune.js');
   let result;
   try {
     result = await runTune({
       command,
       ...(rows ? { rows } : {}),
+      ...(cases.length ? { cases } : {}),
       ...(groups ? { groups } : {}),
       ...(seconds !== undefined ? { seconds } : {}),
       ...(opts.size ? { size: opts.size as 'full' | 'quick' | 'tiny' } : {}),

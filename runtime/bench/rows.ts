@@ -149,17 +149,22 @@ export function rowGraph(row: RowSpec, dtype: 'f32' | 'f16' = row.dtype): { grap
   return { graph, inputs, outputs: row.outputs.map((o) => o.name) };
 }
 
-/** Seeded uniform values (mulberry32), the same for every run of a row. */
-export function rowInputData(row: RowSpec): Float32Array[] {
+/** A seeded generator of uniform values in [0, 1) (mulberry32), seeded by a name: the same name, the same values. */
+export function seededUniform(name: string): () => number {
   let seed = 0x9e3779b9;
-  for (const ch of row.name) seed = Math.imul(seed ^ ch.charCodeAt(0), 0x85ebca6b) >>> 0;
-  const next = (): number => {
+  for (const ch of name) seed = Math.imul(seed ^ ch.charCodeAt(0), 0x85ebca6b) >>> 0;
+  return (): number => {
     seed = (seed + 0x6d2b79f5) >>> 0;
     let z = seed;
     z = Math.imul(z ^ (z >>> 15), z | 1);
     z ^= z + Math.imul(z ^ (z >>> 7), z | 61);
     return ((z ^ (z >>> 14)) >>> 0) / 4294967296;
   };
+}
+
+/** Seeded uniform values, the same for every run of a row. */
+export function rowInputData(row: RowSpec): Float32Array[] {
+  const next = seededUniform(row.name);
   return row.inputs.map((i) => {
     if (i.fill) return fillLocations(i.fill, i.shape, next);
     const out = new Float32Array(numel(i.shape));

@@ -7,11 +7,59 @@ import { compileGpu } from '../../compiler/codegen/gpu.js';
 import type { Kernel, Target } from '../../compiler/codegen/types.js';
 import { hasTimestamps, TimedProgram } from '../bench/ours.js';
 import type { RowSpec } from '../bench/row-types.js';
-import { rowGraph, rowInputData } from '../bench/rows.js';
+import { rowGraph, rowInputData, seededUniform } from '../bench/rows.js';
+import type { Graph } from '../../compiler/ir/graph.js';
 import type { GpuDevice } from '../gpu/device.js';
 import { fromF16, toF16 } from '../gpu/half.js';
 
-/** A row's program compiled and uploaded, ready to time. */
+/**
+ * What is timed: a graph with data for every input and parameter, and the outputs compared between programs. A
+ * bench row (rowCase) or a whole bundle (bundleCase: a model's forward or training step, as compiled).
+ */
+export interface TuneCase {
+  readonly name: string;
+  /** The outputs' tolerance class: f16 when any value of the graph is stored in f16. */
+  readonly dtype: 'f32' | 'f16';
+  readonly graph: Graph;
+  /** Graph node id → values, for every input and parameter. */
+  readonly data: ReadonlyMap<number, Float32Array>;
+  readonly outputs: readonly string[];
+  /** The bench row it is, if it is one (groups choose their rows by it). */
+  readonly row?: RowSpec;
+}
+
+export function rowCase(row: RowSpec): TuneCase {
+  const values = rowInputData(row).map((d) => fromF16(toF16(d)));
+  const { graph, inputs, outputs } = rowGraph(row);
+  return { name: row.name, dtype: row.dtype, graph, data: new Map(inputs.map((id, i) => [id, values[i]])), outputs, row };
+}
+
+/**
+ * A bundle's graph with seeded data: inputs uniform in [-1, 1), parameters in [-0.02, 0.02) (the scale of ViT
+ * initialisations, so that deep stacks stay finite), integer and boolean values 0 (a valid index anywhere). The
+ * values repeat a seeded block of a prime length, each tensor from its own place in it: a billion parameters fill
+ * in seconds, and every program compared gets the same bytes.
+ */
+export function bundleCase(name: string, graph: Graph): TuneCase {
+  const next = seededUniform(name);
+  const block = Float32Array.from({ length: 65521 }, () => 2 * next() - 1);
+  const data = new Map<number, Float32Array>();
+  const fill = (node: number, scale: number): void => {
+    const n = graph.node(node);
+    const out = new Float32Array(n.shape.reduce((a, b) => a * b, 1));
+    if (n.dtype === 'f32' || n.dtype === 'f16' || n.dtype === 'bf16') {
+      const start = Math.floor(next() * block.length);
+      for (let i = 0, j = start; i < out.length; i++, j = j + 1 === block.length ? 0 : j + 1) out[i] = scale * block[j];
+    }
+    data.set(node, out);
+  };
+  for (const i of graph.inputs) fill(i.node, 1);
+  for (const p of graph.params) fill(p.node, 0.02);
+  const dtype = graph.nodes.some((n) => n.dtype === 'f16' || n.dtype === 'bf16') ? 'f16' : 'f32';
+  return { name, dtype, graph, data, outputs: graph.outputs.map((o) => o.name) };
+}
+
+/** A case's program compiled and uploaded, ready to time. */
 export interface TimedVariant {
   readonly timed: TimedProgram;
   /** Kernel names in schedule order. */
@@ -19,24 +67,24 @@ export interface TimedVariant {
   readonly outIds: readonly number[];
 }
 
-/**
- * The row's program for `device` under `tuning` (replacing the device's own), its inputs uploaded (rounded to f16
- * and back, so f32 and f16 programs see the same values). `edit` rewrites kernels' WGSL (ablations).
- */
-export async function timedVariant(device: GpuDevice, row: RowSpec, tuning: Target['tuning'] | undefined, edit?: (k: Kernel) => Kernel): Promise<TimedVariant> {
-  const data = rowInputData(row).map((d) => fromF16(toF16(d)));
-  const { graph, inputs, outputs } = rowGraph(row);
-  const { tuning: _own, ...target } = device.target;
-  let program = compileGpu(graph, { ...target, ...(tuning && Object.keys(tuning).length ? { tuning } : {}) });
+/** The case's program for `device` under `tuning` (replacing the device's own); `edit` rewrites kernels' WGSL (ablations). */
+export async function timedVariant(device: GpuDevice, c: TuneCase, tuning: Target['tuning'] | undefined, edit?: (k: Kernel) => Kernel): Promise<TimedVariant> {
+  let program = compileGpu(c.graph, withTuning(device.target, tuning));
   const kernels = program.schedule.kernels.map((k) => k.name);
   if (edit) program = { ...program, schedule: { ...program.schedule, kernels: program.schedule.kernels.map(edit) } };
-  const outIds = outputs.map((name) => {
+  const outIds = c.outputs.map((name) => {
     const id = program.schedule.outputs.get(name);
-    if (id === undefined) throw new Error(`row ${row.name}: the program has no output '${name}'`);
+    if (id === undefined) throw new Error(`${c.name}: the program has no output '${name}'`);
     return id;
   });
-  const timed = await TimedProgram.create(device, program, new Map(inputs.map((id, i) => [id, data[i]])));
+  const timed = await TimedProgram.create(device, program, new Map([...c.data].filter(([id]) => program.plan.placement.has(id))));
   return { timed, kernels, outIds };
+}
+
+/** `target` with `tuning` in place of its own (none when empty). */
+export function withTuning(target: Target, tuning: Target['tuning'] | undefined): Target {
+  const { tuning: _own, ...rest } = target;
+  return tuning && Object.keys(tuning).length ? { ...rest, tuning } : rest;
 }
 
 const median = (xs: readonly number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];

@@ -6,20 +6,21 @@
 import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { compileGpu } from '../../compiler/codegen/gpu.js';
-import type { Kernel, Target } from '../../compiler/codegen/types.js';
+import type { Kernel } from '../../compiler/codegen/types.js';
 import { unavailableReason } from '../bench/bench.js';
-import type { RowSpec } from '../bench/row-types.js';
-import { benchRows, rowGraph, type BenchSize } from '../bench/rows.js';
+import { benchRows, type BenchSize } from '../bench/rows.js';
 import { openDevice, type GpuDevice } from '../gpu/device.js';
 import { errorMessage } from '../gpu/errors.js';
 import { TUNE_GROUPS, TUNE_ROWS, type TuneGroup, type TuneOption } from './knobs.js';
-import { relDiff, timedVariant, timePair, type TimedVariant } from './pair-timing.js';
+import { relDiff, rowCase, timedVariant, timePair, withTuning, type TimedVariant, type TuneCase } from './pair-timing.js';
 import { TUNING_FORMAT, TUNING_VERSION, type ProfileAdapter, type TuningEvidence, type TuningProfile, type Tuning } from './profile.js';
 
 export interface TuneOptions {
   readonly size?: BenchSize;
-  /** Bench row names to time on (default TUNE_ROWS). */
+  /** Bench row names to time on (default TUNE_ROWS, unless `cases` are given). */
   readonly rows?: readonly string[];
+  /** Programs to time on besides (or, without `rows`, instead of) bench rows: a bundle's graph (pair-timing.ts bundleCase). */
+  readonly cases?: readonly TuneCase[];
   /** Group names to try (default all that apply to the device). */
   readonly groups?: readonly string[];
   /** Stop starting new timings after this long (what was adopted by then is kept). */
@@ -80,12 +81,14 @@ export async function runTune(o: TuneOptions): Promise<TuneResult> {
   try {
     // As `visft bench` chooses: model sizes on hardware, shrunk ones on a software adapter.
     const size = o.size ?? (base.target.isFallbackAdapter ? 'quick' : 'full');
-    const wanted = o.rows ?? TUNE_ROWS;
-    const rows: RowSpec[] = [];
-    for (const row of benchRows(size).filter((r) => wanted.includes(r.name))) {
-      const why = unavailableReason(row, base.target);
-      if (why) notes.push(`${row.name}: ${why}`);
-      else rows.push(row);
+    const cases: TuneCase[] = [...(o.cases ?? [])];
+    if (!o.cases || o.rows) {
+      const wanted = o.rows ?? TUNE_ROWS;
+      for (const row of benchRows(size).filter((r) => wanted.includes(r.name))) {
+        const why = unavailableReason(row, base.target);
+        if (why) notes.push(`${row.name}: ${why}`);
+        else cases.push(rowCase(row));
+      }
     }
     const deviceFor = async (toggles: readonly string[]): Promise<GpuDevice> => {
       const all = [...new Set([...base.toggles, ...toggles])];
@@ -93,17 +96,14 @@ export async function runTune(o: TuneOptions): Promise<TuneResult> {
       if (!devices.has(key)) devices.set(key, await openDevice({ profiling: true, tuning: 'none', toggles, adapter: o.adapter ?? (base.info.description || undefined), ...(o.backend ? { backend: o.backend } : {}) }));
       return devices.get(key)!;
     };
-    const compileFor = (row: RowSpec, target: Target, tuning: Tuning): Kernel[] => {
-      const { tuning: _own, ...t } = target;
-      return compileGpu(rowGraph(row).graph, { ...t, ...(Object.keys(tuning).length ? { tuning } : {}) }).schedule.kernels as Kernel[];
-    };
+    const kernelsOf = (c: TuneCase, tuning: Tuning): readonly Kernel[] => compileGpu(c.graph, withTuning(base.target, tuning)).schedule.kernels;
     let current: Config = { toggles: [], tuning: {} };
-    const baselineFor = async (row: RowSpec): Promise<TimedVariant> => {
-      let b = baseline.get(row.name);
+    const baselineFor = async (c: TuneCase): Promise<TimedVariant> => {
+      let b = baseline.get(c.name);
       if (!b) {
-        b = await timedVariant(await deviceFor(current.toggles), row, current.tuning);
-        baseline.set(row.name, b);
-        if (!reference.has(row.name)) reference.set(row.name, await b.timed.outputs(b.outIds));
+        b = await timedVariant(await deviceFor(current.toggles), c, current.tuning);
+        baseline.set(c.name, b);
+        if (!reference.has(c.name)) reference.set(c.name, await b.timed.outputs(b.outIds));
       }
       return b;
     };
@@ -112,28 +112,34 @@ export async function runTune(o: TuneOptions): Promise<TuneResult> {
       baseline.clear();
     };
     // The default program's outputs, before anything is adopted: every option is checked against them.
-    for (const row of [...rows]) {
+    for (const c of [...cases]) {
+      let why: string | undefined;
       try {
-        await baselineFor(row);
+        await baselineFor(c);
+        if (reference.get(c.name)!.some((out) => out.some((x) => !Number.isFinite(x)))) why = 'its default outputs are not all finite on this data';
       } catch (e) {
-        notes.push(`${row.name}: left out: its default program failed (${errorMessage(e).split('\n')[0]})`);
-        rows.splice(rows.indexOf(row), 1);
+        why = `its default program failed (${errorMessage(e).split('\n')[0]})`;
+      }
+      if (why) {
+        notes.push(`${c.name}: left out: ${why}`);
+        cases.splice(cases.indexOf(c), 1);
       }
     }
+    if (!cases.length) notes.push('nothing to time: no row or bundle is left');
 
     /** Ratios of `cfg` against the current configuration on `changed` rows; undefined when cut by the deadline. */
-    const measure = async (cfg: Config, changed: readonly RowSpec[], group: string, option: string, record: boolean): Promise<number[] | undefined> => {
+    const measure = async (cfg: Config, changed: readonly TuneCase[], group: string, option: string, record: boolean): Promise<number[] | undefined> => {
       const ratios: number[] = [];
-      for (const row of changed) {
+      for (const c of changed) {
         if (performance.now() > deadline) return undefined;
-        const v = await timedVariant(await deviceFor(cfg.toggles), row, cfg.tuning);
+        const v = await timedVariant(await deviceFor(cfg.toggles), c, cfg.tuning);
         try {
-          const { ms, baseMs } = await timePair(v.timed, (await baselineFor(row)).timed, o.timing);
-          const diff = relDiff(await v.timed.outputs(v.outIds), reference.get(row.name)!);
-          if (diff > MAX_REL_DIFF[row.dtype]) throw new Error(`its outputs differ from the default program's by ${diff.toExponential(1)} (relative) on ${row.name}`);
+          const { ms, baseMs } = await timePair(v.timed, (await baselineFor(c)).timed, o.timing);
+          const diff = relDiff(await v.timed.outputs(v.outIds), reference.get(c.name)!);
+          if (diff > MAX_REL_DIFF[c.dtype]) throw new Error(`its outputs differ from the default program's by ${diff.toExponential(1)} (relative) on ${c.name}`);
           ratios.push(ms / baseMs);
-          if (record) evidence.push({ group, option, row: row.name, ratio: ms / baseMs, relDiff: diff });
-          say(`${group} | ${option} | ${row.name}: x${(ms / baseMs).toFixed(3)} (${ms.toFixed(4)} ms against ${baseMs.toFixed(4)} ms), diff ${diff.toExponential(1)}`);
+          if (record) evidence.push({ group, option, row: c.name, ratio: ms / baseMs, relDiff: diff });
+          say(`${group} | ${option} | ${c.name}: x${(ms / baseMs).toFixed(3)} (${ms.toFixed(4)} ms against ${baseMs.toFixed(4)} ms), diff ${diff.toExponential(1)}`);
         } finally {
           v.timed.destroy();
         }
@@ -148,12 +154,14 @@ export async function runTune(o: TuneOptions): Promise<TuneResult> {
         notes.push(`${group.name}: does not apply to this device`);
         continue;
       }
-      const candidates: { option: TuneOption; cfg: Config; changed: RowSpec[]; score: number }[] = [];
+      const candidates: { option: TuneOption; cfg: Config; changed: TuneCase[]; score: number }[] = [];
+      // A bench row is timed by the groups that choose it; a bundle by every group (the change test decides).
+      const mine = cases.filter((c) => !c.row || group.rows(c.row));
       for (const option of group.options) {
         const cfg = mergeConfig(current, option);
-        let changed: RowSpec[];
+        let changed: TuneCase[];
         try {
-          changed = rows.filter((r) => group.rows(r)).filter((r) => option.toggles?.length || programKey(compileFor(r, base.target, cfg.tuning)) !== programKey(compileFor(r, base.target, current.tuning)));
+          changed = mine.filter((c) => option.toggles?.length || programKey(kernelsOf(c, cfg.tuning)) !== programKey(kernelsOf(c, current.tuning)));
         } catch (e) {
           notes.push(`${group.name} | ${option.name}: does not compile here (${errorMessage(e).split('\n')[0]})`);
           continue;

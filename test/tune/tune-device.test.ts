@@ -94,6 +94,19 @@ test('`visft tune` writes a profile whose adoptions its evidence supports, and d
   assert.deepEqual(report.rows.map((x) => x.status), ['ok']);
 });
 
+test('`visft tune BUNDLE` times on a compiled program (your model and shapes) instead of the bench rows', () => {
+  const bundle = join(dir, 'ms.visftx');
+  const c = visft('compile', '--op', 'msdeform_attn', '--vjp', '--shape', 'value=1x30x2x4', 'sampling_locations=1x30x2x2x2x2', 'attention_weights=1x30x2x2x2', '--attr', 'levels=[4x5,2x5]', '-o', bundle);
+  assert.equal(c.status, 0, c.stderr);
+  const out = join(dir, 'bundle-tuned.json');
+  const r = visft('tune', bundle, '--groups', 'msdeform value gradient', '--out', out, '--json');
+  assert.equal(r.status, 0, r.stderr);
+  const profile = readProfile(out);
+  assert.ok(profile.command.startsWith(`visft tune ${bundle} `), profile.command);
+  assert.ok(profile.evidence.length > 0);
+  for (const e of profile.evidence) assert.equal(e.row, bundle, 'only the bundle is timed');
+});
+
 test('`visft tune --list` names every group, its options and its rows, without a device', () => {
   const r = visft('tune', '--list', '--json');
   assert.equal(r.status, 0, r.stderr);
@@ -115,6 +128,8 @@ test('bad tune arguments and broken profiles are one-line errors', () => {
   const broken = join(dir, 'broken.json');
   writeFileSync(broken, JSON.stringify({ format: TUNING_FORMAT, version: TUNING_VERSION }));
   cases.push([['bench', '--rows', 'gelu_evag', '--tuning', broken], /broken\.json: adapter: missing/]);
+  cases.push([['tune', join(dir, 'no-such.visftx')], /cannot read .*no-such\.visftx: no such file/]);
+  cases.push([['tune', broken], /broken\.json is not a visft bundle/]);
   for (const [args, message] of cases) {
     const r = visft(...args);
     assert.equal(r.status, 2, `${args.join(' ')}: ${r.stderr}`);
