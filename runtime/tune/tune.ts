@@ -157,11 +157,14 @@ export async function runTune(o: TuneOptions): Promise<TuneResult> {
       const candidates: { option: TuneOption; cfg: Config; changed: TuneCase[]; score: number }[] = [];
       // A bench row is timed by the groups that choose it; a bundle by every group (the change test decides).
       const mine = cases.filter((c) => !c.row || group.rows(c.row));
+      // The adopted configuration's programs, compiled once per group (a model's graph takes seconds).
+      const adoptedKeys = new Map<TuneCase, string>();
+      const adoptedKey = (c: TuneCase): string => adoptedKeys.get(c) ?? adoptedKeys.set(c, programKey(kernelsOf(c, current.tuning))).get(c)!;
       for (const option of group.options) {
         const cfg = mergeConfig(current, option);
         let changed: TuneCase[];
         try {
-          changed = mine.filter((c) => option.toggles?.length || programKey(kernelsOf(c, cfg.tuning)) !== programKey(kernelsOf(c, current.tuning)));
+          changed = mine.filter((c) => option.toggles?.length || programKey(kernelsOf(c, cfg.tuning)) !== adoptedKey(c));
         } catch (e) {
           notes.push(`${group.name} | ${option.name}: does not compile here (${errorMessage(e).split('\n')[0]})`);
           continue;
