@@ -154,7 +154,7 @@ export async function runTune(o: TuneOptions): Promise<TuneResult> {
         notes.push(`${group.name}: does not apply to this device`);
         continue;
       }
-      const candidates: { option: TuneOption; cfg: Config; changed: TuneCase[]; score: number }[] = [];
+      const candidates: { option: TuneOption; cfg: Config; changed: TuneCase[]; ratios: readonly number[] }[] = [];
       // A bench row is timed by the groups that choose it; a bundle by every group (the change test decides).
       const mine = cases.filter((c) => !c.row || group.rows(c.row));
       // The adopted configuration's programs, compiled once per group (a model's graph takes seconds).
@@ -184,17 +184,17 @@ export async function runTune(o: TuneOptions): Promise<TuneResult> {
           cut = true;
           break;
         }
-        if (Math.max(...ratios) <= worst) candidates.push({ option, cfg, changed, score: geomean(ratios) });
+        candidates.push({ option, cfg, changed, ratios });
       }
-      const best = candidates.sort((a, b) => a.score - b.score)[0];
-      if (!best || best.score > threshold || cut) continue;
+      const best = cut ? undefined : bestOption(candidates, threshold, worst);
+      if (!best) continue;
       // A second timing against the same baseline: one lucky window adopts nothing.
       const again = await measure(best.cfg, best.changed, group.name, `${best.option.name} (confirming)`, false).catch(() => undefined);
       if (!again) {
         cut = performance.now() > deadline;
         continue;
       }
-      if (geomean(again) > threshold || Math.max(...again) > worst) {
+      if (!wins(again, threshold, worst)) {
         say(`${group.name}: ${best.option.name} not confirmed (x${geomean(again).toFixed(3)} the second time)`);
         continue;
       }
@@ -222,6 +222,19 @@ export async function runTune(o: TuneOptions): Promise<TuneResult> {
     for (const b of baseline.values()) b.timed.destroy();
     for (const d of devices.values()) await d.destroy();
   }
+}
+
+/** Whether time ratios (option over baseline, one per row) make a win: faster overall by the threshold, and slower on no row than `worst`. */
+export function wins(ratios: readonly number[], threshold: number, worst: number): boolean {
+  return ratios.length > 0 && geomean(ratios) <= threshold && Math.max(...ratios) <= worst;
+}
+
+/** Of a group's timed options, the one to confirm: the lowest geometric mean among those that win (undefined if none). */
+export function bestOption<T extends { readonly ratios: readonly number[] }>(timed: readonly T[], threshold: number, worst: number): (T & { readonly score: number }) | undefined {
+  return timed
+    .filter((t) => wins(t.ratios, threshold, worst))
+    .map((t) => ({ ...t, score: geomean(t.ratios) }))
+    .sort((a, b) => a.score - b.score)[0];
 }
 
 /** The adopted configuration with one option on top: its tuning keys replace the adopted ones', its toggles add. */

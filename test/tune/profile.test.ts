@@ -14,7 +14,7 @@ import { benchRows } from '../../runtime/bench/rows.js';
 import { TUNE_GROUPS, TUNE_ROWS } from '../../runtime/tune/knobs.js';
 import { findProfile, parseProfile, profileFileName, readProfile, TUNING_FORMAT, TUNING_VERSION, TuningProfileError, writeProfile, type ProfileAdapter, type TuningProfile } from '../../runtime/tune/profile.js';
 import { validateTuning } from '../../runtime/tune/tuning-schema.js';
-import { mergeConfig } from '../../runtime/tune/tune.js';
+import { bestOption, mergeConfig, wins } from '../../runtime/tune/tune.js';
 import { Builder } from '../../compiler/ir/builder.js';
 
 const H200: ProfileAdapter = { vendor: 'nvidia', architecture: 'hopper', device: '0x2335', description: 'NVIDIA H200', backend: 'vulkan' };
@@ -151,4 +151,28 @@ test("`visft run` takes a bundle's own kernels only when they were generated wit
   const reordered = { ...untuned, tuning: { tiledTiles: { cols: 8, rows: 8, tn: 64, tm: 128 } } as const };
   assert.equal(bundleProgramFor(own.bundle, own.graph, 'mm.visftx', reordered, 'auto').rescheduled, undefined);
   assert.equal(canonicalJson(tuned.tuning), canonicalJson(reordered.tuning));
+});
+
+test('the tuner adopts the fastest option that wins overall by the threshold and loses on no row beyond noise', () => {
+  // Faster overall, but 8% slower on one row: not a win.
+  assert.equal(wins([0.8, 0.8, 1.08], 0.97, 1.05), false);
+  assert.equal(wins([0.9, 0.95, 1.04], 0.97, 1.05), true);
+  assert.equal(wins([0.98, 0.99], 0.97, 1.05), false, 'within noise');
+  assert.equal(wins([], 0.97, 1.05), false, 'nothing timed');
+  const timed = [
+    { name: 'a', ratios: [0.7, 1.2] }, // the lowest mean, but one row much slower
+    { name: 'b', ratios: [0.9, 0.92] },
+    { name: 'c', ratios: [0.85, 0.95] },
+    { name: 'd', ratios: [1.0, 0.99] },
+  ];
+  assert.equal(bestOption(timed, 0.97, 1.05)?.name, 'c');
+  assert.equal(bestOption(timed.slice(3), 0.97, 1.05), undefined);
+  fc.assert(
+    fc.property(fc.array(fc.array(fc.double({ min: 0.3, max: 2, noNaN: true }), { minLength: 1, maxLength: 5 }), { maxLength: 6 }), (sets) => {
+      const best = bestOption(sets.map((ratios, i) => ({ i, ratios })), 0.97, 1.05);
+      const winners = sets.filter((r) => wins(r, 0.97, 1.05));
+      assert.equal(best === undefined, winners.length === 0);
+      if (best) for (const r of winners) assert.ok(best.score <= Math.exp(r.reduce((a, x) => a + Math.log(x), 0) / r.length) + 1e-12);
+    }),
+  );
 });
