@@ -69,6 +69,8 @@ step all-tests 90 node --test --test-reporter=dot $(find dist/test -name '*.test
 # Every primitive op through the CLI on this GPU against PyTorch float64: first under fp16 autocast (the f16 matmul
 # operands go to the tensor-core kernels; ~3 cases per op autocast rounds), then in f32 (3 random cases per op, ~2 min).
 python3 -c 'import torch, numpy' 2>/dev/null && step oracle-fuzz-fp16 60 python3 scripts/oracle-fuzz.py --precision fp16 --cases 30 --seed 7 -v
+# The same ops under the profile tune-profile wrote (its toggles and kernel choices: the tuner checked only its rows).
+[[ -f "$PROFILE" ]] && python3 -c 'import torch, numpy' 2>/dev/null && step oracle-fuzz-tuned 90 env VISFT_TUNING="$PROFILE" python3 scripts/oracle-fuzz.py --cases 60 --seed 9 -v
 python3 -c 'import torch, numpy' 2>/dev/null && step oracle-fuzz 150 python3 scripts/oracle-fuzz.py --cases 147 --seed 7 -v
 kill %1 2>/dev/null
 [[ -f "$PROFILE" ]] && cp "$PROFILE" "$LOGS/tuning-profile.json" && cp "$PROFILE" "$OUT/tuning-profile.json"
