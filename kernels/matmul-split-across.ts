@@ -19,7 +19,11 @@ export const PARTIALS: Scratch['ref'] = -1;
 /** The most K ranges Target.tuning.matmulSplits may ask for (the sum kernel adds them one statement each). */
 export const MAX_SPLITS = 64;
 
-/** Output tiles from which a one-kernel product is taken to fill the GPU (about the multiprocessors of an H100/H200). */
+/**
+ * Output tiles from which a one-kernel product is taken to fill the GPU: about the multiprocessors of an H100/H200
+ * (132). WebGPU reports no multiprocessor count, so other GPUs get theirs from a tuning profile
+ * (Target.tuning.splitTiles, `visft tune`).
+ */
 export const SPLIT_TILES = 128;
 /** The fewest k steps a range keeps: fewer, and the staging's prologue and the extra partials' traffic dominate. */
 export const SPLIT_MIN_STEPS = 8;
@@ -29,16 +33,16 @@ export const SPLIT_MAX = 4;
 /**
  * The default number of K ranges for a product whose one-kernel variant has `tiles` workgroups and `steps` k steps
  * each: 1 (one kernel) on software adapters (CPU threads gain nothing, and their kernels must not change) and from
- * SPLIT_TILES tiles; else the ranges that bring the workgroups nearest 2·SPLIT_TILES (about two per
- * multiprocessor), at most SPLIT_MAX, each range at least SPLIT_MIN_STEPS steps. WebGPU reports no multiprocessor
- * count, so the rule reads only the shape. Measured on the H200 (scripts/tune-sgmat.mjs, 2026-11-27, each against
+ * SPLIT_TILES tiles (or the tuning's splitTiles); else the ranges that bring the workgroups nearest twice that
+ * (about two per multiprocessor), at most SPLIT_MAX, each range at least SPLIT_MIN_STEPS steps. Measured on the H200 (scripts/tune-sgmat.mjs, 2026-11-27, each against
  * 2 ranges in the same window): EVA-G fc2 in f32 (88 tiles) 1.49x / 1 / 0.69x / 0.80x the time with 1 / 2 / 3 / 4
  * ranges (the rule: 3); EVA-E fc2 (112 tiles) f32 1.52x / 1 / 1.04x / 1.05x and tensor cores 1.97x / 1 / 1.31x /
  * 1.06x (the rule: 2).
  */
 export function defaultMatmulSplits(target: Target, tiles: number, steps: number): number {
-  if (softwareTarget(target) || tiles >= SPLIT_TILES) return 1;
-  return Math.max(1, Math.min(SPLIT_MAX, Math.round((2 * SPLIT_TILES) / tiles), Math.floor(steps / SPLIT_MIN_STEPS)));
+  const fill = target.tuning?.splitTiles ?? SPLIT_TILES;
+  if (softwareTarget(target) || tiles >= fill) return 1;
+  return Math.max(1, Math.min(SPLIT_MAX, Math.round((2 * fill) / tiles), Math.floor(steps / SPLIT_MIN_STEPS)));
 }
 
 /**

@@ -47,6 +47,11 @@ export interface Target {
     readonly vectorLoads?: boolean;
     readonly tensorCoreAttention?: boolean;
     readonly matmulSplits?: number;
+    /**
+     * Output tiles from which a matmul fills the GPU without splitting K (about its multiprocessor count; default
+     * kernels/matmul-split-across.ts SPLIT_TILES, an H100/H200's): the default K ranges aim at twice as many workgroups.
+     */
+    readonly splitTiles?: number;
     /** Caps on the f32 flash kernels' tiles (kernels/flash-common.ts chooseRowTiles), under a caller's own. */
     readonly flashCaps?: FlashCaps;
     /** The register-blocked f32 flash forward (kernels/flash-blocked.ts) where it applies (no mask, subgroups). Unmeasured. */

@@ -56,6 +56,18 @@ export const TUNE_GROUPS: readonly TuneGroup[] = [
     ],
   },
   {
+    // How many output tiles fill this GPU (WebGPU reports no multiprocessor count; the default is an H200's 132):
+    // the few-tile products (fc2) split K across workgroups to reach about twice as many.
+    name: 'matmul K split target',
+    rows: (r) => r.op === 'matmul' && /_fc2$/.test(r.name),
+    applies: always,
+    options: [
+      { name: '64 tiles fill the GPU', tuning: { splitTiles: 64 } },
+      { name: '96 tiles fill the GPU', tuning: { splitTiles: 96 } },
+      { name: '192 tiles fill the GPU', tuning: { splitTiles: 192 } },
+    ],
+  },
+  {
     name: 'f16 matmul tensor-core tiles',
     rows: isMatmul('f16'),
     applies: tensorCores,
@@ -111,6 +123,7 @@ export const TUNE_ROWS: readonly string[] = [
   'matmul_f32_evag_qkv',
   'matmul_f32_evag_fc2',
   'matmul_f32_evae_fc1',
+  'matmul_f32_evae_fc2',
   'matmul_f16_evag_qkv',
   'matmul_f16_evag_fc2',
   'matmul_f16_evae_fc1',

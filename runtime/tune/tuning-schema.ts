@@ -44,6 +44,7 @@ const CHECKS: { readonly [K in keyof Tuning]-?: Check } = {
   vectorLoads: bool,
   tensorCoreAttention: bool,
   matmulSplits: int(1, 64),
+  splitTiles: int(8, 4096),
   flashCaps: record({ own: int(), sweep: int(), rows: int(1, 8), split: oneOf(1, 2, 4, 8, 16, 32), workgroup: int(1, 1024), unroll: bool }),
   flashBlocked: bool,
   flashBlockedGrad: bool,

@@ -73,6 +73,11 @@ test('the default rule: none on software adapters or from 128 tiles; else workgr
   assert.equal(defaultMatmulSplits(H200, 4, 24), 3, 'three ranges of 8 steps');
   assert.equal(defaultMatmulSplits(H200, 4, 15), 1, 'two ranges would be under 8 steps');
   assert.equal(defaultMatmulSplits(PORTABLE_TARGET, 1, 8), 1);
+  // A tuning profile's fill for a GPU of fewer multiprocessors: EVA-G's fc2 fills a 64-tile GPU without a split.
+  const small = { ...H200, tuning: { splitTiles: 64 } };
+  assert.equal(defaultMatmulSplits(small, 88, 384), 1);
+  assert.equal(defaultMatmulSplits(small, 40, 384), 3, 'workgroups nearest 128');
+  assert.equal(defaultMatmulSplits({ ...H200, tuning: { splitTiles: 192 } }, 112, 960), 3, 'workgroups nearest 384');
 });
 
 test('the default on whole schedules: EVA fc2 rows split on an H200 (f32 and tensor cores), not on lavapipe; small products never', () => {
