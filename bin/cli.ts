@@ -132,7 +132,7 @@ function program(): Command {
     .argument('[bundles...]', 'bundles (visft compile -o) to time on: your model and shapes, instead of the bench rows (with --rows, as well)')
     .option('--json', 'print the result as JSON')
     .option('--list', 'list the groups and options it tries, and on which rows, without timing anything')
-    .option('--rows <names>', 'comma-separated bench rows to time on (default: one of each kind and model)')
+    .option('--rows <names>', 'comma-separated bench rows or prefixes to time on (default: one of each kind and model)')
     .option('--groups <names>', "comma-separated groups to try (default: all that apply), e.g. 'dawn robustness'")
     .option('--seconds <n>', 'stop starting new timings after this long (default 600)')
     .option('--size <size>', 'full (default on hardware), quick (default on a software adapter), or tiny')

@@ -61,9 +61,11 @@ function bundleCases(files: readonly string[]): TuneCase[] {
 export async function runTuneCommand(bundles: readonly string[], opts: TuneCliOptions): Promise<number> {
   if (opts.list) return listGroups(opts.json);
   const cases = bundleCases(bundles);
-  const rows = list(opts.rows);
-  const unknownRows = rows?.filter((r) => !BENCH_ROW_NAMES.includes(r)) ?? [];
-  if (unknownRows.length) throw new UsageError(`--rows: no bench row is called ${unknownRows.map((r) => `'${r}'`).join(', ')}; rows are: ${BENCH_ROW_NAMES.join(', ')}`);
+  // Names or prefixes, as `visft bench --rows` takes them.
+  const asked = list(opts.rows);
+  const unknownRows = asked?.filter((r) => !BENCH_ROW_NAMES.some((n) => n.startsWith(r))) ?? [];
+  if (unknownRows.length) throw new UsageError(`--rows: no bench row matches ${unknownRows.map((r) => `'${r}'`).join(', ')}; rows are: ${BENCH_ROW_NAMES.join(', ')}`);
+  const rows = asked && BENCH_ROW_NAMES.filter((n) => asked.some((r) => n.startsWith(r)));
   const groups = list(opts.groups);
   const names = TUNE_GROUPS.map((g) => g.name);
   const unknownGroups = groups?.filter((g) => !names.includes(g)) ?? [];

@@ -120,7 +120,7 @@ test('`visft tune --list` names every group, its options and its rows, without a
 
 test('bad tune arguments and broken profiles are one-line errors', () => {
   const cases: [string[], RegExp][] = [
-    [['tune', '--rows', 'matmul_f64_evag_qkv'], /--rows: no bench row is called 'matmul_f64_evag_qkv'; rows are: matmul_f32_evag_qkv/],
+    [['tune', '--rows', 'matmul_f64_evag_qkv'], /--rows: no bench row matches 'matmul_f64_evag_qkv'; rows are: matmul_f32_evag_qkv/],
     [['tune', '--groups', 'faster please'], /--groups: no group is called 'faster please'; groups are: 'dawn robustness'/],
     [['tune', '--seconds', '0'], /--seconds takes a number of seconds from 1 to 86400, not '0'/],
     [['tune', '--size', 'huge'], /--size takes full, quick or tiny, not 'huge'/],
