@@ -20,6 +20,7 @@ import { hasTimestamps, TimedProgram } from './ours.js';
 import { peerCall, type PeerCall } from './peer-ops.js';
 import { BENCH_SIZES, benchRows, rowGraph, rowInputData, selectRows, type BenchOp, type BenchPass, type BenchSize, type RowSpec, type Tolerance } from './rows.js';
 import { attachTfjs, type Tensor, type TfjsPeer } from './tfjs.js';
+import { untunedProgram, type UntunedProgram } from './untuned.js';
 
 export interface BenchOptions {
   /** Shrunk sizes (`quick`); the default on a fallback (software) adapter. */
@@ -90,6 +91,10 @@ export interface BenchRow {
   readonly check?: CheckResult;
   /** Timed iterations per side. */
   readonly repeat?: number;
+  /** Under a tuning profile: the default kernels, timed in the same bursts (runtime/bench/untuned.ts). */
+  readonly untuned?: { readonly ms: number; readonly kernels: readonly string[]; readonly relDiff: number };
+  /** untuned ms / ours ms: > 1 means the profile's kernels are faster than the defaults. */
+  readonly vsUntuned?: number;
 }
 
 /** Without --repeat: enough iterations for about `targetMs` of work on the slower side, within [min, max]. */
@@ -304,7 +309,9 @@ async function benchRow(ctx: RowContext, row: RowSpec): Promise<BenchRow> {
     const skippedNote = peerSkipped ? { peerSkipped } : {};
 
     const timed = await TimedProgram.create(gpu, program, inputMap);
+    let plain: UntunedProgram | undefined;
     try {
+      plain = ctx.timestamps ? await untunedProgram(gpu, graph, program, inputMap, outIds, oursOut) : undefined;
       const again = await timed.outputs(outIds);
       if (again.some((a, k) => a.length !== oursOut[k].length || a.some((v, i) => !Object.is(v, oursOut[k][i])))) {
         throw new Error('the timed dispatches do not reproduce the Executor\'s output bit for bit');
@@ -323,11 +330,13 @@ async function benchRow(ctx: RowContext, row: RowSpec): Promise<BenchRow> {
       // times of the same program then varied up to 5x within a run (H200, 2026-11-27).
       const oursGpu: number[] = [];
       const peerGpu: number[] = [];
+      const plainGpu: number[] = [];
       let programs: string[] = [];
       if (ctx.timestamps) {
         for (let i = 0; i < repeat; i += BURST) {
           const n = Math.min(BURST, repeat - i);
           oursGpu.push(...(await timed.timestamped(n)));
+          if (plain) plainGpu.push(...(await plain.timed.timestamped(n)));
           if (peer && fn) {
             const t = await peer.timestamped(fn, n);
             for (let j = 0; j < n; j++) peerGpu.push(t.ms);
@@ -337,12 +346,15 @@ async function benchRow(ctx: RowContext, row: RowSpec): Promise<BenchRow> {
       }
       const perKernel = ctx.timestamps && timed.kernelNames.length > 1 ? await timed.kernelTimes(Math.min(repeat, 20)) : undefined;
       const ours = { ...side(oursGpu, await timed.wall(repeat), row, timed.kernelNames), ...(perKernel ? { perKernel } : {}) };
-      if (!peer || !fn) return { ...base, status: 'ok', ours, repeat, ...skippedNote, ...(check ? { check } : {}) };
+      const plainMs = plainGpu.length ? median(plainGpu) : undefined;
+      const untuned = plain && plainMs !== undefined ? { untuned: { ms: plainMs, kernels: plain.kernels, relDiff: plain.relDiff }, vsUntuned: plainMs / ours.ms } : {};
+      if (!peer || !fn) return { ...base, status: 'ok', ours, repeat, ...skippedNote, ...(check ? { check } : {}), ...untuned };
       const theirs = side(peerGpu, await peer.wall(fn, repeat), row, programs);
       checkUncaptured(gpu, 'tfjs');
-      return { ...base, status: 'ok', ours, peer: theirs, ratio: theirs.ms / ours.ms, repeat, ...(check ? { check } : {}) };
+      return { ...base, status: 'ok', ours, peer: theirs, ratio: theirs.ms / ours.ms, repeat, ...(check ? { check } : {}), ...untuned };
     } finally {
       timed.destroy();
+      plain?.timed.destroy();
     }
   } finally {
     call?.dispose();

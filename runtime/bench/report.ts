@@ -59,6 +59,11 @@ export function formatReport(rep: BenchReport): string {
   if (others.length) lines.push(...table(others.map(cells), ['l', 'l', 'l']));
   lines.push('');
   lines.push('ratio = peer ms / ours ms: > 1 means visft is faster. check: results (every output) agree within f32 tolerance before timing.');
+  const tuned = ok.filter((r) => r.untuned && r.vsUntuned !== undefined);
+  if (tuned.length) {
+    lines.push('tuning profile against the default kernels (same device, same bursts; > 1: the profile is faster):');
+    lines.push(...table(tuned.map((r) => [`  ${r.name}`, `default ${ms(r.untuned!.ms)} ms`, `profile ${ms(r.ours!.ms)} ms`, `${r.vsUntuned!.toFixed(2)}x`, `outputs within ${r.untuned!.relDiff.toExponential(1)}`]), ['l', 'r', 'r', 'r', 'l']));
+  }
   const skipped = rep.rows.filter((r) => r.peerSkipped);
   if (skipped.length) {
     lines.push('peer skipped:');

@@ -57,6 +57,14 @@ test("openDevice applies a profile measured on this adapter: its tuning in the T
   assert.equal(tuned.status, 0, tuned.stderr);
   assert.doesNotMatch(plain.stdout, /msdeform_attn_grad_value_tiled_f32/);
   assert.match(tuned.stdout, /msdeform_attn_grad_value_tiled_f32/);
+  // The bench under it also times the default kernels in the same bursts, and says what the profile gains.
+  const bench = visft('bench', '--rows', 'msdeform_vjp_m2f_pixel', '--tuning', file, '--repeat', '2', '--json');
+  assert.equal(bench.status, 0, bench.stderr);
+  const [row] = (JSON.parse(bench.stdout) as { rows: { status: string; ours: { kernels: string[]; ms: number }; untuned?: { ms: number; kernels: string[]; relDiff: number }; vsUntuned?: number }[] }).rows;
+  assert.equal(row.status, 'ok');
+  assert.ok(row.ours.kernels.includes('msdeform_attn_grad_value_tiled_f32') && row.untuned && !row.untuned.kernels.includes('msdeform_attn_grad_value_tiled_f32'), JSON.stringify(row.untuned));
+  assert.ok(row.untuned.relDiff <= 1e-5, `${row.untuned.relDiff}`);
+  assert.ok(Math.abs(row.vsUntuned! - row.untuned.ms / row.ours.ms) < 1e-12);
   // A profile of another adapter, given by name, is refused with both names.
   writeProfile(join(dir, 'other.json'), { ...made, adapter: { ...adapter, description: 'NVIDIA H200' } });
   await assert.rejects(openDevice({ tuning: join(dir, 'other.json') }), /other\.json was measured on NVIDIA H200 \(vulkan\); this adapter is /);

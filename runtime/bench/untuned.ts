@@ -1,0 +1,44 @@
+// Under a tuning profile, each bench row also times the default kernels (the program compiled without the
+// profile's choices) on the same device in the same alternating bursts: what the profile gains, measured in the
+// run that reports it (the profile's Dawn toggles stay: they are the device's).
+import { compileGpu, type GpuProgram } from '../../compiler/codegen/gpu.js';
+import type { Graph } from '../../compiler/ir/graph.js';
+import type { GpuDevice } from '../gpu/device.js';
+import { relDiff, withTuning } from '../tune/pair-timing.js';
+import { TimedProgram } from './ours.js';
+
+export interface UntunedProgram {
+  readonly timed: TimedProgram;
+  readonly kernels: readonly string[];
+  /** Its outputs' largest difference from the tuned program's, relative to each output's largest value. */
+  readonly relDiff: number;
+}
+
+const programKey = (p: GpuProgram): string => JSON.stringify(p.schedule.kernels.map((k) => [k.wgsl, k.dispatch]));
+
+/** The default program, ready to time beside `tuned`; undefined without a profile's tuning or when it changes nothing here. */
+export async function untunedProgram(
+  gpu: GpuDevice,
+  graph: Graph,
+  tuned: GpuProgram,
+  inputs: ReadonlyMap<number, Float32Array>,
+  outIds: readonly number[],
+  tunedOut: readonly Float32Array[],
+): Promise<UntunedProgram | undefined> {
+  if (!gpu.target.tuning) return undefined;
+  const plain = compileGpu(graph, withTuning(gpu.target, undefined), tuned.options ?? {});
+  if (programKey(plain) === programKey(tuned)) return undefined;
+  const timed = await TimedProgram.create(gpu, plain, inputs);
+  try {
+    const ids = outIds.map((id, i) => {
+      const name = [...tuned.schedule.outputs].find(([, v]) => v === id)?.[0];
+      const mine = name === undefined ? undefined : plain.schedule.outputs.get(name);
+      if (mine === undefined) throw new Error(`internal: the default program has no output #${i}`);
+      return mine;
+    });
+    return { timed, kernels: plain.schedule.kernels.map((k) => k.name), relDiff: relDiff(await timed.outputs(ids), tunedOut) };
+  } catch (e) {
+    timed.destroy();
+    throw e;
+  }
+}
