@@ -4,7 +4,7 @@
 import { compileGpu, type GpuProgram } from '../../compiler/codegen/gpu.js';
 import type { Graph } from '../../compiler/ir/graph.js';
 import type { GpuDevice } from '../gpu/device.js';
-import { relDiff, withTuning } from '../tune/pair-timing.js';
+import { programKey, relDiff, withTuning } from '../tune/pair-timing.js';
 import { TimedProgram } from './ours.js';
 
 export interface UntunedProgram {
@@ -13,8 +13,6 @@ export interface UntunedProgram {
   /** Its outputs' largest difference from the tuned program's, relative to each output's largest value. */
   readonly relDiff: number;
 }
-
-const programKey = (p: GpuProgram): string => JSON.stringify(p.schedule.kernels.map((k) => [k.wgsl, k.dispatch]));
 
 /** The default program, ready to time beside `tuned`; undefined without a profile's tuning or when it changes nothing here. */
 export async function untunedProgram(
@@ -27,7 +25,7 @@ export async function untunedProgram(
 ): Promise<UntunedProgram | undefined> {
   if (!gpu.target.tuning) return undefined;
   const plain = compileGpu(graph, withTuning(gpu.target, undefined), tuned.options ?? {});
-  if (programKey(plain) === programKey(tuned)) return undefined;
+  if (programKey(plain.schedule.kernels) === programKey(tuned.schedule.kernels)) return undefined;
   const timed = await TimedProgram.create(gpu, plain, inputs);
   try {
     const ids = outIds.map((id, i) => {

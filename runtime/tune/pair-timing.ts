@@ -81,6 +81,9 @@ export async function timedVariant(device: GpuDevice, c: TuneCase, tuning: Targe
   return { timed, kernels, outIds };
 }
 
+/** What makes two programs the same program to time: every kernel's WGSL, dispatch and workgroup size, in order. */
+export const programKey = (kernels: readonly Kernel[]): string => JSON.stringify(kernels.map((k) => [k.wgsl, k.dispatch, k.workgroupSize]));
+
 /** `target` with `tuning` in place of its own (none when empty). */
 export function withTuning(target: Target, tuning: Target['tuning'] | undefined): Target {
   const { tuning: _own, ...rest } = target;

@@ -12,7 +12,7 @@ import { benchRows, type BenchSize } from '../bench/rows.js';
 import { openDevice, type GpuDevice } from '../gpu/device.js';
 import { errorMessage } from '../gpu/errors.js';
 import { TUNE_GROUPS, TUNE_ROWS, type TuneGroup, type TuneOption } from './knobs.js';
-import { relDiff, rowCase, timedVariant, timePair, withTuning, type TimedVariant, type TuneCase } from './pair-timing.js';
+import { programKey, relDiff, rowCase, timedVariant, timePair, withTuning, type TimedVariant, type TuneCase } from './pair-timing.js';
 import { TUNING_FORMAT, TUNING_VERSION, type ProfileAdapter, type TuningEvidence, type TuningProfile, type Tuning } from './profile.js';
 
 export interface TuneOptions {
@@ -54,7 +54,6 @@ interface Config {
 
 const geomean = (xs: readonly number[]): number => Math.exp(xs.reduce((a, x) => a + Math.log(x), 0) / xs.length);
 
-const programKey = (kernels: readonly Kernel[]): string => JSON.stringify(kernels.map((k) => [k.wgsl, k.dispatch, k.workgroupSize]));
 
 function packageVersion(spec: string): string {
   try {
