@@ -1,4 +1,4 @@
-// Timing one configuration of a bench row against another on the same GPU: each compiled with its own tuning
+// Timing one configuration of a program (a bench row, or a bundle's graph) against another on the same GPU: each compiled with its own tuning
 // (Target.tuning) on a device opened with its own Dawn toggles, timed in alternating bursts so that both see the
 // same clock. A GPU's clock moves under a sweep (an H200's between 345 and 1980 MHz, 2026-11-27: the gaps while
 // the next variant compiles let it fall), so a time is only comparable with one taken in the same window, and
