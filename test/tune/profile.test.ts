@@ -176,3 +176,12 @@ test('the tuner adopts the fastest option that wins overall by the threshold and
     }),
   );
 });
+
+test("device-check.sh's tune steps name only groups and rows that exist (a typo would cost a lease its tuning)", () => {
+  const script = readFileSync(new URL('../../../scripts/device-check.sh', import.meta.url), 'utf8');
+  const groups = [...script.matchAll(/visft\.js tune [^\n]*--groups "([^"]+)"/g)].flatMap((m) => m[1].split(','));
+  assert.ok(groups.length > 0, 'the script tunes some groups');
+  for (const g of groups) assert.ok(TUNE_GROUPS.some((x) => x.name === g), `no tune group '${g}'`);
+  const names = benchRows('full').map((r) => r.name);
+  for (const m of script.matchAll(/--rows ([\w,]+)/g)) for (const r of m[1].split(',')) assert.ok(names.some((n) => n.startsWith(r)), `no bench row '${r}'`);
+});
