@@ -1,6 +1,8 @@
 // Tile sweeps and ablations of the matmul and flash kernels on a GPU with subgroup matrices: one short run
 // that times each variant of matmul_sgmat_f16, matmul_tiled_f32 (its staging) and attention_flash_sgmat_f16 on bench rows, so the
 // defaults in kernels/matmul-sgmat.ts and kernels/flash-sgmat.ts can be chosen from measurements (docs/perf.md).
+// An exploratory sweep (every tile shape, ablations that break outputs on purpose): `visft tune` is the tool that
+// decides, from a few of these options, and writes the profile later runs apply (runtime/tune/).
 //   node scripts/tune-sgmat.mjs [--rows matmul_f16_evag_qkv,...] [--variants scalar,...] [--json FILE] [--size full|quick|tiny] [--emulate]
 // (after `npx tsc`). --emulate lists a 16x16x16 config on a device without subgroup matrices, so the emulated
 // kernels run (a check of this script on lavapipe at --size tiny; its times mean nothing).
