@@ -2,7 +2,7 @@
 // equivalent forms on this adapter (runtime/tune) and writes the tuning profile that later runs on it apply.
 // Exit 0 when a profile was written (also when the defaults won: the profile then records that), 1 on GPU errors,
 // 2 for usage errors.
-import { readFileSync } from 'node:fs';
+import { copyFileSync, existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { BundleError, parseBundle } from '../../compiler/bundle.js';
 import { bundleCase, type TuneCase } from '../../runtime/tune/pair-timing.js';
@@ -93,17 +93,20 @@ export async function runTuneCommand(bundles: readonly string[], opts: TuneCliOp
   }
   const { profile, notes, cut } = result;
   const out = opts.out ?? join(userProfileDir(), profileFileName(profile.adapter));
+  // A profile already there (an earlier measurement) is kept beside it, under a name the lookup skips.
+  const kept = existsSync(out) ? `${out}.bak` : undefined;
   try {
+    if (kept) copyFileSync(out, kept);
     writeProfile(out, profile);
   } catch (e) {
     throw new UsageError(fileErrorLine(e) ?? `cannot write ${out}: ${(e as Error).message}`);
   }
   if (opts.json) {
-    process.stdout.write(JSON.stringify({ file: out, cut, notes, profile }, null, 2) + '\n');
+    process.stdout.write(JSON.stringify({ file: out, ...(kept ? { previous: kept } : {}), cut, notes, profile }, null, 2) + '\n');
     return 0;
   }
   const w = (s: string) => process.stdout.write(s + '\n');
-  w(`tuning profile: ${out}`);
+  w(`tuning profile: ${out}${kept ? ` (the one it replaces is kept as ${kept})` : ''}`);
   w(`adapter: ${profile.adapter.description || profile.adapter.device} (${profile.adapter.backend || 'default backend'})`);
   if (!profile.adopted.length) w('adopted: nothing (the defaults won, or nothing won by more than the noise)');
   else w(['adopted:', ...profile.adopted.map((a) => `  ${a}`)].join('\n'));

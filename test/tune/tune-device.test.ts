@@ -2,7 +2,7 @@
 // measures and writes one that doctor, bench and run then use; bad input is a one-line error.
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
@@ -107,8 +107,11 @@ test('`visft tune BUNDLE` times on a compiled program (your model and shapes) in
   const c = visft('compile', '--op', 'msdeform_attn', '--vjp', '--shape', 'value=1x30x2x4', 'sampling_locations=1x30x2x2x2x2', 'attention_weights=1x30x2x2x2', '--attr', 'levels=[4x5,2x5]', '-o', bundle);
   assert.equal(c.status, 0, c.stderr);
   const out = join(dir, 'bundle-tuned.json');
+  writeFileSync(out, 'an earlier profile');
   const r = visft('tune', bundle, '--groups', 'msdeform value gradient', '--out', out, '--json');
   assert.equal(r.status, 0, r.stderr);
+  assert.equal((JSON.parse(r.stdout) as { previous?: string }).previous, `${out}.bak`);
+  assert.equal(readFileSync(`${out}.bak`, 'utf8'), 'an earlier profile', 'the profile it replaced is kept');
   const profile = readProfile(out);
   assert.ok(profile.command.startsWith(`visft tune ${bundle} `), profile.command);
   assert.ok(profile.evidence.length > 0);
