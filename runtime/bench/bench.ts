@@ -311,7 +311,7 @@ async function benchRow(ctx: RowContext, row: RowSpec): Promise<BenchRow> {
     const timed = await TimedProgram.create(gpu, program, inputMap);
     let plain: UntunedProgram | undefined;
     try {
-      plain = ctx.timestamps ? await untunedProgram(gpu, graph, program, inputMap, outIds, oursOut) : undefined;
+      plain = ctx.timestamps ? await untunedProgram(gpu, graph, program, inputMap, outputs, oursOut) : undefined;
       const again = await timed.outputs(outIds);
       if (again.some((a, k) => a.length !== oursOut[k].length || a.some((v, i) => !Object.is(v, oursOut[k][i])))) {
         throw new Error('the timed dispatches do not reproduce the Executor\'s output bit for bit');

@@ -20,7 +20,7 @@ export async function untunedProgram(
   graph: Graph,
   tuned: GpuProgram,
   inputs: ReadonlyMap<number, Float32Array>,
-  outIds: readonly number[],
+  outputs: readonly string[],
   tunedOut: readonly Float32Array[],
 ): Promise<UntunedProgram | undefined> {
   if (!gpu.target.tuning) return undefined;
@@ -28,11 +28,10 @@ export async function untunedProgram(
   if (programKey(plain.schedule.kernels) === programKey(tuned.schedule.kernels)) return undefined;
   const timed = await TimedProgram.create(gpu, plain, inputs);
   try {
-    const ids = outIds.map((id, i) => {
-      const name = [...tuned.schedule.outputs].find(([, v]) => v === id)?.[0];
-      const mine = name === undefined ? undefined : plain.schedule.outputs.get(name);
-      if (mine === undefined) throw new Error(`internal: the default program has no output #${i}`);
-      return mine;
+    const ids = outputs.map((name) => {
+      const id = plain.schedule.outputs.get(name);
+      if (id === undefined) throw new Error(`internal: the default program has no output '${name}'`);
+      return id;
     });
     return { timed, kernels: plain.schedule.kernels.map((k) => k.name), relDiff: relDiff(await timed.outputs(ids), tunedOut) };
   } catch (e) {

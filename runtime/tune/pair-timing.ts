@@ -3,7 +3,7 @@
 // same clock. A GPU's clock moves under a sweep (an H200's between 345 and 1980 MHz, 2026-11-27: the gaps while
 // the next variant compiles let it fall), so a time is only comparable with one taken in the same window, and
 // the ratio is what ranks. Shared by `visft tune` and scripts/tune-sgmat.mjs.
-import { compileGpu } from '../../compiler/codegen/gpu.js';
+import { compileGpu, type GpuProgram } from '../../compiler/codegen/gpu.js';
 import type { Kernel, Target } from '../../compiler/codegen/types.js';
 import { hasTimestamps, TimedProgram } from '../bench/ours.js';
 import type { RowSpec } from '../bench/row-types.js';
@@ -67,9 +67,12 @@ export interface TimedVariant {
   readonly outIds: readonly number[];
 }
 
-/** The case's program for `device` under `tuning` (replacing the device's own); `edit` rewrites kernels' WGSL (ablations). */
-export async function timedVariant(device: GpuDevice, c: TuneCase, tuning: Target['tuning'] | undefined, edit?: (k: Kernel) => Kernel): Promise<TimedVariant> {
-  let program = compileGpu(c.graph, withTuning(device.target, tuning));
+/**
+ * The case's program for `device` under `tuning` (replacing the device's own): `compiled` when the caller has it
+ * already, else compiled here; `edit` rewrites kernels' WGSL (ablations).
+ */
+export async function timedVariant(device: GpuDevice, c: TuneCase, tuning: Target['tuning'] | undefined, edit?: (k: Kernel) => Kernel, compiled?: GpuProgram): Promise<TimedVariant> {
+  let program = compiled ?? compileGpu(c.graph, withTuning(device.target, tuning));
   const kernels = program.schedule.kernels.map((k) => k.name);
   if (edit) program = { ...program, schedule: { ...program.schedule, kernels: program.schedule.kernels.map(edit) } };
   const outIds = c.outputs.map((name) => {

@@ -5,8 +5,8 @@
 // row by more than noise, its outputs match the default program's, and a second timing confirms it.
 import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
-import { compileGpu } from '../../compiler/codegen/gpu.js';
-import type { Kernel } from '../../compiler/codegen/types.js';
+import { compileGpu, type GpuProgram } from '../../compiler/codegen/gpu.js';
+import { canonicalJson } from '../../compiler/util/canonical-json.js';
 import { unavailableReason } from '../bench/bench.js';
 import { benchRows, type BenchSize } from '../bench/rows.js';
 import { openDevice, type GpuDevice } from '../gpu/device.js';
@@ -95,12 +95,18 @@ export async function runTune(o: TuneOptions): Promise<TuneResult> {
       if (!devices.has(key)) devices.set(key, await openDevice({ profiling: true, tuning: 'none', toggles, adapter: o.adapter ?? (base.info.description || undefined), ...(o.backend ? { backend: o.backend } : {}) }));
       return devices.get(key)!;
     };
-    const kernelsOf = (c: TuneCase, tuning: Tuning): readonly Kernel[] => compileGpu(c.graph, withTuning(base.target, tuning)).schedule.kernels;
+    // Each case's program under a configuration, compiled once: the change test and the timing both need it (a
+    // model's graph takes seconds). Cleared after every group.
+    const programs = new Map<string, GpuProgram>();
+    const programOf = (c: TuneCase, tuning: Tuning): GpuProgram => {
+      const key = `${c.name}\n${canonicalJson(tuning)}`;
+      return programs.get(key) ?? programs.set(key, compileGpu(c.graph, withTuning(base.target, tuning))).get(key)!;
+    };
     let current: Config = { toggles: [], tuning: {} };
     const baselineFor = async (c: TuneCase): Promise<TimedVariant> => {
       let b = baseline.get(c.name);
       if (!b) {
-        b = await timedVariant(await deviceFor(current.toggles), c, current.tuning);
+        b = await timedVariant(await deviceFor(current.toggles), c, current.tuning, undefined, programOf(c, current.tuning));
         baseline.set(c.name, b);
         if (!reference.has(c.name)) reference.set(c.name, await b.timed.outputs(b.outIds));
       }
@@ -131,7 +137,7 @@ export async function runTune(o: TuneOptions): Promise<TuneResult> {
       const ratios: number[] = [];
       for (const c of changed) {
         if (performance.now() > deadline) return undefined;
-        const v = await timedVariant(await deviceFor(cfg.toggles), c, cfg.tuning);
+        const v = await timedVariant(await deviceFor(cfg.toggles), c, cfg.tuning, undefined, programOf(c, cfg.tuning));
         try {
           const { ms, baseMs } = await timePair(v.timed, (await baselineFor(c)).timed, o.timing);
           const diff = relDiff(await v.timed.outputs(v.outIds), reference.get(c.name)!);
@@ -148,6 +154,7 @@ export async function runTune(o: TuneOptions): Promise<TuneResult> {
 
     const groups = TUNE_GROUPS.filter((g) => !o.groups || o.groups.includes(g.name));
     for (const group of groups) {
+      programs.clear();
       if (cut) break;
       if (!group.applies(base.target)) {
         notes.push(`${group.name}: does not apply to this device`);
@@ -156,14 +163,11 @@ export async function runTune(o: TuneOptions): Promise<TuneResult> {
       const candidates: { option: TuneOption; cfg: Config; changed: TuneCase[]; ratios: readonly number[] }[] = [];
       // A bench row is timed by the groups that choose it; a bundle by every group (the change test decides).
       const mine = cases.filter((c) => !c.row || group.rows(c.row));
-      // The adopted configuration's programs, compiled once per group (a model's graph takes seconds).
-      const adoptedKeys = new Map<TuneCase, string>();
-      const adoptedKey = (c: TuneCase): string => adoptedKeys.get(c) ?? adoptedKeys.set(c, programKey(kernelsOf(c, current.tuning))).get(c)!;
       for (const option of group.options) {
         const cfg = mergeConfig(current, option);
         let changed: TuneCase[];
         try {
-          changed = mine.filter((c) => option.toggles?.length || programKey(kernelsOf(c, cfg.tuning)) !== adoptedKey(c));
+          changed = mine.filter((c) => option.toggles?.length || programKey(programOf(c, cfg.tuning).schedule.kernels) !== programKey(programOf(c, current.tuning).schedule.kernels));
         } catch (e) {
           notes.push(`${group.name} | ${option.name}: does not compile here (${errorMessage(e).split('\n')[0]})`);
           continue;
