@@ -65,14 +65,14 @@ export function flashBackwardTiles(node: Node, inputs: readonly Node[], target: 
   const tileBytes = (sweep: number, split: number) => 16 * sweep * (tileVec4s(g.D, split) + tileVec4s(g.Dv, split));
   const [d, dv4] = [(split: number) => laneVec4s(g.D, split), (split: number) => laneVec4s(g.Dv, split)];
   // dq: k and v tiles; private per query row q, g, the accumulator, the scores and dP.
-  if (wrt === 0) return chooseRowTiles(target, what, g.Sq, g.Sk, (own, sweep, split) => tileBytes(sweep, split) + mask(own, sweep), (sweep, split) => 4 * (2 * d(split) + dv4(split)) + 2 * sweep, caps);
+  if (wrt === 0) return chooseRowTiles(target, what, g.Sq, g.Sk, (own, sweep, split) => tileBytes(sweep, split) + mask(own, sweep), (sweep, split) => 4 * (2 * d(split) + dv4(split)) + 2 * sweep, caps, true);
   // dk, dv: q and g tiles and the queries' lse (and δ for dk); private per key row k and the dk accumulator, v
   // and the dv accumulator (v for dk too), the scores (and dP).
   const dk = wrt === 1 || kv;
   const dv = wrt === 2 || kv;
   const stats = dk ? 2 : 1;
   const rowFloats = (sweep: number, split: number) => 4 * ((dk ? 2 * d(split) + dv4(split) : d(split)) + (dv ? dv4(split) : 0)) + (dk ? 2 : 1) * sweep;
-  return chooseRowTiles(target, what, g.Sk, g.Sq, (own, sweep, split) => tileBytes(sweep, split) + 4 * stats * sweep + mask(own, sweep), rowFloats, caps);
+  return chooseRowTiles(target, what, g.Sk, g.Sq, (own, sweep, split) => tileBytes(sweep, split) + 4 * stats * sweep + mask(own, sweep), rowFloats, caps, true);
 }
 
 /**

@@ -288,9 +288,10 @@ function defaultSplit(target: Target, rowFloats: (split: number) => number): num
  * tiles of 5 x 15, not two of 8 x 16). The sweep starts at min(default, next power of two of its length) and
  * halves until the tiles fit the target's workgroup memory.
  */
-export function chooseRowTiles(target: Target, what: string, ownLen: number, sweepLen: number, bytes: TileBytes, rowFloats: (sweep: number, split: number) => number, given: FlashCaps): FlashTiles {
-  // A tuning run's caps (Target.tuning.flashCaps, scripts/tune-sgmat.mjs) under the caller's.
-  const caps: FlashCaps = { ...target.tuning?.flashCaps, ...given };
+export function chooseRowTiles(target: Target, what: string, ownLen: number, sweepLen: number, bytes: TileBytes, rowFloats: (sweep: number, split: number) => number, given: FlashCaps, grad = false): FlashTiles {
+  // A tuning's caps (Target.tuning.flashCaps; flashGradCaps for the gradient kernels where set) under the caller's.
+  const tuned = (grad ? target.tuning?.flashGradCaps : undefined) ?? target.tuning?.flashCaps;
+  const caps: FlashCaps = { ...tuned, ...given };
   const L = target.limits;
   const soft = target.isFallbackAdapter;
   const maxWg = floorPow2(Math.min(soft ? FALLBACK_WORKGROUP_CAP : 256, L.maxComputeInvocationsPerWorkgroup, L.maxComputeWorkgroupSizeX));

@@ -54,6 +54,8 @@ export interface Target {
     readonly splitTiles?: number;
     /** Caps on the f32 flash kernels' tiles (kernels/flash-common.ts chooseRowTiles), under a caller's own. */
     readonly flashCaps?: FlashCaps;
+    /** Caps on the f32 flash gradient kernels' tiles in place of flashCaps (which they follow when this is unset). */
+    readonly flashGradCaps?: FlashCaps;
     /** The register-blocked f32 flash forward (kernels/flash-blocked.ts) where it applies (no mask, subgroups). Unmeasured. */
     readonly flashBlocked?: boolean;
     /** The register-blocked f32 flash dq and dk+dv kernels (kernels/flash-blocked-backward.ts) where they apply (no mask). Unmeasured. */

@@ -445,5 +445,6 @@ function progressLine(r: BenchRow): string {
   if (r.status !== 'ok') return `${r.name}: ${r.status}${r.reason ? ` (${r.reason})` : ''}`;
   const ratio = r.ratio !== undefined ? `, ratio ${r.ratio.toFixed(2)}` : '';
   const skipped = r.peerSkipped ? ` (${r.peerSkipped})` : '';
-  return `${r.name}: ours ${r.ours!.ms.toPrecision(3)} ms${r.peer ? `, peer ${r.peer.ms.toPrecision(3)} ms` : ''}${ratio}${skipped}`;
+  const untuned = r.untuned ? `, untuned ${r.untuned.ms.toPrecision(3)} ms (${r.vsUntuned!.toFixed(3)}x)` : '';
+  return `${r.name}: ours ${r.ours!.ms.toPrecision(3)} ms${r.peer ? `, peer ${r.peer.ms.toPrecision(3)} ms` : ''}${ratio}${untuned}${skipped}`;
 }

@@ -29,6 +29,15 @@ export interface TuneGroup {
 const always = (): boolean => true;
 const tensorCores = (t: Target): boolean => !!sgmatShape(t);
 const isMatmul = (dtype: 'f32' | 'f16') => (r: RowSpec) => r.op === 'matmul' && r.dtype === dtype;
+/** Flash tile options, each [rows per invocation, lanes per row, invocations per workgroup] with 16-key tiles. */
+function flashTileOptions(prefix: string, key: 'flashCaps' | 'flashGradCaps', shapes: readonly (readonly [number, number, number])[]): TuneOption[] {
+  const rows = (n: number) => (n === 1 ? '1 row' : `${n} rows`);
+  const lanes = (n: number) => (n === 1 ? '1 lane' : `${n} lanes`);
+  return shapes.map(([r, split, workgroup]) => ({
+    name: `${prefix}${rows(r)} per invocation, ${lanes(split)} per row${workgroup === 64 * split ? '' : `, ${workgroup} invocations`}`,
+    tuning: { [key]: { split, workgroup, sweep: 16, rows: r } },
+  }));
+}
 const isAttention = (dtype: 'f32' | 'f16') => (r: RowSpec) => r.op === 'attention' && r.dtype === dtype;
 
 export const TUNE_GROUPS: readonly TuneGroup[] = [
@@ -53,6 +62,9 @@ export const TUNE_GROUPS: readonly TuneGroup[] = [
       { name: '8x8 blocks, 64x128 tiles', tuning: { tiledTiles: { tm: 64, tn: 128, rows: 8, cols: 8 } } },
       { name: '8x8 blocks, 128x128 tiles', tuning: { tiledTiles: { tm: 128, tn: 128, rows: 8, cols: 8 } } },
       { name: '8x4 blocks, 128x64 tiles', tuning: { tiledTiles: { tm: 128, tn: 64, rows: 8, cols: 4 } } },
+      { name: '8x4 blocks, 64x64 tiles', tuning: { tiledTiles: { tm: 64, tn: 64, rows: 8, cols: 4 } } },
+      { name: '4x8 blocks, 64x128 tiles', tuning: { tiledTiles: { tm: 64, tn: 128, rows: 4, cols: 8 } } },
+      { name: '8x4 blocks, 128x128 tiles', tuning: { tiledTiles: { tm: 128, tn: 128, rows: 8, cols: 4 } } },
     ],
   },
   {
@@ -79,13 +91,23 @@ export const TUNE_GROUPS: readonly TuneGroup[] = [
     ],
   },
   {
+    // The flash kernels' tiles (flashCaps: every f32 flash kernel, the gradients' too unless flashGradCaps is set).
+    // On the H200 (session 13) two rows per invocation, two lanes each, took 0.55–0.73x the time; the options
+    // around it say which way further.
     name: 'f32 flash attention forward',
     rows: isAttention('f32'),
     applies: always,
     options: [
       { name: 'register-blocked forward', tuning: { flashBlocked: true } },
       { name: 'lane loops unrolled', tuning: { flashCaps: { unroll: true } } },
-      { name: '2 rows per invocation, 2 lanes per row', tuning: { flashCaps: { split: 2, workgroup: 128, sweep: 16, rows: 2 } } },
+      ...flashTileOptions('', 'flashCaps', [
+        [2, 2, 128],
+        [4, 2, 128],
+        [2, 4, 256],
+        [2, 2, 256],
+        [2, 2, 64],
+        [2, 1, 64],
+      ]),
       { name: '32 keys per tile', tuning: { flashCaps: { sweep: 32 } } },
     ],
   },
@@ -93,7 +115,17 @@ export const TUNE_GROUPS: readonly TuneGroup[] = [
     name: 'f32 flash attention backward',
     rows: (r) => isAttention('f32')(r) && r.pass === 'forward+backward',
     applies: always,
-    options: [{ name: 'register-blocked dq and dk+dv', tuning: { flashBlockedGrad: true } }],
+    options: [
+      { name: 'register-blocked dq and dk+dv', tuning: { flashBlockedGrad: true } },
+      // The gradient kernels hold more per row (k, v and two accumulators for dk+dv) than the forward: their own tiles.
+      ...flashTileOptions('gradient: ', 'flashGradCaps', [
+        [1, 2, 64],
+        [1, 4, 128],
+        [2, 4, 256],
+        [4, 2, 128],
+        [2, 2, 256],
+      ]),
+    ],
   },
   {
     name: 'f16 attention on tensor cores',

@@ -88,9 +88,13 @@ export const SHIPPED_PROFILE_DIR = fileURLToPath(new URL('../../../runtime/tune/
 /** Where openDevice looks, in order: the user's folder first (their own measurements win), then the shipped ones. */
 export const profileDirs = (): string[] => [userProfileDir(), SHIPPED_PROFILE_DIR];
 
-/** A file name for an adapter's profile: `nvidia-h200-vulkan.json`. */
+/**
+ * A file name for an adapter's profile: its device and driver description (two GPUs on one driver share the
+ * description), then the backend: `nvidia-h200-nvidia-580-159-04-580-159-4-0-vulkan.json`.
+ */
 export function profileFileName(a: ProfileAdapter): string {
-  const slug = `${a.description || a.device || a.vendor || 'adapter'}-${a.backend || 'default'}`
+  const names = a.device && a.description && !a.description.toLowerCase().includes(a.device.toLowerCase()) ? `${a.device}-${a.description}` : a.description || a.device || a.vendor || 'adapter';
+  const slug = `${names}-${a.backend || 'default'}`
     .toLowerCase()
     .replace(/[^a-z0-9]+/g, '-')
     .replace(/^-+|-+$/g, '');

@@ -284,6 +284,15 @@ await withDevice(async (gpu: GpuContext) => {
       // 64 rows per workgroup at most (256 / 4): 300 rows are 5 tiles of 60, so 240 invocations (64 by default).
       assert.deepEqual([t.rows, t.split, t.sweep, t.workgroup], [1, 4, 32, 240]);
       assert.equal(flashForwardTiles(nodes.fwd, nodes.ins(nodes.fwd), tuned, { split: 2 }).split, 2, "the caller's caps win");
+      // flashGradCaps take the gradient kernels' tiles in place of flashCaps, and leave the forward's.
+      const [dq, dk] = [0, 1].map((w) => nodes.gradNodes.find((n) => n.attrs.wrt === w)!);
+      const both: Target = { ...withSub, tuning: { flashCaps: tuned.tuning!.flashCaps, flashGradCaps: { split: 2, workgroup: 128, sweep: 16, rows: 2 } } };
+      const rowsSplit = (x: FlashTilesLike) => [x.rows, x.split, x.sweep];
+      assert.deepEqual(rowsSplit(flashForwardTiles(nodes.fwd, nodes.ins(nodes.fwd), both)), [1, 4, 32]);
+      for (const [node, kv] of [[dq, false], [dk, true]] as const) {
+        assert.deepEqual(rowsSplit(flashBackwardTiles(node, nodes.ins(node), both, {}, kv)), [2, 2, 16], `wrt ${node.attrs.wrt}`);
+        assert.deepEqual(rowsSplit(flashBackwardTiles(node, nodes.ins(node), tuned, {}, kv)), [1, 4, 32], `wrt ${node.attrs.wrt} follows flashCaps`);
+      }
     });
   });
 

@@ -1,7 +1,7 @@
 // Tuning profiles without a GPU: the file format and its errors, which profile applies to which adapter, the
 // tuner's merge of options, and `visft run`'s choice between a bundle's kernels and ones tuned for the device.
 import assert from 'node:assert/strict';
-import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
@@ -10,9 +10,9 @@ import { bundleProgramFor, makeBundle, parseBundle, serializeBundle } from '../.
 import { compileGpu } from '../../compiler/codegen/gpu.js';
 import { TARGETS } from '../../compiler/codegen/targets.js';
 import { canonicalJson } from '../../compiler/util/canonical-json.js';
-import { benchRows } from '../../runtime/bench/rows.js';
+import { benchRows, rowGraph } from '../../runtime/bench/rows.js';
 import { TUNE_GROUPS, TUNE_ROWS } from '../../runtime/tune/knobs.js';
-import { findProfile, parseProfile, profileFileName, readProfile, TUNING_FORMAT, TUNING_VERSION, TuningProfileError, writeProfile, type ProfileAdapter, type TuningProfile } from '../../runtime/tune/profile.js';
+import { findProfile, parseProfile, profileFileName, readProfile, SHIPPED_PROFILE_DIR, TUNING_FORMAT, TUNING_VERSION, TuningProfileError, writeProfile, type ProfileAdapter, type TuningProfile } from '../../runtime/tune/profile.js';
 import { validateTuning } from '../../runtime/tune/tuning-schema.js';
 import { bestOption, mergeConfig, wins } from '../../runtime/tune/tune.js';
 import { Builder } from '../../compiler/ir/builder.js';
@@ -51,7 +51,12 @@ test('a profile written is read back as it was, in bytes that do not depend on k
   const again = join(dir, 'again.json');
   writeProfile(again, shuffled);
   assert.equal(readFileSync(again, 'utf8'), readFileSync(file, 'utf8'));
-  assert.equal(profileFileName(H200), 'nvidia-h200-vulkan.json');
+  // Device and description: two GPUs on one driver (the description Dawn reports on NVIDIA) get two files.
+  assert.equal(profileFileName(H200), '0x2335-nvidia-h200-vulkan.json');
+  const lent = { vendor: 'nvidia', architecture: '', device: 'nvidia-h200', description: 'NVIDIA: 580.159.04 580.159.4.0', backend: 'vulkan' };
+  assert.equal(profileFileName(lent), 'nvidia-h200-nvidia-580-159-04-580-159-4-0-vulkan.json');
+  assert.notEqual(profileFileName({ ...lent, device: 'nvidia-h100' }), profileFileName(lent));
+  assert.equal(profileFileName(LAVAPIPE), 'llvmpipe-mesa-25-vulkan.json');
 });
 
 test('every malformed profile is an error that names the file and the field', () => {
@@ -181,7 +186,28 @@ test("device-check.sh's tune steps name only groups and rows that exist (a typo 
   const script = readFileSync(new URL('../../../scripts/device-check.sh', import.meta.url), 'utf8');
   const groups = [...script.matchAll(/visft\.js tune [^\n]*--groups "([^"]+)"/g)].flatMap((m) => m[1].split(','));
   assert.ok(groups.length > 0, 'the script tunes some groups');
-  for (const g of groups) assert.ok(TUNE_GROUPS.some((x) => x.name === g), `no tune group '${g}'`);
+  // Variables ($TUNE_GROUPS) are the caller's, checked by `visft tune` itself.
+  for (const g of groups.filter((x) => !x.startsWith('$'))) assert.ok(TUNE_GROUPS.some((x) => x.name === g), `no tune group '${g}'`);
   const names = benchRows('full').map((r) => r.name);
   for (const m of script.matchAll(/--rows ([\w,]+)/g)) for (const r of m[1].split(',')) assert.ok(names.some((n) => n.startsWith(r)), `no bench row '${r}'`);
+});
+
+test('shipped profiles: each parses, is named for its adapter, and changes the kernels of the bench rows it was measured on', () => {
+  const files = readdirSync(SHIPPED_PROFILE_DIR).filter((f) => f.endsWith('.json'));
+  for (const file of files) {
+    const { adapter, tuning, adopted } = readProfile(join(SHIPPED_PROFILE_DIR, file));
+    assert.equal(file, profileFileName(adapter), 'the name `visft tune` gives it');
+    assert.equal(validateTuning(tuning), undefined, file);
+    // Dawn names the lent GPUs as visft's targets are named (adapter.info.device 'nvidia-h200'): compile every
+    // full-size bench row for that target with and without the profile; its choices must compile and matter.
+    const target = TARGETS[adapter.device];
+    if (!target || !adopted.length) continue;
+    let changed = 0;
+    for (const row of benchRows('full')) {
+      const { graph } = rowGraph(row);
+      const names = (t: typeof target) => compileGpu(graph, t).schedule.kernels.map((k) => k.wgsl);
+      if (JSON.stringify(names({ ...target, tuning })) !== JSON.stringify(names(target))) changed++;
+    }
+    assert.ok(changed > 0, `${file}: its tuning changes no bench row's kernels for target ${adapter.device}`);
+  }
 });
