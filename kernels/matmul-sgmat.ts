@@ -101,8 +101,27 @@ export function sgmatUnfit(target: Target, d: { readonly m: number; readonly n: 
   return undefined;
 }
 
+/**
+ * Where fragment (i, j) lies: its first row and column, and a condition on an element's (row, col) that it keeps
+ * (besides lying inside the output). Default: the staged kernel's tile, every element.
+ */
+export interface FragmentOrigin {
+  row(i: number): string;
+  col(j: number): string;
+  keep?(i: number, j: number): string;
+}
+
+/** The subgroups' and fragments' tile positions (`m0`, `n0`, `sm`, `sn` in scope). */
+const tileFragments = (shape: SgmatShape): FragmentOrigin => ({ row: (i) => `m0 + sm + ${u32Lit(i * shape.m)}`, col: (j) => `n0 + sn + ${u32Lit(j * shape.n)}` });
+
+/** The subgroup scratch, K split and epilogue sizes a kernel's fragment epilogues need. */
+export interface EpilogueLayout {
+  readonly shape: SgmatShape;
+  readonly tiles: SgmatTiles;
+}
+
 /** WGSL: the epilogue of fragment (i, j): store it to the subgroup's scratch, then each lane finishes its elements. */
-function fragmentEpilogue(out: MatmulOutput, d: MatmulDims, l: Layout, ops: ReturnType<typeof sgmatOps>, i: number, j: number, target: Target): string {
+export function fragmentEpilogue(out: MatmulOutput, d: MatmulDims, l: EpilogueLayout, ops: ReturnType<typeof sgmatOps>, i: number, j: number, target: Target, at: FragmentOrigin = tileFragments(l.shape)): string {
   const { m: fm, n: fn } = l.shape;
   const F = u32Lit(fm * fn);
   const [M, N] = [u32Lit(d.m), u32Lit(d.n)];
@@ -122,9 +141,9 @@ function fragmentEpilogue(out: MatmulOutput, d: MatmulDims, l: Layout, ops: Retu
   workgroupBarrier();
   if (sg < ${u32Lit(P)}) {
     for (var e = lane; e < ${F}; e += lanes) {
-      let row = m0 + sm + ${u32Lit(i * fm)} + e / ${u32Lit(fn)};
-      let col = n0 + sn + ${u32Lit(j * fn)} + e % ${u32Lit(fn)};
-      if (row < ${M} && col < ${N}) {${sum2}
+      let row = ${at.row(i)} + e / ${u32Lit(fn)};
+      let col = ${at.col(j)} + e % ${u32Lit(fn)};
+      if (${at.keep ? `${at.keep(i, j)} && ` : ''}row < ${M} && col < ${N}) {${sum2}
         ${storeBlock(store, '        ')}
       }
     }
@@ -132,12 +151,17 @@ function fragmentEpilogue(out: MatmulOutput, d: MatmulDims, l: Layout, ops: Retu
   workgroupBarrier();`;
 }
 
-/** The `matmul_sgmat_f16` kernel (callers check sgmatUnfit first). */
-export function sgmatMatmul(out: MatmulOutput, inputs: readonly Node[], target: Target, d: MatmulDims, suffix: string, tiles?: SgmatTiles): Kernel {
+/** The tiles and config a sgmat kernel of this problem uses (callers check sgmatUnfit first). */
+export function sgmatChoice(target: Target, d: MatmulDims, tiles?: SgmatTiles): { readonly shape: SgmatShape; readonly tiles: SgmatTiles } {
   const shape = sgmatShape(target);
   const why = sgmatUnfit(target, d, tiles);
   if (!shape || why) throw new Error(`internal: matmul_sgmat_f16: ${why}`);
-  const t = chosenTiles(target, shape, d, tiles);
+  return { shape, tiles: chosenTiles(target, shape, d, tiles) };
+}
+
+/** The `matmul_sgmat_f16` kernel, staging its operands through workgroup memory (callers check sgmatUnfit first). */
+export function sgmatMatmul(out: MatmulOutput, inputs: readonly Node[], target: Target, d: MatmulDims, suffix: string, tiles?: SgmatTiles): Kernel {
+  const { shape, tiles: t } = sgmatChoice(target, d, tiles);
   const l = layout(target, shape, t);
   const H = t.ksplit ?? 1;
   const ops = sgmatOps(shape, sgmatSpelling(target), H * t.wm * t.wn * t.fm * t.fn);

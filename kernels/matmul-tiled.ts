@@ -39,7 +39,7 @@ import {
   type TileStaging,
 } from './matmul.js';
 
-/** The default output tile's side (matmulVariant checks the dispatch limits with it) and the k step. */
+/** The default output tile's side (matmulVariant checks the dispatch limits with it) and k step. */
 export const TILE = 64;
 const TK = 16;
 
@@ -54,6 +54,11 @@ export interface TiledTiles {
   readonly tn: 64 | 128;
   readonly rows: 4 | 8;
   readonly cols: 4 | 8;
+  /**
+   * K per staged step (default 16): 32 halves the barriers per K (a pair per step; on the H200 a workgroup barrier
+   * costs more than the tile's loads, scripts/sgmat-ceiling.mjs) for twice the workgroup memory. Same sums.
+   */
+  readonly tk?: 16 | 32;
 }
 
 /**
@@ -61,6 +66,7 @@ export interface TiledTiles {
  * staged k rows of aRow vec4s, and the workgroup memory of one K half's tiles.
  */
 interface TiledLayout extends TiledTiles {
+  readonly tk: 16 | 32;
   readonly tx: number;
   readonly ty: number;
   readonly gm: number;
@@ -76,7 +82,8 @@ interface TiledLayout extends TiledTiles {
 
 function tiledLayout(t: TiledTiles): TiledLayout {
   const [tx, ty, aRow] = [t.tn / t.cols, t.tm / t.rows, t.tm / 4 + 1];
-  return { tm: t.tm, tn: t.tn, rows: t.rows, cols: t.cols, tx, ty, gm: t.rows / 4, gn: t.cols / 4, aRow, invocations: tx * ty, bytes: (aRow + t.tn / 4) * TK * 16 };
+  const tk = t.tk ?? TK;
+  return { tm: t.tm, tn: t.tn, rows: t.rows, cols: t.cols, tk, tx, ty, gm: t.rows / 4, gn: t.cols / 4, aRow, invocations: tx * ty, bytes: (aRow + t.tn / 4) * tk * 16 };
 }
 
 const DEFAULT_LAYOUT = tiledLayout({ tm: TILE, tn: TILE, rows: 4, cols: 4 });
@@ -89,10 +96,10 @@ function chosenLayout(target: Target): TiledLayout {
   const t = target.tuning?.tiledTiles;
   if (t === undefined) return DEFAULT_LAYOUT;
   const among = (x: unknown, xs: readonly number[]) => typeof x === 'number' && xs.includes(x);
-  if (!among(t.tm, [64, 128]) || !among(t.tn, [64, 128]) || !among(t.rows, [4, 8]) || !among(t.cols, [4, 8])) {
-    throw new TiledTilesError(`Target.tuning.tiledTiles ${JSON.stringify(t)}: tm and tn take 64 or 128, rows and cols 4 or 8`);
+  if (!among(t.tm, [64, 128]) || !among(t.tn, [64, 128]) || !among(t.rows, [4, 8]) || !among(t.cols, [4, 8]) || (t.tk !== undefined && !among(t.tk, [16, 32]))) {
+    throw new TiledTilesError(`Target.tuning.tiledTiles ${JSON.stringify(t)}: tm and tn take 64 or 128, rows and cols 4 or 8, tk 16 or 32`);
   }
-  const same = t.tm === DEFAULT_LAYOUT.tm && t.tn === DEFAULT_LAYOUT.tn && t.rows === DEFAULT_LAYOUT.rows && t.cols === DEFAULT_LAYOUT.cols;
+  const same = t.tm === DEFAULT_LAYOUT.tm && t.tn === DEFAULT_LAYOUT.tn && t.rows === DEFAULT_LAYOUT.rows && t.cols === DEFAULT_LAYOUT.cols && (t.tk ?? TK) === DEFAULT_LAYOUT.tk;
   return same ? DEFAULT_LAYOUT : tiledLayout(t);
 }
 
@@ -119,7 +126,7 @@ function tileStaging(how: Staging, d: MatmulDims, g: TiledLayout, slots: TileSlo
   return stageTiles(
     how,
     d,
-    { tm: g.tm, tn: g.tn, tk: TK },
+    { tm: g.tm, tn: g.tn, tk: g.tk },
     g.invocations,
     slots,
     (x) => `tile_a[${slots.a}ac${x} * ${VA} + ar${x} / 4u][ar${x} % 4u] = va${x};`,
@@ -134,7 +141,7 @@ function tileStaging(how: Staging, d: MatmulDims, g: TiledLayout, slots: TileSlo
 const nth = (base: string, q: number, n: number): string => (n === 1 ? base : `${base}_${q}`);
 
 /**
- * WGSL: one product's sweep over K in steps of TK into the vec4 accumulators `acc`, its tiles staged by `staging`
+ * WGSL: one product's sweep over K in steps of tk into the vec4 accumulators `acc`, its tiles staged by `staging`
  * (of K split `split` ways, halves reading their tiles at `slots`). Invocation (tx, ty) owns the rows of A's vec4s
  * q·ty_count + ty and the columns of B's vec4s q·tx_count + tx (q < gm, gn: with the default's one vec4 each, rows
  * ty·4 + i and columns tx·4 + j), so consecutive invocations read consecutive vec4s; accumulator i·gn + q holds
@@ -143,7 +150,7 @@ const nth = (base: string, q: number, n: number): string => (n === 1 ? base : `$
  */
 function sweep(acc: string, k: number, how: Staging, staging: TileStaging, target: Target, g: TiledLayout, slots: TileSlots = ONE_SLOT, split = 1): string {
   const V = u32Lit(g.tn / 4);
-  const halves = splitSteps(staging, k, split, TK, 'h');
+  const halves = splitSteps(staging, k, split, g.tk, 'h');
   const at = (q: number, count: number, id: string) => (q ? `${u32Lit(q * count)} + ${id}` : id);
   const lines: string[] = [];
   for (let q = 0; q < g.gm; q++) lines.push(`let ${nth('a4', q, g.gm)} = tile_a[${slots.a}kk * ${u32Lit(g.aRow)} + ${at(q, g.ty, 'ty')}];`);
@@ -154,7 +161,7 @@ function sweep(acc: string, k: number, how: Staging, staging: TileStaging, targe
       lines.push(`${acc}[${v}] = fma(vec4<f32>(${nth('a4', Math.floor(i / 4), g.gm)}.${'xyzw'[i % 4]}), ${nth('b4', q, g.gn)}, ${acc}[${v}]);`);
     }
   }
-  return stagedKLoop(how, halves.staging, u32Lit(halves.k), split * TK, `    for (var kk = 0u; kk < ${loopBound(TK, target)}; kk++) {
+  return stagedKLoop(how, halves.staging, u32Lit(halves.k), split * g.tk, `    for (var kk = 0u; kk < ${loopBound(g.tk, target)}; kk++) {
 ${lines.map((l) => `      ${l}`).join('\n')}
     }`);
 }
@@ -174,7 +181,7 @@ function tiledSplit(target: Target, g: TiledLayout, second: boolean): number {
 /** The tiled variant's grid of tiles and K step (matmulGrid) under the target's layout. */
 export function tiledGrid(target: Target): { readonly bm: number; readonly bn: number; readonly kStep: number } {
   const g = chosenLayout(target);
-  return { bm: g.tm, bn: g.tn, kStep: TK * tiledSplit(target, g, false) };
+  return { bm: g.tm, bn: g.tn, kStep: g.tk * tiledSplit(target, g, false) };
 }
 
 /**
@@ -188,7 +195,7 @@ function combineHalves(g: TiledLayout, split: number): string {
     const per = Math.floor(len / g.invocations);
     return Array.from({ length: per }, (_, u) => `${tile}[lh * ${u32Lit(per)}${u ? ` + ${u32Lit(u)}` : ''}]`);
   };
-  const slots = [...places('tile_a', split * g.aRow * TK), ...places('tile_b', (split * g.tn * TK) / 4)];
+  const slots = [...places('tile_a', split * g.aRow * g.tk), ...places('tile_b', (split * g.tn * g.tk) / 4)];
   if (slots.length === 0) throw new Error(`internal: matmul_tiled_f32: the ${g.tm}x${g.tn} tiles hold no accumulator of ${g.invocations} invocations`);
   const accs = g.rows * g.gn;
   let code = '';
@@ -253,13 +260,13 @@ export function tiledMatmul(out: MatmulOutput, inputs: readonly Node[], target: 
   const staging = target.tuning?.tiledStaging ?? defaultStaging(target);
   const split = tiledSplit(target, g, !!second);
   const origin = tileOrigin(d, tilesM, g.tm, range);
-  const vec = vectorLoads(target, staging, d, { tm: g.tm, tn: g.tn, tk: TK });
+  const vec = vectorLoads(target, staging, d, { tm: g.tm, tn: g.tn, tk: g.tk });
   // Split: invocation (tx, ty, h) stages and sums the steps of half h into its own tiles; half 1 then hands its
   // sums to half 0 (combineHalves).
-  const slots: TileSlots = split === 1 ? ONE_SLOT : { a: `h * ${u32Lit(g.aRow * TK)} + `, b: `h * ${u32Lit((g.tn / 4) * TK)} + `, lid: 'lh' };
+  const slots: TileSlots = split === 1 ? ONE_SLOT : { a: `h * ${u32Lit(g.aRow * g.tk)} + `, b: `h * ${u32Lit((g.tn / 4) * g.tk)} + `, lid: 'lh' };
   const accs = g.rows * g.gn;
-  const main = `var<workgroup> tile_a: array<vec4<f32>, ${split * g.aRow * TK}>;
-var<workgroup> tile_b: array<vec4<f32>, ${(split * g.tn * TK) / 4}>;
+  const main = `var<workgroup> tile_a: array<vec4<f32>, ${split * g.aRow * g.tk}>;
+var<workgroup> tile_b: array<vec4<f32>, ${(split * g.tn * g.tk) / 4}>;
 
 @compute @workgroup_size(${g.tx}, ${g.ty}, ${split})
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_id) lid3: vec3u, @builtin(local_invocation_index) lid: u32) {
@@ -279,7 +286,7 @@ ${sweep('acc', range?.len ?? d.k, staging, rangeSteps(tileStaging(staging, d, g,
 ${sweep('acc2', second.k, 'loop', tileStaging('loop', d, g, ONE_SLOT, target, second), target, g)}` : ''}
 ${storeTiles(out, d, g, !!second)}
 }`;
-  const block = g === DEFAULT_LAYOUT ? '' : `_b${g.rows}x${g.cols}_${g.tm}x${g.tn}`;
+  const block = g === DEFAULT_LAYOUT ? '' : `_b${g.rows}x${g.cols}_${g.tm}x${g.tn}${g.tk === TK ? '' : `_d${g.tk}`}`;
   const kernel = assemble(out, inputs, target, `matmul_tiled_f32${block}${split === 1 ? '' : '_k2'}${range ? `_ks${range.splits}` : ''}${readsSuffix(d)}`, { body: main, workgroupSize: [g.tx, g.ty, split], dispatch: [tilesN, gy, gz] });
   return { ...kernel, wgsl: vectorBindings(kernel.wgsl, vec) };
 }

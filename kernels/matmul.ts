@@ -33,7 +33,8 @@ import { attrInts, normDim } from '../compiler/ir/rules/shape.js';
 import { broadcastStrides, declareVec4, dispatchGroups, flatKernel, groupIndexCode, kernelRule, loopBound, makeKernel, offsetCode, u32Lit, unboundedLoop } from './elementwise.js';
 import { blockedMatmul } from './matmul-blocked.js';
 import { TILE, tiledFits, tiledGrid, tiledMatmul } from './matmul-tiled.js';
-import { sgmatGrid, sgmatMatmul, sgmatUnfit, type SgmatTiles } from './matmul-sgmat.js';
+import { sgmatGrid, sgmatUnfit, type SgmatTiles } from './matmul-sgmat.js';
+import { sgmatKernel } from './matmul-sgmat-direct.js';
 import { treeReduceCode, treeWorkgroup } from './reduce.js';
 
 export type MatmulVariant = 'tiled' | 'sgmat' | 'splitk' | 'naive' | 'blocked';
@@ -618,7 +619,7 @@ export function matmulKernel(
     case 'tiled':
       return tiledMatmul(bound.out, bound.inputs, target, d, node.id);
     case 'sgmat':
-      return sgmatMatmul(bound.out, bound.inputs, target, d, readsSuffix(d), sgmatTiles);
+      return sgmatKernel(bound.out, bound.inputs, target, d, readsSuffix(d), sgmatTiles);
     case 'splitk':
       return splitK(bound.out, bound.inputs, target, d);
     case 'naive':

@@ -73,10 +73,13 @@ export interface SgmatOps {
   readonly directives: string;
   /** A zero result matrix; `slot` (a u32 expression below `slots`) tells the emulation where it lives. */
   zero(slot: string): string;
-  /** Left [m, k] (row-major at `offset`, row stride `stride`) of the f16 workgroup array `tile`. */
-  loadLeft(tile: string, offset: string, stride: string): string;
+  /**
+   * Left [m, k] (row-major at `offset`, row stride `stride`) of the f16 array `tile` (workgroup memory, or a
+   * storage binding); `colMajor`: element [r, c] at offset + c·stride + r (a transposed operand read in place).
+   */
+  loadLeft(tile: string, offset: string, stride: string, colMajor?: boolean): string;
   /** Right [k, n] of `tile`. */
-  loadRight(tile: string, offset: string, stride: string): string;
+  loadRight(tile: string, offset: string, stride: string, colMajor?: boolean): string;
   /** left · right + acc. */
   multiplyAccumulate(left: string, right: string, acc: string): string;
   /** Statement storing result `value` [m, n] into the f32 workgroup array `tile`. */
@@ -103,15 +106,15 @@ export function sgmatOps(shape: SgmatShape, spelling: SgmatSpelling, slots: numb
   const right = `subgroup_matrix_right<f16, ${n}, ${k}>`;
   const result = `subgroup_matrix_result<f32, ${n}, ${m}>`;
   // Row-major throughout: the layout as a template argument (current Dawn) or a bool argument (first releases).
-  const load = (type: string, tile: string, offset: string, stride: string) =>
-    spelling === 'template' ? `subgroupMatrixLoad<${type}, row_major>(&${tile}, ${offset}, ${stride})` : `subgroupMatrixLoad<${type}>(&${tile}, ${offset}, false, ${stride})`;
+  const load = (type: string, tile: string, offset: string, stride: string, colMajor = false) =>
+    spelling === 'template' ? `subgroupMatrixLoad<${type}, ${colMajor ? 'col_major' : 'row_major'}>(&${tile}, ${offset}, ${stride})` : `subgroupMatrixLoad<${type}>(&${tile}, ${offset}, ${colMajor}, ${stride})`;
   if (native) {
     return {
       native,
       directives: 'enable f16;\nenable subgroups;\nenable chromium_experimental_subgroup_matrix;\ndiagnostic(off, chromium.subgroup_matrix_uniformity);',
       zero: () => `${result}()`,
-      loadLeft: (tile, offset, stride) => load(left, tile, offset, stride),
-      loadRight: (tile, offset, stride) => load(right, tile, offset, stride),
+      loadLeft: (tile, offset, stride, colMajor) => load(left, tile, offset, stride, colMajor),
+      loadRight: (tile, offset, stride, colMajor) => load(right, tile, offset, stride, colMajor),
       multiplyAccumulate: (l, r, acc) => `subgroupMatrixMultiplyAccumulate(${l}, ${r}, ${acc})`,
       store: (tile, offset, value, stride) =>
         spelling === 'template' ? `subgroupMatrixStore<row_major>(&${tile}, ${offset}, ${value}, ${stride});` : `subgroupMatrixStore(&${tile}, ${offset}, ${value}, false, ${stride});`,
@@ -123,12 +126,12 @@ export function sgmatOps(shape: SgmatShape, spelling: SgmatSpelling, slots: numb
     };
   }
   const MN = u32Lit(m * n);
-  // The arrays and strides left and right matrices are read from (one of each per kernel).
-  let from: { left?: [string, string]; right?: [string, string] } = {};
-  const source = (kind: 'left' | 'right', tile: string, stride: string) => {
+  // The arrays, strides and layouts left and right matrices are read from (one of each per kernel).
+  let from: { left?: [string, string, boolean]; right?: [string, string, boolean] } = {};
+  const source = (kind: 'left' | 'right', tile: string, stride: string, colMajor = false) => {
     const seen = from[kind];
-    if (seen && (seen[0] !== tile || seen[1] !== stride)) throw new Error(`internal: emulated subgroup matrices read ${kind} matrices from ${seen[0]} and ${tile}`);
-    from = { ...from, [kind]: [tile, stride] };
+    if (seen && (seen[0] !== tile || seen[1] !== stride || seen[2] !== colMajor)) throw new Error(`internal: emulated subgroup matrices read ${kind} matrices from ${seen[0]} and ${tile}`);
+    from = { ...from, [kind]: [tile, stride, colMajor] };
   };
   const stores = new Set<string>();
   const resultLoads = new Set<string>();
@@ -138,8 +141,8 @@ export function sgmatOps(shape: SgmatShape, spelling: SgmatSpelling, slots: numb
     native,
     directives: 'enable f16;',
     zero: (slot) => `${P}_zero(${slot}, lane, lanes)`,
-    loadLeft: (tile, offset, stride) => (source('left', tile, stride), offset),
-    loadRight: (tile, offset, stride) => (source('right', tile, stride), offset),
+    loadLeft: (tile, offset, stride, colMajor) => (source('left', tile, stride, colMajor), offset),
+    loadRight: (tile, offset, stride, colMajor) => (source('right', tile, stride, colMajor), offset),
     multiplyAccumulate: (l, r, acc) => `${P}_multiply_accumulate(${l}, ${r}, ${acc}, lane, lanes)`,
     store: (tile, offset, value, stride) => {
       stores.add(tile);
@@ -153,8 +156,10 @@ export function sgmatOps(shape: SgmatShape, spelling: SgmatSpelling, slots: numb
     rightType: 'u32',
     resultType: 'u32',
     helpers: () => {
-      const [a, sa] = from.left ?? ['tile_a', '1u'];
-      const [b, sb] = from.right ?? ['tile_b', '1u'];
+      const [a, sa, colA] = from.left ?? ['tile_a', '1u', false];
+      const [b, sb, colB] = from.right ?? ['tile_b', '1u', false];
+      // Element [r, c] of a matrix at `at`: row-major at + r·stride + c, column-major at + c·stride + r.
+      const el = (at: string, stride: string, col: boolean, r: string, c: string) => (col ? `${at} + ${c} * ${stride} + ${r}` : `${at} + ${r} * ${stride} + ${c}`);
       return [
         `var<workgroup> ${P}_acc: array<f32, ${slots * m * n}>;`,
         `fn ${P}_zero(slot: u32, lane: u32, lanes: u32) -> u32 {\n  ${lanesLoop(`${P}_acc[slot * ${MN} + e] = 0.0f;`)}\n  return slot;\n}`,
@@ -163,7 +168,7 @@ export function sgmatOps(shape: SgmatShape, spelling: SgmatSpelling, slots: numb
     let i = e / ${u32Lit(n)};
     let j = e % ${u32Lit(n)};
     var s = ${P}_acc[slot * ${MN} + e];
-    for (var t = 0u; t < unbounded(${u32Lit(k)}); t++) { s = fma(f32(${a}[a + i * ${sa} + t]), f32(${b}[b + t * ${sb} + j]), s); }
+    for (var t = 0u; t < unbounded(${u32Lit(k)}); t++) { s = fma(f32(${a}[${el('a', sa, colA, 'i', 't')}]), f32(${b}[${el('b', sb, colB, 't', 'j')}]), s); }
     ${P}_acc[slot * ${MN} + e] = s;
   `)}
   return slot;

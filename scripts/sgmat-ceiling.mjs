@@ -10,7 +10,11 @@
 //   shared    every iteration loads its left and right fragments from workgroup memory first;
 //   barrier   as shared, with a workgroup barrier per iteration (as the staged kernels have two per k step);
 //   global    as shared, the fragments loaded from storage buffers instead (16 workgroup-sized regions, cached):
-//             whether a kernel could skip staging through workgroup memory.
+//             whether a kernel could skip staging through workgroup memory;
+//   barrier-only  as regs, with a workgroup barrier per iteration: the barrier alone;
+//   shared-dyn, global-dyn  as shared and global, each iteration's fragment chosen by (it·5 + workgroup) % 4: the
+//             compiler cannot keep the four fragments' loads out of the loop (with `it % 4` it may unroll by four
+//             and hoist them: session 13's 2x2 shared kernel ran as fast as regs, the 4x4 one 4x slower).
 // Timing: GPU timestamps around each of 20 back-to-back passes after 200 ms of warm-up; the median counts.
 import { openDevice } from '../dist/runtime/gpu/device.js';
 import { sgmatIds, sgmatLanes, sgmatOps, sgmatShape, sgmatSpelling } from '../dist/kernels/sgmat.js';
@@ -43,7 +47,7 @@ function kernel(kind, F) {
   const tileA = W * F * m * strideA;
   const tileB = 4 * k * strideB;
   // Fragments from workgroup memory, or (global) from this workgroup's region of the storage buffers.
-  const [srcA, srcB, baseA, baseB] = kind === 'global' ? ['src_a', 'src_b', `(wid.x % ${REGIONS}u) * ${tileA}u + `, `(wid.x % ${REGIONS}u) * ${tileB}u + `] : ['tile_a', 'tile_b', '', ''];
+  const [srcA, srcB, baseA, baseB] = kind.startsWith('global') ? ['src_a', 'src_b', `(wid.x % ${REGIONS}u) * ${tileA}u + `, `(wid.x % ${REGIONS}u) * ${tileB}u + `] : ['tile_a', 'tile_b', '', ''];
   const loads = (it) =>
     [
       ...Array.from({ length: F }, (_, i) => `a_${i} = ${ops.loadLeft(srcA, `${baseA}(sg * ${F * m}u + ${i * m}u) * ${strideA}u + (${it} % 4u) * ${k}u`, `${strideA}u`)};`),
@@ -55,7 +59,7 @@ function kernel(kind, F) {
 var<workgroup> tile_b: array<f16, ${tileB}>;
 var<workgroup> tile_c: array<f32, ${W * m * n}>;
 @group(0) @binding(0) var<storage, read_write> out: array<f32>;
-${kind === 'global' ? `@group(0) @binding(1) var<storage, read> src_a: array<f16>;\n@group(0) @binding(2) var<storage, read> src_b: array<f16>;\n` : ''}
+${kind.startsWith('global') ? `@group(0) @binding(1) var<storage, read> src_a: array<f16>;\n@group(0) @binding(2) var<storage, read> src_b: array<f16>;\n` : ''}
 @compute @workgroup_size(${W * lanes}, 1, 1)
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid: u32${ids.params}) {
 ${ids.code}  for (var e = lid; e < ${tileA}u; e += ${W * lanes}u) { tile_a[e] = f16(f32(e % 7u) * 0.125 - 0.375); }
@@ -68,9 +72,9 @@ ${Array.from({ length: F * F }, (_, f) => `  var acc_${Math.floor(f / F)}_${f % 
       ${loads('it')}
   }
   for (var it = 0u; it < ${ITER}u; it++) {
-      ${kind === 'regs' ? '' : loads('it')}
+      ${kind === 'regs' || kind === 'barrier-only' ? '' : loads(kind.endsWith('-dyn') ? '(it * 5u + wid.x)' : 'it')}
       ${products.join('\n      ')}
-      ${kind === 'barrier' ? 'workgroupBarrier();' : ''}
+      ${kind.startsWith('barrier') ? 'workgroupBarrier();' : ''}
   }
 ${Array.from({ length: F * F }, (_, f) => `  ${ops.store('tile_c', `sg * ${m * n}u`, `acc_${Math.floor(f / F)}_${f % F}`, `${n}u`)}
   workgroupBarrier();
@@ -86,7 +90,7 @@ const out = device.createBuffer({ size: GROUPS * 4 * 16 * 4, usage: GPUBufferUsa
 // The 'global' kernels' operands: REGIONS copies of the largest tiles (f16; zeros time as any values do).
 const sources = [0, 1].map(() => device.createBuffer({ size: REGIONS * 4 * 4 * 16 * 64 * 2, usage: GPUBufferUsage.STORAGE }));
 const results = [];
-for (const [kind, F] of [2, 4].flatMap((f) => ['regs', 'shared', 'barrier', 'global'].map((kind) => [kind, f]))) {
+for (const [kind, F] of [2, 4].flatMap((f) => ['regs', 'shared', 'barrier', 'global', 'barrier-only', 'shared-dyn', 'global-dyn'].map((kind) => [kind, f]))) {
   const W = subgroupsFor(F);
   const code = kernel(kind, F);
   device.pushErrorScope('validation');
@@ -104,7 +108,7 @@ for (const [kind, F] of [2, 4].flatMap((f) => ['regs', 'shared', 'barrier', 'glo
     console.log(`${kind} ${F}x${F}: did not compile: ${err?.message ?? pipeline.message}`);
     continue;
   }
-  const entries = [out, ...(kind === 'global' ? sources : [])].map((buffer, binding) => ({ binding, resource: { buffer } }));
+  const entries = [out, ...(kind.startsWith('global') ? sources : [])].map((buffer, binding) => ({ binding, resource: { buffer } }));
   const bind = device.createBindGroup({ layout: pipeline.getBindGroupLayout(0), entries });
   const encode = (enc, timestamps) => {
     const pass = enc.beginComputePass(timestamps ? { timestampWrites: timestamps } : {});
@@ -135,7 +139,7 @@ for (const [kind, F] of [2, 4].flatMap((f) => ['regs', 'shared', 'barrier', 'glo
   const ms = Array.from({ length: N }, (_, i) => Number(ts[2 * i + 1] - ts[2 * i]) / 1e6).sort((a, b) => a - b)[Math.floor(N / 2)];
   const flops = GROUPS * W * ITER * F * F * 2 * m * n * k;
   results.push({ kind, fragments: `${F}x${F}`, ms, tflops: flops / (ms * 1e-3) / 1e12 });
-  console.log(`${kind.padEnd(8)} ${F}x${F} ${ms.toFixed(4)} ms  ${(flops / (ms * 1e-3) / 1e12).toFixed(1)} TFLOP/s  (${GROUPS} workgroups x ${W} subgroups x ${ITER} iterations x ${F * F} products of ${m}x${n}x${k})`);
+  console.log(`${kind.padEnd(12)} ${F}x${F} ${ms.toFixed(4)} ms  ${(flops / (ms * 1e-3) / 1e12).toFixed(1)} TFLOP/s  (${GROUPS} workgroups x ${W} subgroups x ${ITER} iterations x ${F * F} products of ${m}x${n}x${k})`);
   for (const b of [qs, resolve, read]) b.destroy();
 }
 console.log(JSON.stringify({ device: gpu.info.description, spelling: target.subgroupMatrixSpelling ?? 'emulated', results }));

@@ -169,7 +169,7 @@ export function schedule(graph: Graph, target: Target, rules: { readonly [op: st
     return id;
   };
   // Bind the storage owners: an aliased input is read through the buffer it shares.
-  const push = (k: Kernel) => kernels.push({ ...k, bindings: k.bindings.map((b) => ({ ...b, value: root(b.value) })) });
+  const push = (k: Kernel) => kernels.push(rebind(k, (b) => ({ ...b, value: root(b.value) })));
   // A chain's scratch values get ids of their own, named for the node they serve.
   const pushChain = (node: Node, chain: KernelChain) => chainKernels(chain, (sc) => newValue([sc.words], `${sc.name} for %${node.id}`)).forEach(push);
   for (const node of graph.nodes) {
@@ -235,12 +235,13 @@ export function schedule(graph: Graph, target: Target, rules: { readonly [op: st
   const shapeOf = (id: number): readonly number[] => synthetic.get(id) ?? graph.node(id).shape;
   const stored = [...ids].sort((a, b) => a - b).map((id) => ({ id, kind: kinds.get(id) ?? 'temp' }));
   const half = opts.halfStorage === false ? new Set<number>() : planHalfStorage(graph, stored, kernels, target);
-  const marks = halfBindings(kernels, half);
+  const chosen = resolveHalfOnly(kernels, half);
+  const marks = halfBindings(chosen, half);
   const values = stored.map(({ id, kind }) => {
     const dtype = half.has(id) ? ('f16' as const) : ('f32' as const);
     return { id, bytes: valueBytes(shapeOf(id), dtype), kind, name: names.get(id), shape: [...shapeOf(id)], dtype };
   });
-  return { kernels: kernels.map((k, i) => halfStorageKernel(k, marks[i])), values, aliases, outputs };
+  return { kernels: chosen.map((k, i) => halfStorageKernel(k, marks[i])), values, aliases, outputs };
 }
 
 /**
@@ -271,15 +272,34 @@ function withSibling(node: Node, sibling: Node, graph: Graph, target: Target, ru
  */
 export function chainKernels(chain: KernelChain, place: (scratch: Scratch) => number): Kernel[] {
   const ids = new Map(chain.scratch.map((sc) => [sc.ref, place(sc)] as const));
-  return chain.kernels.map((k) => ({
-    ...k,
-    bindings: k.bindings.map((b) => {
+  return chain.kernels.map((k) =>
+    rebind(k, (b) => {
       if (b.value >= 0) return b;
       const id = ids.get(b.value);
       if (id === undefined) throw new Error(`internal: kernel ${k.name} binds scratch ${b.value}, which its chain does not declare`);
       return { ...b, value: id };
     }),
-  }));
+  );
+}
+
+type Binding = Kernel['bindings'][number];
+
+/** `k` with each binding mapped, its f16-only fallback's too. */
+function rebind(k: Kernel, f: (b: Binding) => Binding): Kernel {
+  const bindings = k.bindings.map(f);
+  return k.halfOnly ? { ...k, bindings, halfOnly: { ...k.halfOnly, fallback: rebind(k.halfOnly.fallback, f) } } : { ...k, bindings };
+}
+
+/**
+ * Each kernel that reads some bindings only as f16 (Kernel.halfOnly) where they all are, else its fallback; none
+ * keeps the mark. The fallback binds the same values and can store them as f16 too, so `half` stands.
+ */
+function resolveHalfOnly(kernels: readonly Kernel[], half: ReadonlySet<number>): Kernel[] {
+  return kernels.map((k) => {
+    if (!k.halfOnly) return k;
+    const { halfOnly, ...rest } = k;
+    return halfOnly.bindings.every((i) => half.has(k.bindings[i].value)) ? rest : halfOnly.fallback;
+  });
 }
 
 /** A plain copy, for outputs that would otherwise share storage with an input, parameter or another output. */

@@ -32,6 +32,11 @@ export interface Target {
    */
   readonly tuning?: {
     readonly sgmatTiles?: SgmatTiles;
+    /**
+     * The tensor-core matmul loads its fragments straight from the f16 operands in storage (no staging through
+     * workgroup memory, no barriers in its K loop; kernels/matmul-sgmat-direct.ts) where it can. Unmeasured.
+     */
+    readonly sgmatDirect?: boolean;
     readonly flashSgmatTiles?: FlashSgmatTiles;
     readonly tiledStaging?: Staging;
     readonly tiledKSplit?: 1 | 2;
@@ -115,6 +120,12 @@ export interface Kernel {
   readonly bindings: readonly { readonly value: number; readonly access: 'read' | 'read_write' }[];
   /** The IR nodes this kernel computes; the last writes its output, others are fused in. */
   readonly nodes: readonly number[];
+  /**
+   * Bindings this kernel reads only as f16 storage (the tensor-core matmul that loads fragments straight from its
+   * operands, kernels/matmul-sgmat-direct.ts), with the kernel to run instead where the schedule stores one of
+   * them as f32 (compiler/codegen/half.ts). The schedule resolves it; no finished schedule has it.
+   */
+  readonly halfOnly?: { readonly bindings: readonly number[]; readonly fallback: Kernel };
 }
 
 /**

@@ -8,6 +8,7 @@ import { Builder } from '../../compiler/ir/builder.js';
 import type { Graph } from '../../compiler/ir/graph.js';
 import { flashSgmatBackwardKernel } from '../../kernels/flash-sgmat-backward.js';
 import { flashSgmatForwardKernel } from '../../kernels/flash-sgmat.js';
+import { halfStorageKernel } from '../../kernels/half-storage.js';
 import { matmulKernel } from '../../kernels/matmul.js';
 import { nativeSgmat, sgmatShape } from '../../kernels/sgmat.js';
 import { errorMessage } from './errors.js';
@@ -25,8 +26,12 @@ function probeKernels(target: Target): Kernel[] {
   const dv = b.add('attention_grad', [q, k, v, g, lse, delta], { wrt: 2 });
   const graph: Graph = b.graph;
   const inputsOf = (id: number) => graph.node(id).inputs.map((i) => graph.node(i));
+  // Under Target.tuning.sgmatDirect the matmul reads its operands as f16 storage, as the schedule binds them, and
+  // its staged fallback is checked too.
+  const matmul = matmulKernel(graph.node(mm), inputsOf(mm), target, 'sgmat');
+  const { halfOnly, ...direct } = matmul;
   return [
-    matmulKernel(graph.node(mm), inputsOf(mm), target, 'sgmat'),
+    ...(halfOnly ? [halfStorageKernel(direct, new Set(halfOnly.bindings)), halfOnly.fallback] : [matmul]),
     flashSgmatForwardKernel(graph.node(att), inputsOf(att), target),
     flashSgmatBackwardKernel(graph.node(dk), inputsOf(dk), target, { sibling: graph.node(dv) }),
   ];

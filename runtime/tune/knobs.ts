@@ -65,6 +65,11 @@ export const TUNE_GROUPS: readonly TuneGroup[] = [
       { name: '8x4 blocks, 64x64 tiles', tuning: { tiledTiles: { tm: 64, tn: 64, rows: 8, cols: 4 } } },
       { name: '4x8 blocks, 64x128 tiles', tuning: { tiledTiles: { tm: 64, tn: 128, rows: 4, cols: 8 } } },
       { name: '8x4 blocks, 128x128 tiles', tuning: { tiledTiles: { tm: 128, tn: 128, rows: 8, cols: 4 } } },
+      // 32-deep K steps: half the barriers (a barrier cost more than the products on the H200, session 13).
+      { name: '4x4 blocks, 64x64 tiles, 32 deep', tuning: { tiledTiles: { tm: 64, tn: 64, rows: 4, cols: 4, tk: 32 } } },
+      { name: '8x4 blocks, 64x64 tiles, 32 deep', tuning: { tiledTiles: { tm: 64, tn: 64, rows: 8, cols: 4, tk: 32 } } },
+      { name: '8x4 blocks, 128x64 tiles, 32 deep', tuning: { tiledTiles: { tm: 128, tn: 64, rows: 8, cols: 4, tk: 32 } } },
+      { name: '8x8 blocks, 128x128 tiles, 32 deep', tuning: { tiledTiles: { tm: 128, tn: 128, rows: 8, cols: 8, tk: 32 } } },
     ],
   },
   {
@@ -88,6 +93,12 @@ export const TUNE_GROUPS: readonly TuneGroup[] = [
       { name: '64x128, 4 subgroups, 64 deep', tuning: { sgmatTiles: { wm: 2, wn: 2, fm: 2, fn: 4, bk: 64 } } },
       { name: '128x128, 8 subgroups, 32 deep', tuning: { sgmatTiles: { wm: 2, wn: 4, fm: 4, fn: 2, bk: 32 } } },
       { name: '64x64, 4 subgroups, 32 deep', tuning: { sgmatTiles: { wm: 2, wn: 2, fm: 2, fn: 2, bk: 32 } } },
+      // Fragments loaded straight from the operands (kernels/matmul-sgmat-direct.ts): on the H200 a barrier per
+      // iteration, not the tensor cores, bounded the staged kernel (scripts/sgmat-ceiling.mjs, session 13).
+      { name: 'fragments from storage, no staging', tuning: { sgmatDirect: true } },
+      { name: 'fragments from storage, 128x128, 4x4 fragments per subgroup', tuning: { sgmatDirect: true, sgmatTiles: { wm: 2, wn: 2, fm: 4, fn: 4, bk: 32 } } },
+      { name: 'fragments from storage, 128x64', tuning: { sgmatDirect: true, sgmatTiles: { wm: 2, wn: 2, fm: 4, fn: 2, bk: 64 } } },
+      { name: 'fragments from storage, 64x64, one subgroup', tuning: { sgmatDirect: true, sgmatTiles: { wm: 1, wn: 1, fm: 4, fn: 4, bk: 64 } } },
     ],
   },
   {

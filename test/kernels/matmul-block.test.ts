@@ -28,7 +28,7 @@ const withTuning = (t: Target, tuning: Target['tuning']): Target => ({ ...t, tun
 
 test('tiledTiles: a bad value is refused with the key; the default tiles give the default kernel', () => {
   const { node, inputs } = product([], [], 70, 40, 66, [false, false]);
-  for (const bad of [{ tm: 32, tn: 64, rows: 4, cols: 4 }, { tm: 64, tn: 64, rows: 2, cols: 4 }, { tm: 64, tn: 96, rows: 8, cols: 8 }, { tm: 64, tn: 64, rows: 8 }]) {
+  for (const bad of [{ tm: 32, tn: 64, rows: 4, cols: 4 }, { tm: 64, tn: 64, rows: 2, cols: 4 }, { tm: 64, tn: 96, rows: 8, cols: 8 }, { tm: 64, tn: 64, rows: 8 }, { tm: 64, tn: 64, rows: 8, cols: 8, tk: 24 }]) {
     assert.throws(() => matmulKernel(node, inputs, withTuning(H200, { tiledTiles: bad as TiledTiles }), 'tiled'), (e: unknown) => e instanceof TiledTilesError && /Target\.tuning\.tiledTiles/.test(e.message), JSON.stringify(bad));
   }
   const plain = matmulKernel(node, inputs, H200, 'tiled');
@@ -38,13 +38,15 @@ test('tiledTiles: a bad value is refused with the key; the default tiles give th
   assert.deepEqual(forced.workgroupSize, [16, 16, 1]);
 });
 
-test('names, workgroups and the grid follow the tiles; K steps stay 16 deep; a tile the target cannot hold is refused', () => {
+test('names, workgroups and the grid follow the tiles; K steps 16 deep, or 32 as asked; a tile the target cannot hold is refused', () => {
   const { node, inputs } = product([3], [3], 130, 100, 200, [false, true]);
   const cases: [TiledTiles, string, number[], [number, number]][] = [
     [B64, 'matmul_tiled_f32_b8x8_64x64_bt', [8, 8, 1], [3 * 3, 4]],
     [B128x64, 'matmul_tiled_f32_b8x4_128x64_bt', [16, 16, 1], [2 * 3, 4]],
     [B64x128, 'matmul_tiled_f32_b4x8_64x128_bt', [16, 16, 1], [3 * 3, 2]],
     [B128, 'matmul_tiled_f32_b8x8_128x128_bt', [16, 16, 1], [2 * 3, 2]],
+    [{ ...B128x64, tk: 32 }, 'matmul_tiled_f32_b8x4_128x64_d32_bt', [16, 16, 1], [2 * 3, 4]],
+    [{ tm: 64, tn: 64, rows: 4, cols: 4, tk: 32 }, 'matmul_tiled_f32_b4x4_64x64_d32_bt', [16, 16, 1], [3 * 3, 4]],
   ];
   for (const [tiles, name, wg, [rows, cols]] of cases) {
     const t = withTuning(H200, { tiledTiles: tiles });
@@ -53,8 +55,13 @@ test('names, workgroups and the grid follow the tiles; K steps stay 16 deep; a t
     assert.deepEqual(k.workgroupSize, wg, name);
     assert.equal(k.dispatch[0], cols, `${name}: N tiles`);
     assert.equal(k.dispatch[1] * k.dispatch[2], rows, `${name}: M tiles x batch`);
-    assert.deepEqual(matmulGrid(node, inputs, t, 'tiled', [false, true]), { rows, cols, kStep: 16 }, name);
-    assert.deepEqual(matmulGrid(node, inputs, withTuning(t, { tiledKSplit: 2 }), 'tiled', [false, true]), { rows, cols, kStep: 32 }, `${name}, K split in 2`);
+    const tk = tiles.tk ?? 16;
+    assert.deepEqual(matmulGrid(node, inputs, t, 'tiled', [false, true]), { rows, cols, kStep: tk }, name);
+    // Two halves where their tiles fit the H200's 48 KiB: all but 32-deep 128x64 tiles (2 x 24.5 KiB).
+    const halves = /_k2/.test(matmulKernel(node, inputs, withTuning(t, { tiledKSplit: 2 }), 'tiled', undefined, [false, true]).name) ? 2 : 1;
+    assert.equal(halves, tiles.tk === 32 && tiles.tm === 128 ? 1 : 2, name);
+    assert.deepEqual(matmulGrid(node, inputs, withTuning(t, { tiledKSplit: 2 }), 'tiled', [false, true]), { rows, cols, kStep: halves * tk }, `${name}, K split in 2`);
+    assert.match(k.wgsl, new RegExp(`for \\(var kk = 0u; kk < ${tk}u; kk\\+\\+\\)`), `${name}: ${tk}-deep steps`);
   }
   // 128x128 tiles: 16640 bytes of workgroup memory, over WebGPU's guaranteed 16384; split in two, over lavapipe's 32768.
   assert.throws(() => matmulKernel(node, inputs, withTuning(TARGETS.portable, { tiledTiles: B128 }), 'tiled'), /128x128 tile needs 256 invocations \(16x16\) and 16640 bytes/);
@@ -112,6 +119,7 @@ describe('on the device', () => {
     [[2, 1], [3], 20, 36, 70, [false, true], B128x64, ['loop', 'prefetch']], // broadcast batches [2, 3]; b transposed, vec4 along K
     [[], [], 130, 33, 140, [true, true], B128, ['loop', 'prefetch']], // M and N past 128, K = 2 steps + 1; no room for a split
     [[3], [3], 17, 100, 66, [true, false], B64x128, ['loop', 'unrolled']], // batched, a transposed
+    [[2], [], 70, 75, 76, [false, true], { ...B128x64, tk: 32 }, ['loop', 'prefetch']], // 32-deep steps: K = 2 steps + 11
   ];
   for (const [ba, bb, m, k, n, reads, tiles, stagings] of CASES) {
     const label = `[${ba}] ${m}x${k} @ [${bb}] ${k}x${n}, transposed reads ${reads}, ${tiles.rows}x${tiles.cols} blocks of ${tiles.tm}x${tiles.tn}`;
@@ -130,7 +138,7 @@ describe('on the device', () => {
   });
 
   test('random shapes (ragged, transposed reads, batches): every block = the 4x4 kernel bit for bit', async () => {
-    const tilesArb = fc.constantFrom(B64, B128x64, B64x128, B128);
+    const tilesArb = fc.constantFrom<TiledTiles>(B64, B128x64, B64x128, B128, { ...B64, tk: 32 }, { ...B128x64, tk: 32 });
     await fc.assert(
       fc.asyncProperty(
         fc.integer({ min: 1, max: 140 }),

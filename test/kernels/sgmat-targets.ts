@@ -1,9 +1,11 @@
 // Targets for the subgroup-matrix kernel tests (kernels/sgmat.ts and its users). lavapipe has no subgroup matrices:
 // a Target that lists configs without the feature gets the emulated spelling, which runs there; on a GPU with the
 // feature the same tests run natively (deviceSgmatTarget).
+import { after, before } from 'node:test';
 import type { Target } from '../../compiler/codegen/types.js';
 import { TARGETS } from '../../compiler/codegen/targets.js';
-import { SUBGROUP_MATRIX_FEATURE } from '../../kernels/sgmat.js';
+import { nativeSgmat, SUBGROUP_MATRIX_FEATURE } from '../../kernels/sgmat.js';
+import { openDevice, type GpuDevice } from '../../runtime/gpu/device.js';
 
 export type Config = { M: number; N: number; K: number };
 
@@ -34,4 +36,19 @@ export function deviceSgmatTarget(base: Target, native: boolean, config: Config)
   if (!native) return { target: withConfigs(base, [config], 'sgmat'), forced: true };
   const listed = base.subgroupMatrixConfigs.some((c) => c.componentType === 'f16' && c.resultComponentType === 'f32' && c.M === config.M && c.N === config.N && c.K === config.K);
   return listed ? { target: withConfigs(base, [config], 'native'), forced: true } : { target: base, forced: false };
+}
+
+/**
+ * The device of a describe block's tests (opened before them, destroyed after them) and whether it runs subgroup
+ * matrices natively (else the tests' Targets emulate them).
+ */
+export function sgmatDevice(): { readonly gpu: () => GpuDevice; readonly native: () => boolean } {
+  let gpu: GpuDevice | undefined;
+  before(async () => {
+    gpu = await openDevice();
+  });
+  after(async () => {
+    await gpu?.destroy();
+  });
+  return { gpu: () => gpu!, native: () => nativeSgmat(gpu!.target) };
 }
