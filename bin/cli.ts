@@ -137,6 +137,7 @@ function program(): Command {
     .option('--seconds <n>', 'stop starting new timings after this long (default 600)')
     .option('--size <size>', 'full (default on hardware), quick (default on a software adapter), or tiny')
     .option('--out <file>', 'where to write the profile (default: the user profile folder, where later runs look)')
+    .option('--from <profile>', "start from a profile's choices instead of the defaults: auto (the one that applies to this GPU) or a file; groups not tried keep them")
     .option('--adapter <name>', 'pick the GPU adapter whose name contains this')
     .action(async (bundles: string[], opts: import('./commands/tune.js').TuneCliOptions) => {
       process.exitCode = await (await import('./commands/tune.js')).runTuneCommand(bundles, opts);

@@ -16,7 +16,7 @@
 # profile (VISFT_TUNING=none), so its numbers are the defaults'.
 # STEPS="doctor sgmat-test ..." runs only the steps named;
 # TUNE_ARGS and TORCH_ARGS pass options to the sweep and the PyTorch peer (e.g. TUNE_ARGS="--rows
-# matmul_f32_evag_fc2"), TUNE_GROUPS and TUNE_ROWS narrow visft tune; SGMAT_TESTS and BENCH_TUNED_ROWS
+# matmul_f32_evag_fc2"), TUNE_GROUPS and TUNE_ROWS narrow visft tune, TUNE_FROM=auto starts it from the shipped profile; SGMAT_TESTS and BENCH_TUNED_ROWS
 # replace sgmat-test's files and bench-tuned's rows. The logs go to $OUT/logs.tgz, rebuilt after every step (the device tool brings back at
 # most 8 files), with a summary beside it.
 # GPU clocks, power and throttle reasons are sampled twice a second throughout (clocks.csv in the archive): the
@@ -46,7 +46,7 @@ step doctor 30 node bin/visft.js doctor
 SGMAT_TESTS=${SGMAT_TESTS:-"dist/test/kernels/matmul-sgmat.test.js dist/test/kernels/matmul-sgmat-direct.test.js dist/test/kernels/matmul-vector-loads.test.js dist/test/kernels/matmul-split-across.test.js dist/test/codegen/msdeform-schedule.test.js dist/test/kernels/flash-sgmat.test.js dist/test/kernels/flash-sgmat-backward.test.js dist/test/gpu/run-cli.test.js dist/test/gpu/eva-variants.test.js dist/test/kernels/msdeform-split.test.js dist/test/kernels/msdeform-lanes.test.js dist/test/codegen/attention-f16-reads.test.js dist/test/kernels/matmul-block.test.js dist/test/kernels/flash-unroll.test.js dist/test/kernels/flash-blocked.test.js dist/test/kernels/flash-blocked-backward.test.js dist/test/kernels/flash-blocked-views.test.js"}
 step sgmat-test 90 node --test --test-reporter=spec $SGMAT_TESTS
 TUNE_PROFILE_SECS=${TUNE_PROFILE_SECS:-240}
-step tune-profile "$TUNE_PROFILE_SECS" node bin/visft.js tune ${TUNE_GROUPS:+--groups "$TUNE_GROUPS"} ${TUNE_ROWS:+--rows "$TUNE_ROWS"} --seconds $((TUNE_PROFILE_SECS - 30)) --out "$PROFILE"
+step tune-profile "$TUNE_PROFILE_SECS" node bin/visft.js tune ${TUNE_GROUPS:+--groups "$TUNE_GROUPS"} ${TUNE_ROWS:+--rows "$TUNE_ROWS"} ${TUNE_FROM:+--from "$TUNE_FROM"} --seconds $((TUNE_PROFILE_SECS - 30)) --out "$PROFILE"
 # The same on a whole program: EVA-G's stage-2 training step under fp16 (forward and the LoRA gradients, one
 # 224x224 image), compiled here, with seeded weights; its profile goes beside the other (not applied by later steps).
 step tune-model 200 bash -c 'node bin/visft.js compile pipelines/visft_eva_g.visft --entry eva --stage stage2 --vjp --precision fp16 --shape image=1x3x224x224 -o /tmp/visft-eva-g-step.visftx && node bin/visft.js tune /tmp/visft-eva-g-step.visftx --seconds 150 --groups "dawn robustness,matmul K split target,f32 flash attention forward,f16 attention on tensor cores,f16 matmul tensor-core tiles" --out /tmp/visft-tuning/eva-g-step.json'

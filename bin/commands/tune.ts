@@ -1,4 +1,4 @@
-// `visft tune [BUNDLE...] [--rows NAME,...] [--groups NAME,...] [--seconds N] [--out FILE] [--json] [--list]`: times the kernels'
+// `visft tune [BUNDLE...] [--rows NAME,...] [--groups NAME,...] [--seconds N] [--from auto|FILE] [--out FILE] [--json] [--list]`: times the kernels'
 // equivalent forms on this adapter (runtime/tune) and writes the tuning profile that later runs on it apply.
 // Exit 0 when a profile was written (also when the defaults won: the profile then records that), 1 on GPU errors,
 // 2 for usage errors.
@@ -19,6 +19,7 @@ export interface TuneCliOptions {
   seconds?: string;
   size?: string;
   out?: string;
+  from?: string;
   adapter?: string;
 }
 
@@ -74,7 +75,7 @@ export async function runTuneCommand(bundles: readonly string[], opts: TuneCliOp
   if (seconds !== undefined && !(Number.isFinite(seconds) && seconds > 0 && seconds <= 86_400)) throw new UsageError(`--seconds takes a number of seconds from 1 to 86400, not '${opts.seconds}'`);
   if (opts.size !== undefined && !['full', 'quick', 'tiny'].includes(opts.size)) throw new UsageError(`--size takes full, quick or tiny, not '${opts.size}'`);
 
-  const command = ['visft tune', ...bundles, opts.rows && `--rows ${opts.rows}`, opts.groups && `--groups '${opts.groups}'`, opts.seconds && `--seconds ${opts.seconds}`, opts.size && `--size ${opts.size}`, opts.adapter && `--adapter '${opts.adapter}'`].filter(Boolean).join(' ');
+  const command = ['visft tune', ...bundles, opts.rows && `--rows ${opts.rows}`, opts.groups && `--groups '${opts.groups}'`, opts.seconds && `--seconds ${opts.seconds}`, opts.size && `--size ${opts.size}`, opts.from && `--from ${opts.from}`, opts.adapter && `--adapter '${opts.adapter}'`].filter(Boolean).join(' ');
   const { runTune } = await import('../../runtime/tune/tune.js');
   let result;
   try {
@@ -85,6 +86,7 @@ export async function runTuneCommand(bundles: readonly string[], opts: TuneCliOp
       ...(groups ? { groups } : {}),
       ...(seconds !== undefined ? { seconds } : {}),
       ...(opts.size ? { size: opts.size as 'full' | 'quick' | 'tiny' } : {}),
+      ...(opts.from ? { from: opts.from } : {}),
       ...(opts.adapter ? { adapter: opts.adapter } : {}),
       progress: (line) => process.stderr.write(`tune: ${line}\n`),
     });

@@ -13,7 +13,7 @@ import { openDevice, type GpuDevice } from '../gpu/device.js';
 import { errorMessage } from '../gpu/errors.js';
 import { TUNE_GROUPS, TUNE_ROWS, type TuneGroup, type TuneOption } from './knobs.js';
 import { programKey, relDiff, rowCase, timedVariant, timePair, withTuning, type TimedVariant, type TuneCase } from './pair-timing.js';
-import { TUNING_FORMAT, TUNING_VERSION, type ProfileAdapter, type TuningEvidence, type TuningProfile, type Tuning } from './profile.js';
+import { findProfile, TUNING_FORMAT, TUNING_VERSION, type ProfileAdapter, type TuningEvidence, type TuningProfile, type Tuning } from './profile.js';
 
 export interface TuneOptions {
   readonly size?: BenchSize;
@@ -23,6 +23,11 @@ export interface TuneOptions {
   readonly cases?: readonly TuneCase[];
   /** Group names to try (default all that apply to the device). */
   readonly groups?: readonly string[];
+  /**
+   * Start from a profile's choices instead of the defaults: 'auto' (the one that applies to this adapter, if any)
+   * or a file (for this adapter). Groups not tried keep its choices; a group tried can only improve on them.
+   */
+  readonly from?: string;
   /** Stop starting new timings after this long (what was adopted by then is kept). */
   readonly seconds?: number;
   readonly adapter?: string;
@@ -71,6 +76,7 @@ export async function runTune(o: TuneOptions): Promise<TuneResult> {
   const deadline = performance.now() + (o.seconds ?? 600) * 1000;
   const base = await openDevice({ profiling: true, tuning: 'none', ...(o.adapter ? { adapter: o.adapter } : {}), ...(o.backend ? { backend: o.backend } : {}) });
   const devices = new Map<string, GpuDevice>([[base.toggles.join(','), base]]);
+  const adapter: ProfileAdapter = { vendor: base.info.vendor, architecture: base.info.architecture, device: base.info.device, description: base.info.description, backend: base.backend ?? '' };
   const notes: string[] = [];
   const evidence: TuningEvidence[] = [];
   const adopted: string[] = [];
@@ -78,6 +84,8 @@ export async function runTune(o: TuneOptions): Promise<TuneResult> {
   const baseline = new Map<string, TimedVariant>();
   const reference = new Map<string, Float32Array[]>();
   try {
+    const start = o.from ? findProfile(adapter, o.from) : undefined;
+    if (o.from === 'auto' && !start) notes.push('--from auto: no profile applies to this adapter; started from the defaults');
     // As `visft bench` chooses: model sizes on hardware, shrunk ones on a software adapter.
     const size = o.size ?? (base.target.isFallbackAdapter ? 'quick' : 'full');
     const cases: TuneCase[] = [...(o.cases ?? [])];
@@ -102,7 +110,16 @@ export async function runTune(o: TuneOptions): Promise<TuneResult> {
       const key = `${c.name}\n${canonicalJson(tuning)}`;
       return programs.get(key) ?? programs.set(key, compileGpu(c.graph, withTuning(base.target, tuning))).get(key)!;
     };
-    let current: Config = { toggles: [], tuning: {} };
+    let current: Config = start ? { toggles: [...start.profile.toggles], tuning: start.profile.tuning } : { toggles: [], tuning: {} };
+    // Every option is checked against the default program's outputs; from a profile, so is the profile's program.
+    const defaultOutputs = async (c: TuneCase): Promise<void> => {
+      const d = await timedVariant(base, c, {}, undefined, programOf(c, {}));
+      try {
+        reference.set(c.name, await d.timed.outputs(d.outIds));
+      } finally {
+        d.timed.destroy();
+      }
+    };
     const baselineFor = async (c: TuneCase): Promise<TimedVariant> => {
       let b = baseline.get(c.name);
       if (!b) {
@@ -120,8 +137,11 @@ export async function runTune(o: TuneOptions): Promise<TuneResult> {
     for (const c of [...cases]) {
       let why: string | undefined;
       try {
-        await baselineFor(c);
+        if (start) await defaultOutputs(c);
+        const b = await baselineFor(c);
         if (reference.get(c.name)!.some((out) => out.some((x) => !Number.isFinite(x)))) why = 'its default outputs are not all finite on this data';
+        const diff = start ? relDiff(await b.timed.outputs(b.outIds), reference.get(c.name)!) : 0;
+        if (diff > MAX_REL_DIFF[c.dtype]) why = `the starting profile's program differs from the default one by ${diff.toExponential(1)} (relative)`;
       } catch (e) {
         why = `its default program failed (${errorMessage(e).split('\n')[0]})`;
       }
@@ -206,7 +226,9 @@ export async function runTune(o: TuneOptions): Promise<TuneResult> {
       say(`adopted ${group.name}: ${best.option.name}`);
       dropBaselines();
     }
-    const adapter: ProfileAdapter = { vendor: base.info.vendor, architecture: base.info.architecture, device: base.info.device, description: base.info.description, backend: base.backend ?? '' };
+    // From a profile: its adoptions stand except in the groups that adopted something new; its evidence is kept.
+    const adoptedGroups = new Set(adopted.map((a) => a.slice(0, a.indexOf(': '))));
+    const kept = start ? start.profile.adopted.filter((a) => !adoptedGroups.has(a.slice(0, a.indexOf(': ')))) : [];
     const profile: TuningProfile = {
       format: TUNING_FORMAT,
       version: TUNING_VERSION,
@@ -217,8 +239,8 @@ export async function runTune(o: TuneOptions): Promise<TuneResult> {
       webgpu: packageVersion('webgpu'),
       toggles: [...current.toggles],
       tuning: current.tuning,
-      evidence,
-      adopted,
+      evidence: [...(start?.profile.evidence ?? []), ...evidence],
+      adopted: [...kept, ...adopted],
     };
     return { profile, notes, cut };
   } finally {

@@ -118,6 +118,49 @@ test('`visft tune BUNDLE` times on a compiled program (your model and shapes) in
   for (const e of profile.evidence) assert.equal(e.row, bundle, 'only the bundle is timed');
 });
 
+test('`visft tune --from` starts from a profile: groups not tried keep its choices, a group tried improves on them or keeps them', async () => {
+  const probe = await openDevice({ tuning: 'none' });
+  const adapter = { vendor: probe.info.vendor, architecture: probe.info.architecture, device: probe.info.device, description: probe.info.description, backend: probe.backend ?? '' };
+  await probe.destroy();
+  const from = join(dir, 'from.json');
+  // A choice no tuner option makes (the gather form of MSDeformAttn's value gradient), as an earlier visft might have.
+  const earlier = { group: 'msdeform value gradient', option: 'gather', row: 'msdeform_vjp_m2f_pixel', ratio: 0.9, relDiff: 0 };
+  const adoptedBefore = 'msdeform value gradient: gather (x0.900, then x0.900)';
+  writeProfile(from, { format: TUNING_FORMAT, version: TUNING_VERSION, adapter, created: new Date().toISOString(), command: 'earlier', visft: '0', webgpu: '0', toggles: [], tuning: { msdeformValueGrad: 'gather' }, evidence: [earlier], adopted: [adoptedBefore] });
+  const tune = (out: string, ...args: string[]) => {
+    const r = visft('tune', '--rows', 'msdeform_vjp_m2f_pixel', '--size', 'tiny', '--seconds', '300', '--out', out, '--json', ...args);
+    assert.equal(r.status, 0, r.stderr);
+    return JSON.parse(r.stdout) as { notes: string[]; profile: TuningProfile };
+  };
+  // A group not tried keeps the profile's choice, adoption and evidence.
+  const kept = tune(join(dir, 'kept.json'), '--groups', 'f32 flash attention forward', '--from', from);
+  assert.deepEqual(kept.profile.tuning, { msdeformValueGrad: 'gather' });
+  assert.deepEqual(kept.profile.adopted, [adoptedBefore]);
+  assert.deepEqual(kept.profile.evidence[0], earlier);
+  assert.match(kept.profile.command, /--from .*from\.json/);
+  // The group tried: its options are timed against the profile's choice, their outputs checked against the
+  // default program's; a new adoption replaces the group's old one.
+  const again = tune(join(dir, 'again.json'), '--groups', 'msdeform value gradient', '--from', from);
+  const timed = again.profile.evidence.slice(1);
+  assert.deepEqual(again.profile.evidence[0], earlier);
+  assert.ok(timed.some((e) => e.option === 'one tiled kernel'), JSON.stringify(timed));
+  for (const e of timed) assert.ok(e.relDiff <= 1e-4, JSON.stringify(e));
+  const tiled = again.profile.tuning.msdeformValueGrad === 'tiled';
+  assert.deepEqual(again.profile.adopted.length, 1);
+  assert.match(again.profile.adopted[0], tiled ? /^msdeform value gradient: one tiled kernel \(x/ : /^msdeform value gradient: gather /);
+  assert.equal(again.profile.tuning.msdeformValueGrad, tiled ? 'tiled' : 'gather');
+  // auto with no profile for this adapter: the defaults, said so; a file of another adapter: a one-line error.
+  const args = ['tune', '--rows', 'msdeform_vjp_m2f_pixel', '--size', 'tiny', '--groups', 'f32 flash attention forward', '--out', join(dir, 'none.json'), '--json', '--from', 'auto'];
+  const none = spawnSync(process.execPath, [bin, ...args], { encoding: 'utf8', timeout: 600_000, env: { ...process.env, VISFT_TUNING: 'none', VISFT_TUNING_DIR: mkdtempSync(join(tmpdir(), 'visft-no-profiles-')) } });
+  assert.equal(none.status, 0, none.stderr);
+  assert.ok((JSON.parse(none.stdout) as { notes: string[] }).notes.some((n) => /--from auto: no profile applies to this adapter/.test(n)));
+  writeProfile(join(dir, 'foreign.json'), { ...readProfile(from), adapter: { ...adapter, description: 'NVIDIA H200' } });
+  const foreign = visft('tune', '--rows', 'msdeform_vjp_m2f_pixel', '--size', 'tiny', '--from', join(dir, 'foreign.json'));
+  assert.equal(foreign.status, 2, foreign.stderr);
+  assert.match(foreign.stderr, /foreign\.json was measured on NVIDIA H200 \(vulkan\); this adapter is /);
+  assert.doesNotMatch(foreign.stderr, /\n\s+at /);
+});
+
 test('`visft tune --list` names every group, its options and its rows, without a device', () => {
   const r = visft('tune', '--list', '--json');
   assert.equal(r.status, 0, r.stderr);
