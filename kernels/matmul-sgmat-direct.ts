@@ -1,8 +1,9 @@
 // The tensor-core matmul that loads its fragments straight from the operands in storage (Target.tuning.sgmatDirect):
 // no staging through workgroup memory and no barrier in its K loop. On the H200 (scripts/sgmat-ceiling.mjs,
 // docs/perf.md, session 13) Dawn's subgroup matrices multiplied at 510–616 TFLOP/s from registers and 485–587
-// with their fragments loaded from storage buffers, but at 35–100 with a workgroup barrier per iteration: the
-// staged kernel (kernels/matmul-sgmat.ts: two barriers per K step) is bounded by its barriers, at 63–89.
+// with their fragments loaded from storage buffers, but at 35–100 with a workgroup barrier and fragment loads from
+// workgroup memory per iteration: the staged kernel (kernels/matmul-sgmat.ts: two barriers per K step) is bounded
+// by its staging, at 60–94.
 //
 // Each subgroup owns FM x FN result fragments of the staged kernel's tile (the same grid, so K ranges and the
 // schedule see one variant) and loads its left and right fragments from the operands, transposed ones in place

@@ -11,8 +11,9 @@
 // memory for 16 FMAs, which bounds it (H200, docs/perf.md session 9: 18-26 TFLOP/s on EVA shapes against cuBLAS
 // FP32's 38-47, 33.6 with the staging ablated); an 8x8 block loads 4 for 64, as cuBLAS-class SGEMM does. An
 // invocation's rows and columns are vec4s a tile-width/2 apart, so consecutive invocations read consecutive
-// vec4s. The same 16-deep steps, halves and per-output fma order: bit for bit the default's. Unmeasured, so not
-// the default (scripts/tune-sgmat.mjs times `block*` variants against it).
+// vec4s. The same steps, halves and per-output fma order: bit for bit the default's. Not the default: on the H200
+// 8x4 blocks of 64x64 won (0.85–1.01x the time) and 8x8 lost on EVA-G shapes (docs/perf.md, session 13), so the
+// choice is `visft tune`'s, per GPU (its shipped H200 profile takes the 8x4 blocks). TiledTiles.tk: 32-deep steps.
 import type { Kernel, Target } from '../compiler/codegen/types.js';
 import type { Node } from '../compiler/ir/graph.js';
 import { dispatchGroups, loopBound, u32Lit, unboundedLoop } from './elementwise.js';
@@ -55,8 +56,8 @@ export interface TiledTiles {
   readonly rows: 4 | 8;
   readonly cols: 4 | 8;
   /**
-   * K per staged step (default 16): 32 halves the barriers per K (a pair per step; on the H200 a workgroup barrier
-   * costs more than the tile's loads, scripts/sgmat-ceiling.mjs) for twice the workgroup memory. Same sums.
+   * K per staged step (default 16): 32 halves the barriers per K (a pair per step; on the H200 barriers with staged
+   * loads bounded the tensor-core kernel, scripts/sgmat-ceiling.mjs) for twice the workgroup memory. Same sums.
    */
   readonly tk?: 16 | 32;
 }

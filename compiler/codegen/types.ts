@@ -42,7 +42,8 @@ export interface Target {
     readonly tiledKSplit?: 1 | 2;
     /**
      * The tiled f32 matmul's output tile and each invocation's block (kernels/matmul-tiled.ts TiledTiles; default 64x64
-     * of 4x4): 8x8 blocks load fewer staged vec4s per FMA; the sums are the default's bit for bit. Unmeasured.
+     * of 4x4): 8x8 blocks load fewer staged vec4s per FMA; the sums are the default's bit for bit. On the H200 8x4
+     * blocks of 64x64 won (0.85–1.01x the time; its shipped profile), 8x8 lost on EVA-G shapes (docs/perf.md).
      */
     readonly tiledTiles?: TiledTiles;
     /**
@@ -61,9 +62,9 @@ export interface Target {
     readonly flashCaps?: FlashCaps;
     /** Caps on the f32 flash gradient kernels' tiles in place of flashCaps (which they follow when this is unset). */
     readonly flashGradCaps?: FlashCaps;
-    /** The register-blocked f32 flash forward (kernels/flash-blocked.ts) where it applies (no mask, subgroups). Unmeasured. */
+    /** The register-blocked f32 flash forward (kernels/flash-blocked.ts) where it applies (no mask, subgroups). H200: 1.08–1.43x the time. */
     readonly flashBlocked?: boolean;
-    /** The register-blocked f32 flash dq and dk+dv kernels (kernels/flash-blocked-backward.ts) where they apply (no mask). Unmeasured. */
+    /** The register-blocked f32 flash dq and dk+dv kernels (kernels/flash-blocked-backward.ts) where they apply (no mask). H200: 1.4–1.5x the time. */
     readonly flashBlockedGrad?: boolean;
     /** How MSDeformAttn's value gradient runs (kernels/msdeform-value-grad.ts; default `indexed`). */
     readonly msdeformValueGrad?: GradValueVariant;

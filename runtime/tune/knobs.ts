@@ -29,6 +29,7 @@ export interface TuneGroup {
 const always = (): boolean => true;
 const tensorCores = (t: Target): boolean => !!sgmatShape(t);
 const isMatmul = (dtype: 'f32' | 'f16') => (r: RowSpec) => r.op === 'matmul' && r.dtype === dtype;
+const isAttention = (dtype: 'f32' | 'f16') => (r: RowSpec) => r.op === 'attention' && r.dtype === dtype;
 /** Flash tile options, each [rows per invocation, lanes per row, invocations per workgroup] with 16-key tiles. */
 function flashTileOptions(prefix: string, key: 'flashCaps' | 'flashGradCaps', shapes: readonly (readonly [number, number, number])[]): TuneOption[] {
   const rows = (n: number) => (n === 1 ? '1 row' : `${n} rows`);
@@ -38,7 +39,6 @@ function flashTileOptions(prefix: string, key: 'flashCaps' | 'flashGradCaps', sh
     tuning: { [key]: { split, workgroup, sweep: 16, rows: r } },
   }));
 }
-const isAttention = (dtype: 'f32' | 'f16') => (r: RowSpec) => r.op === 'attention' && r.dtype === dtype;
 
 export const TUNE_GROUPS: readonly TuneGroup[] = [
   {
@@ -65,7 +65,7 @@ export const TUNE_GROUPS: readonly TuneGroup[] = [
       { name: '8x4 blocks, 64x64 tiles', tuning: { tiledTiles: { tm: 64, tn: 64, rows: 8, cols: 4 } } },
       { name: '4x8 blocks, 64x128 tiles', tuning: { tiledTiles: { tm: 64, tn: 128, rows: 4, cols: 8 } } },
       { name: '8x4 blocks, 128x128 tiles', tuning: { tiledTiles: { tm: 128, tn: 128, rows: 8, cols: 4 } } },
-      // 32-deep K steps: half the barriers (a barrier cost more than the products on the H200, session 13).
+      // 32-deep K steps: half the barriers (barriers with staged loads bounded the tensor-core kernel, session 13).
       { name: '4x4 blocks, 64x64 tiles, 32 deep', tuning: { tiledTiles: { tm: 64, tn: 64, rows: 4, cols: 4, tk: 32 } } },
       { name: '8x4 blocks, 64x64 tiles, 32 deep', tuning: { tiledTiles: { tm: 64, tn: 64, rows: 8, cols: 4, tk: 32 } } },
       { name: '8x4 blocks, 128x64 tiles, 32 deep', tuning: { tiledTiles: { tm: 128, tn: 64, rows: 8, cols: 4, tk: 32 } } },
@@ -93,8 +93,9 @@ export const TUNE_GROUPS: readonly TuneGroup[] = [
       { name: '64x128, 4 subgroups, 64 deep', tuning: { sgmatTiles: { wm: 2, wn: 2, fm: 2, fn: 4, bk: 64 } } },
       { name: '128x128, 8 subgroups, 32 deep', tuning: { sgmatTiles: { wm: 2, wn: 4, fm: 4, fn: 2, bk: 32 } } },
       { name: '64x64, 4 subgroups, 32 deep', tuning: { sgmatTiles: { wm: 2, wn: 2, fm: 2, fn: 2, bk: 32 } } },
-      // Fragments loaded straight from the operands (kernels/matmul-sgmat-direct.ts): on the H200 a barrier per
-      // iteration, not the tensor cores, bounded the staged kernel (scripts/sgmat-ceiling.mjs, session 13).
+      // Fragments loaded straight from the operands (kernels/matmul-sgmat-direct.ts): on the H200 the staging (a
+      // barrier and fragment loads from workgroup memory), not the tensor cores, bounded the staged kernel
+      // (scripts/sgmat-ceiling.mjs, session 13).
       { name: 'fragments from storage, no staging', tuning: { sgmatDirect: true } },
       { name: 'fragments from storage, 128x128, 4x4 fragments per subgroup', tuning: { sgmatDirect: true, sgmatTiles: { wm: 2, wn: 2, fm: 4, fn: 4, bk: 32 } } },
       { name: 'fragments from storage, 128x64', tuning: { sgmatDirect: true, sgmatTiles: { wm: 2, wn: 2, fm: 4, fn: 2, bk: 64 } } },
