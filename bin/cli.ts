@@ -127,6 +127,20 @@ function program(): Command {
     });
 
   cmd
+    .command('profile')
+    .description("where a compiled program's GPU time goes: each kernel timed on its own, summed by kernel, beside the whole program; on seeded data, as `visft run` would run it here")
+    .argument('<bundle>', 'a bundle (visft compile -o), e.g. a training step: --stage stage2 --vjp --precision fp16')
+    .option('--json', 'print the profile as JSON')
+    .option('--repeat <n>', 'timed runs; the medians count (default 5)')
+    .option('--top <n>', 'how many of the slowest single kernels to list (default 10)')
+    .option('--adapter <name>', 'pick the GPU adapter whose name contains this')
+    .option('--tuning <profile>', "auto (the tuning profile measured on this adapter, if any: `visft tune`), none, or a profile file")
+    .option('--kernels <which>', "auto (the bundle's kernels when compiled for a GPU target this adapter satisfies, else scheduled for this adapter), bundle, or device", 'auto')
+    .action(async (bundle: string, opts: import('./commands/profile.js').ProfileCliOptions) => {
+      process.exitCode = await (await import('./commands/profile.js')).runProfileCommand(bundle, opts);
+    });
+
+  cmd
     .command('tune')
     .description("time the kernels' equivalent forms on this GPU and write a tuning profile that later runs on it apply")
     .argument('[bundles...]', 'bundles (visft compile -o) to time on: your model and shapes, instead of the bench rows (with --rows, as well)')

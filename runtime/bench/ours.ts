@@ -17,6 +17,14 @@ const MAX_QUERIES = 4096;
 
 export const hasTimestamps = (gpu: GpuDevice): boolean => gpu.device.features.has('timestamp-query');
 
+/** A kernel ready to dispatch: its pipeline, bind group and workgroups. */
+interface Step {
+  readonly name: string;
+  readonly compiled: CompiledKernel;
+  readonly bindGroup: GPUBindGroup;
+  readonly dispatch: readonly [number, number, number];
+}
+
 export class TimedProgram {
   private destroyed = false;
 
@@ -24,7 +32,7 @@ export class TimedProgram {
     private readonly gpu: GpuDevice,
     private readonly program: GpuProgram,
     private readonly arenas: GPUBuffer[],
-    private readonly steps: { name: string; compiled: CompiledKernel; bindGroup: GPUBindGroup; dispatch: readonly [number, number, number] }[],
+    private readonly steps: Step[],
   ) {}
 
   /** Creates the arenas, compiles every kernel, binds, and uploads `inputs` (value id → data, f32 values). */
@@ -187,42 +195,47 @@ export class TimedProgram {
 
   /**
    * `n` iterations with every kernel in its own pass between two timestamps: each kernel's median GPU ms, in
-   * schedule order (where a row's time goes; passes of their own add a little per kernel).
+   * schedule order (where a row's time goes; passes of their own add a little per kernel). Submitted in chunks of
+   * at most `chunk` (MAX_QUERIES / 2) passes, so a whole model's step (thousands of kernels) is timed too.
    */
-  async kernelTimes(n: number): Promise<{ readonly name: string; readonly ms: number }[]> {
+  async kernelTimes(n: number, chunk = MAX_QUERIES / 2): Promise<{ readonly name: string; readonly ms: number }[]> {
     this.check();
     const live = this.steps.filter((s) => s.dispatch.every((d) => d > 0));
-    const passes = n * live.length;
-    if (2 * passes > MAX_QUERIES) throw new Error(`at most ${MAX_QUERIES / 2} timestamped passes at once`);
+    const samples = live.map(() => [] as number[]);
+    for (let i = 0; i < n; i++) {
+      for (let first = 0; first < live.length; first += chunk) {
+        const times = await this.passTimes(live.slice(first, first + chunk));
+        times.forEach((ms, k) => samples[first + k].push(ms));
+      }
+    }
+    return live.map((step, k) => ({ name: step.name, ms: [...samples[k]].sort((a, b) => a - b)[Math.floor(n / 2)] }));
+  }
+
+  /** One pass per step, each between two timestamps, in one submission: their GPU ms. */
+  private async passTimes(steps: readonly Step[]): Promise<number[]> {
     const device = this.gpu.device;
-    const querySet = device.createQuerySet({ label: 'visft bench kernel timestamps', type: 'timestamp', count: 2 * passes });
-    const resolve = device.createBuffer({ label: 'visft bench kernel timestamps', size: 16 * passes, usage: GPUBufferUsage.QUERY_RESOLVE | GPUBufferUsage.COPY_SRC });
-    const read = device.createBuffer({ label: 'visft bench kernel timestamps readback', size: 16 * passes, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
+    const count = 2 * steps.length;
+    const querySet = device.createQuerySet({ label: 'visft bench kernel timestamps', type: 'timestamp', count });
+    const resolve = device.createBuffer({ label: 'visft bench kernel timestamps', size: 8 * count, usage: GPUBufferUsage.QUERY_RESOLVE | GPUBufferUsage.COPY_SRC });
+    const read = device.createBuffer({ label: 'visft bench kernel timestamps readback', size: 8 * count, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
     try {
       await withErrorScopes(device, 'timing each kernel', () => {
         const encoder = device.createCommandEncoder({ label: 'visft bench kernel timestamps' });
-        let q = 0;
-        for (let i = 0; i < n; i++) {
-          for (const s of live) {
-            const pass = encoder.beginComputePass({ label: 'visft bench kernel', timestampWrites: { querySet, beginningOfPassWriteIndex: q, endOfPassWriteIndex: q + 1 } });
-            pass.setPipeline(s.compiled.pipeline);
-            pass.setBindGroup(0, s.bindGroup);
-            pass.dispatchWorkgroups(...s.dispatch);
-            pass.end();
-            q += 2;
-          }
-        }
-        encoder.resolveQuerySet(querySet, 0, 2 * passes, resolve, 0);
-        encoder.copyBufferToBuffer(resolve, 0, read, 0, 16 * passes);
+        steps.forEach((s, q) => {
+          const pass = encoder.beginComputePass({ label: 'visft bench kernel', timestampWrites: { querySet, beginningOfPassWriteIndex: 2 * q, endOfPassWriteIndex: 2 * q + 1 } });
+          pass.setPipeline(s.compiled.pipeline);
+          pass.setBindGroup(0, s.bindGroup);
+          pass.dispatchWorkgroups(...s.dispatch);
+          pass.end();
+        });
+        encoder.resolveQuerySet(querySet, 0, count, resolve, 0);
+        encoder.copyBufferToBuffer(resolve, 0, read, 0, 8 * count);
         device.queue.submit([encoder.finish()]);
       });
       await this.gpu.whileAlive(read.mapAsync(GPUMapMode.READ), 'reading kernel timestamps');
       const ts = new BigUint64Array(read.getMappedRange().slice(0));
       read.unmap();
-      return live.map((step, k) => {
-        const ms = Array.from({ length: n }, (_, i) => Number(ts[2 * (i * live.length + k) + 1] - ts[2 * (i * live.length + k)]) / 1e6).sort((a, b) => a - b);
-        return { name: step.name, ms: ms[Math.floor(n / 2)] };
-      });
+      return steps.map((_, q) => Number(ts[2 * q + 1] - ts[2 * q]) / 1e6);
     } finally {
       querySet.destroy();
       resolve.destroy();
