@@ -17,7 +17,7 @@ import { benchRows, rowGraph } from '../../runtime/bench/rows.js';
 import { runGpu } from '../../runtime/run-gpu.js';
 import { makeRng, randomTensor } from '../ir/util.js';
 import { matmulMismatch } from './harness.js';
-import { deviceSgmatTarget, sgmatDevice, type Config } from './sgmat-targets.js';
+import { autocastLinear, deviceSgmatTarget, sgmatDevice, type Config } from './sgmat-targets.js';
 
 const H200 = TARGETS['nvidia-h200'];
 const direct = (t: Target, tuning: Target['tuning'] = {}): Target => ({ ...t, tuning: { ...tuning, sgmatDirect: true } });
@@ -118,6 +118,10 @@ describe('on the device (emulated subgroup matrices; native on a GPU that has th
     const mm = b.add('matmul', [round(b.input('x', [64, 464])), b.transposeLast(round(b.param('w', [72, 464])))]);
     b.output('y', b.add('gelu', [b.add('add', [mm, b.param('bias', [72])])]));
     await check(b.graph, { M: 16, N: 16, K: 16 }, { sgmatTiles: { wm: 2, wn: 1, fm: 1, fn: 1, bk: 16 }, matmulSplits: 3 }, 464, 'x @ wᵀ + bias, gelu, 3 K ranges');
+  });
+
+  test("LoRA's second product and GELU in the epilogue, a bias on another product (a ViT block's projections)", async () => {
+    await check(autocastLinear(48, 320, 72, 4), { M: 16, N: 16, K: 16 }, {}, 320, 'x @ wᵀ + (x @ aᵀ · s) @ bᵀ + bias, gelu');
   });
 
   test('an output smaller than one fragment takes the staged kernel', async () => {

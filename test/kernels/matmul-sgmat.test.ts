@@ -27,7 +27,7 @@ import { openDevice, type GpuDevice } from '../../runtime/gpu/device.js';
 import { runGpu } from '../../runtime/run-gpu.js';
 import { makeRng, randomTensor as randomRef } from '../ir/util.js';
 import { assertBitwise, matmulMismatch, randomTensor, runKernel } from './harness.js';
-import { deviceSgmatTarget, withConfigs, type Config } from './sgmat-targets.js';
+import { autocastLinear, deviceSgmatTarget, withConfigs, type Config } from './sgmat-targets.js';
 
 /** Equal, or both zero (a sum of zero products may be +0 one way and -0 the other), or both NaN. */
 function assertSame(actual: ArrayLike<number>, expected: ArrayLike<number>, what: string): void {
@@ -208,21 +208,6 @@ describe('on the device (emulated subgroup matrices; native on a GPU that has th
     assert.match(sgmatUnfit({ ...target, limits: { ...target.limits, maxComputeWorkgroupStorageSize: 8192 } }, { m: 96, n: 72, batch: 1 }) ?? '', /workgroup memory/);
     assert.match(sgmatUnfit(none, { m: 96, n: 72, batch: 1 }) ?? '', /no f16 x f16 -> f32/);
   });
-
-  /** x16 @ w16ᵀ + bias, then GELU, and a LoRA-style second product (x16 @ aᵀ · s) @ bᵀ in the epilogue. */
-  function autocastLinear(rowsPer: number, d: number, out: number, rank: number): Graph {
-    const b = new Builder();
-    const round = (id: number) => b.add('cast', [b.add('cast', [id], { dtype: 'f16' })], { dtype: 'f32' });
-    const x = round(b.add('layernorm', [b.input('x', [2, rowsPer, d])], { eps: 1e-6 }));
-    const proj = b.add('matmul', [x, b.transposeLast(round(b.param('w', [out, d])))]);
-    // As compiler/lower/lora.ts builds it: the branch on x viewed as rows, its result viewed back.
-    const rows = b.add('reshape', [x], { shape: [-1, d] });
-    const u = b.add('mul', [b.add('matmul', [rows, b.transposeLast(b.param('lora_a', [rank, d]))]), b.add('full', [], { shape: [], value: 0.5 })]);
-    const lora = b.add('reshape', [b.add('matmul', [u, b.transposeLast(b.param('lora_b', [out, rank]))])], { shape: [2, rowsPer, out] });
-    b.output('y', b.add('gelu', [b.add('add', [b.add('add', [proj, lora]), b.param('bias', [out])])]));
-    b.output('p', b.add('add', [b.add('matmul', [x, b.transposeLast(round(b.param('w2', [out, d])))]), b.param('bias2', [out])]));
-    return b.graph;
-  }
 
   test('through the schedule: epilogues and a second product on sgmat kernels, equal to the f32 tiles bit for bit', async () => {
     const g = autocastLinear(48, 320, 72, 4);

@@ -3,6 +3,8 @@
 // feature the same tests run natively (deviceSgmatTarget).
 import { after, before } from 'node:test';
 import type { Target } from '../../compiler/codegen/types.js';
+import { Builder } from '../../compiler/ir/builder.js';
+import type { Graph } from '../../compiler/ir/graph.js';
 import { TARGETS } from '../../compiler/codegen/targets.js';
 import { nativeSgmat, SUBGROUP_MATRIX_FEATURE } from '../../kernels/sgmat.js';
 import { openDevice, type GpuDevice } from '../../runtime/gpu/device.js';
@@ -51,4 +53,19 @@ export function sgmatDevice(): { readonly gpu: () => GpuDevice; readonly native:
     await gpu?.destroy();
   });
   return { gpu: () => gpu!, native: () => nativeSgmat(gpu!.target) };
+}
+
+/** x16 @ w16ᵀ + bias, then GELU, and a LoRA-style second product (x16 @ aᵀ · s) @ bᵀ in the epilogue. */
+export function autocastLinear(rowsPer: number, d: number, out: number, rank: number): Graph {
+  const b = new Builder();
+  const round = (id: number) => b.add('cast', [b.add('cast', [id], { dtype: 'f16' })], { dtype: 'f32' });
+  const x = round(b.add('layernorm', [b.input('x', [2, rowsPer, d])], { eps: 1e-6 }));
+  const proj = b.add('matmul', [x, b.transposeLast(round(b.param('w', [out, d])))]);
+  // As compiler/lower/lora.ts builds it: the branch on x viewed as rows, its result viewed back.
+  const rows = b.add('reshape', [x], { shape: [-1, d] });
+  const u = b.add('mul', [b.add('matmul', [rows, b.transposeLast(b.param('lora_a', [rank, d]))]), b.add('full', [], { shape: [], value: 0.5 })]);
+  const lora = b.add('reshape', [b.add('matmul', [u, b.transposeLast(b.param('lora_b', [out, rank]))])], { shape: [2, rowsPer, out] });
+  b.output('y', b.add('gelu', [b.add('add', [b.add('add', [proj, lora]), b.param('bias', [out])])]));
+  b.output('p', b.add('add', [b.add('matmul', [x, b.transposeLast(round(b.param('w2', [out, d])))]), b.param('bias2', [out])]));
+  return b.graph;
 }
