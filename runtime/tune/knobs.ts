@@ -145,7 +145,11 @@ export const TUNE_GROUPS: readonly TuneGroup[] = [
     applies: tensorCores,
     options: [
       { name: 'tensor-core flash kernels', tuning: { tensorCoreAttention: true } },
-      { name: 'tensor-core flash kernels, 4 subgroups, 64 keys', tuning: { tensorCoreAttention: true, flashSgmatTiles: { subgroups: 4, keys: 64, sharedKv: false } } },
+      // Fewer subgroups per workgroup: the barriers around its staging and softmax synchronise fewer of them (the
+      // default's 4 subgroups with 64 keys apart do not fit 48 KiB at head dim 88: session 13).
+      { name: 'tensor-core flash kernels, 1 subgroup, 64 keys', tuning: { tensorCoreAttention: true, flashSgmatTiles: { subgroups: 1, keys: 64, sharedKv: false } } },
+      { name: 'tensor-core flash kernels, 1 subgroup, 32 keys', tuning: { tensorCoreAttention: true, flashSgmatTiles: { subgroups: 1, keys: 32, sharedKv: false } } },
+      { name: 'tensor-core flash kernels, 2 subgroups, 64 keys, kᵀ and v sharing', tuning: { tensorCoreAttention: true, flashSgmatTiles: { subgroups: 2, keys: 64, sharedKv: true } } },
     ],
   },
   {
