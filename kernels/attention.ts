@@ -19,6 +19,7 @@ import type { Graph, Node } from '../compiler/ir/graph.js';
 import { attrNum } from '../compiler/ir/rules/shape.js';
 import { broadcastStrides, dispatchGroups, f32Lit, groupIndexCode, kernelRule, loopBound, makeKernel, u32Lit } from './elementwise.js';
 import { flashBackwardKernel } from './flash-backward.js';
+import { flashDirectForwardKernel, flashDirectUnfit } from './flash-direct.js';
 import { FlashTileError, type FlashOperand, type FlashReads } from './flash-common.js';
 import { flashSgmatApplies, flashSgmatForwardKernel } from './flash-sgmat.js';
 import { flashSgmatBackwardApplies, flashSgmatBackwardKernel } from './flash-sgmat-backward.js';
@@ -228,6 +229,22 @@ export function attentionReads(graph: Graph, node: Node, plans: AttentionOperand
  * kernel also computes.
  */
 export function tensorCoreAttention(graph: Graph, node: Node, target: Target, sibling?: Node, reads?: FlashReads): Kernel | undefined {
+  const staged = stagedTensorCoreAttention(graph, node, target, sibling, reads);
+  // Target.tuning.flashDirect: the forward that loads q, k and v's fragments from their f16 storage (not through
+  // views), with the kernel otherwise chosen as its fallback where the schedule stores one of them as f32.
+  if (!target.tuning?.flashDirect || reads || flashDirectUnfit(graph, node, target, sibling) !== undefined) return staged;
+  const inputs = node.inputs.map((i) => graph.node(i));
+  let fallback: Kernel;
+  try {
+    fallback = staged ?? flashForwardKernel(node, inputs, target, {}, sibling);
+  } catch (e) {
+    if (e instanceof FlashTileError) return staged; // the caller's own way (its kernels apart)
+    throw e;
+  }
+  return { ...flashDirectForwardKernel(node, inputs, target, sibling), halfOnly: { bindings: [0, 1, 2], fallback } };
+}
+
+function stagedTensorCoreAttention(graph: Graph, node: Node, target: Target, sibling?: Node, reads?: FlashReads): Kernel | undefined {
   // Off unless asked for: on the H200 (2026-11-27, warm clocks) they ran 2-3x slower than the f32-accumulating
   // flash kernels on the same f16 values (forward 9.5 vs 3.2 ms at EVA-G detection), bound by their softmax and
   // rescaling steps, not by the products (docs/perf.md).

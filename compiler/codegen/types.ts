@@ -52,6 +52,11 @@ export interface Target {
      */
     readonly vectorLoads?: boolean;
     readonly tensorCoreAttention?: boolean;
+    /**
+     * The tensor-core flash forward that loads q, k and v's fragments from their f16 storage (kernels/flash-direct.ts)
+     * where it applies (no mask, no views, head dims multiples of 8). Unmeasured.
+     */
+    readonly flashDirect?: boolean;
     readonly matmulSplits?: number;
     /**
      * Output tiles from which a matmul fills the GPU without splitting K (about its multiprocessor count; default

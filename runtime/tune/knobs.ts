@@ -150,6 +150,8 @@ export const TUNE_GROUPS: readonly TuneGroup[] = [
       { name: 'tensor-core flash kernels, 1 subgroup, 64 keys', tuning: { tensorCoreAttention: true, flashSgmatTiles: { subgroups: 1, keys: 64, sharedKv: false } } },
       { name: 'tensor-core flash kernels, 1 subgroup, 32 keys', tuning: { tensorCoreAttention: true, flashSgmatTiles: { subgroups: 1, keys: 32, sharedKv: false } } },
       { name: 'tensor-core flash kernels, 2 subgroups, 64 keys, kᵀ and v sharing', tuning: { tensorCoreAttention: true, flashSgmatTiles: { subgroups: 2, keys: 64, sharedKv: true } } },
+      // The forward from q, k and v in storage, two passes, one subgroup (kernels/flash-direct.ts); the backward as before.
+      { name: 'tensor-core flash forward from storage', tuning: { flashDirect: true } },
     ],
   },
   {

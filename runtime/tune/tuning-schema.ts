@@ -45,6 +45,7 @@ const CHECKS: { readonly [K in keyof Tuning]-?: Check } = {
   tiledTiles: record({ tm: oneOf(64, 128), tn: oneOf(64, 128), rows: oneOf(4, 8), cols: oneOf(4, 8), tk: oneOf(16, 32) }, ['tm', 'tn', 'rows', 'cols']),
   vectorLoads: bool,
   tensorCoreAttention: bool,
+  flashDirect: bool,
   matmulSplits: int(1, 64),
   splitTiles: int(8, 4096),
   flashCaps,

@@ -1,0 +1,127 @@
+// The tensor-core flash forward that loads q, k and v's fragments from storage (Target.tuning.flashDirect,
+// kernels/flash-direct.ts). lavapipe has no subgroup matrices: a Target listing the 16x8x8 and 16x8x16 configs
+// without the feature gets the emulated spelling, which reads q, k (column-major) and v in place as the native
+// loads do, so the two passes, the ragged row and key tiles, the rounded weights and the lse run for real; natively
+// (a GPU listing both configs) the same cases run on tensor cores.
+//
+// Tolerance, as for the staged tensor-core kernel (flash-sgmat.test.ts): the one coarse error is P rounded to f16
+// with l summing the rounded weights, |out − ref| ≤ 2u/(1 − u)·max|v| + 1e-5·max|v| with u = 2^-10; lse within
+// u/(1 − u) + 1e-5·(1 + |lse|).
+import assert from 'node:assert/strict';
+import { describe, test } from 'node:test';
+import { compileGpu } from '../../compiler/codegen/gpu.js';
+import { TARGETS } from '../../compiler/codegen/targets.js';
+import type { Target } from '../../compiler/codegen/types.js';
+import { Builder } from '../../compiler/ir/builder.js';
+import { numel, type Attrs, type Graph } from '../../compiler/ir/graph.js';
+import { interpret } from '../../compiler/ir/interpret.js';
+import { roundF16 } from '../../compiler/ir/rules/reference-core.js';
+import { flashDirectForwardKernel, flashDirectUnfit } from '../../kernels/flash-direct.js';
+import { benchRows, rowGraph } from '../../runtime/bench/rows.js';
+import { assertWithin, randomTensor, runKernelOutputs } from './harness.js';
+import { sgmatDevice, withConfigs } from './sgmat-targets.js';
+
+const U16 = 2 ** -10;
+const H200 = TARGETS['nvidia-h200'];
+const CONFIGS = [
+  { M: 16, N: 8, K: 8 },
+  { M: 16, N: 8, K: 16 },
+];
+
+/** attention(round(q), round(k), round(v)) and its lse sibling: exact f16 operands, as autocast makes them. */
+function roundedAttention(qs: number[], ks: number[], vs: number[], attrs: Attrs = {}, mask?: number[]): { graph: Graph; y: number; lse: number } {
+  const b = new Builder();
+  const round = (id: number) => b.add('cast', [b.add('cast', [id], { dtype: 'f16' })], { dtype: 'f32' });
+  const [q, k, v] = [round(b.input('q', qs)), round(b.input('k', ks)), round(b.input('v', vs))];
+  const m = mask ? [b.input('mask', mask)] : [];
+  const y = b.add('attention', [q, k, v, ...m], attrs);
+  const lse = b.add('attention_lse', [q, k, ...m], attrs);
+  b.output('y', y);
+  b.output('lse', lse);
+  return { graph: b.graph, y, lse };
+}
+
+describe('the direct flash forward as generated for the H200', () => {
+  test('the f16 bench rows: q and k fragments on 16x8x8, P·v on 16x8x16, from f16 storage; one subgroup; two passes', () => {
+    const row = benchRows('full').find((r) => r.name === 'attention_fwd_f16_evag_detection')!;
+    const { schedule } = compileGpu(rowGraph(row).graph, { ...H200, tuning: { flashDirect: true } });
+    const k = schedule.kernels.find((x) => x.name.startsWith('attention_flash'))!;
+    assert.match(k.name, /^attention_flash_direct_f16/);
+    for (const i of [0, 1, 2]) assert.match(k.wgsl, new RegExp(`@binding\\(${i}\\) var<storage, read> in_${i}: array<f16>;`));
+    assert.match(k.wgsl, /let q_10 = subgroupMatrixLoad<subgroup_matrix_left<f16, 8, 16>, row_major>\(&in_0, qb \+ 80u, 88u\);/);
+    assert.match(k.wgsl, /subgroupMatrixLoad<subgroup_matrix_right<f16, 8, 8>, col_major>\(&in_1, kb \+ \(jc \+ 8u\) \* 88u \+ 80u, 88u\)/);
+    assert.match(k.wgsl, /o_10 = subgroupMatrixMultiplyAccumulate\(p, subgroupMatrixLoad<subgroup_matrix_right<f16, 8, 16>, row_major>\(&in_2, vb \+ jc \* 88u \+ 80u, 88u\), o_10\);/);
+    assert.deepEqual(k.workgroupSize, [32, 1, 1]);
+    assert.equal(k.wgsl.match(/for \(var j0 = 0u;/g)?.length, 2, 'two passes over the keys');
+    assert.ok(schedule.kernels.every((x) => x.halfOnly === undefined));
+    // Without the tuning, the f32 flash kernel (the default is unchanged).
+    assert.doesNotMatch(compileGpu(rowGraph(row).graph, H200).schedule.kernels.map((x) => x.name).join(' '), /direct/);
+  });
+
+  test('where it does not apply: a mask, head dims off 8, fewer than 16 rows, f32 operands, a config missing; q stored as f32', () => {
+    const t = { ...H200, tuning: { flashDirect: true } };
+    const why = (g: ReturnType<typeof roundedAttention>) => flashDirectUnfit(g.graph, g.graph.node(g.y), t, g.graph.node(g.lse));
+    const s = (n: number, d: number) => [1, 2, n, d];
+    assert.equal(why(roundedAttention(s(40, 88), s(40, 88), s(40, 88))), undefined);
+    assert.match(why(roundedAttention(s(40, 88), s(40, 88), s(40, 88), {}, [40])) ?? '', /mask/);
+    assert.match(why(roundedAttention(s(40, 20), s(40, 20), s(40, 88))) ?? '', /not multiples of 8/);
+    assert.match(why(roundedAttention(s(9, 88), s(40, 88), s(40, 88))) ?? '', /fewer than 16/);
+    const b = new Builder();
+    const y = b.add('attention', [b.input('q', s(40, 88)), b.input('k', s(40, 88)), b.input('v', s(40, 88))]);
+    b.output('y', y);
+    assert.match(flashDirectUnfit(b.graph, b.graph.node(y), t) ?? '', /not exactly f16/);
+    const g = roundedAttention(s(40, 88), s(40, 88), s(40, 88));
+    assert.match(flashDirectUnfit(g.graph, g.graph.node(g.y), { ...t, subgroupMatrixConfigs: t.subgroupMatrixConfigs.filter((c) => c.K !== 8) }) ?? '', /16x8x8/);
+    // The rounded q also an output: stored as f32, so the fallback (the f32 flash kernel) runs.
+    const c = new Builder();
+    const round = (id: number) => c.add('cast', [c.add('cast', [id], { dtype: 'f16' })], { dtype: 'f32' });
+    const q = round(c.input('q', s(40, 88)));
+    c.output('y', c.add('attention', [q, round(c.input('k', s(40, 88))), round(c.input('v', s(40, 88)))]));
+    c.output('q16', q);
+    const names = compileGpu(c.graph, t).schedule.kernels.map((k) => k.name);
+    assert.ok(names.some((n) => n.startsWith('attention_flash_f32')) && !names.some((n) => /direct/.test(n)), names.join(' '));
+  });
+});
+
+describe('on the device (emulated subgroup matrices; native on a GPU that has them)', () => {
+  const device = sgmatDevice();
+  const target = (): Target => (device.native() ? device.gpu().target : withConfigs(device.gpu().target, CONFIGS, 'direct'));
+
+  // [what, B, H, Sq, Sk, D, Dv, scale, lse, scores rising along the keys]; few cases: lavapipe compiles each emulated kernel for seconds.
+  const CASES: [string, number, number, number, number, number, number, number | undefined, boolean, boolean][] = [
+    ['head dim 40, 37 rows and keys (ragged row and key tiles), two heads, with lse', 1, 2, 37, 37, 40, 40, undefined, true, false],
+    ['head dim 24, v of 16 columns, 16 rows, 70 keys, batch 2, scale 0.3', 2, 1, 16, 70, 24, 16, 0.3, false, false],
+    ['scores rising along the keys (every tile raises the max: the first pass must see them all), with lse', 1, 1, 20, 50, 8, 24, undefined, true, true],
+  ];
+  for (const [what, B, H, Sq, Sk, D, Dv, scale, withLse, rising] of CASES) {
+    test(what, async () => {
+      const t = target();
+      if (device.native()) assert.ok(CONFIGS.every((c) => t.subgroupMatrixConfigs.some((x) => x.componentType === 'f16' && x.resultComponentType === 'f32' && x.M === c.M && x.N === c.N && x.K === c.K)), 'the GPU lists 16x8x8 and 16x8x16');
+      const attrs: Attrs = scale === undefined ? {} : { scale };
+      const { graph, y, lse } = roundedAttention([B, H, Sq, D], [B, H, Sk, D], [B, H, Sk, Dv], attrs);
+      assert.equal(flashDirectUnfit(graph, graph.node(y), t, graph.node(lse)), undefined);
+      const seed = Sq * 7 + Sk + D;
+      const values = [randomTensor([B, H, Sq, D], seed), randomTensor([B, H, Sk, D], seed + 1), randomTensor([B, H, Sk, Dv], seed + 2)].map((x) => ({ ...x, data: x.data.map(roundF16) }));
+      if (rising) {
+        for (let i = 0; i < values[0].data.length; i++) values[0].data[i] = i % D === 0 ? 1 : 0;
+        for (let i = 0; i < values[1].data.length; i++) values[1].data[i] = i % D === 0 ? roundF16((8 * Math.floor(i / D)) / Sk) : 0;
+      }
+      // The kernel reads the rounded values (the casts' outputs) as its q, k and v.
+      const node = graph.node(y);
+      const inputs = node.inputs.map((i) => graph.node(i));
+      const kernel = flashDirectForwardKernel(node, inputs, t, withLse ? graph.node(lse) : undefined);
+      assert.match(kernel.name, withLse ? /^attention_flash_lse_direct_f16/ : /^attention_flash_direct_f16/);
+      assert.equal(/subgroupMatrix/.test(kernel.wgsl), device.native(), 'builtins only on a target with the feature');
+      const sizes = [numel(node.shape), ...(withLse ? [numel(graph.node(lse).shape)] : [])];
+      const [out, lseOut] = await runKernelOutputs(device.gpu().device, kernel, values.map((v) => v.data), sizes);
+      const ref = interpret(graph, new Map(graph.inputs.map((inp, i) => [inp.name, { shape: values[i].shape, data: Float64Array.from(values[i].data) }])));
+      const vMax = values[2].data.reduce((a, x) => Math.max(a, Math.abs(x)), 0);
+      const worst = assertWithin(out, ref.get('y')!.data, () => ((2 * U16) / (1 - U16) + 1e-5) * vMax, `${what}: out`);
+      if (withLse) {
+        const r = ref.get('lse')!.data;
+        assertWithin(lseOut, r, (i) => U16 / (1 - U16) + 1e-5 * (1 + Math.abs(r[i])), `${what}: lse`);
+      }
+      assert.ok(worst < 0.5, `${what}: largest error ${worst} of the bound`);
+    });
+  }
+});
