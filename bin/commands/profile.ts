@@ -72,8 +72,12 @@ export async function runProfileCommand(file: string, opts: ProfileCliOptions): 
         w(`tuning profile: ${gpu.tuningProfile ? describeProfile({ file: gpu.tuningProfile.file, ...gpu.tuningProfile.profile }) : 'none'}`);
         if (rescheduled) w(`kernels: scheduled for ${gpu.target.name} (${rescheduled})`);
         w(`${file}: ${p.kernels} kernels; one pass ${p.passMs.toFixed(3)} ms; each in a pass of its own ${p.kernelsMs.toFixed(3)} ms in all (GPU timestamps, medians of ${repeat} runs; seeded data)`);
-        w('      ms   share  count  kernel');
-        for (const k of p.byName) w(`${k.ms.toFixed(3).padStart(8)}  ${(100 * k.share).toFixed(1).padStart(5)}%  ${String(k.count).padStart(5)}  ${k.name}`);
+        const table = (title: string, rows: typeof p.byName) => {
+          w(`      ms   share  count  ${title}`);
+          for (const k of rows) w(`${k.ms.toFixed(3).padStart(8)}  ${(100 * k.share).toFixed(1).padStart(5)}%  ${String(k.count).padStart(5)}  ${k.name}`);
+        };
+        table('kind', p.byKind);
+        table('kernel', p.byName);
         w(`slowest single kernels (place among the ${p.kernels} dispatched):`);
         for (const k of p.slowest) w(`${k.ms.toFixed(3).padStart(8)}  #${k.index}  ${k.name}`);
         return 0;

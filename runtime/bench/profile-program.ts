@@ -21,6 +21,8 @@ export interface ProgramProfile {
   readonly kernels: number;
   /** By kernel name, slowest first. */
   readonly byName: readonly KernelShare[];
+  /** By kind (the name's first word: matmul, attention, fused, layernorm, …), slowest first. */
+  readonly byKind: readonly KernelShare[];
   /** The slowest single kernels, with their place in the schedule. */
   readonly slowest: readonly { readonly index: number; readonly name: string; readonly ms: number }[];
 }
@@ -32,12 +34,16 @@ export async function profileProgram(timed: TimedProgram, repeat: number, top = 
   const passMs = median(await timed.timestamped(repeat));
   const each = await timed.kernelTimes(repeat);
   const kernelsMs = each.reduce((a, k) => a + k.ms, 0);
-  const groups = new Map<string, { count: number; ms: number }>();
-  for (const k of each) {
-    const g = groups.get(k.name) ?? { count: 0, ms: 0 };
-    groups.set(k.name, { count: g.count + 1, ms: g.ms + k.ms });
-  }
-  const byName = [...groups].map(([name, g]) => ({ name, ...g, share: kernelsMs > 0 ? g.ms / kernelsMs : 0 })).sort((a, b) => b.ms - a.ms || a.name.localeCompare(b.name));
+  const summed = (key: (name: string) => string): KernelShare[] => {
+    const groups = new Map<string, { count: number; ms: number }>();
+    for (const k of each) {
+      const g = groups.get(key(k.name)) ?? { count: 0, ms: 0 };
+      groups.set(key(k.name), { count: g.count + 1, ms: g.ms + k.ms });
+    }
+    return [...groups].map(([name, g]) => ({ name, ...g, share: kernelsMs > 0 ? g.ms / kernelsMs : 0 })).sort((a, b) => b.ms - a.ms || a.name.localeCompare(b.name));
+  };
+  const byName = summed((name) => name);
+  const byKind = summed((name) => name.split(/[_+]/)[0]);
   const slowest = each.map((k, index) => ({ index, name: k.name, ms: k.ms })).sort((a, b) => b.ms - a.ms || a.index - b.index).slice(0, top);
-  return { passMs, kernelsMs, kernels: each.length, byName, slowest };
+  return { passMs, kernelsMs, kernels: each.length, byName, byKind, slowest };
 }

@@ -23,6 +23,7 @@ interface Profile {
   kernelsMs: number;
   kernels: number;
   byName: { name: string; count: number; ms: number; share: number }[];
+  byKind: { name: string; count: number; ms: number; share: number }[];
   slowest: { index: number; name: string; ms: number }[];
 }
 
@@ -48,6 +49,12 @@ test('a training step: every scheduled kernel timed once per run, summed by name
   assert.ok(Math.abs(p.byName.reduce((a, k) => a + k.ms, 0) - p.kernelsMs) <= 1e-9 * p.kernelsMs);
   assert.ok(Math.abs(p.byName.reduce((a, k) => a + k.share, 0) - 1) < 1e-9);
   for (let i = 1; i < p.byName.length; i++) assert.ok(p.byName[i - 1].ms >= p.byName[i].ms, 'slowest first');
+  // By kind: the names' first words, the same kernels and time.
+  const kinds = new Map<string, number>();
+  for (const k of scheduled) kinds.set(k.name.split(/[_+]/)[0], (kinds.get(k.name.split(/[_+]/)[0]) ?? 0) + 1);
+  assert.deepEqual(new Map(p.byKind.map((k) => [k.name, k.count])), kinds);
+  assert.ok(kinds.has('matmul') && kinds.has('attention'), [...kinds.keys()].join(' '));
+  assert.ok(Math.abs(p.byKind.reduce((a, k) => a + k.ms, 0) - p.kernelsMs) <= 1e-9 * p.kernelsMs);
   assert.equal(p.slowest.length, 3);
   for (const k of p.slowest) assert.equal(scheduled[k.index].name, k.name);
   assert.ok(p.slowest[0].ms >= p.slowest[2].ms && p.slowest[0].ms <= p.byName[0].ms);
