@@ -7,6 +7,10 @@ import { fileURLToPath } from 'node:url';
 import { UsageError } from './commands/errors.js';
 import { TuningProfileError } from '../runtime/tune/profile.js';
 
+// Options several commands share, described once.
+const TUNING_HELP = 'auto (the tuning profile measured on this adapter, if any: `visft tune`), none, or a profile file';
+const KERNELS_HELP = "auto (the bundle's kernels when compiled for a GPU target this adapter satisfies, else scheduled for this adapter), bundle, or device";
+
 const pkg = JSON.parse(readFileSync(fileURLToPath(new URL('../../package.json', import.meta.url)), 'utf8')) as { version: string };
 
 
@@ -85,9 +89,9 @@ function program(): Command {
     .option('--outputs <file>', 'where to write the outputs (.safetensors)')
     .option('--backend <name>', 'gpu (WebGPU through Dawn) or cpu (the float64 reference)', 'gpu')
     .option('--adapter <name>', 'pick the GPU adapter whose name contains this')
-    .option('--tuning <profile>', "auto (the tuning profile measured on this adapter, if any: `visft tune`), none, or a profile file")
+    .option('--tuning <profile>', TUNING_HELP)
     .option('--f64', 'write outputs as float64 (default float32)')
-    .option('--kernels <which>', "auto (the bundle's kernels when compiled for a GPU target this adapter satisfies, else scheduled for this adapter), bundle, or device", 'auto')
+    .option('--kernels <which>', KERNELS_HELP, 'auto')
     .action(async (bundle: string, opts: import('./commands/run.js').RunOptions) => {
       process.exitCode = await (await import('./commands/run.js')).runRun(bundle, opts);
     });
@@ -106,7 +110,7 @@ function program(): Command {
     .description('find the WebGPU adapter, run a test dispatch, and say what to install when there is none')
     .option('--json', 'print JSON')
     .option('--adapter <name>', 'examine the adapter whose name contains this')
-    .option('--tuning <profile>', "auto (the tuning profile measured on this adapter, if any: `visft tune`), none, or a profile file")
+    .option('--tuning <profile>', TUNING_HELP)
     .option('--backend <name>', 'Dawn backend: vulkan, metal, d3d12, opengl')
     .action(async (opts: import('./commands/doctor.js').DoctorOptions) => {
       process.exitCode = await (await import('./commands/doctor.js')).runDoctor(opts);
@@ -120,7 +124,7 @@ function program(): Command {
     .option('--full', 'model sizes even on a software adapter')
     .option('--rows <names>', 'comma-separated row names or prefixes (e.g. matmul_f32,gelu)')
     .option('--adapter <name>', 'pick the GPU adapter whose name contains this')
-    .option('--tuning <profile>', "auto (the tuning profile measured on this adapter, if any: `visft tune`), none, or a profile file")
+    .option('--tuning <profile>', TUNING_HELP)
     .option('--repeat <n>', 'timed iterations (set by the slower side; default: about 200 ms of work per side, 20 to 200; on a software adapter about 1 s, 5 to 50)')
     .action(async (opts: import('./commands/bench.js').BenchCliOptions) => {
       process.exitCode = await (await import('./commands/bench.js')).runBenchCommand(opts);
@@ -134,8 +138,8 @@ function program(): Command {
     .option('--repeat <n>', 'timed runs; the medians count (default 5)')
     .option('--top <n>', 'how many of the slowest single kernels to list (default 10)')
     .option('--adapter <name>', 'pick the GPU adapter whose name contains this')
-    .option('--tuning <profile>', "auto (the tuning profile measured on this adapter, if any: `visft tune`), none, or a profile file")
-    .option('--kernels <which>', "auto (the bundle's kernels when compiled for a GPU target this adapter satisfies, else scheduled for this adapter), bundle, or device", 'auto')
+    .option('--tuning <profile>', TUNING_HELP)
+    .option('--kernels <which>', KERNELS_HELP, 'auto')
     .action(async (bundle: string, opts: import('./commands/profile.js').ProfileCliOptions) => {
       process.exitCode = await (await import('./commands/profile.js')).runProfileCommand(bundle, opts);
     });
@@ -190,7 +194,7 @@ function program(): Command {
     .option('--seed <n>', 'the run seed (initialisation, data order, dropout, task draws); default 0')
     .option('--backend <name>', 'gpu (WebGPU through Dawn) or cpu (the float64 reference; slow)', 'gpu')
     .option('--adapter <name>', 'pick the GPU adapter whose name contains this')
-    .option('--tuning <profile>', "auto (the tuning profile measured on this adapter, if any: `visft tune`), none, or a profile file")
+    .option('--tuning <profile>', TUNING_HELP)
     .option('--tasks <names>', 'train only these tasks (comma-separated), e.g. the caption task of a three-task pipeline')
     .option('--plan', 'print the resolved training plan as JSON and stop')
     .action(async (file: string, opts: import('./commands/train.js').TrainCliOptions) => {

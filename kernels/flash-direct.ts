@@ -25,13 +25,7 @@ import type { Graph, Node } from '../compiler/ir/graph.js';
 import { dispatchGroups, f32Lit, u32Lit, unboundedLoop } from './elementwise.js';
 import { attentionGeometry, directReads, EXP_FLASH, flashKernel, withSecondOutput } from './flash-common.js';
 import { PAD16, PAD32 } from './flash-sgmat-common.js';
-import { nativeSgmat, sgmatIds, sgmatLanes, sgmatOps, sgmatSpelling, type SgmatShape } from './sgmat.js';
-
-/** The f16 x f16 -> f32 config m x n x k when `target` lists it (and has shader-f16). */
-function config(target: Target, m: number, n: number, k: number): SgmatShape | undefined {
-  if (!target.features.includes('shader-f16')) return undefined;
-  return target.subgroupMatrixConfigs.some((c) => c.componentType === 'f16' && c.resultComponentType === 'f32' && c.M === m && c.N === n && c.K === k) ? { m, n, k } : undefined;
-}
+import { nativeSgmat, sgmatConfig, sgmatIds, sgmatLanes, sgmatOps, sgmatSpelling } from './sgmat.js';
 
 const ROWS = 16;
 const KEYS = 16;
@@ -41,7 +35,7 @@ export function flashDirectUnfit(graph: Graph, node: Node, target: Target, sibli
   if (node.op !== 'attention') return `${node.op} is not attention`;
   if (sibling && sibling.op !== 'attention_lse') return `its sibling is ${sibling.op}`;
   if (node.inputs.length !== 3) return 'a mask';
-  if (!config(target, 16, 8, 8) || !config(target, 16, 8, 16)) return 'the target lists no f16 x f16 -> f32 16x8x8 and 16x8x16 subgroup-matrix configs';
+  if (!sgmatConfig(target, 16, 8, 8) || !sgmatConfig(target, 16, 8, 16)) return 'the target lists no f16 x f16 -> f32 16x8x8 and 16x8x16 subgroup-matrix configs';
   const [q, k, v] = node.inputs.map((i) => graph.node(i));
   if (![q, k, v].every((x) => isExactHalf(graph, x.id))) return 'q, k or v is not exactly f16';
   const g = attentionGeometry(node, q, k, v, undefined);

@@ -15,8 +15,8 @@
 import type { Kernel, Target } from '../compiler/codegen/types.js';
 import type { Node } from '../compiler/ir/graph.js';
 import { dispatchGroups, u32Lit } from './elementwise.js';
-import { assemble, batchOffsets, tileOrigin, type MatmulDims, type MatmulOutput } from './matmul.js';
-import { fragmentEpilogue, sgmatChoice, sgmatMatmul, type SgmatTiles } from './matmul-sgmat.js';
+import { assemble, tileOrigin, type MatmulDims, type MatmulOutput } from './matmul.js';
+import { fragmentEpilogue, fragmentProducts, fragmentsOf, sgmatChoice, sgmatKernelHead, sgmatMatmul, type SgmatTiles } from './matmul-sgmat.js';
 import { sgmatIds, sgmatLanes, sgmatOps, sgmatSpelling, type SgmatShape } from './sgmat.js';
 
 /** Why the direct kernel cannot compute this problem, or undefined when it can. */
@@ -46,8 +46,7 @@ function sgmatDirectMatmul(out: MatmulOutput, inputs: readonly Node[], target: T
   const lanes = sgmatLanes(target);
   const P = t.wm * t.wn;
   const T = P * lanes;
-  const frags: [number, number][] = [];
-  for (let i = 0; i < t.fm; i++) for (let j = 0; j < t.fn; j++) frags.push([i, j]);
+  const frags = fragmentsOf(t);
   const ops = sgmatOps(shape, sgmatSpelling(target), P * frags.length);
   const bm = t.wm * t.fm * fm;
   const bn = t.wn * t.fn * fn;
@@ -60,15 +59,7 @@ function sgmatDirectMatmul(out: MatmulOutput, inputs: readonly Node[], target: T
   const left = (i: number, k: string) => (d.transA ? ops.loadLeft('in_0', `oa + (${k}) * ${U(d.m)} + ra_${i}`, U(d.m), true) : ops.loadLeft('in_0', `oa + ra_${i} * ${U(d.k)} + ${k}`, U(d.k)));
   const right = (j: number, k: string) => (d.transB ? ops.loadRight('in_1', `ob + cb_${j} * ${U(d.k)} + ${k}`, U(d.k), true) : ops.loadRight('in_1', `ob + (${k}) * ${U(d.n)} + cb_${j}`, U(d.n)));
   const step = (k: string, indent: string) =>
-    [
-      '{',
-      ...Array.from({ length: t.fm }, (_, i) => `  let a_${i} = ${left(i, k)};`),
-      ...Array.from({ length: t.fn }, (_, j) => `  let b_${j} = ${right(j, k)};`),
-      ...frags.map(([i, j]) => `  acc_${i}_${j} = ${ops.multiplyAccumulate(`a_${i}`, `b_${j}`, `acc_${i}_${j}`)};`),
-      '}',
-    ]
-      .map((l) => indent + l)
-      .join('\n');
+    ['{', ...fragmentProducts(t, ops, (i) => left(i, k), (j) => right(j, k)).map((l) => `  ${l}`), '}'].map((l) => indent + l).join('\n');
   // The loop takes `unroll` fragment steps at a time (the staged kernel's K step), then single steps to the end.
   const unroll = Math.max(1, Math.floor(t.bk / fk));
   const wide = unroll * fk;
@@ -76,14 +67,7 @@ function sgmatDirectMatmul(out: MatmulOutput, inputs: readonly Node[], target: T
   const ids = sgmatIds(ops.native, lanes);
   const main = `var<workgroup> tile_c: array<f32, ${P * fm * fn}>;
 
-@compute @workgroup_size(${T}, 1, 1)
-fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid: u32${ids.params}) {
-  let g = wid.z * ${U(gy)} + wid.y;
-  if (g >= ${U(G)}) { return; }
-${ids.code}${origin.lets}
-  let n0 = wid.x * ${U(bn)};
-${batchOffsets(d, '  ')}
-  let oc = ${origin.outBatch} * ${U(d.m * d.n)};
+${sgmatKernelHead(T, ids, origin, { gy, groups: G, bn }, d)}
   // Subgroups past WM x WN (smaller runtime subgroups) compute nothing.
   let computes = sg < ${U(P)};
   let sm = (sg / ${U(t.wn)}) * ${U(t.fm * fm)};

@@ -18,7 +18,7 @@ import type { Kernel, Target } from '../compiler/codegen/types.js';
 import type { Node } from '../compiler/ir/graph.js';
 import { dispatchGroups, u32Lit, unboundedLoop } from './elementwise.js';
 import { assemble, batchOffsets, defaultStaging, ONE_SLOT, rangeSteps, splitSteps, stagedKLoop, stageTiles, storeBlock, tileOrigin, vectorBindings, vectorLoads, type MatmulDims, type MatmulOutput, type Staging, type TileDims, type TileSlots } from './matmul.js';
-import { NO_SGMAT_CONFIG, nativeSgmat, sgmatIds, sgmatLanes, sgmatOps, sgmatShape, sgmatSpelling, type SgmatShape } from './sgmat.js';
+import { NO_SGMAT_CONFIG, nativeSgmat, sgmatIds, sgmatLanes, sgmatOps, sgmatShape, sgmatSpelling, type SgmatOps, type SgmatShape } from './sgmat.js';
 
 /** How a sgmat kernel tiles its output. */
 export interface SgmatTiles {
@@ -151,6 +151,37 @@ export function fragmentEpilogue(out: MatmulOutput, d: MatmulDims, l: EpilogueLa
   workgroupBarrier();`;
 }
 
+/** A subgroup's fragments (i, j) of its FM x FN, row by row. */
+export function fragmentsOf(t: SgmatTiles): [number, number][] {
+  const frags: [number, number][] = [];
+  for (let i = 0; i < t.fm; i++) for (let j = 0; j < t.fn; j++) frags.push([i, j]);
+  return frags;
+}
+
+/** WGSL statements of one k step: the left fragments a_i, the right b_j, then acc_i_j += a_i · b_j for each fragment. */
+export function fragmentProducts(t: SgmatTiles, ops: SgmatOps, left: (i: number) => string, right: (j: number) => string): string[] {
+  return [
+    ...Array.from({ length: t.fm }, (_, i) => `let a_${i} = ${left(i)};`),
+    ...Array.from({ length: t.fn }, (_, j) => `let b_${j} = ${right(j)};`),
+    ...fragmentsOf(t).map(([i, j]) => `acc_${i}_${j} = ${ops.multiplyAccumulate(`a_${i}`, `b_${j}`, `acc_${i}_${j}`)};`),
+  ];
+}
+
+/**
+ * WGSL opening a sgmat kernel's entry point of T invocations: the workgroup's flat index g over dispatch y, z (past
+ * G: return), the subgroup ids, the tile origin (m0, bi, …), n0, the batch's operand offsets and the output's `oc`.
+ */
+export function sgmatKernelHead(T: number, ids: { readonly params: string; readonly code: string }, origin: { readonly lets: string; readonly outBatch: string }, grid: { readonly gy: number; readonly groups: number; readonly bn: number }, d: MatmulDims): string {
+  return `@compute @workgroup_size(${T}, 1, 1)
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid: u32${ids.params}) {
+  let g = wid.z * ${u32Lit(grid.gy)} + wid.y;
+  if (g >= ${u32Lit(grid.groups)}) { return; }
+${ids.code}${origin.lets}
+  let n0 = wid.x * ${u32Lit(grid.bn)};
+${batchOffsets(d, '  ')}
+  let oc = ${origin.outBatch} * ${u32Lit(d.m * d.n)};`;
+}
+
 /** The tiles and config a sgmat kernel of this problem uses (callers check sgmatUnfit first). */
 export function sgmatChoice(target: Target, d: MatmulDims, tiles?: SgmatTiles): { readonly shape: SgmatShape; readonly tiles: SgmatTiles } {
   const shape = sgmatShape(target);
@@ -204,15 +235,16 @@ export function sgmatMatmul(out: MatmulOutput, inputs: readonly Node[], target: 
   );
   // A computing subgroup's tiles: those of its half.
   const [fa, fb] = H === 1 ? ['', ''] : [`h * ${u32Lit(bm * SA)} + `, `h * ${u32Lit(t.bk * SB)} + `];
-  const frags: [number, number][] = [];
-  for (let i = 0; i < t.fm; i++) for (let j = 0; j < t.fn; j++) frags.push([i, j]);
+  const frags = fragmentsOf(t);
   const steps: string[] = [];
   for (let s = 0; s < t.bk / shape.k; s++) {
     const kk = s * shape.k;
-    const step: string[] = [];
-    for (let i = 0; i < t.fm; i++) step.push(`let a_${i} = ${ops.loadLeft('tile_a', `${fa}(sm + ${u32Lit(i * shape.m)}) * ${u32Lit(SA)} + ${u32Lit(kk)}`, u32Lit(SA))};`);
-    for (let j = 0; j < t.fn; j++) step.push(`let b_${j} = ${ops.loadRight('tile_b', `${fb}${u32Lit(kk * SB)} + sn + ${u32Lit(j * shape.n)}`, u32Lit(SB))};`);
-    for (const [i, j] of frags) step.push(`acc_${i}_${j} = ${ops.multiplyAccumulate(`a_${i}`, `b_${j}`, `acc_${i}_${j}`)};`);
+    const step = fragmentProducts(
+      t,
+      ops,
+      (i) => ops.loadLeft('tile_a', `${fa}(sm + ${u32Lit(i * shape.m)}) * ${u32Lit(SA)} + ${u32Lit(kk)}`, u32Lit(SA)),
+      (j) => ops.loadRight('tile_b', `${fb}${u32Lit(kk * SB)} + sn + ${u32Lit(j * shape.n)}`, u32Lit(SB)),
+    );
     steps.push('{', ...step.map((x) => `  ${x}`), '}');
   }
   // Native: the hardware's subgroup and lane; emulated: blocks of `lanes` invocations stand for subgroups.
@@ -221,14 +253,7 @@ export function sgmatMatmul(out: MatmulOutput, inputs: readonly Node[], target: 
 var<workgroup> tile_b: array<f16, ${H * t.bk * SB}>;
 var<workgroup> tile_c: array<f32, ${H * t.wm * t.wn * shape.m * shape.n}>;
 
-@compute @workgroup_size(${T}, 1, 1)
-fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid: u32${ids.params}) {
-  let g = wid.z * ${u32Lit(gy)} + wid.y;
-  if (g >= ${u32Lit(G)}) { return; }
-${ids.code}${origin.lets}
-  let n0 = wid.x * ${u32Lit(bn)};
-${batchOffsets(d, '  ')}
-  let oc = ${origin.outBatch} * ${u32Lit(d.m * d.n)};
+${sgmatKernelHead(T, ids, origin, { gy, groups: G, bn }, d)}
   // Subgroups past H x WM x WN (smaller runtime subgroups) only help stage the tiles.
   let computes = sg < ${u32Lit(H * t.wm * t.wn)};${H === 1 ? '' : `
   let h = sg / ${u32Lit(t.wm * t.wn)};

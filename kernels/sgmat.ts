@@ -31,11 +31,19 @@ export interface SgmatShape {
  * Needs shader-f16 (the tiles are f16).
  */
 export function sgmatShape(target: Target): SgmatShape | undefined {
-  if (!target.features.includes('shader-f16')) return undefined;
-  const fits = target.subgroupMatrixConfigs.filter((c) => c.componentType === 'f16' && c.resultComponentType === 'f32');
+  const fits = halfConfigs(target);
   const square = fits.find((c) => c.M === 16 && c.N === 16 && c.K === 16);
   const best = square ?? [...fits].sort((a, b) => b.M * b.N * b.K - a.M * a.N * a.K)[0];
   return best ? { m: best.M, n: best.N, k: best.K } : undefined;
+}
+
+/** The f16 x f16 -> f32 configs the kernels can use on `target` (none without shader-f16: the tiles are f16). */
+const halfConfigs = (target: Target): Target['subgroupMatrixConfigs'] =>
+  target.features.includes('shader-f16') ? target.subgroupMatrixConfigs.filter((c) => c.componentType === 'f16' && c.resultComponentType === 'f32') : [];
+
+/** The f16 x f16 -> f32 config m x n x k when `target` lists it (kernels that need one shape in particular). */
+export function sgmatConfig(target: Target, m: number, n: number, k: number): SgmatShape | undefined {
+  return halfConfigs(target).some((c) => c.M === m && c.N === n && c.K === k) ? { m, n, k } : undefined;
 }
 
 /** Whether `target` runs the builtins (else the kernels emulate them). */

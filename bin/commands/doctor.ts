@@ -5,7 +5,7 @@ import type { Target } from '../../compiler/codegen/types.js';
 import { defaultBackend, testDispatch } from '../../runtime/device/probe.js';
 import { dawnAdapterList, dawnToggles, openDevice, type AdapterDescription, type GpuDevice } from '../../runtime/gpu/device.js';
 import { errorMessage } from '../../runtime/gpu/errors.js';
-import { describeProfile, TuningProfileError } from '../../runtime/tune/profile.js';
+import { describeProfile, profileSummary, TuningProfileError } from '../../runtime/tune/profile.js';
 
 export interface DoctorOptions {
   json?: boolean;
@@ -69,7 +69,7 @@ export async function doctorReport(opts: DoctorOptions = {}): Promise<DoctorRepo
     if (gpu.tensorCoresOff) report.tensorCoresOff = gpu.tensorCoresOff;
     report.toggles = [...gpu.toggles];
     const tp = gpu.tuningProfile;
-    if (tp) report.tuning = { file: tp.file, created: tp.profile.created, adopted: tp.profile.adopted };
+    if (tp) report.tuning = profileSummary(tp);
     const error = await testDispatch(gpu.device);
     if (error) report.error = error;
     else report.verified = true;

@@ -2,16 +2,16 @@
 // where a compiled program's GPU time goes (runtime/bench/profile-program.ts). It runs what `visft run` would run
 // on this adapter (the same kernel choice and tuning profile), on seeded data (inputs in [-1, 1), parameters in
 // [-0.02, 0.02): the tuner's bundle data), so no weights are needed. Exit 0, 1 on GPU errors, 2 for usage errors.
-import { readFileSync } from 'node:fs';
-import { BundleError, bundleProgramFor, parseBundle, type KernelChoice } from '../../compiler/bundle.js';
+import { bundleProgramFor } from '../../compiler/bundle.js';
 import { checkPlanFits, PlanError } from '../../compiler/plan/memory.js';
 import { hasTimestamps, TimedProgram } from '../../runtime/bench/ours.js';
 import { profileProgram } from '../../runtime/bench/profile-program.js';
 import { openDevice } from '../../runtime/gpu/device.js';
 import { GpuError } from '../../runtime/gpu/errors.js';
 import { bundleCase } from '../../runtime/tune/pair-timing.js';
-import { describeProfile } from '../../runtime/tune/profile.js';
-import { fileErrorLine, gpuErrorExit, UsageError } from './errors.js';
+import { describeProfile, profileSummary } from '../../runtime/tune/profile.js';
+import { kernelChoiceArg, readBundleArg } from './bundle-args.js';
+import { gpuErrorExit, UsageError } from './errors.js';
 
 export interface ProfileCliOptions {
   repeat?: string;
@@ -21,8 +21,6 @@ export interface ProfileCliOptions {
   tuning?: string;
   kernels?: string;
 }
-
-const KERNEL_CHOICES: readonly KernelChoice[] = ['auto', 'bundle', 'device'];
 
 function count(value: string | undefined, option: string, fallback: number, max: number): number {
   if (value === undefined) return fallback;
@@ -34,22 +32,8 @@ function count(value: string | undefined, option: string, fallback: number, max:
 export async function runProfileCommand(file: string, opts: ProfileCliOptions): Promise<number> {
   const repeat = count(opts.repeat, '--repeat', 5, 100);
   const top = count(opts.top, '--top', 10, 1000);
-  const kernels = (opts.kernels ?? 'auto') as KernelChoice;
-  if (!KERNEL_CHOICES.includes(kernels)) throw new UsageError(`--kernels is ${KERNEL_CHOICES.join(', ')}, not '${opts.kernels}'`);
-  let text: string;
-  try {
-    text = readFileSync(file, 'utf8');
-  } catch (e) {
-    throw new UsageError(fileErrorLine(e) ?? `cannot read ${file}`);
-  }
-  let parsed;
-  try {
-    parsed = parseBundle(text, file);
-  } catch (e) {
-    if (e instanceof BundleError) throw new UsageError(e.message);
-    throw e;
-  }
-  const { bundle, graph } = parsed;
+  const kernels = kernelChoiceArg(opts.kernels);
+  const { bundle, graph } = readBundleArg(file);
   if (!bundle.gpu) throw new UsageError(`${file} has no GPU kernels: compile it with this visft`);
   try {
     const gpu = await openDevice({ adapter: opts.adapter, tuning: opts.tuning, profiling: true });
@@ -69,7 +53,7 @@ export async function runProfileCommand(file: string, opts: ProfileCliOptions): 
         }
         const w = (s: string) => process.stdout.write(s + '\n');
         w(`device: ${device.adapter} (${device.backend || 'default backend'})`);
-        w(`tuning profile: ${gpu.tuningProfile ? describeProfile({ file: gpu.tuningProfile.file, ...gpu.tuningProfile.profile }) : 'none'}`);
+        w(`tuning profile: ${gpu.tuningProfile ? describeProfile(profileSummary(gpu.tuningProfile)) : 'none'}`);
         if (rescheduled) w(`kernels: scheduled for ${gpu.target.name} (${rescheduled})`);
         w(`${file}: ${p.kernels} kernels; one pass ${p.passMs.toFixed(3)} ms; each in a pass of its own ${p.kernelsMs.toFixed(3)} ms in all (GPU timestamps, medians of ${repeat} runs; seeded data)`);
         const table = (title: string, rows: typeof p.byName) => {

@@ -1,14 +1,15 @@
 // `visft run BUNDLE [--weights W ...] --inputs I.safetensors --outputs O.safetensors [--backend cpu|gpu]`
 import { readFileSync } from 'node:fs';
-import { BundleError, bundleProgramFor, parseBundle, type KernelChoice } from '../../compiler/bundle.js';
+import { BundleError, bundleProgramFor, parseBundle } from '../../compiler/bundle.js';
 import { checkPlanFits, PlanError } from '../../compiler/plan/memory.js';
 import { openDevice } from '../../runtime/gpu/device.js';
-import { describeProfile } from '../../runtime/tune/profile.js';
+import { describeProfile, profileSummary } from '../../runtime/tune/profile.js';
 import { GpuError } from '../../runtime/gpu/errors.js';
 import { runGpu } from '../../runtime/run-gpu.js';
 import { RunError } from '../../compiler/ir/interpret.js';
 import { loadInputs, loadWeights, runCpu, RunInputError } from '../../runtime/run-cpu.js';
 import { fromNumbers, writeSafetensors, WeightsFormatError, WeightMismatchError, UnsafePickleError, PickleError, ZipError } from '../../runtime/weights/index.js';
+import { kernelChoiceArg } from './bundle-args.js';
 import { fileErrorLine, UsageError } from './errors.js';
 
 export interface RunOptions {
@@ -23,8 +24,6 @@ export interface RunOptions {
   kernels?: string;
 }
 
-const KERNEL_CHOICES: readonly KernelChoice[] = ['auto', 'bundle', 'device'];
-
 /** `f()`, its memory-plan errors saying which adapter the bundle does not fit. */
 function fitted<T>(adapter: string, f: () => T): T {
   try {
@@ -38,8 +37,7 @@ function fitted<T>(adapter: string, f: () => T): T {
 export async function runRun(bundleFile: string, opts: RunOptions): Promise<number> {
   if (!opts.inputs || !opts.outputs) throw new UsageError('run needs --inputs I.safetensors and --outputs O.safetensors');
   if (opts.backend !== 'cpu' && opts.backend !== 'gpu') throw new UsageError(`--backend is cpu or gpu, not '${opts.backend}'`);
-  const kernels = (opts.kernels ?? 'auto') as KernelChoice;
-  if (!KERNEL_CHOICES.includes(kernels)) throw new UsageError(`--kernels is ${KERNEL_CHOICES.join(', ')}, not '${opts.kernels}'`);
+  const kernels = kernelChoiceArg(opts.kernels);
   try {
     let text: string;
     try {
@@ -58,7 +56,7 @@ export async function runRun(bundleFile: string, opts: RunOptions): Promise<numb
     } else {
       if (!bundle.gpu) throw new BundleError(`${bundleFile} has no GPU kernels: compile it with this visft`);
       const gpu = await openDevice({ adapter: opts.adapter, tuning: opts.tuning });
-      if (gpu.tuningProfile) process.stderr.write(`visft: tuning profile ${describeProfile({ file: gpu.tuningProfile.file, ...gpu.tuningProfile.profile })}\n`);
+      if (gpu.tuningProfile) process.stderr.write(`visft: tuning profile ${describeProfile(profileSummary(gpu.tuningProfile))}\n`);
       try {
         const { program, rescheduled } = fitted(gpu.target.name, () => bundleProgramFor(bundle, graph, bundleFile, gpu.target, kernels));
         if (rescheduled) process.stdout.write(`kernels: ${program.schedule.kernels.length} scheduled for ${gpu.target.name} (${rescheduled})\n`);

@@ -8,7 +8,7 @@ import { ShapeError } from '../../compiler/ir/rules/shape.js';
 import { trainPlan } from '../../compiler/train/plan.js';
 import { PlanError } from '../../compiler/plan/memory.js';
 import { openDevice } from '../../runtime/gpu/device.js';
-import { describeProfile } from '../../runtime/tune/profile.js';
+import { describeProfile, profileSummary } from '../../runtime/tune/profile.js';
 import { GpuError } from '../../runtime/gpu/errors.js';
 import { DataError } from '../../runtime/data/caption.js';
 import { CheckpointError } from '../../runtime/train/checkpoint.js';
@@ -86,7 +86,7 @@ export async function runTrain(file: string, opts: TrainCliOptions): Promise<num
     if (!opts.out) throw new UsageError('train needs --out DIR (where checkpoints, metrics and exports go)');
     checkTrainable(plan.stages, run);
     if (opts.backend === 'gpu') gpu = await openDevice({ adapter: opts.adapter, tuning: opts.tuning });
-    if (gpu?.tuningProfile) process.stderr.write(`visft: tuning profile ${describeProfile({ file: gpu.tuningProfile.file, ...gpu.tuningProfile.profile })}\n`);
+    if (gpu?.tuningProfile) process.stderr.write(`visft: tuning profile ${describeProfile(profileSummary(gpu.tuningProfile))}\n`);
     process.on('SIGINT', onSigint);
     await train({
       checked,

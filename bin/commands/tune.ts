@@ -2,13 +2,13 @@
 // equivalent forms on this adapter (runtime/tune) and writes the tuning profile that later runs on it apply.
 // Exit 0 when a profile was written (also when the defaults won: the profile then records that), 1 on GPU errors,
 // 2 for usage errors.
-import { copyFileSync, existsSync, readFileSync } from 'node:fs';
+import { copyFileSync, existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { BundleError, parseBundle } from '../../compiler/bundle.js';
 import { bundleCase, type TuneCase } from '../../runtime/tune/pair-timing.js';
 import { BENCH_ROW_NAMES, benchRows } from '../../runtime/bench/rows.js';
 import { TUNE_GROUPS, TUNE_ROWS } from '../../runtime/tune/knobs.js';
 import { profileFileName, userProfileDir, writeProfile } from '../../runtime/tune/profile.js';
+import { readBundleArg } from './bundle-args.js';
 import { fileErrorLine, gpuErrorExit, UsageError } from './errors.js';
 
 export interface TuneCliOptions {
@@ -43,20 +43,7 @@ const rowSpec = (name: string) => benchRows('tiny').find((r) => r.name === name)
 
 /** The bundles' graphs with seeded data; unreadable or malformed files are usage errors naming the file. */
 function bundleCases(files: readonly string[]): TuneCase[] {
-  return files.map((file) => {
-    let text: string;
-    try {
-      text = readFileSync(file, 'utf8');
-    } catch (e) {
-      throw new UsageError(fileErrorLine(e) ?? `cannot read ${file}`);
-    }
-    try {
-      return bundleCase(file, parseBundle(text, file).graph);
-    } catch (e) {
-      if (e instanceof BundleError) throw new UsageError(e.message);
-      throw e;
-    }
-  });
+  return files.map((file) => bundleCase(file, readBundleArg(file).graph));
 }
 
 export async function runTuneCommand(bundles: readonly string[], opts: TuneCliOptions): Promise<number> {

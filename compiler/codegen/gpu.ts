@@ -14,6 +14,15 @@ export interface GpuProgram {
   readonly options?: ScheduleOptions;
 }
 
+/** The value ids of a program's outputs `names`; a missing one is an internal error naming `what` (the program). */
+export function outputIds(program: GpuProgram, names: readonly string[], what: string): number[] {
+  return names.map((name) => {
+    const id = program.schedule.outputs.get(name);
+    if (id === undefined) throw new Error(`internal: ${what} has no output '${name}'`);
+    return id;
+  });
+}
+
 export function compileGpu(graph: Graph, target: Target, opts: ScheduleOptions = {}): GpuProgram {
   const s = schedule(graph, target, GPU_RULES, opts);
   const plan = planMemory({ values: s.values, schedule: s.kernels, aliases: s.aliases }, target);

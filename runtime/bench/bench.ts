@@ -10,7 +10,7 @@
 // plan; its output must equal the Executor's bit for bit), the peer by tf.time(); both by GPU timestamps where
 // the device has timestamp-query (one iteration of ours, then one of the peer's, `repeat` times, so both
 // see the same load; the median counts), else by the wall clock over `repeat` back-to-back iterations.
-import { compileGpu } from '../../compiler/codegen/gpu.js';
+import { compileGpu, outputIds } from '../../compiler/codegen/gpu.js';
 import type { Target } from '../../compiler/codegen/types.js';
 import { openDevice, type GpuDevice } from '../gpu/device.js';
 import { errorMessage } from '../gpu/errors.js';
@@ -20,6 +20,7 @@ import { hasTimestamps, TimedProgram } from './ours.js';
 import { peerCall, type PeerCall } from './peer-ops.js';
 import { BENCH_SIZES, benchRows, rowGraph, rowInputData, selectRows, type BenchOp, type BenchPass, type BenchSize, type RowSpec, type Tolerance } from './rows.js';
 import { attachTfjs, type Tensor, type TfjsPeer } from './tfjs.js';
+import { profileSummary } from '../tune/profile.js';
 import { untunedProgram, type UntunedProgram } from './untuned.js';
 
 export interface BenchOptions {
@@ -271,11 +272,7 @@ async function benchRow(ctx: RowContext, row: RowSpec): Promise<BenchRow> {
   if (row.dtype === 'f16') data = data.map((d) => fromF16(toF16(d)));
   const { graph, inputs, outputs } = rowGraph(row);
   const program = compileGpu(graph, gpu.target);
-  const outIds = outputs.map((name) => {
-    const id = program.schedule.outputs.get(name);
-    if (id === undefined) throw new Error(`internal: the program of ${row.name} has no output '${name}'`);
-    return id;
-  });
+  const outIds = outputIds(program, outputs, `the program of ${row.name}`);
   const inputMap = new Map(inputs.map((id, i) => [id, data[i]] as const));
 
   // Correctness first: ours through the Executor, the peer once.
@@ -427,7 +424,7 @@ export async function runBench(opts: BenchOptions = {}): Promise<BenchReport> {
         isFallbackAdapter: fallback,
         features: gpu.target.features,
         toggles: gpu.toggles,
-        ...(gpu.tuningProfile ? { tuning: { file: gpu.tuningProfile.file, created: gpu.tuningProfile.profile.created, adopted: gpu.tuningProfile.profile.adopted } } : {}),
+        ...(gpu.tuningProfile ? { tuning: profileSummary(gpu.tuningProfile) } : {}),
       },
       sizes: { size, tokens: BENCH_SIZES[size].tokens, reason },
       timing: { method: timestamps ? 'gpu-timestamps' : 'wall-clock', statistic: 'median', warmup, clockWarmupMs, repeat },

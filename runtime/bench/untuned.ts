@@ -1,7 +1,7 @@
 // Under a tuning profile, each bench row also times the default kernels (the program compiled without the
 // profile's choices) on the same device in the same alternating bursts: what the profile gains, measured in the
 // run that reports it (the profile's Dawn toggles stay: they are the device's).
-import { compileGpu, type GpuProgram } from '../../compiler/codegen/gpu.js';
+import { compileGpu, outputIds, type GpuProgram } from '../../compiler/codegen/gpu.js';
 import type { Graph } from '../../compiler/ir/graph.js';
 import type { GpuDevice } from '../gpu/device.js';
 import { programKey, relDiff, withTuning } from '../tune/pair-timing.js';
@@ -28,11 +28,7 @@ export async function untunedProgram(
   if (programKey(plain.schedule.kernels) === programKey(tuned.schedule.kernels)) return undefined;
   const timed = await TimedProgram.create(gpu, plain, inputs);
   try {
-    const ids = outputs.map((name) => {
-      const id = plain.schedule.outputs.get(name);
-      if (id === undefined) throw new Error(`internal: the default program has no output '${name}'`);
-      return id;
-    });
+    const ids = outputIds(plain, outputs, 'the default program');
     return { timed, kernels: plain.schedule.kernels.map((k) => k.name), relDiff: relDiff(await timed.outputs(ids), tunedOut) };
   } catch (e) {
     timed.destroy();

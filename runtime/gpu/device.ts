@@ -7,7 +7,7 @@ import { defaultBackend, withTimeout } from '../device/probe.js';
 import { errorMessage, GpuDeviceLostError, GpuError } from './errors.js';
 import { adapterDisplayName, dawnInfo, isFallbackAdapter, TARGET_LIMIT_KEYS, targetFromAdapter } from './target.js';
 import { probeTensorCores } from './tensor-core-probe.js';
-import { findProfile, type LoadedProfile } from '../tune/profile.js';
+import { findProfile, profileAdapter, type LoadedProfile } from '../tune/profile.js';
 
 export interface OpenDeviceOptions {
   /** Pick the adapter whose description, device, vendor or architecture contains this (case-insensitive). */
@@ -307,7 +307,7 @@ export async function openDevice(options: OpenDeviceOptions = {}): Promise<GpuDe
   opened.toggles = dawnToggles(options.toggles);
   let loaded: LoadedProfile | undefined;
   try {
-    loaded = findProfile({ ...opened.info, backend: backend ?? '' }, options.tuning);
+    loaded = findProfile(profileAdapter(opened.info, backend), options.tuning);
   } catch (e) {
     await opened.destroy();
     throw e;

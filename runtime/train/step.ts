@@ -1,7 +1,7 @@
 // Running one compiled training step: data and parameters in, the loss and the trainable parameters' gradients out.
 // `gpu` runs the step's kernels through the executor (frozen parameters uploaded once, trainable ones before each
 // step); `cpu` runs the float64 reference interpreter (slow; for checking, and machines without any adapter).
-import { compileGpu } from '../../compiler/codegen/gpu.js';
+import { compileGpu, outputIds } from '../../compiler/codegen/gpu.js';
 import type { ValueInfo } from '../../compiler/codegen/schedule.js';
 import { formatBytes } from '../../compiler/plan/memory.js';
 import { roundBF16 } from '../../compiler/ir/rules/reference-core.js';
@@ -52,14 +52,9 @@ export async function gpuStepRunner(gpu: GpuDevice, step: StepGraph): Promise<St
   const g = step.graph;
   const paramId = new Map(g.params.map((p) => [p.name, p.node]));
   const inputId = new Map(g.inputs.map((i) => [i.name, i.node]));
-  const outId = (name: string) => {
-    const id = program.schedule.outputs.get(name);
-    if (id === undefined) throw new Error(`internal: the step has no output '${name}'`);
-    return id;
-  };
   const names = trainableNames(step);
-  const gradIds = names.map((n) => outId(`d:${n}`));
-  const lossId = outId('loss');
+  const gradIds = outputIds(program, names.map((n) => `d:${n}`), 'the step');
+  const [lossId] = outputIds(program, ['loss'], 'the step');
   return {
     kernels: program.schedule.kernels.length,
     storage: storageNote(program.schedule.values),

@@ -3,7 +3,7 @@
 // same clock. A GPU's clock moves under a sweep (an H200's between 345 and 1980 MHz, 2026-11-27: the gaps while
 // the next variant compiles let it fall), so a time is only comparable with one taken in the same window, and
 // the ratio is what ranks. Shared by `visft tune` and scripts/tune-sgmat.mjs.
-import { compileGpu, type GpuProgram } from '../../compiler/codegen/gpu.js';
+import { compileGpu, outputIds, type GpuProgram } from '../../compiler/codegen/gpu.js';
 import type { Kernel, Target } from '../../compiler/codegen/types.js';
 import { hasTimestamps, TimedProgram } from '../bench/ours.js';
 import type { RowSpec } from '../bench/row-types.js';
@@ -75,11 +75,7 @@ export async function timedVariant(device: GpuDevice, c: TuneCase, tuning: Targe
   let program = compiled ?? compileGpu(c.graph, withTuning(device.target, tuning));
   const kernels = program.schedule.kernels.map((k) => k.name);
   if (edit) program = { ...program, schedule: { ...program.schedule, kernels: program.schedule.kernels.map(edit) } };
-  const outIds = c.outputs.map((name) => {
-    const id = program.schedule.outputs.get(name);
-    if (id === undefined) throw new Error(`${c.name}: the program has no output '${name}'`);
-    return id;
-  });
+  const outIds = outputIds(program, c.outputs, `the program of ${c.name}`);
   const timed = await TimedProgram.create(device, program, new Map([...c.data].filter(([id]) => program.plan.placement.has(id))));
   return { timed, kernels, outIds };
 }

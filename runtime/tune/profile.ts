@@ -67,6 +67,22 @@ export interface LoadedProfile {
   readonly profile: TuningProfile;
 }
 
+/** What reports say of an applied profile: its file, when it was measured, what it adopted. */
+export const profileSummary = (l: LoadedProfile): { readonly file: string; readonly created: string; readonly adopted: readonly string[] } => ({
+  file: l.file,
+  created: l.profile.created,
+  adopted: l.profile.adopted,
+});
+
+/** The identity a profile names, of an opened adapter (its description, runtime/gpu/device.ts) and backend. */
+export const profileAdapter = (info: Omit<ProfileAdapter, 'backend'>, backend: string | undefined): ProfileAdapter => ({
+  vendor: info.vendor,
+  architecture: info.architecture,
+  device: info.device,
+  description: info.description,
+  backend: backend ?? '',
+});
+
 /** One line for logs and reports: `FILE (measured 2026-11-28; f32 flash attention forward: ...)`. */
 export function describeProfile(p: { readonly file: string; readonly created: string; readonly adopted: readonly string[] }): string {
   return `${p.file} (measured ${p.created.slice(0, 10)}; ${p.adopted.length ? p.adopted.join('; ') : 'the defaults won'})`;

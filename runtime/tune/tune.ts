@@ -13,7 +13,7 @@ import { openDevice, type GpuDevice } from '../gpu/device.js';
 import { errorMessage } from '../gpu/errors.js';
 import { TUNE_GROUPS, TUNE_ROWS, type TuneGroup, type TuneOption } from './knobs.js';
 import { programKey, relDiff, rowCase, timedVariant, timePair, withTuning, type TimedVariant, type TuneCase } from './pair-timing.js';
-import { findProfile, TUNING_FORMAT, TUNING_VERSION, type ProfileAdapter, type TuningEvidence, type TuningProfile, type Tuning } from './profile.js';
+import { findProfile, profileAdapter, TUNING_FORMAT, TUNING_VERSION, type TuningEvidence, type TuningProfile, type Tuning } from './profile.js';
 
 export interface TuneOptions {
   readonly size?: BenchSize;
@@ -76,7 +76,7 @@ export async function runTune(o: TuneOptions): Promise<TuneResult> {
   const deadline = performance.now() + (o.seconds ?? 600) * 1000;
   const base = await openDevice({ profiling: true, tuning: 'none', ...(o.adapter ? { adapter: o.adapter } : {}), ...(o.backend ? { backend: o.backend } : {}) });
   const devices = new Map<string, GpuDevice>([[base.toggles.join(','), base]]);
-  const adapter: ProfileAdapter = { vendor: base.info.vendor, architecture: base.info.architecture, device: base.info.device, description: base.info.description, backend: base.backend ?? '' };
+  const adapter = profileAdapter(base.info, base.backend);
   const notes: string[] = [];
   const evidence: TuningEvidence[] = [];
   const adopted: string[] = [];

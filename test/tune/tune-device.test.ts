@@ -11,7 +11,7 @@ import { compileGpu } from '../../compiler/codegen/gpu.js';
 import { benchRows, rowGraph } from '../../runtime/bench/rows.js';
 import { openDevice } from '../../runtime/gpu/device.js';
 import { TUNE_GROUPS } from '../../runtime/tune/knobs.js';
-import { readProfile, TUNING_FORMAT, TUNING_VERSION, writeProfile, type TuningProfile } from '../../runtime/tune/profile.js';
+import { profileAdapter, readProfile, TUNING_FORMAT, TUNING_VERSION, writeProfile, type TuningProfile } from '../../runtime/tune/profile.js';
 
 const bin = fileURLToPath(new URL('../../../bin/visft.js', import.meta.url));
 const visft = (...args: string[]) => spawnSync(process.execPath, [bin, ...args], { encoding: 'utf8', timeout: 600_000, env: { ...process.env, VISFT_TUNING: 'none' } });
@@ -20,7 +20,7 @@ const geomean = (xs: number[]): number => Math.exp(xs.reduce((a, x) => a + Math.
 
 test("openDevice applies a profile measured on this adapter: its tuning in the Target, its toggles on the device", async () => {
   const probe = await openDevice({ tuning: 'none' });
-  const adapter = { vendor: probe.info.vendor, architecture: probe.info.architecture, device: probe.info.device, description: probe.info.description, backend: probe.backend ?? '' };
+  const adapter = profileAdapter(probe.info, probe.backend);
   await probe.destroy();
   assert.equal(probe.tuningProfile, undefined);
   const file = join(dir, 'made.json');
@@ -120,7 +120,7 @@ test('`visft tune BUNDLE` times on a compiled program (your model and shapes) in
 
 test('`visft tune --from` starts from a profile: groups not tried keep its choices, a group tried improves on them or keeps them', async () => {
   const probe = await openDevice({ tuning: 'none' });
-  const adapter = { vendor: probe.info.vendor, architecture: probe.info.architecture, device: probe.info.device, description: probe.info.description, backend: probe.backend ?? '' };
+  const adapter = profileAdapter(probe.info, probe.backend);
   await probe.destroy();
   const from = join(dir, 'from.json');
   // A choice no tuner option makes (the gather form of MSDeformAttn's value gradient), as an earlier visft might have.
