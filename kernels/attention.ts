@@ -20,9 +20,10 @@ import { attrNum } from '../compiler/ir/rules/shape.js';
 import { broadcastStrides, dispatchGroups, f32Lit, groupIndexCode, kernelRule, loopBound, makeKernel, u32Lit } from './elementwise.js';
 import { flashBackwardKernel } from './flash-backward.js';
 import { flashDirectForwardKernel, flashDirectUnfit } from './flash-direct.js';
+import { directGradHalfSlots, flashDirectBackwardKernel, flashDirectBackwardUnfit } from './flash-direct-backward.js';
 import { FlashTileError, type FlashOperand, type FlashReads } from './flash-common.js';
 import { flashSgmatApplies, flashSgmatForwardKernel } from './flash-sgmat.js';
-import { flashSgmatBackwardApplies, flashSgmatBackwardKernel } from './flash-sgmat-backward.js';
+import { flashSgmatBackwardApplies, flashSgmatBackwardKernel, gradOf } from './flash-sgmat-backward.js';
 import { flashForwardKernel } from './flash-forward.js';
 import { KEPT_FN, memberCode } from './fused.js';
 import { combineCode, treeReduceCode, treeWorkgroup } from './reduce.js';
@@ -230,18 +231,31 @@ export function attentionReads(graph: Graph, node: Node, plans: AttentionOperand
  */
 export function tensorCoreAttention(graph: Graph, node: Node, target: Target, sibling?: Node, reads?: FlashReads): Kernel | undefined {
   const staged = stagedTensorCoreAttention(graph, node, target, sibling, reads);
-  // Target.tuning.flashDirect: the forward that loads q, k and v's fragments from their f16 storage (not through
-  // views), with the kernel otherwise chosen as its fallback where the schedule stores one of them as f32.
-  if (!target.tuning?.flashDirect || reads || flashDirectUnfit(graph, node, target, sibling) !== undefined) return staged;
+  // Target.tuning.flashDirect (forward) and flashDirectGrad (backward): the kernels that load q, k, v (and g)'s
+  // fragments from their f16 storage (not through views), with the kernel otherwise chosen as the fallback where
+  // the schedule stores one of them as f32.
+  const direct = reads ? undefined : directTensorCoreAttention(graph, node, target, sibling);
+  if (!direct) return staged;
   const inputs = node.inputs.map((i) => graph.node(i));
   let fallback: Kernel;
   try {
-    fallback = staged ?? flashForwardKernel(node, inputs, target, {}, sibling);
+    fallback = staged ?? (node.op === 'attention_grad' ? flashBackwardKernel(node, inputs, target, {}, sibling) : flashForwardKernel(node, inputs, target, {}, sibling));
   } catch (e) {
     if (e instanceof FlashTileError) return staged; // the caller's own way (its kernels apart)
     throw e;
   }
-  return { ...flashDirectForwardKernel(node, inputs, target, sibling), halfOnly: { bindings: [0, 1, 2], fallback } };
+  return { ...direct.kernel(inputs), halfOnly: { bindings: direct.half, fallback } };
+}
+
+/** The direct kernel of `node` where the tuning asks for it and it applies, with the input slots it reads as f16. */
+function directTensorCoreAttention(graph: Graph, node: Node, target: Target, sibling?: Node): { readonly kernel: (inputs: readonly Node[]) => Kernel; readonly half: readonly number[] } | undefined {
+  if (node.op === 'attention' && target.tuning?.flashDirect && flashDirectUnfit(graph, node, target, sibling) === undefined) {
+    return { kernel: (inputs) => flashDirectForwardKernel(node, inputs, target, sibling), half: [0, 1, 2] };
+  }
+  if (node.op === 'attention_grad' && target.tuning?.flashDirectGrad && flashDirectBackwardUnfit(graph, node, target, sibling) === undefined) {
+    return { kernel: (inputs) => flashDirectBackwardKernel(node, inputs, target, sibling), half: directGradHalfSlots(gradOf(node, sibling)!) };
+  }
+  return undefined;
 }
 
 function stagedTensorCoreAttention(graph: Graph, node: Node, target: Target, sibling?: Node, reads?: FlashReads): Kernel | undefined {

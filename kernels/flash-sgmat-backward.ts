@@ -53,7 +53,7 @@ export type FlashSgmatGrad = 'q' | 'k' | 'v' | 'kv';
 const { Q, K, V, G, LSE, DELTA, MASK } = GRAD_SLOTS;
 
 /** Which products a kernel has: dP (dq, dk), acc_x += dS·a (dq, dk), acc_y += P·b (dv). */
-function rolesOf(which: FlashSgmatGrad) {
+export function rolesOf(which: FlashSgmatGrad) {
   return { dq: which === 'q', dP: which !== 'v', accX: which !== 'v', accY: which === 'v' || which === 'kv' };
 }
 
@@ -198,7 +198,7 @@ export function flashSgmatBackwardUnfit(target: Target, shapes: AttentionShapes,
 }
 
 /** The kernel kind of an attention_grad node (with its wrt-2 sibling: 'kv'); undefined for wrt 3. */
-function gradOf(node: Node, sibling?: Node): FlashSgmatGrad | undefined {
+export function gradOf(node: Node, sibling?: Node): FlashSgmatGrad | undefined {
   const wrt = attrNum(node.attrs, 'wrt');
   if (sibling) return wrt === 1 && sibling.op === 'attention_grad' && attrNum(sibling.attrs, 'wrt') === 2 ? 'kv' : undefined;
   return wrt === 0 ? 'q' : wrt === 1 ? 'k' : wrt === 2 ? 'v' : undefined;

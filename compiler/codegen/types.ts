@@ -1,6 +1,7 @@
 // The GPU side of a bundle: the Target a kernel is generated for, and the kernel graph (WGSL kernels over
 // buffers holding IR values) that the memory plan places and the runtime executes in order.
 import type { FlashCaps } from '../../kernels/flash-common.js';
+import type { DirectKeys } from '../../kernels/flash-direct-common.js';
 import type { FlashSgmatTiles } from '../../kernels/flash-sgmat.js';
 import type { SgmatTiles } from '../../kernels/matmul-sgmat.js';
 import type { Staging } from '../../kernels/matmul.js';
@@ -57,6 +58,13 @@ export interface Target {
      * where it applies (no mask, no views, head dims multiples of 8). Unmeasured.
      */
     readonly flashDirect?: boolean;
+    /**
+     * The tensor-core flash backward (dq, and dk with dv) that loads q, k, v and g's fragments from their f16 storage
+     * (kernels/flash-direct-backward.ts) where it applies (no mask, no views, head dims multiples of 8). Unmeasured.
+     */
+    readonly flashDirectGrad?: boolean;
+    /** Swept rows per tile of the direct flash kernels (kernels/flash-direct-common.ts; default 16). */
+    readonly flashDirectKeys?: DirectKeys;
     readonly matmulSplits?: number;
     /**
      * Output tiles from which a matmul fills the GPU without splitting K (about its multiprocessor count; default

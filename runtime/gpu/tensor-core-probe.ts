@@ -6,15 +6,17 @@
 import type { Kernel, Target } from '../../compiler/codegen/types.js';
 import { Builder } from '../../compiler/ir/builder.js';
 import type { Graph } from '../../compiler/ir/graph.js';
+import { directGradHalfSlots, flashDirectBackwardKernel } from '../../kernels/flash-direct-backward.js';
+import { flashDirectForwardKernel } from '../../kernels/flash-direct.js';
 import { flashSgmatBackwardKernel } from '../../kernels/flash-sgmat-backward.js';
 import { flashSgmatForwardKernel } from '../../kernels/flash-sgmat.js';
 import { halfStorageKernel } from '../../kernels/half-storage.js';
 import { matmulKernel } from '../../kernels/matmul.js';
-import { nativeSgmat, sgmatShape } from '../../kernels/sgmat.js';
+import { nativeSgmat, sgmatConfig, sgmatShape } from '../../kernels/sgmat.js';
 import { errorMessage } from './errors.js';
 
-/** One small kernel of each native subgroup-matrix generator: matmul, flash forward, flash backward (dk+dv). */
-function probeKernels(target: Target): Kernel[] {
+/** One small kernel of each native subgroup-matrix generator the target uses: matmul, flash forward, flash backward (dk+dv). */
+export function probeKernels(target: Target): Kernel[] {
   const b = new Builder();
   const mm = b.add('matmul', [b.input('a', [64, 48]), b.input('b', [48, 64])]);
   const [q, k, v] = ['q', 'k', 'v'].map((n) => b.input(n, [1, 1, 24, 40]));
@@ -30,10 +32,16 @@ function probeKernels(target: Target): Kernel[] {
   // its staged fallback is checked too.
   const matmul = matmulKernel(graph.node(mm), inputsOf(mm), target, 'sgmat');
   const { halfOnly, ...direct } = matmul;
+  // Under flashDirect and flashDirectGrad, the flash kernels that load q, k, v and g as f16 storage (where the
+  // target lists their configs; elsewhere the schedule does not use them).
+  const half = (slots: readonly number[]) => new Set(slots);
+  const configs = sgmatConfig(target, 16, 8, 8) && sgmatConfig(target, 16, 8, 16);
   return [
     ...(halfOnly ? [halfStorageKernel(direct, new Set(halfOnly.bindings)), halfOnly.fallback] : [matmul]),
     flashSgmatForwardKernel(graph.node(att), inputsOf(att), target),
     flashSgmatBackwardKernel(graph.node(dk), inputsOf(dk), target, { sibling: graph.node(dv) }),
+    ...(configs && target.tuning?.flashDirect ? [halfStorageKernel(flashDirectForwardKernel(graph.node(att), inputsOf(att), target), half([0, 1, 2]))] : []),
+    ...(configs && target.tuning?.flashDirectGrad ? [halfStorageKernel(flashDirectBackwardKernel(graph.node(dk), inputsOf(dk), target, graph.node(dv)), half(directGradHalfSlots('kv')))] : []),
   ];
 }
 

@@ -152,6 +152,12 @@ export const TUNE_GROUPS: readonly TuneGroup[] = [
       { name: 'tensor-core flash kernels, 2 subgroups, 64 keys, kᵀ and v sharing', tuning: { tensorCoreAttention: true, flashSgmatTiles: { subgroups: 2, keys: 64, sharedKv: true } } },
       // The forward from q, k and v in storage, two passes, one subgroup (kernels/flash-direct.ts); the backward as before.
       { name: 'tensor-core flash forward from storage', tuning: { flashDirect: true } },
+      // dq and dk+dv from q, k, v and g in storage (kernels/flash-direct-backward.ts); the forward as before.
+      { name: 'tensor-core flash backward from storage', tuning: { flashDirectGrad: true } },
+      { name: 'tensor-core flash forward and backward from storage', tuning: { flashDirect: true, flashDirectGrad: true } },
+      // Longer key tiles: more products between each pair of barriers.
+      { name: 'tensor-core flash from storage, 32 keys per tile', tuning: { flashDirect: true, flashDirectGrad: true, flashDirectKeys: 32 } },
+      { name: 'tensor-core flash from storage, 64 keys per tile', tuning: { flashDirect: true, flashDirectGrad: true, flashDirectKeys: 64 } },
     ],
   },
   {

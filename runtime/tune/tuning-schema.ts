@@ -46,6 +46,8 @@ const CHECKS: { readonly [K in keyof Tuning]-?: Check } = {
   vectorLoads: bool,
   tensorCoreAttention: bool,
   flashDirect: bool,
+  flashDirectGrad: bool,
+  flashDirectKeys: oneOf(16, 32, 64),
   matmulSplits: int(1, 64),
   splitTiles: int(8, 4096),
   flashCaps,

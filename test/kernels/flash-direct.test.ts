@@ -13,13 +13,14 @@ import { compileGpu } from '../../compiler/codegen/gpu.js';
 import { TARGETS } from '../../compiler/codegen/targets.js';
 import type { Target } from '../../compiler/codegen/types.js';
 import { Builder } from '../../compiler/ir/builder.js';
-import { numel, type Attrs, type Graph } from '../../compiler/ir/graph.js';
+import type { Attrs, Graph } from '../../compiler/ir/graph.js';
 import { interpret } from '../../compiler/ir/interpret.js';
 import { roundF16 } from '../../compiler/ir/rules/reference-core.js';
-import { flashDirectForwardKernel, flashDirectUnfit } from '../../kernels/flash-direct.js';
+import { flashDirectUnfit } from '../../kernels/flash-direct.js';
 import { sgmatConfig } from '../../kernels/sgmat.js';
 import { benchRows, rowGraph } from '../../runtime/bench/rows.js';
-import { assertWithin, randomTensor, runKernelOutputs } from './harness.js';
+import { runGpu } from '../../runtime/run-gpu.js';
+import { assertWithin, randomTensor } from './harness.js';
 import { sgmatDevice, withConfigs } from './sgmat-targets.js';
 
 const U16 = 2 ** -10;
@@ -30,7 +31,7 @@ const CONFIGS = [
 ];
 
 /** attention(round(q), round(k), round(v)) and its lse sibling: exact f16 operands, as autocast makes them. */
-function roundedAttention(qs: number[], ks: number[], vs: number[], attrs: Attrs = {}, mask?: number[]): { graph: Graph; y: number; lse: number } {
+function roundedAttention(qs: number[], ks: number[], vs: number[], attrs: Attrs = {}, mask?: number[], withLse = true): { graph: Graph; y: number; lse: number } {
   const b = new Builder();
   const round = (id: number) => b.add('cast', [b.add('cast', [id], { dtype: 'f16' })], { dtype: 'f32' });
   const [q, k, v] = [round(b.input('q', qs)), round(b.input('k', ks)), round(b.input('v', vs))];
@@ -38,7 +39,7 @@ function roundedAttention(qs: number[], ks: number[], vs: number[], attrs: Attrs
   const y = b.add('attention', [q, k, v, ...m], attrs);
   const lse = b.add('attention_lse', [q, k, ...m], attrs);
   b.output('y', y);
-  b.output('lse', lse);
+  if (withLse) b.output('lse', lse);
   return { graph: b.graph, y, lse };
 }
 
@@ -51,7 +52,7 @@ describe('the direct flash forward as generated for the H200', () => {
     for (const i of [0, 1, 2]) assert.match(k.wgsl, new RegExp(`@binding\\(${i}\\) var<storage, read> in_${i}: array<f16>;`));
     assert.match(k.wgsl, /let q_10 = subgroupMatrixLoad<subgroup_matrix_left<f16, 8, 16>, row_major>\(&in_0, qb \+ 80u, 88u\);/);
     assert.match(k.wgsl, /subgroupMatrixLoad<subgroup_matrix_right<f16, 8, 8>, col_major>\(&in_1, kb \+ \(jc \+ 8u\) \* 88u \+ 80u, 88u\)/);
-    assert.match(k.wgsl, /o_10 = subgroupMatrixMultiplyAccumulate\(p, subgroupMatrixLoad<subgroup_matrix_right<f16, 8, 16>, row_major>\(&in_2, vb \+ jc \* 88u \+ 80u, 88u\), o_10\);/);
+    assert.match(k.wgsl, /o_10 = subgroupMatrixMultiplyAccumulate\(o_l, subgroupMatrixLoad<subgroup_matrix_right<f16, 8, 16>, row_major>\(&in_2, vb \+ jc \* 88u \+ 80u, 88u\), o_10\);/);
     assert.deepEqual(k.workgroupSize, [32, 1, 1]);
     assert.equal(k.wgsl.match(/for \(var j0 = 0u;/g)?.length, 2, 'two passes over the keys');
     assert.ok(schedule.kernels.every((x) => x.halfOnly === undefined));
@@ -88,39 +89,41 @@ describe('on the device (emulated subgroup matrices; native on a GPU that has th
   const device = sgmatDevice();
   const target = (): Target => (device.native() ? device.gpu().target : withConfigs(device.gpu().target, CONFIGS, 'direct'));
 
-  // [what, B, H, Sq, Sk, D, Dv, scale, lse, scores rising along the keys]; few cases: lavapipe compiles each emulated kernel for seconds.
-  const CASES: [string, number, number, number, number, number, number, number | undefined, boolean, boolean][] = [
+  // [what, B, H, Sq, Sk, D, Dv, scale, lse, scores rising along the keys, keys per tile]; few cases: lavapipe
+  // compiles each emulated kernel for seconds.
+  const CASES: [string, number, number, number, number, number, number, number | undefined, boolean, boolean, (32 | 64)?][] = [
     ['head dim 40, 37 rows and keys (ragged row and key tiles), two heads, with lse', 1, 2, 37, 37, 40, 40, undefined, true, false],
-    ['head dim 24, v of 16 columns, 16 rows, 70 keys, batch 2, scale 0.3', 2, 1, 16, 70, 24, 16, 0.3, false, false],
+    ['head dim 24, v of 16 columns, 16 rows, 70 keys in tiles of 32, batch 2, scale 0.3', 2, 1, 16, 70, 24, 16, 0.3, false, false, 32],
     ['scores rising along the keys (every tile raises the max: the first pass must see them all), with lse', 1, 1, 20, 50, 8, 24, undefined, true, true],
+    ['keys in tiles of 64, the last one ragged (70 keys), with lse', 1, 1, 18, 70, 16, 16, undefined, true, false, 64],
   ];
-  for (const [what, B, H, Sq, Sk, D, Dv, scale, withLse, rising] of CASES) {
+  for (const [what, B, H, Sq, Sk, D, Dv, scale, withLse, rising, keys] of CASES) {
     test(what, async () => {
       const t = target();
       if (device.native()) assert.ok(CONFIGS.every((c) => sgmatConfig(t, c.M, c.N, c.K)), 'the GPU lists 16x8x8 and 16x8x16');
       const attrs: Attrs = scale === undefined ? {} : { scale };
-      const { graph, y, lse } = roundedAttention([B, H, Sq, D], [B, H, Sk, D], [B, H, Sk, Dv], attrs);
-      assert.equal(flashDirectUnfit(graph, graph.node(y), t, graph.node(lse)), undefined);
+      const { graph, y, lse } = roundedAttention([B, H, Sq, D], [B, H, Sk, D], [B, H, Sk, Dv], attrs, undefined, withLse);
+      assert.equal(flashDirectUnfit(graph, graph.node(y), t, withLse ? graph.node(lse) : undefined), undefined);
       const seed = Sq * 7 + Sk + D;
       const values = [randomTensor([B, H, Sq, D], seed), randomTensor([B, H, Sk, D], seed + 1), randomTensor([B, H, Sk, Dv], seed + 2)].map((x) => ({ ...x, data: x.data.map(roundF16) }));
       if (rising) {
         for (let i = 0; i < values[0].data.length; i++) values[0].data[i] = i % D === 0 ? 1 : 0;
         for (let i = 0; i < values[1].data.length; i++) values[1].data[i] = i % D === 0 ? roundF16((8 * Math.floor(i / D)) / Sk) : 0;
       }
-      // The kernel reads the rounded values (the casts' outputs) as its q, k and v.
-      const node = graph.node(y);
-      const inputs = node.inputs.map((i) => graph.node(i));
-      const kernel = flashDirectForwardKernel(node, inputs, t, withLse ? graph.node(lse) : undefined);
-      assert.match(kernel.name, withLse ? /^attention_flash_lse_direct_f16/ : /^attention_flash_direct_f16/);
+      // Compiled and run as the schedule runs it: the rounded values stored as f16 for the kernel's fragment loads.
+      const program = compileGpu(graph, { ...t, tuning: { ...t.tuning, flashDirect: true, ...(keys ? { flashDirectKeys: keys } : {}) } });
+      const kernel = program.schedule.kernels.find((k) => k.name.startsWith('attention_flash'))!;
+      assert.match(kernel.name, new RegExp(`^attention_flash${withLse ? '_lse' : ''}_direct_f16${keys ? `_k${keys}` : ''}_f16io`));
       assert.equal(/subgroupMatrix/.test(kernel.wgsl), device.native(), 'builtins only on a target with the feature');
-      const sizes = [numel(node.shape), ...(withLse ? [numel(graph.node(lse).shape)] : [])];
-      const [out, lseOut] = await runKernelOutputs(device.gpu().device, kernel, values.map((v) => v.data), sizes);
-      const ref = interpret(graph, new Map(graph.inputs.map((inp, i) => [inp.name, { shape: values[i].shape, data: Float64Array.from(values[i].data) }])));
+      const inputs = new Map(graph.inputs.map((inp, i) => [inp.name, { shape: values[i].shape, data: Float64Array.from(values[i].data) }] as const));
+      const got = await runGpu(device.gpu(), graph, program, inputs, new Map());
+      const out = Float32Array.from(got.get('y')!.data);
+      const ref = interpret(graph, inputs);
       const vMax = values[2].data.reduce((a, x) => Math.max(a, Math.abs(x)), 0);
       const worst = assertWithin(out, ref.get('y')!.data, () => ((2 * U16) / (1 - U16) + 1e-5) * vMax, `${what}: out`);
       if (withLse) {
         const r = ref.get('lse')!.data;
-        assertWithin(lseOut, r, (i) => U16 / (1 - U16) + 1e-5 * (1 + Math.abs(r[i])), `${what}: lse`);
+        assertWithin(Float32Array.from(got.get('lse')!.data), r, (i) => U16 / (1 - U16) + 1e-5 * (1 + Math.abs(r[i])), `${what}: lse`);
       }
       assert.ok(worst < 0.5, `${what}: largest error ${worst} of the bound`);
     });

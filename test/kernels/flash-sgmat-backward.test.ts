@@ -4,16 +4,9 @@
 // head dims, ragged tiles), P and dS, masks, both tile orders (concurrent and sequential staging) and the
 // accumulators' way out run for real. On a GPU with tensor cores (nativeSgmat) the same cases run natively.
 //
-// Error bound, per output element, from the kernel's arithmetic (u = 2^-10: f32 → f16 may round either way):
-//   S sums exact f16 products in f32: |ΔS| ≤ D·2^-24·Σ|q||k|, so P = e^{s − lse} has relative error
-//   ρ = scale·|ΔS| + (|s − lse| + 4)·2^-24; dP: |ΔdP| ≤ Dv·2^-24·Σ|g||v|; dS = P·(dP − δ) in f32:
-//   |ΔdS| ≤ P·(|ΔdP| + ρ·|dP − δ|) + 2^-23·|dS|. Then P and dS rounded to f16: u·|x| + 2^-25 (f16 subnormals).
-//   The products sum n terms in f32: n·2^-24·Σ|terms|. So, with e_dS = u|dS| + 2^-25 + |ΔdS| + n·2^-24|dS|:
-//   dq_it ≤ scale·Σ_j |k_jt|·e_dS_ij, dk_jt ≤ scale·Σ_i |q_it|·e_dS_ij, dv_jc ≤ Σ_i |g_ic|·(P_ij(u + ρ_ij +
-//   n·2^-24) + 2^-25); plus 2^-23 of the value for the final scaling. (Observed errors stay well below.)
+// The error bound per output element is derived from the kernel's arithmetic in ./attention-grad-bounds.ts.
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
-import type { Kernel, Target } from '../../compiler/codegen/types.js';
 import { Builder } from '../../compiler/ir/builder.js';
 import { numel, type Attrs } from '../../compiler/ir/graph.js';
 import { interpret } from '../../compiler/ir/interpret.js';
@@ -32,6 +25,7 @@ import { nativeSgmat, SUBGROUP_MATRIX_FEATURE } from '../../kernels/sgmat.js';
 import { openDevice, type GpuDevice } from '../../runtime/gpu/device.js';
 import { assertWithin, randomTensor, runKernelOutputs } from './harness.js';
 import { deviceSgmatTarget, EMULATED, NVIDIA, type Config } from './sgmat-targets.js';
+import { E32, statsAndBounds, type Problem } from './attention-grad-bounds.js';
 
 const bhsd = (b: number, h: number, s: number, d: number) => [b, h, s, d];
 const shapesOf = (s: number, d: number) => ({ q: bhsd(8, 16, s, d), k: bhsd(8, 16, s, d), v: bhsd(8, 16, s, d) });
@@ -135,98 +129,6 @@ test('the native spelling: builtins, subgroup ids, 32-wide subgroups, accumulato
 });
 
 
-const U16 = 2 ** -10;
-const E32 = 2 ** -24;
-
-interface Problem {
-  readonly B: number;
-  readonly H: number;
-  readonly Sq: number;
-  readonly Sk: number;
-  readonly D: number;
-  readonly Dv: number;
-  readonly scale: number;
-  readonly q: Float32Array;
-  readonly k: Float32Array;
-  readonly v: Float32Array;
-  readonly g: Float32Array;
-  readonly mask?: { readonly shape: number[]; readonly data: Float32Array };
-}
-
-/** lse and δ = Σ g·out (float64, stored as f32), and the per-element bounds of dq, dk, dv derived in the header. */
-function statsAndBounds(p: Problem) {
-  const { B, H, Sq, Sk, D, Dv, scale, q, k, v, g, mask } = p;
-  const lse = new Float32Array(B * H * Sq);
-  const delta = new Float32Array(B * H * Sq);
-  const tol = { dq: new Float64Array(B * H * Sq * D), dk: new Float64Array(B * H * Sk * D), dv: new Float64Array(B * H * Sk * Dv) };
-  const maskAt = (b: number, h: number, i: number, j: number): number => {
-    if (!mask) return 0;
-    const lead = 4 - mask.shape.length;
-    let o = 0;
-    let st = 1;
-    for (let d = 3; d >= lead; d--) {
-      const idx = [b, h, i, j][d];
-      const size = mask.shape[d - lead];
-      if (size !== 1) o += idx * st;
-      st *= size;
-    }
-    return mask.data[o];
-  };
-  const s = new Float64Array(Sk);
-  const sAbs = new Float64Array(Sk);
-  for (let bh = 0; bh < B * H; bh++) {
-    const [b, h] = [Math.floor(bh / H), bh % H];
-    for (let i = 0; i < Sq; i++) {
-      const row = bh * Sq + i;
-      let m = -Infinity;
-      for (let j = 0; j < Sk; j++) {
-        let dot = 0;
-        let abs = 0;
-        for (let t = 0; t < D; t++) {
-          const x = q[row * D + t] * k[(bh * Sk + j) * D + t];
-          dot += x;
-          abs += Math.abs(x);
-        }
-        s[j] = dot * scale + maskAt(b, h, i, j);
-        sAbs[j] = abs;
-        m = Math.max(m, s[j]);
-      }
-      let z = 0;
-      for (let j = 0; j < Sk; j++) z += Math.exp(s[j] - m);
-      lse[row] = Math.fround(m + Math.log(z));
-      let del = 0;
-      for (let c = 0; c < Dv; c++) {
-        let o = 0;
-        for (let j = 0; j < Sk; j++) o += (Math.exp(s[j] - m) / z) * v[(bh * Sk + j) * Dv + c];
-        del += g[row * Dv + c] * o;
-      }
-      delta[row] = Math.fround(del);
-      for (let j = 0; j < Sk; j++) {
-        const P = Math.exp(s[j] - lse[row]);
-        if (P === 0) continue;
-        let dP = 0;
-        let dPAbs = 0;
-        for (let c = 0; c < Dv; c++) {
-          const x = g[row * Dv + c] * v[(bh * Sk + j) * Dv + c];
-          dP += x;
-          dPAbs += Math.abs(x);
-        }
-        const dS = P * (dP - delta[row]);
-        const rho = scale * D * E32 * sAbs[j] + (Math.abs(s[j] - lse[row]) + 4) * E32;
-        const eDS32 = P * (Dv * E32 * dPAbs + rho * Math.abs(dP - delta[row])) + 2 * E32 * Math.abs(dS);
-        const eDSq = U16 * Math.abs(dS) + 2 ** -25 + eDS32 + Sk * E32 * Math.abs(dS);
-        const eDSk = U16 * Math.abs(dS) + 2 ** -25 + eDS32 + Sq * E32 * Math.abs(dS);
-        const eP = P * (U16 + rho + Sq * E32) + 2 ** -25;
-        for (let t = 0; t < D; t++) {
-          tol.dq[row * D + t] += scale * Math.abs(k[(bh * Sk + j) * D + t]) * eDSq;
-          tol.dk[(bh * Sk + j) * D + t] += scale * Math.abs(q[row * D + t]) * eDSk;
-        }
-        for (let c = 0; c < Dv; c++) tol.dv[(bh * Sk + j) * Dv + c] += Math.abs(g[row * Dv + c]) * eP;
-      }
-    }
-  }
-  return { lse, delta, tol };
-}
 
 
 interface Case {
