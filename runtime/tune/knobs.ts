@@ -189,6 +189,7 @@ export const TUNE_ROWS: readonly string[] = [
   'attention_vjp_evag_detection',
   'attention_fwd_f16_evag_detection',
   'attention_vjp_f16_evag_caption',
+  'attention_vjp_f16_evag_detection',
   'msdeform_vjp_m2f_pixel',
   'msdeform_vjp_m2f_3lvl',
 ];
