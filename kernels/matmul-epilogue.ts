@@ -8,7 +8,6 @@
 import type { Kernel, KernelChain, Target } from '../compiler/codegen/types.js';
 import { epilogueProducer, secondProductLeaves, type FusionGroup, type SecondProductPlan } from '../compiler/codegen/fuse.js';
 import type { Graph, Node } from '../compiler/ir/graph.js';
-import { u32Lit } from './elementwise.js';
 import { externalReads, groupExternals, KEPT_FN, memberCode } from './fused.js';
 import { viewCode, type ViewPlan } from './view.js';
 import { DIRECT_READS, graphMatmulVariant, matmulKernel, rowCoords, type MatmulOutput, type MatmulReads, type MatmulVariant, type OperandViews } from './matmul.js';

@@ -30,7 +30,7 @@ import type { Kernel, KernelGen, Target } from '../compiler/codegen/types.js';
 import { isExactHalf } from '../compiler/codegen/half.js';
 import { numel, type Graph, type Node } from '../compiler/ir/graph.js';
 import { attrInts, normDim } from '../compiler/ir/rules/shape.js';
-import { broadcastStrides, declareVec4, dispatchGroups, flatKernel, groupIndexCode, kernelRule, loopBound, makeKernel, offsetCode, u32Lit, unboundedLoop } from './elementwise.js';
+import { broadcastStrides, declareVec4, dispatchGroups, flatKernel, groupIndexCode, kernelRule, makeKernel, offsetCode, u32Lit, unboundedLoop } from './elementwise.js';
 import { blockedMatmul } from './matmul-blocked.js';
 import { TILE, tiledFits, tiledGrid, tiledMatmul } from './matmul-tiled.js';
 import { sgmatGrid, sgmatUnfit, type SgmatTiles } from './matmul-sgmat.js';

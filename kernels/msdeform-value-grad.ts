@@ -46,7 +46,6 @@ import {
   geomConsts,
   indent,
   levelSelect,
-  linearWorkgroup,
   loopBound,
   msdeformAttnPointGradKernel,
   msGeom,

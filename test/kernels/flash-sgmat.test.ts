@@ -12,7 +12,7 @@
 // m + ln l: |Δ| ≤ u/(1 − u) + 1e-5·(1 + |lse|). (Observed errors are several times below the bounds.)
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
-import type { Kernel, Target } from '../../compiler/codegen/types.js';
+import type { Target } from '../../compiler/codegen/types.js';
 import { Builder } from '../../compiler/ir/builder.js';
 import { numel, type Attrs } from '../../compiler/ir/graph.js';
 import { interpret } from '../../compiler/ir/interpret.js';

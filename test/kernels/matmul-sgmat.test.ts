@@ -13,7 +13,7 @@ import { after, before, describe, test } from 'node:test';
 import { schedule } from '../../compiler/codegen/schedule.js';
 import type { Target } from '../../compiler/codegen/types.js';
 import { Builder } from '../../compiler/ir/builder.js';
-import { numel, type Graph } from '../../compiler/ir/graph.js';
+import { numel } from '../../compiler/ir/graph.js';
 import { interpret } from '../../compiler/ir/interpret.js';
 import { roundF16 } from '../../compiler/ir/rules/reference-core.js';
 import { planMemory } from '../../compiler/plan/memory.js';

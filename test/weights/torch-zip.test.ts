@@ -13,7 +13,7 @@ import { FileSource, writeFileAtomic } from '../../runtime/weights/io.js';
 import { evaClipEVisual, matchWeights } from '../../runtime/weights/keymap.js';
 import { PickleError, PickleWriter, PyDict, PyOpaque, UnsafePickleError } from '../../runtime/weights/pickle.js';
 import { WeightsFormatError, writeSafetensors } from '../../runtime/weights/safetensors.js';
-import { DTYPES, fromNumbers, itemSize, numel, tensorBytes, tensorFromBytes, toFloat32, type HostTensor } from '../../runtime/weights/tensor.js';
+import { DTYPES, fromNumbers, itemSize, numel, tensorFromBytes, toFloat32, type HostTensor } from '../../runtime/weights/tensor.js';
 import { loadStateDict, loadTorch, saveTorchZip, selectStateDict } from '../../runtime/weights/torch-zip.js';
 import { writeZip, ZipError, ZipReader } from '../../runtime/weights/zip.js';
 import { describe, torchCheckTensors, torchDescribe, type Described } from './torch-check.js';
