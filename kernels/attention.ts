@@ -17,17 +17,19 @@
 import type { Kernel, KernelGen } from '../compiler/codegen/types.js';
 import type { Graph, Node } from '../compiler/ir/graph.js';
 import { attrNum } from '../compiler/ir/rules/shape.js';
-import { broadcastStrides, dispatchGroups, f32Lit, groupIndexCode, kernelRule, loopBound, makeKernel, u32Lit } from './elementwise.js';
+import { broadcastStrides, dispatchGroups, f32Lit, groupIndexCode, kernelRule, loopBound, makeKernel, stridesOf, u32Lit } from './elementwise.js';
 import { flashBackwardKernel } from './flash-backward.js';
 import { flashDirectForwardKernel, flashDirectUnfit } from './flash-direct.js';
-import { directGradHalfSlots, flashDirectBackwardKernel, flashDirectBackwardUnfit } from './flash-direct-backward.js';
-import { FlashTileError, type FlashOperand, type FlashReads } from './flash-common.js';
+import { directGradLoads, flashDirectBackwardKernel, flashDirectBackwardUnfit } from './flash-direct-backward.js';
+import { directBindings } from './flash-direct-common.js';
+import { directReads, FlashTileError, type FlashOperand, type FlashReads, type RowLayout } from './flash-common.js';
 import { flashSgmatApplies, flashSgmatForwardKernel } from './flash-sgmat.js';
 import { flashSgmatBackwardApplies, flashSgmatBackwardKernel, gradOf } from './flash-sgmat-backward.js';
 import { flashForwardKernel } from './flash-forward.js';
 import { KEPT_FN, memberCode } from './fused.js';
 import { combineCode, treeReduceCode, treeWorkgroup } from './reduce.js';
 import { viewCode, type ViewPlan } from './view.js';
+import type { AffineView } from './view-affine.js';
 
 /** Keys per chunk at most (the scores of one chunk live in workgroup memory). */
 export const ATTENTION_CHUNK = 1024;
@@ -163,6 +165,12 @@ export interface AttentionOperandPlan {
    * (rows as vec4s, vec4<f16> ones when the leaf is stored as f16), computing the view and prologue nodes in place.
    */
   readonly direct?: boolean;
+  /**
+   * The operand is the view's one leaf under an affine map (kernels/view-affine.ts) and the prologue only casts
+   * that keep every value: kernels that load blocks with strides (the tensor-core flash kernels from storage) read
+   * the leaf's binding at these offsets.
+   */
+  readonly affine?: AffineView;
 }
 
 /** Per input slot of an attention, attention_lse or attention_grad node: read in place, or from its binding. */
@@ -213,7 +221,14 @@ export function attentionReads(graph: Graph, node: Node, plans: AttentionOperand
     return (coords) => `${letter}_in(${coords.join(', ')})`;
   });
   if (prologueOps.length) helpers.unshift(KEPT_FN);
+  const layouts = node.inputs.map((x, s): RowLayout | undefined => {
+    const plan = plans[s];
+    const at = (id: number) => ({ binding: binding(id), index: bound.indexOf(id) });
+    if (!plan) return { ...at(x), offset: 0, strides: stridesOf(graph.node(x).shape) };
+    return plan.affine && { ...at(plan.affine.leaf), offset: plan.affine.offset, strides: plan.affine.strides };
+  });
   return {
+    layouts,
     slots,
     bindings: bound.map((id) => graph.node(id)),
     helpers: helpers.join('\n\n'),
@@ -232,14 +247,14 @@ export function attentionReads(graph: Graph, node: Node, plans: AttentionOperand
 export function tensorCoreAttention(graph: Graph, node: Node, target: Target, sibling?: Node, reads?: FlashReads): Kernel | undefined {
   const staged = stagedTensorCoreAttention(graph, node, target, sibling, reads);
   // Target.tuning.flashDirect (forward) and flashDirectGrad (backward): the kernels that load q, k, v (and g)'s
-  // fragments from their f16 storage (not through views), with the kernel otherwise chosen as the fallback where
-  // the schedule stores one of them as f32.
-  const direct = reads ? undefined : directTensorCoreAttention(graph, node, target, sibling);
+  // fragments from their f16 storage (in place through affine views), with the kernel otherwise chosen as the
+  // fallback where the schedule stores one of them as f32.
+  const direct = directTensorCoreAttention(graph, node, target, sibling, reads ?? directReads(node));
   if (!direct) return staged;
   const inputs = node.inputs.map((i) => graph.node(i));
   let fallback: Kernel;
   try {
-    fallback = staged ?? (node.op === 'attention_grad' ? flashBackwardKernel(node, inputs, target, {}, sibling) : flashForwardKernel(node, inputs, target, {}, sibling));
+    fallback = staged ?? (node.op === 'attention_grad' ? flashBackwardKernel(node, inputs, target, {}, sibling, reads) : flashForwardKernel(node, inputs, target, {}, sibling, reads));
   } catch (e) {
     if (e instanceof FlashTileError) return staged; // the caller's own way (its kernels apart)
     throw e;
@@ -247,13 +262,15 @@ export function tensorCoreAttention(graph: Graph, node: Node, target: Target, si
   return { ...direct.kernel(inputs), halfOnly: { bindings: direct.half, fallback } };
 }
 
-/** The direct kernel of `node` where the tuning asks for it and it applies, with the input slots it reads as f16. */
-function directTensorCoreAttention(graph: Graph, node: Node, target: Target, sibling?: Node): { readonly kernel: (inputs: readonly Node[]) => Kernel; readonly half: readonly number[] } | undefined {
-  if (node.op === 'attention' && target.tuning?.flashDirect && flashDirectUnfit(graph, node, target, sibling) === undefined) {
-    return { kernel: (inputs) => flashDirectForwardKernel(node, inputs, target, sibling), half: [0, 1, 2] };
+/** The direct kernel of `node` where the tuning asks for it and it applies, with the bindings it reads as f16. */
+function directTensorCoreAttention(graph: Graph, node: Node, target: Target, sibling: Node | undefined, reads: FlashReads): { readonly kernel: (inputs: readonly Node[]) => Kernel; readonly half: readonly number[] } | undefined {
+  const inputs = node.inputs.map((i) => graph.node(i));
+  const bindings = (slots: readonly number[]) => directBindings(reads, inputs, slots);
+  if (node.op === 'attention' && target.tuning?.flashDirect && flashDirectUnfit(graph, node, target, sibling, reads) === undefined) {
+    return { kernel: (ins) => flashDirectForwardKernel(node, ins, target, sibling, reads), half: bindings([0, 1, 2]) };
   }
-  if (node.op === 'attention_grad' && target.tuning?.flashDirectGrad && flashDirectBackwardUnfit(graph, node, target, sibling) === undefined) {
-    return { kernel: (inputs) => flashDirectBackwardKernel(node, inputs, target, sibling), half: directGradHalfSlots(gradOf(node, sibling)!) };
+  if (node.op === 'attention_grad' && target.tuning?.flashDirectGrad && flashDirectBackwardUnfit(graph, node, target, sibling, reads) === undefined) {
+    return { kernel: (ins) => flashDirectBackwardKernel(node, ins, target, sibling, reads), half: bindings(directGradLoads(gradOf(node, sibling)!)) };
   }
   return undefined;
 }

@@ -12,7 +12,7 @@
 import type { Kernel, Target } from '../compiler/codegen/types.js';
 import type { Node } from '../compiler/ir/graph.js';
 import { attrNum } from '../compiler/ir/rules/shape.js';
-import { broadcastStrides, declareVec4, groupIndexCode, loopBound, makeKernel, u32Lit, unboundedLoop, withOutput, EXP_POLY, type KernelParts } from './elementwise.js';
+import { broadcastStrides, declareVec4, groupIndexCode, loopBound, makeKernel, stridesOf, u32Lit, unboundedLoop, withOutput, EXP_POLY, type KernelParts } from './elementwise.js';
 import { floorPow2 } from './reduce.js';
 
 /** attention_grad's input slots. */
@@ -154,6 +154,27 @@ export interface FlashReads {
    * storage turns into array<vec4<f16>> (kernels/half-storage.ts: each load widened to vec4<f32>, exactly).
    */
   readonly vec4?: ReadonlySet<number>;
+  /**
+   * Per input slot, where its elements lie in a binding, when that is an affine map (kernels/view-affine.ts);
+   * absent: every slot is its own binding, row-major (directReads).
+   */
+  readonly layouts?: readonly (RowLayout | undefined)[];
+}
+
+/** Where a row operand's elements lie in a binding: element [b, h, row, col] at offset + b·s0 + h·s1 + row·s2 + col·s3. */
+export interface RowLayout {
+  readonly binding: string;
+  /** The binding's index among the kernel's inputs. */
+  readonly index: number;
+  readonly offset: number;
+  readonly strides: readonly number[];
+}
+
+/** The layout of input `slot`: the reads' own, else its binding's, row-major; undefined for a view of no affine map. */
+export function rowLayout(reads: FlashReads, inputs: readonly Node[], slot: number): RowLayout | undefined {
+  if (reads.layouts) return reads.layouts[slot];
+  const s = reads.slots[slot];
+  return typeof s === 'string' ? { binding: s, index: slot, offset: 0, strides: stridesOf(inputs[slot].shape) } : undefined;
 }
 
 /**

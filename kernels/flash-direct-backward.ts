@@ -18,46 +18,60 @@
 // acc_y go out through the scratch.
 // The numerics are the staged kernel's: exact f16 products summed in f32, P and dS rounded to f16 before their
 // products (test/kernels/flash-direct-backward.test.ts takes its bound). q, k, v and g must be stored as f16
-// (Kernel.halfOnly: the schedule runs the fallback where one is not). No mask, no views.
+// (Kernel.halfOnly: the schedule runs the fallback where one is not). No mask. Views of one binding under an affine
+// map (q, k, v split from a fused projection; g from the output projection's gradient) are read in place.
 import type { Kernel, Target } from '../compiler/codegen/types.js';
 import type { Graph, Node } from '../compiler/ir/graph.js';
 import { attrNum } from '../compiler/ir/rules/shape.js';
 import { f32Lit, u32Lit } from './elementwise.js';
-import { attentionGeometry, directReads, EXP_FLASH, flashKernel, GRAD_SLOTS, touchUnread, withSecondOutput } from './flash-common.js';
-import { accumulateRows, DIRECT_ROWS, directDispatch, directKeys, directMain, directOperandsUnfit, fragmentsOut, productToScratch, scratchStride16, scratchStride32, sweepLoop } from './flash-direct-common.js';
+import { attentionGeometry, bindingOf, directReads, EXP_FLASH, flashKernel, GRAD_SLOTS, touchUnread, withSecondOutput, type FlashReads } from './flash-common.js';
+import { accumulateRows, DIRECT_ROWS, directDispatch, directKeys, directMain, directOperands, directOperandsUnfit, fragmentsOut, productToScratch, scratchStride16, scratchStride32, sweepLoop } from './flash-direct-common.js';
 import { gradOf, rolesOf, type FlashSgmatGrad } from './flash-sgmat-backward.js';
 import { sgmatLanes, sgmatOps, sgmatSpelling } from './sgmat.js';
 
 const { Q, K, V, G, LSE, DELTA } = GRAD_SLOTS;
 
-/** Why the kernel cannot compute this attention_grad node (with `sibling`, its wrt-2 pair) on `target`, or undefined. */
-export function flashDirectBackwardUnfit(graph: Graph, node: Node, target: Target, sibling?: Node): string | undefined {
+/**
+ * Why the kernel cannot compute this attention_grad node (with `sibling`, its wrt-2 pair; inputs read as `reads`
+ * says) on `target`, or undefined.
+ */
+export function flashDirectBackwardUnfit(graph: Graph, node: Node, target: Target, sibling?: Node, reads: FlashReads = directReads(node)): string | undefined {
   if (node.op !== 'attention_grad') return `${node.op} is not attention_grad`;
-  if (!gradOf(node, sibling)) return sibling ? `wrt ${attrNum(node.attrs, 'wrt')} does not pair with ${sibling.op} %${sibling.id}` : "the mask's gradient";
+  const which = gradOf(node, sibling);
+  if (!which) return sibling ? `wrt ${attrNum(node.attrs, 'wrt')} does not pair with ${sibling.op} %${sibling.id}` : "the mask's gradient";
   if (node.inputs.length !== 6) return 'a mask';
-  const [q, k, v, g] = node.inputs.slice(0, 4).map((i) => graph.node(i));
-  const geo = attentionGeometry(node, q, k, v, undefined);
-  return directOperandsUnfit(graph, target, [q, k, v, g], [geo.D, geo.Dv], [geo.Sq, geo.Sk]);
+  const inputs = node.inputs.map((i) => graph.node(i));
+  const geo = attentionGeometry(node, inputs[Q], inputs[K], inputs[V], undefined);
+  const ops = directOperands(reads, inputs, directGradLoads(which), geo.H);
+  return directOperandsUnfit(graph, target, inputs.slice(0, 4), [geo.D, geo.Dv], [geo.Sq, geo.Sk]) ?? (typeof ops === 'string' ? ops : undefined);
 }
 
-/** The slots a kernel loads as subgroup-matrix fragments (they must be stored as f16). */
-export function directGradHalfSlots(which: FlashSgmatGrad): number[] {
-  return which === 'v' ? [Q, K, G] : [Q, K, V, G];
+/** The input slots of x, y, a and b (see the top of the file). */
+const rowSlots = (which: FlashSgmatGrad): [number, number, number, number] => (which === 'q' ? [Q, G, K, V] : [K, V, Q, G]);
+
+/** The slots a kernel loads as subgroup-matrix fragments (they must be stored as f16): x, y (not for dv alone), a, b. */
+export function directGradLoads(which: FlashSgmatGrad): number[] {
+  const [x, y, a, b] = rowSlots(which);
+  return which === 'v' ? [x, a, b] : [x, y, a, b];
 }
 
 /**
  * The `attention_grad_<which>_flash_direct_f16` kernel of an attention_grad node (with `sibling`, the wrt-2 node
  * whose dv it also writes); check flashDirectBackwardUnfit first.
  */
-export function flashDirectBackwardKernel(node: Node, inputs: readonly Node[], target: Target, sibling?: Node): Kernel {
+export function flashDirectBackwardKernel(node: Node, inputs: readonly Node[], target: Target, sibling?: Node, reads: FlashReads = directReads(node)): Kernel {
   const which = gradOf(node, sibling);
   if (!which) throw new Error(`internal: attention_grad %${node.id} has no direct kernel${sibling ? ` writing %${sibling.id}` : ''}`);
   const [q, k, v] = inputs;
   const geo = attentionGeometry(node, q, k, v, undefined);
+  const loads = directGradLoads(which);
+  const operands = directOperands(reads, inputs, loads, geo.H);
+  if (typeof operands === 'string') throw new Error(`internal: attention_grad %${node.id} on the direct kernel: ${operands}`);
+  const [x, y, a, b] = rowSlots(which).map((slot) => operands[loads.indexOf(slot)]);
+  const [lseIn, delIn] = [bindingOf(reads, LSE), bindingOf(reads, DELTA)];
   const r = rolesOf(which);
   const U = u32Lit;
   const [ownLen, sweepLen] = r.dq ? [geo.Sq, geo.Sk] : [geo.Sk, geo.Sq];
-  const [x, y, a, b] = (r.dq ? [Q, G, K, V] : [K, V, Q, G]).map((s) => `in_${s}`);
   const { D, Dv } = geo;
   const keys = directKeys(target, sweepLen);
   const spelling = sgmatSpelling(target);
@@ -77,7 +91,7 @@ export function flashDirectBackwardKernel(node: Node, inputs: readonly Node[], t
     ? ''
     : `
     for (var c = lane; c < ${U(keys)}; c += lanes) {
-      t_lse[c] = in_${LSE}[bh * ${U(geo.Sq)} + jc + c];${r.dP ? `\n      t_del[c] = in_${DELTA}[bh * ${U(geo.Sq)} + jc + c];` : ''}
+      t_lse[c] = ${lseIn}[bh * ${U(geo.Sq)} + jc + c];${r.dP ? `\n      t_del[c] = ${delIn}[bh * ${U(geo.Sq)} + jc + c];` : ''}
     }`;
   const products = [
     ...productToScratch(sOps, 's', (t) => `x_${t}`, a, 'ab', D, keys, 'tile_s', SS),
@@ -98,21 +112,21 @@ ${indent(accumulate)}`);
   const rowStats = r.dq
     ? `
   for (var r = lane; r < ${U(DIRECT_ROWS)}; r += lanes) {
-    row_lse[r] = in_${LSE}[bh * ${U(geo.Sq)} + ra + r];
-    row_del[r] = in_${DELTA}[bh * ${U(geo.Sq)} + ra + r];
+    row_lse[r] = ${lseIn}[bh * ${U(geo.Sq)} + ra + r];
+    row_del[r] = ${delIn}[bh * ${U(geo.Sq)} + ra + r];
   }`
     : '';
   const finals = [
     ...(r.accX ? [fragmentsOut(xOps, 'ax', D / 8, 'tile_s', keys, SS, 'out_0', ownLen, D, (e) => `${e} * ${f32Lit(geo.scale)}`)] : []),
     ...(r.accY ? [fragmentsOut(yOps, 'ay', Dv / 8, 'tile_s', keys, SS, r.accX ? 'out_1' : 'out_0', ownLen, Dv, (e) => e)] : []),
   ];
-  const body = `${r.dP ? '' : `${touchUnread(directReads(node), [V, DELTA])}\n`}  let ab = bh * ${U(sweepLen * D)};
-  let bb = bh * ${U(sweepLen * Dv)};
-  let xb = (bh * ${U(ownLen)} + ra) * ${U(D)};${r.dP ? `\n  let yb = (bh * ${U(ownLen)} + ra) * ${U(Dv)};` : ''}${rowStats}
+  const body = `${r.dP ? '' : `${touchUnread(reads, [V, DELTA])}\n`}  let ab = ${a.base};
+  let bb = ${b.base};
+  let xb = ${x.base} + ra * ${U(x.stride)};${r.dP ? `\n  let yb = ${y.base} + ra * ${U(y.stride)};` : ''}${rowStats}
 ${range(D / 8)
-  .map((t) => `  let x_${t} = ${sOps.loadLeft(x, `xb + ${U(8 * t)}`, U(D))};`)
+  .map((t) => `  let x_${t} = ${sOps.loadLeft(x.binding, `xb + ${U(8 * t)}`, U(x.stride))};`)
   .join('\n')}
-${r.dP ? `${range(Dv / 8).map((t) => `  let y_${t} = ${pOps.loadLeft(y, `yb + ${U(8 * t)}`, U(Dv))};`).join('\n')}\n` : ''}${[
+${r.dP ? `${range(Dv / 8).map((t) => `  let y_${t} = ${pOps.loadLeft(y.binding, `yb + ${U(8 * t)}`, U(y.stride))};`).join('\n')}\n` : ''}${[
     ...(r.accX ? range(D / 8).map((j) => `  var ax_${j} = ${xOps.zero(U(j))};`) : []),
     ...(r.accY ? range(Dv / 8).map((j) => `  var ay_${j} = ${yOps.zero(U(j))};`) : []),
   ].join('\n')}
@@ -133,7 +147,8 @@ ${decls.join('\n')}
 ${directMain(target, `d${which}: one subgroup, ${DIRECT_ROWS} ${own} rows of one (batch, head), ${swept}s in tiles of ${keys}.`, groups, dispatch, ownLen, body)}`;
   const used = [sOps, ...(r.dP ? [pOps] : []), ...(r.accX ? [xOps] : []), ...(r.accY ? [yOps] : [])];
   const helpers = used.map((o) => o.helpers()).filter(Boolean).join('\n\n');
-  const kernel = flashKernel(node, inputs, target, directReads(node), {
+  // Views are read at their affine offsets, never through their element functions: those are left out.
+  const kernel = flashKernel(node, inputs, target, { ...reads, helpers: '', lib: [] }, {
     name: `attention_grad_${which}_flash_direct_f16${keys === 16 ? '' : `_k${keys}`}`,
     body: helpers ? `${helpers}\n\n${main}` : main,
     workgroupSize: [sgmatLanes(target), 1, 1],

@@ -8,6 +8,7 @@
 // length reads the last `keys` rows and counts only those not seen before (jc + j >= j0). So both lengths must be at
 // least 16 and `keys`.
 import type { Graph, Node } from '../compiler/ir/graph.js';
+import { rowLayout, type FlashReads } from './flash-common.js';
 import { isExactHalf } from '../compiler/codegen/half.js';
 import type { Target } from '../compiler/codegen/types.js';
 import { dispatchGroups, flatGroupExpr, u32Lit, unboundedLoop } from './elementwise.js';
@@ -41,19 +42,56 @@ export function directOperandsUnfit(graph: Graph, target: Target, rows: readonly
 
 const range = (n: number) => Array.from({ length: n }, (_, i) => i);
 
+/** A row operand as the direct kernels load it: rows at `stride` from `base`, the (batch, head)'s first element. */
+export interface DirectOperand {
+  readonly binding: string;
+  /** Its index among the kernel's bindings (it must be stored as f16: Kernel.halfOnly). */
+  readonly index: number;
+  /** WGSL of the (batch, head) `bh`'s element [0, 0]. */
+  readonly base: string;
+  readonly stride: number;
+}
+
+/**
+ * The row operands in `slots` as the direct kernels load them (H heads per batch), or why one cannot be: its view
+ * is no affine map of one binding, its elements along a row are not adjacent, or its rows do not start on 16 bytes
+ * (8 f16s; subgroup-matrix loads from storage want aligned rows).
+ */
+export function directOperands(reads: FlashReads, inputs: readonly Node[], slots: readonly number[], H: number): DirectOperand[] | string {
+  const U = u32Lit;
+  const ops: DirectOperand[] = [];
+  for (const slot of slots) {
+    const l = rowLayout(reads, inputs, slot);
+    if (!l) return `input ${slot} is read through a view that is no affine map of one binding`;
+    const [sb, sh, ss, sd] = l.strides;
+    if (sd !== 1) return `input ${slot}'s rows are not contiguous (element stride ${sd})`;
+    if ([l.offset, sb, sh, ss].some((x) => x % 8)) return `input ${slot}'s rows do not start on 16 bytes (offset ${l.offset}, strides ${l.strides.join(', ')})`;
+    const terms = sb === H * sh ? [sh ? `bh * ${U(sh)}` : ''] : [sb ? `(bh / ${U(H)}) * ${U(sb)}` : '', sh ? `(bh % ${U(H)}) * ${U(sh)}` : ''];
+    const base = [...terms, l.offset ? U(l.offset) : ''].filter(Boolean).join(' + ') || '0u';
+    ops.push({ binding: l.binding, index: l.index, base, stride: ss });
+  }
+  return ops;
+}
+
+/** The binding indices of the row operands in `slots` (check directOperands first): those the schedule must store as f16. */
+export function directBindings(reads: FlashReads, inputs: readonly Node[], slots: readonly number[]): number[] {
+  const ops = directOperands(reads, inputs, slots, inputs[0].shape[1]);
+  if (typeof ops === 'string') throw new Error(`internal: ${ops}`);
+  return ops.map((o) => o.index);
+}
+
 /**
  * Statements: `name_c` (c < keys/8) = left · rightᵀ for the tile's keys, on the 16x8x8 config: `left(t)` names the
- * t-th 16x8 left fragment (t < width/8, in registers); the right fragments are rows jc + 8c … of the binding `src`
- * (row stride `width`, from `base`), loaded column-major; then stored into the f32 scratch `scratch` (stride
- * `stride`).
+ * t-th 16x8 left fragment (t < width/8, in registers); the right fragments are rows jc + 8c … of operand `src`
+ * (from `base`), loaded column-major; then stored into the f32 scratch `scratch` (stride `stride`).
  */
-export function productToScratch(ops: SgmatOps, name: string, left: (t: number) => string, src: string, base: string, width: number, keys: number, scratch: string, stride: number): string[] {
+export function productToScratch(ops: SgmatOps, name: string, left: (t: number) => string, src: DirectOperand, base: string, width: number, keys: number, scratch: string, stride: number): string[] {
   const U = u32Lit;
   const frags = keys / 8;
   return [
     ...range(frags).map((c) => `var ${name}_${c} = ${ops.zero(U(c))};`),
     ...range(width / 8).flatMap((t) =>
-      range(frags).map((c) => `${name}_${c} = ${ops.multiplyAccumulate(left(t), ops.loadRight(src, `${base} + (jc + ${U(8 * c)}) * ${U(width)} + ${U(8 * t)}`, U(width), true), `${name}_${c}`)};`),
+      range(frags).map((c) => `${name}_${c} = ${ops.multiplyAccumulate(left(t), ops.loadRight(src.binding, `${base} + (jc + ${U(8 * c)}) * ${U(src.stride)} + ${U(8 * t)}`, U(src.stride), true), `${name}_${c}`)};`),
     ),
     ...range(frags).map((c) => ops.store(scratch, U(8 * c), `${name}_${c}`, U(stride))),
   ];
@@ -61,15 +99,15 @@ export function productToScratch(ops: SgmatOps, name: string, left: (t: number) 
 
 /**
  * Statements: `acc_j` (j < width/8) += left · rows, on the 16x8x16 config: the left fragments are the tile's 16 x keys
- * f16 scratch `left` (stride `stride`), 16 columns at a time; the right ones rows jc + 16t … of the binding `src`
- * (row stride `width`, from `base`), row-major.
+ * f16 scratch `left` (stride `stride`), 16 columns at a time; the right ones rows jc + 16t … of operand `src` (from
+ * `base`), row-major.
  */
-export function accumulateRows(ops: SgmatOps, acc: string, left: string, stride: number, src: string, base: string, width: number, keys: number): string[] {
+export function accumulateRows(ops: SgmatOps, acc: string, left: string, stride: number, src: DirectOperand, base: string, width: number, keys: number): string[] {
   const U = u32Lit;
   return range(keys / 16).flatMap((t) => [
     '{',
     `  let ${acc}_l = ${ops.loadLeft(left, U(16 * t), U(stride))};`,
-    ...range(width / 8).map((j) => `  ${acc}_${j} = ${ops.multiplyAccumulate(`${acc}_l`, ops.loadRight(src, `${base} + ${t ? `(jc + ${U(16 * t)})` : 'jc'} * ${U(width)} + ${U(8 * j)}`, U(width)), `${acc}_${j}`)};`),
+    ...range(width / 8).map((j) => `  ${acc}_${j} = ${ops.multiplyAccumulate(`${acc}_l`, ops.loadRight(src.binding, `${base} + ${t ? `(jc + ${U(16 * t)})` : 'jc'} * ${U(src.stride)} + ${U(8 * j)}`, U(src.stride)), `${acc}_${j}`)};`),
     '}',
   ]);
 }

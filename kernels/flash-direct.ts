@@ -19,28 +19,36 @@
 //   last keys and counts only those not seen before. So Sq and Sk must be at least 16.
 // At the end out = O / l and lse = max + ln l (l sums the rounded weights, so out weighs exactly what it sums, as the
 // staged kernel does). q, k and v must be stored as f16 (Kernel.halfOnly: the schedule runs the fallback where one is
-// not). No mask, no views.
+// not). No mask. Views of one binding under an affine map (heads split from a fused projection) are read in place,
+// rows at their stride (kernels/view-affine.ts; their rows must start on 16 bytes).
 import type { Kernel, Target } from '../compiler/codegen/types.js';
 import type { Graph, Node } from '../compiler/ir/graph.js';
 import { f32Lit, u32Lit } from './elementwise.js';
-import { attentionGeometry, directReads, EXP_FLASH, flashKernel, withSecondOutput } from './flash-common.js';
-import { accumulateRows, DIRECT_ROWS, directDispatch, directKeys, directMain, directOperandsUnfit, fragmentsOut, productToScratch, scratchStride16, scratchStride32, sweepLoop } from './flash-direct-common.js';
+import { attentionGeometry, directReads, EXP_FLASH, flashKernel, withSecondOutput, type FlashReads } from './flash-common.js';
+import { accumulateRows, DIRECT_ROWS, directDispatch, directKeys, directMain, directOperands, directOperandsUnfit, fragmentsOut, productToScratch, scratchStride16, scratchStride32, sweepLoop } from './flash-direct-common.js';
 import { sgmatLanes, sgmatOps, sgmatSpelling } from './sgmat.js';
 
-/** Why the kernel cannot compute this attention node (inputs q, k, v) on `target`, or undefined. */
-export function flashDirectUnfit(graph: Graph, node: Node, target: Target, sibling?: Node): string | undefined {
+/** Why the kernel cannot compute this attention node (inputs q, k, v, read as `reads` says) on `target`, or undefined. */
+export function flashDirectUnfit(graph: Graph, node: Node, target: Target, sibling?: Node, reads: FlashReads = directReads(node)): string | undefined {
   if (node.op !== 'attention') return `${node.op} is not attention`;
   if (sibling && sibling.op !== 'attention_lse') return `its sibling is ${sibling.op}`;
   if (node.inputs.length !== 3) return 'a mask';
-  const [q, k, v] = node.inputs.map((i) => graph.node(i));
-  const g = attentionGeometry(node, q, k, v, undefined);
-  return directOperandsUnfit(graph, target, [q, k, v], [g.D, g.Dv], [g.Sq, g.Sk]);
+  const inputs = node.inputs.map((i) => graph.node(i));
+  const g = attentionGeometry(node, inputs[0], inputs[1], inputs[2], undefined);
+  const ops = directOperands(reads, inputs, [0, 1, 2], g.H);
+  return directOperandsUnfit(graph, target, inputs, [g.D, g.Dv], [g.Sq, g.Sk]) ?? (typeof ops === 'string' ? ops : undefined);
 }
 
-/** The `attention_flash_direct_f16` kernel of an attention node (and its attention_lse sibling); check flashDirectUnfit first. */
-export function flashDirectForwardKernel(node: Node, inputs: readonly Node[], target: Target, lse?: Node): Kernel {
+/**
+ * The `attention_flash_direct_f16` kernel of an attention node (and its attention_lse sibling), reading q, k and v as
+ * `reads` says (in place through affine views: kernels/view-affine.ts); check flashDirectUnfit first.
+ */
+export function flashDirectForwardKernel(node: Node, inputs: readonly Node[], target: Target, lse?: Node, reads: FlashReads = directReads(node)): Kernel {
   const [q, k, v] = inputs;
   const g = attentionGeometry(node, q, k, v, undefined);
+  const operands = directOperands(reads, inputs, [0, 1, 2], g.H);
+  if (typeof operands === 'string') throw new Error(`internal: attention %${node.id} on the direct kernel: ${operands}`);
+  const [oq, ok, ov] = operands;
   const U = u32Lit;
   const keys = directKeys(target, g.Sk);
   const spelling = sgmatSpelling(target);
@@ -50,7 +58,7 @@ export function flashDirectForwardKernel(node: Node, inputs: readonly Node[], ta
   const SS = scratchStride32(keys);
   const SP = scratchStride16(keys);
   const range = (n: number) => Array.from({ length: n }, (_, i) => i);
-  const scores = productToScratch(sOps, 's', (t) => `q_${t}`, 'in_1', 'kb', g.D, keys, 'tile_s', SS);
+  const scores = productToScratch(sOps, 's', (t) => `q_${t}`, ok, 'kb', g.D, keys, 'tile_s', SS);
   // A lane's rows: r = lane, lane + lanes, … (each row has one owner, so its statistics need no barrier).
   const ownRows = (lines: string[]) => [`    for (var r = lane; r < ${U(DIRECT_ROWS)}; r += lanes) {`, ...lines.map((l) => `      ${l}`), '    }'].join('\n');
   const scoreOf = `let s = tile_s[r * ${U(SS)} + j] * ${f32Lit(g.scale)};`;
@@ -84,7 +92,7 @@ ${ownRows([
   'row_l[r] = l;',
 ])}
     workgroupBarrier();
-${indent(accumulateRows(oOps, 'o', 'tile_p', SP, 'in_2', 'vb', g.Dv, keys))}`,
+${indent(accumulateRows(oOps, 'o', 'tile_p', SP, ov, 'vb', g.Dv, keys))}`,
   );
   const storeLse = lse
     ? `
@@ -92,15 +100,15 @@ ${indent(accumulateRows(oOps, 'o', 'tile_p', SP, 'in_2', 'vb', g.Dv, keys))}`,
     if (ra + r >= r0) { out_1[bh * ${U(g.Sq)} + ra + r] = row_m[r] + log_f32(row_l[r]); }
   }`
     : '';
-  const body = `  let qb = (bh * ${U(g.Sq)} + ra) * ${U(g.D)};
-  let kb = bh * ${U(g.Sk * g.D)};
-  let vb = bh * ${U(g.Sk * g.Dv)};
+  const body = `  let qb = ${oq.base} + ra * ${U(oq.stride)};
+  let kb = ${ok.base};
+  let vb = ${ov.base};
   for (var r = lane; r < ${U(DIRECT_ROWS)}; r += lanes) {
     row_m[r] = ${f32Lit(-Infinity)};
     row_l[r] = 0.0f;
   }
 ${range(g.D / 8)
-  .map((t) => `  let q_${t} = ${sOps.loadLeft('in_0', `qb + ${U(8 * t)}`, U(g.D))};`)
+  .map((t) => `  let q_${t} = ${sOps.loadLeft(oq.binding, `qb + ${U(8 * t)}`, U(oq.stride))};`)
   .join('\n')}
 ${pass1}
 ${range(g.Dv / 8)
@@ -117,7 +125,8 @@ var<workgroup> row_l: array<f32, ${DIRECT_ROWS}>;
 
 ${directMain(target, `One subgroup: ${DIRECT_ROWS} query rows of one (batch, head), keys in tiles of ${keys}, two passes.`, groups, dispatch, g.Sq, body)}`;
   const helpers = [sOps.helpers(), oOps.helpers()].filter(Boolean).join('\n\n');
-  const kernel = flashKernel(node, inputs, target, directReads(node), {
+  // Views are read at their affine offsets, never through their element functions: those are left out.
+  const kernel = flashKernel(node, inputs, target, { ...reads, helpers: '', lib: [] }, {
     name: `${lse ? 'attention_flash_lse_direct_f16' : 'attention_flash_direct_f16'}${keys === 16 ? '' : `_k${keys}`}`,
     body: helpers ? `${helpers}\n\n${main}` : main,
     workgroupSize: [sgmatLanes(target), 1, 1],

@@ -105,7 +105,7 @@ const minus = (e: string, k: number): string => (k === 0 ? e : `${e} - ${u32Lit(
  * Dims of `out` and `inp` (same element count, > 0) in consecutive groups of equal size: a reshape maps each
  * group of output dims onto its group of input dims alone.
  */
-function reshapeGroups(out: Shape, inp: Shape): { out: number[]; inp: number[] }[] {
+export function reshapeGroups(out: Shape, inp: Shape): { out: number[]; inp: number[] }[] {
   const groups: { out: number[]; inp: number[] }[] = [];
   let i = 0;
   let j = 0;

@@ -35,6 +35,7 @@ import { flashBackwardTiles } from '../../kernels/flash-backward.js';
 import { FlashTileError } from '../../kernels/flash-common.js';
 import { flashForwardTiles } from '../../kernels/flash-forward.js';
 import { planView, VIEW_OPS, type ViewPlan } from '../../kernels/view.js';
+import { affineView } from '../../kernels/view-affine.js';
 
 /** Attention-family ops and the input slots (row operands, [B, H, S, D]) their flash kernels read through views. */
 export const ATTENTION_VIEW_RULES: { readonly [op: string]: { readonly slots: readonly number[]; readonly applies?: (n: Node) => boolean } } = {
@@ -120,8 +121,10 @@ export function planAttentionViews(graph: Graph, live: ReadonlySet<number>, outp
     // A rounding runs once, in a kernel of its own (see the top of this file).
     if (prologue.some((id) => roundsToHalf(graph, graph.node(id)))) continue;
     const saves = prologue.length > 0 || view.inlined.some((id) => graph.node(id).op !== 'reshape');
-    const direct = flat && prologue.every((id) => keepsValues(graph, graph.node(id)));
-    if (saves && (prologue.length > 0 || view.inlined.includes(x))) operands.set(x, { view, prologue, ...(direct ? { direct } : {}) });
+    const keeps = prologue.every((id) => keepsValues(graph, graph.node(id)));
+    const direct = flat && keeps;
+    const affine = keeps ? affineView(graph, view) : undefined;
+    if (saves && (prologue.length > 0 || view.inlined.includes(x))) operands.set(x, { view, prologue, ...(direct ? { direct } : {}), ...(affine ? { affine } : {}) });
   }
 
   // Drop plans until every kernel reading them fits the bindings: the distinct storage it binds and its outputs.

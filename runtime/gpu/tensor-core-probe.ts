@@ -6,7 +6,7 @@
 import type { Kernel, Target } from '../../compiler/codegen/types.js';
 import { Builder } from '../../compiler/ir/builder.js';
 import type { Graph } from '../../compiler/ir/graph.js';
-import { directGradHalfSlots, flashDirectBackwardKernel } from '../../kernels/flash-direct-backward.js';
+import { directGradLoads, flashDirectBackwardKernel } from '../../kernels/flash-direct-backward.js';
 import { flashDirectForwardKernel } from '../../kernels/flash-direct.js';
 import { flashSgmatBackwardKernel } from '../../kernels/flash-sgmat-backward.js';
 import { flashSgmatForwardKernel } from '../../kernels/flash-sgmat.js';
@@ -41,7 +41,7 @@ export function probeKernels(target: Target): Kernel[] {
     flashSgmatForwardKernel(graph.node(att), inputsOf(att), target),
     flashSgmatBackwardKernel(graph.node(dk), inputsOf(dk), target, { sibling: graph.node(dv) }),
     ...(configs && target.tuning?.flashDirect ? [halfStorageKernel(flashDirectForwardKernel(graph.node(att), inputsOf(att), target), half([0, 1, 2]))] : []),
-    ...(configs && target.tuning?.flashDirectGrad ? [halfStorageKernel(flashDirectBackwardKernel(graph.node(dk), inputsOf(dk), target, graph.node(dv)), half(directGradHalfSlots('kv')))] : []),
+    ...(configs && target.tuning?.flashDirectGrad ? [halfStorageKernel(flashDirectBackwardKernel(graph.node(dk), inputsOf(dk), target, graph.node(dv)), half(directGradLoads('kv')))] : []),
   ];
 }
 
