@@ -10,11 +10,13 @@
 // - q·kᵀ on the 16x8x8 config: head dims that are multiples of 8 (EVA-G's 88, EVA-E's 112) need no padding, so no
 //   fragment reads past a row. q's D/8 left fragments are loaded once; kᵀ's right fragments are loaded
 //   column-major from k's rows in place.
-// - Two passes over the keys, in tiles of 16, 32 or 64 (Target.tuning.flashDirectKeys): the first takes each row's max of s·scale; the second computes
-//   p = e^{s·scale − max} rounded to f16 into a 16 x keys scratch, sums the rounded p into l, and accumulates P·v on the
-//   16x8x16 config into the output's Dv/8 result fragments, which stay in registers: with the final max known, no
-//   tile rescales them. q·kᵀ is computed twice (three products' work instead of two) to avoid the rescaling round
-//   trips through workgroup memory that bound the staged kernel.
+// - Two passes over the keys, in tiles of 16, 32 or 64 (Target.tuning.flashDirectKeys): the first takes each row's
+//   max of s·scale; the second computes p = e^{s·scale − max} rounded to f16 into a 16 x keys scratch, sums the
+//   rounded p into l, and accumulates P·v on the 16x8x16 config into the output's Dv/8 result fragments, which stay
+//   in registers: with the final max known, no tile rescales them. q·kᵀ is computed twice (three products' work
+//   instead of two) to avoid the rescaling round trips through workgroup memory that bound the staged kernel.
+// - The rows' statistics take every lane: on NVIDIA's 32, lanes l and l + 16 share row l % 16, each over half the
+//   keys, with partial maxima and sums in slots of their own, combined once after each pass.
 // - Ragged edges: a row tile past Sq reads the last 16 rows and keeps only its own; a key tile past Sk reads the
 //   last keys and counts only those not seen before. So Sq and Sk must be at least 16.
 // At the end out = O / l and lse = max + ln l (l sums the rounded weights, so out weighs exactly what it sums, as the
@@ -59,10 +61,16 @@ export function flashDirectForwardKernel(node: Node, inputs: readonly Node[], ta
   const SP = scratchStride16(keys);
   const range = (n: number) => Array.from({ length: n }, (_, i) => i);
   const scores = productToScratch(sOps, 's', (t) => `q_${t}`, ok, 'kb', g.D, keys, 'tile_s', SS);
-  // A lane's rows: r = lane, lane + lanes, … (each row has one owner, so its statistics need no barrier).
-  const ownRows = (lines: string[]) => [`    for (var r = lane; r < ${U(DIRECT_ROWS)}; r += lanes) {`, ...lines.map((l) => `      ${l}`), '    }'].join('\n');
-  const scoreOf = `let s = tile_s[r * ${U(SS)} + j] * ${f32Lit(g.scale)};`;
-  const counted = 'let counted = jc + j >= j0;';
+  // Lanes per subgroup at most / 16: the partial statistics' slots per row.
+  const partsMax = Math.max(1, Math.floor(sgmatLanes(target) / DIRECT_ROWS));
+  // Every lane works on the rows' statistics: with 16 lanes or more, lanes l and l + 16, … share row l % 16, each
+  // over its own part of the keys (j ≡ part mod parts), keeping a partial max (pass 1) and sum (pass 2) in a slot of
+  // its own (part_m, part_l: no barrier, no subgroup operation), combined once after each pass; with fewer lanes
+  // (the emulation's 4), each takes every 4th row whole.
+  const laneRows = (lines: string[]) =>
+    [`    for (var r = lane % 16u; r < ${U(DIRECT_ROWS)}; r += rstep) {`, ...lines.map((l) => `      ${l}`), '    }'].join('\n');
+  const keyLoop = (lines: string[]) => [`for (var j = part; j < ${U(keys)}; j += parts) {`, `  let s = tile_s[r * ${U(SS)} + j] * ${f32Lit(g.scale)};`, '  let counted = jc + j >= j0;', ...lines.map((l) => `  ${l}`), '}'];
+  const slot = `part * ${U(DIRECT_ROWS)} + r`;
   const indent = (lines: string[]) => lines.map((l) => `    ${l}`).join('\n');
   const pass1 = sweepLoop(
     target,
@@ -70,7 +78,7 @@ export function flashDirectForwardKernel(node: Node, inputs: readonly Node[], ta
     keys,
     `${indent(scores)}
     workgroupBarrier();
-${ownRows([`var mx = row_m[r];`, `for (var j = 0u; j < ${U(keys)}; j++) {`, `  ${scoreOf}`, `  ${counted}`, `  mx = select(mx, max(mx, s), counted);`, '}', 'row_m[r] = mx;'])}
+${laneRows([`var mx = part_m[${slot}];`, ...keyLoop(['mx = select(mx, max(mx, s), counted);']), `part_m[${slot}] = mx;`])}
     workgroupBarrier();`,
   );
   const pass2 = sweepLoop(
@@ -79,21 +87,21 @@ ${ownRows([`var mx = row_m[r];`, `for (var j = 0u; j < ${U(keys)}; j++) {`, `  $
     keys,
     `${indent(scores)}
     workgroupBarrier();
-${ownRows([
-  `let mx = row_m[r];`,
-  `var l = row_l[r];`,
-  `for (var j = 0u; j < ${U(keys)}; j++) {`,
-  `  ${scoreOf}`,
-  `  ${counted}`,
-  `  let p = f16(select(0.0f, exp_flash(s - mx), counted));`,
-  `  tile_p[r * ${U(SP)} + j] = p;`,
-  '  l += f32(p);',
-  '}',
-  'row_l[r] = l;',
+${laneRows([
+  'let mx = row_m[r];',
+  `var l = part_l[${slot}];`,
+  ...keyLoop(['let p = f16(select(0.0f, exp_flash(s - mx), counted));', `tile_p[r * ${U(SP)} + j] = p;`, 'l += f32(p);']),
+  `part_l[${slot}] = l;`,
 ])}
     workgroupBarrier();
 ${indent(accumulateRows(oOps, 'o', 'tile_p', SP, ov, 'vb', g.Dv, keys))}`,
   );
+  // A row's statistic from its parts' slots, in part order (the previous barrier ordered their writes).
+  const combine = (row: string, slots: string, op: (a: string, b: string) => string) => `  for (var r = lane; r < ${U(DIRECT_ROWS)}; r += lanes) {
+    var x = ${slots}[r];
+    for (var p = 1u; p < parts; p++) { x = ${op('x', `${slots}[p * ${U(DIRECT_ROWS)} + r]`)}; }
+    ${row}[r] = x;
+  }`;
   const storeLse = lse
     ? `
   for (var r = lane; r < ${U(DIRECT_ROWS)}; r += lanes) {
@@ -103,18 +111,24 @@ ${indent(accumulateRows(oOps, 'o', 'tile_p', SP, ov, 'vb', g.Dv, keys))}`,
   const body = `  let qb = ${oq.base} + ra * ${U(oq.stride)};
   let kb = ${ok.base};
   let vb = ${ov.base};
-  for (var r = lane; r < ${U(DIRECT_ROWS)}; r += lanes) {
-    row_m[r] = ${f32Lit(-Infinity)};
-    row_l[r] = 0.0f;
+  let parts = max(1u, lanes / 16u);
+  let part = lane / 16u;
+  let rstep = min(lanes, 16u);
+  for (var i = lane; i < ${U(DIRECT_ROWS * partsMax)}; i += lanes) {
+    part_m[i] = ${f32Lit(-Infinity)};
+    part_l[i] = 0.0f;
   }
 ${range(g.D / 8)
   .map((t) => `  let q_${t} = ${sOps.loadLeft(oq.binding, `qb + ${U(8 * t)}`, U(oq.stride))};`)
   .join('\n')}
 ${pass1}
+${combine('row_m', 'part_m', (a, b) => `max(${a}, ${b})`)}
+  workgroupBarrier();
 ${range(g.Dv / 8)
   .map((j) => `  var o_${j} = ${oOps.zero(U(j))};`)
   .join('\n')}
 ${pass2}
+${combine('row_l', 'part_l', (a, b) => `${a} + ${b}`)}
 ${fragmentsOut(oOps, 'o', g.Dv / 8, 'tile_s', keys, SS, 'out_0', g.Sq, g.Dv, (x) => `${x} / row_l[r]`)}${storeLse}`;
   const main = `${EXP_FLASH}
 
@@ -122,6 +136,8 @@ var<workgroup> tile_s: array<f32, ${DIRECT_ROWS * SS}>;
 var<workgroup> tile_p: array<f16, ${DIRECT_ROWS * SP}>;
 var<workgroup> row_m: array<f32, ${DIRECT_ROWS}>;
 var<workgroup> row_l: array<f32, ${DIRECT_ROWS}>;
+var<workgroup> part_m: array<f32, ${DIRECT_ROWS * partsMax}>;
+var<workgroup> part_l: array<f32, ${DIRECT_ROWS * partsMax}>;
 
 ${directMain(target, `One subgroup: ${DIRECT_ROWS} query rows of one (batch, head), keys in tiles of ${keys}, two passes.`, groups, dispatch, g.Sq, body)}`;
   const helpers = [sOps.helpers(), oOps.helpers()].filter(Boolean).join('\n\n');

@@ -61,8 +61,11 @@ export const sgmatSpelling = (target: Target): SgmatSpelling => (nativeSgmat(tar
 /** Invocations per emulated subgroup (emulation repeats the matrix loads per lane group: keep it small). */
 const EMULATED_LANES = 4;
 
-/** Invocations per subgroup a kernel is laid out for: natively the Target's largest (Dawn requires x to be a multiple). */
-export const sgmatLanes = (target: Target): number => (nativeSgmat(target) ? target.subgroupMaxSize : EMULATED_LANES);
+/**
+ * Invocations per subgroup a kernel is laid out for: natively the Target's largest (Dawn requires x to be a multiple);
+ * emulated 4, or Target.emulatedLanes (tests of code that depends on the lane count, such as NVIDIA's 32).
+ */
+export const sgmatLanes = (target: Target): number => (nativeSgmat(target) ? target.subgroupMaxSize : (target.emulatedLanes ?? EMULATED_LANES));
 
 /**
  * How a kernel knows its subgroup `sg`, its `lane` and the subgroup's `lanes`: natively the builtins (extra

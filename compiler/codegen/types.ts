@@ -25,6 +25,8 @@ export interface Target {
    * (runtime/gpu/tensor-core-probe.ts) picks the one the driver's Dawn accepts.
    */
   readonly subgroupMatrixSpelling?: 'template' | 'argument';
+  /** Invocations per emulated subgroup (kernels/sgmat.ts; default 4): tests set it to run a native lane count's code paths. */
+  readonly emulatedLanes?: number;
   /**
    * Choices forced for every kernel of a kind, by a tuning run (scripts/tune-sgmat.mjs) or a test; absent normally.
    * `tensorCoreAttention` turns on the subgroup-matrix flash kernels, which are off by default (kernels/attention.ts).

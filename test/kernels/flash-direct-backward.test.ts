@@ -130,21 +130,22 @@ test('the tensor-core probe compiles the direct flash kernels at device open whe
 
 describe('on the device (emulated subgroup matrices; native on a GPU that has them)', () => {
   const device = sgmatDevice();
-  const target = (keys?: 16 | 32 | 64): Target => {
-    const t = device.native() ? device.gpu().target : withConfigs(device.gpu().target, CONFIGS, 'direct');
+  // Emulated with `lanes` invocations per subgroup where given (NVIDIA's 32).
+  const target = (keys?: 16 | 32 | 64, lanes?: number): Target => {
+    const t = device.native() ? device.gpu().target : { ...withConfigs(device.gpu().target, CONFIGS, 'direct'), ...(lanes ? { emulatedLanes: lanes } : {}) };
     return { ...t, tuning: { ...t.tuning, flashDirectGrad: true, ...(keys ? { flashDirectKeys: keys } : {}) } };
   };
 
-  // [what, B, H, Sq, Sk, D, Dv, scale, wrts, keys per tile, the kernels expected]; few cases: lavapipe compiles
-  // each emulated kernel for seconds.
-  const CASES: [string, number, number, number, number, number, number, number | undefined, number[], 16 | 32 | 64 | undefined, string[]][] = [
+  // [what, B, H, Sq, Sk, D, Dv, scale, wrts, keys per tile, the kernels expected, emulated lanes]; few cases:
+  // lavapipe compiles each emulated kernel for seconds.
+  const CASES: [string, number, number, number, number, number, number, number | undefined, number[], 16 | 32 | 64 | undefined, string[], number?][] = [
     ['head dim 40, 37 queries, 45 keys (ragged owned and swept tiles), two heads: dq and dk+dv', 1, 2, 37, 45, 40, 40, undefined, [0, 1, 2], undefined, ['q', 'kv']],
-    ['head dim 24, v of 16 columns, batch 2, scale 0.3, keys in tiles of 32: dq and dv alone', 2, 1, 20, 70, 24, 16, 0.3, [0, 2], 32, ['q', 'v']],
+    ['head dim 24, v of 16 columns, batch 2, scale 0.3, keys in tiles of 32, 32 lanes: dq and dv alone', 2, 1, 20, 70, 24, 16, 0.3, [0, 2], 32, ['q', 'v'], 32],
     ['head dim 16, 70 queries, 17 keys, queries in tiles of 64: dk alone', 1, 1, 70, 17, 16, 16, undefined, [1], 64, ['k']],
   ];
-  for (const [what, B, H, Sq, Sk, D, Dv, scale, wrts, keys, kernels] of CASES) {
+  for (const [what, B, H, Sq, Sk, D, Dv, scale, wrts, keys, kernels, lanes] of CASES) {
     test(what, async () => {
-      const t = target(keys);
+      const t = target(keys, lanes);
       if (device.native()) assert.ok(CONFIGS.every((c) => sgmatConfig(t, c.M, c.N, c.K)), 'the GPU lists 16x8x8 and 16x8x16');
       const attrs: Attrs = scale === undefined ? {} : { scale };
       const { graph } = gradGraph(bhsd(B, H, Sq, D), bhsd(B, H, Sk, D), Dv, wrts, attrs);
