@@ -139,6 +139,7 @@ function program(): Command {
     .option('--top <n>', 'how many of the slowest single kernels to list (default 10)')
     .option('--adapter <name>', 'pick the GPU adapter whose name contains this')
     .option('--tuning <profile>', TUNING_HELP)
+    .option('--set <json>', 'kernel choices over the tuning profile\'s, as JSON (e.g. \'{"flashDirect": true}\'): what the program would take with them')
     .option('--kernels <which>', KERNELS_HELP, 'auto')
     .action(async (bundle: string, opts: import('./commands/profile.js').ProfileCliOptions) => {
       process.exitCode = await (await import('./commands/profile.js')).runProfileCommand(bundle, opts);

@@ -50,8 +50,13 @@ step tune-profile "$TUNE_PROFILE_SECS" node bin/visft.js tune ${TUNE_GROUPS:+--g
 # The same on a whole program: EVA-G's stage-2 training step under fp16 (forward and the LoRA gradients, one
 # 224x224 image), compiled here, with seeded weights; its profile goes beside the other (not applied by later steps).
 # Where EVA-G's stage-2 fp16 training step spends its time on this GPU, kernel by kernel, under the profile that
-# applies (the shipped one where the driver matches): what to work on next.
-step profile-model 90 bash -c 'node bin/visft.js compile pipelines/visft_eva_g.visft --entry eva --stage stage2 --vjp --precision fp16 --shape image=1x3x224x224 -o /tmp/visft-eva-g-step.visftx && node bin/visft.js profile /tmp/visft-eva-g-step.visftx --tuning auto --repeat 3 --top 20'
+# applies (the shipped one where the driver matches)
+# (tune-profile's when it wrote one) applies: what to work on next. profile-model-direct: the same with the
+# tensor-core kernels that load from storage forced on (visft profile --set), whatever the tuner adopted.
+EVA_STEP='test -f /tmp/visft-eva-g-step.visftx || node bin/visft.js compile pipelines/visft_eva_g.visft --entry eva --stage stage2 --vjp --precision fp16 --shape image=1x3x224x224 -o /tmp/visft-eva-g-step.visftx'
+STEP_TUNING='$(test -f /tmp/visft-tuning/profile.json && echo /tmp/visft-tuning/profile.json || echo auto)'
+step profile-model 90 bash -c "$EVA_STEP && node bin/visft.js profile /tmp/visft-eva-g-step.visftx --tuning $STEP_TUNING --repeat 3 --top 20"
+step profile-model-direct 90 bash -c "$EVA_STEP && node bin/visft.js profile /tmp/visft-eva-g-step.visftx --tuning $STEP_TUNING --set '{\"sgmatDirect\": true, \"flashDirect\": true, \"flashDirectGrad\": true}' --repeat 3 --top 20"
 step tune-model 200 bash -c 'node bin/visft.js compile pipelines/visft_eva_g.visft --entry eva --stage stage2 --vjp --precision fp16 --shape image=1x3x224x224 -o /tmp/visft-eva-g-step.visftx && node bin/visft.js tune /tmp/visft-eva-g-step.visftx --seconds 150 --groups "dawn robustness,matmul K split target,f32 flash attention forward,f16 attention on tensor cores,f16 matmul tensor-core tiles" --out /tmp/visft-tuning/eva-g-step.json'
 # Dawn's robustness transform clamps every array index in our shaders and wraps every subgroup-matrix load and
 # store whose offset is not constant in an if, through a function-scope variable (Tint's core.Robustness with

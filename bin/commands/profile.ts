@@ -1,4 +1,4 @@
-// `visft profile BUNDLE [--repeat N] [--top N] [--json] [--adapter NAME] [--tuning auto|none|FILE] [--kernels ...]`:
+// `visft profile BUNDLE [--repeat N] [--top N] [--json] [--adapter NAME] [--tuning auto|none|FILE] [--set JSON] [--kernels ...]`:
 // where a compiled program's GPU time goes (runtime/bench/profile-program.ts). It runs what `visft run` would run
 // on this adapter (the same kernel choice and tuning profile), on seeded data (inputs in [-1, 1), parameters in
 // [-0.02, 0.02): the tuner's bundle data), so no weights are needed. Exit 0, 1 on GPU errors, 2 for usage errors.
@@ -10,6 +10,8 @@ import { openDevice } from '../../runtime/gpu/device.js';
 import { GpuError } from '../../runtime/gpu/errors.js';
 import { bundleCase } from '../../runtime/tune/pair-timing.js';
 import { describeProfile, profileSummary } from '../../runtime/tune/profile.js';
+import { validateTuning } from '../../runtime/tune/tuning-schema.js';
+import type { Target } from '../../compiler/codegen/types.js';
 import { kernelChoiceArg, readBundleArg } from './bundle-args.js';
 import { gpuErrorExit, UsageError } from './errors.js';
 
@@ -20,6 +22,21 @@ export interface ProfileCliOptions {
   adapter?: string;
   tuning?: string;
   kernels?: string;
+  set?: string;
+}
+
+/** `--set`: Target.tuning choices as JSON, checked. */
+function tuningSetArg(value: string | undefined): Target['tuning'] {
+  if (value === undefined) return undefined;
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(value);
+  } catch (e) {
+    throw new UsageError(`--set takes kernel choices as JSON (e.g. '{"flashDirect": true}'), not '${value}': ${(e as Error).message}`);
+  }
+  const why = validateTuning(parsed);
+  if (why) throw new UsageError(`--set: ${why.startsWith('.') ? `tuning${why}` : why}`);
+  return parsed as Target['tuning'];
 }
 
 function count(value: string | undefined, option: string, fallback: number, max: number): number {
@@ -33,10 +50,11 @@ export async function runProfileCommand(file: string, opts: ProfileCliOptions): 
   const repeat = count(opts.repeat, '--repeat', 5, 100);
   const top = count(opts.top, '--top', 10, 1000);
   const kernels = kernelChoiceArg(opts.kernels);
+  const tuningSet = tuningSetArg(opts.set);
   const { bundle, graph } = readBundleArg(file);
   if (!bundle.gpu) throw new UsageError(`${file} has no GPU kernels: compile it with this visft`);
   try {
-    const gpu = await openDevice({ adapter: opts.adapter, tuning: opts.tuning, profiling: true });
+    const gpu = await openDevice({ adapter: opts.adapter, tuning: opts.tuning, tuningSet, profiling: true });
     try {
       if (!hasTimestamps(gpu)) throw new GpuError(`the adapter ${gpu.info.description || gpu.target.name} has no timestamp queries: nothing to time kernels with`, 'profiling', 'validation');
       const { program, rescheduled } = bundleProgramFor(bundle, graph, file, gpu.target, kernels);
@@ -46,7 +64,7 @@ export async function runProfileCommand(file: string, opts: ProfileCliOptions): 
       try {
         await timed.warm(2);
         const p = await profileProgram(timed, repeat, top);
-        const device = { adapter: gpu.info.description || gpu.target.name, backend: gpu.backend ?? '', tuning: gpu.tuningProfile?.file ?? null, ...(rescheduled ? { rescheduled } : {}) };
+        const device = { adapter: gpu.info.description || gpu.target.name, backend: gpu.backend ?? '', tuning: gpu.tuningProfile?.file ?? null, ...(tuningSet ? { set: tuningSet } : {}), ...(rescheduled ? { rescheduled } : {}) };
         if (opts.json) {
           process.stdout.write(JSON.stringify({ bundle: file, device, repeat, ...p }, null, 2) + '\n');
           return 0;
@@ -54,6 +72,7 @@ export async function runProfileCommand(file: string, opts: ProfileCliOptions): 
         const w = (s: string) => process.stdout.write(s + '\n');
         w(`device: ${device.adapter} (${device.backend || 'default backend'})`);
         w(`tuning profile: ${gpu.tuningProfile ? describeProfile(profileSummary(gpu.tuningProfile)) : 'none'}`);
+        if (tuningSet) w(`kernel choices set${gpu.tuningProfile ? ' over the profile' : ''}: ${JSON.stringify(tuningSet)}`);
         if (rescheduled) w(`kernels: scheduled for ${gpu.target.name} (${rescheduled})`);
         w(`${file}: ${p.kernels} kernels; one pass ${p.passMs.toFixed(3)} ms; each in a pass of its own ${p.kernelsMs.toFixed(3)} ms in all (GPU timestamps, medians of ${repeat} runs; seeded data)`);
         const table = (title: string, rows: typeof p.byName) => {

@@ -28,6 +28,8 @@ export interface OpenDeviceOptions {
    * file. Default: $VISFT_TUNING, else 'auto'.
    */
   tuning?: string;
+  /** Kernel choices over the profile's (or the defaults', without one): an experiment's, e.g. `visft profile --set`. */
+  tuningSet?: Target['tuning'];
 }
 
 export interface AdapterDescription {
@@ -318,10 +320,9 @@ export async function openDevice(options: OpenDeviceOptions = {}): Promise<GpuDe
     await opened.destroy();
     return openDevice({ ...options, toggles: [...(options.toggles ?? []), ...wanted], tuning: loaded.file, adapter: options.adapter ?? (opened.info.description || undefined) });
   }
-  if (loaded) {
-    opened.tuningProfile = loaded;
-    if (Object.keys(loaded.profile.tuning).length) opened.target = { ...opened.target, tuning: loaded.profile.tuning };
-  }
+  if (loaded) opened.tuningProfile = loaded;
+  const tuning = { ...(loaded?.profile.tuning ?? {}), ...(options.tuningSet ?? {}) };
+  if (Object.keys(tuning).length) opened.target = { ...opened.target, tuning };
   const probe = await probeTensorCores(device, opened.target);
   if (probe && 'problem' in probe) {
     opened.target = { ...opened.target, subgroupMatrixConfigs: [] };

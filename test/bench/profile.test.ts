@@ -90,6 +90,9 @@ test('bad profile arguments are one-line errors', () => {
     [['profile', notBundle], /not\.visftx is not a visft bundle/],
     [['profile', notBundle, '--repeat', '0'], /--repeat takes a whole number from 1 to 100, not '0'/],
     [['profile', notBundle, '--kernels', 'some'], /--kernels is auto, bundle, device, not 'some'/],
+    [['profile', notBundle, '--set', '{oops'], /--set takes kernel choices as JSON .* not '\{oops'/],
+    [['profile', notBundle, '--set', '{"flashDirect": 1}'], /--set: tuning\.flashDirect: expected true or false/],
+    [['profile', notBundle, '--set', '{"nope": true}'], /--set: tuning\.nope: not a known field/],
   ];
   for (const [args, message] of cases) {
     const r = visft(...args);
@@ -97,4 +100,22 @@ test('bad profile arguments are one-line errors', () => {
     assert.match(r.stderr, message);
     assert.doesNotMatch(r.stderr, /\n\s+at /, 'no stack trace');
   }
+});
+
+test('--set: kernel choices over the tuning profile (here none), in the device Target and named in the output', async () => {
+  const gpu = await openDevice({ tuning: 'none', tuningSet: { flashCaps: { workgroup: 16 }, vectorLoads: false } });
+  try {
+    assert.deepEqual(gpu.target.tuning, { flashCaps: { workgroup: 16 }, vectorLoads: false });
+  } finally {
+    await gpu.destroy();
+  }
+  const bundle = join(dir, 'set.visftx');
+  const c = visft('compile', fileURLToPath(new URL('../../../pipelines/eva_tiny.visft', import.meta.url)), '--entry', 'eva', '--shape', 'image=1x3x28x28', '-o', bundle);
+  assert.equal(c.status, 0, c.stderr);
+  const r = visft('profile', bundle, '--repeat', '1', '--json', '--set', '{"vectorLoads": false}');
+  assert.equal(r.status, 0, r.stderr);
+  assert.deepEqual((JSON.parse(r.stdout) as { device: { set: unknown } }).device.set, { vectorLoads: false });
+  const t = visft('profile', bundle, '--repeat', '1', '--set', '{"vectorLoads": false}');
+  assert.equal(t.status, 0, t.stderr);
+  assert.match(t.stdout, /\ntuning profile: none\nkernel choices set: \{"vectorLoads":false\}\n/);
 });
