@@ -7,10 +7,10 @@
 // Ragged edges: an owned tile past its length reads the last 16 rows and writes only its own; a swept tile past its
 // length reads the last `keys` rows and counts only those not seen before (jc + j >= j0). So both lengths must be at
 // least 16 and `keys`.
-import type { Graph, Node } from '../compiler/ir/graph.js';
-import { rowLayout, type FlashReads } from './flash-common.js';
 import { isExactHalf } from '../compiler/codegen/half.js';
 import type { Target } from '../compiler/codegen/types.js';
+import type { Graph, Node } from '../compiler/ir/graph.js';
+import { rowLayout, type FlashReads } from './flash-common.js';
 import { dispatchGroups, flatGroupExpr, u32Lit, unboundedLoop } from './elementwise.js';
 import { PAD16, PAD32 } from './flash-sgmat-common.js';
 import { nativeSgmat, sgmatConfig, sgmatIds, sgmatLanes, type SgmatOps } from './sgmat.js';
@@ -65,6 +65,7 @@ export function directOperands(reads: FlashReads, inputs: readonly Node[], slots
     if (!l) return `input ${slot} is read through a view that is no affine map of one binding`;
     const [sb, sh, ss, sd] = l.strides;
     if (sd !== 1) return `input ${slot}'s rows are not contiguous (element stride ${sd})`;
+    if (ss < inputs[slot].shape[3]) return `input ${slot}'s rows overlap (row stride ${ss})`;
     if ([l.offset, sb, sh, ss].some((x) => x % 8)) return `input ${slot}'s rows do not start on 16 bytes (offset ${l.offset}, strides ${l.strides.join(', ')})`;
     const terms = sb === H * sh ? [sh ? `bh * ${U(sh)}` : ''] : [sb ? `(bh / ${U(H)}) * ${U(sb)}` : '', sh ? `(bh % ${U(H)}) * ${U(sh)}` : ''];
     const base = [...terms, l.offset ? U(l.offset) : ''].filter(Boolean).join(' + ') || '0u';

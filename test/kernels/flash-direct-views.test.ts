@@ -65,10 +65,16 @@ describe('as generated for the H200', () => {
     assert.doesNotMatch(kv.wgsl, /fn [qkvg]v\d/, 'no view functions');
   });
 
-  test('a view whose rows do not start on 16 bytes takes the other kernels', () => {
+  test('a view whose rows do not start on 16 bytes, or whose rows overlap (one key broadcast), takes the other kernels', () => {
     const names = attentionKernels(viewGraph(1, 2, 40, 16, 4), { ...H200, tuning: DIRECT });
     assert.ok(names.length > 0 && names.every((n) => !/direct/.test(n)), names.join(' '));
     assert.ok(attentionKernels(viewGraph(1, 2, 40, 16, 8), { ...H200, tuning: DIRECT }).every((n) => /direct/.test(n)));
+    const b = new Builder();
+    const round = (id: number) => b.add('cast', [b.add('cast', [id], { dtype: 'f16' })], { dtype: 'f32' });
+    const [q, k1, v] = [b.input('q', [1, 2, 40, 16]), b.input('k', [1, 2, 1, 16]), b.input('v', [1, 2, 40, 16])].map(round);
+    b.output('y', b.add('attention', [q, b.add('expand', [k1], { shape: [1, 2, 40, 16] }), v]));
+    const broadcast = attentionKernels(b.graph, { ...H200, tuning: DIRECT });
+    assert.ok(broadcast.length === 1 && !/direct/.test(broadcast[0]) && /_kv/.test(broadcast[0]), broadcast.join(' '));
   });
 });
 
