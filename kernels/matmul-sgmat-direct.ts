@@ -19,6 +19,9 @@ import { assemble, tileOrigin, type MatmulDims, type MatmulOutput } from './matm
 import { fragmentEpilogue, fragmentProducts, fragmentsOf, sgmatChoice, sgmatKernelHead, sgmatMatmul, type SgmatTiles } from './matmul-sgmat.js';
 import { sgmatIds, sgmatLanes, sgmatOps, sgmatSpelling, type SgmatShape } from './sgmat.js';
 
+/** WGSL: 2^s for s in [-126, 127], a normal f32 built from its bits (exact, unlike a library exp2 or ldexp's edges). */
+export const POW2_FN = 'fn pow2(s: i32) -> f32 { return bitcast<f32>(u32(s + 127) << 23u); }';
+
 /** Why the direct kernel cannot compute this problem, or undefined when it can. */
 export function directUnfit(d: MatmulDims, shape: SgmatShape, out: MatmulOutput): string | undefined {
   if (d.viewA || d.viewB) return 'an operand is read through a view';
@@ -40,7 +43,20 @@ export function sgmatKernel(out: MatmulOutput, inputs: readonly Node[], target: 
   return { ...sgmatDirectMatmul(out, inputs, target, d, suffix, shape, t), halfOnly: { bindings: [0, 1], fallback: staged } };
 }
 
-function sgmatDirectMatmul(out: MatmulOutput, inputs: readonly Node[], target: Target, d: MatmulDims, suffix: string, shape: SgmatShape, t: SgmatTiles): Kernel {
+/**
+ * f32 operands split into f16 pairs (kernels/matmul-split16.ts): in_0 and in_1 are f16 arrays holding each operand's
+ * hi part (in its own layout), its lo part from `aLo` / `bLo`, and a power-of-two exponent per output row of a (from
+ * `aScales`) and per output column of b (from `bScales`) by which the parts were scaled.
+ */
+export interface SplitOperands {
+  readonly aLo: number;
+  readonly bLo: number;
+  readonly aScales: number;
+  readonly bScales: number;
+}
+
+/** The direct kernel; with `split`, the product of split operands: hi·hi' + hi·lo' + lo·hi' per step, scaled back. */
+export function sgmatDirectMatmul(out: MatmulOutput, inputs: readonly Node[], target: Target, d: MatmulDims, suffix: string, shape: SgmatShape, t: SgmatTiles, split?: SplitOperands): Kernel {
   const U = u32Lit;
   const { m: fm, n: fn, k: fk } = shape;
   const lanes = sgmatLanes(target);
@@ -56,10 +72,24 @@ function sgmatDirectMatmul(out: MatmulOutput, inputs: readonly Node[], target: T
   const [gy, gz] = dispatchGroups(G, target);
   const origin = tileOrigin(d, tilesM, bm, range);
   // a[row, k] at oa + row·K + k (transposed: oa + k·M + row); b[k, col] at ob + k·N + col (transposed: ob + col·K + k).
-  const left = (i: number, k: string) => (d.transA ? ops.loadLeft('in_0', `oa + (${k}) * ${U(d.m)} + ra_${i}`, U(d.m), true) : ops.loadLeft('in_0', `oa + ra_${i} * ${U(d.k)} + ${k}`, U(d.k)));
-  const right = (j: number, k: string) => (d.transB ? ops.loadRight('in_1', `ob + cb_${j} * ${U(d.k)} + ${k}`, U(d.k), true) : ops.loadRight('in_1', `ob + (${k}) * ${U(d.n)} + cb_${j}`, U(d.n)));
-  const step = (k: string, indent: string) =>
-    ['{', ...fragmentProducts(t, ops, (i) => left(i, k), (j) => right(j, k)).map((l) => `  ${l}`), '}'].map((l) => indent + l).join('\n');
+  // `at` offsets a split operand's lo part.
+  const left = (i: number, k: string, at = '') => (d.transA ? ops.loadLeft('in_0', `${at}oa + (${k}) * ${U(d.m)} + ra_${i}`, U(d.m), true) : ops.loadLeft('in_0', `${at}oa + ra_${i} * ${U(d.k)} + ${k}`, U(d.k)));
+  const right = (j: number, k: string, at = '') => (d.transB ? ops.loadRight('in_1', `${at}ob + cb_${j} * ${U(d.k)} + ${k}`, U(d.k), true) : ops.loadRight('in_1', `${at}ob + (${k}) * ${U(d.n)} + cb_${j}`, U(d.n)));
+  const products = (k: string) =>
+    split
+      ? [
+          ...fragmentProducts(t, ops, (i) => left(i, k), (j) => right(j, k)),
+          ...Array.from({ length: t.fm }, (_, i) => `let al_${i} = ${left(i, k, `${U(split.aLo)} + `)};`),
+          ...Array.from({ length: t.fn }, (_, j) => `let bl_${j} = ${right(j, k, `${U(split.bLo)} + `)};`),
+          ...frags.flatMap(([i, j]) => [`acc_${i}_${j} = ${ops.multiplyAccumulate(`a_${i}`, `bl_${j}`, `acc_${i}_${j}`)};`, `acc_${i}_${j} = ${ops.multiplyAccumulate(`al_${i}`, `b_${j}`, `acc_${i}_${j}`)};`]),
+        ]
+      : fragmentProducts(t, ops, (i) => left(i, k), (j) => right(j, k));
+  const step = (k: string, indent: string) => ['{', ...products(k).map((l) => `  ${l}`), '}'].map((l) => indent + l).join('\n');
+  // Split operands: each element times 2^-(its row's and column's exponents), both within ±126, so each factor is a
+  // normal f32 and the scaling exact (unless the product itself falls below f32's normal range).
+  const unscale = split
+    ? (v: string) => `${v} * pow2(-i32(f32(in_0[${U(split.aScales)} + oa / ${U(d.k)} + row]))) * pow2(-i32(f32(in_1[${U(split.bScales)} + ob / ${U(d.k)} + col])))`
+    : undefined;
   // The loop takes `unroll` fragment steps at a time (the staged kernel's K step), then single steps to the end.
   const unroll = Math.max(1, Math.floor(t.bk / fk));
   const wide = unroll * fk;
@@ -86,9 +116,10 @@ ${Array.from({ length: unroll }, (_, s) => step(s === 0 ? 'k' : `k + ${U(s * fk)
 ${step('k', '      ')}
     }
   }
-${frags.map(([i, j]) => fragmentEpilogue(out, d, { shape, tiles: t }, ops, i, j, target, { row: (x) => `ra_${x}`, col: (y) => `cb_${y}`, keep: (x, y) => `row >= r_${x} && col >= c_${y}` })).join('\n')}
+${frags.map(([i, j]) => fragmentEpilogue(out, d, { shape, tiles: t }, ops, i, j, target, { row: (x) => `ra_${x}`, col: (y) => `cb_${y}`, keep: (x, y) => `row >= r_${x} && col >= c_${y}` }, unscale)).join('\n')}
 }`;
-  const helpers = ops.helpers();
-  const kernel = assemble(out, inputs, target, `matmul_sgmat_direct_f16${range ? `_ks${range.splits}` : ''}${suffix}`, { body: helpers ? `${helpers}\n\n${main}` : main, workgroupSize: [T, 1, 1], dispatch: [Math.ceil(d.n / bn), gy, gz] });
+  const helpers = [ops.helpers(), split ? POW2_FN : ''].filter(Boolean).join('\n\n');
+  const name = split ? 'matmul_split16_f32' : 'matmul_sgmat_direct_f16';
+  const kernel = assemble(out, inputs, target, `${name}${range ? `_ks${range.splits}` : ''}${suffix}`, { body: helpers ? `${helpers}\n\n${main}` : main, workgroupSize: [T, 1, 1], dispatch: [Math.ceil(d.n / bn), gy, gz] });
   return { ...kernel, wgsl: `${ops.directives}\n${kernel.wgsl}` };
 }

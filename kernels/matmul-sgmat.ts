@@ -120,15 +120,18 @@ export interface EpilogueLayout {
   readonly tiles: SgmatTiles;
 }
 
-/** WGSL: the epilogue of fragment (i, j): store it to the subgroup's scratch, then each lane finishes its elements. */
-export function fragmentEpilogue(out: MatmulOutput, d: MatmulDims, l: EpilogueLayout, ops: ReturnType<typeof sgmatOps>, i: number, j: number, target: Target, at: FragmentOrigin = tileFragments(l.shape)): string {
+/**
+ * WGSL: the epilogue of fragment (i, j): store it to the subgroup's scratch, then each lane finishes its elements.
+ * `valueOf` maps the product's element (`row`, `col` in scope) before the output's epilogue.
+ */
+export function fragmentEpilogue(out: MatmulOutput, d: MatmulDims, l: EpilogueLayout, ops: ReturnType<typeof sgmatOps>, i: number, j: number, target: Target, at: FragmentOrigin = tileFragments(l.shape), valueOf: (v: string) => string = (v) => v): string {
   const { m: fm, n: fn } = l.shape;
   const F = u32Lit(fm * fn);
   const [M, N] = [u32Lit(d.m), u32Lit(d.n)];
   const second = out.second;
   // K split: half 0's subgroups add half 1's sums (the subgroup WM x WN past theirs) to their own.
   const P = l.tiles.wm * l.tiles.wn;
-  const value = (l.tiles.ksplit ?? 1) === 1 ? `tile_c[sg * ${F} + e]` : `(tile_c[sg * ${F} + e] + tile_c[(sg + ${u32Lit(P)}) * ${F} + e])`;
+  const value = valueOf((l.tiles.ksplit ?? 1) === 1 ? `tile_c[sg * ${F} + e]` : `(tile_c[sg * ${F} + e] + tile_c[(sg + ${u32Lit(P)}) * ${F} + e])`);
   const store = out.store(value, `oc + row * ${N} + col`, second ? 'acc2' : undefined);
   const sum2 = second
     ? `

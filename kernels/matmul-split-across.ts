@@ -12,6 +12,7 @@ import { numel, type Node } from '../compiler/ir/graph.js';
 import { bindingDecls, flatKernel, u32Lit, unboundedLoop } from './elementwise.js';
 import { DIRECT_READS, matmulGrid, matmulKernel, plainOutput, softwareTarget, storeBlock, type KRange, type MatmulOutput, type MatmulReads, type MatmulVariant, type OperandViews } from './matmul.js';
 import type { SgmatTiles } from './matmul-sgmat.js';
+import { split16Chain, split16Unfit } from './matmul-split16.js';
 
 /** The scratch placeholder of the partial products. */
 export const PARTIALS: Scratch['ref'] = -1;
@@ -109,8 +110,12 @@ export function matmulChain(node: Node, inputs: readonly Node[], target: Target,
   return splits > 1 ? splitAcrossChain(node, inputs, target, variant, splits, out, reads, views) : undefined;
 }
 
-/** The kernels computing a matmul: matmulChain's where it splits K, else the one kernel (a chain without scratch). */
+/**
+ * The kernels computing a matmul: an f32 product's split onto the tensor cores where the tuning asks for it
+ * (kernels/matmul-split16.ts), matmulChain's where it splits K, else the one kernel (a chain without scratch).
+ */
 export function matmulKernels(node: Node, inputs: readonly Node[], target: Target, variant: MatmulVariant, out: MatmulOutput = plainOutput(node), reads: MatmulReads = DIRECT_READS, views: OperandViews = [undefined, undefined]): KernelChain {
+  if ((variant === 'tiled' || variant === 'blocked') && split16Unfit(node, inputs, target, out, reads, views) === undefined) return split16Chain(node, inputs, target, out, reads);
   return matmulChain(node, inputs, target, variant, out, reads, views) ?? { kernels: [matmulKernel(node, inputs, target, variant, out, reads, views)], scratch: [] };
 }
 

@@ -91,7 +91,7 @@ export function isLastTwoSwap(n: Node): boolean {
 /** The suffix naming a kernel's transposed reads. */
 export const readsSuffix = (d: MatmulDims): string => `${d.transA ? '_at' : d.viewA ? '_av' : ''}${d.transB ? '_bt' : d.viewB ? '_bv' : ''}`;
 
-function dims(node: Node, inputs: readonly Node[], reads: MatmulReads = DIRECT_READS): MatmulDims {
+export function matmulDims(node: Node, inputs: readonly Node[], reads: MatmulReads = DIRECT_READS): MatmulDims {
   const [a, b] = inputs;
   const [transA, transB] = reads;
   const [m, k] = a.shape.slice(-2);
@@ -118,7 +118,7 @@ function dims(node: Node, inputs: readonly Node[], reads: MatmulReads = DIRECT_R
 
 /** A product's problem size as its kernel sees it: batch dims over a shared right operand fold into M. */
 export function productDims(node: Node, inputs: readonly Node[]): { readonly m: number; readonly k: number; readonly n: number; readonly batch: number } {
-  const { m, k, n, batch } = dims(node, inputs);
+  const { m, k, n, batch } = matmulDims(node, inputs);
   return { m, k, n, batch };
 }
 
@@ -127,7 +127,7 @@ export function productDims(node: Node, inputs: readonly Node[]): { readonly m: 
  * (graphMatmulVariant knows), so the subgroup-matrix variant computes the same products where the Target has it.
  */
 export function matmulVariant(node: Node, inputs: readonly Node[], target: Target, halfOperands = false): MatmulVariant {
-  const d = dims(node, inputs);
+  const d = matmulDims(node, inputs);
   const outs = d.batch * d.m * d.n;
   if (outs < SMALL_OUTPUT) return d.k >= SPLITK_MIN_K ? 'splitk' : 'naive';
   if (outs * d.k < SMALL_WORK || d.m < 16 || d.n < 16) return 'naive';
@@ -186,7 +186,7 @@ export interface KRange {
  * halves' steps). The tiled variant's tiles follow Target.tuning.tiledTiles.
  */
 export function matmulGrid(node: Node, inputs: readonly Node[], target: Target, variant: 'tiled' | 'sgmat', reads: MatmulReads = DIRECT_READS, tiles?: SgmatTiles): { readonly rows: number; readonly cols: number; readonly kStep: number } {
-  const d = dims(node, inputs, reads);
+  const d = matmulDims(node, inputs, reads);
   const g = variant === 'sgmat' ? sgmatGrid(target, d, tiles) : tiledGrid(target);
   return { rows: Math.ceil(d.m / g.bm) * d.batch, cols: Math.ceil(d.n / g.bn), kStep: g.kStep };
 }
@@ -250,7 +250,7 @@ export function assemble(out: MatmulOutput, inputs: readonly Node[], target: Tar
  * The output and operands a kernel binds when it reads some operands transposed: the permute's input (its
  * storage) instead of the permute, which becomes one of the nodes the kernel computes.
  */
-function bindStorage(out: MatmulOutput, inputs: readonly Node[], reads: MatmulReads): { out: MatmulOutput; inputs: Node[] } {
+export function bindStorage(out: MatmulOutput, inputs: readonly Node[], reads: MatmulReads): { out: MatmulOutput; inputs: Node[] } {
   if (!reads[0] && !reads[1]) return { out, inputs: [...inputs] };
   const bound = inputs.map((n, i) => (reads[i] ? transposedSource(n) : n));
   const permutes = [...new Set(inputs.filter((_, i) => reads[i]).map((n) => n.id))];
@@ -604,7 +604,7 @@ export function matmulKernel(
   sgmatTiles?: SgmatTiles,
 ): Kernel {
   if ((views[0] && reads[0]) || (views[1] && reads[1])) throw new Error(`internal: matmul %${node.id}: an operand is read both transposed and through a view`);
-  const plain = dims(node, inputs, reads);
+  const plain = matmulDims(node, inputs, reads);
   const [va, vb] = views;
   const d: MatmulDims = {
     ...plain,

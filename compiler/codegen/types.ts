@@ -40,6 +40,11 @@ export interface Target {
      * workgroup memory, no barriers in its K loop; kernels/matmul-sgmat-direct.ts) where it can. Unmeasured.
      */
     readonly sgmatDirect?: boolean;
+    /**
+     * f32 matmuls on the f16 tensor cores at f32 accuracy: operands split into f16 pairs, three products per step
+     * (kernels/matmul-split16.ts), where the target has subgroup matrices. Unmeasured.
+     */
+    readonly f32TensorCores?: boolean;
     readonly flashSgmatTiles?: FlashSgmatTiles;
     readonly tiledStaging?: Staging;
     readonly tiledKSplit?: 1 | 2;

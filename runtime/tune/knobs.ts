@@ -73,6 +73,18 @@ export const TUNE_GROUPS: readonly TuneGroup[] = [
     ],
   },
   {
+    // f32 products on the f16 tensor cores at f32 accuracy (kernels/matmul-split16.ts): each operand split into a
+    // scaled f16 pair, three products per step. No FMA kernel reached 0.9x cuBLAS FP32 on the H200 (session 13).
+    name: 'f32 matmul on tensor cores',
+    rows: isMatmul('f32'),
+    applies: tensorCores,
+    options: [
+      // Its tiles are the tensor-core kernels' defaults, never the f16 group's sgmatTiles (no choice here changes
+      // a program that this group does not time).
+      { name: 'split into f16 pairs, fragments from storage', tuning: { f32TensorCores: true } },
+    ],
+  },
+  {
     // How many output tiles fill this GPU (WebGPU reports no multiprocessor count; the default is an H200's 132):
     // the few-tile products (fc2) split K across workgroups to reach about twice as many.
     name: 'matmul K split target',

@@ -40,6 +40,7 @@ const CHECKS: { readonly [K in keyof Tuning]-?: Check } = {
   sgmatTiles: record({ wm: int(1, 8), wn: int(1, 8), fm: int(1, 8), fn: int(1, 8), bk: int(8, 256), staging, ksplit: oneOf(1, 2) }, ['wm', 'wn', 'fm', 'fn', 'bk']),
   flashSgmatTiles: record({ subgroups: int(1, 16), keys: int(8, 512), sharedKv: bool }, ['subgroups', 'keys', 'sharedKv']),
   sgmatDirect: bool,
+  f32TensorCores: bool,
   tiledStaging: staging,
   tiledKSplit: oneOf(1, 2),
   tiledTiles: record({ tm: oneOf(64, 128), tn: oneOf(64, 128), rows: oneOf(4, 8), cols: oneOf(4, 8), tk: oneOf(16, 32) }, ['tm', 'tn', 'rows', 'cols']),

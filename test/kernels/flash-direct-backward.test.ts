@@ -113,7 +113,7 @@ describe('the direct flash backward as generated for the H200', () => {
   });
 });
 
-test('the tensor-core probe compiles the direct flash kernels at device open when the tuning uses them', () => {
+test('the tensor-core probe compiles the kernels from storage (flash; f32 products split) at device open when the tuning uses them', () => {
   const names = (tuning: Target['tuning']) => probeKernels({ ...H200, tuning }).map((k) => k.name);
   assert.doesNotMatch(names({}).join(' '), /direct/);
   const both = probeKernels({ ...H200, tuning: { flashDirect: true, flashDirectGrad: true } }).filter((k) => /flash.*direct/.test(k.name));
@@ -124,6 +124,8 @@ test('the tensor-core probe compiles the direct flash kernels at device open whe
   both.forEach((k, i) => {
     for (let b = 0; b < 3 + i; b++) assert.match(k.wgsl, new RegExp(`@binding\\(${b}\\) var<storage, read> in_${b}: array<f16>;`), `${k.name}: binding ${b}`);
   });
+  // Under f32TensorCores, the f32 product's chain too.
+  assert.deepEqual(names({ f32TensorCores: true }).filter((n) => /split16/.test(n)), ['split16_rows_f32', 'split16_cols_f32', 'matmul_split16_f32']);
   // Not where the target lacks the 16x8x8 config (the schedule would not use them there either).
   assert.doesNotMatch(probeKernels({ ...H200, subgroupMatrixConfigs: H200.subgroupMatrixConfigs.filter((c) => c.K !== 8), tuning: { flashDirect: true, flashDirectGrad: true } }).map((k) => k.name).join(' '), /direct/);
 });

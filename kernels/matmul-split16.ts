@@ -1,0 +1,167 @@
+// f32 matmuls on the f16 tensor cores at f32 accuracy (Target.tuning.f32TensorCores; CUTLASS's 3xTF32 with f16):
+// `matmul_split16_f32`. No FMA kernel of ours reaches 0.9x cuBLAS FP32 on the H200 (0.57–0.74x), and Dawn's subgroup
+// matrices multiply f16 at 485–587 TFLOP/s from storage (docs/perf.md): three f16 products per f32 one leave a
+// third of that, several times cuBLAS FP32's 37–51. Unmeasured on NVIDIA: offered to `visft tune`.
+//
+// A chain of three kernels:
+// - `split16_{rows,cols}_f32`, once per operand: a power-of-two scale 2^s per output row of a (per output column of
+//   b) brings the largest magnitude there just below 2^14, then x·2^s = hi + lo with hi its top 11 significant bits
+//   (exact in f16) and lo = f16(x·2^s − hi), both in the operand's own layout, into one f16 scratch: hi, then lo, then the exponents s
+//   (small integers, exact in f16). One binding then feeds every fragment load, as the emulated spelling needs.
+//   Where the scale runs along the operand's rows (its contiguous dim) a workgroup takes a row (a tree max);
+//   across its rows, a workgroup takes 32 adjacent columns (loads coalesced across them), several invocations down
+//   each.
+// - the direct tensor-core kernel (kernels/matmul-sgmat-direct.ts) on the pairs: per fragment step
+//   hi·hi' + hi·lo' + lo·hi' accumulated in f32, each output element then times 2^-(s_row + s_col) before the
+//   epilogue (bias, GELU, residual: the f32 kernels' own).
+// Accuracy: hi·hi', hi·lo' and lo·hi' are exact in f32; the dropped lo·lo' and lo's own rounding are about 2^-21 of
+// each term, and lo keeps absolute precision down to 2^-24 below the row's largest magnitude (f16's subnormals),
+// so the error is f32's normwise bound (about K·2^-24·Σ|a||b|) within a small factor: scales keep gradients of 1e-6
+// from losing their bits to f16's range. Not bit for bit the f32 kernels (another summation, other roundings):
+// test/kernels/matmul-split16.test.ts bounds it against the float64 reference.
+import type { KernelChain, Scratch, Target } from '../compiler/codegen/types.js';
+import { numel, type Node } from '../compiler/ir/graph.js';
+import { dispatchGroups, f32Lit, flatGroupExpr, makeKernel, u32Lit, unboundedLoop } from './elementwise.js';
+import { bindStorage, matmulDims, type MatmulOutput, type MatmulReads, type OperandViews } from './matmul.js';
+import { sgmatChoice, sgmatTiles } from './matmul-sgmat.js';
+import { POW2_FN, sgmatDirectMatmul } from './matmul-sgmat-direct.js';
+import { treeReduceCode, treeWorkgroup } from './reduce.js';
+import { NO_SGMAT_CONFIG, nativeSgmat, sgmatShape } from './sgmat.js';
+
+/** Scratch placeholders of the chain: a's and b's split. */
+const SPLIT_A = -1;
+const SPLIT_B = -2;
+
+/** The largest magnitude's exponent after scaling: below 2^14, so f16 (max 65504) holds hi with room to round. */
+const TOP = 14;
+
+/** Why the product cannot run split on the tensor cores here, or undefined when it can. */
+export function split16Unfit(node: Node, inputs: readonly Node[], target: Target, out: MatmulOutput, reads: MatmulReads, views: OperandViews): string | undefined {
+  if (!target.tuning?.f32TensorCores) return 'not asked for (Target.tuning.f32TensorCores)';
+  const shape = sgmatShape(target);
+  if (!shape) return NO_SGMAT_CONFIG;
+  if (views[0] || views[1]) return 'an operand is read through a view';
+  if (out.second) return 'a second product in the epilogue';
+  const d = matmulDims(node, inputs, reads);
+  if (d.k % shape.k !== 0) return `K (${d.k}) is not a multiple of the fragment's ${shape.k}`;
+  if (d.m < shape.m || d.n < shape.n) return `the output (${d.m}x${d.n}) is smaller than one fragment`;
+  return undefined;
+}
+
+/** The chain: a's split, b's split, the product (check split16Unfit first). */
+export function split16Chain(node: Node, inputs: readonly Node[], target: Target, out: MatmulOutput, reads: MatmulReads): KernelChain {
+  const d = matmulDims(node, inputs, reads);
+  const bound = bindStorage(out, inputs, reads);
+  const [a, b] = bound.inputs;
+  // a's scales run along its rows (one per output row): its storage's rows unless read transposed; b's the other way.
+  const sa = splitKernel(node, a, d.transA ? 'cols' : 'rows', SPLIT_A, target);
+  const sb = splitKernel(node, b, d.transB ? 'rows' : 'cols', SPLIT_B, target);
+  // The tensor-core kernels' default tiles, not Target.tuning.sgmatTiles (chosen for the f16 products by their rows).
+  const { shape, tiles } = sgmatChoice(target, d, sgmatTiles(sgmatShape(target)!, d, nativeSgmat(target)));
+  // The product reads the splits in the operands' places, declared as the f16 arrays they are.
+  const node2: Node = { ...bound.out.node, inputs: [SPLIT_A, SPLIT_B, ...bound.out.node.inputs.slice(2)] };
+  const placeholders = [sa.node, sb.node];
+  const split = { aLo: numel(a.shape), bLo: numel(b.shape), aScales: 2 * numel(a.shape), bScales: 2 * numel(b.shape) };
+  const mm = sgmatDirectMatmul({ ...bound.out, node: node2 }, placeholders, target, d, '', shape, { ...tiles, ksplit: 1 }, split);
+  return { kernels: [sa.kernel, sb.kernel, { ...mm, wgsl: halfDecl(halfDecl(mm.wgsl, 0, 'read'), 1, 'read') }], scratch: [sa.scratch, sb.scratch] };
+}
+
+/** `wgsl` with binding `i` declared array<f16> instead of array<f32> (`enable f16;` is the kernel's). */
+function halfDecl(wgsl: string, i: number, access: 'read' | 'read_write'): string {
+  const name = access === 'read' ? `in_${i}` : 'out_0';
+  const from = `@group(0) @binding(${i}) var<storage, ${access}> ${name}: array<f32>;`;
+  if (!wgsl.includes(from)) throw new Error(`internal: a split16 kernel does not declare binding ${i} as makeKernel does`);
+  return wgsl.replace(from, from.replace('array<f32>', 'array<f16>'));
+}
+
+/**
+ * The kernel splitting `x` (stored [..., R, C]) with one scale per row (`rows`: along its contiguous dim) or per
+ * column (`cols`) of each matrix, into scratch `ref`: hi (numel f16), lo (numel), then the exponents (one per row or
+ * column of each matrix, in order).
+ */
+function splitKernel(mm: Node, x: Node, along: 'rows' | 'cols', ref: number, target: Target) {
+  const U = u32Lit;
+  const [R, C] = x.shape.slice(-2);
+  const mats = numel(x.shape.slice(0, -2));
+  const n = numel(x.shape);
+  const count = mats * (along === 'rows' ? R : C);
+  const scratch: Scratch = { ref, words: Math.ceil((2 * n + count) / 2), name: 'split16' };
+  const node: Node = { ...mm, id: ref, inputs: [x.id], shape: [2 * n + count] };
+  // The exponent s for a largest magnitude m: m·2^s just below 2^TOP; 0 for a zero (or non-finite) m.
+  const exponent = (m: string) =>
+    `select(0, clamp(${TOP} - frexp(${m}).exp, -126, 126), ${m} > 0.0f && ${m} <= ${f32Lit(3.4028234663852886e38)})`;
+  // hi: v's top 11 significant bits (truncated: exact in f16 down to its normal range), lo: the exact rest, rounded to
+  // f16. Not v − f32(f16(v)): compilers may fold that round trip to 0 (lavapipe's does).
+  const put = (at: string) => [`let v = in_0[${at}] * f;`, 'let hi = bitcast<f32>(bitcast<u32>(v) & 0xffffe000u);', `out_0[${at}] = f16(hi);`, `out_0[${U(n)} + ${at}] = f16(v - hi);`];
+  let kernel;
+  if (along === 'rows') {
+    const wg = treeWorkgroup(target, 64);
+    const rows = mats * R;
+    const dispatch = dispatchGroups(rows, target);
+    const body = `var<workgroup> red_buf: array<f32, ${wg}>;
+
+${POW2_FN}
+
+@compute @workgroup_size(${wg}, 1, 1)
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid: u32) {
+  let r = ${flatGroupExpr(dispatch)};
+  if (r >= ${U(rows)}) { return; }
+  let base = r * ${U(C)};
+  var m = 0.0f;
+  for (var c = lid; c < ${unboundedLoop(C, target)}; c += ${U(wg)}) { m = max(m, abs(in_0[base + c])); }
+  red_buf[lid] = m;
+${treeReduceCode('red_buf', wg, (p, q) => `max(${p}, ${q})`, target, '  ')}
+  let sc = ${exponent('red_buf[0]')};
+  let f = pow2(sc);
+  for (var c = lid; c < ${unboundedLoop(C, target)}; c += ${U(wg)}) {
+${put('base + c')
+  .map((l) => `    ${l}`)
+  .join('\n')}
+  }
+  if (lid == 0u) { out_0[${U(2 * n)} + r] = f16(f32(sc)); }
+}`;
+    kernel = makeKernel(node, [x], target, { name: 'split16_rows_f32', body, workgroupSize: [wg, 1, 1], dispatch });
+  } else {
+    // A workgroup takes CB adjacent columns (loads coalesced across them) with RG invocations each down the rows,
+    // their partial maxima combined in a fixed order: enough workgroups for a weight of a few thousand columns.
+    const wg = treeWorkgroup(target, 256);
+    const CB = Math.min(32, wg);
+    const RG = wg / CB;
+    const cblocks = Math.ceil(C / CB);
+    const blocks = mats * cblocks;
+    const dispatch = dispatchGroups(blocks, target);
+    const body = `var<workgroup> part: array<f32, ${wg}>;
+
+${POW2_FN}
+
+@compute @workgroup_size(${wg}, 1, 1)
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid: u32) {
+  let blk = ${flatGroupExpr(dispatch)};
+  if (blk >= ${U(blocks)}) { return; }
+  let mtx = blk / ${U(cblocks)};
+  let c = (blk % ${U(cblocks)}) * ${U(CB)} + lid % ${U(CB)};
+  let rg = lid / ${U(CB)};
+  // Columns past C read the last one (their results are not written).
+  let base = mtx * ${U(R * C)} + min(c, ${U(C - 1)});
+  var m = 0.0f;
+  for (var r = rg; r < ${unboundedLoop(R, target)}; r += ${U(RG)}) { m = max(m, abs(in_0[base + r * ${U(C)}])); }
+  part[lid] = m;
+  workgroupBarrier();
+  var cm = part[lid % ${U(CB)}];
+  for (var p = 1u; p < ${U(RG)}; p++) { cm = max(cm, part[p * ${U(CB)} + lid % ${U(CB)}]); }
+  let sc = ${exponent('cm')};
+  let f = pow2(sc);
+  if (c < ${U(C)}) {
+    for (var r = rg; r < ${unboundedLoop(R, target)}; r += ${U(RG)}) {
+${put(`base + r * ${U(C)}`)
+  .map((l) => `      ${l}`)
+  .join('\n')}
+    }
+    if (rg == 0u) { out_0[${U(2 * n)} + mtx * ${U(C)} + c] = f16(f32(sc)); }
+  }
+}`;
+    kernel = makeKernel(node, [x], target, { name: 'split16_cols_f32', body, workgroupSize: [wg, 1, 1], dispatch });
+  }
+  // It serves the product: named for it in dumps, as a K split's partials are.
+  return { kernel: { ...kernel, wgsl: `enable f16;\n${halfDecl(kernel.wgsl, 1, 'read_write')}`, nodes: [mm.id] }, scratch, node };
+}
