@@ -22,11 +22,22 @@ import { sgmatIds, sgmatLanes, sgmatOps, sgmatSpelling, type SgmatShape } from '
 /** WGSL: 2^s for s in [-126, 127], a normal f32 built from its bits (exact, unlike a library exp2 or ldexp's edges). */
 export const POW2_FN = 'fn pow2(s: i32) -> f32 { return bitcast<f32>(u32(s + 127) << 23u); }';
 
+/**
+ * Why fragments of this problem's operands would not start on 16 bytes (8 f16s), or undefined: rows of a (columns,
+ * read transposed) lie K (M) apart, columns of b (rows, read transposed) N (K) apart; K is a multiple of the fragment.
+ */
+export function strideUnaligned(d: MatmulDims): string | undefined {
+  if (d.transA && d.m % 8) return `a is read transposed with rows ${d.m} elements apart (not a multiple of 8)`;
+  if (!d.transB && d.n % 8) return `b's rows are ${d.n} elements apart (not a multiple of 8)`;
+  return undefined;
+}
+
 /** Why the direct kernel cannot compute this problem, or undefined when it can. */
 export function directUnfit(d: MatmulDims, shape: SgmatShape, out: MatmulOutput): string | undefined {
   if (d.viewA || d.viewB) return 'an operand is read through a view';
   if (d.k % shape.k !== 0) return `K (${d.k}) is not a multiple of the fragment's ${shape.k}`;
   if (d.m < shape.m || d.n < shape.n) return `the output (${d.m}x${d.n}) is smaller than one fragment`;
+  if (strideUnaligned(d)) return strideUnaligned(d);
   if (out.kRange && out.kRange.len % shape.k !== 0) return `K ranges of ${out.kRange.len}`;
   return undefined;
 }

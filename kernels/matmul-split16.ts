@@ -6,8 +6,9 @@
 // A chain of three kernels:
 // - `split16_{rows,cols}_f32`, once per operand: a power-of-two scale 2^s per output row of a (per output column of
 //   b) brings the largest magnitude there just below 2^14, then x·2^s = hi + lo with hi its top 11 significant bits
-//   (exact in f16) and lo = f16(x·2^s − hi), both in the operand's own layout, into one f16 scratch: hi, then lo, then the exponents s
-//   (small integers, exact in f16). One binding then feeds every fragment load, as the emulated spelling needs.
+//   (exact in f16) and lo = f16(x·2^s − hi), both in the operand's own layout, into one f16 scratch: hi, then lo,
+//   then the exponents s (small integers, exact in f16). One binding then feeds every fragment load, as the
+//   emulated spelling needs.
 //   Where the scale runs along the operand's rows (its contiguous dim) a workgroup takes a row (a tree max);
 //   across its rows, a workgroup takes 32 adjacent columns (loads coalesced across them), several invocations down
 //   each.
@@ -24,7 +25,7 @@ import { numel, type Node } from '../compiler/ir/graph.js';
 import { dispatchGroups, f32Lit, flatGroupExpr, makeKernel, u32Lit, unboundedLoop } from './elementwise.js';
 import { bindStorage, matmulDims, type MatmulOutput, type MatmulReads, type OperandViews } from './matmul.js';
 import { sgmatChoice, sgmatTiles } from './matmul-sgmat.js';
-import { POW2_FN, sgmatDirectMatmul } from './matmul-sgmat-direct.js';
+import { POW2_FN, sgmatDirectMatmul, strideUnaligned } from './matmul-sgmat-direct.js';
 import { treeReduceCode, treeWorkgroup } from './reduce.js';
 import { NO_SGMAT_CONFIG, nativeSgmat, sgmatShape } from './sgmat.js';
 
@@ -45,7 +46,7 @@ export function split16Unfit(node: Node, inputs: readonly Node[], target: Target
   const d = matmulDims(node, inputs, reads);
   if (d.k % shape.k !== 0) return `K (${d.k}) is not a multiple of the fragment's ${shape.k}`;
   if (d.m < shape.m || d.n < shape.n) return `the output (${d.m}x${d.n}) is smaller than one fragment`;
-  return undefined;
+  return strideUnaligned(d);
 }
 
 /** The chain: a's split, b's split, the product (check split16Unfit first). */

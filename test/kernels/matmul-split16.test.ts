@@ -74,6 +74,9 @@ describe('as generated for the H200', () => {
     assert.doesNotMatch(names(product([], 64, 1000, 64, false), split(H200)).join(' '), /split16/);
     assert.match(why(product([], 8, 4096, 96, false)) ?? '', /smaller than one fragment/);
     assert.equal(why(product([], 64, 1024, 64, false)), undefined);
+    // Fragments must start on 16 bytes: b's rows 60 apart would not.
+    assert.match(why(product([], 64, 1024, 60, false)) ?? '', /b's rows are 60 elements apart/);
+    assert.equal(why(product([], 64, 1024, 60, true)), undefined);
     assert.match(split16Unfit(product([], 64, 1024, 64, false).nodes[2], [], H200, plainOutput(product([], 64, 1024, 64, false).nodes[2]), [false, false], [undefined, undefined]) ?? '', /not asked for/);
     const b = new Builder();
     const round = (id: number) => b.add('cast', [b.add('cast', [id], { dtype: 'f16' })], { dtype: 'f32' });
