@@ -66,9 +66,9 @@ describe('as generated for the H200', () => {
   });
 
   test('where it does not apply: K off the fragment, an output below one fragment, f16 operands (the f16 kernels)', () => {
-    const why = (g: Graph) => {
+    const why = (g: Graph, transB = false) => {
       const mm = g.nodes.find((x) => x.op === 'matmul')!;
-      return split16Unfit(mm, mm.inputs.map((i) => g.node(i)), split(H200), plainOutput(mm), [false, false], [undefined, undefined]);
+      return split16Unfit(mm, mm.inputs.map((i) => g.node(i)), split(H200), plainOutput(mm), [false, transB], [undefined, undefined]);
     };
     assert.match(why(product([], 64, 1000, 64, false)) ?? '', /K \(1000\) is not a multiple of the fragment's 16/);
     assert.doesNotMatch(names(product([], 64, 1000, 64, false), split(H200)).join(' '), /split16/);
@@ -76,7 +76,7 @@ describe('as generated for the H200', () => {
     assert.equal(why(product([], 64, 1024, 64, false)), undefined);
     // Fragments must start on 16 bytes: b's rows 60 apart would not.
     assert.match(why(product([], 64, 1024, 60, false)) ?? '', /b's rows are 60 elements apart/);
-    assert.equal(why(product([], 64, 1024, 60, true)), undefined);
+    assert.equal(why(product([], 64, 1024, 60, true), true), undefined);
     assert.match(split16Unfit(product([], 64, 1024, 64, false).nodes[2], [], H200, plainOutput(product([], 64, 1024, 64, false).nodes[2]), [false, false], [undefined, undefined]) ?? '', /not asked for/);
     const b = new Builder();
     const round = (id: number) => b.add('cast', [b.add('cast', [id], { dtype: 'f16' })], { dtype: 'f32' });
