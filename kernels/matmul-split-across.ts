@@ -124,7 +124,7 @@ export function matmulKernels(node: Node, inputs: readonly Node[], target: Targe
  * Bindings: the partials (`part`), `out`'s extra nodes, the output. A MatmulOutput names its extras as a
  * two-operand kernel binds them (in_2, in_3, ...): they keep those names at bindings 1, 2, ...
  */
-function sumKernel(out: MatmulOutput, partNode: Node, ranges: number, outs: number, target: Target): Kernel {
+export function sumKernel(out: MatmulOutput, partNode: Node, ranges: number, outs: number, target: Target): Kernel {
   const extras = out.extra;
   const node: Node = { ...out.node, inputs: [PARTIALS, ...extras.map((e) => e.id)] };
   const second = out.second;

@@ -14,7 +14,8 @@
 //   each.
 // - the direct tensor-core kernel (kernels/matmul-sgmat-direct.ts) on the pairs: per fragment step
 //   hi·hi' + hi·lo' + lo·hi' accumulated in f32, each output element then times 2^-(s_row + s_col) before the
-//   epilogue (bias, GELU, residual: the f32 kernels' own).
+//   epilogue (bias, GELU, residual: the f32 kernels' own). Outputs of too few tiles to fill the GPU split K into
+//   ranges as the other tensor-core products do (kernels/matmul-split-across.ts): partials, then matmul_ksum.
 // Accuracy: hi·hi', hi·lo' and lo·hi' are exact in f32; the dropped lo·lo' and lo's own rounding are about 2^-21 of
 // each term, and lo keeps absolute precision down to 2^-24 below the row's largest magnitude (f16's subnormals),
 // so the error is f32's normwise bound (about K·2^-24·Σ|a||b|) within a small factor: scales keep gradients of 1e-6
@@ -23,15 +24,16 @@
 import type { KernelChain, Scratch, Target } from '../compiler/codegen/types.js';
 import { numel, type Node } from '../compiler/ir/graph.js';
 import { dispatchGroups, f32Lit, flatGroupExpr, makeKernel, u32Lit, unboundedLoop } from './elementwise.js';
-import { bindStorage, matmulDims, type MatmulOutput, type MatmulReads, type OperandViews } from './matmul.js';
+import { bindStorage, matmulDims, matmulGrid, plainOutput, type MatmulOutput, type MatmulReads, type OperandViews } from './matmul.js';
+import { kRanges, matmulSplits, PARTIALS, sumKernel } from './matmul-split-across.js';
 import { sgmatChoice, sgmatTiles } from './matmul-sgmat.js';
 import { POW2_FN, sgmatDirectMatmul, strideUnaligned } from './matmul-sgmat-direct.js';
 import { treeReduceCode, treeWorkgroup } from './reduce.js';
 import { NO_SGMAT_CONFIG, nativeSgmat, sgmatShape } from './sgmat.js';
 
-/** Scratch placeholders of the chain: a's and b's split. */
-const SPLIT_A = -1;
-const SPLIT_B = -2;
+/** Scratch placeholders of the chain: a's and b's split (PARTIALS, -1, holds K ranges' partial products). */
+const SPLIT_A = -2;
+const SPLIT_B = -3;
 
 /** The largest magnitude's exponent after scaling: below 2^14, so f16 (max 65504) holds hi with room to round. */
 const TOP = 14;
@@ -59,12 +61,26 @@ export function split16Chain(node: Node, inputs: readonly Node[], target: Target
   const sb = splitKernel(node, b, d.transB ? 'rows' : 'cols', SPLIT_B, target);
   // The tensor-core kernels' default tiles, not Target.tuning.sgmatTiles (chosen for the f16 products by their rows).
   const { shape, tiles } = sgmatChoice(target, d, sgmatTiles(sgmatShape(target)!, d, nativeSgmat(target)));
-  // The product reads the splits in the operands' places, declared as the f16 arrays they are.
-  const node2: Node = { ...bound.out.node, inputs: [SPLIT_A, SPLIT_B, ...bound.out.node.inputs.slice(2)] };
-  const placeholders = [sa.node, sb.node];
   const split = { aLo: numel(a.shape), bLo: numel(b.shape), aScales: 2 * numel(a.shape), bScales: 2 * numel(b.shape) };
-  const mm = sgmatDirectMatmul({ ...bound.out, node: node2 }, placeholders, target, d, '', shape, { ...tiles, ksplit: 1 }, split);
-  return { kernels: [sa.kernel, sb.kernel, { ...mm, wgsl: halfDecl(halfDecl(mm.wgsl, 0, 'read'), 1, 'read') }], scratch: [sa.scratch, sb.scratch] };
+  // The product reads the splits in the operands' places, declared as the f16 arrays they are.
+  const product = (o: MatmulOutput) => {
+    const k = sgmatDirectMatmul({ ...o, node: { ...o.node, inputs: [SPLIT_A, SPLIT_B, ...o.node.inputs.slice(2)] } }, [sa.node, sb.node], target, d, '', shape, { ...tiles, ksplit: 1 }, split);
+    return { ...k, wgsl: halfDecl(halfDecl(k.wgsl, 0, 'read'), 1, 'read') };
+  };
+  const splits = [sa, sb];
+  // Outputs of too few tiles to fill the GPU: K in ranges into partials, then their sum and the epilogue, as the
+  // tensor-core kernel's own chain does (kernels/matmul-split-across.ts); each range's partials are scaled back.
+  const ranges = matmulSplits(node, inputs, target, 'sgmat', reads, false, tiles);
+  if (ranges > 1) {
+    const range = kRanges(d.k, ranges, matmulGrid(node, inputs, target, 'sgmat', reads, tiles).kStep);
+    const outs = numel(node.shape);
+    const partNode: Node = { ...node, id: PARTIALS, shape: [range.splits, ...node.shape] };
+    // Bound as the one-product kernel is: transposed operands' permutes are computed in place here too.
+    const partials = product(bindStorage({ ...plainOutput(partNode), nodes: [node.id], kRange: range }, inputs, reads).out);
+    const scratch: Scratch = { ref: PARTIALS, words: range.splits * outs, name: 'partials' };
+    return { kernels: [...splits.map((x) => x.kernel), partials, sumKernel(out, partNode, range.splits, outs, target)], scratch: [...splits.map((x) => x.scratch), scratch] };
+  }
+  return { kernels: [...splits.map((x) => x.kernel), product(bound.out)], scratch: splits.map((x) => x.scratch) };
 }
 
 /** `wgsl` with binding `i` declared array<f16> instead of array<f32> (`enable f16;` is the kernel's). */
