@@ -152,7 +152,7 @@ function program(): Command {
     .option('--json', 'print the result as JSON')
     .option('--list', 'list the groups and options it tries, and on which rows, without timing anything')
     .option('--rows <names>', 'comma-separated bench rows or prefixes to time on (default: one of each kind and model)')
-    .option('--groups <names>', "comma-separated groups to try (default: all that apply), e.g. 'dawn robustness'")
+    .option('--groups <names>', "comma-separated groups to try, in this order (default: all that apply), e.g. 'dawn robustness'")
     .option('--seconds <n>', 'stop starting new timings after this long (default 600)')
     .option('--size <size>', 'full (default on hardware), quick (default on a software adapter), or tiny')
     .option('--out <file>', 'where to write the profile (default: the user profile folder, where later runs look)')

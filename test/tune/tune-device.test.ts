@@ -102,6 +102,19 @@ test('`visft tune` writes a profile whose adoptions its evidence supports, and d
   assert.deepEqual(report.rows.map((x) => x.status), ['ok']);
 });
 
+test('`visft tune --groups` tries the groups in the order it names them (a short lease times the most wanted first)', () => {
+  // Two groups in the reverse of the knobs' order, on a row neither times: each leaves notes (does not apply here,
+  // or, with tensor cores, changes no tuned row), in the order they were tried.
+  const [first, second] = ['f16 attention on tensor cores', 'f16 matmul tensor-core tiles'];
+  const r = visft('tune', '--rows', 'msdeform_vjp_m2f_pixel', '--groups', `${first},${second}`, '--size', 'tiny', '--out', join(dir, 'order.json'), '--json');
+  assert.equal(r.status, 0, r.stderr);
+  const names = TUNE_GROUPS.map((g) => g.name);
+  assert.ok(names.indexOf(second) < names.indexOf(first), 'the knobs list them the other way round');
+  const notes = (JSON.parse(r.stdout) as { notes: string[] }).notes;
+  const at = (group: string) => notes.findIndex((n) => n.startsWith(`${group}:`) || n.startsWith(`${group} |`));
+  assert.ok(at(first) >= 0 && at(second) > at(first), notes.join('\n'));
+});
+
 test('`visft tune BUNDLE` times on a compiled program (your model and shapes) instead of the bench rows', () => {
   const bundle = join(dir, 'ms.visftx');
   const c = visft('compile', '--op', 'msdeform_attn', '--vjp', '--shape', 'value=1x30x2x4', 'sampling_locations=1x30x2x2x2x2', 'attention_weights=1x30x2x2x2', '--attr', 'levels=[4x5,2x5]', '-o', bundle);
