@@ -9,9 +9,8 @@
 //   (exact in f16) and lo = f16(x·2^s − hi), both in the operand's own layout, into one f16 scratch: hi, then lo,
 //   then the exponents s (small integers, exact in f16). One binding then feeds every fragment load, as the
 //   emulated spelling needs.
-//   Where the scale runs along the operand's rows (its contiguous dim) a workgroup takes a row (a tree max);
-//   across its rows, a workgroup takes 32 adjacent columns (loads coalesced across them), several invocations down
-//   each.
+//   Where the scale runs along the operand's rows (its contiguous dim) a workgroup takes a row; across its rows,
+//   32 adjacent columns (loads coalesced across them), several invocations down each.
 // - the direct tensor-core kernel (kernels/matmul-sgmat-direct.ts) on the pairs: per fragment step
 //   hi·hi' + hi·lo' + lo·hi' accumulated in f32, each output element then times 2^-(s_row + s_col) before the
 //   epilogue (bias, GELU, residual: the f32 kernels' own). Outputs of too few tiles to fill the GPU split K into
@@ -28,7 +27,7 @@ import { bindStorage, matmulDims, matmulGrid, plainOutput, type MatmulOutput, ty
 import { kRanges, matmulSplits, PARTIALS, sumKernel } from './matmul-split-across.js';
 import { sgmatChoice, sgmatTiles } from './matmul-sgmat.js';
 import { POW2_FN, sgmatDirectMatmul, strideUnaligned } from './matmul-sgmat-direct.js';
-import { treeReduceCode, treeWorkgroup } from './reduce.js';
+import { treeWorkgroup } from './reduce.js';
 import { NO_SGMAT_CONFIG, nativeSgmat, sgmatShape } from './sgmat.js';
 
 /** Scratch placeholders of the chain: a's and b's split (PARTIALS, -1, holds K ranges' partial products). */
@@ -110,44 +109,18 @@ function splitKernel(mm: Node, x: Node, along: 'rows' | 'cols', ref: number, tar
   // hi: v's top 11 significant bits (truncated: exact in f16 down to its normal range), lo: the exact rest, rounded to
   // f16. Not v − f32(f16(v)): compilers may fold that round trip to 0 (lavapipe's does).
   const put = (at: string) => [`let v = in_0[${at}] * f;`, 'let hi = bitcast<f32>(bitcast<u32>(v) & 0xffffe000u);', `out_0[${at}] = f16(hi);`, `out_0[${U(n)} + ${at}] = f16(v - hi);`];
-  let kernel;
-  if (along === 'rows') {
-    const wg = treeWorkgroup(target, 64);
-    const rows = mats * R;
-    const dispatch = dispatchGroups(rows, target);
-    const body = `var<workgroup> red_buf: array<f32, ${wg}>;
-
-${POW2_FN}
-
-@compute @workgroup_size(${wg}, 1, 1)
-fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid: u32) {
-  let r = ${flatGroupExpr(dispatch)};
-  if (r >= ${U(rows)}) { return; }
-  let base = r * ${U(C)};
-  var m = 0.0f;
-  for (var c = lid; c < ${unboundedLoop(C, target)}; c += ${U(wg)}) { m = max(m, abs(in_0[base + c])); }
-  red_buf[lid] = m;
-${treeReduceCode('red_buf', wg, (p, q) => `max(${p}, ${q})`, target, '  ')}
-  let sc = ${exponent('red_buf[0]')};
-  let f = pow2(sc);
-  for (var c = lid; c < ${unboundedLoop(C, target)}; c += ${U(wg)}) {
-${put('base + c')
-  .map((l) => `    ${l}`)
-  .join('\n')}
-  }
-  if (lid == 0u) { out_0[${U(2 * n)} + r] = f16(f32(sc)); }
-}`;
-    kernel = makeKernel(node, [x], target, { name: 'split16_rows_f32', body, workgroupSize: [wg, 1, 1], dispatch });
-  } else {
-    // A workgroup takes CB adjacent columns (loads coalesced across them) with RG invocations each down the rows,
-    // their partial maxima combined in a fixed order: enough workgroups for a weight of a few thousand columns.
-    const wg = treeWorkgroup(target, 256);
-    const CB = Math.min(32, wg);
-    const RG = wg / CB;
-    const cblocks = Math.ceil(C / CB);
-    const blocks = mats * cblocks;
-    const dispatch = dispatchGroups(blocks, target);
-    const body = `var<workgroup> part: array<f32, ${wg}>;
+  // A workgroup takes CB scale indices (rows: 1; columns: 32 adjacent ones, loads coalesced across them) with RG
+  // invocations each along the elements they scale, whose partial maxima it combines in a fixed order.
+  const wg = treeWorkgroup(target, along === 'rows' ? 64 : 256);
+  const CB = along === 'rows' ? 1 : Math.min(32, wg);
+  const RG = wg / CB;
+  const [len, step] = along === 'rows' ? [C, 1] : [R, C];
+  const blocks = Math.ceil(count / CB);
+  const dispatch = dispatchGroups(blocks, target);
+  // The first element an index scales (indices past the last read the last one; their results are not written).
+  const first = along === 'rows' ? `i * ${U(C)}` : `(i / ${U(C)}) * ${U(R * C)} + i % ${U(C)}`;
+  const at = `base + t * ${U(step)}`;
+  const body = `var<workgroup> part: array<f32, ${wg}>;
 
 ${POW2_FN}
 
@@ -155,30 +128,28 @@ ${POW2_FN}
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid: u32) {
   let blk = ${flatGroupExpr(dispatch)};
   if (blk >= ${U(blocks)}) { return; }
-  let mtx = blk / ${U(cblocks)};
-  let c = (blk % ${U(cblocks)}) * ${U(CB)} + lid % ${U(CB)};
-  let rg = lid / ${U(CB)};
-  // Columns past C read the last one (their results are not written).
-  let base = mtx * ${U(R * C)} + min(c, ${U(C - 1)});
+  let idx = blk * ${U(CB)} + lid % ${U(CB)};
+  let t0 = lid / ${U(CB)};
+  let i = min(idx, ${U(count - 1)});
+  let base = ${first};
   var m = 0.0f;
-  for (var r = rg; r < ${unboundedLoop(R, target)}; r += ${U(RG)}) { m = max(m, abs(in_0[base + r * ${U(C)}])); }
+  for (var t = t0; t < ${unboundedLoop(len, target)}; t += ${U(RG)}) { m = max(m, abs(in_0[${at}])); }
   part[lid] = m;
   workgroupBarrier();
   var cm = part[lid % ${U(CB)}];
   for (var p = 1u; p < ${U(RG)}; p++) { cm = max(cm, part[p * ${U(CB)} + lid % ${U(CB)}]); }
   let sc = ${exponent('cm')};
   let f = pow2(sc);
-  if (c < ${U(C)}) {
-    for (var r = rg; r < ${unboundedLoop(R, target)}; r += ${U(RG)}) {
-${put(`base + r * ${U(C)}`)
+  if (idx < ${U(count)}) {
+    for (var t = t0; t < ${unboundedLoop(len, target)}; t += ${U(RG)}) {
+${put(at)
   .map((l) => `      ${l}`)
   .join('\n')}
     }
-    if (rg == 0u) { out_0[${U(2 * n)} + mtx * ${U(C)} + c] = f16(f32(sc)); }
+    if (t0 == 0u) { out_0[${U(2 * n)} + idx] = f16(f32(sc)); }
   }
 }`;
-    kernel = makeKernel(node, [x], target, { name: 'split16_cols_f32', body, workgroupSize: [wg, 1, 1], dispatch });
-  }
+  const kernel = makeKernel(node, [x], target, { name: `split16_${along}_f32`, body, workgroupSize: [wg, 1, 1], dispatch });
   // It serves the product: named for it in dumps, as a K split's partials are.
   return { kernel: { ...kernel, wgsl: `enable f16;\n${halfDecl(kernel.wgsl, 1, 'read_write')}`, nodes: [mm.id] }, scratch, node };
 }
