@@ -86,13 +86,15 @@ export function directBindings(reads: FlashReads, inputs: readonly Node[], slots
  * t-th 16x8 left fragment (t < width/8, in registers); the right fragments are rows jc + 8c … of operand `src`
  * (from `base`), loaded column-major; then stored into the f32 scratch `scratch` (stride `stride`).
  */
-export function productToScratch(ops: SgmatOps, name: string, left: (t: number) => string, src: DirectOperand, base: string, width: number, keys: number, scratch: string, stride: number): string[] {
+export function productToScratch(ops: SgmatOps, name: string, left: (t: number) => string, src: DirectOperand, base: string, width: number, keys: number, scratch: string, stride: number, lo?: SplitParts<(t: number) => string>): string[] {
   const U = u32Lit;
   const frags = keys / 8;
+  const right = (t: number, c: number, at = '') => ops.loadRight(src.binding, `${at}${base} + (jc + ${U(8 * c)}) * ${U(src.stride)} + ${U(8 * t)}`, U(src.stride), true);
+  const mma = (l: string, r: string, c: number) => `${name}_${c} = ${ops.multiplyAccumulate(l, r, `${name}_${c}`)};`;
   return [
     ...range(frags).map((c) => `var ${name}_${c} = ${ops.zero(U(c))};`),
     ...range(width / 8).flatMap((t) =>
-      range(frags).map((c) => `${name}_${c} = ${ops.multiplyAccumulate(left(t), ops.loadRight(src.binding, `${base} + (jc + ${U(8 * c)}) * ${U(src.stride)} + ${U(8 * t)}`, U(src.stride), true), `${name}_${c}`)};`),
+      range(frags).flatMap((c) => (lo ? [mma(left(t), right(t, c), c), mma(left(t), right(t, c, `${U(lo.right)} + `), c), mma(lo.left(t), right(t, c), c)] : [mma(left(t), right(t, c), c)])),
     ),
     ...range(frags).map((c) => ops.store(scratch, U(8 * c), `${name}_${c}`, U(stride))),
   ];
@@ -103,14 +105,27 @@ export function productToScratch(ops: SgmatOps, name: string, left: (t: number) 
  * f16 scratch `left` (stride `stride`), 16 columns at a time; the right ones rows jc + 16t … of operand `src` (from
  * `base`), row-major.
  */
-export function accumulateRows(ops: SgmatOps, acc: string, left: string, stride: number, src: DirectOperand, base: string, width: number, keys: number): string[] {
+export function accumulateRows(ops: SgmatOps, acc: string, left: string, stride: number, src: DirectOperand, base: string, width: number, keys: number, lo?: SplitParts<number>): string[] {
   const U = u32Lit;
+  const right = (t: number, j: number, at = '') => ops.loadRight(src.binding, `${at}${base} + ${t ? `(jc + ${U(16 * t)})` : 'jc'} * ${U(src.stride)} + ${U(8 * j)}`, U(src.stride));
+  const mma = (l: string, r: string, j: number) => `  ${acc}_${j} = ${ops.multiplyAccumulate(l, r, `${acc}_${j}`)};`;
   return range(keys / 16).flatMap((t) => [
     '{',
     `  let ${acc}_l = ${ops.loadLeft(left, U(16 * t), U(stride))};`,
-    ...range(width / 8).map((j) => `  ${acc}_${j} = ${ops.multiplyAccumulate(`${acc}_l`, ops.loadRight(src.binding, `${base} + ${t ? `(jc + ${U(16 * t)})` : 'jc'} * ${U(src.stride)} + ${U(8 * j)}`, U(src.stride)), `${acc}_${j}`)};`),
+    ...(lo ? [`  let ${acc}_ll = ${ops.loadLeft(left, U(lo.left + 16 * t), U(stride))};`] : []),
+    ...range(width / 8).flatMap((j) => (lo ? [mma(`${acc}_l`, right(t, j), j), mma(`${acc}_l`, right(t, j, `${U(lo.right)} + `), j), mma(`${acc}_ll`, right(t, j), j)] : [mma(`${acc}_l`, right(t, j), j)])),
     '}',
   ]);
+}
+
+/**
+ * Where the lo parts of f32 operands split into f16 pairs lie (kernels/matmul-split16.ts): `left`, the left
+ * operand's (a fragment name per step, or an element offset into the scratch), `right`, the right operand's offset
+ * into its binding. Products become hi·hi' + hi·lo' + lo·hi'.
+ */
+export interface SplitParts<L> {
+  readonly left: L;
+  readonly right: number;
 }
 
 /** WGSL: the sweep over `len` rows in tiles of `keys`; `jc` is the tile's first row read, `j0` the first counted. */
@@ -146,9 +161,9 @@ ${body}
 /**
  * WGSL: the result fragments `acc_j` (j < frags) out to `out` (rows of `width` for this (batch, head) of `len` rows,
  * from row ra + r where ra + r >= r0), through the f32 scratch `scratch` (`cols` columns, stride `stride`) as many
- * fragments at a time as fit; `value(x)` maps the scratch's element `x` (e.g. ·scale, / l).
+ * fragments at a time as fit; `value(x, col)` maps the scratch's element `x` of column `col` (e.g. ·scale, / l).
  */
-export function fragmentsOut(ops: SgmatOps, acc: string, frags: number, scratch: string, cols: number, stride: number, out: string, len: number, width: number, value: (x: string) => string): string {
+export function fragmentsOut(ops: SgmatOps, acc: string, frags: number, scratch: string, cols: number, stride: number, out: string, len: number, width: number, value: (x: string, col: string) => string): string {
   const U = u32Lit;
   const per = cols / 8;
   return range(Math.ceil(frags / per))
@@ -159,7 +174,7 @@ ${js.map((j) => `  ${ops.store(scratch, U(8 * (j - per * c)), `${acc}_${j}`, U(s
   workgroupBarrier();
   for (var r = lane; r < ${U(DIRECT_ROWS)}; r += lanes) {
     if (ra + r >= r0) {
-      for (var e = 0u; e < ${U(8 * js.length)}; e++) { ${out}[(bh * ${U(len)} + ra + r) * ${U(width)} + ${U(8 * per * c)} + e] = ${value(`${scratch}[r * ${U(stride)} + e]`)}; }
+      for (var e = 0u; e < ${U(8 * js.length)}; e++) { ${out}[(bh * ${U(len)} + ra + r) * ${U(width)} + ${U(8 * per * c)} + e] = ${value(`${scratch}[r * ${U(stride)} + e]`, `${U(8 * per * c)} + e`)}; }
     }
   }`;
     })

@@ -28,7 +28,22 @@ import type { Graph, Node } from '../compiler/ir/graph.js';
 import { f32Lit, u32Lit } from './elementwise.js';
 import { attentionGeometry, directReads, EXP_FLASH, flashKernel, withSecondOutput, type FlashReads } from './flash-common.js';
 import { accumulateRows, DIRECT_ROWS, directDispatch, directKeys, directMain, directOperands, directOperandsUnfit, fragmentsOut, productToScratch, scratchStride16, scratchStride32, sweepLoop } from './flash-direct-common.js';
+import { POW2_FN } from './matmul-sgmat-direct.js';
 import { sgmatLanes, sgmatOps, sgmatSpelling } from './sgmat.js';
+
+/**
+ * q, k and v as f32 values split into f16 pairs (kernels/flash-split16.ts): each operand's binding holds its hi
+ * part, its lo part from the operand's element count given here, then a power-of-two exponent per row (q, k) or per
+ * column of each (batch, head) (v).
+ */
+export interface FlashSplit {
+  readonly q: number;
+  readonly k: number;
+  readonly v: number;
+}
+
+/** P's scale before its split: weights down to 2^-28 stay in f16's normal range. */
+const P_SCALE = 14;
 
 /** Why the kernel cannot compute this attention node (inputs q, k, v, read as `reads` says) on `target`, or undefined. */
 export function flashDirectUnfit(graph: Graph, node: Node, target: Target, sibling?: Node, reads: FlashReads = directReads(node)): string | undefined {
@@ -43,9 +58,10 @@ export function flashDirectUnfit(graph: Graph, node: Node, target: Target, sibli
 
 /**
  * The `attention_flash_direct_f16` kernel of an attention node (and its attention_lse sibling), reading q, k and v as
- * `reads` says (in place through affine views: kernels/view-affine.ts); check flashDirectUnfit first.
+ * `reads` says (in place through affine views: kernels/view-affine.ts); check flashDirectUnfit first. With `split`,
+ * `attention_flash_split16_f32`: q, k and v are f32 values split into f16 pairs (kernels/flash-split16.ts).
  */
-export function flashDirectForwardKernel(node: Node, inputs: readonly Node[], target: Target, lse?: Node, reads: FlashReads = directReads(node)): Kernel {
+export function flashDirectForwardKernel(node: Node, inputs: readonly Node[], target: Target, lse?: Node, reads: FlashReads = directReads(node), split?: FlashSplit): Kernel {
   const [q, k, v] = inputs;
   const g = attentionGeometry(node, q, k, v, undefined);
   const operands = directOperands(reads, inputs, [0, 1, 2], g.H);
@@ -60,7 +76,10 @@ export function flashDirectForwardKernel(node: Node, inputs: readonly Node[], ta
   const SS = scratchStride32(keys);
   const SP = scratchStride16(keys);
   const range = (n: number) => Array.from({ length: n }, (_, i) => i);
-  const scores = productToScratch(sOps, 's', (t) => `q_${t}`, ok, 'kb', g.D, keys, 'tile_s', SS);
+  const scores = productToScratch(sOps, 's', (t) => `q_${t}`, ok, 'kb', g.D, keys, 'tile_s', SS, split && { left: (t) => `ql_${t}`, right: split.k });
+  // Split: P, scaled by 2^P_SCALE (f16's normal range then reaches far below any weight that counts), in two halves
+  // of tile_p: hi, then lo from PL.
+  const PL = DIRECT_ROWS * SP;
   // Lanes per subgroup at most / 16: the partial statistics' slots per row.
   const partsMax = Math.max(1, Math.floor(sgmatLanes(target) / DIRECT_ROWS));
   // Every lane works on the rows' statistics: with 16 lanes or more, lanes l and l + 16, … share row l % 16, each
@@ -69,7 +88,9 @@ export function flashDirectForwardKernel(node: Node, inputs: readonly Node[], ta
   // (the emulation's 4), each takes every 4th row whole.
   const laneRows = (lines: string[]) =>
     [`    for (var r = lane % 16u; r < ${U(DIRECT_ROWS)}; r += rstep) {`, ...lines.map((l) => `      ${l}`), '    }'].join('\n');
-  const keyLoop = (lines: string[]) => [`for (var j = part; j < ${U(keys)}; j += parts) {`, `  let s = tile_s[r * ${U(SS)} + j] * ${f32Lit(g.scale)};`, '  let counted = jc + j >= j0;', ...lines.map((l) => `  ${l}`), '}'];
+  // Split: each score times 2^-(its query's and key's exponents), one power of two at a time (each a normal f32).
+  const unscaled = split ? ` * pow2(-i32(row_sq[r])) * pow2(-i32(f32(${ok.binding}[${U(2 * split.k)} + bh * ${U(g.Sk)} + jc + j])))` : '';
+  const keyLoop = (lines: string[]) => [`for (var j = part; j < ${U(keys)}; j += parts) {`, `  let s = tile_s[r * ${U(SS)} + j]${unscaled} * ${f32Lit(g.scale)};`, '  let counted = jc + j >= j0;', ...lines.map((l) => `  ${l}`), '}'];
   const slot = `part * ${U(DIRECT_ROWS)} + r`;
   const indent = (lines: string[]) => lines.map((l) => `    ${l}`).join('\n');
   const pass1 = sweepLoop(
@@ -90,11 +111,22 @@ ${laneRows([`var mx = part_m[${slot}];`, ...keyLoop(['mx = select(mx, max(mx, s)
 ${laneRows([
   'let mx = row_m[r];',
   `var l = part_l[${slot}];`,
-  ...keyLoop(['let p = f16(select(0.0f, exp_flash(s - mx), counted));', `tile_p[r * ${U(SP)} + j] = p;`, 'l += f32(p);']),
+  ...keyLoop(
+    split
+      ? [
+          'let p = select(0.0f, exp_flash(s - mx), counted);',
+          `let ps = p * ${f32Lit(2 ** P_SCALE)};`,
+          'let ph = bitcast<f32>(bitcast<u32>(ps) & 0xffffe000u);',
+          `tile_p[r * ${U(SP)} + j] = f16(ph);`,
+          `tile_p[${U(PL)} + r * ${U(SP)} + j] = f16(ps - ph);`,
+          'l += p;',
+        ]
+      : ['let p = f16(select(0.0f, exp_flash(s - mx), counted));', `tile_p[r * ${U(SP)} + j] = p;`, 'l += f32(p);'],
+  ),
   `part_l[${slot}] = l;`,
 ])}
     workgroupBarrier();
-${indent(accumulateRows(oOps, 'o', 'tile_p', SP, ov, 'vb', g.Dv, keys))}`,
+${indent(accumulateRows(oOps, 'o', 'tile_p', SP, ov, 'vb', g.Dv, keys, split && { left: PL, right: split.v }))}`,
   );
   // A row's statistic from its parts' slots, in part order (the previous barrier ordered their writes).
   const combine = (row: string, slots: string, op: (a: string, b: string) => string) => `  for (var r = lane; r < ${U(DIRECT_ROWS)}; r += lanes) {
@@ -117,10 +149,21 @@ ${indent(accumulateRows(oOps, 'o', 'tile_p', SP, ov, 'vb', g.Dv, keys))}`,
   for (var i = lane; i < ${U(DIRECT_ROWS * partsMax)}; i += lanes) {
     part_m[i] = ${f32Lit(-Infinity)};
     part_l[i] = 0.0f;
+  }${
+    split
+      ? `
+  for (var r = lane; r < ${U(DIRECT_ROWS)}; r += lanes) { row_sq[r] = f32(${oq.binding}[${U(2 * split.q)} + bh * ${U(g.Sq)} + ra + r]); }`
+      : ''
   }
 ${range(g.D / 8)
   .map((t) => `  let q_${t} = ${sOps.loadLeft(oq.binding, `qb + ${U(8 * t)}`, U(oq.stride))};`)
-  .join('\n')}
+  .join('\n')}${
+    split
+      ? `\n${range(g.D / 8)
+          .map((t) => `  let ql_${t} = ${sOps.loadLeft(oq.binding, `${U(split.q)} + qb + ${U(8 * t)}`, U(oq.stride))};`)
+          .join('\n')}`
+      : ''
+  }
 ${pass1}
 ${combine('row_m', 'part_m', (a, b) => `max(${a}, ${b})`)}
   workgroupBarrier();
@@ -129,21 +172,24 @@ ${range(g.Dv / 8)
   .join('\n')}
 ${pass2}
 ${combine('row_l', 'part_l', (a, b) => `${a} + ${b}`)}
-${fragmentsOut(oOps, 'o', g.Dv / 8, 'tile_s', keys, SS, 'out_0', g.Sq, g.Dv, (x) => `${x} / row_l[r]`)}${storeLse}`;
+${fragmentsOut(oOps, 'o', g.Dv / 8, 'tile_s', keys, SS, 'out_0', g.Sq, g.Dv, (x, col) =>
+  // Split: P's 2^P_SCALE and v's column exponent come off (each factor a normal f32) before / l.
+  split ? `${x} * ${f32Lit(2 ** -P_SCALE)} * pow2(-i32(f32(${ov.binding}[${U(2 * split.v)} + bh * ${U(g.Dv)} + ${col}]))) / row_l[r]` : `${x} / row_l[r]`,
+)}${storeLse}`;
   const main = `${EXP_FLASH}
 
 var<workgroup> tile_s: array<f32, ${DIRECT_ROWS * SS}>;
-var<workgroup> tile_p: array<f16, ${DIRECT_ROWS * SP}>;
+var<workgroup> tile_p: array<f16, ${(split ? 2 : 1) * DIRECT_ROWS * SP}>;${split ? `\nvar<workgroup> row_sq: array<f32, ${DIRECT_ROWS}>;` : ''}
 var<workgroup> row_m: array<f32, ${DIRECT_ROWS}>;
 var<workgroup> row_l: array<f32, ${DIRECT_ROWS}>;
 var<workgroup> part_m: array<f32, ${DIRECT_ROWS * partsMax}>;
 var<workgroup> part_l: array<f32, ${DIRECT_ROWS * partsMax}>;
 
 ${directMain(target, `One subgroup: ${DIRECT_ROWS} query rows of one (batch, head), keys in tiles of ${keys}, two passes.`, groups, dispatch, g.Sq, body)}`;
-  const helpers = [sOps.helpers(), oOps.helpers()].filter(Boolean).join('\n\n');
+  const helpers = [sOps.helpers(), oOps.helpers(), split ? POW2_FN : ''].filter(Boolean).join('\n\n');
   // Views are read at their affine offsets, never through their element functions: those are left out.
   const kernel = flashKernel(node, inputs, target, { ...reads, helpers: '', lib: [] }, {
-    name: `${lse ? 'attention_flash_lse_direct_f16' : 'attention_flash_direct_f16'}${keys === 16 ? '' : `_k${keys}`}`,
+    name: `attention_flash${lse ? '_lse' : ''}_${split ? 'split16_f32' : 'direct_f16'}${keys === 16 ? '' : `_k${keys}`}`,
     body: helpers ? `${helpers}\n\n${main}` : main,
     workgroupSize: [sgmatLanes(target), 1, 1],
     dispatch,

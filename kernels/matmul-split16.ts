@@ -83,7 +83,7 @@ export function split16Chain(node: Node, inputs: readonly Node[], target: Target
 }
 
 /** `wgsl` with binding `i` declared array<f16> instead of array<f32> (`enable f16;` is the kernel's). */
-function halfDecl(wgsl: string, i: number, access: 'read' | 'read_write'): string {
+export function halfDecl(wgsl: string, i: number, access: 'read' | 'read_write'): string {
   const name = access === 'read' ? `in_${i}` : 'out_0';
   const from = `@group(0) @binding(${i}) var<storage, ${access}> ${name}: array<f32>;`;
   if (!wgsl.includes(from)) throw new Error(`internal: a split16 kernel does not declare binding ${i} as makeKernel does`);
@@ -95,7 +95,7 @@ function halfDecl(wgsl: string, i: number, access: 'read' | 'read_write'): strin
  * column (`cols`) of each matrix, into scratch `ref`: hi (numel f16), lo (numel), then the exponents (one per row or
  * column of each matrix, in order).
  */
-function splitKernel(mm: Node, x: Node, along: 'rows' | 'cols', ref: number, target: Target) {
+export function splitKernel(mm: Node, x: Node, along: 'rows' | 'cols', ref: number, target: Target) {
   const U = u32Lit;
   const [R, C] = x.shape.slice(-2);
   const mats = numel(x.shape.slice(0, -2));

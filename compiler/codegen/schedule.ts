@@ -22,6 +22,7 @@ import { halfStorageKernel } from '../../kernels/half-storage.js';
 import { halfBindings, planHalfStorage } from './half.js';
 import { planAttentionViews } from './attention-views.js';
 import { attentionViewKernels, tensorCoreAttention } from '../../kernels/attention.js';
+import { flashSplitChain, flashSplitUnfit } from '../../kernels/flash-split16.js';
 
 export type ValueKind = 'input' | 'param' | 'output' | 'temp';
 
@@ -205,8 +206,11 @@ export function schedule(graph: Graph, target: Target, rules: { readonly [op: st
       const opViews = operandViews(graph, operandPlans.get(node.id));
       // A matmul's variant depends on its operands in the graph (exact f16 values: subgroup matrices).
       const variant = node.op === 'matmul' ? graphMatmulVariant(graph, node, target) : undefined;
+      const siblingNode = sibling === undefined ? undefined : graph.node(sibling);
       if (variant) pushChain(node, matmulKernels(node, inputs, target, variant, undefined, reads, opViews));
-      else if (sibling !== undefined) withSibling(node, graph.node(sibling), graph, target, rules).forEach(push);
+      // An f32 attention forward split onto the tensor cores (Target.tuning.f32AttentionTensorCores).
+      else if (node.op === 'attention' && flashSplitUnfit(graph, node, target, siblingNode) === undefined) pushChain(node, flashSplitChain(graph, node, target, siblingNode));
+      else if (siblingNode !== undefined) withSibling(node, siblingNode, graph, target, rules).forEach(push);
       else if (rule.kind === 'chain') pushChain(node, rule.gen(node, inputs, target));
       else push(tensorCoreAttention(graph, node, target) ?? rule.gen(node, inputs, target));
     }

@@ -70,6 +70,11 @@ export interface Target {
      * (kernels/flash-direct-backward.ts) where it applies (no mask, no views, head dims multiples of 8). Unmeasured.
      */
     readonly flashDirectGrad?: boolean;
+    /**
+     * f32 attention forwards on the f16 tensor cores at f32 accuracy: q, k, v split into f16 pairs, three products
+     * per step (kernels/flash-split16.ts), where the target has subgroup matrices. Unmeasured.
+     */
+    readonly f32AttentionTensorCores?: boolean;
     /** Swept rows per tile of the direct flash kernels (kernels/flash-direct-common.ts; default 16). */
     readonly flashDirectKeys?: DirectKeys;
     readonly matmulSplits?: number;

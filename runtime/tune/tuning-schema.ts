@@ -48,6 +48,7 @@ const CHECKS: { readonly [K in keyof Tuning]-?: Check } = {
   tensorCoreAttention: bool,
   flashDirect: bool,
   flashDirectGrad: bool,
+  f32AttentionTensorCores: bool,
   flashDirectKeys: oneOf(16, 32, 64),
   matmulSplits: int(1, 64),
   splitTiles: int(8, 4096),

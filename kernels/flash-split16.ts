@@ -1,0 +1,54 @@
+// f32 attention forward on the f16 tensor cores at f32 accuracy (Target.tuning.f32AttentionTensorCores), as the
+// f32 matmuls split (kernels/matmul-split16.ts): `attention_flash{,_lse}_split16_f32`. On the H200 the f32 flash
+// forward ran at 9.8–18.8 TFLOP/s, 1.13–2.41x tfjs (docs/perf.md, session 13); the goal is 2x on every row.
+// Unmeasured on NVIDIA: offered to `visft tune`.
+//
+// A chain: q and k split per row (each query's and key's largest magnitude just below 2^14), v per column of each
+// (batch, head), each into one f16 scratch (hi, lo, exponents: kernels/matmul-split16.ts splitKernel); then the
+// direct tensor-core forward (kernels/flash-direct.ts) on the pairs: S = q·kᵀ as qh·kh + qh·kl + ql·kh, each score
+// times 2^-(its query's + key's exponents); the softmax in f32 as before; P scaled by 2^14 and split in workgroup
+// memory, P·v as ph·vh + ph·vl + pl·vh; the output times 2^-14, v's column exponent, and / l. l sums the f32 weights.
+// Error: each term within about 2^-19 of itself, so the scores within (D·2^-24 + 2^-19)·scale·Σ|q||k| and the output
+// within a few 2^-20 of max|v| beyond what that moves the weights: f32's accuracy, not the f32 kernels' bits
+// (test/kernels/flash-split16.test.ts). q, k and v as the operands' own bindings (no views), no mask, head dims
+// multiples of 8, at least 16 queries and keys; the f16 operands of autocast take the f16 kernels instead.
+import type { KernelChain, Target } from '../compiler/codegen/types.js';
+import { isExactHalf } from '../compiler/codegen/half.js';
+import { numel, type Graph, type Node } from '../compiler/ir/graph.js';
+import { attentionGeometry, directReads } from './flash-common.js';
+import { DIRECT_ROWS } from './flash-direct-common.js';
+import { flashDirectForwardKernel } from './flash-direct.js';
+import { halfDecl, splitKernel } from './matmul-split16.js';
+import { sgmatConfig } from './sgmat.js';
+
+/** Scratch placeholders: q's, k's and v's splits. */
+const SPLIT_Q = -1;
+const SPLIT_K = -2;
+const SPLIT_V = -3;
+
+/** Why the f32 attention forward `node` (with its attention_lse `sibling`) cannot run split on `target`, or undefined. */
+export function flashSplitUnfit(graph: Graph, node: Node, target: Target, sibling?: Node): string | undefined {
+  if (!target.tuning?.f32AttentionTensorCores) return 'not asked for (Target.tuning.f32AttentionTensorCores)';
+  if (node.op !== 'attention') return `${node.op} is not attention`;
+  if (sibling && sibling.op !== 'attention_lse') return `its sibling is ${sibling.op}`;
+  if (node.inputs.length !== 3) return 'a mask';
+  if (!sgmatConfig(target, 16, 8, 8) || !sgmatConfig(target, 16, 8, 16)) return 'the target lists no f16 x f16 -> f32 16x8x8 and 16x8x16 subgroup-matrix configs';
+  const [q, k, v] = node.inputs.map((i) => graph.node(i));
+  if ([q, k, v].every((x) => isExactHalf(graph, x.id))) return 'q, k and v are f16 values (the f16 kernels take them)';
+  const g = attentionGeometry(node, q, k, v, undefined);
+  if (g.D % 8 || g.Dv % 8) return `head dims ${g.D} and ${g.Dv} are not multiples of 8`;
+  if (g.Sq < DIRECT_ROWS || g.Sk < DIRECT_ROWS) return `fewer than ${DIRECT_ROWS} queries or keys`;
+  return undefined;
+}
+
+/** The chain: q's, k's and v's splits, then the forward on them (check flashSplitUnfit first). */
+export function flashSplitChain(graph: Graph, node: Node, target: Target, sibling?: Node): KernelChain {
+  const [q, k, v] = node.inputs.map((i) => graph.node(i));
+  const splits = [splitKernel(node, q, 'rows', SPLIT_Q, target), splitKernel(node, k, 'rows', SPLIT_K, target), splitKernel(node, v, 'cols', SPLIT_V, target)];
+  const forward = flashDirectForwardKernel(node, [q, k, v], target, sibling, directReads(node), { q: numel(q.shape), k: numel(k.shape), v: numel(v.shape) });
+  // It binds the splits in q's, k's and v's places, as the f16 arrays they are.
+  const refs = [SPLIT_Q, SPLIT_K, SPLIT_V];
+  const bindings = forward.bindings.map((b, i) => (i < 3 ? { ...b, value: refs[i] } : b));
+  const wgsl = [0, 1, 2].reduce((w, i) => halfDecl(w, i, 'read'), forward.wgsl);
+  return { kernels: [...splits.map((s) => s.kernel), { ...forward, bindings, wgsl }], scratch: splits.map((s) => s.scratch) };
+}
