@@ -123,6 +123,8 @@ export const TUNE_GROUPS: readonly TuneGroup[] = [
     applies: always,
     options: [
       { name: 'register-blocked forward', tuning: { flashBlocked: true } },
+      // The forward on the f16 tensor cores at f32 accuracy: q, k, v split into f16 pairs (kernels/flash-split16.ts).
+      { name: 'forward on tensor cores, q, k, v split into f16 pairs', tuning: { f32AttentionTensorCores: true } },
       { name: 'lane loops unrolled', tuning: { flashCaps: { unroll: true } } },
       ...flashTileOptions('', 'flashCaps', [
         [2, 2, 128],

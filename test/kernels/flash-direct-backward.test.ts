@@ -126,6 +126,7 @@ test('the tensor-core probe compiles the kernels from storage (flash; f32 produc
   });
   // Under f32TensorCores, the f32 product's chain too.
   assert.deepEqual(names({ f32TensorCores: true }).filter((n) => /split16/.test(n)), ['split16_rows_f32', 'split16_cols_f32', 'matmul_split16_f32']);
+  assert.deepEqual(names({ f32AttentionTensorCores: true }).filter((n) => /split16/.test(n)), ['split16_rows_f32', 'split16_rows_f32', 'split16_cols_f32', 'attention_flash_split16_f32']);
   // Not where the target lacks the 16x8x8 config (the schedule would not use them there either).
   assert.doesNotMatch(probeKernels({ ...H200, subgroupMatrixConfigs: H200.subgroupMatrixConfigs.filter((c) => c.K !== 8), tuning: { flashDirect: true, flashDirectGrad: true } }).map((k) => k.name).join(' '), /direct/);
 });
