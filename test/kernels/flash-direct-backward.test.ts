@@ -21,13 +21,9 @@ import { probeKernels } from '../../runtime/gpu/tensor-core-probe.js';
 import { runGpu } from '../../runtime/run-gpu.js';
 import { E32, statsAndBounds } from './attention-grad-bounds.js';
 import { assertWithin, randomTensor } from './harness.js';
-import { sgmatDevice, withConfigs } from './sgmat-targets.js';
+import { DIRECT_CONFIGS, sgmatDevice, withConfigs } from './sgmat-targets.js';
 
 const H200 = TARGETS['nvidia-h200'];
-const CONFIGS = [
-  { M: 16, N: 8, K: 8 },
-  { M: 16, N: 8, K: 16 },
-];
 const bhsd = (b: number, h: number, s: number, d: number) => [b, h, s, d];
 
 /**
@@ -135,7 +131,7 @@ describe('on the device (emulated subgroup matrices; native on a GPU that has th
   const device = sgmatDevice();
   // Emulated with `lanes` invocations per subgroup where given (NVIDIA's 32).
   const target = (keys?: 16 | 32 | 64, lanes?: number): Target => {
-    const t = device.native() ? device.gpu().target : { ...withConfigs(device.gpu().target, CONFIGS, 'direct'), ...(lanes ? { emulatedLanes: lanes } : {}) };
+    const t = device.native() ? device.gpu().target : { ...withConfigs(device.gpu().target, DIRECT_CONFIGS, 'direct'), ...(lanes ? { emulatedLanes: lanes } : {}) };
     return { ...t, tuning: { ...t.tuning, flashDirectGrad: true, ...(keys ? { flashDirectKeys: keys } : {}) } };
   };
 
@@ -149,7 +145,7 @@ describe('on the device (emulated subgroup matrices; native on a GPU that has th
   for (const [what, B, H, Sq, Sk, D, Dv, scale, wrts, keys, kernels, lanes] of CASES) {
     test(what, async () => {
       const t = target(keys, lanes);
-      if (device.native()) assert.ok(CONFIGS.every((c) => sgmatConfig(t, c.M, c.N, c.K)), 'the GPU lists 16x8x8 and 16x8x16');
+      if (device.native()) assert.ok(DIRECT_CONFIGS.every((c) => sgmatConfig(t, c.M, c.N, c.K)), 'the GPU lists 16x8x8 and 16x8x16');
       const attrs: Attrs = scale === undefined ? {} : { scale };
       const { graph } = gradGraph(bhsd(B, H, Sq, D), bhsd(B, H, Sk, D), Dv, wrts, attrs);
       const program = compileGpu(graph, t);

@@ -16,13 +16,9 @@ import { roundF16 } from '../../compiler/ir/rules/reference-core.js';
 import { runGpu } from '../../runtime/run-gpu.js';
 import { E32, statsAndBounds, U16 } from './attention-grad-bounds.js';
 import { assertWithin, randomTensor } from './harness.js';
-import { sgmatDevice, withConfigs } from './sgmat-targets.js';
+import { DIRECT_CONFIGS, sgmatDevice, withConfigs } from './sgmat-targets.js';
 
 const H200 = TARGETS['nvidia-h200'];
-const CONFIGS = [
-  { M: 16, N: 8, K: 8 },
-  { M: 16, N: 8, K: 16 },
-];
 const DIRECT = { flashDirect: true, flashDirectGrad: true } as const;
 
 /**
@@ -83,7 +79,7 @@ describe('on the device (emulated subgroup matrices; native on a GPU that has th
 
   test('two heads of 16, 37 tokens (ragged tiles), batch 2: forward, lse, dq, dk and dv', async () => {
     const [B, H, S, D] = [2, 2, 37, 16];
-    const t = device.native() ? device.gpu().target : withConfigs(device.gpu().target, CONFIGS, 'direct');
+    const t = device.native() ? device.gpu().target : withConfigs(device.gpu().target, DIRECT_CONFIGS, 'direct');
     const graph = viewGraph(B, H, S, D);
     const program = compileGpu(graph, { ...t, tuning: { ...t.tuning, ...DIRECT } });
     const names = program.schedule.kernels.filter((k) => k.name.startsWith('attention')).map((k) => k.name);

@@ -13,7 +13,7 @@ import { compileGpu } from '../../compiler/codegen/gpu.js';
 import { TARGETS } from '../../compiler/codegen/targets.js';
 import type { Target } from '../../compiler/codegen/types.js';
 import { Builder } from '../../compiler/ir/builder.js';
-import type { Attrs, Graph } from '../../compiler/ir/graph.js';
+import type { Attrs } from '../../compiler/ir/graph.js';
 import { interpret } from '../../compiler/ir/interpret.js';
 import { roundF16 } from '../../compiler/ir/rules/reference-core.js';
 import { flashDirectUnfit } from '../../kernels/flash-direct.js';
@@ -21,27 +21,13 @@ import { sgmatConfig } from '../../kernels/sgmat.js';
 import { benchRows, rowGraph } from '../../runtime/bench/rows.js';
 import { runGpu } from '../../runtime/run-gpu.js';
 import { assertWithin, randomTensor } from './harness.js';
-import { sgmatDevice, withConfigs } from './sgmat-targets.js';
+import { attentionGraph, DIRECT_CONFIGS, sgmatDevice, withConfigs } from './sgmat-targets.js';
 
 const U16 = 2 ** -10;
 const H200 = TARGETS['nvidia-h200'];
-const CONFIGS = [
-  { M: 16, N: 8, K: 8 },
-  { M: 16, N: 8, K: 16 },
-];
 
 /** attention(round(q), round(k), round(v)) and its lse sibling: exact f16 operands, as autocast makes them. */
-function roundedAttention(qs: number[], ks: number[], vs: number[], attrs: Attrs = {}, mask?: number[], withLse = true): { graph: Graph; y: number; lse: number } {
-  const b = new Builder();
-  const round = (id: number) => b.add('cast', [b.add('cast', [id], { dtype: 'f16' })], { dtype: 'f32' });
-  const [q, k, v] = [round(b.input('q', qs)), round(b.input('k', ks)), round(b.input('v', vs))];
-  const m = mask ? [b.input('mask', mask)] : [];
-  const y = b.add('attention', [q, k, v, ...m], attrs);
-  const lse = b.add('attention_lse', [q, k, ...m], attrs);
-  b.output('y', y);
-  if (withLse) b.output('lse', lse);
-  return { graph: b.graph, y, lse };
-}
+const roundedAttention = (qs: number[], ks: number[], vs: number[], attrs: Attrs = {}, mask?: number[], withLse = true) => attentionGraph(qs, ks, vs, { attrs, mask, withLse, round: true });
 
 describe('the direct flash forward as generated for the H200', () => {
   test('the f16 bench rows: q and k fragments on 16x8x8, P·v on 16x8x16, from f16 storage; one subgroup; two passes', () => {
@@ -88,7 +74,7 @@ describe('the direct flash forward as generated for the H200', () => {
 describe('on the device (emulated subgroup matrices; native on a GPU that has them)', () => {
   const device = sgmatDevice();
   // Emulated with `lanes` invocations per subgroup where given (NVIDIA's 32: two lanes share each row's statistics).
-  const target = (lanes?: number): Target => (device.native() ? device.gpu().target : { ...withConfigs(device.gpu().target, CONFIGS, 'direct'), ...(lanes ? { emulatedLanes: lanes } : {}) });
+  const target = (lanes?: number): Target => (device.native() ? device.gpu().target : { ...withConfigs(device.gpu().target, DIRECT_CONFIGS, 'direct'), ...(lanes ? { emulatedLanes: lanes } : {}) });
 
   // [what, B, H, Sq, Sk, D, Dv, scale, lse, scores rising along the keys, keys per tile, emulated lanes]; few cases:
   // lavapipe compiles each emulated kernel for seconds.
@@ -101,7 +87,7 @@ describe('on the device (emulated subgroup matrices; native on a GPU that has th
   for (const [what, B, H, Sq, Sk, D, Dv, scale, withLse, rising, keys, lanes] of CASES) {
     test(what, async () => {
       const t = target(lanes);
-      if (device.native()) assert.ok(CONFIGS.every((c) => sgmatConfig(t, c.M, c.N, c.K)), 'the GPU lists 16x8x8 and 16x8x16');
+      if (device.native()) assert.ok(DIRECT_CONFIGS.every((c) => sgmatConfig(t, c.M, c.N, c.K)), 'the GPU lists 16x8x8 and 16x8x16');
       const attrs: Attrs = scale === undefined ? {} : { scale };
       const { graph, y, lse } = roundedAttention([B, H, Sq, D], [B, H, Sk, D], [B, H, Sk, Dv], attrs, undefined, withLse);
       assert.equal(flashDirectUnfit(graph, graph.node(y), t, withLse ? graph.node(lse) : undefined), undefined);

@@ -14,34 +14,21 @@ import { compileGpu } from '../../compiler/codegen/gpu.js';
 import { TARGETS } from '../../compiler/codegen/targets.js';
 import type { Target } from '../../compiler/codegen/types.js';
 import { Builder } from '../../compiler/ir/builder.js';
-import type { Attrs, Graph } from '../../compiler/ir/graph.js';
+import type { Attrs } from '../../compiler/ir/graph.js';
 import { interpret } from '../../compiler/ir/interpret.js';
 import { flashSplitUnfit } from '../../kernels/flash-split16.js';
 import { benchRows, rowGraph } from '../../runtime/bench/rows.js';
 import { runGpu } from '../../runtime/run-gpu.js';
 import { makeRng } from '../ir/util.js';
 import { assertWithin } from './harness.js';
-import { sgmatDevice, withConfigs } from './sgmat-targets.js';
+import { attentionGraph, DIRECT_CONFIGS, sgmatDevice, withConfigs } from './sgmat-targets.js';
 
 const H200 = TARGETS['nvidia-h200'];
-const CONFIGS = [
-  { M: 16, N: 8, K: 8 },
-  { M: 16, N: 8, K: 16 },
-];
 const u = 2 ** -24;
 const split = (t: Target, more: Target['tuning'] = {}): Target => ({ ...t, tuning: { ...t.tuning, ...more, f32AttentionTensorCores: true } });
 
 /** attention(q, k, v) in f32, with its lse sibling when `withLse`, and an optional mask. */
-function attentionGraph(qs: number[], ks: number[], vs: number[], attrs: Attrs = {}, withLse = true, mask?: number[]): { graph: Graph; y: number; lse: number } {
-  const b = new Builder();
-  const [q, k, v] = [b.input('q', qs), b.input('k', ks), b.input('v', vs)];
-  const m = mask ? [b.input('mask', mask)] : [];
-  const y = b.add('attention', [q, k, v, ...m], attrs);
-  const lse = b.add('attention_lse', [q, k, ...m], attrs);
-  b.output('y', y);
-  if (withLse) b.output('lse', lse);
-  return { graph: b.graph, y, lse };
-}
+const f32Attention = (qs: number[], ks: number[], vs: number[], attrs: Attrs = {}, withLse = true, mask?: number[]) => attentionGraph(qs, ks, vs, { attrs, withLse, mask });
 
 describe('as generated for the H200', () => {
   test('the f32 forward rows: three splits, then the forward with three products per score fragment and per P·v fragment', () => {
@@ -65,12 +52,12 @@ describe('as generated for the H200', () => {
 
   test('where it does not apply: not asked, a mask, f16 operands, head dims off 8, fewer than 16 keys', () => {
     const s = (n: number, d: number) => [1, 2, n, d];
-    const why = (g: ReturnType<typeof attentionGraph>, t = split(H200)) => flashSplitUnfit(g.graph, g.graph.node(g.y), t, g.graph.node(g.lse));
-    assert.equal(why(attentionGraph(s(40, 16), s(40, 16), s(40, 16))), undefined);
-    assert.match(why(attentionGraph(s(40, 16), s(40, 16), s(40, 16)), H200) ?? '', /not asked for/);
-    assert.match(why(attentionGraph(s(40, 16), s(40, 16), s(40, 16), {}, true, [40])) ?? '', /mask/);
-    assert.match(why(attentionGraph(s(40, 12), s(40, 12), s(40, 16))) ?? '', /not multiples of 8/);
-    assert.match(why(attentionGraph(s(40, 16), s(12, 16), s(12, 16))) ?? '', /fewer than 16/);
+    const why = (g: ReturnType<typeof f32Attention>, t = split(H200)) => flashSplitUnfit(g.graph, g.graph.node(g.y), t, g.graph.node(g.lse));
+    assert.equal(why(f32Attention(s(40, 16), s(40, 16), s(40, 16))), undefined);
+    assert.match(why(f32Attention(s(40, 16), s(40, 16), s(40, 16)), H200) ?? '', /not asked for/);
+    assert.match(why(f32Attention(s(40, 16), s(40, 16), s(40, 16), {}, true, [40])) ?? '', /mask/);
+    assert.match(why(f32Attention(s(40, 12), s(40, 12), s(40, 16))) ?? '', /not multiples of 8/);
+    assert.match(why(f32Attention(s(40, 16), s(12, 16), s(12, 16))) ?? '', /fewer than 16/);
     const b = new Builder();
     const round = (id: number) => b.add('cast', [b.add('cast', [id], { dtype: 'f16' })], { dtype: 'f32' });
     const y = b.add('attention', ['q', 'k', 'v'].map((n) => round(b.input(n, s(40, 16)))));
@@ -82,7 +69,7 @@ describe('as generated for the H200', () => {
 describe('on the device (emulated subgroup matrices; native on a GPU that has them)', () => {
   const device = sgmatDevice();
   const target = (more: Target['tuning'], lanes?: number): Target =>
-    split(device.native() ? device.gpu().target : { ...withConfigs(device.gpu().target, CONFIGS, 'direct'), ...(lanes ? { emulatedLanes: lanes } : {}) }, more);
+    split(device.native() ? device.gpu().target : { ...withConfigs(device.gpu().target, DIRECT_CONFIGS, 'direct'), ...(lanes ? { emulatedLanes: lanes } : {}) }, more);
 
   // [what, B, H, Sq, Sk, D, Dv, scale, lse, magnitudes of q's and k's rows (10^±), keys per tile, emulated lanes];
   // small head dims: lavapipe compiles each emulated kernel for seconds per product.
@@ -94,7 +81,7 @@ describe('on the device (emulated subgroup matrices; native on a GPU that has th
     test(what, async () => {
       const t = target(keys ? { flashDirectKeys: keys } : {}, lanes);
       const attrs: Attrs = scale === undefined ? {} : { scale };
-      const { graph } = attentionGraph([B, H, Sq, D], [B, H, Sk, D], [B, H, Sk, Dv], attrs, withLse);
+      const { graph } = f32Attention([B, H, Sq, D], [B, H, Sk, D], [B, H, Sk, Dv], attrs, withLse);
       const program = compileGpu(graph, t);
       const names = program.schedule.kernels.map((k) => k.name);
       assert.match(names[names.length - 1], withLse ? /^attention_flash_lse_split16_f32/ : /^attention_flash_split16_f32/, names.join(' '));

@@ -4,7 +4,7 @@
 import { after, before } from 'node:test';
 import type { Target } from '../../compiler/codegen/types.js';
 import { Builder } from '../../compiler/ir/builder.js';
-import type { Graph } from '../../compiler/ir/graph.js';
+import type { Attrs, Graph } from '../../compiler/ir/graph.js';
 import { TARGETS } from '../../compiler/codegen/targets.js';
 import { nativeSgmat, SUBGROUP_MATRIX_FEATURE } from '../../kernels/sgmat.js';
 import { openDevice, type GpuDevice } from '../../runtime/gpu/device.js';
@@ -68,4 +68,27 @@ export function autocastLinear(rowsPer: number, d: number, out: number, rank: nu
   b.output('y', b.add('gelu', [b.add('add', [b.add('add', [proj, lora]), b.param('bias', [out])])]));
   b.output('p', b.add('add', [b.add('matmul', [x, b.transposeLast(round(b.param('w2', [out, d])))]), b.param('bias2', [out])]));
   return b.graph;
+}
+
+/** The configs the tensor-core flash kernels from storage take (kernels/flash-direct-common.ts): 16x8x8 and 16x8x16. */
+export const DIRECT_CONFIGS: Config[] = [
+  { M: 16, N: 8, K: 8 },
+  { M: 16, N: 8, K: 16 },
+];
+
+/**
+ * attention(q, k, v [, mask]) and its attention_lse sibling (an output when `withLse`); `round`: q, k and v rounded to
+ * f16 first (exact f16 operands, as autocast makes them).
+ */
+export function attentionGraph(qs: number[], ks: number[], vs: number[], opts: { attrs?: Attrs; withLse?: boolean; mask?: number[]; round?: boolean } = {}): { graph: Graph; y: number; lse: number } {
+  const b = new Builder();
+  const round = (id: number) => (opts.round ? b.add('cast', [b.add('cast', [id], { dtype: 'f16' })], { dtype: 'f32' }) : id);
+  const [q, k, v] = [round(b.input('q', qs)), round(b.input('k', ks)), round(b.input('v', vs))];
+  const m = opts.mask ? [b.input('mask', opts.mask)] : [];
+  const attrs = opts.attrs ?? {};
+  const y = b.add('attention', [q, k, v, ...m], attrs);
+  const lse = b.add('attention_lse', [q, k, ...m], attrs);
+  b.output('y', y);
+  if (opts.withLse ?? true) b.output('lse', lse);
+  return { graph: b.graph, y, lse };
 }
