@@ -123,8 +123,6 @@ export const TUNE_GROUPS: readonly TuneGroup[] = [
     applies: always,
     options: [
       { name: 'register-blocked forward', tuning: { flashBlocked: true } },
-      // The forward on the f16 tensor cores at f32 accuracy: q, k, v split into f16 pairs (kernels/flash-split16.ts).
-      { name: 'forward on tensor cores, q, k, v split into f16 pairs', tuning: { f32AttentionTensorCores: true } },
       { name: 'lane loops unrolled', tuning: { flashCaps: { unroll: true } } },
       ...flashTileOptions('', 'flashCaps', [
         [2, 2, 128],
@@ -136,6 +134,14 @@ export const TUNE_GROUPS: readonly TuneGroup[] = [
       ]),
       { name: '32 keys per tile', tuning: { flashCaps: { sweep: 32 } } },
     ],
+  },
+  {
+    // The f32 forward on the f16 tensor cores at f32 accuracy: q, k, v split into f16 pairs (kernels/flash-split16.ts);
+    // a group of its own, so a short lease can time it without the tile sweep above.
+    name: 'f32 attention on tensor cores',
+    rows: isAttention('f32'),
+    applies: tensorCores,
+    options: [{ name: 'forward on tensor cores, q, k, v split into f16 pairs', tuning: { f32AttentionTensorCores: true } }],
   },
   {
     name: 'f32 flash attention backward',
