@@ -9,6 +9,7 @@ import { TuningProfileError } from '../runtime/tune/profile.js';
 
 // Options several commands share, described once.
 const TUNING_HELP = 'auto (the tuning profile measured on this adapter, if any: `visft tune`), none, or a profile file';
+const SET_HELP = 'kernel choices over the tuning profile\'s, as JSON (e.g. \'{"flashDirect": true}\'; `visft tune --list` names them)';
 const KERNELS_HELP = "auto (the bundle's kernels when compiled for a GPU target this adapter satisfies, else scheduled for this adapter), bundle, or device";
 
 const pkg = JSON.parse(readFileSync(fileURLToPath(new URL('../../package.json', import.meta.url)), 'utf8')) as { version: string };
@@ -125,6 +126,7 @@ function program(): Command {
     .option('--rows <names>', 'comma-separated row names or prefixes (e.g. matmul_f32,gelu)')
     .option('--adapter <name>', 'pick the GPU adapter whose name contains this')
     .option('--tuning <profile>', TUNING_HELP)
+    .option('--set <json>', SET_HELP)
     .option('--repeat <n>', 'timed iterations (set by the slower side; default: about 200 ms of work per side, 20 to 200; on a software adapter about 1 s, 5 to 50)')
     .action(async (opts: import('./commands/bench.js').BenchCliOptions) => {
       process.exitCode = await (await import('./commands/bench.js')).runBenchCommand(opts);
@@ -139,7 +141,7 @@ function program(): Command {
     .option('--top <n>', 'how many of the slowest single kernels to list (default 10)')
     .option('--adapter <name>', 'pick the GPU adapter whose name contains this')
     .option('--tuning <profile>', TUNING_HELP)
-    .option('--set <json>', 'kernel choices over the tuning profile\'s, as JSON (e.g. \'{"flashDirect": true}\'): what the program would take with them')
+    .option('--set <json>', SET_HELP)
     .option('--kernels <which>', KERNELS_HELP, 'auto')
     .action(async (bundle: string, opts: import('./commands/profile.js').ProfileCliOptions) => {
       process.exitCode = await (await import('./commands/profile.js')).runProfileCommand(bundle, opts);

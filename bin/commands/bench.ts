@@ -1,8 +1,9 @@
-// `visft bench [--json] [--quick | --full] [--rows NAME,...] [--adapter NAME] [--repeat N]`: visft's kernels
+// `visft bench [--json] [--quick | --full] [--rows NAME,...] [--adapter NAME] [--repeat N] [--tuning P] [--set JSON]`: visft's kernels
 // against tfjs-webgpu on the same device (runtime/bench). Exit 0 when every row ran and agreed with the peer
 // (or is not available on this device), 1 when a row disagreed or failed, 2 for usage errors.
 import { BENCH_ROW_NAMES } from '../../runtime/bench/rows.js';
 import { gpuErrorExit, UsageError } from './errors.js';
+import { tuningSetArg } from './tuning-set.js';
 
 export interface BenchCliOptions {
   json?: boolean;
@@ -13,6 +14,8 @@ export interface BenchCliOptions {
   /** auto, none, or a tuning profile file. */
   tuning?: string;
   repeat?: string;
+  /** Kernel choices over the profile's, as JSON. */
+  set?: string;
 }
 
 /** The command line as given, for the report (flags in a fixed order). */
@@ -25,6 +28,7 @@ function commandLine(o: BenchCliOptions): string {
   if (o.adapter) parts.push(`--adapter '${o.adapter}'`);
   if (o.repeat) parts.push(`--repeat ${o.repeat}`);
   if (o.tuning) parts.push(`--tuning ${o.tuning}`);
+  if (o.set) parts.push(`--set '${o.set}'`);
   return parts.join(' ');
 }
 
@@ -38,6 +42,7 @@ export async function runBenchCommand(opts: BenchCliOptions): Promise<number> {
     if (!/^\d+$/.test(opts.repeat) || repeat < 1 || repeat > 10_000) throw new UsageError(`--repeat takes a whole number from 1 to 10000, not '${opts.repeat}'`);
   }
   if (opts.quick && opts.full) throw new UsageError('--quick and --full exclude each other');
+  const tuningSet = tuningSetArg(opts.set);
 
   const { runBench } = await import('../../runtime/bench/bench.js');
   const { formatReport } = await import('../../runtime/bench/report.js');
@@ -49,6 +54,7 @@ export async function runBenchCommand(opts: BenchCliOptions): Promise<number> {
       ...(opts.adapter ? { adapter: opts.adapter } : {}),
       ...(repeat !== undefined ? { repeat } : {}),
       ...(opts.tuning ? { tuning: opts.tuning } : {}),
+      ...(tuningSet ? { tuningSet } : {}),
       command: commandLine(opts),
       progress: (line) => process.stderr.write(`bench: ${line}\n`),
     });

@@ -10,10 +10,9 @@ import { openDevice } from '../../runtime/gpu/device.js';
 import { GpuError } from '../../runtime/gpu/errors.js';
 import { bundleCase } from '../../runtime/tune/pair-timing.js';
 import { describeProfile, profileSummary } from '../../runtime/tune/profile.js';
-import { validateTuning } from '../../runtime/tune/tuning-schema.js';
-import type { Target } from '../../compiler/codegen/types.js';
 import { kernelChoiceArg, readBundleArg } from './bundle-args.js';
 import { gpuErrorExit, UsageError } from './errors.js';
+import { tuningSetArg, tuningSetLine } from './tuning-set.js';
 
 export interface ProfileCliOptions {
   repeat?: string;
@@ -23,20 +22,6 @@ export interface ProfileCliOptions {
   tuning?: string;
   kernels?: string;
   set?: string;
-}
-
-/** `--set`: Target.tuning choices as JSON, checked. */
-function tuningSetArg(value: string | undefined): Target['tuning'] {
-  if (value === undefined) return undefined;
-  let parsed: unknown;
-  try {
-    parsed = JSON.parse(value);
-  } catch (e) {
-    throw new UsageError(`--set takes kernel choices as JSON (e.g. '{"flashDirect": true}'), not '${value}': ${(e as Error).message}`);
-  }
-  const why = validateTuning(parsed);
-  if (why) throw new UsageError(`--set: ${why.startsWith('.') ? `tuning${why}` : why}`);
-  return parsed as Target['tuning'];
 }
 
 function count(value: string | undefined, option: string, fallback: number, max: number): number {
@@ -72,7 +57,7 @@ export async function runProfileCommand(file: string, opts: ProfileCliOptions): 
         const w = (s: string) => process.stdout.write(s + '\n');
         w(`device: ${device.adapter} (${device.backend || 'default backend'})`);
         w(`tuning profile: ${gpu.tuningProfile ? describeProfile(profileSummary(gpu.tuningProfile)) : 'none'}`);
-        if (tuningSet) w(`kernel choices set${gpu.tuningProfile ? ' over the profile' : ''}: ${JSON.stringify(tuningSet)}`);
+        if (tuningSet) w(tuningSetLine(tuningSet, !!gpu.tuningProfile));
         if (rescheduled) w(`kernels: scheduled for ${gpu.target.name} (${rescheduled})`);
         w(`${file}: ${p.kernels} kernels; one pass ${p.passMs.toFixed(3)} ms; each in a pass of its own ${p.kernelsMs.toFixed(3)} ms in all (GPU timestamps, medians of ${repeat} runs; seeded data)`);
         const table = (title: string, rows: typeof p.byName) => {

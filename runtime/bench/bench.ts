@@ -34,6 +34,8 @@ export interface BenchOptions {
   readonly backend?: string;
   /** The tuning profile: auto (default), none, or a file (openDevice). */
   readonly tuning?: string;
+  /** Kernel choices over the profile's (openDevice tuningSet; `visft bench --set`). */
+  readonly tuningSet?: Target['tuning'];
   /** Timed iterations per side; by default chosen per row from the warm-up (see REPEAT_POLICY). */
   readonly repeat?: number;
   /** Untimed iterations first (default 3; 1 on a fallback adapter). */
@@ -131,6 +133,8 @@ export interface BenchReport {
     readonly toggles?: readonly string[];
     /** The tuning profile the kernels were compiled with (runtime/tune/profile.ts): its file and what it adopted. */
     readonly tuning?: { readonly file: string; readonly created: string; readonly adopted: readonly string[] };
+    /** Kernel choices set over the profile's (`--set`). */
+    readonly set?: Target['tuning'];
   };
   readonly sizes: { readonly size: BenchSize; readonly tokens: number; readonly reason: string };
   readonly timing: { readonly method: 'gpu-timestamps' | 'wall-clock'; readonly statistic: 'median'; readonly warmup: number; readonly clockWarmupMs: number; readonly repeat: number | RepeatPolicy };
@@ -372,7 +376,7 @@ export async function runBench(opts: BenchOptions = {}): Promise<BenchReport> {
   selectRows(benchRows('tiny'), filters); // names are the same at every size: fail before opening the device
   if (opts.repeat !== undefined && (!Number.isInteger(opts.repeat) || opts.repeat < 1 || opts.repeat > 10_000)) throw new Error(`--repeat must be a whole number from 1 to 10000, not ${opts.repeat}`);
 
-  const gpu = await openDevice({ profiling: true, ...(opts.adapter ? { adapter: opts.adapter } : {}), ...(opts.backend ? { backend: opts.backend } : {}), ...(opts.tuning ? { tuning: opts.tuning } : {}) });
+  const gpu = await openDevice({ profiling: true, ...(opts.adapter ? { adapter: opts.adapter } : {}), ...(opts.backend ? { backend: opts.backend } : {}), ...(opts.tuning ? { tuning: opts.tuning } : {}), ...(opts.tuningSet ? { tuningSet: opts.tuningSet } : {}) });
   let peer: TfjsPeer | undefined;
   try {
     const fallback = gpu.info.isFallbackAdapter;
@@ -425,6 +429,7 @@ export async function runBench(opts: BenchOptions = {}): Promise<BenchReport> {
         features: gpu.target.features,
         toggles: gpu.toggles,
         ...(gpu.tuningProfile ? { tuning: profileSummary(gpu.tuningProfile) } : {}),
+        ...(opts.tuningSet ? { set: opts.tuningSet } : {}),
       },
       sizes: { size, tokens: BENCH_SIZES[size].tokens, reason },
       timing: { method: timestamps ? 'gpu-timestamps' : 'wall-clock', statistic: 'median', warmup, clockWarmupMs, repeat },

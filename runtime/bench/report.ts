@@ -42,7 +42,8 @@ export function formatReport(rep: BenchReport): string {
   lines.push(`command: ${rep.command}`);
   lines.push(`device: ${d.name}${d.description && d.description !== d.name ? ` (${d.description})` : ''}, backend ${d.backend}, ${d.isFallbackAdapter ? 'FALLBACK (software) adapter: ratios on it are not speed claims' : 'hardware adapter'}`);
   if (d.toggles) lines.push(`dawn toggles: ${d.toggles.join(', ')} (shader robustness ${d.toggles.includes('disable_robustness') ? 'off' : 'on'})`);
-  lines.push(`tuning profile: ${d.tuning ? describeProfile(d.tuning) : 'none (the default kernels)'}`);
+  lines.push(`tuning profile: ${d.tuning ? describeProfile(d.tuning) : d.set ? 'none' : 'none (the default kernels)'}`);
+  if (d.set) lines.push(`kernel choices set${d.tuning ? ' over the profile' : ''}: ${JSON.stringify(d.set)}`);
   const ownShapes = rep.rows.some((r) => r.op === 'attention' || r.op === 'msdeform_attn');
   lines.push(`sizes: ${rep.sizes.size}, ${rep.sizes.tokens} tokens${ownShapes ? ' in the ViT-token rows (attention and MSDeformAttn rows: the shapes below)' : ''} (${rep.sizes.reason})`);
   const method = rep.timing.method === 'gpu-timestamps' ? 'GPU timestamps (timestamp-query, unquantised)' : 'wall clock (no timestamp-query)';
@@ -61,7 +62,7 @@ export function formatReport(rep: BenchReport): string {
   lines.push('ratio = peer ms / ours ms: > 1 means visft is faster. check: results (every output) agree within f32 tolerance before timing.');
   const tuned = ok.filter((r) => r.untuned && r.vsUntuned !== undefined);
   if (tuned.length) {
-    lines.push('tuning profile against the default kernels (same device, same bursts; > 1: the profile is faster):');
+    lines.push(`${d.set ? 'these choices' : 'tuning profile'} against the default kernels (same device, same bursts; > 1: ${d.set ? 'they are' : 'the profile is'} faster):`);
     lines.push(...table(tuned.map((r) => [`  ${r.name}`, `default ${ms(r.untuned!.ms)} ms`, `profile ${ms(r.ours!.ms)} ms`, `${r.vsUntuned!.toFixed(2)}x`, `outputs within ${r.untuned!.relDiff.toExponential(1)}`]), ['l', 'r', 'r', 'r', 'l']));
   }
   const skipped = rep.rows.filter((r) => r.peerSkipped);
