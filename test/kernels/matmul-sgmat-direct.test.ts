@@ -17,21 +17,14 @@ import { benchRows, rowGraph } from '../../runtime/bench/rows.js';
 import { runGpu } from '../../runtime/run-gpu.js';
 import { makeRng, randomTensor } from '../ir/util.js';
 import { matmulMismatch } from './harness.js';
-import { autocastLinear, deviceSgmatTarget, sgmatDevice, type Config } from './sgmat-targets.js';
+import { autocastLinear, deviceSgmatTarget, productGraph, sgmatDevice, type Config } from './sgmat-targets.js';
 
 const H200 = TARGETS['nvidia-h200'];
 const direct = (t: Target, tuning: Target['tuning'] = {}): Target => ({ ...t, tuning: { ...tuning, sgmatDirect: true } });
 const names = (g: Graph, t: Target) => compileGpu(g, t).schedule.kernels.map((k) => k.name);
 
 /** round(x) @ round(w) (w transposed when `transB`), batched as given: exact f16 operands, as autocast makes them. */
-function product(ba: number[], m: number, k: number, n: number, transB: boolean, bb: number[] = []): Graph {
-  const b = new Builder();
-  const round = (id: number) => b.add('cast', [b.add('cast', [id], { dtype: 'f16' })], { dtype: 'f32' });
-  const a = round(b.input('a', [...ba, m, k]));
-  const w = transB ? b.transposeLast(round(b.param('w', [...bb, n, k]))) : round(b.param('w', [...bb, k, n]));
-  b.output('y', b.add('matmul', [a, w]));
-  return b.graph;
-}
+const product = (ba: number[], m: number, k: number, n: number, transB: boolean, bb: number[] = []) => productGraph(ba, m, k, n, transB, { bb, round: true });
 
 describe('the direct kernel as generated for the H200', () => {
   test('the bench rows: fragments loaded from the f16 operands in storage, no staging, no barrier in the K loop', () => {

@@ -23,21 +23,14 @@ import { split16Unfit } from '../../kernels/matmul-split16.js';
 import { runGpu } from '../../runtime/run-gpu.js';
 import { makeRng } from '../ir/util.js';
 import { assertWithin } from './harness.js';
-import { deviceSgmatTarget, sgmatDevice } from './sgmat-targets.js';
+import { deviceSgmatTarget, productGraph, sgmatDevice } from './sgmat-targets.js';
 
 const H200 = TARGETS['nvidia-h200'];
 const split = (t: Target): Target => ({ ...t, tuning: { ...t.tuning, f32TensorCores: true } });
 const names = (g: Graph, t: Target) => compileGpu(g, t).schedule.kernels.map((k) => k.name);
 
-/** a @ b (b given transposed when `transB`), batched as given, then `epilogue`. */
-function product(ba: number[], m: number, k: number, n: number, transB: boolean, bb: number[] = [], epilogue?: (b: Builder, y: number) => number): Graph {
-  const b = new Builder();
-  const a = b.input('a', [...ba, m, k]);
-  const w = transB ? b.transposeLast(b.param('w', [...bb, n, k])) : b.param('w', [...bb, k, n]);
-  const y = b.add('matmul', [a, w]);
-  b.output('y', epilogue ? epilogue(b, y) : y);
-  return b.graph;
-}
+/** a @ b (b given transposed when `transB`), batched as given, then `epilogue`: f32 operands. */
+const product = (ba: number[], m: number, k: number, n: number, transB: boolean, bb: number[] = [], epilogue?: (b: Builder, y: number) => number) => productGraph(ba, m, k, n, transB, { bb, epilogue });
 
 describe('as generated for the H200', () => {
   test('the f32 bench rows: two splits and the product, three tensor-core products per fragment and step', () => {

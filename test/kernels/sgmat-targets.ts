@@ -92,3 +92,18 @@ export function attentionGraph(qs: number[], ks: number[], vs: number[], opts: {
   if (opts.withLse ?? true) b.output('lse', lse);
   return { graph: b.graph, y, lse };
 }
+
+/**
+ * a @ w (w given [n, k] and transposed when `transB`), batched as given ([...ba, m, k], w [...bb, k, n]); `round`: both
+ * rounded to f16 first (exact f16 operands, as autocast makes them); `epilogue` on the product.
+ */
+export function productGraph(ba: number[], m: number, k: number, n: number, transB: boolean, opts: { bb?: number[]; round?: boolean; epilogue?: (b: Builder, y: number) => number } = {}): Graph {
+  const b = new Builder();
+  const round = (id: number) => (opts.round ? b.add('cast', [b.add('cast', [id], { dtype: 'f16' })], { dtype: 'f32' }) : id);
+  const bb = opts.bb ?? [];
+  const a = round(b.input('a', [...ba, m, k]));
+  const w = transB ? b.transposeLast(round(b.param('w', [...bb, n, k]))) : round(b.param('w', [...bb, k, n]));
+  const y = b.add('matmul', [a, w]);
+  b.output('y', opts.epilogue ? opts.epilogue(b, y) : y);
+  return b.graph;
+}
