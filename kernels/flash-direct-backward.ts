@@ -17,9 +17,9 @@
 // result fragments across tiles. Two barriers per tile, each synchronising one subgroup. At the end acc_x ·scale and
 // acc_y go out through the scratch.
 // The numerics are the staged kernel's: exact f16 products summed in f32, P and dS rounded to f16 before their
-// products (test/kernels/flash-direct-backward.test.ts takes its bound). q, k, v and g must be stored as f16
-// (Kernel.halfOnly: the schedule runs the fallback where one is not). No mask. Views of one binding under an affine
-// map (q, k, v split from a fused projection; g from the output projection's gradient) are read in place.
+// products (test/kernels/attention-grad-bounds.ts derives the bound both tests take). q, k, v and g must be stored
+// as f16 (Kernel.halfOnly: the schedule runs the fallback where one is not). No mask. Views of one binding under an
+// affine map (q, k, v split from a fused projection; g from the output projection's gradient) are read in place.
 import type { Kernel, Target } from '../compiler/codegen/types.js';
 import type { Graph, Node } from '../compiler/ir/graph.js';
 import { attrNum } from '../compiler/ir/rules/shape.js';

@@ -16,7 +16,7 @@
 // At the end the accumulators go out through the scratch a chunk at a time (acc_x ·scale, as the f32 kernel).
 // Products of f16 numbers are exact in f32; the roundings the f32 kernels do not have are P and dS to f16
 // before their products (relative 2^-10 either way WGSL rounds, absolute 2^-25 where they fall below f16's
-// normal range): test/kernels/flash-sgmat-backward.test.ts derives its bound from exactly these.
+// normal range): test/kernels/attention-grad-bounds.ts derives the test bound from exactly these.
 //
 // Workgroup memory: natively x and y are staged once into the start of one f16 array and loaded into
 // registers, so the tile arrays reuse that space; emulated matrices are offsets into their arrays, so x and y

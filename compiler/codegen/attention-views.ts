@@ -24,7 +24,10 @@
 //   f16 VJP at EVA-G detection on the H200: 48.2 -> 16.7 ms; fp16 training's q = round(permute(qkv)·scale) too);
 // - where the view is flat (the operand's values are one leaf's, in its row-major order: no movement but
 //   reshapes), a prologue of casts that keep every value (to f32; to f16 of exact f16 values, half.ts) is read as
-//   its leaf, straight from the binding: as vec4s, vec4<f16> ones where the leaf is stored as f16.
+//   its leaf, straight from the binding: as vec4s, vec4<f16> ones where the leaf is stored as f16;
+// - where the view is an affine map of its one leaf (kernels/view-affine.ts: heads split from a fused projection) and
+//   the prologue keeps every value, the plan records the map (AttentionOperandPlan.affine): the tensor-core flash
+//   kernels from storage load the operand's rows at their stride from the leaf's binding.
 import { numel, type Graph, type Node } from '../ir/graph.js';
 import { attrNum } from '../ir/rules/shape.js';
 import { epilogueProducer, isInlineElementwise, isScalarConst, type FusionGroup } from './fuse.js';
