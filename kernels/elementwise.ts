@@ -409,6 +409,22 @@ const CAST_BF16 = `fn cast_bf16(x: f32) -> f32 {
 const LIB: Readonly<Record<string, { readonly deps: readonly string[]; readonly code: string }>> = {
   cast_f16: { deps: [], code: CAST_F16 },
   cast_bf16: { deps: [], code: CAST_BF16 },
+  // Exact scaling by powers of two and f16 pairs (kernels/matmul-split16.ts: f32 products on f16 tensor cores).
+  pow2: {
+    deps: [],
+    code: `// 2^s for s in [-126, 127]: a normal f32 built from its bits (exact, where ldexp may flush its edges).
+fn pow2(s: i32) -> f32 {
+  return bitcast<f32>(u32(s + 127) << 23u);
+}`,
+  },
+  f16_hi: {
+    deps: [],
+    code: `// x's top 11 significant bits (truncated): exact in f16 down to its normal range, and x − f16_hi(x) exact in f32.
+// Not x − f32(f16(x)): compilers may fold that round trip to 0 (lavapipe's does).
+fn f16_hi(x: f32) -> f32 {
+  return bitcast<f32>(bitcast<u32>(x) & 0xffffe000u);
+}`,
+  },
   is_nan: {
     deps: [],
     code: `fn is_nan(x: f32) -> bool {

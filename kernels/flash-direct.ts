@@ -28,7 +28,6 @@ import type { Graph, Node } from '../compiler/ir/graph.js';
 import { f32Lit, u32Lit } from './elementwise.js';
 import { attentionGeometry, directReads, EXP_FLASH, flashKernel, withSecondOutput, type FlashReads } from './flash-common.js';
 import { accumulateRows, DIRECT_ROWS, directDispatch, directKeys, directMain, directOperands, directOperandsUnfit, fragmentsOut, productToScratch, scratchStride16, scratchStride32, sweepLoop } from './flash-direct-common.js';
-import { POW2_FN } from './matmul-sgmat-direct.js';
 import { sgmatLanes, sgmatOps, sgmatSpelling } from './sgmat.js';
 
 /**
@@ -88,45 +87,42 @@ export function flashDirectForwardKernel(node: Node, inputs: readonly Node[], ta
   // (the emulation's 4), each takes every 4th row whole.
   const laneRows = (lines: string[]) =>
     [`    for (var r = lane % 16u; r < ${U(DIRECT_ROWS)}; r += rstep) {`, ...lines.map((l) => `      ${l}`), '    }'].join('\n');
-  // Split: each score times 2^-(its query's and key's exponents), one power of two at a time (each a normal f32).
-  const unscaled = split ? ` * pow2(-i32(row_sq[r])) * pow2(-i32(f32(${ok.binding}[${U(2 * split.k)} + bh * ${U(g.Sk)} + jc + j])))` : '';
+  // Split: each score times 2^-(its query's and key's exponents), one power of two at a time (each a normal f32): the
+  // rows' factors staged once, the tile's keys' with its scores (in the scratch's barrier).
+  const unscaled = split ? ' * row_sq[r] * tile_sk[j]' : '';
+  const keyFactors = split
+    ? `
+    for (var c = lane; c < ${U(keys)}; c += lanes) { tile_sk[c] = pow2(-i32(f32(${ok.binding}[${U(2 * split.k)} + bh * ${U(g.Sk)} + jc + c]))); }`
+    : '';
   const keyLoop = (lines: string[]) => [`for (var j = part; j < ${U(keys)}; j += parts) {`, `  let s = tile_s[r * ${U(SS)} + j]${unscaled} * ${f32Lit(g.scale)};`, '  let counted = jc + j >= j0;', ...lines.map((l) => `  ${l}`), '}'];
   const slot = `part * ${U(DIRECT_ROWS)} + r`;
   const indent = (lines: string[]) => lines.map((l) => `    ${l}`).join('\n');
-  const pass1 = sweepLoop(
-    target,
-    g.Sk,
-    keys,
-    `${indent(scores)}
+  // A pass over the keys: each tile's scores into the scratch, then the lanes' rows, then `after` (both passes end on
+  // a barrier: the next tile's scores overwrite the scratch).
+  const pass = (rows: string[], after: string) =>
+    sweepLoop(
+      target,
+      g.Sk,
+      keys,
+      `${indent(scores)}${keyFactors}
     workgroupBarrier();
-${laneRows([`var mx = part_m[${slot}];`, ...keyLoop(['mx = select(mx, max(mx, s), counted);']), `part_m[${slot}] = mx;`])}
-    workgroupBarrier();`,
-  );
-  const pass2 = sweepLoop(
-    target,
-    g.Sk,
-    keys,
-    `${indent(scores)}
-    workgroupBarrier();
-${laneRows([
-  'let mx = row_m[r];',
-  `var l = part_l[${slot}];`,
-  ...keyLoop(
-    split
-      ? [
-          'let p = select(0.0f, exp_flash(s - mx), counted);',
-          `let ps = p * ${f32Lit(2 ** P_SCALE)};`,
-          'let ph = bitcast<f32>(bitcast<u32>(ps) & 0xffffe000u);',
-          `tile_p[r * ${U(SP)} + j] = f16(ph);`,
-          `tile_p[${U(PL)} + r * ${U(SP)} + j] = f16(ps - ph);`,
-          'l += p;',
-        ]
-      : ['let p = f16(select(0.0f, exp_flash(s - mx), counted));', `tile_p[r * ${U(SP)} + j] = p;`, 'l += f32(p);'],
-  ),
-  `part_l[${slot}] = l;`,
-])}
-    workgroupBarrier();
-${indent(accumulateRows(oOps, 'o', 'tile_p', SP, ov, 'vb', g.Dv, keys, split && { left: PL, right: split.v }))}`,
+${laneRows(rows)}
+    workgroupBarrier();${after}`,
+    );
+  const pass1 = pass([`var mx = part_m[${slot}];`, ...keyLoop(['mx = select(mx, max(mx, s), counted);']), `part_m[${slot}] = mx;`], '');
+  const weights = split
+    ? [
+        'let p = select(0.0f, exp_flash(s - mx), counted);',
+        `let ps = p * ${f32Lit(2 ** P_SCALE)};`,
+        'let ph = f16_hi(ps);',
+        `tile_p[r * ${U(SP)} + j] = f16(ph);`,
+        `tile_p[${U(PL)} + r * ${U(SP)} + j] = f16(ps - ph);`,
+        'l += p;',
+      ]
+    : ['let p = f16(select(0.0f, exp_flash(s - mx), counted));', `tile_p[r * ${U(SP)} + j] = p;`, 'l += f32(p);'];
+  const pass2 = pass(
+    ['let mx = row_m[r];', `var l = part_l[${slot}];`, ...keyLoop(weights), `part_l[${slot}] = l;`],
+    `\n${indent(accumulateRows(oOps, 'o', 'tile_p', SP, ov, 'vb', g.Dv, keys, split && { left: PL, right: split.v }))}`,
   );
   // A row's statistic from its parts' slots, in part order (the previous barrier ordered their writes).
   const combine = (row: string, slots: string, op: (a: string, b: string) => string) => `  for (var r = lane; r < ${U(DIRECT_ROWS)}; r += lanes) {
@@ -152,7 +148,7 @@ ${indent(accumulateRows(oOps, 'o', 'tile_p', SP, ov, 'vb', g.Dv, keys, split && 
   }${
     split
       ? `
-  for (var r = lane; r < ${U(DIRECT_ROWS)}; r += lanes) { row_sq[r] = f32(${oq.binding}[${U(2 * split.q)} + bh * ${U(g.Sq)} + ra + r]); }`
+  for (var r = lane; r < ${U(DIRECT_ROWS)}; r += lanes) { row_sq[r] = pow2(-i32(f32(${oq.binding}[${U(2 * split.q)} + bh * ${U(g.Sq)} + ra + r]))); }`
       : ''
   }
 ${range(g.D / 8)
@@ -179,21 +175,21 @@ ${fragmentsOut(oOps, 'o', g.Dv / 8, 'tile_s', keys, SS, 'out_0', g.Sq, g.Dv, (x,
   const main = `${EXP_FLASH}
 
 var<workgroup> tile_s: array<f32, ${DIRECT_ROWS * SS}>;
-var<workgroup> tile_p: array<f16, ${(split ? 2 : 1) * DIRECT_ROWS * SP}>;${split ? `\nvar<workgroup> row_sq: array<f32, ${DIRECT_ROWS}>;` : ''}
+var<workgroup> tile_p: array<f16, ${(split ? 2 : 1) * DIRECT_ROWS * SP}>;${split ? `\nvar<workgroup> row_sq: array<f32, ${DIRECT_ROWS}>;\nvar<workgroup> tile_sk: array<f32, ${keys}>;` : ''}
 var<workgroup> row_m: array<f32, ${DIRECT_ROWS}>;
 var<workgroup> row_l: array<f32, ${DIRECT_ROWS}>;
 var<workgroup> part_m: array<f32, ${DIRECT_ROWS * partsMax}>;
 var<workgroup> part_l: array<f32, ${DIRECT_ROWS * partsMax}>;
 
 ${directMain(target, `One subgroup: ${DIRECT_ROWS} query rows of one (batch, head), keys in tiles of ${keys}, two passes.`, groups, dispatch, g.Sq, body)}`;
-  const helpers = [sOps.helpers(), oOps.helpers(), split ? POW2_FN : ''].filter(Boolean).join('\n\n');
+  const helpers = [sOps.helpers(), oOps.helpers()].filter(Boolean).join('\n\n');
   // Views are read at their affine offsets, never through their element functions: those are left out.
   const kernel = flashKernel(node, inputs, target, { ...reads, helpers: '', lib: [] }, {
     name: `attention_flash${lse ? '_lse' : ''}_${split ? 'split16_f32' : 'direct_f16'}${keys === 16 ? '' : `_k${keys}`}`,
     body: helpers ? `${helpers}\n\n${main}` : main,
     workgroupSize: [sgmatLanes(target), 1, 1],
     dispatch,
-    lib: lse ? ['log_f32'] : [],
+    lib: [...(lse ? ['log_f32'] : []), ...(split ? ['pow2', 'f16_hi'] : [])],
   });
   const withDirectives = { ...kernel, wgsl: `${sOps.directives}\n${kernel.wgsl}` };
   return lse ? withSecondOutput(withDirectives, lse, target) : withDirectives;

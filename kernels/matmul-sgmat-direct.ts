@@ -19,9 +19,6 @@ import { assemble, tileOrigin, type MatmulDims, type MatmulOutput } from './matm
 import { fragmentEpilogue, fragmentProducts, fragmentsOf, sgmatChoice, sgmatKernelHead, sgmatMatmul, type SgmatTiles } from './matmul-sgmat.js';
 import { sgmatIds, sgmatLanes, sgmatOps, sgmatSpelling, type SgmatShape } from './sgmat.js';
 
-/** WGSL: 2^s for s in [-126, 127], a normal f32 built from its bits (exact, unlike a library exp2 or ldexp's edges). */
-export const POW2_FN = 'fn pow2(s: i32) -> f32 { return bitcast<f32>(u32(s + 127) << 23u); }';
-
 /**
  * Why fragments of this problem's operands would not start on 16 bytes (8 f16s), or undefined: rows of a (columns,
  * read transposed) lie K (M) apart, columns of b (rows, read transposed) N (K) apart; K is a multiple of the fragment.
@@ -129,8 +126,8 @@ ${step('k', '      ')}
   }
 ${frags.map(([i, j]) => fragmentEpilogue(out, d, { shape, tiles: t }, ops, i, j, target, { row: (x) => `ra_${x}`, col: (y) => `cb_${y}`, keep: (x, y) => `row >= r_${x} && col >= c_${y}` }, unscale)).join('\n')}
 }`;
-  const helpers = [ops.helpers(), split ? POW2_FN : ''].filter(Boolean).join('\n\n');
+  const helpers = ops.helpers();
   const name = split ? 'matmul_split16_f32' : 'matmul_sgmat_direct_f16';
-  const kernel = assemble(out, inputs, target, `${name}${range ? `_ks${range.splits}` : ''}${suffix}`, { body: helpers ? `${helpers}\n\n${main}` : main, workgroupSize: [T, 1, 1], dispatch: [Math.ceil(d.n / bn), gy, gz] });
+  const kernel = assemble(split ? { ...out, lib: [...out.lib, 'pow2'] } : out, inputs, target, `${name}${range ? `_ks${range.splits}` : ''}${suffix}`, { body: helpers ? `${helpers}\n\n${main}` : main, workgroupSize: [T, 1, 1], dispatch: [Math.ceil(d.n / bn), gy, gz] });
   return { ...kernel, wgsl: `${ops.directives}\n${kernel.wgsl}` };
 }

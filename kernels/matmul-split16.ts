@@ -6,7 +6,7 @@
 // A chain of three kernels:
 // - `split16_{rows,cols}_f32`, once per operand: a power-of-two scale 2^s per output row of a (per output column of
 //   b) brings the largest magnitude there just below 2^14, then x·2^s = hi + lo with hi its top 11 significant bits
-//   (exact in f16) and lo = f16(x·2^s − hi), both in the operand's own layout, into one f16 scratch: hi, then lo,
+//   (exact in f16; the library's f16_hi) and lo = f16(x·2^s − hi), both in the operand's own layout, into one f16 scratch: hi, then lo,
 //   then the exponents s (small integers, exact in f16). One binding then feeds every fragment load, as the
 //   emulated spelling needs.
 //   Where the scale runs along the operand's rows (its contiguous dim) a workgroup takes a row; across its rows,
@@ -26,7 +26,7 @@ import { dispatchGroups, f32Lit, flatGroupExpr, makeKernel, u32Lit, unboundedLoo
 import { bindStorage, matmulDims, matmulGrid, plainOutput, type MatmulOutput, type MatmulReads, type OperandViews } from './matmul.js';
 import { kRanges, matmulSplits, PARTIALS, sumKernel } from './matmul-split-across.js';
 import { sgmatChoice, sgmatTiles } from './matmul-sgmat.js';
-import { POW2_FN, sgmatDirectMatmul, strideUnaligned } from './matmul-sgmat-direct.js';
+import { sgmatDirectMatmul, strideUnaligned } from './matmul-sgmat-direct.js';
 import { treeWorkgroup } from './reduce.js';
 import { NO_SGMAT_CONFIG, nativeSgmat, sgmatShape } from './sgmat.js';
 
@@ -106,9 +106,8 @@ export function splitKernel(mm: Node, x: Node, along: 'rows' | 'cols', ref: numb
   // The exponent s for a largest magnitude m: m·2^s just below 2^TOP; 0 for a zero (or non-finite) m.
   const exponent = (m: string) =>
     `select(0, clamp(${TOP} - frexp(${m}).exp, -126, 126), ${m} > 0.0f && ${m} <= ${f32Lit(3.4028234663852886e38)})`;
-  // hi: v's top 11 significant bits (truncated: exact in f16 down to its normal range), lo: the exact rest, rounded to
-  // f16. Not v − f32(f16(v)): compilers may fold that round trip to 0 (lavapipe's does).
-  const put = (at: string) => [`let v = in_0[${at}] * f;`, 'let hi = bitcast<f32>(bitcast<u32>(v) & 0xffffe000u);', `out_0[${at}] = f16(hi);`, `out_0[${U(n)} + ${at}] = f16(v - hi);`];
+  // hi: v's top 11 significant bits, lo: the exact rest, rounded to f16.
+  const put = (at: string) => [`let v = in_0[${at}] * f;`, 'let hi = f16_hi(v);', `out_0[${at}] = f16(hi);`, `out_0[${U(n)} + ${at}] = f16(v - hi);`];
   // A workgroup takes CB scale indices (rows: 1; columns: 32 adjacent ones, loads coalesced across them) with RG
   // invocations each along the elements they scale, whose partial maxima it combines in a fixed order.
   const wg = treeWorkgroup(target, along === 'rows' ? 64 : 256);
@@ -121,8 +120,6 @@ export function splitKernel(mm: Node, x: Node, along: 'rows' | 'cols', ref: numb
   const first = along === 'rows' ? `i * ${U(C)}` : `(i / ${U(C)}) * ${U(R * C)} + i % ${U(C)}`;
   const at = `base + t * ${U(step)}`;
   const body = `var<workgroup> part: array<f32, ${wg}>;
-
-${POW2_FN}
 
 @compute @workgroup_size(${wg}, 1, 1)
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid: u32) {
@@ -149,7 +146,7 @@ ${put(at)
     if (t0 == 0u) { out_0[${U(2 * n)} + idx] = f16(f32(sc)); }
   }
 }`;
-  const kernel = makeKernel(node, [x], target, { name: `split16_${along}_f32`, body, workgroupSize: [wg, 1, 1], dispatch });
+  const kernel = makeKernel(node, [x], target, { name: `split16_${along}_f32`, body, workgroupSize: [wg, 1, 1], dispatch, lib: ['pow2', 'f16_hi'] });
   // It serves the product: named for it in dumps, as a K split's partials are.
   return { kernel: { ...kernel, wgsl: `enable f16;\n${halfDecl(kernel.wgsl, 1, 'read_write')}`, nodes: [mm.id] }, scratch, node };
 }

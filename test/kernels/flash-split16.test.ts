@@ -44,7 +44,10 @@ describe('as generated for the H200', () => {
     const loop = k.wgsl.slice(k.wgsl.lastIndexOf('for (var j0'));
     assert.equal(loop.match(/subgroupMatrixMultiplyAccumulate/g)?.length, 11 * 2 * 3 + 11 * 3);
     assert.match(k.wgsl, /let ql_10 = subgroupMatrixLoad<subgroup_matrix_left<f16, 8, 16>, row_major>\(&in_0, 3244032u \+ qb \+ 80u, 88u\);/);
-    assert.match(k.wgsl, /\* pow2\(-i32\(row_sq\[r\]\)\) \* pow2\(-i32\(f32\(in_1\[6488064u \+ bh \* 2304u \+ jc \+ j\]\)\)\)/);
+    // Each score times 2^-(its query's and key's exponents): the rows' factors staged once, the tile's keys' per tile.
+    assert.match(k.wgsl, /row_sq\[r\] = pow2\(-i32\(f32\(in_0\[6488064u \+ bh \* 2304u \+ ra \+ r\]\)\)\);/);
+    assert.match(k.wgsl, /tile_sk\[c\] = pow2\(-i32\(f32\(in_1\[6488064u \+ bh \* 2304u \+ jc \+ c\]\)\)\);/);
+    assert.equal(k.wgsl.match(/let s = tile_s\[r \* 20u \+ j\] \* row_sq\[r\] \* tile_sk\[j\] \* /g)?.length, 2, 'both passes');
     assert.match(k.wgsl, /tile_p\[384u \+ r \* 24u \+ j\] = f16\(ps - ph\);/);
     // Without the tuning: the f32 flash kernel.
     assert.deepEqual(compileGpu(rowGraph(row).graph, H200).schedule.kernels.map((x) => x.name), ['attention_flash_f32']);
