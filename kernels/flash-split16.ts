@@ -1,7 +1,14 @@
-// f32 attention forward on the f16 tensor cores at f32 accuracy (Target.tuning.f32AttentionTensorCores), as the
-// f32 matmuls split (kernels/matmul-split16.ts): `attention_flash{,_lse}_split16_f32`. On the H200 the f32 flash
-// forward ran at 9.8–18.8 TFLOP/s, 1.13–2.41x tfjs (docs/perf.md, session 13); the goal is 2x on every row.
-// Unmeasured on NVIDIA: offered to `visft tune`.
+// f32 attention on the f16 tensor cores at f32 accuracy, as the f32 matmuls split (kernels/matmul-split16.ts): the
+// forward `attention_flash{,_lse}_split16_f32` (Target.tuning.f32AttentionTensorCores) and the backward
+// `attention_grad_{q,k,v,kv}_flash_split16_f32` (Target.tuning.f32AttentionGradTensorCores). On the H200 the f32
+// flash forward ran at 9.8–18.8 TFLOP/s, 1.13–2.41x tfjs, forward+backward at 0.78–1.65x (docs/perf.md, session 13);
+// the goals are 2x on every row. Unmeasured on NVIDIA: offered to `visft tune`.
+//
+// The backward: q, k, v and g split per row (no column splits: the right operands' row scales fold into dS and P,
+// kernels/flash-direct-backward.ts splitScales), then the direct tensor-core backward on the pairs: S and dP with
+// three products per fragment, each element times its rows' factors; dS and P scaled under a-priori bounds and
+// split in workgroup memory, dS·a and P·b with three products. The dq and the dk+dv chains split q, k, v and g each
+// (four splits twice: a chain's scratch is its own).
 //
 // A chain: q and k split per row (each query's and key's largest magnitude just below 2^14), v per column of each
 // (batch, head), each into one f16 scratch (hi, lo, exponents: kernels/matmul-split16.ts splitKernel); then the
@@ -18,6 +25,9 @@ import { numel, type Graph, type Node } from '../compiler/ir/graph.js';
 import { attentionGeometry, directReads } from './flash-common.js';
 import { DIRECT_ROWS } from './flash-direct-common.js';
 import { flashDirectForwardKernel } from './flash-direct.js';
+import { directGradLoads, flashDirectBackwardKernel, type FlashGradSplit } from './flash-direct-backward.js';
+import { gradOf } from './flash-sgmat-backward.js';
+import { attrNum } from '../compiler/ir/rules/shape.js';
 import { halfDecl, splitKernel } from './matmul-split16.js';
 import { sgmatConfig } from './sgmat.js';
 
@@ -51,4 +61,34 @@ export function flashSplitChain(graph: Graph, node: Node, target: Target, siblin
   const bindings = forward.bindings.map((b, i) => (i < 3 ? { ...b, value: refs[i] } : b));
   const wgsl = [0, 1, 2].reduce((w, i) => halfDecl(w, i, 'read'), forward.wgsl);
   return { kernels: [...splits.map((s) => s.kernel), { ...forward, bindings, wgsl }], scratch: splits.map((s) => s.scratch) };
+}
+
+/** Why the f32 attention_grad `node` (with `sibling`, its wrt-2 pair) cannot run split on `target`, or undefined. */
+export function flashSplitGradUnfit(graph: Graph, node: Node, target: Target, sibling?: Node): string | undefined {
+  if (!target.tuning?.f32AttentionGradTensorCores) return 'not asked for (Target.tuning.f32AttentionGradTensorCores)';
+  if (node.op !== 'attention_grad') return `${node.op} is not attention_grad`;
+  if (!gradOf(node, sibling)) return sibling ? `wrt ${attrNum(node.attrs, 'wrt')} does not pair with ${sibling.op} %${sibling.id}` : "the mask's gradient";
+  if (node.inputs.length !== 6) return 'a mask';
+  if (!sgmatConfig(target, 16, 8, 8) || !sgmatConfig(target, 16, 8, 16)) return 'the target lists no f16 x f16 -> f32 16x8x8 and 16x8x16 subgroup-matrix configs';
+  const [q, k, v, g] = node.inputs.map((i) => graph.node(i));
+  if ([q, k, v, g].every((x) => isExactHalf(graph, x.id))) return 'q, k, v and g are f16 values (the f16 kernels take them)';
+  const geo = attentionGeometry(node, q, k, v, undefined);
+  if (geo.D % 8 || geo.Dv % 8) return `head dims ${geo.D} and ${geo.Dv} are not multiples of 8`;
+  if (geo.Sq < DIRECT_ROWS || geo.Sk < DIRECT_ROWS) return `fewer than ${DIRECT_ROWS} queries or keys`;
+  return undefined;
+}
+
+/** The chain: the row splits of the operands the kernel loads, then the backward on them (check flashSplitGradUnfit first). */
+export function flashSplitGradChain(graph: Graph, node: Node, target: Target, sibling?: Node): KernelChain {
+  const inputs = node.inputs.map((i) => graph.node(i));
+  const loads = directGradLoads(gradOf(node, sibling)!);
+  // Scratch placeholders -1 … -4 by slot (q, k, v, g).
+  const ref = (slot: number) => -1 - slot;
+  const splits = loads.map((slot) => splitKernel(node, inputs[slot], 'rows', ref(slot), target));
+  const counts = [0, 1, 2, 3].map((slot) => numel(inputs[slot].shape)) as unknown as FlashGradSplit;
+  const kernel = flashDirectBackwardKernel(node, inputs, target, sibling, directReads(node), counts);
+  // It binds the splits in the loaded operands' places, as the f16 arrays they are.
+  const bindings = kernel.bindings.map((b, i) => (loads.includes(i) ? { ...b, value: ref(i) } : b));
+  const wgsl = loads.reduce((w, i) => halfDecl(w, i, 'read'), kernel.wgsl);
+  return { kernels: [...splits.map((x) => x.kernel), { ...kernel, bindings, wgsl }], scratch: splits.map((x) => x.scratch) };
 }

@@ -35,7 +35,13 @@ const SPLIT_A = -2;
 const SPLIT_B = -3;
 
 /** The largest magnitude's exponent after scaling: below 2^14, so f16 (max 65504) holds hi with room to round. */
-const TOP = 14;
+export const TOP = 14;
+
+/**
+ * The exponent of a row or column of zeros: the largest there is, so a minimum over exponents (the a-priori bounds
+ * of kernels/flash-split16-backward.ts) skips it; 2^-126 stays a normal f32, and zero times it is zero.
+ */
+export const ZERO_EXPONENT = 126;
 
 /** Why the product cannot run split on the tensor cores here, or undefined when it can. */
 export function split16Unfit(node: Node, inputs: readonly Node[], target: Target, out: MatmulOutput, reads: MatmulReads, views: OperandViews): string | undefined {
@@ -103,9 +109,10 @@ export function splitKernel(mm: Node, x: Node, along: 'rows' | 'cols', ref: numb
   const count = mats * (along === 'rows' ? R : C);
   const scratch: Scratch = { ref, words: Math.ceil((2 * n + count) / 2), name: 'split16' };
   const node: Node = { ...mm, id: ref, inputs: [x.id], shape: [2 * n + count] };
-  // The exponent s for a largest magnitude m: m·2^s just below 2^TOP; 0 for a zero (or non-finite) m.
+  // The exponent s for a largest magnitude m: m·2^s just below 2^TOP; 0 for a non-finite m; ZERO_EXPONENT for a
+  // zero m (any scale is exact there, and bounds taken as minima over exponents must not see it).
   const exponent = (m: string) =>
-    `select(0, clamp(${TOP} - frexp(${m}).exp, -126, 126), ${m} > 0.0f && ${m} <= ${f32Lit(3.4028234663852886e38)})`;
+    `select(select(0, ${ZERO_EXPONENT}, ${m} == 0.0f), clamp(${TOP} - frexp(${m}).exp, -126, 126), ${m} > 0.0f && ${m} <= ${f32Lit(3.4028234663852886e38)})`;
   // hi: v's top 11 significant bits, lo: the exact rest, rounded to f16.
   const put = (at: string) => [`let v = in_0[${at}] * f;`, 'let hi = f16_hi(v);', `out_0[${at}] = f16(hi);`, `out_0[${U(n)} + ${at}] = f16(v - hi);`];
   // A workgroup takes CB scale indices (rows: 1; columns: 32 adjacent ones, loads coalesced across them) with RG

@@ -22,7 +22,7 @@ import { halfStorageKernel } from '../../kernels/half-storage.js';
 import { halfBindings, planHalfStorage } from './half.js';
 import { planAttentionViews } from './attention-views.js';
 import { attentionViewKernels, tensorCoreAttention } from '../../kernels/attention.js';
-import { flashSplitChain, flashSplitUnfit } from '../../kernels/flash-split16.js';
+import { flashSplitChain, flashSplitGradChain, flashSplitGradUnfit, flashSplitUnfit } from '../../kernels/flash-split16.js';
 
 export type ValueKind = 'input' | 'param' | 'output' | 'temp';
 
@@ -208,8 +208,9 @@ export function schedule(graph: Graph, target: Target, rules: { readonly [op: st
       const variant = node.op === 'matmul' ? graphMatmulVariant(graph, node, target) : undefined;
       const siblingNode = sibling === undefined ? undefined : graph.node(sibling);
       if (variant) pushChain(node, matmulKernels(node, inputs, target, variant, undefined, reads, opViews));
-      // An f32 attention forward split onto the tensor cores (Target.tuning.f32AttentionTensorCores).
+      // f32 attention split onto the tensor cores (Target.tuning.f32AttentionTensorCores, f32AttentionGradTensorCores).
       else if (node.op === 'attention' && flashSplitUnfit(graph, node, target, siblingNode) === undefined) pushChain(node, flashSplitChain(graph, node, target, siblingNode));
+      else if (node.op === 'attention_grad' && flashSplitGradUnfit(graph, node, target, siblingNode) === undefined) pushChain(node, flashSplitGradChain(graph, node, target, siblingNode));
       else if (siblingNode !== undefined) withSibling(node, siblingNode, graph, target, rules).forEach(push);
       else if (rule.kind === 'chain') pushChain(node, rule.gen(node, inputs, target));
       else push(tensorCoreAttention(graph, node, target) ?? rule.gen(node, inputs, target));

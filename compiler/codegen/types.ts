@@ -75,6 +75,11 @@ export interface Target {
      * per step (kernels/flash-split16.ts), where the target has subgroup matrices. Unmeasured.
      */
     readonly f32AttentionTensorCores?: boolean;
+    /**
+     * f32 attention backwards (dq, dk with dv) on the f16 tensor cores at f32 accuracy: q, k, v, g split by rows into
+     * f16 pairs, dS and P split under a-priori bounds (kernels/flash-split16.ts). Unmeasured.
+     */
+    readonly f32AttentionGradTensorCores?: boolean;
     /** Swept rows per tile of the direct flash kernels (kernels/flash-direct-common.ts; default 16). */
     readonly flashDirectKeys?: DirectKeys;
     readonly matmulSplits?: number;

@@ -13,7 +13,7 @@ import { flashSgmatForwardKernel } from '../../kernels/flash-sgmat.js';
 import { halfStorageKernel } from '../../kernels/half-storage.js';
 import { matmulKernel, plainOutput } from '../../kernels/matmul.js';
 import { split16Chain } from '../../kernels/matmul-split16.js';
-import { flashSplitChain } from '../../kernels/flash-split16.js';
+import { flashSplitChain, flashSplitGradChain } from '../../kernels/flash-split16.js';
 import { nativeSgmat, sgmatConfig, sgmatShape } from '../../kernels/sgmat.js';
 import { errorMessage } from './errors.js';
 
@@ -43,8 +43,9 @@ export function probeKernels(target: Target): Kernel[] {
     flashSgmatForwardKernel(graph.node(att), inputsOf(att), target),
     flashSgmatBackwardKernel(graph.node(dk), inputsOf(dk), target, { sibling: graph.node(dv) }),
     ...(configs && target.tuning?.flashDirect ? [halfStorageKernel(flashDirectForwardKernel(graph.node(att), inputsOf(att), target), half([0, 1, 2]))] : []),
-    // Under f32AttentionTensorCores, an f32 attention forward's chain.
+    // Under f32AttentionTensorCores, an f32 attention forward's chain; under f32AttentionGradTensorCores, dk+dv's.
     ...(configs && target.tuning?.f32AttentionTensorCores ? flashSplitChain(graph, graph.node(att), target).kernels : []),
+    ...(configs && target.tuning?.f32AttentionGradTensorCores ? flashSplitGradChain(graph, graph.node(dk), target, graph.node(dv)).kernels : []),
     // Under f32TensorCores, an f32 product's chain: the splits and the product of the pairs.
     ...(target.tuning?.f32TensorCores ? split16Chain(graph.node(mm), inputsOf(mm), target, plainOutput(graph.node(mm)), [false, false]).kernels : []),
     ...(configs && target.tuning?.flashDirectGrad ? [halfStorageKernel(flashDirectBackwardKernel(graph.node(dk), inputsOf(dk), target, graph.node(dv)), half(directGradLoads('kv')))] : []),

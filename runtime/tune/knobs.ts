@@ -136,12 +136,16 @@ export const TUNE_GROUPS: readonly TuneGroup[] = [
     ],
   },
   {
-    // The f32 forward on the f16 tensor cores at f32 accuracy: q, k, v split into f16 pairs (kernels/flash-split16.ts);
-    // a group of its own, so a short lease can time it without the tile sweep above.
+    // f32 attention on the f16 tensor cores at f32 accuracy: q, k, v (and g) split into f16 pairs
+    // (kernels/flash-split16.ts); a group of its own, so a short lease can time it without the tile sweeps.
     name: 'f32 attention on tensor cores',
     rows: isAttention('f32'),
     applies: tensorCores,
-    options: [{ name: 'forward on tensor cores, q, k, v split into f16 pairs', tuning: { f32AttentionTensorCores: true } }],
+    options: [
+      { name: 'forward on tensor cores, q, k, v split into f16 pairs', tuning: { f32AttentionTensorCores: true } },
+      { name: 'backward on tensor cores, q, k, v, g split into f16 pairs', tuning: { f32AttentionGradTensorCores: true } },
+      { name: 'forward and backward on tensor cores', tuning: { f32AttentionTensorCores: true, f32AttentionGradTensorCores: true } },
+    ],
   },
   {
     name: 'f32 flash attention backward',

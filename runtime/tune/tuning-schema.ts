@@ -49,6 +49,7 @@ const CHECKS: { readonly [K in keyof Tuning]-?: Check } = {
   flashDirect: bool,
   flashDirectGrad: bool,
   f32AttentionTensorCores: bool,
+  f32AttentionGradTensorCores: bool,
   flashDirectKeys: oneOf(16, 32, 64),
   matmulSplits: int(1, 64),
   splitTiles: int(8, 4096),
