@@ -10,6 +10,14 @@
 //   dq_it ≤ scale·Σ_j |k_jt|·e_dS_ij, dk_jt ≤ scale·Σ_i |q_it|·e_dS_ij, dv_jc ≤ Σ_i |g_ic|·(P_ij(u + ρ_ij +
 //   n·2^-24) + 2^-25); the callers add 2^-23 of the value for the final scaling. (Observed errors stay well below.)
 
+import assert from 'node:assert/strict';
+import type { GpuProgram } from '../../compiler/codegen/gpu.js';
+import type { Graph } from '../../compiler/ir/graph.js';
+import { interpret } from '../../compiler/ir/interpret.js';
+import type { GpuDevice } from '../../runtime/gpu/device.js';
+import { runGpu } from '../../runtime/run-gpu.js';
+import { assertWithin } from './harness.js';
+
 export const U16 = 2 ** -10;
 export const E32 = 2 ** -24;
 
@@ -101,4 +109,20 @@ export function statsAndBounds(p: Problem) {
     }
   }
   return { lse, delta, tol };
+}
+
+/**
+ * Runs `program` (of `graph`: inputs named q, k, v, g, lse, delta) on `gpu` with `values` and asserts each output
+ * d<wrt> within `bounds[wrt]` plus 2^-23 of the value (the final scaling), and not vacuously: its largest error is
+ * above 0 and below `most` of the bound.
+ */
+export async function assertGradsWithin(gpu: GpuDevice, graph: Graph, program: GpuProgram, values: Readonly<Record<string, Float32Array>>, bounds: readonly Float64Array[], wrts: readonly number[], what: string, most: number): Promise<void> {
+  const inputs = new Map(graph.inputs.map((inp) => [inp.name, { shape: [...graph.node(inp.node).shape], data: Float64Array.from(values[inp.name]) }] as const));
+  const got = await runGpu(gpu, graph, program, inputs, new Map());
+  const ref = interpret(graph, inputs);
+  for (const wrt of wrts) {
+    const want = ref.get(`d${wrt}`)!.data;
+    const worst = assertWithin(Float32Array.from(got.get(`d${wrt}`)!.data), want, (j) => bounds[wrt][j] + 2 * E32 * Math.abs(want[j]) + 1e-30, `${what}: d${wrt}`);
+    assert.ok(worst > 0 && worst < most, `${what}: d${wrt}: largest error ${worst} of the bound`);
+  }
 }

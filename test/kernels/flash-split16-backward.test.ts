@@ -23,14 +23,11 @@ import { TARGETS } from '../../compiler/codegen/targets.js';
 import type { Target } from '../../compiler/codegen/types.js';
 import { Builder } from '../../compiler/ir/builder.js';
 import type { Attrs } from '../../compiler/ir/graph.js';
-import { interpret } from '../../compiler/ir/interpret.js';
 import { flashSplitGradUnfit } from '../../kernels/flash-split16.js';
 import { benchRows, rowGraph } from '../../runtime/bench/rows.js';
 import { probeKernels } from '../../runtime/gpu/tensor-core-probe.js';
-import { runGpu } from '../../runtime/run-gpu.js';
 import { makeRng } from '../ir/util.js';
-import { statsAndBounds } from './attention-grad-bounds.js';
-import { assertWithin } from './harness.js';
+import { assertGradsWithin, statsAndBounds } from './attention-grad-bounds.js';
 import { DIRECT_CONFIGS, sgmatDevice, withConfigs } from './sgmat-targets.js';
 
 const H200 = TARGETS['nvidia-h200'];
@@ -208,16 +205,7 @@ describe('on the device (emulated subgroup matrices; native on a GPU that has th
       const problem = { B, H, Sq, Sk, D, Dv, scale: s, q, k, v, g };
       const { lse, delta } = statsAndBounds(problem);
       const tol = splitBounds(problem, lse, delta);
-      const values: Record<string, Float32Array> = { q, k, v, g, lse, delta };
-      const inputs = new Map(graph.inputs.map((inp) => [inp.name, { shape: [...graph.node(inp.node).shape], data: Float64Array.from(values[inp.name]) }] as const));
-      const got = await runGpu(device.gpu(), graph, program, inputs, new Map());
-      const ref = interpret(graph, inputs);
-      const bounds = [tol.dq, tol.dk, tol.dv];
-      for (const wrt of wrts) {
-        const want = ref.get(`d${wrt}`)!.data;
-        const worst = assertWithin(Float32Array.from(got.get(`d${wrt}`)!.data), want, (j) => bounds[wrt][j] + 2 * u * Math.abs(want[j]) + 1e-45, `${what}: d${wrt}`);
-        assert.ok(worst > 0 && worst < 1, `${what}: d${wrt}: largest error ${worst} of the bound`);
-      }
+      await assertGradsWithin(device.gpu(), graph, program, { q, k, v, g, lse, delta }, [tol.dq, tol.dk, tol.dv], wrts, what, 1);
     });
   }
 });
