@@ -181,7 +181,7 @@ describe('on the device (emulated subgroup matrices; native on a GPU that has th
   // small head dims: lavapipe compiles each emulated kernel for seconds per product.
   const CASES: [string, number, number, number, number, number, number, number | undefined, number[], string[], (32 | 64)?, number?, number?, boolean?][] = [
     ['head dim 16, 37 queries, 45 keys (ragged tiles), two heads, rows 10^±2 apart, g of 1e-6 with a zero row: dq and dk+dv', 1, 2, 37, 45, 16, 16, undefined, [0, 1, 2], ['q', 'kv'], undefined, undefined, 1e-6, true],
-    ['head dim 16, v of 8 columns, 20 queries, 70 keys in tiles of 32, scale 0.3, 32 lanes: dq and dv alone', 1, 1, 20, 70, 16, 8, 0.3, [0, 2], ['q', 'v'], 32, 32],
+    ['head dim 16, v of 8 columns, batch 2, 20 queries, 70 keys in tiles of 32, scale 0.3, 32 lanes: dq and dv alone', 2, 1, 20, 70, 16, 8, 0.3, [0, 2], ['q', 'v'], 32, 32],
     ['head dim 8, 40 queries, 17 keys, g of 1e3: dk alone', 1, 1, 40, 17, 8, 8, undefined, [1], ['k'], undefined, undefined, 1e3],
   ];
   for (const [what, B, H, Sq, Sk, D, Dv, scale, wrts, kernels, keys, lanes, gMag, zeroRows] of CASES) {
