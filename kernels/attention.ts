@@ -14,7 +14,7 @@
 // forward, attention_lse and attention_grad; the row kernel remains the forward's fallback for head dims
 // whose one-row tiles do not fit workgroup memory. Where the schedule plans it (compiler/codegen/attention-views.ts),
 // the flash kernels read q, k, v and g in place through views (attentionReads, attentionViewKernels below).
-import type { Kernel, KernelGen } from '../compiler/codegen/types.js';
+import type { Kernel, KernelChain, KernelGen } from '../compiler/codegen/types.js';
 import type { Graph, Node } from '../compiler/ir/graph.js';
 import { attrNum } from '../compiler/ir/rules/shape.js';
 import { broadcastStrides, dispatchGroups, f32Lit, groupIndexCode, kernelRule, loopBound, makeKernel, stridesOf, u32Lit } from './elementwise.js';
@@ -26,6 +26,8 @@ import { directReads, FlashTileError, type FlashOperand, type FlashReads, type R
 import { flashSgmatApplies, flashSgmatForwardKernel } from './flash-sgmat.js';
 import { flashSgmatBackwardApplies, flashSgmatBackwardKernel, gradOf } from './flash-sgmat-backward.js';
 import { flashForwardKernel } from './flash-forward.js';
+import type { SplitSource } from './matmul-split16.js';
+import { flashSplitChain, flashSplitGradChain, flashSplitGradUnfit, flashSplitUnfit } from './flash-split16.js';
 import { KEPT_FN, memberCode } from './fused.js';
 import { combineCode, treeReduceCode, treeWorkgroup } from './reduce.js';
 import { viewCode, type ViewPlan } from './view.js';
@@ -287,6 +289,34 @@ function stagedTensorCoreAttention(graph: Graph, node: Node, target: Target, sib
   }
   if (node.op === 'attention_grad' && flashSgmatBackwardApplies(graph, node, target, sibling)) return flashSgmatBackwardKernel(node, inputs(), target, { sibling, reads });
   return undefined;
+}
+
+/**
+ * The chain of an f32 attention or attention_grad node (with `sibling`) whose row operands are read through views
+ * (`plans`), split onto the f16 tensor cores where the tuning asks for it and it applies (kernels/flash-split16.ts):
+ * the splits read the views; undefined otherwise.
+ */
+export function splitViewChain(graph: Graph, node: Node, sibling: Node | undefined, plans: ReadonlyMap<number, AttentionOperandPlans>, target: Target): KernelChain | undefined {
+  const p = plans.get(node.id);
+  if (!p) return undefined;
+  const sources = (slot: number) => splitSource(graph, node, slot, p);
+  if (node.op === 'attention' && flashSplitUnfit(graph, node, target, sibling) === undefined) return flashSplitChain(graph, node, target, sibling, sources);
+  if (node.op === 'attention_grad' && flashSplitGradUnfit(graph, node, target, sibling, true) === undefined) return flashSplitGradChain(graph, node, target, sibling, sources);
+  return undefined;
+}
+
+/**
+ * How the split of input `slot` of `node` reads it under `plans`: through its view alone (only its own leaves bound),
+ * element [mat, r, c] of the [B, H, S, D] operand seen as [B·H, S, D]; a flat read, its binding row-major.
+ */
+function splitSource(graph: Graph, node: Node, slot: number, plans: AttentionOperandPlans): SplitSource {
+  const x = graph.node(node.inputs[slot]);
+  const [, H, R, C] = x.shape;
+  const reads = attentionReads(graph, { ...node, inputs: [x.id] }, [plans[slot]]);
+  const s = reads.slots[0];
+  const U = u32Lit;
+  const element = (mat: string, r: string, c: string) => (typeof s === 'string' ? `${s}[(${mat}) * ${U(R * C)} + (${r}) * ${U(C)} + ${c}]` : s([`(${mat}) / ${U(H)}`, `(${mat}) % ${U(H)}`, r, c]));
+  return { bindings: reads.bindings ?? [x], element, helpers: reads.helpers, lib: reads.lib, inlined: reads.inlined };
 }
 
 /**

@@ -17,8 +17,9 @@
 // memory, P·v as ph·vh + ph·vl + pl·vh; the output times 2^-14, v's column exponent, and / l. l sums the f32 weights.
 // Error: each term within about 2^-19 of itself, so the scores within (D·2^-24 + 2^-19)·scale·Σ|q||k| and the output
 // within a few 2^-20 of max|v| beyond what that moves the weights: f32's accuracy, not the f32 kernels' bits
-// (test/kernels/flash-split16.test.ts). q, k and v as the operands' own bindings (no views), no mask, head dims
-// multiples of 8, at least 16 queries and keys; the f16 operands of autocast take the f16 kernels instead.
+// (test/kernels/flash-split16.test.ts). No mask, head dims multiples of 8, at least 16 queries and keys; the f16
+// operands of autocast take the f16 kernels instead. Operands read through views (a ViT's heads split from its fused
+// projection, q pre-scaled: kernels/attention.ts) are read so by the splits, which store them plain for the rest.
 import type { KernelChain, Target } from '../compiler/codegen/types.js';
 import { isExactHalf } from '../compiler/codegen/half.js';
 import { numel, type Graph, type Node } from '../compiler/ir/graph.js';
@@ -28,7 +29,7 @@ import { flashDirectForwardKernel } from './flash-direct.js';
 import { directGradLoads, flashDirectBackwardKernel, type FlashGradSplit } from './flash-direct-backward.js';
 import { gradOf } from './flash-sgmat-backward.js';
 import { attrNum } from '../compiler/ir/rules/shape.js';
-import { halfDecl, splitKernel } from './matmul-split16.js';
+import { halfDecl, splitKernel, type SplitSource } from './matmul-split16.js';
 import { sgmatConfig } from './sgmat.js';
 
 /** Scratch placeholders: q's, k's and v's splits. */
@@ -51,10 +52,18 @@ export function flashSplitUnfit(graph: Graph, node: Node, target: Target, siblin
   return undefined;
 }
 
-/** The chain: q's, k's and v's splits, then the forward on them (check flashSplitUnfit first). */
-export function flashSplitChain(graph: Graph, node: Node, target: Target, sibling?: Node): KernelChain {
-  const [q, k, v] = node.inputs.map((i) => graph.node(i));
-  const splits = [splitKernel(node, q, 'rows', SPLIT_Q, target), splitKernel(node, k, 'rows', SPLIT_K, target), splitKernel(node, v, 'cols', SPLIT_V, target)];
+/** Where the split of input `slot` reads it (kernels/attention.ts splitViewChain: a view), when not from its binding. */
+export type SplitSources = (slot: number) => SplitSource | undefined;
+
+/**
+ * The chain: q's, k's and v's splits, then the forward on them (check flashSplitUnfit first). With `sources`, the
+ * splits read q, k and v through views; the forward reads the splits.
+ */
+export function flashSplitChain(graph: Graph, node: Node, target: Target, sibling?: Node, sources?: SplitSources): KernelChain {
+  const inputs = node.inputs.map((i) => graph.node(i));
+  const [q, k, v] = inputs;
+  const split = (slot: number, along: 'rows' | 'cols', ref: number) => splitKernel(node, inputs[slot], along, ref, target, sources?.(slot));
+  const splits = [split(0, 'rows', SPLIT_Q), split(1, 'rows', SPLIT_K), split(2, 'cols', SPLIT_V)];
   const forward = flashDirectForwardKernel(node, [q, k, v], target, sibling, directReads(node), { q: numel(q.shape), k: numel(k.shape), v: numel(v.shape) });
   // It binds the splits in q's, k's and v's places, as the f16 arrays they are.
   const refs = [SPLIT_Q, SPLIT_K, SPLIT_V];
@@ -63,11 +72,17 @@ export function flashSplitChain(graph: Graph, node: Node, target: Target, siblin
   return { kernels: [...splits.map((s) => s.kernel), { ...forward, bindings, wgsl }], scratch: splits.map((s) => s.scratch) };
 }
 
-/** Why the f32 attention_grad `node` (with `sibling`, its wrt-2 pair) cannot run split on `target`, or undefined. */
-export function flashSplitGradUnfit(graph: Graph, node: Node, target: Target, sibling?: Node): string | undefined {
+/**
+ * Why the f32 attention_grad `node` (with `sibling`, its wrt-2 pair) cannot run split on `target`, or undefined;
+ * `viewed`: its row operands are read through views (kernels/attention.ts).
+ */
+export function flashSplitGradUnfit(graph: Graph, node: Node, target: Target, sibling?: Node, viewed = false): string | undefined {
   if (!target.tuning?.f32AttentionGradTensorCores) return 'not asked for (Target.tuning.f32AttentionGradTensorCores)';
   if (node.op !== 'attention_grad') return `${node.op} is not attention_grad`;
-  if (!gradOf(node, sibling)) return sibling ? `wrt ${attrNum(node.attrs, 'wrt')} does not pair with ${sibling.op} %${sibling.id}` : "the mask's gradient";
+  const which = gradOf(node, sibling);
+  if (!which) return sibling ? `wrt ${attrNum(node.attrs, 'wrt')} does not pair with ${sibling.op} %${sibling.id}` : "the mask's gradient";
+  // dv alone splits k, q and g, but its kernel still binds v, which a view leaves unstored.
+  if (viewed && which === 'v') return 'dv alone, with v read through a view';
   if (node.inputs.length !== 6) return 'a mask';
   if (!sgmatConfig(target, 16, 8, 8) || !sgmatConfig(target, 16, 8, 16)) return 'the target lists no f16 x f16 -> f32 16x8x8 and 16x8x16 subgroup-matrix configs';
   const [q, k, v, g] = node.inputs.map((i) => graph.node(i));
@@ -78,13 +93,16 @@ export function flashSplitGradUnfit(graph: Graph, node: Node, target: Target, si
   return undefined;
 }
 
-/** The chain: the row splits of the operands the kernel loads, then the backward on them (check flashSplitGradUnfit first). */
-export function flashSplitGradChain(graph: Graph, node: Node, target: Target, sibling?: Node): KernelChain {
+/**
+ * The chain: the row splits of the operands the kernel loads, then the backward on them (check flashSplitGradUnfit
+ * first). With `sources`, the splits read the operands through views; the backward reads the splits.
+ */
+export function flashSplitGradChain(graph: Graph, node: Node, target: Target, sibling?: Node, sources?: SplitSources): KernelChain {
   const inputs = node.inputs.map((i) => graph.node(i));
   const loads = directGradLoads(gradOf(node, sibling)!);
   // Scratch placeholders -1 … -4 by slot (q, k, v, g).
   const ref = (slot: number) => -1 - slot;
-  const splits = loads.map((slot) => splitKernel(node, inputs[slot], 'rows', ref(slot), target));
+  const splits = loads.map((slot) => splitKernel(node, inputs[slot], 'rows', ref(slot), target, sources?.(slot)));
   const counts = [0, 1, 2, 3].map((slot) => numel(inputs[slot].shape)) as unknown as FlashGradSplit;
   const kernel = flashDirectBackwardKernel(node, inputs, target, sibling, directReads(node), counts);
   // It binds the splits in the loaded operands' places, as the f16 arrays they are.

@@ -97,24 +97,38 @@ export function halfDecl(wgsl: string, i: number, access: 'read' | 'read_write')
 }
 
 /**
- * The kernel splitting `x` (stored [..., R, C]) with one scale per row (`rows`: along its contiguous dim) or per
- * column (`cols`) of each matrix, into scratch `ref`: hi (numel f16), lo (numel), then the exponents (one per row or
- * column of each matrix, in order).
+ * Where a split reads `x`'s elements when it is no stored value of its own but a view computed in place (a ViT's q, k
+ * and v: heads of one projection, kernels/attention.ts attentionReads): the bound leaves, in binding order, and the
+ * WGSL of element [mat, r, c] of x seen as [..., R, C].
  */
-export function splitKernel(mm: Node, x: Node, along: 'rows' | 'cols', ref: number, target: Target) {
+export interface SplitSource {
+  readonly bindings: readonly Node[];
+  readonly element: (mat: string, r: string, c: string) => string;
+  /** Module-scope WGSL the element reads call, its library functions, and the IR nodes it computes. */
+  readonly helpers: string;
+  readonly lib: readonly string[];
+  readonly inlined: readonly number[];
+}
+
+/**
+ * The kernel splitting `x` (stored [..., R, C], or read as `source` says) with one scale per row (`rows`: along its
+ * contiguous dim) or per column (`cols`) of each matrix, into scratch `ref`: hi (numel f16), lo (numel), then the
+ * exponents (one per row or column of each matrix, in order).
+ */
+export function splitKernel(mm: Node, x: Node, along: 'rows' | 'cols', ref: number, target: Target, source?: SplitSource) {
   const U = u32Lit;
   const [R, C] = x.shape.slice(-2);
   const mats = numel(x.shape.slice(0, -2));
   const n = numel(x.shape);
   const count = mats * (along === 'rows' ? R : C);
   const scratch: Scratch = { ref, words: Math.ceil((2 * n + count) / 2), name: 'split16' };
-  const node: Node = { ...mm, id: ref, inputs: [x.id], shape: [2 * n + count] };
+  const node: Node = { ...mm, id: ref, inputs: source ? source.bindings.map((b) => b.id) : [x.id], shape: [2 * n + count] };
   // The exponent s for a largest magnitude m: m·2^s just below 2^TOP; 0 for a non-finite m; ZERO_EXPONENT for a
   // zero m (any scale is exact there, and bounds taken as minima over exponents must not see it).
   const exponent = (m: string) =>
     `select(select(0, ${ZERO_EXPONENT}, ${m} == 0.0f), clamp(${TOP} - frexp(${m}).exp, -126, 126), ${m} > 0.0f && ${m} <= ${f32Lit(3.4028234663852886e38)})`;
   // hi: v's top 11 significant bits, lo: the exact rest, rounded to f16.
-  const put = (at: string) => [`let v = in_0[${at}] * f;`, 'let hi = f16_hi(v);', `out_0[${at}] = f16(hi);`, `out_0[${U(n)} + ${at}] = f16(v - hi);`];
+  const put = (at: string) => [`let v = ${read} * f;`, 'let hi = f16_hi(v);', `out_0[${at}] = f16(hi);`, `out_0[${U(n)} + ${at}] = f16(v - hi);`];
   // A workgroup takes CB scale indices (rows: 1; columns: 32 adjacent ones, loads coalesced across them) with RG
   // invocations each along the elements they scale, whose partial maxima it combines in a fixed order.
   const wg = treeWorkgroup(target, along === 'rows' ? 64 : 256);
@@ -126,6 +140,8 @@ export function splitKernel(mm: Node, x: Node, along: 'rows' | 'cols', ref: numb
   // The first element an index scales (indices past the last read the last one; their results are not written).
   const first = along === 'rows' ? `i * ${U(C)}` : `(i / ${U(C)}) * ${U(R * C)} + i % ${U(C)}`;
   const at = `base + t * ${U(step)}`;
+  // Element t of index i: stored at `at`, or the source's element [mat, r, c].
+  const read = !source ? `in_0[${at}]` : along === 'rows' ? source.element(`i / ${U(R)}`, `i % ${U(R)}`, 't') : source.element(`i / ${U(C)}`, 't', `i % ${U(C)}`);
   const body = `var<workgroup> part: array<f32, ${wg}>;
 
 @compute @workgroup_size(${wg}, 1, 1)
@@ -137,7 +153,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid:
   let i = min(idx, ${U(count - 1)});
   let base = ${first};
   var m = 0.0f;
-  for (var t = t0; t < ${unboundedLoop(len, target)}; t += ${U(RG)}) { m = max(m, abs(in_0[${at}])); }
+  for (var t = t0; t < ${unboundedLoop(len, target)}; t += ${U(RG)}) { m = max(m, abs(${read})); }
   part[lid] = m;
   workgroupBarrier();
   var cm = part[lid % ${U(CB)}];
@@ -153,7 +169,14 @@ ${put(at)
     if (t0 == 0u) { out_0[${U(2 * n)} + idx] = f16(f32(sc)); }
   }
 }`;
-  const kernel = makeKernel(node, [x], target, { name: `split16_${along}_f32`, body, workgroupSize: [wg, 1, 1], dispatch, lib: ['pow2', 'f16_hi'] });
-  // It serves the product: named for it in dumps, as a K split's partials are.
-  return { kernel: { ...kernel, wgsl: `enable f16;\n${halfDecl(kernel.wgsl, 1, 'read_write')}`, nodes: [mm.id] }, scratch, node };
+  const inputs = source ? source.bindings : [x];
+  const kernel = makeKernel(node, inputs, target, {
+    name: `split16_${along}_f32`,
+    body: source?.helpers ? `${source.helpers}\n\n${body}` : body,
+    workgroupSize: [wg, 1, 1],
+    dispatch,
+    lib: ['pow2', 'f16_hi', ...(source?.lib ?? [])],
+  });
+  // It serves the product: named for it in dumps, as a K split's partials are (and computes a source's views).
+  return { kernel: { ...kernel, wgsl: `enable f16;\n${halfDecl(kernel.wgsl, inputs.length, 'read_write')}`, nodes: [...(source?.inlined ?? []), mm.id] }, scratch, node };
 }

@@ -21,7 +21,7 @@ import { rowEpilogueKernel, rowProductKernel } from '../../kernels/row.js';
 import { halfStorageKernel } from '../../kernels/half-storage.js';
 import { halfBindings, planHalfStorage } from './half.js';
 import { planAttentionViews } from './attention-views.js';
-import { attentionViewKernels, tensorCoreAttention } from '../../kernels/attention.js';
+import { attentionViewKernels, splitViewChain, tensorCoreAttention } from '../../kernels/attention.js';
 import { flashSplitChain, flashSplitGradChain, flashSplitGradUnfit, flashSplitUnfit } from '../../kernels/flash-split16.js';
 
 export type ValueKind = 'input' | 'param' | 'output' | 'temp';
@@ -193,7 +193,13 @@ export function schedule(graph: Graph, target: Target, rules: { readonly [op: st
             : fusedKernel(graph, group, target, views),
       );
     else if (prologue) push(reducePrologueKernel(graph, node, prologue, target));
-    else if (attn.plans.has(node.id)) attentionViewKernels(graph, node, siblingOf.has(node.id) ? graph.node(siblingOf.get(node.id)!) : undefined, attn.plans, target).forEach(push);
+    else if (attn.plans.has(node.id)) {
+      const sibling = siblingOf.has(node.id) ? graph.node(siblingOf.get(node.id)!) : undefined;
+      // f32 attention split onto the tensor cores, the splits reading the views (Target.tuning.f32Attention*TensorCores).
+      const split = splitViewChain(graph, node, sibling, attn.plans, target);
+      if (split) pushChain(node, split);
+      else attentionViewKernels(graph, node, sibling, attn.plans, target).forEach(push);
+    }
     else if (halfLeafCast(node.id)) aliases.set(node.id, root(node.inputs[0]));
     else {
       const rule = rules[node.op];

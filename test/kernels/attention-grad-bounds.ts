@@ -114,9 +114,9 @@ export function statsAndBounds(p: Problem) {
 /**
  * Runs `program` (of `graph`: inputs named q, k, v, g, lse, delta) on `gpu` with `values` and asserts each output
  * d<wrt> within `bounds[wrt]` plus 2^-23 of the value (the final scaling), and not vacuously: its largest error is
- * above 0 and below `most` of the bound.
+ * above 0 and below `most` of the bound. Returns every output and its reference.
  */
-export async function assertGradsWithin(gpu: GpuDevice, graph: Graph, program: GpuProgram, values: Readonly<Record<string, Float32Array>>, bounds: readonly Float64Array[], wrts: readonly number[], what: string, most: number): Promise<void> {
+export async function assertGradsWithin(gpu: GpuDevice, graph: Graph, program: GpuProgram, values: Readonly<Record<string, Float32Array>>, bounds: readonly Float64Array[], wrts: readonly number[], what: string, most: number) {
   const inputs = new Map(graph.inputs.map((inp) => [inp.name, { shape: [...graph.node(inp.node).shape], data: Float64Array.from(values[inp.name]) }] as const));
   const got = await runGpu(gpu, graph, program, inputs, new Map());
   const ref = interpret(graph, inputs);
@@ -125,4 +125,6 @@ export async function assertGradsWithin(gpu: GpuDevice, graph: Graph, program: G
     const worst = assertWithin(Float32Array.from(got.get(`d${wrt}`)!.data), want, (j) => bounds[wrt][j] + 2 * E32 * Math.abs(want[j]) + 1e-30, `${what}: d${wrt}`);
     assert.ok(worst > 0 && worst < most, `${what}: d${wrt}: largest error ${worst} of the bound`);
   }
+  // For the caller's other outputs.
+  return { got, ref };
 }

@@ -17,7 +17,9 @@
 //   to); dk likewise over queries with q and dk's E; dv_jc ≤ Σ_i [|g_ic|P_ij(ρ_ij + 2^-19 + 3Sq·u) + u(P_ij2^-s_gi +
 //   |g_ic|2^(s_gi − E_p))] + 2u|dv_jc|.
 import assert from 'node:assert/strict';
+import { join } from 'node:path';
 import { describe, test } from 'node:test';
+import { checkFiles } from '../../compiler/check/index.js';
 import { compileGpu } from '../../compiler/codegen/gpu.js';
 import { TARGETS } from '../../compiler/codegen/targets.js';
 import type { Target } from '../../compiler/codegen/types.js';
@@ -26,12 +28,16 @@ import type { Attrs } from '../../compiler/ir/graph.js';
 import { flashSplitGradUnfit } from '../../kernels/flash-split16.js';
 import { benchRows, rowGraph } from '../../runtime/bench/rows.js';
 import { probeKernels } from '../../runtime/gpu/tensor-core-probe.js';
+import { trainPlan } from '../../compiler/train/plan.js';
+import { compileStep } from '../../compiler/train/step-graph.js';
+import { REPO_ROOT } from '../golden/harness.js';
 import { makeRng } from '../ir/util.js';
+import { assertWithin } from './harness.js';
 import { assertGradsWithin, statsAndBounds } from './attention-grad-bounds.js';
 import { DIRECT_CONFIGS, sgmatDevice, withConfigs } from './sgmat-targets.js';
+import { splitForwardBounds, splitGradBounds } from './split16-bounds.js';
 
 const H200 = TARGETS['nvidia-h200'];
-const u = 2 ** -24;
 const split = (t: Target, more: Target['tuning'] = {}): Target => ({ ...t, tuning: { ...t.tuning, ...more, f32AttentionGradTensorCores: true } });
 const bhsd = (b: number, h: number, s: number, d: number) => [b, h, s, d];
 
@@ -98,77 +104,27 @@ describe('as generated for the H200', () => {
     assert.match(flashSplitGradUnfit(b.graph, b.graph.node(dq), split(H200)) ?? '', /f16 values/);
   });
 
+  test("eva_tiny's f32 LoRA training step: every attention kernel split, the splits reading the heads of the qkv projection in place", () => {
+    const checked = checkFiles([join(REPO_ROOT, 'pipelines', 'eva_tiny.visft')]);
+    const stage = trainPlan(checked, checked.roots[0]).stages.find((x) => x.name === 'stage2')!;
+    const step = compileStep(checked, checked.roots[0], stage, stage.tasks[0]).graph;
+    const kernels = compileGpu(step, split(H200, { f32AttentionTensorCores: true })).schedule.kernels;
+    const attention = kernels.filter((k) => k.name.startsWith('attention'));
+    assert.ok(attention.length >= 6, attention.map((k) => k.name).join(' '));
+    assert.ok(attention.every((k) => /_split16_f32$/.test(k.name)), attention.map((k) => k.name).join(' '));
+    // q's split computes q's slice, reshape, permute and scaling in place, binding the projection alone.
+    const ops = (k: (typeof kernels)[number]) => k.nodes.map((n) => step.node(n).op).filter((op) => !op.startsWith('attention'));
+    const viewed = kernels.filter((k) => k.name.startsWith('split16') && ops(k).length > 0);
+    assert.ok(viewed.length >= 12, `${viewed.length} splits read views`);
+    assert.ok(viewed.every((k) => k.bindings.length === 2 && ops(k).every((op) => ['slice', 'reshape', 'permute', 'mul'].includes(op))));
+  });
+
   test('the tensor-core probe compiles the dk+dv chain when the tuning asks for it', () => {
     const names = probeKernels(split(H200)).map((k) => k.name);
     assert.deepEqual(names.filter((n) => /split16/.test(n)), ['split16_rows_f32', 'split16_rows_f32', 'split16_rows_f32', 'split16_rows_f32', 'attention_grad_kv_flash_split16_f32']);
     assert.doesNotMatch(probeKernels(H200).map((k) => k.name).join(' '), /split16/);
   });
 });
-
-/** The split exponent of a row whose largest magnitude is m (kernels/matmul-split16.ts splitKernel). */
-function splitExponent(m: number): number {
-  if (m === 0) return 126;
-  let e = Math.floor(Math.log2(m));
-  if (2 ** e > m) e--;
-  if (2 ** (e + 1) <= m) e++;
-  return Math.min(126, Math.max(-126, 14 - (e + 1)));
-}
-
-/** Each row's split exponent of rows of `d` values. */
-const rowExponents = (x: Float32Array, d: number) =>
-  Int32Array.from({ length: x.length / d }, (_, r) => splitExponent(x.subarray(r * d, (r + 1) * d).reduce((a, v) => Math.max(a, Math.abs(v)), 0)));
-
-/** The bounds of the header, per element of dq, dk and dv. */
-function splitBounds(p: { B: number; H: number; Sq: number; Sk: number; D: number; Dv: number; scale: number; q: Float32Array; k: Float32Array; v: Float32Array; g: Float32Array }, lse: Float32Array, delta: Float32Array) {
-  const { B, H, Sq, Sk, D, Dv, scale, q, k, v, g } = p;
-  const [sq, sk, sv, sg] = [rowExponents(q, D), rowExponents(k, D), rowExponents(v, Dv), rowExponents(g, Dv)];
-  const L = Math.ceil(Math.log2(2 * Dv));
-  const clamp = (e: number) => Math.min(126, Math.max(-126, e));
-  const min = (n: number, f: (i: number) => number) => Array.from({ length: n }, (_, i) => f(i)).reduce((a, x) => Math.min(a, x), Infinity);
-  const tol = { dq: new Float64Array(B * H * Sq * D), dk: new Float64Array(B * H * Sk * D), dv: new Float64Array(B * H * Sk * Dv) };
-  const abs = Math.abs;
-  for (let bh = 0; bh < B * H; bh++) {
-    const [minK, minV] = [min(Sk, (j) => sk[bh * Sk + j]), min(Sk, (j) => sv[bh * Sk + j])];
-    const eK = clamp(minV + min(Sq, (i) => sq[bh * Sq + i] + sg[bh * Sq + i]) - 14 - L);
-    const eP = clamp(min(Sq, (i) => sg[bh * Sq + i]) + 14);
-    for (let i = 0; i < Sq; i++) {
-      const row = bh * Sq + i;
-      const eQ = clamp(sg[row] + minK + minV - 14 - L);
-      for (let j = 0; j < Sk; j++) {
-        const col = bh * Sk + j;
-        let [s, sAbs, dP, dPAbs, sFloor, dPFloor] = [0, 0, 0, 0, 0, 0];
-        for (let t = 0; t < D; t++) {
-          const [a, b] = [q[row * D + t], k[col * D + t]];
-          s += a * b;
-          sAbs += abs(a * b);
-          sFloor += abs(a) * 2 ** -sk[col] + abs(b) * 2 ** -sq[row];
-        }
-        for (let c = 0; c < Dv; c++) {
-          const [a, b] = [g[row * Dv + c], v[col * Dv + c]];
-          dP += a * b;
-          dPAbs += abs(a * b);
-          dPFloor += abs(a) * 2 ** -sv[col] + abs(b) * 2 ** -sg[row];
-        }
-        s *= scale;
-        const P = Math.exp(s - lse[row]);
-        const dS = P * (dP - delta[row]);
-        const rho = scale * ((3 * D * u + 2 ** -19) * sAbs + u * sFloor) + (4 * abs(s) + abs(s - lse[row]) + 4) * u;
-        const dDP = (3 * Dv * u + 2 ** -19) * dPAbs + u * dPFloor + 2 * u * abs(dP);
-        const dDS = P * (dDP + rho * abs(dP - delta[row])) + 2 * u * abs(dS);
-        for (let t = 0; t < D; t++) {
-          const [kv, qv] = [abs(k[col * D + t]), abs(q[row * D + t])];
-          tol.dq[row * D + t] += scale * (kv * (dDS + (2 ** -19 + 3 * Sk * u) * abs(dS)) + u * (abs(dS) * 2 ** -sk[col] + kv * 2 ** (sk[col] - eQ)));
-          tol.dk[col * D + t] += scale * (qv * (dDS + (2 ** -19 + 3 * Sq * u) * abs(dS)) + u * (abs(dS) * 2 ** -sq[row] + qv * 2 ** (sq[row] - eK)));
-        }
-        for (let c = 0; c < Dv; c++) {
-          const gv = abs(g[row * Dv + c]);
-          tol.dv[col * Dv + c] += gv * P * (rho + 2 ** -19 + 3 * Sq * u) + u * (P * 2 ** -sg[row] + gv * 2 ** (sg[row] - eP));
-        }
-      }
-    }
-  }
-  return tol;
-}
 
 describe('on the device (emulated subgroup matrices; native on a GPU that has them)', () => {
   const device = sgmatDevice();
@@ -204,8 +160,55 @@ describe('on the device (emulated subgroup matrices; native on a GPU that has th
       const s = scale ?? 1 / Math.sqrt(D);
       const problem = { B, H, Sq, Sk, D, Dv, scale: s, q, k, v, g };
       const { lse, delta } = statsAndBounds(problem);
-      const tol = splitBounds(problem, lse, delta);
+      const tol = splitGradBounds(problem, lse, delta);
       await assertGradsWithin(device.gpu(), graph, program, { q, k, v, g, lse, delta }, [tol.dq, tol.dk, tol.dv], wrts, what, 1);
     });
   }
+
+  test('through views, as a ViT reads them: q·0.25, k and v heads of one projection, g heads of its gradient; batch 2, 37 tokens', async () => {
+    const [B, H, S, D] = [2, 2, 37, 16];
+    const b = new Builder();
+    const x = b.input('x', [B, S, 3 * H * D]);
+    const heads = (i: number) => b.add('permute', [b.add('reshape', [b.add('slice', [x], { dim: 2, start: i * H * D, end: (i + 1) * H * D })], { shape: [B, S, H, D] })], { dims: [0, 2, 1, 3] });
+    const q = b.add('mul', [heads(0), b.add('full', [], { shape: [], value: 0.25 })]);
+    const [k, v] = [heads(1), heads(2)];
+    const g = b.add('permute', [b.add('reshape', [b.input('gx', [B, S, H * D])], { shape: [B, S, H, D] })], { dims: [0, 2, 1, 3] });
+    b.output('y', b.add('attention', [q, k, v]));
+    b.output('lse', b.add('attention_lse', [q, k]));
+    const stats = [b.input('lse_in', [B, H, S]), b.input('delta', [B, H, S])];
+    [0, 1, 2].forEach((wrt) => b.output(`d${wrt}`, b.add('attention_grad', [q, k, v, g, ...stats], { wrt })));
+    const t = target();
+    const program = compileGpu(b.graph, { ...t, tuning: { ...t.tuning, f32AttentionTensorCores: true } });
+    const names = program.schedule.kernels.map((kk) => kk.name);
+    assert.deepEqual(
+      names.filter((n) => n.startsWith('attention')),
+      ['attention_flash_lse_split16_f32', 'attention_grad_q_flash_split16_f32', 'attention_grad_kv_flash_split16_f32'],
+      names.join(' '),
+    );
+    // The splits read the views: each binds the projection (or g's), and nothing else copies a head out.
+    const splits = program.schedule.kernels.filter((kk) => kk.name.startsWith('split16'));
+    assert.equal(splits.length, 11);
+    assert.ok(splits.every((kk) => kk.bindings.length === 2), 'one leaf and the split each');
+    assert.equal(names.filter((n) => /permute|copy|slice/.test(n)).length, 0, names.join(' '));
+    const rng = makeRng(91);
+    const xs = Float32Array.from({ length: B * S * 3 * H * D }, () => 2 * rng() - 1);
+    const gxs = Float32Array.from({ length: B * S * H * D }, () => 1e-3 * (2 * rng() - 1));
+    // The operands as the kernels see them, [B, H, S, D]: head h of part i, q times 0.25 (exact).
+    const operand = (src: Float32Array, width: number, start: number, times = 1) =>
+      Float32Array.from({ length: B * H * S * D }, (_, e) => {
+        const [bb, h, s, d] = [Math.floor(e / (H * S * D)), Math.floor(e / (S * D)) % H, Math.floor(e / D) % S, e % D];
+        return src[(bb * S + s) * width + start + h * D + d] * times;
+      });
+    const [qv, kv, vv, gv] = [operand(xs, 3 * H * D, 0, 0.25), operand(xs, 3 * H * D, H * D), operand(xs, 3 * H * D, 2 * H * D), operand(gxs, H * D, 0)];
+    const problem = { B, H, Sq: S, Sk: S, D, Dv: D, scale: 1 / Math.sqrt(D), q: qv, k: kv, v: vv, g: gv };
+    const { lse, delta } = statsAndBounds(problem);
+    const tol = splitGradBounds(problem, lse, delta);
+    const values = { x: xs, gx: gxs, lse_in: lse, delta };
+    const { got, ref } = await assertGradsWithin(device.gpu(), b.graph, program, values, [tol.dq, tol.dk, tol.dv], [0, 1, 2], 'views', 1);
+    const fwd = splitForwardBounds(problem);
+    const worst = assertWithin(Float32Array.from(got.get('y')!.data), ref.get('y')!.data, fwd.out, 'views: out');
+    assert.ok(worst > 0 && worst < 1, `views: out: largest error ${worst} of the bound`);
+    const r = ref.get('lse')!.data;
+    assertWithin(Float32Array.from(got.get('lse')!.data), r, (i) => fwd.lse(i, r[i]), 'views: lse');
+  });
 });

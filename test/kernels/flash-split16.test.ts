@@ -22,9 +22,9 @@ import { runGpu } from '../../runtime/run-gpu.js';
 import { makeRng } from '../ir/util.js';
 import { assertWithin } from './harness.js';
 import { attentionGraph, DIRECT_CONFIGS, sgmatDevice, withConfigs } from './sgmat-targets.js';
+import { splitForwardBounds } from './split16-bounds.js';
 
 const H200 = TARGETS['nvidia-h200'];
-const u = 2 ** -24;
 const split = (t: Target, more: Target['tuning'] = {}): Target => ({ ...t, tuning: { ...t.tuning, ...more, f32AttentionTensorCores: true } });
 
 /** attention(q, k, v) in f32, with its lse sibling when `withLse`, and an optional mask. */
@@ -106,25 +106,13 @@ describe('on the device (emulated subgroup matrices; native on a GPU that has th
       ]);
       const got = await runGpu(device.gpu(), graph, program, inputs, new Map());
       const ref = interpret(graph, inputs);
-      const sc = scale ?? 1 / Math.sqrt(D);
-      const vMax = v.reduce((a, x) => Math.max(a, Math.abs(x)), 0);
-      // ε_i: the largest score error bound of query row i.
-      const eps = Float64Array.from({ length: B * H * Sq }, (_, i) => {
-        const bh = Math.floor(i / Sq);
-        let e = 0;
-        for (let j = 0; j < Sk; j++) {
-          let a = 0;
-          for (let d = 0; d < D; d++) a += Math.abs(q[i * D + d] * k[(bh * Sk + j) * D + d]);
-          e = Math.max(e, (D * u + 2 ** -19) * sc * a);
-        }
-        return e;
-      });
+      const bound = splitForwardBounds({ B, H, Sq, Sk, D, Dv, scale: scale ?? 1 / Math.sqrt(D), q, k, v });
       const y = ref.get('y')!.data;
-      const worst = assertWithin(Float32Array.from(got.get('y')!.data), y, (x) => (2 * eps[Math.floor(x / Dv)] + 2 ** -18 + Sk * u) * vMax + 1e-30, `${what}: out`);
+      const worst = assertWithin(Float32Array.from(got.get('y')!.data), y, bound.out, `${what}: out`);
       assert.ok(worst > 0 && worst < 1, `${what}: largest error ${worst} of the bound`);
       if (withLse) {
         const r = ref.get('lse')!.data;
-        assertWithin(Float32Array.from(got.get('lse')!.data), r, (i) => eps[i] + Sk * u + u * Math.abs(r[i]) + 1e-30, `${what}: lse`);
+        assertWithin(Float32Array.from(got.get('lse')!.data), r, (i) => bound.lse(i, r[i]), `${what}: lse`);
       }
     });
   }
