@@ -31,8 +31,11 @@ import { probeKernels } from '../../runtime/gpu/tensor-core-probe.js';
 import { trainPlan } from '../../compiler/train/plan.js';
 import { compileStep } from '../../compiler/train/step-graph.js';
 import { REPO_ROOT } from '../golden/harness.js';
+import { interpret } from '../../compiler/ir/interpret.js';
+import { runGpu } from '../../runtime/run-gpu.js';
 import { makeRng } from '../ir/util.js';
-import { assertWithin } from './harness.js';
+import { captionFeeds } from '../train/caption-feeds.js';
+import { assertStepNear, assertWithin } from './harness.js';
 import { assertGradsWithin, statsAndBounds } from './attention-grad-bounds.js';
 import { DIRECT_CONFIGS, sgmatDevice, withConfigs } from './sgmat-targets.js';
 import { splitForwardBounds, splitGradBounds } from './split16-bounds.js';
@@ -50,6 +53,13 @@ function gradGraph(qs: number[], ks: number[], dv: number, wrts: readonly number
   const grads = wrts.map((wrt) => b.add('attention_grad', [...rows, ...stats, ...(mask ? [b.input('mask', mask)] : [])], { ...attrs, wrt }));
   grads.forEach((x, i) => b.output(`d${wrts[i]}`, x));
   return { graph: b.graph, grads };
+}
+
+/** eva_tiny's stage-2 (LoRA) training step in f32. */
+function evaTinyStep() {
+  const checked = checkFiles([join(REPO_ROOT, 'pipelines', 'eva_tiny.visft')]);
+  const stage = trainPlan(checked, checked.roots[0]).stages.find((x) => x.name === 'stage2')!;
+  return compileStep(checked, checked.roots[0], stage, stage.tasks[0]).graph;
 }
 
 describe('as generated for the H200', () => {
@@ -105,9 +115,7 @@ describe('as generated for the H200', () => {
   });
 
   test("eva_tiny's f32 LoRA training step: every attention kernel split, the splits reading the heads of the qkv projection in place", () => {
-    const checked = checkFiles([join(REPO_ROOT, 'pipelines', 'eva_tiny.visft')]);
-    const stage = trainPlan(checked, checked.roots[0]).stages.find((x) => x.name === 'stage2')!;
-    const step = compileStep(checked, checked.roots[0], stage, stage.tasks[0]).graph;
+    const step = evaTinyStep();
     const kernels = compileGpu(step, split(H200, { f32AttentionTensorCores: true })).schedule.kernels;
     const attention = kernels.filter((k) => k.name.startsWith('attention'));
     assert.ok(attention.length >= 6, attention.map((k) => k.name).join(' '));
@@ -128,9 +136,9 @@ describe('as generated for the H200', () => {
 
 describe('on the device (emulated subgroup matrices; native on a GPU that has them)', () => {
   const device = sgmatDevice();
-  const target = (keys?: 32 | 64, lanes?: number): Target => {
+  const target = (keys?: 32 | 64, lanes?: number, more: Target['tuning'] = {}): Target => {
     const t = device.native() ? device.gpu().target : { ...withConfigs(device.gpu().target, DIRECT_CONFIGS, 'direct'), ...(lanes ? { emulatedLanes: lanes } : {}) };
-    return split(t, keys ? { flashDirectKeys: keys } : {});
+    return split(t, { ...more, ...(keys ? { flashDirectKeys: keys } : {}) });
   };
 
   // [what, B, H, Sq, Sk, D, Dv, scale, wrts, kernels expected, keys per tile, emulated lanes, g's magnitude, zero rows];
@@ -165,6 +173,18 @@ describe('on the device (emulated subgroup matrices; native on a GPU that has th
     });
   }
 
+  test("eva_tiny's f32 LoRA training step with its attention split onto the tensor cores: the loss and every gradient as the interpreter's", async () => {
+    const step = evaTinyStep();
+    const program = compileGpu(step, target(undefined, undefined, { f32AttentionTensorCores: true }));
+    const attention = program.schedule.kernels.filter((k) => k.name.startsWith('attention')).map((k) => k.name);
+    assert.ok(attention.length >= 6 && attention.every((n) => /_split16_f32$/.test(n)), attention.join(' '));
+    const { inputs, params } = captionFeeds(step, makeRng(15));
+    const out = await runGpu(device.gpu(), step, program, inputs, params);
+    // f32 accuracy: the split products are within f32's normwise bound by a small factor (observed: 5e-7 of the
+    // largest value).
+    assertStepNear(out, interpret(step, inputs, params), 1e-5, 1e-5);
+  });
+
   test('through views, as a ViT reads them: q·0.25, k and v heads of one projection, g heads of its gradient; batch 2, 37 tokens', async () => {
     const [B, H, S, D] = [2, 2, 37, 16];
     const b = new Builder();
@@ -177,8 +197,7 @@ describe('on the device (emulated subgroup matrices; native on a GPU that has th
     b.output('lse', b.add('attention_lse', [q, k]));
     const stats = [b.input('lse_in', [B, H, S]), b.input('delta', [B, H, S])];
     [0, 1, 2].forEach((wrt) => b.output(`d${wrt}`, b.add('attention_grad', [q, k, v, g, ...stats], { wrt })));
-    const t = target();
-    const program = compileGpu(b.graph, { ...t, tuning: { ...t.tuning, f32AttentionTensorCores: true } });
+    const program = compileGpu(b.graph, target(undefined, undefined, { f32AttentionTensorCores: true }));
     const names = program.schedule.kernels.map((kk) => kk.name);
     assert.deepEqual(
       names.filter((n) => n.startsWith('attention')),

@@ -631,3 +631,18 @@ export async function assertSchedulesAgree(
   }
   return first;
 }
+
+/**
+ * A training step's outputs against the interpreter's: the loss within `lossRel` of it (relative), and every
+ * gradient (outputs named d:…) within `gradRel` of its largest value.
+ */
+export function assertStepNear(out: ReadonlyMap<string, RefTensor>, ref: ReadonlyMap<string, RefTensor>, lossRel: number, gradRel: number): void {
+  const loss = [out.get('loss')!.data[0], ref.get('loss')!.data[0]];
+  assert.ok(Math.abs(loss[0] - loss[1]) <= lossRel * Math.abs(loss[1]), `loss ${loss[0]} vs the interpreter's ${loss[1]}`);
+  for (const [name, r] of ref) {
+    if (!name.startsWith('d:')) continue;
+    const scale = Math.max(...r.data.map(Math.abs));
+    const worst = Math.max(...r.data.map((v, i) => Math.abs(v - out.get(name)!.data[i])));
+    assert.ok(worst <= gradRel * scale, `${name}: worst error ${worst}, largest value ${scale}`);
+  }
+}
