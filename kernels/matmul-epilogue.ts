@@ -102,8 +102,9 @@ export function operandViews(graph: Graph, plans: readonly [ViewPlan | undefined
   if (!plans) return undefined;
   const view = (plan: ViewPlan | undefined, slot: number) => {
     if (!plan) return undefined;
-    const code = viewCode(graph, plan, slot === 0 ? 'va' : 'vb', () => `in_${slot}`);
-    return { leaf: graph.node(plan.leaves[0]), inlined: plan.inlined, helpers: code.helpers, call: (c: readonly string[]) => code.call(c) };
+    const at = (binding: string) => viewCode(graph, plan, slot === 0 ? 'va' : 'vb', () => binding);
+    const code = at(`in_${slot}`);
+    return { leaf: graph.node(plan.leaves[0]), inlined: plan.inlined, helpers: code.helpers, call: (c: readonly string[]) => code.call(c), rebound: at };
   };
   return [view(plans[0], 0), view(plans[1], 1)];
 }

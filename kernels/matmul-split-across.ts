@@ -115,7 +115,7 @@ export function matmulChain(node: Node, inputs: readonly Node[], target: Target,
  * (kernels/matmul-split16.ts), matmulChain's where it splits K, else the one kernel (a chain without scratch).
  */
 export function matmulKernels(node: Node, inputs: readonly Node[], target: Target, variant: MatmulVariant, out: MatmulOutput = plainOutput(node), reads: MatmulReads = DIRECT_READS, views: OperandViews = [undefined, undefined]): KernelChain {
-  if ((variant === 'tiled' || variant === 'blocked') && split16Unfit(node, inputs, target, out, reads, views) === undefined) return split16Chain(node, inputs, target, out, reads);
+  if ((variant === 'tiled' || variant === 'blocked') && split16Unfit(node, inputs, target, out, reads, views) === undefined) return split16Chain(node, inputs, target, out, reads, views);
   return matmulChain(node, inputs, target, variant, out, reads, views) ?? { kernels: [matmulKernel(node, inputs, target, variant, out, reads, views)], scratch: [] };
 }
 

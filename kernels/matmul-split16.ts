@@ -23,7 +23,7 @@
 import type { KernelChain, Scratch, Target } from '../compiler/codegen/types.js';
 import { numel, type Node } from '../compiler/ir/graph.js';
 import { dispatchGroups, f32Lit, flatGroupExpr, makeKernel, u32Lit, unboundedLoop } from './elementwise.js';
-import { bindStorage, matmulDims, matmulGrid, plainOutput, type MatmulOutput, type MatmulReads, type OperandViews } from './matmul.js';
+import { bindStorage, matmulDims, matmulGrid, plainOutput, type MatmulOutput, type MatmulReads, type OperandView, type OperandViews } from './matmul.js';
 import { kRanges, matmulSplits, PARTIALS, sumKernel } from './matmul-split-across.js';
 import { sgmatChoice, sgmatTiles } from './matmul-sgmat.js';
 import { sgmatDirectMatmul, strideUnaligned } from './matmul-sgmat-direct.js';
@@ -48,7 +48,7 @@ export function split16Unfit(node: Node, inputs: readonly Node[], target: Target
   if (!target.tuning?.f32TensorCores) return 'not asked for (Target.tuning.f32TensorCores)';
   const shape = sgmatShape(target);
   if (!shape) return NO_SGMAT_CONFIG;
-  if (views[0] || views[1]) return 'an operand is read through a view';
+  if ((views[0] && reads[0]) || (views[1] && reads[1])) return 'an operand is read both transposed and through a view';
   if (out.second) return 'a second product in the epilogue';
   const d = matmulDims(node, inputs, reads);
   if (d.k % shape.k !== 0) return `K (${d.k}) is not a multiple of the fragment's ${shape.k}`;
@@ -56,14 +56,17 @@ export function split16Unfit(node: Node, inputs: readonly Node[], target: Target
   return strideUnaligned(d);
 }
 
-/** The chain: a's split, b's split, the product (check split16Unfit first). */
-export function split16Chain(node: Node, inputs: readonly Node[], target: Target, out: MatmulOutput, reads: MatmulReads): KernelChain {
+/**
+ * The chain: a's split, b's split, the product (check split16Unfit first). An operand read through a view (`views`)
+ * is read so by its split, which stores it plain for the product.
+ */
+export function split16Chain(node: Node, inputs: readonly Node[], target: Target, out: MatmulOutput, reads: MatmulReads, views: OperandViews = [undefined, undefined]): KernelChain {
   const d = matmulDims(node, inputs, reads);
   const bound = bindStorage(out, inputs, reads);
   const [a, b] = bound.inputs;
   // a's scales run along its rows (one per output row): its storage's rows unless read transposed; b's the other way.
-  const sa = splitKernel(node, a, d.transA ? 'cols' : 'rows', SPLIT_A, target);
-  const sb = splitKernel(node, b, d.transB ? 'rows' : 'cols', SPLIT_B, target);
+  const sa = splitKernel(node, a, d.transA ? 'cols' : 'rows', SPLIT_A, target, viewSource(a, views[0]));
+  const sb = splitKernel(node, b, d.transB ? 'rows' : 'cols', SPLIT_B, target, viewSource(b, views[1]));
   // The tensor-core kernels' default tiles, not Target.tuning.sgmatTiles (chosen for the f16 products by their rows).
   const { shape, tiles } = sgmatChoice(target, d, sgmatTiles(sgmatShape(target)!, d, nativeSgmat(target)));
   const split = { aLo: numel(a.shape), bLo: numel(b.shape), aScales: 2 * numel(a.shape), bScales: 2 * numel(b.shape) };
@@ -86,6 +89,16 @@ export function split16Chain(node: Node, inputs: readonly Node[], target: Target
     return { kernels: [...splits.map((x) => x.kernel), partials, sumKernel(out, partNode, range.splits, outs, target)], scratch: [...splits.map((x) => x.scratch), scratch] };
   }
   return { kernels: [...splits.map((x) => x.kernel), product(bound.out)], scratch: splits.map((x) => x.scratch) };
+}
+
+/** How a split reads operand `x` through `view` (its leaf bound alone), or undefined without one. */
+function viewSource(x: Node, view: OperandView | undefined): SplitSource | undefined {
+  if (!view) return undefined;
+  const code = view.rebound('in_0');
+  const lead = x.shape.slice(0, -2);
+  // Matrix `mat`'s coordinates along the leading dims, row-major.
+  const batch = (mat: string) => lead.map((_, i) => `((${mat}) / ${u32Lit(numel(lead.slice(i + 1)))}) % ${u32Lit(lead[i])}`);
+  return { bindings: [view.leaf], element: (mat, r, c) => code.call([...batch(mat), r, c]), helpers: code.helpers, lib: [], inlined: view.inlined };
 }
 
 /** `wgsl` with binding `i` declared array<f16> instead of array<f32> (`enable f16;` is the kernel's). */

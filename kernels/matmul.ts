@@ -68,6 +68,8 @@ export interface OperandView {
   readonly inlined: readonly number[];
   readonly helpers: string;
   call(coords: readonly string[]): string;
+  /** The same reads with the leaf bound as `binding` (a kernel of its own: kernels/matmul-split16.ts). */
+  rebound(binding: string): { readonly helpers: string; call(coords: readonly string[]): string };
 }
 export type OperandViews = readonly [OperandView | undefined, OperandView | undefined];
 

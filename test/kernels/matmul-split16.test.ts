@@ -132,6 +132,19 @@ describe('on the device (emulated subgroup matrices; native on a GPU that has th
     await check(product([], 96, 768, 64, true, [], (b, y) => b.add('add', [y, b.param('bias', [64])])), 5, '96x768 @ (64x768)ᵀ + bias, 3 K ranges', { matmulSplits: 3 });
   });
 
+  test("a read through a view (heads merged back, as an attention output's projection reads them), W read transposed", async () => {
+    const b = new Builder();
+    const o = b.input('o', [2, 4, 45, 64]);
+    const a = b.add('reshape', [b.add('permute', [o], { dims: [0, 2, 1, 3] })], { shape: [2, 45, 256] });
+    b.output('y', b.add('matmul', [a, b.transposeLast(b.param('w', [96, 256]))]));
+    // The split of a reads o through the view, binding it alone: no permute kernel.
+    const { schedule } = compileGpu(b.graph, split(H200));
+    const sa = schedule.kernels.find((k) => k.name === 'split16_rows_f32' && k.bindings[0].value === o);
+    assert.ok(sa && sa.nodes.some((n) => b.graph.node(n).op === 'permute'), schedule.kernels.map((k) => k.name).join(' '));
+    assert.ok(!schedule.kernels.some((k) => /permute/.test(k.name)));
+    await check(b.graph, 4, '(heads of [2,4,45,64] merged) @ (96x256)ᵀ');
+  });
+
   test('aᵀ read in place (split along its columns), values 10^±6 apart', async () => {
     const b = new Builder();
     const a = b.transposeLast(b.input('a', [448, 80]));
