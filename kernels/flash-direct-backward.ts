@@ -20,6 +20,8 @@
 // products (test/kernels/attention-grad-bounds.ts derives the bound both tests take). q, k, v and g must be stored
 // as f16 (Kernel.halfOnly: the schedule runs the fallback where one is not). No mask. Views of one binding under an
 // affine map (q, k, v split from a fused projection; g from the output projection's gradient) are read in place.
+// The split mode (kernels/flash-split16.ts) runs the same layout on f32 operands split into scaled f16 pairs: three
+// products where there was one, dS and P scaled under a-priori bounds before their own split (splitScales, below).
 import type { Kernel, Target } from '../compiler/codegen/types.js';
 import type { Graph, Node } from '../compiler/ir/graph.js';
 import { attrNum } from '../compiler/ir/rules/shape.js';
@@ -97,7 +99,7 @@ export function flashDirectBackwardKernel(node: Node, inputs: readonly Node[], t
   const indent = (lines: string[]) => lines.map((l) => `    ${l}`).join('\n');
   // lse and δ of a query: the owned row's (dq) or the tile column's (dk, dv), staged per tile.
   const [lseAt, delAt] = r.dq ? ['row_lse[r]', 'row_del[r]'] : ['t_lse[c]', 't_del[c]'];
-  // Split: the operands' f16 pairs (lo parts at `lo(slot)`), their row exponents (at `expAt`), the scales.
+  // Split: each operand's lo part starts at lo(slot) of its binding; splitScales has the factors and scales.
   const lo = (slot: number) => (split ? split[slot] : 0);
   const sc = split && splitScales(which, slots, operands, loads, split, geo.Sq, geo.Sk, Dv, target);
   const tileStats =
@@ -112,15 +114,16 @@ export function flashDirectBackwardKernel(node: Node, inputs: readonly Node[], t
     ...productToScratch(sOps, 's', (t) => `x_${t}`, a, 'ab', D, keys, 'tile_s', SS, split && { left: (t) => `xl_${t}`, right: lo(slots[2]) }),
     ...(r.dP ? productToScratch(pOps, 'dp', (t) => `y_${t}`, b, 'bb', Dv, keys, 'tile_dp', SS, split && { left: (t) => `yl_${t}`, right: lo(slots[3]) }) : []),
   ];
-  // Split: dS and P (times the swept row's factor and the bound's scale) split into the scratches' two halves.
-  const [DL, PL] = [DIRECT_ROWS * SL, DIRECT_ROWS * SL];
+  // Split: dS and P (times the swept row's factor and the bound's scale) split into the scratches' two halves, lo
+  // from LO.
+  const LO = DIRECT_ROWS * SL;
   const halves = (scratch: string, at: number, v: string) => [`let ${v}h = f16_hi(${v});`, `${scratch}[r * ${U(SL)} + c] = f16(${v}h);`, `${scratch}[${U(at)} + r * ${U(SL)} + c] = f16(${v} - ${v}h);`];
   const weights = sc
     ? [
         `let s = tile_s[r * ${U(SS)} + c] * row_fx[r] * t_fa[c] * ${f32Lit(geo.scale)};`,
         `let p = select(0.0f, exp_flash(s - ${lseAt}), jc + c >= j0);`,
-        ...(r.accX ? [`let w = p * (tile_dp[r * ${U(SS)} + c] * row_fy[r] * t_fb[c] - ${delAt}) * t_fa[c] * ${sc.dsScale};`, ...halves('tile_ds', DL, 'w')] : []),
-        ...(r.accY ? ['let x = p * t_fb[c] * p_scale;', ...halves('tile_p', PL, 'x')] : []),
+        ...(r.accX ? [`let w = p * (tile_dp[r * ${U(SS)} + c] * row_fy[r] * t_fb[c] - ${delAt}) * t_fa[c] * ${sc.dsScale};`, ...halves('tile_ds', LO, 'w')] : []),
+        ...(r.accY ? ['let x = p * t_fb[c] * p_scale;', ...halves('tile_p', LO, 'x')] : []),
       ]
     : [
         `let s = tile_s[r * ${U(SS)} + c] * ${f32Lit(geo.scale)};`,
@@ -134,8 +137,8 @@ export function flashDirectBackwardKernel(node: Node, inputs: readonly Node[], t
 ${weights.map((l) => `      ${l}`).join('\n')}
     }`;
   const accumulate = [
-    ...(r.accX ? accumulateRows(xOps, 'ax', 'tile_ds', SL, a, 'ab', D, keys, split && { left: DL, right: lo(slots[2]) }) : []),
-    ...(r.accY ? accumulateRows(yOps, 'ay', 'tile_p', SL, b, 'bb', Dv, keys, split && { left: PL, right: lo(slots[3]) }) : []),
+    ...(r.accX ? accumulateRows(xOps, 'ax', 'tile_ds', SL, a, 'ab', D, keys, split && { left: LO, right: lo(slots[2]) }) : []),
+    ...(r.accY ? accumulateRows(yOps, 'ay', 'tile_p', SL, b, 'bb', Dv, keys, split && { left: LO, right: lo(slots[3]) }) : []),
   ];
   const sweep = sweepLoop(target, sweepLen, keys, `${indent(products)}${tileStats}
     workgroupBarrier();
