@@ -20,6 +20,8 @@
 // so the error is f32's normwise bound (about K·2^-24·Σ|a||b|) within a small factor: scales keep gradients of 1e-6
 // from losing their bits to f16's range. Not bit for bit the f32 kernels (another summation, other roundings):
 // test/kernels/matmul-split16.test.ts bounds it against the float64 reference.
+// A row or column holding inf or NaN keeps no scale (exponent 0) and its lo parts are NaN, so the outputs it touches
+// are NaN where the f32 kernels may give ±inf.
 import type { KernelChain, Scratch, Target } from '../compiler/codegen/types.js';
 import { numel, type Node } from '../compiler/ir/graph.js';
 import { dispatchGroups, f32Lit, flatGroupExpr, makeKernel, u32Lit, unboundedLoop } from './elementwise.js';
