@@ -13,8 +13,9 @@
 //   32 adjacent columns (loads coalesced across them), several invocations down each.
 // - the direct tensor-core kernel (kernels/matmul-sgmat-direct.ts) on the pairs: per fragment step
 //   hi·hi' + hi·lo' + lo·hi' accumulated in f32, each output element then times 2^-(s_row + s_col) before the
-//   epilogue (bias, GELU, residual: the f32 kernels' own). Outputs of too few tiles to fill the GPU split K into
-//   ranges as the other tensor-core products do (kernels/matmul-split-across.ts): partials, then matmul_ksum.
+//   epilogue (bias, GELU, residual, a fused LoRA product summed in f32: the f32 kernels' own). Outputs of too few
+//   tiles to fill the GPU split K into ranges as the other tensor-core products do (kernels/matmul-split-across.ts):
+//   partials, then matmul_ksum (which sums the LoRA product).
 // Accuracy: hi·hi', hi·lo' and lo·hi' are exact in f32; the dropped lo·lo' and lo's own rounding are about 2^-21 of
 // each term, and lo keeps absolute precision down to 2^-24 below the row's largest magnitude (f16's subnormals),
 // so the error is f32's normwise bound (about K·2^-24·Σ|a||b|) within a small factor: scales keep gradients of 1e-6
@@ -51,7 +52,6 @@ export function split16Unfit(node: Node, inputs: readonly Node[], target: Target
   const shape = sgmatShape(target);
   if (!shape) return NO_SGMAT_CONFIG;
   if ((views[0] && reads[0]) || (views[1] && reads[1])) return 'an operand is read both transposed and through a view';
-  if (out.second) return 'a second product in the epilogue';
   const d = matmulDims(node, inputs, reads);
   if (d.k % shape.k !== 0) return `K (${d.k}) is not a multiple of the fragment's ${shape.k}`;
   if (d.m < shape.m || d.n < shape.n) return `the output (${d.m}x${d.n}) is smaller than one fragment`;

@@ -145,6 +145,20 @@ describe('on the device (emulated subgroup matrices; native on a GPU that has th
     await check(b.graph, 4, '(heads of [2,4,45,64] merged) @ (96x256)ᵀ');
   });
 
+  test("LoRA's product fused into the epilogue (in f32 beside the split product), and again with K in 2 ranges", async () => {
+    const b = new Builder();
+    const x = b.input('x', [2, 45, 256]);
+    const rows = b.add('reshape', [x], { shape: [-1, 256] });
+    const u = b.add('mul', [b.add('matmul', [rows, b.transposeLast(b.param('lora_a', [4, 256]))]), b.add('full', [], { shape: [], value: 0.5 })]);
+    const lora = b.add('reshape', [b.add('matmul', [u, b.transposeLast(b.param('lora_b', [96, 4]))])], { shape: [2, 45, 96] });
+    b.output('y', b.add('add', [b.add('add', [b.add('matmul', [x, b.transposeLast(b.param('w', [96, 256]))]), lora]), b.param('bias', [96])]));
+    const fused = (tuning: Target['tuning']) => compileGpu(b.graph, split({ ...H200, tuning })).schedule.kernels.map((k) => k.name);
+    assert.ok(fused({}).some((n) => /^matmul_split16_f32\+mm\+/.test(n)), fused({}).join(' '));
+    assert.ok(fused({ matmulSplits: 2 }).some((n) => /^matmul_ksum2_f32\+mm\+/.test(n)), fused({ matmulSplits: 2 }).join(' '));
+    await check(b.graph, 3, 'x @ Wᵀ + LoRA (rank 4) + bias');
+    await check(b.graph, 3, 'x @ Wᵀ + LoRA (rank 4) + bias, 2 K ranges', { matmulSplits: 2 });
+  });
+
   test('aᵀ read in place (split along its columns), values 10^±6 apart', async () => {
     const b = new Builder();
     const a = b.transposeLast(b.input('a', [448, 80]));
