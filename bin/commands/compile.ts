@@ -33,7 +33,7 @@ export interface CompileOptions {
   fuse: boolean;
   /** A named Target (compiler/codegen/targets.ts); default portable. */
   target?: string;
-  /** A tuning profile (`visft tune`) whose choices the kernels take: what that GPU will run under it. */
+  /** A tuning profile file (`visft tune`) whose choices the kernels take (what that GPU will run under it), or none. */
   tuning?: string;
 }
 
@@ -59,7 +59,9 @@ export function runCompile(file: string | undefined, opts: CompileOptions): numb
   if (!opts.output && !opts.emit) throw new UsageError('compile needs -o OUT.visftx (or --emit ir|kernels|wgsl|plan)');
   const named = TARGETS[opts.target ?? 'portable'];
   if (!named) throw new UsageError(`--target takes ${Object.keys(TARGETS).join(', ')}; got '${opts.target}'`);
-  const tuning = opts.tuning ? readProfile(opts.tuning).tuning : undefined;
+  // A profile file, or none (the defaults, as the device commands take it); auto needs an adapter, which compile has not.
+  if (opts.tuning === 'auto') throw new UsageError('compile has no adapter to find a tuning profile for: give the profile file (the shipped ones are in runtime/tune/profiles/) or none');
+  const tuning = opts.tuning && opts.tuning !== 'none' ? readProfile(opts.tuning).tuning : undefined;
   const target = tuning && Object.keys(tuning).length ? { ...named, tuning } : named;
   const shapes = parseShapes(opts.shape);
   const autocast = autocastOf(opts);

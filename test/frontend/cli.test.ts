@@ -57,6 +57,7 @@ test('usage errors exit 2 with a message', async () => {
     [['resolve'], /missing required argument 'file'/],
     [['fmt', '--check', '--write', 'pipelines/demo.visft'], /'--check' cannot be used with option '--write'/],
     [['grammar'], /grammar needs --html FILE or --json/],
+    [['compile', '--op', 'gelu', '--shape', 'x=4', '--emit', 'kernels', '--tuning', 'auto'], /compile has no adapter to find a tuning profile for: give the profile file .* or none/],
   ];
   for (const [argv, message] of cases) {
     const r = await runCliInProcess(argv);
