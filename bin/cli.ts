@@ -76,6 +76,7 @@ function program(): Command {
     .option('--no-fuse', 'one kernel per IR node (no elementwise fusion)')
     .option('--target <name>', 'plan kernels and memory for a GPU not at hand: portable (default), lavapipe, nvidia-h100, nvidia-h200')
     .option('--tuning <profile>', "a tuning profile file whose choices the kernels take (`visft tune`; what that GPU runs under it), or none")
+    .option('--set <json>', SET_HELP)
     .option('-o, --output <file>', 'the bundle to write (.visftx)')
     .action(async (file: string | undefined, opts: import('./commands/compile.js').CompileOptions) => {
       process.exitCode = (await import('./commands/compile.js')).runCompile(file, opts);

@@ -15,6 +15,7 @@ import { TARGETS } from '../../compiler/codegen/targets.js';
 import { readProfile } from '../../runtime/tune/profile.js';
 import { formatPlan, PlanError } from '../../compiler/plan/memory.js';
 import { UsageError } from './errors.js';
+import { tuningSetArg } from './tuning-set.js';
 import { writeFileAtomic } from './files.js';
 import { printDiagnostics, summary } from './report.js';
 
@@ -35,6 +36,8 @@ export interface CompileOptions {
   target?: string;
   /** A tuning profile file (`visft tune`) whose choices the kernels take (what that GPU will run under it), or none. */
   tuning?: string;
+  /** Kernel choices as JSON over the profile's (bin/commands/tuning-set.ts). */
+  set?: string;
 }
 
 export function parseShapes(specs: readonly string[]): Map<string, number[]> {
@@ -61,8 +64,10 @@ export function runCompile(file: string | undefined, opts: CompileOptions): numb
   if (!named) throw new UsageError(`--target takes ${Object.keys(TARGETS).join(', ')}; got '${opts.target}'`);
   // A profile file, or none (the defaults, as the device commands take it); auto needs an adapter, which compile has not.
   if (opts.tuning === 'auto') throw new UsageError('compile has no adapter to find a tuning profile for: give the profile file (the shipped ones are in runtime/tune/profiles/) or none');
-  const tuning = opts.tuning && opts.tuning !== 'none' ? readProfile(opts.tuning).tuning : undefined;
-  const target = tuning && Object.keys(tuning).length ? { ...named, tuning } : named;
+  const profiled = opts.tuning && opts.tuning !== 'none' ? readProfile(opts.tuning).tuning : undefined;
+  // --set: kernel choices over the profile's, as visft profile and bench take them.
+  const tuning = { ...profiled, ...tuningSetArg(opts.set) };
+  const target = Object.keys(tuning).length ? { ...named, tuning } : named;
   const shapes = parseShapes(opts.shape);
   const autocast = autocastOf(opts);
   let compiled: CompiledEntry;

@@ -58,6 +58,7 @@ test('usage errors exit 2 with a message', async () => {
     [['fmt', '--check', '--write', 'pipelines/demo.visft'], /'--check' cannot be used with option '--write'/],
     [['grammar'], /grammar needs --html FILE or --json/],
     [['compile', '--op', 'gelu', '--shape', 'x=4', '--emit', 'kernels', '--tuning', 'auto'], /compile has no adapter to find a tuning profile for: give the profile file .* or none/],
+    [['compile', '--op', 'gelu', '--shape', 'x=4', '--emit', 'kernels', '--set', '{"flashDirect": 1}'], /--set: tuning\.flashDirect: expected true or false/],
   ];
   for (const [argv, message] of cases) {
     const r = await runCliInProcess(argv);
@@ -65,6 +66,17 @@ test('usage errors exit 2 with a message', async () => {
     assert.match(r.stderr, message, `visft ${argv.join(' ')}:\n${show(r)}`);
     noStackTrace(r);
   }
+});
+
+test('compile --set: kernel choices over the defaults (or a profile), as profile and bench take them; --tuning none is the defaults', async () => {
+  const argv = ['compile', '--op', 'attention', '--shape', 'q=1x2x40x16', 'k=1x2x40x16', 'v=1x2x40x16', '--target', 'nvidia-h200', '--emit', 'kernels'];
+  const plain = await runCliInProcess(argv);
+  const none = await runCliInProcess([...argv, '--tuning', 'none']);
+  const set = await runCliInProcess([...argv, '--set', '{"f32AttentionTensorCores": true}']);
+  for (const r of [plain, none, set]) assert.equal(r.code, 0, show(r));
+  assert.equal(none.stdout, plain.stdout);
+  assert.doesNotMatch(plain.stdout, /split16/);
+  assert.match(set.stdout, /split16_rows_f32[\s\S]*attention_flash_split16_f32/);
 });
 
 test('--help and --version exit 0', async () => {
