@@ -41,8 +41,9 @@ const SPLIT_B = -3;
 export const TOP = 14;
 
 /**
- * The exponent of a row or column of zeros: the largest there is, so a minimum over exponents (the a-priori bounds
- * of kernels/flash-split16-backward.ts) skips it; 2^-126 stays a normal f32, and zero times it is zero.
+ * The exponent of a row or column of zeros: the largest there is, so a minimum over exponents (the split attention
+ * backward's a-priori bounds, kernels/flash-direct-backward.ts splitScales) skips it; 2^-126 stays a normal f32, and
+ * zero times it is zero.
  */
 export const ZERO_EXPONENT = 126;
 
