@@ -19,6 +19,7 @@
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { describe, test } from 'node:test';
+import fc from 'fast-check';
 import { checkFiles } from '../../compiler/check/index.js';
 import { compileGpu } from '../../compiler/codegen/gpu.js';
 import { TARGETS } from '../../compiler/codegen/targets.js';
@@ -35,6 +36,7 @@ import { interpret } from '../../compiler/ir/interpret.js';
 import { runGpu } from '../../runtime/run-gpu.js';
 import { makeRng } from '../ir/util.js';
 import { captionFeeds } from '../train/caption-feeds.js';
+import { fcParams } from './core-util.js';
 import { assertStepNear, assertWithin } from './harness.js';
 import { assertGradsWithin, statsAndBounds } from './attention-grad-bounds.js';
 import { DIRECT_CONFIGS, sgmatDevice, withConfigs } from './sgmat-targets.js';
@@ -44,12 +46,19 @@ const H200 = TARGETS['nvidia-h200'];
 const split = (t: Target, more: Target['tuning'] = {}): Target => ({ ...t, tuning: { ...t.tuning, ...more, f32AttentionGradTensorCores: true } });
 const bhsd = (b: number, h: number, s: number, d: number) => [b, h, s, d];
 
-/** attention_grad wrt each of `wrts` (outputs d0, d1, d2) of f32 q, k, v, g, lse, δ [, mask]. */
-function gradGraph(qs: number[], ks: number[], dv: number, wrts: readonly number[], attrs: Attrs = {}, mask?: number[]) {
+/**
+ * attention_grad wrt each of `wrts` (outputs d0, d1, d2) of f32 q, k, v, g, lse, δ [, mask]; `forward`: also the
+ * attention (output y) and its lse (output lse_out).
+ */
+function gradGraph(qs: number[], ks: number[], dv: number, wrts: readonly number[], attrs: Attrs = {}, mask?: number[], forward = false) {
   const b = new Builder();
   const [B, H, Sq] = qs;
   const rows = [b.input('q', qs), b.input('k', ks), b.input('v', bhsd(B, H, ks[2], dv)), b.input('g', bhsd(B, H, Sq, dv))];
   const stats = [b.input('lse', [B, H, Sq]), b.input('delta', [B, H, Sq])];
+  if (forward) {
+    b.output('y', b.add('attention', rows.slice(0, 3), attrs));
+    b.output('lse_out', b.add('attention_lse', rows.slice(0, 2), attrs));
+  }
   const grads = wrts.map((wrt) => b.add('attention_grad', [...rows, ...stats, ...(mask ? [b.input('mask', mask)] : [])], { ...attrs, wrt }));
   grads.forEach((x, i) => b.output(`d${wrts[i]}`, x));
   return { graph: b.graph, grads };
@@ -134,6 +143,19 @@ describe('as generated for the H200', () => {
   });
 });
 
+/**
+ * Operands of `mats` matrices of n rows of d, each row with a magnitude of its own (10^±spread, times `mag`), or zero
+ * where `zero` says.
+ */
+const operandRows = (rng: () => number, mats: number) => (n: number, d: number, spread: number, mag = 1, zero: (row: number) => boolean = () => false) => {
+  const data = new Float32Array(mats * n * d);
+  for (let r = 0; r < mats * n; r++) {
+    const m = zero(r) ? 0 : mag * 10 ** ((2 * rng() - 1) * spread);
+    for (let c = 0; c < d; c++) data[r * d + c] = (2 * rng() - 1) * m;
+  }
+  return data;
+};
+
 describe('on the device (emulated subgroup matrices; native on a GPU that has them)', () => {
   const device = sgmatDevice();
   const target = (keys?: 32 | 64, lanes?: number, more: Target['tuning'] = {}): Target => {
@@ -154,17 +176,9 @@ describe('on the device (emulated subgroup matrices; native on a GPU that has th
       const program = compileGpu(graph, target(keys, lanes));
       const names = program.schedule.kernels.map((k) => k.name);
       for (const which of kernels) assert.ok(names.some((n) => n.startsWith(`attention_grad_${which}_flash_split16_f32`)), `d${which}: ${names.join(' ')}`);
-      const rng = makeRng(Sq * 7 + Sk + D);
-      // Rows with magnitudes of their own (10^±spread), scaled by `mag`; the zero rows: g's row 3, v's row 5.
-      const rows = (n: number, d: number, spread: number, mag = 1, zero = -1) => {
-        const data = new Float32Array(B * H * n * d);
-        for (let r = 0; r < B * H * n; r++) {
-          const m = r === zero ? 0 : mag * 10 ** ((2 * rng() - 1) * spread);
-          for (let c = 0; c < d; c++) data[r * d + c] = (2 * rng() - 1) * m;
-        }
-        return data;
-      };
-      const [q, k, v, g] = [rows(Sq, D, 2), rows(Sk, D, 1), rows(Sk, Dv, 0.5, 1, zeroRows ? 5 : -1), rows(Sq, Dv, 1, gMag, zeroRows ? 3 : -1)];
+      const rows = operandRows(makeRng(Sq * 7 + Sk + D), B * H);
+      // The zero rows: g's row 3, v's row 5.
+      const [q, k, v, g] = [rows(Sq, D, 2), rows(Sk, D, 1), rows(Sk, Dv, 0.5, 1, (r) => zeroRows === true && r === 5), rows(Sq, Dv, 1, gMag, (r) => zeroRows === true && r === 3)];
       const s = scale ?? 1 / Math.sqrt(D);
       const problem = { B, H, Sq, Sk, D, Dv, scale: s, q, k, v, g };
       const { lse, delta } = statsAndBounds(problem);
@@ -172,6 +186,45 @@ describe('on the device (emulated subgroup matrices; native on a GPU that has th
       await assertGradsWithin(device.gpu(), graph, program, { q, k, v, g, lse, delta }, [tol.dq, tol.dk, tol.dv], wrts, what, 1);
     });
   }
+
+  test('random geometry, tiles, lanes, gradients, magnitudes and zero rows (fast-check): the forward, its lse and the gradients within their bounds', async () => {
+    const spec = fc.record({
+      B: fc.integer({ min: 1, max: 2 }),
+      H: fc.integer({ min: 1, max: 3 }),
+      Sq: fc.integer({ min: 16, max: 70 }),
+      Sk: fc.integer({ min: 16, max: 70 }),
+      D: fc.constantFrom(8, 16, 24),
+      Dv: fc.constantFrom(8, 16),
+      keys: fc.constantFrom<16 | 32 | 64>(16, 32, 64),
+      lanes: fc.constantFrom(4, 32),
+      wrts: fc.constantFrom([0, 1, 2], [0], [1], [2], [1, 2], [0, 2]),
+      gExp: fc.integer({ min: -6, max: 3 }),
+      seed: fc.integer({ min: 0, max: 1e6 }),
+    });
+    await fc.assert(
+      fc.asyncProperty(spec, async ({ B, H, Sq, Sk, D, Dv, keys, lanes, wrts, gExp, seed }) => {
+        const { graph } = gradGraph(bhsd(B, H, Sq, D), bhsd(B, H, Sk, D), Dv, wrts, {}, undefined, true);
+        const program = compileGpu(graph, target(keys === 16 ? undefined : keys, lanes, { f32AttentionTensorCores: true }));
+        const names = program.schedule.kernels.filter((k) => k.name.startsWith('attention')).map((k) => k.name);
+        assert.ok(names.every((n) => /_split16_f32(_k\d+)?$/.test(n)), names.join(' '));
+        const rng = makeRng(seed);
+        const rows = operandRows(rng, B * H);
+        // One row in ten zero, in every operand.
+        const zero = () => rng() < 0.1;
+        const [q, k, v, g] = [rows(Sq, D, 1.5, 1, zero), rows(Sk, D, 1, 1, zero), rows(Sk, Dv, 0.5, 1, zero), rows(Sq, Dv, 1, 10 ** gExp, zero)];
+        const problem = { B, H, Sq, Sk, D, Dv, scale: 1 / Math.sqrt(D), q, k, v, g };
+        const { lse, delta } = statsAndBounds(problem);
+        const tol = splitGradBounds(problem, lse, delta);
+        const what = JSON.stringify({ B, H, Sq, Sk, D, Dv, keys, lanes, wrts, gExp });
+        const { got, ref } = await assertGradsWithin(device.gpu(), graph, program, { q, k, v, g, lse, delta }, [tol.dq, tol.dk, tol.dv], wrts, what, 1);
+        const fwd = splitForwardBounds(problem);
+        assertWithin(Float32Array.from(got.get('y')!.data), ref.get('y')!.data, fwd.out, `${what}: out`);
+        const r = ref.get('lse_out')!.data;
+        assertWithin(Float32Array.from(got.get('lse_out')!.data), r, (i) => fwd.lse(i, r[i]), `${what}: lse`);
+      }),
+      fcParams(2, 15),
+    );
+  });
 
   test("eva_tiny's f32 LoRA training step with its attention split onto the tensor cores: the loss and every gradient as the interpreter's", async () => {
     const step = evaTinyStep();
