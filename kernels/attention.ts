@@ -292,16 +292,14 @@ function stagedTensorCoreAttention(graph: Graph, node: Node, target: Target, sib
 }
 
 /**
- * The chain of an f32 attention or attention_grad node (with `sibling`) whose row operands are read through views
- * (`plans`), split onto the f16 tensor cores where the tuning asks for it and it applies (kernels/flash-split16.ts):
- * the splits read the views; undefined otherwise.
+ * The chain of an f32 attention or attention_grad node (with `sibling`) split onto the f16 tensor cores, where the
+ * tuning asks for it and it applies (kernels/flash-split16.ts); undefined otherwise. With `plans` (its row operands
+ * read through views) the splits read the views.
  */
-export function splitViewChain(graph: Graph, node: Node, sibling: Node | undefined, plans: ReadonlyMap<number, AttentionOperandPlans>, target: Target): KernelChain | undefined {
-  const p = plans.get(node.id);
-  if (!p) return undefined;
-  const sources = (slot: number) => splitSource(graph, node, slot, p);
+export function splitAttentionChain(graph: Graph, node: Node, sibling: Node | undefined, target: Target, plans?: AttentionOperandPlans): KernelChain | undefined {
+  const sources = plans && ((slot: number) => splitSource(graph, node, slot, plans));
   if (node.op === 'attention' && flashSplitUnfit(graph, node, target, sibling) === undefined) return flashSplitChain(graph, node, target, sibling, sources);
-  if (node.op === 'attention_grad' && flashSplitGradUnfit(graph, node, target, sibling, true) === undefined) return flashSplitGradChain(graph, node, target, sibling, sources);
+  if (node.op === 'attention_grad' && flashSplitGradUnfit(graph, node, target, sibling, plans !== undefined) === undefined) return flashSplitGradChain(graph, node, target, sibling, sources);
   return undefined;
 }
 

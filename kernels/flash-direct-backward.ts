@@ -63,7 +63,7 @@ export function directGradLoads(which: FlashSgmatGrad): number[] {
  * its hi part, its lo part from the operand's element count given here (by input slot: q, k, v, g), then a
  * power-of-two exponent per row.
  */
-export type FlashGradSplit = readonly [number, number, number, number];
+export type FlashGradSplit = readonly number[];
 
 /**
  * The `attention_grad_<which>_flash_direct_f16` kernel of an attention_grad node (with `sibling`, the wrt-2 node

@@ -43,16 +43,24 @@ export function flashSplitUnfit(graph: Graph, node: Node, target: Target, siblin
   if (node.op !== 'attention') return `${node.op} is not attention`;
   if (sibling && sibling.op !== 'attention_lse') return `its sibling is ${sibling.op}`;
   if (node.inputs.length !== 3) return 'a mask';
+  return rowsUnfit(graph, node, target, 3);
+}
+
+/**
+ * What both directions need of the node's first `rows` inputs (q, k, v and, backward, g) on `target`: the direct
+ * kernels' configs, f32 values (the f16 kernels take exact f16 ones), head dims multiples of 8, 16 rows or more.
+ */
+function rowsUnfit(graph: Graph, node: Node, target: Target, rows: number): string | undefined {
   if (!sgmatConfig(target, 16, 8, 8) || !sgmatConfig(target, 16, 8, 16)) return 'the target lists no f16 x f16 -> f32 16x8x8 and 16x8x16 subgroup-matrix configs';
-  const [q, k, v] = node.inputs.map((i) => graph.node(i));
-  if ([q, k, v].every((x) => isExactHalf(graph, x.id))) return 'q, k and v are f16 values (the f16 kernels take them)';
-  const g = attentionGeometry(node, q, k, v, undefined);
+  const ops = node.inputs.slice(0, rows).map((i) => graph.node(i));
+  if (ops.every((x) => isExactHalf(graph, x.id))) return `${rows === 3 ? 'q, k and v are' : 'q, k, v and g are'} f16 values (the f16 kernels take them)`;
+  const g = attentionGeometry(node, ops[0], ops[1], ops[2], undefined);
   if (g.D % 8 || g.Dv % 8) return `head dims ${g.D} and ${g.Dv} are not multiples of 8`;
   if (g.Sq < DIRECT_ROWS || g.Sk < DIRECT_ROWS) return `fewer than ${DIRECT_ROWS} queries or keys`;
   return undefined;
 }
 
-/** Where the split of input `slot` reads it (kernels/attention.ts splitViewChain: a view), when not from its binding. */
+/** Where the split of input `slot` reads it (kernels/attention.ts splitAttentionChain: a view), when not from its binding. */
 export type SplitSources = (slot: number) => SplitSource | undefined;
 
 /**
@@ -84,13 +92,7 @@ export function flashSplitGradUnfit(graph: Graph, node: Node, target: Target, si
   // dv alone splits k, q and g, but its kernel still binds v, which a view leaves unstored.
   if (viewed && which === 'v') return 'dv alone, with v read through a view';
   if (node.inputs.length !== 6) return 'a mask';
-  if (!sgmatConfig(target, 16, 8, 8) || !sgmatConfig(target, 16, 8, 16)) return 'the target lists no f16 x f16 -> f32 16x8x8 and 16x8x16 subgroup-matrix configs';
-  const [q, k, v, g] = node.inputs.map((i) => graph.node(i));
-  if ([q, k, v, g].every((x) => isExactHalf(graph, x.id))) return 'q, k, v and g are f16 values (the f16 kernels take them)';
-  const geo = attentionGeometry(node, q, k, v, undefined);
-  if (geo.D % 8 || geo.Dv % 8) return `head dims ${geo.D} and ${geo.Dv} are not multiples of 8`;
-  if (geo.Sq < DIRECT_ROWS || geo.Sk < DIRECT_ROWS) return `fewer than ${DIRECT_ROWS} queries or keys`;
-  return undefined;
+  return rowsUnfit(graph, node, target, 4);
 }
 
 /**
@@ -103,7 +105,7 @@ export function flashSplitGradChain(graph: Graph, node: Node, target: Target, si
   // Scratch placeholders -1 … -4 by slot (q, k, v, g).
   const ref = (slot: number) => -1 - slot;
   const splits = loads.map((slot) => splitKernel(node, inputs[slot], 'rows', ref(slot), target, sources?.(slot)));
-  const counts = [0, 1, 2, 3].map((slot) => numel(inputs[slot].shape)) as unknown as FlashGradSplit;
+  const counts: FlashGradSplit = inputs.slice(0, 4).map((x) => numel(x.shape));
   const kernel = flashDirectBackwardKernel(node, inputs, target, sibling, directReads(node), counts);
   // It binds the splits in the loaded operands' places, as the f16 arrays they are.
   const bindings = kernel.bindings.map((b, i) => (loads.includes(i) ? { ...b, value: ref(i) } : b));

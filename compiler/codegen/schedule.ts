@@ -21,8 +21,7 @@ import { rowEpilogueKernel, rowProductKernel } from '../../kernels/row.js';
 import { halfStorageKernel } from '../../kernels/half-storage.js';
 import { halfBindings, planHalfStorage } from './half.js';
 import { planAttentionViews } from './attention-views.js';
-import { attentionViewKernels, splitViewChain, tensorCoreAttention } from '../../kernels/attention.js';
-import { flashSplitChain, flashSplitGradChain, flashSplitGradUnfit, flashSplitUnfit } from '../../kernels/flash-split16.js';
+import { attentionViewKernels, splitAttentionChain, tensorCoreAttention } from '../../kernels/attention.js';
 
 export type ValueKind = 'input' | 'param' | 'output' | 'temp';
 
@@ -196,7 +195,7 @@ export function schedule(graph: Graph, target: Target, rules: { readonly [op: st
     else if (attn.plans.has(node.id)) {
       const sibling = siblingOf.has(node.id) ? graph.node(siblingOf.get(node.id)!) : undefined;
       // f32 attention split onto the tensor cores, the splits reading the views (Target.tuning.f32Attention*TensorCores).
-      const split = splitViewChain(graph, node, sibling, attn.plans, target);
+      const split = splitAttentionChain(graph, node, sibling, target, attn.plans.get(node.id));
       if (split) pushChain(node, split);
       else attentionViewKernels(graph, node, sibling, attn.plans, target).forEach(push);
     }
@@ -213,10 +212,10 @@ export function schedule(graph: Graph, target: Target, rules: { readonly [op: st
       // A matmul's variant depends on its operands in the graph (exact f16 values: subgroup matrices).
       const variant = node.op === 'matmul' ? graphMatmulVariant(graph, node, target) : undefined;
       const siblingNode = sibling === undefined ? undefined : graph.node(sibling);
-      if (variant) pushChain(node, matmulKernels(node, inputs, target, variant, undefined, reads, opViews));
       // f32 attention split onto the tensor cores (Target.tuning.f32AttentionTensorCores, f32AttentionGradTensorCores).
-      else if (node.op === 'attention' && flashSplitUnfit(graph, node, target, siblingNode) === undefined) pushChain(node, flashSplitChain(graph, node, target, siblingNode));
-      else if (node.op === 'attention_grad' && flashSplitGradUnfit(graph, node, target, siblingNode) === undefined) pushChain(node, flashSplitGradChain(graph, node, target, siblingNode));
+      const split = splitAttentionChain(graph, node, siblingNode, target);
+      if (variant) pushChain(node, matmulKernels(node, inputs, target, variant, undefined, reads, opViews));
+      else if (split) pushChain(node, split);
       else if (siblingNode !== undefined) withSibling(node, siblingNode, graph, target, rules).forEach(push);
       else if (rule.kind === 'chain') pushChain(node, rule.gen(node, inputs, target));
       else push(tensorCoreAttention(graph, node, target) ?? rule.gen(node, inputs, target));
