@@ -16,24 +16,30 @@ import type { Graph } from '../../compiler/ir/graph.js';
 import { interpret } from '../../compiler/ir/interpret.js';
 import type { GpuDevice } from '../../runtime/gpu/device.js';
 import { runGpu } from '../../runtime/run-gpu.js';
+import type { AttentionGeometry } from '../../kernels/flash-common.js';
 import { assertWithin } from './harness.js';
 
 export const U16 = 2 ** -10;
 export const E32 = 2 ** -24;
 
-export interface Problem {
-  readonly B: number;
-  readonly H: number;
-  readonly Sq: number;
-  readonly Sk: number;
-  readonly D: number;
-  readonly Dv: number;
-  readonly scale: number;
+/** An attention problem: its geometry (the kernels' own), q, k, v, g ([B, H, S, D] row-major) and an optional mask. */
+export interface Problem extends Omit<AttentionGeometry, 'maskStrides'> {
   readonly q: Float32Array;
   readonly k: Float32Array;
   readonly v: Float32Array;
   readonly g: Float32Array;
   readonly mask?: { readonly shape: number[]; readonly data: Float32Array };
+}
+
+/** Σ x·y and Σ|x·y| over the n elements from x[xi] and y[yi]. */
+export function dotAbs(x: ArrayLike<number>, xi: number, y: ArrayLike<number>, yi: number, n: number): [number, number] {
+  let [dot, abs] = [0, 0];
+  for (let t = 0; t < n; t++) {
+    const p = x[xi + t] * y[yi + t];
+    dot += p;
+    abs += Math.abs(p);
+  }
+  return [dot, abs];
 }
 
 /** lse and δ = Σ g·out (float64, stored as f32), and the per-element bounds of dq, dk, dv derived in the header. */
@@ -63,13 +69,7 @@ export function statsAndBounds(p: Problem) {
       const row = bh * Sq + i;
       let m = -Infinity;
       for (let j = 0; j < Sk; j++) {
-        let dot = 0;
-        let abs = 0;
-        for (let t = 0; t < D; t++) {
-          const x = q[row * D + t] * k[(bh * Sk + j) * D + t];
-          dot += x;
-          abs += Math.abs(x);
-        }
+        const [dot, abs] = dotAbs(q, row * D, k, (bh * Sk + j) * D, D);
         s[j] = dot * scale + maskAt(b, h, i, j);
         sAbs[j] = abs;
         m = Math.max(m, s[j]);
@@ -87,13 +87,7 @@ export function statsAndBounds(p: Problem) {
       for (let j = 0; j < Sk; j++) {
         const P = Math.exp(s[j] - lse[row]);
         if (P === 0) continue;
-        let dP = 0;
-        let dPAbs = 0;
-        for (let c = 0; c < Dv; c++) {
-          const x = g[row * Dv + c] * v[(bh * Sk + j) * Dv + c];
-          dP += x;
-          dPAbs += Math.abs(x);
-        }
+        const [dP, dPAbs] = dotAbs(g, row * Dv, v, (bh * Sk + j) * Dv, Dv);
         const dS = P * (dP - delta[row]);
         const rho = scale * D * E32 * sAbs[j] + (Math.abs(s[j] - lse[row]) + 4) * E32;
         const eDS32 = P * (Dv * E32 * dPAbs + rho * Math.abs(dP - delta[row])) + 2 * E32 * Math.abs(dS);

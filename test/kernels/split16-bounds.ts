@@ -1,7 +1,7 @@
 // Error bounds of the f32 attention kernels on the f16 tensor cores (kernels/flash-split16.ts), from their arithmetic:
 // the forward's (derived in ./flash-split16.test.ts) and the backward's (./flash-split16-backward.test.ts).
 
-import type { Problem } from './attention-grad-bounds.js';
+import { dotAbs, type Problem } from './attention-grad-bounds.js';
 
 const u = 2 ** -24;
 
@@ -39,14 +39,19 @@ function splitExponent(m: number): number {
   return Math.min(126, Math.max(-126, 14 - (e + 1)));
 }
 
+/** `f` of each row of `d` values of x. */
+const perRow = (x: Float32Array, d: number, f: (row: Float32Array) => number) => Float64Array.from({ length: x.length / d }, (_, r) => f(x.subarray(r * d, (r + 1) * d)));
+
 /** Each row's split exponent of rows of `d` values. */
-const rowExponents = (x: Float32Array, d: number) =>
-  Int32Array.from({ length: x.length / d }, (_, r) => splitExponent(x.subarray(r * d, (r + 1) * d).reduce((a, v) => Math.max(a, Math.abs(v)), 0)));
+const rowExponents = (x: Float32Array, d: number) => perRow(x, d, (row) => splitExponent(row.reduce((a, v) => Math.max(a, Math.abs(v)), 0)));
 
 /** The bounds of the split backward (test/kernels/flash-split16-backward.test.ts derives them), per element of dq, dk and dv. */
 export function splitGradBounds(p: Problem, lse: Float32Array, delta: Float32Array) {
   const { B, H, Sq, Sk, D, Dv, scale, q, k, v, g } = p;
   const [sq, sk, sv, sg] = [rowExponents(q, D), rowExponents(k, D), rowExponents(v, Dv), rowExponents(g, Dv)];
+  // Each row's Σ|x|: the split floors of a product are u·(Σ|x|·2^-s_y + Σ|y|·2^-s_x).
+  const l1 = (x: Float32Array, d: number) => perRow(x, d, (row) => row.reduce((a, e) => a + Math.abs(e), 0));
+  const [nq, nk, nv, ng] = [l1(q, D), l1(k, D), l1(v, Dv), l1(g, Dv)];
   const L = Math.ceil(Math.log2(2 * Dv));
   const clamp = (e: number) => Math.min(126, Math.max(-126, e));
   const min = (n: number, f: (i: number) => number) => Array.from({ length: n }, (_, i) => f(i)).reduce((a, x) => Math.min(a, x), Infinity);
@@ -61,20 +66,11 @@ export function splitGradBounds(p: Problem, lse: Float32Array, delta: Float32Arr
       const eQ = clamp(sg[row] + minK + minV - 14 - L);
       for (let j = 0; j < Sk; j++) {
         const col = bh * Sk + j;
-        let [s, sAbs, dP, dPAbs, sFloor, dPFloor] = [0, 0, 0, 0, 0, 0];
-        for (let t = 0; t < D; t++) {
-          const [a, b] = [q[row * D + t], k[col * D + t]];
-          s += a * b;
-          sAbs += abs(a * b);
-          sFloor += abs(a) * 2 ** -sk[col] + abs(b) * 2 ** -sq[row];
-        }
-        for (let c = 0; c < Dv; c++) {
-          const [a, b] = [g[row * Dv + c], v[col * Dv + c]];
-          dP += a * b;
-          dPAbs += abs(a * b);
-          dPFloor += abs(a) * 2 ** -sv[col] + abs(b) * 2 ** -sg[row];
-        }
-        s *= scale;
+        const [dot, sAbs] = dotAbs(q, row * D, k, col * D, D);
+        const [dP, dPAbs] = dotAbs(g, row * Dv, v, col * Dv, Dv);
+        const sFloor = nq[row] * 2 ** -sk[col] + nk[col] * 2 ** -sq[row];
+        const dPFloor = ng[row] * 2 ** -sv[col] + nv[col] * 2 ** -sg[row];
+        const s = dot * scale;
         const P = Math.exp(s - lse[row]);
         const dS = P * (dP - delta[row]);
         const rho = scale * ((3 * D * u + 2 ** -19) * sAbs + u * sFloor) + (4 * abs(s) + abs(s - lse[row]) + 4) * u;
