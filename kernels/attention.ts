@@ -26,6 +26,7 @@ import { directReads, FlashTileError, type FlashOperand, type FlashReads, type R
 import { flashSgmatApplies, flashSgmatForwardKernel } from './flash-sgmat.js';
 import { flashSgmatBackwardApplies, flashSgmatBackwardKernel, gradOf } from './flash-sgmat-backward.js';
 import { flashForwardKernel } from './flash-forward.js';
+import { FLASH_OPS, sweepSplitChain } from './flash-sweep-split.js';
 import type { SplitSource } from './matmul-split16.js';
 import { flashSplitChain, flashSplitGradChain, flashSplitGradUnfit, flashSplitUnfit } from './flash-split16.js';
 import { KEPT_FN, memberCode } from './fused.js';
@@ -301,6 +302,19 @@ export function splitAttentionChain(graph: Graph, node: Node, sibling: Node | un
   if (node.op === 'attention' && flashSplitUnfit(graph, node, target, sibling) === undefined) return flashSplitChain(graph, node, target, sibling, sources);
   if (node.op === 'attention_grad' && flashSplitGradUnfit(graph, node, target, sibling, plans !== undefined) === undefined) return flashSplitGradChain(graph, node, target, sibling, sources);
   return undefined;
+}
+
+/**
+ * The chain of an attention-family node where one applies: split onto the f16 tensor cores (splitAttentionChain), or
+ * an f32 flash kernel with its swept side split across workgroups (kernels/flash-sweep-split.ts) where no tensor-core
+ * kernel takes it; undefined for one kernel.
+ */
+export function attentionChain(graph: Graph, node: Node, sibling: Node | undefined, target: Target, plans?: AttentionOperandPlans): KernelChain | undefined {
+  const split = splitAttentionChain(graph, node, sibling, target, plans);
+  if (split || target.tuning?.flashSweepSplit === undefined || !FLASH_OPS.includes(node.op)) return split;
+  const reads = plans ? attentionReads(graph, node, plans) : undefined;
+  if (tensorCoreAttention(graph, node, target, sibling, reads)) return undefined;
+  return sweepSplitChain(node, node.inputs.map((i) => graph.node(i)), target, sibling, reads);
 }
 
 /**

@@ -15,7 +15,7 @@
 import type { Kernel, Target } from '../compiler/codegen/types.js';
 import type { Node } from '../compiler/ir/graph.js';
 import { attrNum } from '../compiler/ir/rules/shape.js';
-import { dispatchGroups, f32Lit, flatKernel, loopBound, u32Lit } from './elementwise.js';
+import { dispatchGroups, f32Lit, flatKernel, u32Lit } from './elementwise.js';
 import {
   accumulateRowsCode,
   attentionGeometry,
@@ -36,6 +36,7 @@ import {
   ownedRowsPreamble,
   rowSource,
   storeVec4RowCode,
+  sweepLoopCode,
   tileSource,
   tileVec4s,
   touchUnread,
@@ -46,6 +47,7 @@ import {
   type FlashCaps,
   type FlashReads,
   type FlashTiles,
+  type SweepChunks,
 } from './flash-common.js';
 import { flashBlockedGradKernel } from './flash-blocked-backward.js';
 
@@ -78,22 +80,25 @@ export function flashBackwardTiles(node: Node, inputs: readonly Node[], target: 
 /**
  * The kernel of an attention_grad node. With `dv` (the wrt-2 node of the same inputs), the wrt-1 node's kernel
  * computes both: dk to out_0 and dv's value to out_1, in one sweep of the queries. `reads`: q, k, v, g through
- * views (compiler/codegen/attention-views.ts) instead of their bindings (not for wrt 3).
+ * views (compiler/codegen/attention-views.ts) instead of their bindings (not for wrt 3). With `chunks` (wrt 0, 1, 2),
+ * one grid per chunk of the swept side (keys for dq, queries for dk and dv), each storing its partial sums for
+ * kernels/flash-sweep-split.ts to add: out_0 holds [chunks, dk or dq] (then [chunks, dv] in the pair's kernel).
  */
-export function flashBackwardKernel(node: Node, inputs: readonly Node[], target: Target, caps: FlashCaps = {}, dv?: Node, reads: FlashReads = directReads(node)): Kernel {
+export function flashBackwardKernel(node: Node, inputs: readonly Node[], target: Target, caps: FlashCaps = {}, dv?: Node, reads: FlashReads = directReads(node), chunks?: SweepChunks): Kernel {
   // The register-blocked variant (kernels/flash-blocked-backward.ts) where a tuning run asks for it and it applies.
-  const blocked = target.tuning?.flashBlockedGrad && !target.isFallbackAdapter ? flashBlockedGradKernel(node, inputs, target, dv, reads) : undefined;
+  const blocked = target.tuning?.flashBlockedGrad && !target.isFallbackAdapter && !chunks ? flashBlockedGradKernel(node, inputs, target, dv, reads) : undefined;
   if (blocked) return blocked;
   const wrt = attrNum(node.attrs, 'wrt');
   if (dv) {
     if (wrt !== 1 || dv.op !== 'attention_grad' || attrNum(dv.attrs, 'wrt') !== 2) throw new Error(`internal: %${node.id} (wrt ${wrt}) cannot also write %${dv.id}`);
-    return withSecondOutput(dkdvKernel(node, inputs, target, 'kv', caps, vectorRows(reads, inputs, target)), dv, target);
+    const kernel = dkdvKernel(node, inputs, target, 'kv', caps, vectorRows(reads, inputs, target), chunks);
+    return chunks ? kernel : withSecondOutput(kernel, dv, target);
   }
   if (wrt === 3) {
-    if (reads.bindings) throw new Error(`internal: attention_grad %${node.id} (wrt 3) reads its inputs flat, not through views`);
+    if (reads.bindings || chunks) throw new Error(`internal: attention_grad %${node.id} (wrt 3) reads its inputs flat, not through views, in one grid`);
     return logitsGradKernel(node, inputs, target);
   }
-  return wrt === 0 ? dqKernel(node, inputs, target, caps, vectorRows(reads, inputs, target)) : dkdvKernel(node, inputs, target, wrt === 1 ? 'k' : 'v', caps, vectorRows(reads, inputs, target));
+  return wrt === 0 ? dqKernel(node, inputs, target, caps, vectorRows(reads, inputs, target), chunks) : dkdvKernel(node, inputs, target, wrt === 1 ? 'k' : 'v', caps, vectorRows(reads, inputs, target), chunks);
 }
 
 /** q, k, v and g rows as vec4s where the head dims allow (unless Target.tuning.vectorLoads is false). */
@@ -117,7 +122,7 @@ function maskAddRowsCode(g: AttentionGeometry, t: FlashTiles, owned: readonly nu
  * and sweeps the key tiles: dS_c = P_c·(g·v_c − δ) with P_c = e^{q·k_c [+ mask] − lse}, then
  * dq += Σ_c dS_c·k_c; finally ·scale.
  */
-function dqKernel(node: Node, inputs: readonly Node[], target: Target, caps: FlashCaps, reads: FlashReads): Kernel {
+function dqKernel(node: Node, inputs: readonly Node[], target: Target, caps: FlashCaps, reads: FlashReads, chunks?: SweepChunks): Kernel {
   const g = geometryOf(node, inputs);
   const [lse, delta, mask] = [LSE, DELTA, MASK].map((s) => (s < node.inputs.length ? bindingOf(reads, s) : ''));
   const tiles = flashBackwardTiles(node, inputs, target, caps);
@@ -126,9 +131,11 @@ function dqKernel(node: Node, inputs: readonly Node[], target: Target, caps: Fla
   const VS = tileVec4s(g.Dv, split);
   const qTiles = Math.ceil(g.Sq / tiles.own);
   const groups = g.B * g.H * qTiles;
-  const dispatch = dispatchGroups(groups, target);
+  const dispatch = dispatchGroups(groups * (chunks?.count ?? 1), target);
   const U = (n: number) => u32Lit(n);
   const keys = Array.from({ length: BC }, (_, c) => c);
+  // A chunk's partial dq: after the other chunks' (chunk · B·H·Sq rows).
+  const outRow = (r: number) => (chunks ? `chunk * ${U(g.B * g.H * g.Sq)} + bh * ${U(g.Sq)} + i${r}` : `bh * ${U(g.Sq)} + i${r}`);
   const owned = Array.from({ length: RM }, (_, r) => r);
   const each = (f: (r: number) => string) => owned.map(f).join('\n');
   const rowBase = (r: number, D: number) => `(bh * ${U(g.Sq)} + i${r}) * ${U(D)}`;
@@ -150,9 +157,9 @@ ${ms ? `var<workgroup> mt: array<f32, ${maskTileFloats(tiles.own, BC)}>;\n` : ''
 // dq: ${RM} query row(s) per ${split > 1 ? `${split} invocations` : 'invocation'}, ${tiles.own} rows per workgroup, ${BC} keys per tile.
 @compute @workgroup_size(${WG}, 1, 1)
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid: u32) {
-${ownedRowsPreamble(groups, dispatch, qTiles, tiles, g.H, g.Sq, 'i', 'row_ok', ms !== undefined)}
+${ownedRowsPreamble(groups, dispatch, qTiles, tiles, g.H, g.Sq, 'i', 'row_ok', ms !== undefined, chunks?.count)}
 ${each(rowStart)}
-  for (var j0 = 0u; j0 < ${loopBound(g.Sk, target)}; j0 += ${U(BC)}) {
+${sweepLoopCode('j0', g.Sk, BC, target, chunks)}
     workgroupBarrier();
     let k_valid = min(${U(BC)}, ${U(g.Sk)} - j0);
 ${loadVec4TileCode(target, 'kt', tileSource(reads, K, 'j0'), `(bh * ${U(g.Sk)} + j0) * ${U(g.D)}`, 'k_valid', BC, g.D, WG, undefined, DS)}
@@ -163,9 +170,10 @@ ${dotRowsCode(target, 'dp', owned.map((r) => `g${r}`), 'vt', VS, BC, split)}
 ${maskAddRowsCode(g, tiles, owned)}${each((r) => keys.map((c) => `    let ds${r}_${c} = select(0.0f, exp_flash(s${r}_${c} - lse${r}) * (dp${r}_${c} - del${r}), ${U(c)} < k_valid);`).join('\n'))}
 ${accumulateRowsCode(target, owned.map((r) => `acc${r}`), 'kt', DS, BC, (c, r) => `ds${r}_${c}`, undefined, split)}
   }
-${each((r) => `  if (row_ok${r}) {\n${storeVec4RowCode(target, 'out_0', rowBase(r, g.D), `acc${r}`, g.D, (x) => `${x} * ${f32Lit(g.scale)}`, split)}\n  }`)}
+${each((r) => `  if (row_ok${r}) {\n${storeVec4RowCode(target, 'out_0', `(${outRow(r)}) * ${U(g.D)}`, `acc${r}`, g.D, (x) => `${x} * ${f32Lit(g.scale)}`, split)}\n  }`)}
 }`;
-  return withSubgroups(flashKernel(node, inputs, target, reads, { name: 'attention_grad_q_flash_f32', body, workgroupSize: [WG, 1, 1], dispatch }), split);
+  const name = `attention_grad_q_flash${chunks ? `_part${chunks.count}` : ''}_f32`;
+  return withSubgroups(flashKernel(node, inputs, target, reads, { name, body, workgroupSize: [WG, 1, 1], dispatch }), split);
 }
 
 /**
@@ -176,7 +184,7 @@ ${each((r) => `  if (row_ok${r}) {\n${storeVec4RowCode(target, 'out_0', rowBase(
  * so `kv` equals the two kernels bit for bit where their rows are split alike (always on software adapters; on
  * hardware the lighter kernels may split less, which changes the order of the dot products' sums).
  */
-function dkdvKernel(node: Node, inputs: readonly Node[], target: Target, which: 'k' | 'v' | 'kv', caps: FlashCaps, reads: FlashReads): Kernel {
+function dkdvKernel(node: Node, inputs: readonly Node[], target: Target, which: 'k' | 'v' | 'kv', caps: FlashCaps, reads: FlashReads, chunks?: SweepChunks): Kernel {
   const g = geometryOf(node, inputs);
   const [lse, delta, mask] = [LSE, DELTA, MASK].map((s) => (s < node.inputs.length ? bindingOf(reads, s) : ''));
   const tiles = flashBackwardTiles(node, inputs, target, caps, which === 'kv');
@@ -187,7 +195,8 @@ function dkdvKernel(node: Node, inputs: readonly Node[], target: Target, which: 
   const VS = tileVec4s(g.Dv, split);
   const kTiles = Math.ceil(g.Sk / tiles.own);
   const groups = g.B * g.H * kTiles;
-  const dispatch = dispatchGroups(groups, target);
+  const count = chunks?.count ?? 1;
+  const dispatch = dispatchGroups(groups * count, target);
   const U = (n: number) => u32Lit(n);
   const queries = Array.from({ length: BQ }, (_, c) => c);
   const owned = Array.from({ length: RM }, (_, r) => r);
@@ -195,6 +204,12 @@ function dkdvKernel(node: Node, inputs: readonly Node[], target: Target, which: 
   const keyBase = (r: number, D: number) => `(bh * ${U(g.Sk)} + j${r}) * ${U(D)}`;
   const ms = g.maskStrides;
   const outs = [...(dk ? [{ acc: 'acc_k', D: g.D }] : []), ...(dv ? [{ acc: 'acc_v', D: g.Dv }] : [])];
+  // Where output o of key row r goes: its own binding, or with chunks the one scratch, [chunks, dk] then [chunks, dv].
+  const keys = g.B * g.H * g.Sk;
+  const store = (r: number, o: (typeof outs)[number], k: number) =>
+    chunks
+      ? storeVec4RowCode(target, 'out_0', `${k > 0 ? `${U(count * keys * g.D)} + ` : ''}(chunk * ${U(keys)} + bh * ${U(g.Sk)} + j${r}) * ${U(o.D)}`, `${o.acc}${r}`, o.D, undefined, split)
+      : storeVec4RowCode(target, `out_${k}`, keyBase(r, o.D), `${o.acc}${r}`, o.D, undefined, split);
   const rowStart = (r: number) =>
     [
       loadVec4RowCode(target, `k${r}`, rowSource(reads, K, `j${r}`), keyBase(r, g.D), `key_ok${r}`, g.D, undefined, split),
@@ -215,9 +230,9 @@ ${dk ? `var<workgroup> del_t: array<f32, ${BQ}>;\n` : ''}${ms ? `var<workgroup> 
 // d${which}: ${RM} key row(s) per ${split > 1 ? `${split} invocations` : 'invocation'}, ${tiles.own} rows per workgroup, ${BQ} queries per tile.
 @compute @workgroup_size(${WG}, 1, 1)
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid: u32) {
-${dk ? '' : `${touchUnread(reads, [V, DELTA])}\n`}${ownedRowsPreamble(groups, dispatch, kTiles, tiles, g.H, g.Sk, 'j', 'key_ok', ms !== undefined)}
+${dk ? '' : `${touchUnread(reads, [V, DELTA])}\n`}${ownedRowsPreamble(groups, dispatch, kTiles, tiles, g.H, g.Sk, 'j', 'key_ok', ms !== undefined, count)}
 ${each(rowStart)}
-  for (var i0 = 0u; i0 < ${loopBound(g.Sq, target)}; i0 += ${U(BQ)}) {
+${sweepLoopCode('i0', g.Sq, BQ, target, chunks)}
     workgroupBarrier();
     let q_valid = min(${U(BQ)}, ${U(g.Sq)} - i0);
 ${loadVec4TileCode(target, 'qt', tileSource(reads, Q, 'i0'), `(bh * ${U(g.Sq)} + i0) * ${U(g.D)}`, 'q_valid', BQ, g.D, WG, f32Lit(g.scale), DS)}
@@ -236,9 +251,10 @@ ${maskAddRowsCode(g, tiles, owned)}${each(scores)}
 ${dk ? accumulateRowsCode(target, owned.map((r) => `acc_k${r}`), 'qt', DS, BQ, (c, r) => `ds${r}_${c}`, undefined, split) : ''}
 ${dv ? accumulateRowsCode(target, owned.map((r) => `acc_v${r}`), 'gt', VS, BQ, (c, r) => `p${r}_${c}`, undefined, split) : ''}
   }
-${each((r) => `  if (key_ok${r}) {\n${outs.map((o, k) => storeVec4RowCode(target, `out_${k}`, keyBase(r, o.D), `${o.acc}${r}`, o.D, undefined, split)).join('\n')}\n  }`)}
+${each((r) => `  if (key_ok${r}) {\n${outs.map((o, k) => store(r, o, k)).join('\n')}\n  }`)}
 }`;
-  return withSubgroups(flashKernel(node, inputs, target, reads, { name: `attention_grad_${which}_flash_f32`, body, workgroupSize: [WG, 1, 1], dispatch }), split);
+  const name = `attention_grad_${which}_flash${chunks ? `_part${count}` : ''}_f32`;
+  return withSubgroups(flashKernel(node, inputs, target, reads, { name, body, workgroupSize: [WG, 1, 1], dispatch }), split);
 }
 
 /** wrt 3: dS = P·(dP − δ) over [B, H, Sq, Sk], one invocation per element. */

@@ -510,16 +510,36 @@ export function accumulateRowsCode(
 }
 
 /**
+ * The swept side cut into `count` chunks of `len` (a whole number of tiles), each swept by a grid of workgroups of
+ * its own (kernels/flash-sweep-split.ts): the kernel then stores partial results, which a second kernel combines.
+ */
+export interface SweepChunks {
+  readonly count: number;
+  readonly len: number;
+}
+
+/**
+ * WGSL: the loop over the swept side's tiles (`v` their first row, `sweep` rows each, `S` rows in all); with `chunks`,
+ * over the tiles of chunk `chunk` only (ownedRowsPreamble's).
+ */
+export function sweepLoopCode(v: string, S: number, sweep: number, target: Target, chunks?: SweepChunks): string {
+  const U = u32Lit;
+  if (!chunks) return `  for (var ${v} = 0u; ${v} < ${loopBound(S, target)}; ${v} += ${U(sweep)}) {`;
+  return [`  let ${v}_begin = chunk * ${U(chunks.len)};`, `  let ${v}_end = min(${v}_begin + ${U(chunks.len)}, ${U(S)});`, `  for (var ${v} = ${v}_begin; ${v} < ${v}_end; ${v} += ${U(sweep)}) {`].join('\n');
+}
+
+/**
  * WGSL: the first lines of a kernel whose workgroup owns tile `grp % tiles` of `t.own` rows of one (batch, head)
  * `bh` (of a side of length S, starting at row `own0`) and whose invocation (slot, part) owns rows
  * `<row><r>` = own0 + slot + r·slots (r < t.rows; `<ok><r>`: inside the side), part `part` of each when rows are
  * split. With a mask: `own_valid` rows of the tile inside the side and `mrow`, the slot's row in the mask tile.
+ * With `chunks` > 1 the dispatch holds `chunks` such grids, one per chunk of the swept side: `chunk` says which.
  */
-export function ownedRowsPreamble(groups: number, dispatch: readonly [number, number, number], tiles: number, t: FlashTiles, H: number, S: number, row: string, ok: string, masked: boolean): string {
+export function ownedRowsPreamble(groups: number, dispatch: readonly [number, number, number], tiles: number, t: FlashTiles, H: number, S: number, row: string, ok: string, masked: boolean, chunks = 1): string {
   const U = u32Lit;
   const slots = t.workgroup / t.split;
   const lines = [
-    groupIndexCode('grp', groups, dispatch),
+    ...(chunks > 1 ? [groupIndexCode('grp_all', groups * chunks, dispatch), `  let chunk = grp_all / ${U(groups)};`, `  let grp = grp_all % ${U(groups)};`] : [groupIndexCode('grp', groups, dispatch)]),
     `  let bh = grp / ${U(tiles)};`,
     `  let own0 = (grp % ${U(tiles)}) * ${U(t.own)};`,
     `  let h = bh % ${U(H)};`,

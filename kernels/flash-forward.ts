@@ -15,7 +15,7 @@
 // Fixed-order sums: bitwise repeatable.
 import type { Kernel, Target } from '../compiler/codegen/types.js';
 import type { Node } from '../compiler/ir/graph.js';
-import { dispatchGroups, f32Lit, loopBound, u32Lit } from './elementwise.js';
+import { dispatchGroups, f32Lit, u32Lit } from './elementwise.js';
 import {
   accumulateRowsCode,
   attentionGeometry,
@@ -34,6 +34,7 @@ import {
   ownedRowsPreamble,
   rowSource,
   storeVec4RowCode,
+  sweepLoopCode,
   tileSource,
   tileVec4s,
   withSecondOutput,
@@ -42,11 +43,29 @@ import {
   type FlashCaps,
   type FlashReads,
   type FlashTiles,
+  type SweepChunks,
 } from './flash-common.js';
 import { flashBlockedKernel } from './flash-blocked.js';
 import { combineCode } from './reduce.js';
 
-export type { FlashCaps } from './flash-common.js';
+export type { FlashCaps, SweepChunks } from './flash-common.js';
+
+/**
+ * Where a chunked forward stores its partial states in its one output [words]: per chunk c and row r (of the
+ * B·H·Sq rows), the unnormalised output at acc(c, r)·Dv (none for attention_lse), the running max at m(c, r) and the
+ * sum at l(c, r).
+ */
+export function partLayout(chunks: number, rows: number, Dv: number) {
+  const at = (c: string, r: string) => `(${c}) * ${u32Lit(rows)} + ${r}`;
+  const mBase = chunks * rows * Dv;
+  const lBase = mBase + chunks * rows;
+  return {
+    words: lBase + chunks * rows,
+    acc: at,
+    m: (c: string, r: string) => `${u32Lit(mBase)} + ${at(c, r)}`,
+    l: (c: string, r: string) => `${u32Lit(lBase)} + ${at(c, r)}`,
+  };
+}
 
 /** The tiles the forward (or attention_lse) uses for this node. */
 export function flashForwardTiles(node: Node, inputs: readonly Node[], target: Target, caps: FlashCaps = {}): FlashTiles {
@@ -64,15 +83,16 @@ export function flashForwardTiles(node: Node, inputs: readonly Node[], target: T
  * The kernel of an `attention` node (inputs q, k, v, [mask]) or an `attention_lse` node (q, k, [mask]). With
  * `lse` (an attention_lse node of the same q, k, mask and scale), the attention kernel also writes that node's
  * value, the m + ln l it has at the end anyway: the backward needs no sweep of its own for it. `reads`: q, k, v
- * through views (compiler/codegen/attention-views.ts) instead of their bindings.
+ * through views (compiler/codegen/attention-views.ts) instead of their bindings. With `chunks`, one grid per chunk of
+ * the keys, storing the rows' partial states (partLayout) for kernels/flash-sweep-split.ts to combine.
  */
-export function flashForwardKernel(node: Node, inputs: readonly Node[], target: Target, caps: FlashCaps = {}, lse?: Node, given: FlashReads = directReads(node)): Kernel {
+export function flashForwardKernel(node: Node, inputs: readonly Node[], target: Target, caps: FlashCaps = {}, lse?: Node, given: FlashReads = directReads(node), chunks?: SweepChunks): Kernel {
   const lseOnly = node.op === 'attention_lse';
   // q, k (and v) rows as vec4s where the head dim allows.
   const reads = target.tuning?.vectorLoads === false ? given : withVectorReads(given, inputs, lseOnly ? [0, 1] : [0, 1, 2]);
-  if (lse && (lseOnly || lse.op !== 'attention_lse')) throw new Error(`internal: %${node.id} ${node.op} cannot also write %${lse.id} ${lse.op}`);
+  if (lse && (lseOnly || lse.op !== 'attention_lse' || chunks)) throw new Error(`internal: %${node.id} ${node.op} cannot also write %${lse.id} ${lse.op}${chunks ? ' in chunks' : ''}`);
   // The register-blocked variant (kernels/flash-blocked.ts) where a tuning run asks for it and it applies.
-  const blocked = target.tuning?.flashBlocked && !target.isFallbackAdapter ? flashBlockedKernel(node, inputs, target, lse, given) : undefined;
+  const blocked = target.tuning?.flashBlocked && !target.isFallbackAdapter && !chunks ? flashBlockedKernel(node, inputs, target, lse, given) : undefined;
   if (blocked) return blocked;
   const [q, k] = inputs;
   const v = lseOnly ? undefined : inputs[2];
@@ -86,7 +106,8 @@ export function flashForwardKernel(node: Node, inputs: readonly Node[], target: 
   const VS = tileVec4s(g.Dv, split);
   const qTiles = Math.ceil(g.Sq / BR);
   const groups = g.B * g.H * qTiles;
-  const dispatch = dispatchGroups(groups, target);
+  const count = chunks?.count ?? 1;
+  const dispatch = dispatchGroups(groups * count, target);
   const U = (n: number) => u32Lit(n);
   const NEG_INF = f32Lit(-Infinity);
   const keys = Array.from({ length: BC }, (_, c) => c);
@@ -118,6 +139,13 @@ ${keys.map((c) => `    let p${r}_${c} = select(exp_flash(s${r}_${c} - mn${r}), 0
   const storeLse = (r: number, out: string) => `    ${split > 1 ? 'if (part == 0u) { ' : ''}${out}[bh * ${U(g.Sq)} + i${r}] = m${r} + log_f32(l${r});${split > 1 ? ' }' : ''}`;
   const store = (r: number) =>
     lseOnly ? storeLse(r, 'out_0') : `${storeVec4RowCode(target, 'out_0', rowBase(r, g.Dv), `acc${r}`, g.Dv, (x) => `${x} / l${r}`, split)}${lse ? `\n${storeLse(r, 'out_1')}` : ''}`;
+  // A chunk's partial state: the output unscaled, m and l.
+  const part = partLayout(count, g.B * g.H * g.Sq, g.Dv);
+  const storePart = (r: number) => {
+    const row = `bh * ${U(g.Sq)} + i${r}`;
+    const ml = `out_0[${part.m('chunk', row)}] = m${r}; out_0[${part.l('chunk', row)}] = l${r};`;
+    return [...(lseOnly ? [] : [storeVec4RowCode(target, 'out_0', `(${part.acc('chunk', row)}) * ${U(g.Dv)}`, `acc${r}`, g.Dv, (x) => x, split)]), `    ${split > 1 ? `if (part == 0u) { ${ml} }` : ml}`].join('\n');
+  };
   const rowStart = (r: number) =>
     [
       loadVec4RowCode(target, `q${r}`, rowSource(reads, 0, `i${r}`), rowBase(r, g.D), `row_ok${r}`, g.D, f32Lit(g.scale), split),
@@ -133,9 +161,9 @@ ${lseOnly ? '' : `var<workgroup> vt: array<vec4f, ${BC * VS}>;\n`}${ms ? `var<wo
 // ${RM} query row(s) per ${split > 1 ? `${split} invocations` : 'invocation'}, ${BR} rows per workgroup, ${BC} keys per tile.
 @compute @workgroup_size(${WG}, 1, 1)
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid: u32) {
-${ownedRowsPreamble(groups, dispatch, qTiles, tiles, g.H, g.Sq, 'i', 'row_ok', ms !== undefined)}
+${ownedRowsPreamble(groups, dispatch, qTiles, tiles, g.H, g.Sq, 'i', 'row_ok', ms !== undefined, count)}
 ${each(rowStart)}
-  for (var j0 = 0u; j0 < ${loopBound(g.Sk, target)}; j0 += ${U(BC)}) {
+${sweepLoopCode('j0', g.Sk, BC, target, chunks)}
     workgroupBarrier();
     let k_valid = min(${U(BC)}, ${U(g.Sk)} - j0);
 ${loadVec4TileCode(target, 'kt', tileSource(reads, 1, 'j0'), `(bh * ${U(g.Sk)} + j0) * ${U(g.D)}`, 'k_valid', BC, g.D, WG, undefined, DS)}
@@ -158,9 +186,9 @@ ${
       )
 }
   }
-${each((r) => `  if (row_ok${r}) {\n${store(r)}\n  }`)}
+${each((r) => `  if (row_ok${r}) {\n${chunks ? storePart(r) : store(r)}\n  }`)}
 }`;
-  const name = lseOnly ? 'attention_lse_flash_f32' : lse ? 'attention_flash_lse_f32' : 'attention_flash_f32';
+  const name = `${lseOnly ? 'attention_lse_flash' : lse ? 'attention_flash_lse' : 'attention_flash'}${chunks ? `_part${count}` : ''}_f32`;
   const kernel = withSubgroups(flashKernel(node, inputs, target, reads, { name, body, workgroupSize: [WG, 1, 1], dispatch, lib: ['is_nan', ...(lseOnly || lse ? ['log_f32'] : [])] }), split);
   return lse ? withSecondOutput(kernel, lse, target) : kernel;
 }

@@ -21,7 +21,7 @@ import { rowEpilogueKernel, rowProductKernel } from '../../kernels/row.js';
 import { halfStorageKernel } from '../../kernels/half-storage.js';
 import { halfBindings, planHalfStorage } from './half.js';
 import { planAttentionViews } from './attention-views.js';
-import { attentionViewKernels, splitAttentionChain, tensorCoreAttention } from '../../kernels/attention.js';
+import { attentionChain, attentionViewKernels, tensorCoreAttention } from '../../kernels/attention.js';
 
 export type ValueKind = 'input' | 'param' | 'output' | 'temp';
 
@@ -194,8 +194,9 @@ export function schedule(graph: Graph, target: Target, rules: { readonly [op: st
     else if (prologue) push(reducePrologueKernel(graph, node, prologue, target));
     else if (attn.plans.has(node.id)) {
       const sibling = siblingOf.has(node.id) ? graph.node(siblingOf.get(node.id)!) : undefined;
-      // f32 attention split onto the tensor cores, the splits reading the views (Target.tuning.f32Attention*TensorCores).
-      const split = splitAttentionChain(graph, node, sibling, target, attn.plans.get(node.id));
+      // f32 attention split onto the tensor cores, the splits reading the views (Target.tuning.f32Attention*TensorCores),
+      // or its swept side split across workgroups (flashSweepSplit).
+      const split = attentionChain(graph, node, sibling, target, attn.plans.get(node.id));
       if (split) pushChain(node, split);
       else attentionViewKernels(graph, node, sibling, attn.plans, target).forEach(push);
     }
@@ -212,8 +213,9 @@ export function schedule(graph: Graph, target: Target, rules: { readonly [op: st
       // A matmul's variant depends on its operands in the graph (exact f16 values: subgroup matrices).
       const variant = node.op === 'matmul' ? graphMatmulVariant(graph, node, target) : undefined;
       const siblingNode = sibling === undefined ? undefined : graph.node(sibling);
-      // f32 attention split onto the tensor cores (Target.tuning.f32AttentionTensorCores, f32AttentionGradTensorCores).
-      const split = splitAttentionChain(graph, node, siblingNode, target);
+      // f32 attention split onto the tensor cores (Target.tuning.f32AttentionTensorCores, f32AttentionGradTensorCores),
+      // or its swept side split across workgroups (flashSweepSplit).
+      const split = attentionChain(graph, node, siblingNode, target);
       if (variant) pushChain(node, matmulKernels(node, inputs, target, variant, undefined, reads, opViews));
       else if (split) pushChain(node, split);
       else if (siblingNode !== undefined) withSibling(node, siblingNode, graph, target, rules).forEach(push);

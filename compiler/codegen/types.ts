@@ -88,6 +88,12 @@ export interface Target {
      * kernels/matmul-split-across.ts SPLIT_TILES, an H100/H200's): the default K ranges aim at twice as many workgroups.
      */
     readonly splitTiles?: number;
+    /**
+     * Workgroups that fill the GPU: an f32 flash kernel (the forward, dq, dk and dv) with fewer splits its swept side
+     * (keys; queries for dk and dv) into chunks, one grid of workgroups each, combined by a second kernel
+     * (kernels/flash-sweep-split.ts), so that its grids reach this many. Unset: never split. Unmeasured.
+     */
+    readonly flashSweepSplit?: number;
     /** Caps on the f32 flash kernels' tiles (kernels/flash-common.ts chooseRowTiles), under a caller's own. */
     readonly flashCaps?: FlashCaps;
     /** Caps on the f32 flash gradient kernels' tiles in place of flashCaps (which they follow when this is unset). */

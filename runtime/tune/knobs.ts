@@ -136,6 +136,16 @@ export const TUNE_GROUPS: readonly TuneGroup[] = [
     ],
   },
   {
+    // The f32 flash kernels' swept side (keys; queries for dk and dv) split across workgroups where their grids of row
+    // tiles are small (kernels/flash-sweep-split.ts): on the H200, 288 workgroups at EVA-G detection under the adopted
+    // tiles, a second wave nearly empty if two fit a multiprocessor. Each option says how many workgroups fill the GPU
+    // (132 multiprocessors: 4, 8 or 16 each). The f16 rows run the same kernels on f16 reads.
+    name: 'f32 flash attention sweep split',
+    rows: (r) => r.op === 'attention',
+    applies: always,
+    options: [528, 1056, 2112].map((fill) => ({ name: `swept side split until ${fill} workgroups`, tuning: { flashSweepSplit: fill } })),
+  },
+  {
     // f32 attention on the f16 tensor cores at f32 accuracy: q, k, v (and g) split into f16 pairs
     // (kernels/flash-split16.ts); a group of its own, so a short lease can time it without the tile sweeps.
     name: 'f32 attention on tensor cores',

@@ -53,6 +53,7 @@ const CHECKS: { readonly [K in keyof Tuning]-?: Check } = {
   flashDirectKeys: oneOf(16, 32, 64),
   matmulSplits: int(1, 64),
   splitTiles: int(8, 4096),
+  flashSweepSplit: int(2, 1 << 20),
   flashCaps,
   flashGradCaps: flashCaps,
   flashBlocked: bool,

@@ -57,6 +57,11 @@ const attentionLse: RefRule = ([q, k, mask], attrs, out) => {
     for (let i = 0; i < Sq; i++) {
       let m = -Infinity;
       for (let j = 0; j < Sk; j++) m = Math.max(m, (s[j] = logit(bh, i, j)));
+      // A row masked entirely: log 0 (as torch.logsumexp gives), not the NaN of e^{−∞ − (−∞)}.
+      if (m === -Infinity) {
+        data[bh * Sq + i] = -Infinity;
+        continue;
+      }
       let z = 0;
       for (let j = 0; j < Sk; j++) z += Math.exp(s[j] - m);
       data[bh * Sq + i] = m + Math.log(z);
