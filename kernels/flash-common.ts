@@ -86,6 +86,13 @@ export interface FlashCaps {
    * that length. Default off (rolled loops, unmeasured which is faster on NVIDIA; a `tune-sgmat` variant).
    */
   readonly unroll?: boolean;
+  /**
+   * Where `split` is unset, on hardware: the private floats of one invocation, over all its rows (`rows`, default 1),
+   * that the lanes per row are chosen for: the fewest (1, 2, 4 or 8) that bring them within it. So one choice gives
+   * head dim 88 two lanes and 112 four where two rows of 112 on two lanes would spill. Unset: each row's share within
+   * HARDWARE_TILES.registerFloats.
+   */
+  readonly registers?: number;
 }
 
 /**
@@ -294,10 +301,10 @@ export function canSplit(target: Target, split: number): boolean {
  * Invocations per owned row on hardware: 1 while an owned row's private floats fit the register budget, else
  * the fewest (2, 4 or 8) that bring one lane's share within it, where the target has subgroups that wide.
  */
-function defaultSplit(target: Target, rowFloats: (split: number) => number): number {
+function defaultSplit(target: Target, rowFloats: (split: number) => number, budget: number = HARDWARE_TILES.registerFloats): number {
   if (target.isFallbackAdapter) return 1;
   let split = 1;
-  while (rowFloats(split) > HARDWARE_TILES.registerFloats && split < 8 && canSplit(target, split * 2)) split *= 2;
+  while (rowFloats(split) > budget && split < 8 && canSplit(target, split * 2)) split *= 2;
   return split;
 }
 
@@ -318,7 +325,8 @@ export function chooseRowTiles(target: Target, what: string, ownLen: number, swe
   const maxWg = floorPow2(Math.min(soft ? FALLBACK_WORKGROUP_CAP : 256, L.maxComputeInvocationsPerWorkgroup, L.maxComputeWorkgroupSizeX));
   const len = Math.max(1, ownLen);
   for (let sweep = Math.min(caps.sweep ?? (soft ? SOFTWARE_TILES.sweep : HARDWARE_TILES.sweep), ceilPow2(Math.max(1, sweepLen))); ; sweep /= 2) {
-    const split = Math.min(caps.split ?? defaultSplit(target, (k) => rowFloats(sweep, k)), maxWg);
+    const lane = caps.registers === undefined ? (k: number) => rowFloats(sweep, k) : (k: number) => (caps.rows ?? 1) * rowFloats(sweep, k);
+    const split = Math.min(caps.split ?? defaultSplit(target, lane, caps.registers), maxWg);
     if (!canSplit(target, split)) throw new Error(`internal: ${what}: ${split} invocations per row need subgroups of at least ${split} on target '${target.name}'`);
     const slotsMax = Math.floor(maxWg / split);
     const lanes = Math.max(1, Math.min(soft ? SOFTWARE_TILES.workgroup : Math.floor((caps.workgroup ?? HARDWARE_TILES.workgroup) / split), slotsMax));

@@ -136,6 +136,25 @@ export const TUNE_GROUPS: readonly TuneGroup[] = [
     ],
   },
   {
+    // The adopted flash tiles hold a fixed number of lanes per row: on the H200 two rows of head dim 88 on two lanes
+    // are 208 private floats, but two of EVA-E's 112 are 256, past NVIDIA's 255 registers, so they spill. Lanes chosen
+    // for a budget of 208 floats instead (flashCaps.registers): 88 keeps two, 112 takes four; the gradient kernels keep
+    // the H200 profile's tiles (their own group decides them). Only the rows whose kernels change are timed.
+    name: 'f32 flash attention lanes by head dim',
+    rows: (r) => r.op === 'attention',
+    applies: always,
+    options: [
+      {
+        name: '2 rows per invocation, lanes for 208 floats, 128 invocations',
+        tuning: { flashCaps: { rows: 2, workgroup: 128, sweep: 16, registers: 208 }, flashGradCaps: { rows: 2, split: 2, workgroup: 128, sweep: 16 } },
+      },
+      {
+        name: '2 rows per invocation, lanes for 208 floats, 256 invocations',
+        tuning: { flashCaps: { rows: 2, workgroup: 256, sweep: 16, registers: 208 }, flashGradCaps: { rows: 2, split: 2, workgroup: 128, sweep: 16 } },
+      },
+    ],
+  },
+  {
     // The f32 flash kernels' swept side (keys; queries for dk and dv) split across workgroups where their grids of row
     // tiles are small (kernels/flash-sweep-split.ts): on the H200, 288 workgroups at EVA-G detection under the adopted
     // tiles, a second wave nearly empty if two fit a multiprocessor. Each option says how many workgroups fill the GPU

@@ -34,7 +34,7 @@ function record(fields: Record<string, Check>, required: readonly string[] = [])
 }
 
 const staging = oneOf('loop', 'unrolled', 'prefetch');
-const flashCaps = record({ own: int(), sweep: int(), rows: int(1, 8), split: oneOf(1, 2, 4, 8, 16, 32), workgroup: int(1, 1024), unroll: bool });
+const flashCaps = record({ own: int(), sweep: int(), rows: int(1, 8), split: oneOf(1, 2, 4, 8, 16, 32), workgroup: int(1, 1024), unroll: bool, registers: int(16, 1024) });
 
 const CHECKS: { readonly [K in keyof Tuning]-?: Check } = {
   sgmatTiles: record({ wm: int(1, 8), wn: int(1, 8), fm: int(1, 8), fn: int(1, 8), bk: int(8, 256), staging, ksplit: oneOf(1, 2) }, ['wm', 'wn', 'fm', 'fn', 'bk']),

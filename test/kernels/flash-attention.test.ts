@@ -293,6 +293,15 @@ await withDevice(async (gpu: GpuContext) => {
         assert.deepEqual(rowsSplit(flashBackwardTiles(node, nodes.ins(node), both, {}, kv)), [2, 2, 16], `wrt ${node.attrs.wrt}`);
         assert.deepEqual(rowsSplit(flashBackwardTiles(node, nodes.ins(node), tuned, {}, kv)), [1, 4, 32], `wrt ${node.attrs.wrt} follows flashCaps`);
       }
+      // A register budget over an invocation's rows instead of a fixed split: two rows of head dim 88 on two lanes hold
+      // 2 · (4 · (11 + 11) + 16) = 208 floats; at 112 two lanes would hold 256, so four; at 24 one lane holds 2 · 40.
+      const budget: Target = { ...withSub, tuning: { flashCaps: { rows: 2, workgroup: 128, sweep: 16, registers: 208 } } };
+      for (const [d, split] of [[24, 1], [88, 2], [112, 4], [128, 4]] as const) {
+        const n = attentionNodes(d, false, [1, 2, 300, 300]);
+        const x = flashForwardTiles(n.fwd, n.ins(n.fwd), budget);
+        assert.deepEqual([x.rows, x.split], [2, split], `head dim ${d}`);
+        assert.ok(x.workgroup <= 128);
+      }
     });
   });
 
