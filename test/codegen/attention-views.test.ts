@@ -27,6 +27,7 @@ import { GPU_RULES } from '../../kernels/index.js';
 import { openDevice, type GpuDevice } from '../../runtime/gpu/device.js';
 import { feeds } from '../passes/graphs.js';
 import { assertBitwise, assertSchedulesAgree, runKernel } from '../kernels/harness.js';
+import type { AttentionCaseDims } from '../kernels/attention-cases.js';
 
 const root = fileURLToPath(new URL('../../../', import.meta.url));
 const OFF: ScheduleOptions = { attentionViews: false };
@@ -151,13 +152,7 @@ const LAYOUTS = ['packed', 'transposed', 'concat', 'expand', 'strided', 'plain']
 type Layout = (typeof LAYOUTS)[number];
 const PROLOGUES = ['none', 'mul', 'mul_first', 'div', 'mul_round'] as const;
 
-interface Case {
-  b: number;
-  h: number;
-  sq: number;
-  sk: number;
-  d: number;
-  dv: number;
+interface Case extends AttentionCaseDims {
   layouts: [Layout, Layout, Layout, Layout]; // q, k, v, g
   prologues: [(typeof PROLOGUES)[number], (typeof PROLOGUES)[number]]; // q, k
   factor: number;

@@ -26,6 +26,7 @@ import { GPU_RULES } from '../../kernels/index.js';
 import { fixtureGraph, fixtures, WRT } from './attention-fixtures.js';
 import { fcParams, hardwareLike, tightTarget } from './core-util.js';
 import { checkAgainstReference, compare, pipelineFor, randomTensor, runGraph, runKernel, withDevice, type GpuContext, type RuleTable } from './harness.js';
+import { FORWARD_TOL, GRAD_TOL, type AttentionCaseDims } from './attention-cases.js';
 
 type Tensor = { shape: number[]; data: Float32Array };
 type FlashTilesLike = { rows: number; split: number; sweep: number };
@@ -55,16 +56,8 @@ function attentionWithGrads(b: Builder, [q, k, v, g, mask]: readonly number[], a
   return { y, grads: GRAD_RULES.attention({ b, node, g, needs: node.inputs.map(() => true) }) };
 }
 
-const FORWARD_TOL = { rtol: 1e-4, atol: 1e-5 };
-const GRAD_TOL = { rtol: 1e-3, atol: 1e-4 };
 
-interface Case {
-  b: number;
-  h: number;
-  sq: number;
-  sk: number;
-  d: number;
-  dv: number;
+interface Case extends AttentionCaseDims {
   mask: 'none' | 'full' | 'keys' | 'rows' | 'neg_inf';
   scale?: number;
   tiles: string;

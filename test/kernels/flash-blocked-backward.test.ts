@@ -16,8 +16,8 @@ import { benchRows, rowGraph } from '../../runtime/bench/rows.js';
 import { runGpu } from '../../runtime/run-gpu.js';
 import { hardwareLike } from './core-util.js';
 import { compare, randomTensor, sharedDevice } from './harness.js';
+import { GRAD_TOL } from './attention-cases.js';
 
-const GRAD_TOL = { rtol: 1e-3, atol: 1e-4 };
 const blockedGrad = (t: Target): Target => ({ ...t, tuning: { flashBlockedGrad: true } });
 const H200 = blockedGrad(TARGETS['nvidia-h200']);
 const H200_SHARED = H200.limits.maxComputeWorkgroupStorageSize;

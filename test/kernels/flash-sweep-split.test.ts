@@ -20,12 +20,11 @@ import { benchRows, rowGraph } from '../../runtime/bench/rows.js';
 import { runGpu } from '../../runtime/run-gpu.js';
 import { fcParams, hardwareLike } from './core-util.js';
 import { compare, randomTensor, sharedDevice } from './harness.js';
+import { FORWARD_TOL, GRAD_TOL, type AttentionCaseDims } from './attention-cases.js';
 
 const H200 = TARGETS['nvidia-h200'];
 /** The shipped H200 profile's flash tiles (2 rows per invocation, 2 lanes per row, 128 invocations). */
 const H200_CAPS = { rows: 2, split: 2, sweep: 16, workgroup: 128 };
-const FORWARD_TOL = { rtol: 1e-4, atol: 1e-5 };
-const GRAD_TOL = { rtol: 1e-3, atol: 1e-4 };
 /** The tolerance of output `name`: the forward's, or the gradients'. */
 const tolOf = (name: string) => (name.startsWith('d') ? GRAD_TOL : FORWARD_TOL);
 
@@ -120,13 +119,7 @@ describe('as generated for the H200', () => {
 type Kind = 'attention' | 'attention+lse' | 'lse' | 'vjp';
 type MaskKind = 'none' | 'keys' | 'chunk' | 'row';
 
-interface Case {
-  b: number;
-  h: number;
-  sq: number;
-  sk: number;
-  d: number;
-  dv: number;
+interface Case extends AttentionCaseDims {
   kind: Kind;
   /** For 'vjp': which of dq, dk, dv the graph asks for. */
   needs: [boolean, boolean, boolean];

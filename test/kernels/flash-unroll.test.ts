@@ -10,9 +10,8 @@ import type { Builder } from '../../compiler/ir/builder.js';
 import { canSplit, type FlashCaps } from '../../kernels/flash-common.js';
 import { hardwareLike } from './core-util.js';
 import { checkAgainstReference, randomTensor, sharedDevice, type GpuContext } from './harness.js';
+import { FORWARD_TOL, GRAD_TOL } from './attention-cases.js';
 
-const FORWARD_TOL = { rtol: 1e-4, atol: 1e-5 };
-const GRAD_TOL = { rtol: 1e-3, atol: 1e-4 };
 /** Lane loops as the generators write them (flash-common.ts laneLoop). */
 const LANE_LOOP = /for \(var [ut] = 0u; [ut] < /;
 
