@@ -55,7 +55,8 @@ export function sweepChunks(fill: number, groups: number, S: number, sweep: numb
  */
 export function sweepSplitChain(node: Node, inputs: readonly Node[], target: Target, sibling?: Node, reads: FlashReads = directReads(node)): KernelChain | undefined {
   const fill = target.tuning?.flashSweepSplit;
-  if (fill === undefined) return undefined;
+  // Nothing to split where a value is empty (the one kernel handles those).
+  if (fill === undefined || numel(node.shape) === 0 || (sibling && numel(sibling.shape) === 0)) return undefined;
   const plan = chunkPlan(node, inputs, target, fill, sibling);
   if (!plan) return undefined;
   const L = target.limits;

@@ -108,6 +108,14 @@ describe('as generated for the H200', () => {
     assert.deepEqual(names('attention_fwd_evag_detection'), ['attention_flash_f32']);
     assert.deepEqual(names('attention_fwd_evag_detection', 264), ['attention_flash_f32']);
     assert.deepEqual(names('attention_fwd_evag_caption', 1056), ['attention_flash_part3_f32', 'attention_keysum3_f32']);
+    // Empty queries: the one kernel.
+    const b = new Builder();
+    const [q, k, v] = [b.input('q', [1, 1, 0, 8]), b.input('k', [1, 1, 64, 8]), b.input('v', [1, 1, 64, 8])];
+    b.output('y', b.add('attention', [q, k, v]));
+    assert.deepEqual(
+      compileGpu(b.graph, { ...target(1 << 20), tuning: { flashSweepSplit: 1 << 20, flashCaps: { sweep: 4 } } }).schedule.kernels.map((kk) => kk.name),
+      compileGpu(b.graph, H200).schedule.kernels.map((kk) => kk.name),
+    );
     // Under a tensor-core forward (f32 split into f16 pairs) that kernel runs, not the key split.
     const tc = compileGpu(rowOf('attention_fwd_evag_detection'), { ...H200, tuning: { flashSweepSplit: 1056, f32AttentionTensorCores: true } });
     assert.ok(!tc.schedule.kernels.some((k) => /part|keysum/.test(k.name)));
