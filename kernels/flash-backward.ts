@@ -131,7 +131,8 @@ function dqKernel(node: Node, inputs: readonly Node[], target: Target, caps: Fla
   const VS = tileVec4s(g.Dv, split);
   const qTiles = Math.ceil(g.Sq / tiles.own);
   const groups = g.B * g.H * qTiles;
-  const dispatch = dispatchGroups(groups * (chunks?.count ?? 1), target);
+  const count = chunks?.count ?? 1;
+  const dispatch = dispatchGroups(groups * count, target);
   const U = (n: number) => u32Lit(n);
   const keys = Array.from({ length: BC }, (_, c) => c);
   // A chunk's partial dq: after the other chunks' (chunk · B·H·Sq rows).
@@ -157,7 +158,7 @@ ${ms ? `var<workgroup> mt: array<f32, ${maskTileFloats(tiles.own, BC)}>;\n` : ''
 // dq: ${RM} query row(s) per ${split > 1 ? `${split} invocations` : 'invocation'}, ${tiles.own} rows per workgroup, ${BC} keys per tile.
 @compute @workgroup_size(${WG}, 1, 1)
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid: u32) {
-${ownedRowsPreamble(groups, dispatch, qTiles, tiles, g.H, g.Sq, 'i', 'row_ok', ms !== undefined, chunks?.count)}
+${ownedRowsPreamble(groups, dispatch, qTiles, tiles, g.H, g.Sq, 'i', 'row_ok', ms !== undefined, count)}
 ${each(rowStart)}
 ${sweepLoopCode('j0', g.Sk, BC, target, chunks)}
     workgroupBarrier();
@@ -172,7 +173,7 @@ ${accumulateRowsCode(target, owned.map((r) => `acc${r}`), 'kt', DS, BC, (c, r) =
   }
 ${each((r) => `  if (row_ok${r}) {\n${storeVec4RowCode(target, 'out_0', `(${outRow(r)}) * ${U(g.D)}`, `acc${r}`, g.D, (x) => `${x} * ${f32Lit(g.scale)}`, split)}\n  }`)}
 }`;
-  const name = `attention_grad_q_flash${chunks ? `_part${chunks.count}` : ''}_f32`;
+  const name = `attention_grad_q_flash${chunks ? `_part${count}` : ''}_f32`;
   return withSubgroups(flashKernel(node, inputs, target, reads, { name, body, workgroupSize: [WG, 1, 1], dispatch }), split);
 }
 
