@@ -3,7 +3,8 @@
 // the device, through the schedule, against the float64 reference: attention (with and without its lse sibling), a
 // lone attention_lse, and a VJP's dq, dk, dv (apart, or dk with dv in one kernel) as the autodiff rule builds them, on
 // random shapes, masks (whole chunks of keys at -inf for some rows, rows masked entirely), tiles, software and
-// hardware-like kernels; and with q, k, v and g read through views of a projection and a cotangent, as a ViT has them.
+// hardware-like kernels; and with q, k, v and g read through views of a projection and a cotangent, as a ViT has them
+// (bitwise repeatable there).
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import fc from 'fast-check';
@@ -259,6 +260,9 @@ describe('on the device, through the schedule', () => {
         ['attention_flash_part_f32_qv_kv_vv', 'attention_keysum_f32', 'attention_grad_q_flash_part_f32_qv_kv_vv', 'attention_grad_sum_f32', 'attention_grad_kv_flash_part_f32_qv_kv_vv', 'attention_grad_sum_f32'],
       );
       const got = await runGpu(gpu(), b.graph, program, inputs, new Map());
+      // Chunks combined in a fixed order, no atomics: a second run gives the same bits.
+      const again = await runGpu(gpu(), b.graph, program, inputs, new Map());
+      for (const [name, x] of got) assert.deepEqual(new Uint32Array(Float32Array.from(again.get(name)!.data).buffer), new Uint32Array(Float32Array.from(x.data).buffer), `${base.name}: ${name} repeats`);
       for (const [name, r] of ref) compare(Float32Array.from(got.get(name)!.data), r.data, r.shape, { ...tolOf(name), label: `${base.name}: ${name}` }, program.schedule.kernels);
     }
   });
