@@ -205,7 +205,7 @@ describe('on the device, through the schedule', () => {
   /** The device's target asking for the split wherever it can (a fill no grid reaches), with the case's tiles. */
   const splitTarget = (base: Target, sweep: number, own: number): Target => ({ ...base, tuning: { ...base.tuning, flashSweepSplit: 1 << 20, flashCaps: { sweep, own } } });
 
-  test('attention, with and without its lse, and attention_lse alone, against the float64 reference', async () => {
+  test('attention with and without its lse, attention_lse alone, and VJPs, against the float64 reference', async () => {
     await fc.assert(
       fc.asyncProperty(caseArb, async (c) => {
         const base = c.hardware ? hardwareLike(gpu().target) : gpu().target;
@@ -218,7 +218,7 @@ describe('on the device, through the schedule', () => {
         const chunks = sweepChunks(1 << 20, 1, c.sk, c.sweep);
         if (tiles >= 2 * SWEEP_CHUNK_MIN_TILES) assert.ok(names.some((n) => /^attention(_lse)?_flash_part\d+_f32$/.test(n)) && names.some((n) => /keysum\d+_f32$/.test(n)), `${label(c)}: ${names.join(' ')}`);
         // dq sweeps the keys; dk and dv sweep the queries, which split where Sq has 2·SWEEP_CHUNK_MIN_TILES tiles.
-        if (c.kind === 'vjp' && c.needs[0] && tiles >= 2 * SWEEP_CHUNK_MIN_TILES) assert.ok(names.includes(names.find((n) => /^attention_grad_q_flash_part\d+_f32$/.test(n)) ?? '-'), `${label(c)}: ${names.join(' ')}`);
+        if (c.kind === 'vjp' && c.needs[0] && tiles >= 2 * SWEEP_CHUNK_MIN_TILES) assert.ok(names.some((n) => /^attention_grad_q_flash_part\d+_f32$/.test(n)), `${label(c)}: ${names.join(' ')}`);
         if (c.kind === 'vjp' && (c.needs[1] || c.needs[2]) && Math.ceil(c.sq / c.sweep) >= 2 * SWEEP_CHUNK_MIN_TILES) assert.ok(names.some((n) => /^attention_grad_(k|v|kv)_flash_part\d+_f32$/.test(n)), `${label(c)}: ${names.join(' ')}`);
         const inputs = new Map<string, RefTensor>([
           ['q', { shape: [c.b, c.h, c.sq, c.d], data: Float64Array.from(randomTensor([c.b, c.h, c.sq, c.d], c.seed).data) }],
