@@ -66,9 +66,6 @@ ROBUST_ROWS=matmul_f16_evae_fc1,matmul_f16_evag_qkv,attention_fwd_evag_detection
 step tune-robustness 90 node scripts/tune-sgmat.mjs --json "$LOGS/tune-robustness.json" --rows "${ROBUST_ROWS}" --variants robust
 step sgmat-ceiling 30 node scripts/sgmat-ceiling.mjs
 step sgmat-ceiling-norobust 30 env VISFT_DAWN_TOGGLES=disable_robustness node scripts/sgmat-ceiling.mjs
-# How many workgroups of the f32 flash kernels and the matmuls run at once (their times over growing grids), under the
-# profile that applies: whether a last wave runs nearly empty (the sweep split's premise) and what the splits should aim at.
-step waves 60 bash -c "VISFT_TUNING=$STEP_TUNING node scripts/waves.mjs --json $LOGS/waves.json"
 step tune-sgmat "${TUNE_SECS:-150}" node scripts/tune-sgmat.mjs --json "$LOGS/tune.json" ${TUNE_ARGS:-}
 python3 -c 'import torch' 2>/dev/null && step torch-peer 60 python3 runtime/bench/torch_peer.py ${TORCH_ARGS:-}
 step bench-matmul 60 node bin/visft.js bench --json --rows matmul_f16,matmul_f32
@@ -84,6 +81,10 @@ CANDIDATES='{"sgmatDirect": true, "f32TensorCores": true, "flashDirect": true, "
 # In two steps, the f16 goals' rows first, so a slow row costs only its own step's.
 step bench-candidates 120 bash -c "node bin/visft.js bench --json --repeat 10 --rows matmul_f16,attention_fwd_f16_evag,attention_vjp_f16_evag --tuning $STEP_TUNING --set '$CANDIDATES'"
 step bench-candidates-f32 120 bash -c "node bin/visft.js bench --json --repeat 10 --rows matmul_f32,attention_fwd_evag,attention_vjp_evag --tuning $STEP_TUNING --set '$CANDIDATES'"
+# How many workgroups of the f32 flash kernels and the matmuls run at once (their times over growing grids), under the
+# profile that applies: whether a last wave runs nearly empty (the sweep split's premise) and what the splits should
+# aim at. After the bench, so that a short budget cuts this first.
+step waves 60 bash -c "VISFT_TUNING=$STEP_TUNING node scripts/waves.mjs --json $LOGS/waves.json"
 step all-tests 90 node --test --test-reporter=dot $(find dist/test -name '*.test.js' | sort)
 # Every primitive op through the CLI on this GPU against PyTorch float64: first under fp16 autocast (the f16 matmul
 # operands go to the tensor-core kernels; ~3 cases per op autocast rounds), then in f32 (3 random cases per op, ~2 min).
