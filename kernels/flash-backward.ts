@@ -27,6 +27,7 @@ import {
   EXP_FLASH,
   flashKernel,
   GRAD_SLOTS,
+  laneValuesCode,
   laneVec4s,
   loadMaskTileCode,
   loadVec4RowCode,
@@ -127,6 +128,7 @@ function dqKernel(node: Node, inputs: readonly Node[], target: Target, caps: Fla
   const [lse, delta, mask] = [LSE, DELTA, MASK].map((s) => (s < node.inputs.length ? bindingOf(reads, s) : ''));
   const tiles = flashBackwardTiles(node, inputs, target, caps);
   const { sweep: BC, rows: RM, split, workgroup: WG } = tiles;
+  const share = target.tuning?.flashShareExp === true;
   const DS = tileVec4s(g.D, split);
   const VS = tileVec4s(g.Dv, split);
   const qTiles = Math.ceil(g.Sq / tiles.own);
@@ -134,7 +136,6 @@ function dqKernel(node: Node, inputs: readonly Node[], target: Target, caps: Fla
   const count = chunks?.count ?? 1;
   const dispatch = dispatchGroups(groups * count, target);
   const U = (n: number) => u32Lit(n);
-  const keys = Array.from({ length: BC }, (_, c) => c);
   // A chunk's partial dq: after the other chunks' (chunk · B·H·Sq rows).
   const outRow = (r: number) => (chunks ? `chunk * ${U(g.B * g.H * g.Sq)} + bh * ${U(g.Sq)} + i${r}` : `bh * ${U(g.Sq)} + i${r}`);
   const owned = Array.from({ length: RM }, (_, r) => r);
@@ -168,7 +169,7 @@ ${loadVec4TileCode(target, 'vt', tileSource(reads, V, 'j0'), `(bh * ${U(g.Sk)} +
     workgroupBarrier();
 ${dotRowsCode(target, 's', owned.map((r) => `q${r}`), 'kt', DS, BC, split)}
 ${dotRowsCode(target, 'dp', owned.map((r) => `g${r}`), 'vt', VS, BC, split)}
-${maskAddRowsCode(g, tiles, owned)}${each((r) => keys.map((c) => `    let ds${r}_${c} = select(0.0f, exp_flash(s${r}_${c} - lse${r}) * (dp${r}_${c} - del${r}), ${U(c)} < k_valid);`).join('\n'))}
+${maskAddRowsCode(g, tiles, owned)}${each((r) => laneValuesCode(BC, split, share, (c) => `ds${r}_${c}`, (c) => [`s${r}_${c}`, `dp${r}_${c}`, U(c)], ([x, dp, c]) => `select(0.0f, exp_flash(${x} - lse${r}) * (${dp} - del${r}), ${c} < k_valid)`))}
 ${accumulateRowsCode(target, owned.map((r) => `acc${r}`), 'kt', DS, BC, (c, r) => `ds${r}_${c}`, undefined, split)}
   }
 ${each((r) => `  if (row_ok${r}) {\n${storeVec4RowCode(target, 'out_0', `(${outRow(r)}) * ${U(g.D)}`, `acc${r}`, g.D, (x) => `${x} * ${f32Lit(g.scale)}`, split)}\n  }`)}
@@ -190,6 +191,7 @@ function dkdvKernel(node: Node, inputs: readonly Node[], target: Target, which: 
   const [lse, delta, mask] = [LSE, DELTA, MASK].map((s) => (s < node.inputs.length ? bindingOf(reads, s) : ''));
   const tiles = flashBackwardTiles(node, inputs, target, caps, which === 'kv');
   const { sweep: BQ, rows: RM, split, workgroup: WG } = tiles;
+  const share = target.tuning?.flashShareExp === true;
   const dk = which !== 'v';
   const dv = which !== 'k';
   const DS = tileVec4s(g.D, split);
@@ -219,7 +221,7 @@ function dkdvKernel(node: Node, inputs: readonly Node[], target: Target, which: 
     ].join('\n');
   const scores = (r: number) =>
     [
-      ...queries.map((c) => `    let p${r}_${c} = select(0.0f, exp_flash(s${r}_${c} - lse_t[${U(c)}]), ${U(c)} < q_valid);`),
+      laneValuesCode(BQ, split, share, (c) => `p${r}_${c}`, (c) => [`s${r}_${c}`, U(c)], ([x, c]) => `select(0.0f, exp_flash(${x} - lse_t[${c}]), ${c} < q_valid)`),
       ...(dk ? queries.map((c) => `    let ds${r}_${c} = p${r}_${c} * (dp${r}_${c} - del_t[${U(c)}]);`) : []),
     ].join('\n');
   const body = `${EXP_FLASH}

@@ -495,6 +495,36 @@ export function dotRowsCode(target: Target, acc: string, owned: readonly string[
 }
 
 /**
+ * WGSL: `let <name(c)> = <value(operands(c))>;` for the n swept rows c of an owned row split over `split` lanes. The
+ * lanes hold the same operands (the scores' sums are exchanged), so by default every lane computes every value, an
+ * exponential each. With `share` (Target.tuning.flashShareExp) lane `part` computes only the values of rows c ≡ part
+ * (mod split), from operands chosen by `part`, and takes the others from its neighbours by subgroup shuffles: the
+ * same bits (each value computed once, as every lane computed it) for 1/split of the exponentials. Where n is not a
+ * multiple of split, every lane computes every value.
+ */
+export function laneValuesCode(n: number, split: number, share: boolean, name: (c: number) => string, operands: (c: number) => readonly string[], value: (ops: readonly string[]) => string, indent = '    '): string {
+  const U = u32Lit;
+  if (!share || split === 1 || n % split !== 0) return Array.from({ length: n }, (_, c) => `${indent}let ${name(c)} = ${value(operands(c))};`).join('\n');
+  const lines: string[] = [];
+  for (let g = 0; g < n; g += split) {
+    const keys = Array.from({ length: split }, (_, j) => g + j);
+    // This lane's row of the group (g + part), its operands chosen by part.
+    const chosen = operands(g).map((_, o) => keys.slice(1).reduce((acc, c) => `select(${acc}, ${operands(c)[o]}, part == ${U(c - g)})`, operands(g)[o]));
+    lines.push(`{`, ...chosen.map((x, o) => `  let o${o} = ${x};`), `  let e = ${value(chosen.map((_, o) => `o${o}`))};`);
+    // v<m>: the value lane part ^ m computed, row g + (part ^ m).
+    for (let m = 1; m < split; m++) lines.push(`  let v${m} = subgroupShuffleXor(e, ${U(m)});`);
+    for (const c of keys) {
+      const j = c - g;
+      const pick = Array.from({ length: split - 1 }, (_, i) => i + 1).reduce((acc, m) => `select(${acc}, v${m}, (part ^ ${U(j)}) == ${U(m)})`, 'e');
+      lines.push(`  ${name(c)} = ${pick};`);
+    }
+    lines.push(`}`);
+  }
+  const decls = Array.from({ length: n }, (_, c) => `var ${name(c)}: f32;`).join(' ');
+  return [decls, ...lines].map((l) => indent + l).join('\n');
+}
+
+/**
  * WGSL: for each of this lane's vec4s of the private arrays `owned[r]`: acc = acc·scale(r) (when given) +
  * Σ_c coef(c, r)·tile[c][t] over c < n in order (`stride` vec4s per tile row); each tile load serves every array.
  */

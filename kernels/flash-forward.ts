@@ -25,6 +25,7 @@ import {
   dotRowsCode,
   EXP_FLASH,
   flashKernel,
+  laneValuesCode,
   laneVec4s,
   loadMaskTileCode,
   loadVec4RowCode,
@@ -102,6 +103,8 @@ export function flashForwardKernel(node: Node, inputs: readonly Node[], target: 
   const tiles = flashForwardTiles(node, inputs, target, caps);
   const { own: BR, sweep: BC, rows: RM, split, workgroup: WG } = tiles;
   const slots = WG / split;
+  // The split lanes of a row share its exponentials (Target.tuning.flashShareExp).
+  const share = target.tuning?.flashShareExp === true;
   const DS = tileVec4s(g.D, split);
   const VS = tileVec4s(g.Dv, split);
   const qTiles = Math.ceil(g.Sq / BR);
@@ -133,7 +136,7 @@ ${keys
     let mn${r} = ${maxC(`m${r}`, `mt${r}`)};
     // e^{m_old - m_new}; 0 while nothing was seen (m_old = -inf).
     let alpha${r} = select(exp_flash(m${r} - mn${r}), 0.0f, m${r} == ${NEG_INF});
-${keys.map((c) => `    let p${r}_${c} = select(exp_flash(s${r}_${c} - mn${r}), 0.0f, s${r}_${c} == ${NEG_INF});`).join('\n')}
+${laneValuesCode(BC, split, share, (c) => `p${r}_${c}`, (c) => [`s${r}_${c}`], ([x]) => `select(exp_flash(${x} - mn${r}), 0.0f, ${x} == ${NEG_INF})`)}
     l${r} = l${r} * alpha${r} + (${keys.map((c) => `p${r}_${c}`).join(' + ')});
     m${r} = mn${r};`;
   const storeLse = (r: number, out: string) => `    ${split > 1 ? 'if (part == 0u) { ' : ''}${out}[bh * ${U(g.Sq)} + i${r}] = m${r} + log_f32(l${r});${split > 1 ? ' }' : ''}`;

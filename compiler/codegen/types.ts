@@ -94,6 +94,11 @@ export interface Target {
      * (kernels/flash-sweep-split.ts), so that its grids reach this many. Unset: never split. Unmeasured.
      */
     readonly flashSweepSplit?: number;
+    /**
+     * The split lanes of an f32 flash kernel's row share its exponentials (kernels/flash-common.ts laneValuesCode):
+     * each lane computes 1/split of them and takes the rest by subgroup shuffles, the same bits. Unmeasured.
+     */
+    readonly flashShareExp?: boolean;
     /** Caps on the f32 flash kernels' tiles (kernels/flash-common.ts chooseRowTiles), under a caller's own. */
     readonly flashCaps?: FlashCaps;
     /** Caps on the f32 flash gradient kernels' tiles in place of flashCaps (which they follow when this is unset). */

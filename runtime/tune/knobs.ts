@@ -165,6 +165,15 @@ export const TUNE_GROUPS: readonly TuneGroup[] = [
     options: [528, 1056, 2112].map((fill) => ({ name: `swept side split until ${fill} workgroups`, tuning: { flashSweepSplit: fill } })),
   },
   {
+    // The lanes of a split row share its exponentials (kernels/flash-common.ts laneValuesCode): each computes 1/split of
+    // a tile's (about 30 operations each, a quarter of the forward's instructions at head dim 88 on two lanes) and
+    // takes the rest by subgroup shuffles; the outputs are the same bits.
+    name: 'f32 flash attention shared exponentials',
+    rows: (r) => r.op === 'attention',
+    applies: always,
+    options: [{ name: 'lanes share the exponentials', tuning: { flashShareExp: true } }],
+  },
+  {
     // f32 attention on the f16 tensor cores at f32 accuracy: q, k, v (and g) split into f16 pairs
     // (kernels/flash-split16.ts); a group of its own, so a short lease can time it without the tile sweeps.
     name: 'f32 attention on tensor cores',

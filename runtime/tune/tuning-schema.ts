@@ -54,6 +54,7 @@ const CHECKS: { readonly [K in keyof Tuning]-?: Check } = {
   matmulSplits: int(1, 64),
   splitTiles: int(8, 4096),
   flashSweepSplit: int(2, 1 << 20),
+  flashShareExp: bool,
   flashCaps,
   flashGradCaps: flashCaps,
   flashBlocked: bool,
