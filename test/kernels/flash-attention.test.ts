@@ -8,7 +8,6 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import fc from 'fast-check';
-import { GRAD_RULES } from '../../compiler/autodiff/rules.js';
 import { vjp } from '../../compiler/autodiff/vjp.js';
 import { compileGpu } from '../../compiler/codegen/gpu.js';
 import { PORTABLE_TARGET, type Kernel, type Target } from '../../compiler/codegen/types.js';
@@ -26,7 +25,7 @@ import { GPU_RULES } from '../../kernels/index.js';
 import { fixtureGraph, fixtures, WRT } from './attention-fixtures.js';
 import { fcParams, hardwareLike, tightTarget } from './core-util.js';
 import { checkAgainstReference, compare, pipelineFor, randomTensor, runGraph, runKernel, withDevice, type GpuContext, type RuleTable } from './harness.js';
-import { FORWARD_TOL, GRAD_TOL, type AttentionCaseDims } from './attention-cases.js';
+import { attentionWithGrads, FORWARD_TOL, GRAD_TOL, type AttentionCaseDims } from './attention-cases.js';
 
 type Tensor = { shape: number[]; data: Float32Array };
 type FlashTilesLike = { rows: number; split: number; sweep: number };
@@ -49,12 +48,6 @@ const TILES: Record<string, RuleTable | undefined> = {
   rows3: capped({ own: 9, sweep: 4, rows: 3 }),
 };
 
-/** attention(q, k, v, [mask]) and its cotangents as the autodiff rule builds them (all four needed). */
-function attentionWithGrads(b: Builder, [q, k, v, g, mask]: readonly number[], attrs: Attrs): { y: number; grads: readonly (number | undefined)[] } {
-  const y = b.add('attention', mask === undefined ? [q, k, v] : [q, k, v, mask], attrs);
-  const node = b.graph.node(y);
-  return { y, grads: GRAD_RULES.attention({ b, node, g, needs: node.inputs.map(() => true) }) };
-}
 
 
 interface Case extends AttentionCaseDims {

@@ -7,7 +7,6 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import fc from 'fast-check';
-import { GRAD_RULES } from '../../compiler/autodiff/rules.js';
 import { compileGpu } from '../../compiler/codegen/gpu.js';
 import { TARGETS } from '../../compiler/codegen/targets.js';
 import type { Target } from '../../compiler/codegen/types.js';
@@ -19,7 +18,7 @@ import { runGpu } from '../../runtime/run-gpu.js';
 import { canSplit } from '../../kernels/flash-common.js';
 import { fcParams, hardwareLike } from './core-util.js';
 import { randomTensor, sharedDevice } from './harness.js';
-import type { AttentionCaseDims } from './attention-cases.js';
+import { attentionWithGrads, type AttentionCaseDims } from './attention-cases.js';
 
 const H200 = TARGETS['nvidia-h200'];
 const H200_CAPS = { rows: 2, split: 2, sweep: 16, workgroup: 128 };
@@ -74,10 +73,10 @@ function vjpGraph(c: Case): Graph {
   const k = b.input('k', [c.b, c.h, c.sk, c.d]);
   const v = b.input('v', [c.b, c.h, c.sk, c.dv]);
   const mask = c.mask ? [b.input('m', [c.sq, c.sk])] : [];
-  const y = b.add('attention', [q, k, v, ...mask]);
-  b.output('y', y);
   const g = b.input('g', [c.b, c.h, c.sq, c.dv]);
-  GRAD_RULES.attention({ b, node: b.graph.node(y), g, needs: [true, true, true, ...mask.map(() => false)] }).forEach((d, i) => d !== undefined && b.output(`d${'qkv'[i]}`, d));
+  const { y, grads } = attentionWithGrads(b, [q, k, v, g, ...mask], {}, [true, true, true, ...mask.map(() => false)]);
+  b.output('y', y);
+  grads.forEach((d, i) => d !== undefined && b.output(`d${'qkv'[i]}`, d));
   return b.graph;
 }
 

@@ -11,7 +11,6 @@ import fc from 'fast-check';
 import { compileGpu } from '../../compiler/codegen/gpu.js';
 import { TARGETS } from '../../compiler/codegen/targets.js';
 import type { Target } from '../../compiler/codegen/types.js';
-import { GRAD_RULES } from '../../compiler/autodiff/rules.js';
 import { Builder } from '../../compiler/ir/builder.js';
 import type { Attrs, Graph } from '../../compiler/ir/graph.js';
 import { interpret } from '../../compiler/ir/interpret.js';
@@ -21,7 +20,7 @@ import { benchRows, rowGraph } from '../../runtime/bench/rows.js';
 import { runGpu } from '../../runtime/run-gpu.js';
 import { fcParams, hardwareLike } from './core-util.js';
 import { compare, randomTensor, sharedDevice } from './harness.js';
-import { FORWARD_TOL, GRAD_TOL, type AttentionCaseDims } from './attention-cases.js';
+import { attentionWithGrads, FORWARD_TOL, GRAD_TOL, type AttentionCaseDims } from './attention-cases.js';
 
 const H200 = TARGETS['nvidia-h200'];
 /** The shipped H200 profile's flash tiles (2 rows per invocation, 2 lanes per row, 128 invocations). */
@@ -152,10 +151,9 @@ function caseGraph(c: Case): Graph {
   const mask = c.mask === 'none' ? [] : [b.input('m', [c.sq, c.sk])];
   const attrs: Attrs = c.scale === undefined ? {} : { scale: c.scale };
   if (c.kind === 'vjp') {
-    const y = b.add('attention', [q, k, v, ...mask], attrs);
-    b.output('y', y);
     const g = b.input('g', [c.b, c.h, c.sq, c.dv]);
-    const grads = GRAD_RULES.attention({ b, node: b.graph.node(y), g, needs: [...c.needs, ...mask.map(() => false)] });
+    const { y, grads } = attentionWithGrads(b, [q, k, v, g, ...mask], attrs, [...c.needs, ...mask.map(() => false)]);
+    b.output('y', y);
     grads.forEach((d, i) => d !== undefined && b.output(`d${'qkv'[i]}`, d));
     return b.graph;
   }
@@ -242,10 +240,9 @@ describe('on the device, through the schedule', () => {
     const heads = (i: number) => b.add('slice', [x], { dim: 2, start: i * H * D, end: (i + 1) * H * D });
     const split = (id: number) => b.add('permute', [b.add('reshape', [id], { shape: [B, S, H, D] })], { dims: [0, 2, 1, 3] });
     const [q, k, v] = [0, 1, 2].map((i) => split(heads(i)));
-    const y = b.add('attention', [q, k, v]);
+    const { y, grads } = attentionWithGrads(b, [q, k, v, split(b.input('gx', [B, S, H * D]))]);
     b.output('y', y);
-    const g = split(b.input('gx', [B, S, H * D]));
-    GRAD_RULES.attention({ b, node: b.graph.node(y), g, needs: [true, true, true] }).forEach((d, i) => b.output(`d${'qkv'[i]}`, d!));
+    grads.forEach((d, i) => b.output(`d${'qkv'[i]}`, d!));
     const inputs = new Map<string, RefTensor>([
       ['x', { shape: [B, S, 3 * H * D], data: Float64Array.from(randomTensor([B, S, 3 * H * D], 77).data) }],
       ['gx', { shape: [B, S, H * D], data: Float64Array.from(randomTensor([B, S, H * D], 78).data) }],
