@@ -105,9 +105,17 @@ export const TUNE_GROUPS: readonly TuneGroup[] = [
       { name: '64x128, 4 subgroups, 64 deep', tuning: { sgmatTiles: { wm: 2, wn: 2, fm: 2, fn: 4, bk: 64 } } },
       { name: '128x128, 8 subgroups, 32 deep', tuning: { sgmatTiles: { wm: 2, wn: 4, fm: 4, fn: 2, bk: 32 } } },
       { name: '64x64, 4 subgroups, 32 deep', tuning: { sgmatTiles: { wm: 2, wn: 2, fm: 2, fn: 2, bk: 32 } } },
-      // Fragments loaded straight from the operands (kernels/matmul-sgmat-direct.ts): on the H200 the staging (a
-      // barrier and fragment loads from workgroup memory), not the tensor cores, bounded the staged kernel
-      // (scripts/sgmat-ceiling.mjs, session 13).
+    ],
+  },
+  {
+    // Fragments loaded straight from the operands (kernels/matmul-sgmat-direct.ts): on the H200 the staging (a
+    // barrier and fragment loads from workgroup memory), not the tensor cores, bounded the staged kernel
+    // (scripts/sgmat-ceiling.mjs, session 13). A group apart from the staged tiles (all slower on the H200 in session
+    // 13), so a short lease times these alone.
+    name: 'f16 matmul from storage',
+    rows: isMatmul('f16'),
+    applies: tensorCores,
+    options: [
       { name: 'fragments from storage, no staging', tuning: { sgmatDirect: true } },
       { name: 'fragments from storage, 128x128, 4x4 fragments per subgroup', tuning: { sgmatDirect: true, sgmatTiles: { wm: 2, wn: 2, fm: 4, fn: 4, bk: 32 } } },
       { name: 'fragments from storage, 128x64', tuning: { sgmatDirect: true, sgmatTiles: { wm: 2, wn: 2, fm: 4, fn: 2, bk: 64 } } },
