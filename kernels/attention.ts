@@ -297,7 +297,7 @@ function stagedTensorCoreAttention(graph: Graph, node: Node, target: Target, sib
  * tuning asks for it and it applies (kernels/flash-split16.ts); undefined otherwise. With `plans` (its row operands
  * read through views) the splits read the views.
  */
-export function splitAttentionChain(graph: Graph, node: Node, sibling: Node | undefined, target: Target, plans?: AttentionOperandPlans): KernelChain | undefined {
+function splitAttentionChain(graph: Graph, node: Node, sibling: Node | undefined, target: Target, plans?: AttentionOperandPlans): KernelChain | undefined {
   const sources = plans && ((slot: number) => splitSource(graph, node, slot, plans));
   if (node.op === 'attention' && flashSplitUnfit(graph, node, target, sibling) === undefined) return flashSplitChain(graph, node, target, sibling, sources);
   if (node.op === 'attention_grad' && flashSplitGradUnfit(graph, node, target, sibling, plans !== undefined) === undefined) return flashSplitGradChain(graph, node, target, sibling, sources);

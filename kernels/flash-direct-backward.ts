@@ -27,7 +27,7 @@ import type { Graph, Node } from '../compiler/ir/graph.js';
 import { attrNum } from '../compiler/ir/rules/shape.js';
 import { f32Lit, u32Lit, unboundedLoop } from './elementwise.js';
 import { attentionGeometry, bindingOf, directReads, EXP_FLASH, flashKernel, GRAD_SLOTS, touchUnread, withSecondOutput, type FlashReads } from './flash-common.js';
-import { accumulateRows, DIRECT_ROWS, directDispatch, directKeys, directMain, directOperands, directOperandsUnfit, fragmentsOut, productToScratch, scratchStride16, scratchStride32, sweepLoop, type DirectOperand } from './flash-direct-common.js';
+import { accumulateRows, DIRECT_ROWS, directDispatch, directKeys, directMain, directOperands, directOperandsUnfit, fragmentsOut, productToScratch, scratchStride16, scratchStride32, sweepLoop, type DirectOperand, type SplitCounts } from './flash-direct-common.js';
 import { gradOf, rolesOf, type FlashSgmatGrad } from './flash-sgmat-backward.js';
 import { TOP, ZERO_EXPONENT } from './matmul-split16.js';
 import { sgmatLanes, sgmatOps, sgmatSpelling } from './sgmat.js';
@@ -59,18 +59,11 @@ export function directGradLoads(which: FlashSgmatGrad): number[] {
 }
 
 /**
- * q, k, v and g as f32 values split by rows into f16 pairs (kernels/flash-split16.ts): each operand's binding holds
- * its hi part, its lo part from the operand's element count given here (by input slot: q, k, v, g), then a
- * power-of-two exponent per row.
- */
-export type FlashGradSplit = readonly number[];
-
-/**
  * The `attention_grad_<which>_flash_direct_f16` kernel of an attention_grad node (with `sibling`, the wrt-2 node
  * whose dv it also writes); check flashDirectBackwardUnfit first. With `split`, `attention_grad_<which>_flash_split16_f32`:
  * q, k, v and g are f32 values split into f16 pairs (kernels/flash-split16.ts; the scales below).
  */
-export function flashDirectBackwardKernel(node: Node, inputs: readonly Node[], target: Target, sibling?: Node, reads: FlashReads = directReads(node), split?: FlashGradSplit): Kernel {
+export function flashDirectBackwardKernel(node: Node, inputs: readonly Node[], target: Target, sibling?: Node, reads: FlashReads = directReads(node), split?: SplitCounts): Kernel {
   const which = gradOf(node, sibling);
   if (!which) throw new Error(`internal: attention_grad %${node.id} has no direct kernel${sibling ? ` writing %${sibling.id}` : ''}`);
   const [q, k, v] = inputs;
@@ -222,7 +215,7 @@ function splitScales(
   slots: readonly [number, number, number, number],
   operands: readonly DirectOperand[],
   loads: readonly number[],
-  split: FlashGradSplit,
+  split: SplitCounts,
   Sq: number,
   Sk: number,
   Dv: number,

@@ -119,6 +119,13 @@ export function accumulateRows(ops: SgmatOps, acc: string, left: string, stride:
 }
 
 /**
+ * Row operands as f32 values split into f16 pairs (kernels/flash-split16.ts), by input slot (q, k, v, g): each
+ * operand's binding holds its hi part, its lo part from the element count given here, then its power-of-two
+ * exponents (per row; v's per column of each (batch, head) in the forward).
+ */
+export type SplitCounts = readonly number[];
+
+/**
  * Where the lo parts of f32 operands split into f16 pairs lie (kernels/matmul-split16.ts): `left`, the left
  * operand's (a fragment name per step, or an element offset into the scratch), `right`, the right operand's offset
  * into its binding. Products become hi·hi' + hi·lo' + lo·hi'.

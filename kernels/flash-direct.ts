@@ -27,19 +27,8 @@ import type { Kernel, Target } from '../compiler/codegen/types.js';
 import type { Graph, Node } from '../compiler/ir/graph.js';
 import { f32Lit, u32Lit } from './elementwise.js';
 import { attentionGeometry, directReads, EXP_FLASH, flashKernel, withSecondOutput, type FlashReads } from './flash-common.js';
-import { accumulateRows, DIRECT_ROWS, directDispatch, directKeys, directMain, directOperands, directOperandsUnfit, fragmentsOut, productToScratch, scratchStride16, scratchStride32, sweepLoop } from './flash-direct-common.js';
+import { accumulateRows, DIRECT_ROWS, directDispatch, directKeys, directMain, directOperands, directOperandsUnfit, fragmentsOut, productToScratch, scratchStride16, scratchStride32, sweepLoop, type SplitCounts } from './flash-direct-common.js';
 import { sgmatLanes, sgmatOps, sgmatSpelling } from './sgmat.js';
-
-/**
- * q, k and v as f32 values split into f16 pairs (kernels/flash-split16.ts): each operand's binding holds its hi
- * part, its lo part from the operand's element count given here, then a power-of-two exponent per row (q, k) or per
- * column of each (batch, head) (v).
- */
-export interface FlashSplit {
-  readonly q: number;
-  readonly k: number;
-  readonly v: number;
-}
 
 /** P's scale before its split: weights down to 2^-28 stay in f16's normal range. */
 const P_SCALE = 14;
@@ -60,7 +49,7 @@ export function flashDirectUnfit(graph: Graph, node: Node, target: Target, sibli
  * `reads` says (in place through affine views: kernels/view-affine.ts); check flashDirectUnfit first. With `split`,
  * `attention_flash_split16_f32`: q, k and v are f32 values split into f16 pairs (kernels/flash-split16.ts).
  */
-export function flashDirectForwardKernel(node: Node, inputs: readonly Node[], target: Target, lse?: Node, reads: FlashReads = directReads(node), split?: FlashSplit): Kernel {
+export function flashDirectForwardKernel(node: Node, inputs: readonly Node[], target: Target, lse?: Node, reads: FlashReads = directReads(node), split?: SplitCounts): Kernel {
   const [q, k, v] = inputs;
   const g = attentionGeometry(node, q, k, v, undefined);
   const operands = directOperands(reads, inputs, [0, 1, 2], g.H);
@@ -75,7 +64,7 @@ export function flashDirectForwardKernel(node: Node, inputs: readonly Node[], ta
   const SS = scratchStride32(keys);
   const SP = scratchStride16(keys);
   const range = (n: number) => Array.from({ length: n }, (_, i) => i);
-  const scores = productToScratch(sOps, 's', (t) => `q_${t}`, ok, 'kb', g.D, keys, 'tile_s', SS, split && { left: (t) => `ql_${t}`, right: split.k });
+  const scores = productToScratch(sOps, 's', (t) => `q_${t}`, ok, 'kb', g.D, keys, 'tile_s', SS, split && { left: (t) => `ql_${t}`, right: split[1] });
   // Split: P, scaled by 2^P_SCALE (f16's normal range then reaches far below any weight that counts), in two halves
   // of tile_p: hi, then lo from PL.
   const PL = DIRECT_ROWS * SP;
@@ -92,7 +81,7 @@ export function flashDirectForwardKernel(node: Node, inputs: readonly Node[], ta
   const unscaled = split ? ' * row_sq[r] * tile_sk[j]' : '';
   const keyFactors = split
     ? `
-    for (var c = lane; c < ${U(keys)}; c += lanes) { tile_sk[c] = pow2(-i32(f32(${ok.binding}[${U(2 * split.k)} + bh * ${U(g.Sk)} + jc + c]))); }`
+    for (var c = lane; c < ${U(keys)}; c += lanes) { tile_sk[c] = pow2(-i32(f32(${ok.binding}[${U(2 * split[1])} + bh * ${U(g.Sk)} + jc + c]))); }`
     : '';
   const keyLoop = (lines: string[]) => [`for (var j = part; j < ${U(keys)}; j += parts) {`, `  let s = tile_s[r * ${U(SS)} + j]${unscaled} * ${f32Lit(g.scale)};`, '  let counted = jc + j >= j0;', ...lines.map((l) => `  ${l}`), '}'];
   const slot = `part * ${U(DIRECT_ROWS)} + r`;
@@ -122,7 +111,7 @@ ${laneRows(rows)}
     : ['let p = f16(select(0.0f, exp_flash(s - mx), counted));', `tile_p[r * ${U(SP)} + j] = p;`, 'l += f32(p);'];
   const pass2 = pass(
     ['let mx = row_m[r];', `var l = part_l[${slot}];`, ...keyLoop(weights), `part_l[${slot}] = l;`],
-    `\n${indent(accumulateRows(oOps, 'o', 'tile_p', SP, ov, 'vb', g.Dv, keys, split && { left: PL, right: split.v }))}`,
+    `\n${indent(accumulateRows(oOps, 'o', 'tile_p', SP, ov, 'vb', g.Dv, keys, split && { left: PL, right: split[2] }))}`,
   );
   // A row's statistic from its parts' slots, in part order (the previous barrier ordered their writes).
   const combine = (row: string, slots: string, op: (a: string, b: string) => string) => `  for (var r = lane; r < ${U(DIRECT_ROWS)}; r += lanes) {
@@ -148,7 +137,7 @@ ${laneRows(rows)}
   }${
     split
       ? `
-  for (var r = lane; r < ${U(DIRECT_ROWS)}; r += lanes) { row_sq[r] = pow2(-i32(f32(${oq.binding}[${U(2 * split.q)} + bh * ${U(g.Sq)} + ra + r]))); }`
+  for (var r = lane; r < ${U(DIRECT_ROWS)}; r += lanes) { row_sq[r] = pow2(-i32(f32(${oq.binding}[${U(2 * split[0])} + bh * ${U(g.Sq)} + ra + r]))); }`
       : ''
   }
 ${range(g.D / 8)
@@ -156,7 +145,7 @@ ${range(g.D / 8)
   .join('\n')}${
     split
       ? `\n${range(g.D / 8)
-          .map((t) => `  let ql_${t} = ${sOps.loadLeft(oq.binding, `${U(split.q)} + qb + ${U(8 * t)}`, U(oq.stride))};`)
+          .map((t) => `  let ql_${t} = ${sOps.loadLeft(oq.binding, `${U(split[0])} + qb + ${U(8 * t)}`, U(oq.stride))};`)
           .join('\n')}`
       : ''
   }
@@ -170,7 +159,7 @@ ${pass2}
 ${combine('row_l', 'part_l', (a, b) => `${a} + ${b}`)}
 ${fragmentsOut(oOps, 'o', g.Dv / 8, 'tile_s', keys, SS, 'out_0', g.Sq, g.Dv, (x, col) =>
   // Split: P's 2^P_SCALE and v's column exponent come off (each factor a normal f32) before / l.
-  split ? `${x} * ${f32Lit(2 ** -P_SCALE)} * pow2(-i32(f32(${ov.binding}[${U(2 * split.v)} + bh * ${U(g.Dv)} + ${col}]))) / row_l[r]` : `${x} / row_l[r]`,
+  split ? `${x} * ${f32Lit(2 ** -P_SCALE)} * pow2(-i32(f32(${ov.binding}[${U(2 * split[2])} + bh * ${U(g.Dv)} + ${col}]))) / row_l[r]` : `${x} / row_l[r]`,
 )}${storeLse}`;
   const main = `${EXP_FLASH}
 

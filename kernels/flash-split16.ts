@@ -20,22 +20,20 @@
 // (test/kernels/flash-split16.test.ts). No mask, head dims multiples of 8, at least 16 queries and keys; the f16
 // operands of autocast take the f16 kernels instead. Operands read through views (a ViT's heads split from its fused
 // projection, q pre-scaled: kernels/attention.ts) are read so by the splits, which store them plain for the rest.
-import type { KernelChain, Target } from '../compiler/codegen/types.js';
+import type { Kernel, KernelChain, Target } from '../compiler/codegen/types.js';
 import { isExactHalf } from '../compiler/codegen/half.js';
 import { numel, type Graph, type Node } from '../compiler/ir/graph.js';
 import { attentionGeometry, directReads } from './flash-common.js';
-import { DIRECT_ROWS } from './flash-direct-common.js';
+import { DIRECT_ROWS, type SplitCounts } from './flash-direct-common.js';
 import { flashDirectForwardKernel } from './flash-direct.js';
-import { directGradLoads, flashDirectBackwardKernel, type FlashGradSplit } from './flash-direct-backward.js';
+import { directGradLoads, flashDirectBackwardKernel } from './flash-direct-backward.js';
 import { gradOf } from './flash-sgmat-backward.js';
 import { attrNum } from '../compiler/ir/rules/shape.js';
 import { halfDecl, splitKernel, type SplitSource } from './matmul-split16.js';
 import { sgmatConfig } from './sgmat.js';
 
-/** Scratch placeholders: q's, k's and v's splits. */
-const SPLIT_Q = -1;
-const SPLIT_K = -2;
-const SPLIT_V = -3;
+/** The scratch placeholder of the split of input `slot` (q, k, v, g: -1 … -4). */
+const splitRef = (slot: number): number => -1 - slot;
 
 /** Why the f32 attention forward `node` (with its attention_lse `sibling`) cannot run split on `target`, or undefined. */
 export function flashSplitUnfit(graph: Graph, node: Node, target: Target, sibling?: Node): string | undefined {
@@ -69,15 +67,9 @@ export type SplitSources = (slot: number) => SplitSource | undefined;
  */
 export function flashSplitChain(graph: Graph, node: Node, target: Target, sibling?: Node, sources?: SplitSources): KernelChain {
   const inputs = node.inputs.map((i) => graph.node(i));
-  const [q, k, v] = inputs;
-  const split = (slot: number, along: 'rows' | 'cols', ref: number) => splitKernel(node, inputs[slot], along, ref, target, sources?.(slot));
-  const splits = [split(0, 'rows', SPLIT_Q), split(1, 'rows', SPLIT_K), split(2, 'cols', SPLIT_V)];
-  const forward = flashDirectForwardKernel(node, [q, k, v], target, sibling, directReads(node), { q: numel(q.shape), k: numel(k.shape), v: numel(v.shape) });
-  // It binds the splits in q's, k's and v's places, as the f16 arrays they are.
-  const refs = [SPLIT_Q, SPLIT_K, SPLIT_V];
-  const bindings = forward.bindings.map((b, i) => (i < 3 ? { ...b, value: refs[i] } : b));
-  const wgsl = [0, 1, 2].reduce((w, i) => halfDecl(w, i, 'read'), forward.wgsl);
-  return { kernels: [...splits.map((s) => s.kernel), { ...forward, bindings, wgsl }], scratch: splits.map((s) => s.scratch) };
+  // q and k split per row, v per column of each (batch, head).
+  const forward = flashDirectForwardKernel(node, inputs.slice(0, 3), target, sibling, directReads(node), splitCounts(inputs, 3));
+  return splitChain(node, inputs, target, [0, 1, 2], (slot) => (slot === 2 ? 'cols' : 'rows'), forward, sources);
 }
 
 /**
@@ -101,14 +93,20 @@ export function flashSplitGradUnfit(graph: Graph, node: Node, target: Target, si
  */
 export function flashSplitGradChain(graph: Graph, node: Node, target: Target, sibling?: Node, sources?: SplitSources): KernelChain {
   const inputs = node.inputs.map((i) => graph.node(i));
-  const loads = directGradLoads(gradOf(node, sibling)!);
-  // Scratch placeholders -1 … -4 by slot (q, k, v, g).
-  const ref = (slot: number) => -1 - slot;
-  const splits = loads.map((slot) => splitKernel(node, inputs[slot], 'rows', ref(slot), target, sources?.(slot)));
-  const counts: FlashGradSplit = inputs.slice(0, 4).map((x) => numel(x.shape));
-  const kernel = flashDirectBackwardKernel(node, inputs, target, sibling, directReads(node), counts);
-  // It binds the splits in the loaded operands' places, as the f16 arrays they are.
-  const bindings = kernel.bindings.map((b, i) => (loads.includes(i) ? { ...b, value: ref(i) } : b));
-  const wgsl = loads.reduce((w, i) => halfDecl(w, i, 'read'), kernel.wgsl);
+  const kernel = flashDirectBackwardKernel(node, inputs, target, sibling, directReads(node), splitCounts(inputs, 4));
+  return splitChain(node, inputs, target, directGradLoads(gradOf(node, sibling)!), () => 'rows', kernel, sources);
+}
+
+/** The element counts of the first `n` inputs: where each split's lo part starts. */
+const splitCounts = (inputs: readonly Node[], n: number): SplitCounts => inputs.slice(0, n).map((x) => numel(x.shape));
+
+/**
+ * The splits of the inputs `slots` (along `along(slot)`), then `kernel` binding them in those inputs' places, as the
+ * f16 arrays they are.
+ */
+function splitChain(node: Node, inputs: readonly Node[], target: Target, slots: readonly number[], along: (slot: number) => 'rows' | 'cols', kernel: Kernel, sources?: SplitSources): KernelChain {
+  const splits = slots.map((slot) => splitKernel(node, inputs[slot], along(slot), splitRef(slot), target, sources?.(slot)));
+  const bindings = kernel.bindings.map((b, i) => (slots.includes(i) ? { ...b, value: splitRef(i) } : b));
+  const wgsl = slots.reduce((w, i) => halfDecl(w, i, 'read'), kernel.wgsl);
   return { kernels: [...splits.map((x) => x.kernel), { ...kernel, bindings, wgsl }], scratch: splits.map((x) => x.scratch) };
 }

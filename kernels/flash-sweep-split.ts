@@ -155,8 +155,7 @@ export function keySumKernel(node: Node, lse: Node | undefined, chunks: number, 
 export function gradSumKernel(outs: readonly Node[], chunks: number, target: Target): Kernel {
   const U = u32Lit;
   const sizes = outs.map((o) => numel(o.shape));
-  const sum = (base: number, n: number, at: string) =>
-    Array.from({ length: chunks }, (_, c) => `part[${U(base + c * n)} + ${at}]`).reduce((acc, x, c) => (c === 0 ? x : `${acc} + ${x}`), '');
+  const sum = (base: number, n: number, at: string) => Array.from({ length: chunks }, (_, c) => `part[${U(base + c * n)} + ${at}]`).join(' + ');
   const lines =
     sizes.length === 1
       ? [`out_0[i] = ${sum(0, sizes[0], 'i')};`]
