@@ -94,6 +94,7 @@ function program(): Command {
     .option('--tuning <profile>', TUNING_HELP)
     .option('--f64', 'write outputs as float64 (default float32)')
     .option('--kernels <which>', KERNELS_HELP, 'auto')
+    .option('--set <json>', SET_HELP)
     .action(async (bundle: string, opts: import('./commands/run.js').RunOptions) => {
       process.exitCode = await (await import('./commands/run.js')).runRun(bundle, opts);
     });

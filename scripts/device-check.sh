@@ -9,7 +9,8 @@
 # references; Dawn's robustness transform on and off (the default programs, the tensor-core ceilings of
 # scripts/sgmat-ceiling.mjs); the tile and staging sweep (scripts/tune-sgmat.mjs); PyTorch's times for the bench
 # shapes; the bench rows with tfjs-webgpu on the same device (and again with robustness off); the
-# whole test suite on this GPU; last every primitive op against PyTorch (scripts/oracle-fuzz.py, fp16 then f32).
+# whole test suite on this GPU; last every primitive op against PyTorch (scripts/oracle-fuzz.py, fp16 then f32; model-sized
+# cases with the candidates forced on and under the profile).
 # `visft tune` (tune-profile) measures the kernels' equivalent forms and Dawn's robustness toggles on this GPU and
 # writes the tuning profile (/tmp/visft-tuning/profile.json, kept on the machine while it stays warm, so a second
 # call's bench-tuned finds it; copied to $OUT) that bench-tuned then applies; every other step runs without a
@@ -47,17 +48,8 @@ SGMAT_TESTS=${SGMAT_TESTS:-"dist/test/kernels/matmul-sgmat.test.js dist/test/ker
 step sgmat-test 90 node --test --test-reporter=spec $SGMAT_TESTS
 TUNE_PROFILE_SECS=${TUNE_PROFILE_SECS:-240}
 step tune-profile "$TUNE_PROFILE_SECS" node bin/visft.js tune ${TUNE_GROUPS:+--groups "$TUNE_GROUPS"} ${TUNE_ROWS:+--rows "$TUNE_ROWS"} ${TUNE_FROM:+--from "$TUNE_FROM"} --seconds $((TUNE_PROFILE_SECS - 30)) --out "$PROFILE"
-# The same on a whole program: EVA-G's stage-2 training step under fp16 (forward and the LoRA gradients, one
-# 224x224 image), compiled here, with seeded weights; its profile goes beside the other (not applied by later steps).
-# Where EVA-G's stage-2 fp16 training step spends its time on this GPU, kernel by kernel, under the profile that
-# applies (the shipped one where the driver matches)
-# (tune-profile's when it wrote one) applies: what to work on next. profile-model-direct: the same with the
-# tensor-core kernels that load from storage forced on (visft profile --set), whatever the tuner adopted.
 EVA_STEP='test -f /tmp/visft-eva-g-step.visftx || node bin/visft.js compile pipelines/visft_eva_g.visft --entry eva --stage stage2 --vjp --precision fp16 --shape image=1x3x224x224 -o /tmp/visft-eva-g-step.visftx'
 STEP_TUNING='$(test -f /tmp/visft-tuning/profile.json && echo /tmp/visft-tuning/profile.json || echo auto)'
-step profile-model 90 bash -c "$EVA_STEP && node bin/visft.js profile /tmp/visft-eva-g-step.visftx --tuning $STEP_TUNING --repeat 3 --top 20"
-step profile-model-direct 90 bash -c "$EVA_STEP && node bin/visft.js profile /tmp/visft-eva-g-step.visftx --tuning $STEP_TUNING --set '{\"sgmatDirect\": true, \"flashDirect\": true, \"flashDirectGrad\": true}' --repeat 3 --top 20"
-step tune-model 200 bash -c 'node bin/visft.js compile pipelines/visft_eva_g.visft --entry eva --stage stage2 --vjp --precision fp16 --shape image=1x3x224x224 -o /tmp/visft-eva-g-step.visftx && node bin/visft.js tune /tmp/visft-eva-g-step.visftx --seconds 150 --groups "dawn robustness,matmul K split target,f32 flash attention forward,f16 attention on tensor cores,f16 matmul from storage,f16 matmul tensor-core tiles" --out /tmp/visft-tuning/eva-g-step.json'
 # Dawn's robustness transform clamps every array index in our shaders and wraps every subgroup-matrix load and
 # store whose offset is not constant in an if, through a function-scope variable (Tint's core.Robustness with
 # predicate_subgroup_matrix): every measurement up to session 10 ran with it. First the default programs on a
@@ -81,6 +73,15 @@ CANDIDATES='{"sgmatDirect": true, "f32TensorCores": true, "flashDirect": true, "
 # In two steps, the f16 goals' rows first, so a slow row costs only its own step's.
 step bench-candidates 120 bash -c "node bin/visft.js bench --json --repeat 10 --rows matmul_f16,attention_fwd_f16_evag,attention_vjp_f16_evag --tuning $STEP_TUNING --set '$CANDIDATES'"
 step bench-candidates-f32 120 bash -c "node bin/visft.js bench --json --repeat 10 --rows matmul_f32,attention_fwd_evag,attention_vjp_evag --tuning $STEP_TUNING --set '$CANDIDATES'"
+# Where EVA-G's stage-2 fp16 training step (forward and the LoRA gradients, one 224x224 image, compiled here, seeded
+# weights) spends its time on this GPU, kernel by kernel, under the profile that applies (tune-profile's when it
+# wrote one, else the shipped one where the driver matches): what to work on next. profile-model-direct: the same
+# with the tensor-core kernels that load from storage forced on (visft profile --set), whatever the tuner adopted.
+# tune-model: visft tune on that step as a whole (its profile comes back beside the other, applied by no later step).
+# After the bench rows since session 17: the goals' numbers come first when the budget runs short.
+step profile-model 90 bash -c "$EVA_STEP && node bin/visft.js profile /tmp/visft-eva-g-step.visftx --tuning $STEP_TUNING --repeat 3 --top 20"
+step profile-model-direct 90 bash -c "$EVA_STEP && node bin/visft.js profile /tmp/visft-eva-g-step.visftx --tuning $STEP_TUNING --set '{\"sgmatDirect\": true, \"flashDirect\": true, \"flashDirectGrad\": true}' --repeat 3 --top 20"
+step tune-model 200 bash -c 'node bin/visft.js compile pipelines/visft_eva_g.visft --entry eva --stage stage2 --vjp --precision fp16 --shape image=1x3x224x224 -o /tmp/visft-eva-g-step.visftx && node bin/visft.js tune /tmp/visft-eva-g-step.visftx --seconds 150 --groups "dawn robustness,matmul K split target,f32 flash attention forward,f16 attention on tensor cores,f16 matmul from storage,f16 matmul tensor-core tiles" --out /tmp/visft-tuning/eva-g-step.json'
 # How many workgroups of the f32 flash kernels and the matmuls run at once (their times over growing grids), under the
 # profile that applies: whether a last wave runs nearly empty (the sweep split's premise) and what the splits should
 # aim at. After the bench, so that a short budget cuts this first.
@@ -91,6 +92,11 @@ step all-tests 90 node --test --test-reporter=dot $(find dist/test -name '*.test
 python3 -c 'import torch, numpy' 2>/dev/null && step oracle-fuzz-fp16 60 python3 scripts/oracle-fuzz.py --precision fp16 --cases 30 --seed 7 -v
 # The same ops under the profile tune-profile wrote (its toggles and kernel choices: the tuner checked only its rows).
 [[ -f "$PROFILE" ]] && python3 -c 'import torch, numpy' 2>/dev/null && step oracle-fuzz-tuned 90 env VISFT_TUNING="$PROFILE" python3 scripts/oracle-fuzz.py --cases 60 --seed 9 -v
+# Model-sized cases (several tiles; EVA's widths and head dims; the pixel decoder) against PyTorch: the candidates of
+# sessions 14-16 forced on (f32, then fp16 autocast), then under the profile that applies.
+MODEL_OPS=matmul_model,attention_model,msdeform_model
+python3 -c 'import torch, numpy' 2>/dev/null && step oracle-fuzz-candidates 120 bash -c "python3 scripts/oracle-fuzz.py --ops $MODEL_OPS --cases 12 --seed 12 --set '$CANDIDATES' -v; f32=\$?; python3 scripts/oracle-fuzz.py --precision fp16 --ops $MODEL_OPS --cases 12 --seed 13 --set '$CANDIDATES' -v && exit \$f32"
+python3 -c 'import torch, numpy' 2>/dev/null && step oracle-fuzz-model 90 bash -c "VISFT_TUNING=$STEP_TUNING python3 scripts/oracle-fuzz.py --ops $MODEL_OPS --cases 18 --seed 11 -v"
 python3 -c 'import torch, numpy' 2>/dev/null && step oracle-fuzz 150 python3 scripts/oracle-fuzz.py --cases 147 --seed 7 -v
 kill %1 2>/dev/null
 [[ -f "$PROFILE" ]] && cp "$PROFILE" "$LOGS/tuning-profile.json" && cp "$PROFILE" "$OUT/tuning-profile.json"

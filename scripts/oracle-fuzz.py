@@ -2,7 +2,7 @@
 # Oracle fuzz of visft's primitive ops through the CLI against PyTorch float64.
 #
 #   /usr/bin/python3 scripts/oracle-fuzz.py [--ops a,b] [--cases N] [--seed S] [--backend gpu|cpu] [--repo DIR]
-#                                           [--only I] [--work DIR] [--precision fp32|fp16|bf16]
+#                                           [--only I] [--work DIR] [--precision fp32|fp16|bf16] [--set JSON]
 #
 # Each case draws random shapes and attributes, runs `visft compile --op OP ... [--vjp]` and `visft run`, and
 # compares every output (and every d:<input> gradient) with PyTorch float64 on the same float32-rounded inputs.
@@ -13,6 +13,9 @@
 # same rounding done in PyTorch: matmul, attention and conv2d operands and results rounded to the half type
 # (gradients too: the gradient of a rounding is a rounding), bias and everything else in float64; patchify and
 # lstm_cell hold such ops. Of the other ops, none is rounded (a CPU-backend run over all of them agrees to 1e-9).
+# --ops matmul_model,attention_model,msdeform_model draws model-sized cases (several tiles; EVA's widths and head
+# dims; Mask2Former's pixel decoder), which the default set leaves out; --set JSON passes kernel choices to every
+# GPU run (`visft run --set`), e.g. the tuner's candidates, to check them against PyTorch too.
 import argparse, json, math, os, random, struct, subprocess, sys, zlib
 import numpy as np, torch
 import torch.nn.functional as F
@@ -235,6 +238,20 @@ def case_matmul(r):
         a = rnd(r, K)
     if r.random() < 0.15:
         b = rnd(r, K)
+    return matmul_case(r, a, b)
+
+
+def case_matmul_model(r):
+    """The backbones' products: token rows by EVA's widths (or a LoRA rank), sizes off the tiles by a little."""
+    while True:
+        M = r.choice([r.randint(60, 700), 256, 324])
+        K, N = r.choice([88, 96, 1408, 1792, 6144, r.randint(100, 2000)]), r.choice([8, 96, 1408, 4224, r.randint(100, 2000)])
+        if M * N * K <= 6e8:
+            break
+    return matmul_case(r, rnd(r, M, K), rnd(r, K, N))
+
+
+def matmul_case(r, a, b):
     return Case('matmul', {'a': a, 'b': b}, lambda v: v['a'] @ v['b'], vjp=r.random() < 0.6,
                 amp=lambda v, R: R(R(v['a']) @ R(v['b'])))
 
@@ -476,6 +493,18 @@ def case_attention(r):
     B, H = r.randint(1, 2), r.randint(1, 3)
     Sq, Sk = r.randint(1, 40), r.randint(1, 40)
     D = r.choice([1, 3, 8, 24, 33, 64]); Dv = r.choice([D, D, r.randint(1, 40)])
+    return attention_case(r, B, H, Sq, Sk, D, Dv)
+
+
+def case_attention_model(r):
+    """The models' head dims (EVA-G 88, EVA-E 112, 64, 128 and more) over several tiles of queries and keys."""
+    Sq = r.randint(60, 700)
+    Sk = Sq if r.random() < 0.5 else r.randint(60, 700)
+    D = r.choice([64, 88, 112, 128, 160, 256])
+    return attention_case(r, 1, r.randint(1, 2), Sq, Sk, D, r.choice([D, D, D, r.randint(20, 130)]))
+
+
+def attention_case(r, B, H, Sq, Sk, D, Dv):
     ins = {'q': rnd(r, B, H, Sq, D, scale=r.choice([0.5, 1, 3])), 'k': rnd(r, B, H, Sk, D), 'v': rnd(r, B, H, Sk, Dv)}
     if r.random() < 0.3:
         ms = [r.choice([1, B]), r.choice([1, H]), r.choice([1, Sq]), Sk]
@@ -516,7 +545,19 @@ def case_msdeform(r):
     L = r.randint(1, 4)
     levels = [(r.randint(1, 12), r.randint(1, 12)) for _ in range(L)]
     Lq, P = r.randint(1, 40), r.randint(1, 5)
-    S = sum(h * w for h, w in levels)
+    return msdeform_case(r, N_, M, Dh, levels, Lq, P)
+
+
+def case_msdeform_model(r):
+    """Mask2Former's pixel decoder: 8 heads of 32 (or 4 of 64), 4 points, a pyramid of 1 to 4 levels."""
+    M, Dh = r.choice([(8, 32), (8, 32), (4, 64), (8, 16)])
+    top = (r.randint(16, 64), r.randint(16, 64))
+    levels = [(max(1, top[0] >> l), max(1, top[1] >> l)) for l in range(r.randint(1, 4))]
+    return msdeform_case(r, 1, M, Dh, levels, r.randint(100, 1200), r.choice([4, 4, 8]))
+
+
+def msdeform_case(r, N_, M, Dh, levels, Lq, P):
+    L, S = len(levels), sum(h * w for h, w in levels)
     ins = {'value': rnd(r, N_, S, M, Dh), 'sampling_locations': urand(r, N_, Lq, M, L, P, 2, lo=-0.2, hi=1.2),
            'attention_weights': urand(r, N_, Lq, M, L, P)}
     attrs = ['levels=' + ','.join('%dx%d' % hw for hw in levels)]
@@ -641,6 +682,9 @@ GENERATORS = {
     'transpose': case_transpose, 'flatten': case_flatten, 'unsqueeze': case_unsqueeze, 'expand': case_expand,
     'full': case_full, 'lstm_cell': case_lstm, 'concat': case_concat,
 }
+# Model-sized cases, drawn only when named in --ops: slower on a software adapter (seconds each), and on a GPU the
+# shapes where the tuned and tensor-core kernels take over (several tiles, the models' head dims and widths).
+MODEL_GENERATORS = {'matmul_model': case_matmul_model, 'attention_model': case_attention_model, 'msdeform_model': case_msdeform_model}
 
 
 # ---------------------------------------------------------------- safetensors (the python module is absent)
@@ -766,7 +810,7 @@ def run_case(args, case, tag):
         st_write(fw, case.ins)
         st_write(fi, seeds)
         wts = ['--weights', fw]
-    ra = ['run', b, *wts, '--inputs', fi, '--outputs', fo, '--backend', args.backend] + (['--f64'] if args.backend == 'cpu' else [])
+    ra = ['run', b, *wts, '--inputs', fi, '--outputs', fo, '--backend', args.backend] + (['--f64'] if args.backend == 'cpu' else []) + (['--set', args.set] if args.set else [])
     cli(args.repo, *ra)
     got = st_read(fo)
     tol = TOL_CPU if args.backend == 'cpu' else {**TOL_GPU, **LOOSE_GPU.get(case.op, {})}
@@ -818,14 +862,18 @@ def main():
     ap.add_argument('--repo', default=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     ap.add_argument('--only', type=int, help='run case I alone (same shapes as in the full run)')
     ap.add_argument('--work', help='where case files go (default /tmp/visft-oracle-fuzz/s<seed>-<backend>)')
+    ap.add_argument('--set', help="kernel choices for the GPU runs, as JSON (visft run --set), e.g. '{\"flashSweepSplit\": 1056}'")
     ap.add_argument('-v', '--verbose', action='store_true', help='print the commands of failing cases')
     args = ap.parse_args()
     args.ops = args.ops or ','.join(GENERATORS if args.precision == 'fp32' else HALF_OPS)
     ops = args.ops.split(',')
     args.cases = args.cases or len(ops)
-    unknown = [o for o in ops if o not in GENERATORS]
+    generators = {**GENERATORS, **MODEL_GENERATORS}
+    unknown = [o for o in ops if o not in generators]
     if unknown:
-        ap.error('no generator for %s (have: %s)' % (', '.join(unknown), ', '.join(GENERATORS)))
+        ap.error('no generator for %s (have: %s)' % (', '.join(unknown), ', '.join(generators)))
+    if args.set and args.backend != 'gpu':
+        ap.error('--set chooses GPU kernels: not with --backend cpu')
     args.work = args.work or '/tmp/visft-oracle-fuzz/s%d-%s-%s' % (args.seed, args.backend, args.precision)
     os.makedirs(args.work, exist_ok=True)
     torch.manual_seed(args.seed)
@@ -834,7 +882,7 @@ def main():
     for i in idx:
         op = ops[i % len(ops)]
         r = random.Random(zlib.crc32(('%d/%s/%d' % (args.seed, op, i)).encode()))
-        case = GENERATORS[op](r)
+        case = generators[op](r)
         head = '[%d] %s' % (i, case.desc())
         try:
             problems, worst, ca, ra = run_case(args, case, '%s-%d' % (op, i))
@@ -846,7 +894,7 @@ def main():
             fails += 1
             print('ERR  ' + head + '\n     ' + str(e)[-1200:].replace('\n', '\n     '), flush=True)
     n = len(idx)
-    print('%d of %d cases failed (seed %d, backend %s, precision %s, --ops %s)' % (fails, n, args.seed, args.backend, args.precision, args.ops if args.ops != ','.join(GENERATORS) else 'all'))
+    print('%d of %d cases failed (seed %d, backend %s, precision %s, --ops %s%s)' % (fails, n, args.seed, args.backend, args.precision, args.ops if args.ops != ','.join(GENERATORS) else 'all', ', --set ' + args.set if args.set else ''))
     return 1 if fails else 0
 
 

@@ -10,6 +10,7 @@ import { RunError } from '../../compiler/ir/interpret.js';
 import { loadInputs, loadWeights, runCpu, RunInputError } from '../../runtime/run-cpu.js';
 import { fromNumbers, writeSafetensors, WeightsFormatError, WeightMismatchError, UnsafePickleError, PickleError, ZipError } from '../../runtime/weights/index.js';
 import { kernelChoiceArg } from './bundle-args.js';
+import { tuningSetArg, tuningSetLine } from './tuning-set.js';
 import { fileErrorLine, UsageError } from './errors.js';
 
 export interface RunOptions {
@@ -22,6 +23,8 @@ export interface RunOptions {
   tuning?: string;
   f64?: boolean;
   kernels?: string;
+  /** Kernel choices over the tuning profile's, as JSON (`--set`). */
+  set?: string;
 }
 
 /** `f()`, its memory-plan errors saying which adapter the bundle does not fit. */
@@ -38,6 +41,9 @@ export async function runRun(bundleFile: string, opts: RunOptions): Promise<numb
   if (!opts.inputs || !opts.outputs) throw new UsageError('run needs --inputs I.safetensors and --outputs O.safetensors');
   if (opts.backend !== 'cpu' && opts.backend !== 'gpu') throw new UsageError(`--backend is cpu or gpu, not '${opts.backend}'`);
   const kernels = kernelChoiceArg(opts.kernels);
+  const tuningSet = tuningSetArg(opts.set);
+  if (tuningSet && opts.backend === 'cpu') throw new UsageError('--set chooses GPU kernels; --backend cpu runs the float64 reference, which has none');
+  if (tuningSet && kernels === 'bundle') throw new UsageError("--set chooses the kernels scheduled here; --kernels bundle runs the bundle's own");
   try {
     let text: string;
     try {
@@ -55,8 +61,9 @@ export async function runRun(bundleFile: string, opts: RunOptions): Promise<numb
       outputs = runCpu(graph, inputs, params);
     } else {
       if (!bundle.gpu) throw new BundleError(`${bundleFile} has no GPU kernels: compile it with this visft`);
-      const gpu = await openDevice({ adapter: opts.adapter, tuning: opts.tuning });
+      const gpu = await openDevice({ adapter: opts.adapter, tuning: opts.tuning, tuningSet });
       if (gpu.tuningProfile) process.stderr.write(`visft: tuning profile ${describeProfile(profileSummary(gpu.tuningProfile))}\n`);
+      if (tuningSet) process.stderr.write(`visft: ${tuningSetLine(tuningSet, !!gpu.tuningProfile)}\n`);
       try {
         const { program, rescheduled } = fitted(gpu.target.name, () => bundleProgramFor(bundle, graph, bundleFile, gpu.target, kernels));
         if (rescheduled) process.stdout.write(`kernels: ${program.schedule.kernels.length} scheduled for ${gpu.target.name} (${rescheduled})\n`);

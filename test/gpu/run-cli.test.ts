@@ -18,10 +18,10 @@ after(() => rmSync(dir, { recursive: true, force: true }));
 const cli = (...args: string[]) => spawnSync(process.execPath, [bin, ...args], { encoding: 'utf8', timeout: 180_000 });
 
 /**
- * Compiles the op (with `extra` compile options), runs it on the GPU and on the CPU, and compares every output
- * within `tol` of its scale; returns the GPU run's stdout.
+ * Compiles the op (with `extra` compile options), runs it on the GPU (with `gpuArgs` run options) and on the CPU,
+ * and compares every output within `tol` of its scale; returns the GPU run's stdout and stderr.
  */
-function compareRuns(op: string, shapes: Record<string, number[]>, attrs: string[], values: (name: string, i: number) => number, extra: string[] = [], tol = 1e-5): string {
+function compareRuns(op: string, shapes: Record<string, number[]>, attrs: string[], values: (name: string, i: number) => number, extra: string[] = [], tol = 1e-5, gpuArgs: string[] = []): { stdout: string; stderr: string } {
   const bundle = join(dir, `${op}.visftx`);
   const c = cli('compile', '--op', op, '--vjp', ...extra, '--shape', ...Object.entries(shapes).map(([k, s]) => `${k}=${s.join('x')}`), ...(attrs.length ? ['--attr', ...attrs] : []), '-o', bundle);
   assert.equal(c.status, 0, c.stderr);
@@ -31,9 +31,9 @@ function compareRuns(op: string, shapes: Record<string, number[]>, attrs: string
   writeSafetensors(file, new Map(Object.entries(inputs).map(([k, s]) => [k, fromNumbers('f32', s, Array.from({ length: s.reduce((a, b) => a * b, 1) }, (_, i) => values(k, i)))])));
   const runs = (['gpu', 'cpu'] as const).map((backend) => {
     const out = join(dir, `${op}-${backend}.safetensors`);
-    const r = cli('run', bundle, '--inputs', file, '--outputs', out, '--backend', backend);
+    const r = cli('run', bundle, '--inputs', file, '--outputs', out, '--backend', backend, ...(backend === 'gpu' ? gpuArgs : []));
     assert.equal(r.status, 0, `${backend}: ${r.stderr}${r.error ?? ''}`);
-    return { stdout: r.stdout, tensors: readSafetensors(out).tensors };
+    return { stdout: r.stdout, stderr: r.stderr, tensors: readSafetensors(out).tensors };
   });
   const [gpu, cpu] = runs;
   if (extra.includes('fp16')) {
@@ -47,12 +47,15 @@ function compareRuns(op: string, shapes: Record<string, number[]>, attrs: string
     const worst = Math.max(...a.map((x, i) => Math.abs(x - b[i])));
     assert.ok(worst <= tol * scale, `${op} ${name}: GPU differs from the reference by ${worst} (scale ${scale})`);
   }
-  return gpu.stdout;
+  return { stdout: gpu.stdout, stderr: gpu.stderr };
 }
+
+/** The number of kernels a run's stdout says it scheduled for the adapter. */
+const scheduledCount = (stdout: string): number => Number(/^kernels: (\d+) scheduled for /m.exec(stdout)?.[1]);
 
 test('attention (head dim 88, 11 queries, 47 keys) forward and backward: a portable bundle is rescheduled and matches the reference', () => {
   const rand = makeRng(7);
-  const out = compareRuns('attention', { q: [1, 2, 11, 88], k: [1, 2, 47, 88], v: [1, 2, 47, 88] }, [], () => rand() * 4 - 2);
+  const { stdout: out } = compareRuns('attention', { q: [1, 2, 11, 88], k: [1, 2, 47, 88], v: [1, 2, 47, 88] }, [], () => rand() * 4 - 2);
   assert.match(out, /^kernels: \d+ scheduled for .+ \(the bundle's are for 'portable'\)$/m);
 });
 
@@ -85,6 +88,28 @@ test('msdeform_attn over two levels, points outside the map, forward and backwar
   const S = levels.reduce((a, [h, w]) => a + h * w, 0);
   const values = (name: string) => (name === 'sampling_locations' ? rand() * 1.4 - 0.2 : name === 'attention_weights' ? rand() : rand() * 2 - 1);
   compareRuns('msdeform_attn', { value: [1, S, 2, 8], sampling_locations: [1, 9, 2, 2, 3, 2], attention_weights: [1, 9, 2, 2, 3] }, [`levels=${levels.map((l) => l.join('x')).join(',')}`], values);
+});
+
+test('run --set: kernel choices over the profile reschedule the bundle here (the sweep split: more kernels) and still match the reference', () => {
+  const shapes = { q: [1, 2, 11, 88], k: [1, 2, 150, 88], v: [1, 2, 150, 88] };
+  const set = '{"flashSweepSplit": 1024}';
+  const rand = makeRng(13);
+  const split = compareRuns('attention', shapes, [], () => rand() * 4 - 2, [], 1e-5, ['--set', set]);
+  assert.match(split.stderr, /^visft: kernel choices set: \{"flashSweepSplit":1024\}$/m);
+  // The same bundle without the choice: the forward and dq each lose their partial-sum kernel.
+  const plain = cli('run', join(dir, 'attention.visftx'), '--inputs', join(dir, 'attention-in.safetensors'), '--outputs', join(dir, 'attention-plain.safetensors'));
+  assert.equal(plain.status, 0, plain.stderr);
+  assert.equal(scheduledCount(split.stdout), scheduledCount(plain.stdout) + 2, `${split.stdout}\n${plain.stdout}`);
+  const usage: [string[], RegExp][] = [
+    [['--set', '{"flashSweepSplit": true}'], /^visft: --set: tuning\.flashSweepSplit: /m],
+    [['--set', set, '--backend', 'cpu'], /^visft: --set chooses GPU kernels; --backend cpu runs the float64 reference/m],
+    [['--set', set, '--kernels', 'bundle'], /^visft: --set chooses the kernels scheduled here; --kernels bundle runs the bundle's own$/m],
+  ];
+  for (const [args, message] of usage) {
+    const r = cli('run', join(dir, 'attention.visftx'), '--inputs', 'i', '--outputs', 'o', ...args);
+    assert.equal(r.status, 2, r.stderr);
+    assert.match(r.stderr, message);
+  }
 });
 
 test('run --kernels takes auto, bundle or device', () => {
