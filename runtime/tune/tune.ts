@@ -1,8 +1,9 @@
 // `visft tune`: measures which of the kernels' equivalent forms (runtime/tune/knobs.ts) are fastest on this
 // adapter and writes a tuning profile (runtime/tune/profile.ts) that every later run on it applies. Greedy, group
 // by group: each option is timed against the configuration adopted so far, in alternating bursts on the rows it
-// changes (runtime/tune/pair-timing.ts); the best is adopted when it is faster overall by a margin, slower on no
-// row by more than noise, its outputs match the default program's, and a second timing confirms it.
+// changes (runtime/tune/pair-timing.ts), and out as soon as one row is slower beyond noise; the best is adopted when
+// it is faster overall by a margin, slower on no row beyond noise, its outputs match the default program's, and a
+// second timing confirms it.
 import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { compileGpu, type GpuProgram } from '../../compiler/codegen/gpu.js';
@@ -152,23 +153,26 @@ export async function runTune(o: TuneOptions): Promise<TuneResult> {
     }
     if (!cases.length) notes.push('nothing to time: no row or bundle is left');
 
-    /** Ratios of `cfg` against the current configuration on `changed` rows; undefined when cut by the deadline. */
+    /**
+     * Ratios of `cfg` against the current configuration on `changed` rows, up to the first row slower than `worst`
+     * (timeUntilLost); undefined when cut by the deadline.
+     */
     const measure = async (cfg: Config, changed: readonly TuneCase[], group: string, option: string, record: boolean): Promise<number[] | undefined> => {
-      const ratios: number[] = [];
-      for (const c of changed) {
+      const ratios = await timeUntilLost(changed, worst, async (c) => {
         if (performance.now() > deadline) return undefined;
         const v = await timedVariant(await deviceFor(cfg.toggles), c, cfg.tuning, undefined, programOf(c, cfg.tuning));
         try {
           const { ms, baseMs } = await timePair(v.timed, (await baselineFor(c)).timed, o.timing);
           const diff = relDiff(await v.timed.outputs(v.outIds), reference.get(c.name)!);
           if (diff > MAX_REL_DIFF[c.dtype]) throw new Error(`its outputs differ from the default program's by ${diff.toExponential(1)} (relative) on ${c.name}`);
-          ratios.push(ms / baseMs);
           if (record) evidence.push({ group, option, row: c.name, ratio: ms / baseMs, relDiff: diff });
           say(`${group} | ${option} | ${c.name}: x${(ms / baseMs).toFixed(3)} (${ms.toFixed(4)} ms against ${baseMs.toFixed(4)} ms), diff ${diff.toExponential(1)}`);
+          return ms / baseMs;
         } finally {
           v.timed.destroy();
         }
-      }
+      });
+      if (ratios && ratios.length < changed.length) say(`${group} | ${option}: out, slower than x${worst} on ${changed[ratios.length - 1].name} (${changed.length - ratios.length} more row(s) not timed)`);
       return ratios;
     };
 
@@ -248,6 +252,22 @@ export async function runTune(o: TuneOptions): Promise<TuneResult> {
     for (const b of baseline.values()) b.timed.destroy();
     for (const d of devices.values()) await d.destroy();
   }
+}
+
+/**
+ * Times `rows` in order, each giving its ratio (option over baseline; undefined: out of time, and so is the result),
+ * and stops after the first ratio above `worst`: `wins` needs every row within it, so the rows left cannot change
+ * the decision, and a lease's minutes go to options that can still win.
+ */
+export async function timeUntilLost<T>(rows: readonly T[], worst: number, time: (row: T) => Promise<number | undefined>): Promise<number[] | undefined> {
+  const ratios: number[] = [];
+  for (const row of rows) {
+    const ratio = await time(row);
+    if (ratio === undefined) return undefined;
+    ratios.push(ratio);
+    if (ratio > worst) break;
+  }
+  return ratios;
 }
 
 /** Whether time ratios (option over baseline, one per row) make a win: faster overall by the threshold, and slower on no row than `worst`. */

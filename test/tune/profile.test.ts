@@ -14,7 +14,7 @@ import { benchRows, rowGraph } from '../../runtime/bench/rows.js';
 import { TUNE_GROUPS, TUNE_ROWS } from '../../runtime/tune/knobs.js';
 import { findProfile, parseProfile, profileFileName, readProfile, SHIPPED_PROFILE_DIR, TUNING_FORMAT, TUNING_VERSION, TuningProfileError, writeProfile, type ProfileAdapter, type TuningProfile } from '../../runtime/tune/profile.js';
 import { validateTuning } from '../../runtime/tune/tuning-schema.js';
-import { bestOption, mergeConfig, wins } from '../../runtime/tune/tune.js';
+import { bestOption, mergeConfig, timeUntilLost, wins } from '../../runtime/tune/tune.js';
 import { Builder } from '../../compiler/ir/builder.js';
 
 const H200: ProfileAdapter = { vendor: 'nvidia', architecture: 'hopper', device: '0x2335', description: 'NVIDIA H200', backend: 'vulkan' };
@@ -178,6 +178,29 @@ test('the tuner adopts the fastest option that wins overall by the threshold and
       const winners = sets.filter((r) => wins(r, 0.97, 1.05));
       assert.equal(best === undefined, winners.length === 0);
       if (best) for (const r of winners) assert.ok(best.score <= Math.exp(r.reduce((a, x) => a + Math.log(x), 0) / r.length) + 1e-12);
+    }),
+  );
+});
+
+test('the tuner stops timing an option at its first row slower than noise, and decides as if it had timed them all', async () => {
+  const calls: number[] = [];
+  const time = async (r: number) => (calls.push(r), r);
+  assert.deepEqual(await timeUntilLost([0.9, 1.2, 0.5, 0.7], 1.05, time), [0.9, 1.2]);
+  assert.deepEqual(calls, [0.9, 1.2], 'the rows after the loss are not timed');
+  assert.deepEqual(await timeUntilLost([0.9, 1.05, 0.5], 1.05, time), [0.9, 1.05, 0.5], 'at the limit is not a loss');
+  assert.equal(await timeUntilLost([0.9, 0.8], 1.05, async (r) => (r < 0.85 ? undefined : r)), undefined, 'out of time');
+  const ratio = fc.double({ min: 0.3, max: 2, noNaN: true });
+  await fc.assert(
+    fc.asyncProperty(fc.array(fc.array(ratio, { minLength: 1, maxLength: 5 }), { maxLength: 6 }), async (sets) => {
+      const cut = await Promise.all(sets.map((rows) => timeUntilLost(rows, 1.05, async (r) => r)));
+      for (const [i, rows] of sets.entries()) {
+        const got = cut[i]!;
+        assert.deepEqual(got, rows.slice(0, got.length), 'a prefix of the rows');
+        assert.ok(got.length === rows.length || got[got.length - 1] > 1.05, 'cut only after a loss');
+        assert.equal(wins(got, 0.97, 1.05), wins(rows, 0.97, 1.05));
+      }
+      const pick = (lists: readonly (readonly number[])[]) => bestOption(lists.map((ratios, i) => ({ i, ratios })), 0.97, 1.05)?.i;
+      assert.equal(pick(cut as number[][]), pick(sets));
     }),
   );
 });
