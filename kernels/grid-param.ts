@@ -24,7 +24,7 @@ export function gridDispatch(n: number, param: number, wg: number, target: Targe
   if (!Number.isInteger(param) || param < 0 || param > gridParamMax(target)) return undefined;
   const z = param + 1;
   const needed = Math.ceil(n / wg);
-  const x = Math.max(1, Math.min(Math.ceil(needed / z), target.limits.maxComputeWorkgroupsPerDimension, Math.floor(2 ** 31 / (z * wg))));
+  const x = Math.max(1, Math.min(Math.ceil(needed / z), target.limits.maxComputeWorkgroupsPerDimension, Math.floor((2 ** 31 - 1) / (z * wg))));
   return [x, 1, z];
 }
 
