@@ -200,6 +200,7 @@ function program(): Command {
     .option('--backend <name>', 'gpu (WebGPU through Dawn) or cpu (the float64 reference; slow)', 'gpu')
     .option('--adapter <name>', 'pick the GPU adapter whose name contains this')
     .option('--tuning <profile>', TUNING_HELP)
+    .option('--set <json>', SET_HELP)
     .option('--tasks <names>', 'train only these tasks (comma-separated), e.g. the caption task of a three-task pipeline')
     .option('--plan', 'print the resolved training plan as JSON and stop')
     .action(async (file: string, opts: import('./commands/train.js').TrainCliOptions) => {

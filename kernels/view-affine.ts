@@ -2,7 +2,9 @@
 // element offset + Σ c_d·stride_d. Permutes, slices, broadcasts (stride 0) and reshapes that keep dims apart or
 // merge dims laid out one after the other are; pads, concats and constants are not. A kernel that loads blocks with
 // hardware strides (a subgroup-matrix load: rows at a stride, elements along a row adjacent) reads such a view in
-// place where element by element index arithmetic (kernels/view.ts) would defeat the block load.
+// place where element by element index arithmetic (kernels/view.ts) would defeat the block load. The map is composed
+// step by step, so a chain whose middle is not affine (a reshape across a broadcast) is not found even where a later
+// slice makes the whole affine again: such a view is read element by element, correct and slower.
 import type { Graph, Shape } from '../compiler/ir/graph.js';
 import { attrInts, attrNum, normDim } from '../compiler/ir/rules/shape.js';
 import { stridesOf } from './elementwise.js';

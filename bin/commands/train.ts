@@ -20,6 +20,7 @@ import { createProgress } from '../../runtime/train/progress.js';
 import { checkTrainable, train, TrainError, TrainInterrupted } from '../../runtime/train/trainer.js';
 import { WeightsFormatError, WeightMismatchError, UnsafePickleError, PickleError, ZipError } from '../../runtime/weights/index.js';
 import { fileErrorLine, UsageError } from './errors.js';
+import { tuningSetArg, tuningSetLine } from './tuning-set.js';
 import { printDiagnostics, summary } from './report.js';
 
 export interface TrainCliOptions {
@@ -33,6 +34,8 @@ export interface TrainCliOptions {
   adapter?: string;
   /** auto, none, or a tuning profile file. */
   tuning?: string;
+  /** Kernel choices over the tuning profile's, as JSON (`--set`). */
+  set?: string;
   plan?: boolean;
   tasks?: string;
 }
@@ -49,6 +52,8 @@ export async function runTrain(file: string, opts: TrainCliOptions): Promise<num
   if (opts.backend !== 'gpu' && opts.backend !== 'cpu') throw new UsageError(`--backend is gpu or cpu, not '${opts.backend}'`);
   const maxUpdates = int('--max-updates', opts.maxUpdates, 1);
   const seedOpt = int('--seed', opts.seed, 0);
+  const tuningSet = tuningSetArg(opts.set);
+  if (tuningSet && opts.backend === 'cpu') throw new UsageError('--set chooses GPU kernels; --backend cpu runs the float64 reference, which has none');
   const checked = checkFiles([file]);
   if (checked.program.diags.errorCount || !checked.roots[0]) {
     printDiagnostics(checked.program.diags);
@@ -85,8 +90,9 @@ export async function runTrain(file: string, opts: TrainCliOptions): Promise<num
     }
     if (!opts.out) throw new UsageError('train needs --out DIR (where checkpoints, metrics and exports go)');
     checkTrainable(plan.stages, run);
-    if (opts.backend === 'gpu') gpu = await openDevice({ adapter: opts.adapter, tuning: opts.tuning });
+    if (opts.backend === 'gpu') gpu = await openDevice({ adapter: opts.adapter, tuning: opts.tuning, tuningSet });
     if (gpu?.tuningProfile) process.stderr.write(`visft: tuning profile ${describeProfile(profileSummary(gpu.tuningProfile))}\n`);
+    if (gpu && tuningSet) process.stderr.write(`visft: ${tuningSetLine(tuningSet, !!gpu.tuningProfile)}\n`);
     process.on('SIGINT', onSigint);
     await train({
       checked,

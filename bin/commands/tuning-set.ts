@@ -1,4 +1,4 @@
-// `--set JSON` (visft compile, run, profile, bench): Target.tuning choices applied over the tuning profile's, to see what a
+// `--set JSON` (visft compile, run, train, profile, bench): Target.tuning choices applied over the tuning profile's, to see what a
 // program or the bench rows would take with them; checked as a profile's choices are, a bad one a usage error.
 import type { Target } from '../../compiler/codegen/types.js';
 import { validateTuning } from '../../runtime/tune/tuning-schema.js';

@@ -173,8 +173,10 @@ test('data that does not fit the pipeline is a clear error: missing files, a wor
 test('on the GPU, a run stopped at a checkpoint and resumed ends bit for bit as an uninterrupted one', () => {
   const gpu = (out: string, extra: string[]) => spawnSync(process.execPath, [CLI, 'train', PIPELINE, '--data', DATA, '--out', out, '--stage', 'stage1', ...extra], { encoding: 'utf8', env: { ...process.env, VISFT_OUT: out } });
   const a = fresh('gpu-a');
-  const ra = gpu(a, []);
+  // --set: the kernel choices over the profile's; vector loads are what the kernels take anyway, so a ends as b.
+  const ra = gpu(a, ['--set', '{"vectorLoads": true}']);
   assert.equal(ra.status, 0, ra.stderr);
+  assert.match(ra.stderr, /^visft: kernel choices set: \{"vectorLoads":true\}$/m);
   // Run b again from its own update-4 checkpoint, as if it had been stopped there.
   const b = fresh('gpu-b');
   const rb = gpu(b, []);
@@ -246,6 +248,19 @@ test('fp16: AMP rounding with dynamic loss scaling backs off from an overflowing
   const fp32 = metricsOf(referenceRun().out)[0].loss as number;
   assert.ok(Math.abs((rows[0].loss as number) - fp32) < 1e-2 * fp32, `${rows[0].loss} vs ${fp32}`);
   assert.notEqual(rows[0].loss, fp32, 'the f16 rounding is really applied');
+});
+
+test('--set takes kernel choices for the GPU: a bad one, or one on the CPU backend, is a usage error before training', () => {
+  const out = fresh('set');
+  for (const [set, message] of [
+    ['{"nope": true}', /^visft: --set: tuning\.nope: /m],
+    ['{"vectorLoads": true}', /^visft: --set chooses GPU kernels; --backend cpu runs the float64 reference/m],
+  ] as const) {
+    const r = train(out, ['--set', set]);
+    assert.equal(r.status, 2, r.stderr);
+    assert.match(r.stderr, message);
+  }
+  assert.deepEqual(readdirSync(out), [], 'nothing written');
 });
 
 test('--tasks trains a subset of the tasks; an unknown task is a usage error', () => {
