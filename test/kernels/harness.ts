@@ -520,8 +520,8 @@ export function assertWithin(actual: Float32Array, expected: ArrayLike<number>, 
 
 /**
  * Equal bit for bit, except that any NaN equals any NaN and +0 equals -0: the sign of an exact zero is not fixed from
- * one shader to another (lavapipe's LLVM folds fma(a, b, +0) into a·b, which is -0 where a·b is; a sum of terms that
- * are all ±0 then keeps or loses the sign as the compiler chose), and it changes no value.
+ * one shader to another (Vulkan lets a compiler treat it as insignificant unless a shader asks otherwise, e.g. fold
+ * fma(a, b, 0) into a·b, which is -0 where a·b is), and it changes no value.
  */
 export function assertBitwise(actual: Float32Array, expected: Float32Array, what: string): void {
   const a = new Uint32Array(actual.buffer, actual.byteOffset, actual.length);
