@@ -518,19 +518,13 @@ export function assertWithin(actual: Float32Array, expected: ArrayLike<number>, 
   return worst;
 }
 
-/**
- * Equal bit for bit, except that any NaN equals any NaN and +0 equals -0: the sign of an exact zero is not fixed from
- * one shader to another (Vulkan lets a compiler treat it as insignificant unless a shader asks otherwise, e.g. fold
- * fma(a, b, 0) into a·b, which is -0 where a·b is), and it changes no value.
- */
+/** Equal bit for bit (any NaN equals any NaN). */
 export function assertBitwise(actual: Float32Array, expected: Float32Array, what: string): void {
   const a = new Uint32Array(actual.buffer, actual.byteOffset, actual.length);
   const e = new Uint32Array(expected.buffer, expected.byteOffset, expected.length);
   assert.equal(a.length, e.length, `${what}: length`);
   for (let i = 0; i < a.length; i++) {
-    if (a[i] !== e[i] && !(Number.isNaN(actual[i]) && Number.isNaN(expected[i])) && !(actual[i] === 0 && expected[i] === 0)) {
-      assert.fail(`${what}: element ${i} is ${actual[i]}, expected ${expected[i]} bit for bit`);
-    }
+    if (a[i] !== e[i] && !(Number.isNaN(actual[i]) && Number.isNaN(expected[i]))) assert.fail(`${what}: element ${i} is ${actual[i]}, expected ${expected[i]} bit for bit`);
   }
 }
 
