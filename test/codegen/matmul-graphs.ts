@@ -8,6 +8,8 @@
 import fc from 'fast-check';
 import type { Target } from '../../compiler/codegen/types.js';
 import { Builder } from '../../compiler/ir/builder.js';
+import { interpret } from '../../compiler/ir/interpret.js';
+import type { RefTensor } from '../../compiler/ir/rules/reference.js';
 import type { Graph, Shape } from '../../compiler/ir/graph.js';
 import type { IrOp } from '../../compiler/ir/ops.js';
 import { broadcastShapes } from '../../compiler/ir/rules/shape.js';
@@ -141,4 +143,51 @@ export function buildEpilogueGraph(c: EpilogueCase): BuiltEpilogueCase {
   });
   b.output('y', cur);
   return { graph: b.graph, matmul: mm };
+}
+
+/** Largest |f'| of the chains' unary ops (and of moves): how far an error in their input moves their output. */
+const SLOPE: Readonly<Record<string, number>> = { gelu: 1.13, erf: 1.13, tanh: 1, sigmoid: 0.25, relu: 1, neg: 1, permute: 1, reshape: 1, slice: 1, expand: 1 };
+/** An op's own rounding, relative to its output's largest |value| (a few ulps of f32). */
+const ROUND = 4 * 2 ** -23;
+
+/**
+ * matmulMismatch for these graphs, with each output's absolute error bound carried from the product through its chain:
+ * the product's 2e-6·√k of its own largest |value|; a unary op's slope; a sum's terms' bounds added; a product's
+ * bounds scaled by the other factor's largest |value|; each op's rounding. A saturating chain (tanh of tanh of a
+ * product of scale 100) keeps the product's absolute error at an output scale of 1, where matmulMismatch's bound (of
+ * the output's own scale) does not hold it: the larger of the two bounds counts, plus 2e-5 of the value.
+ */
+export function chainMismatch(graph: Graph, feeds: { inputs: ReadonlyMap<string, RefTensor>; params: ReadonlyMap<string, RefTensor> }, actual: ReadonlyMap<string, RefTensor>, k: number): string | undefined {
+  // Every node's reference value, for its largest |value|.
+  const named = graph.nodes.map((n) => ({ name: `#${n.id}`, node: n.id }));
+  graph.outputs.push(...named);
+  const all = interpret(graph, feeds.inputs, feeds.params);
+  graph.outputs.splice(graph.outputs.length - named.length);
+  const scale = (id: number) => all.get(`#${id}`)!.data.reduce((m, v) => Math.max(m, Math.abs(v)), 0);
+  const bound = new Map<number, number>();
+  for (const n of graph.nodes) {
+    const [a, b] = n.inputs.map((i) => bound.get(i)!);
+    const own = ROUND * scale(n.id);
+    let e: number;
+    if (n.op === 'input' || n.op === 'param' || n.op === 'full') e = 0;
+    else if (n.op === 'matmul') {
+      // Its own sums, and its operands' errors (a second product reading a first, as LoRA's) over its K terms.
+      const kk = graph.node(n.inputs[0]).shape.at(-1)!;
+      e = 2e-6 * Math.sqrt(kk) * scale(n.id) + kk * (a * scale(n.inputs[1]) + b * scale(n.inputs[0]) + a * b);
+    }
+    else if (n.op in SLOPE) e = SLOPE[n.op] * a + own;
+    else if (n.op === 'add' || n.op === 'sub') e = a + b + own;
+    else if (n.op === 'maximum') e = Math.max(a, b);
+    else if (n.op === 'mul') e = a * scale(n.inputs[1]) + b * scale(n.inputs[0]) + a * b + own;
+    else throw new Error(`chainMismatch: no error bound for ${n.op}`);
+    bound.set(n.id, e);
+  }
+  for (const o of graph.outputs) {
+    const [want, got] = [all.get(`#${o.node}`)!, actual.get(o.name)!];
+    const tol = Math.max(bound.get(o.node)!, 2e-6 * Math.sqrt(k) * scale(o.node));
+    for (let i = 0; i < want.data.length; i++) {
+      if (!(Math.abs(want.data[i] - got.data[i]) <= tol + 2e-5 * Math.abs(want.data[i]))) return `${o.name}[${i}]: ${got.data[i]} vs ${want.data[i]} (bound ${tol})`;
+    }
+  }
+  return undefined;
 }

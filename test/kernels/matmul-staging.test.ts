@@ -14,8 +14,8 @@ import { interpret } from '../../compiler/ir/interpret.js';
 import { defaultStaging, matmulKernel, type MatmulReads, type Staging } from '../../kernels/matmul.js';
 import fc from 'fast-check';
 import { runGpu } from '../../runtime/run-gpu.js';
-import { buildEpilogueGraph, transposedCaseArb } from '../codegen/matmul-graphs.js';
-import { feeds, run } from '../passes/graphs.js';
+import { buildEpilogueGraph, chainMismatch, transposedCaseArb } from '../codegen/matmul-graphs.js';
+import { feeds } from '../passes/graphs.js';
 import { fcParams, hardwareLike } from './core-util.js';
 import { assertBitwise, assertKernelsAgree, matmulMismatch, randomTensor, runKernel, scheduledProgram, sharedDevice } from './harness.js';
 
@@ -98,7 +98,7 @@ describe('on the device', () => {
         const mmKernel = program.schedule.kernels.find((k) => k.nodes.includes(matmul))!;
         assert.match(mmKernel.name, split === 2 ? /^matmul_tiled_f32_k2/ : /^matmul_tiled_f32(?!_k2)/);
         assert.match(mmKernel.wgsl, /var va_0/, 'unrolled staging');
-        const m = matmulMismatch(run(graph, f), await runGpu(device(), graph, program, f.inputs, f.params), c.k);
+        const m = chainMismatch(graph, f, await runGpu(device(), graph, program, f.inputs, f.params), c.k);
         assert.equal(m, undefined, `${mmKernel.name}: ${m}`);
       }),
       fcParams(4, 5151),

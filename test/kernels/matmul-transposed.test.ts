@@ -19,10 +19,10 @@ import { matmulEpilogueKernel } from '../../kernels/matmul-epilogue.js';
 import { matmulKernel, type MatmulReads, type MatmulVariant } from '../../kernels/matmul.js';
 import { openDevice, type GpuDevice } from '../../runtime/gpu/device.js';
 import { runGpu } from '../../runtime/run-gpu.js';
-import { buildEpilogueGraph, scheduledVariant, transposedCaseArb } from '../codegen/matmul-graphs.js';
-import { bitwiseDifference, feeds, run } from '../passes/graphs.js';
+import { buildEpilogueGraph, chainMismatch, scheduledVariant, transposedCaseArb } from '../codegen/matmul-graphs.js';
+import { bitwiseDifference, feeds } from '../passes/graphs.js';
 import { fcParams } from './core-util.js';
-import { assertBitwise, compare, matmulMismatch, randomTensor, runGraph, runKernel, scheduledProgram, type RuleTable } from './harness.js';
+import { assertBitwise, compare, randomTensor, runGraph, runKernel, scheduledProgram, type RuleTable } from './harness.js';
 
 let gpu: GpuDevice;
 let target: Target;
@@ -139,7 +139,7 @@ test('random graphs with transposed operands through the executor: transposed re
       const absorbed = (c.transA === 1 ? 1 : 0) + (c.transB === 1 ? 1 : 0);
       assert.equal(fused.schedule.kernels.length, copies.schedule.kernels.length - absorbed);
       const got = await runGpu(gpu, graph, fused, f.inputs, f.params);
-      const m = matmulMismatch(run(graph, f), got, c.k);
+      const m = chainMismatch(graph, f, got, c.k);
       assert.equal(m, undefined, `${mmKernel.name}: ${m}`);
       for (const [what, p] of [['copies', copies], ['unfused', program(graph, { fuse: false })]] as const) {
         const d = bitwiseDifference(await runGpu(gpu, graph, p, f.inputs, f.params), got);
