@@ -161,8 +161,12 @@ export function chainMismatch(graph: Graph, feeds: { inputs: ReadonlyMap<string,
   // Every node's reference value, for its largest |value|.
   const named = graph.nodes.map((n) => ({ name: `#${n.id}`, node: n.id }));
   graph.outputs.push(...named);
-  const all = interpret(graph, feeds.inputs, feeds.params);
-  graph.outputs.splice(graph.outputs.length - named.length);
+  let all: Map<string, RefTensor>;
+  try {
+    all = interpret(graph, feeds.inputs, feeds.params);
+  } finally {
+    graph.outputs.splice(graph.outputs.length - named.length);
+  }
   const scale = (id: number) => all.get(`#${id}`)!.data.reduce((m, v) => Math.max(m, Math.abs(v)), 0);
   const bound = new Map<number, number>();
   for (const n of graph.nodes) {
@@ -174,8 +178,7 @@ export function chainMismatch(graph: Graph, feeds: { inputs: ReadonlyMap<string,
       // Its own sums, and its operands' errors (a second product reading a first, as LoRA's) over its K terms.
       const kk = graph.node(n.inputs[0]).shape.at(-1)!;
       e = 2e-6 * Math.sqrt(kk) * scale(n.id) + kk * (a * scale(n.inputs[1]) + b * scale(n.inputs[0]) + a * b);
-    }
-    else if (n.op in SLOPE) e = SLOPE[n.op] * a + own;
+    } else if (n.op in SLOPE) e = SLOPE[n.op] * a + own;
     else if (n.op === 'add' || n.op === 'sub') e = a + b + own;
     else if (n.op === 'maximum') e = Math.max(a, b);
     else if (n.op === 'mul') e = a * scale(n.inputs[1]) + b * scale(n.inputs[0]) + a * b + own;
