@@ -41,8 +41,7 @@ export async function runRun(bundleFile: string, opts: RunOptions): Promise<numb
   if (!opts.inputs || !opts.outputs) throw new UsageError('run needs --inputs I.safetensors and --outputs O.safetensors');
   if (opts.backend !== 'cpu' && opts.backend !== 'gpu') throw new UsageError(`--backend is cpu or gpu, not '${opts.backend}'`);
   const kernels = kernelChoiceArg(opts.kernels);
-  const tuningSet = tuningSetArg(opts.set);
-  if (tuningSet && opts.backend === 'cpu') throw new UsageError('--set chooses GPU kernels; --backend cpu runs the float64 reference, which has none');
+  const tuningSet = tuningSetArg(opts.set, opts.backend);
   if (tuningSet && kernels === 'bundle') throw new UsageError("--set chooses the kernels scheduled here; --kernels bundle runs the bundle's own");
   try {
     let text: string;

@@ -52,8 +52,7 @@ export async function runTrain(file: string, opts: TrainCliOptions): Promise<num
   if (opts.backend !== 'gpu' && opts.backend !== 'cpu') throw new UsageError(`--backend is gpu or cpu, not '${opts.backend}'`);
   const maxUpdates = int('--max-updates', opts.maxUpdates, 1);
   const seedOpt = int('--seed', opts.seed, 0);
-  const tuningSet = tuningSetArg(opts.set);
-  if (tuningSet && opts.backend === 'cpu') throw new UsageError('--set chooses GPU kernels; --backend cpu runs the float64 reference, which has none');
+  const tuningSet = tuningSetArg(opts.set, opts.backend);
   const checked = checkFiles([file]);
   if (checked.program.diags.errorCount || !checked.roots[0]) {
     printDiagnostics(checked.program.diags);

@@ -4,8 +4,8 @@ import type { Target } from '../../compiler/codegen/types.js';
 import { validateTuning } from '../../runtime/tune/tuning-schema.js';
 import { UsageError } from './errors.js';
 
-/** The choices of `--set`, or undefined without it. */
-export function tuningSetArg(value: string | undefined): Target['tuning'] {
+/** The choices of `--set`, or undefined without it; with `backend` cpu (run, train: the float64 reference) a usage error. */
+export function tuningSetArg(value: string | undefined, backend?: string): Target['tuning'] {
   if (value === undefined) return undefined;
   let parsed: unknown;
   try {
@@ -15,6 +15,7 @@ export function tuningSetArg(value: string | undefined): Target['tuning'] {
   }
   const why = validateTuning(parsed);
   if (why) throw new UsageError(`--set: ${why.startsWith('.') ? `tuning${why}` : why}`);
+  if (backend === 'cpu') throw new UsageError('--set chooses GPU kernels; --backend cpu runs the float64 reference, which has none');
   return parsed as Target['tuning'];
 }
 

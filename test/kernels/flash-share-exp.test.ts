@@ -1,9 +1,9 @@
 // The split lanes of an f32 flash kernel's row sharing its exponentials (Target.tuning.flashShareExp,
 // kernels/flash-common.ts laneValuesCode): each lane computes 1/split of a tile's exponentials and takes the rest by
 // subgroup shuffles. The values are the ones every lane computed before, so the forward, its lse, dq, dk and dv must be
-// the unshared kernels' bit for bit (up to the sign of exact zeros, harness.ts assertBitwise): on random shapes, masks, 2, 4 and 8 lanes per row, one or two rows per invocation,
-// swept tiles shorter than the lanes (no sharing there), through the schedule on the device (hardware code). Also what
-// the H200 would run: a split-th of the exponentials in each of the three kernels.
+// the unshared kernels' bit for bit (up to the sign of exact zeros): on random shapes, masks, 2, 4 and 8 lanes per row,
+// one or two rows per invocation, swept tiles shorter than the lanes (no sharing there), through the schedule on the
+// device (hardware code). Also what the H200 would run: a split-th of the exponentials in each of the three kernels.
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import fc from 'fast-check';
