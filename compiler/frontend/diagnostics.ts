@@ -111,10 +111,9 @@ export function renderDiagnostic(d: Diagnostic): string {
   // A file that could not be read (missing, too large, not text) has no source to show.
   if (d.file.text === '') return [head, ...(d.notes ?? []).map((note) => ` ${' '.repeat(gutter)} = ${note}`)].join('\n');
   const text = d.file.lineText(line);
-  // A long line is shown as a window of MAX_LINE characters around the caret, cut ends marked with '…'.
   const from = col - 1;
-  const winStart = text.length > MAX_LINE && from > MAX_LINE / 2 ? from - MAX_LINE / 2 : 0;
-  const winEnd = Math.min(text.length, winStart + MAX_LINE);
+  // A long line is shown as a window of at most SHOWN displayed columns around the caret, cut ends marked with '…'.
+  const [winStart, winEnd] = excerptWindow(text, from);
   const shown = (winStart > 0 ? '…' : '') + printable(text.slice(winStart, winEnd)) + (winEnd < text.length ? '…' : '');
   // The caret covers the span on its first line (at least one column).
   const width = Math.max(1, printable(text.slice(from, from + Math.min(d.span.end - d.span.start, winEnd - from))).length);
@@ -124,7 +123,29 @@ export function renderDiagnostic(d: Diagnostic): string {
   return lines.join('\n');
 }
 
-const MAX_LINE = 400;
+/** Displayed columns of a long line's excerpt (a control character displays as four: `\xNN`). */
+export const SHOWN = 160;
+
+/**
+ * The [start, end) of `text` to show around column `from`: up to half of SHOWN displayed columns before it, the rest
+ * after it, and what the line's end leaves unused back before it. Counted in displayed columns, so a binary file's
+ * line of control characters stays as short as any other.
+ */
+export function excerptWindow(text: string, from: number): [number, number] {
+  const cols = (i: number): number => printable(text[i]).length;
+  let start = Math.min(from, text.length);
+  let end = start;
+  let used = 0;
+  while (start > 0 && used + cols(start - 1) <= SHOWN / 2) used += cols(--start);
+  while (end < text.length && used + cols(end) <= SHOWN) used += cols(end++);
+  while (start > 0 && used + cols(start - 1) <= SHOWN) used += cols(--start);
+  // Never cut a surrogate pair in two (its halves would each display as a replacement character).
+  if (start > 0 && start < from && isLowSurrogate(text, start)) start++;
+  if (end < text.length && end > from + 1 && isLowSurrogate(text, end)) end--;
+  return [start, end];
+}
+
+const isLowSurrogate = (text: string, i: number): boolean => (text.charCodeAt(i) & 0xfc00) === 0xdc00;
 
 /** Control characters would garble a terminal: show them as `\xNN`. */
 function printable(s: string): string {
