@@ -122,7 +122,8 @@ export interface LoadedTensors {
 export function loadTensorsFile(file: string): LoadedTensors {
   const head = readFileHead(file);
   const isZip = head[0] === 0x50 && head[1] === 0x4b;
-  if (!isZip && head.length >= 9 && head[8] === 0x7b) {
+  // A .safetensors name on content that is neither a zip archive nor a pickle: the safetensors reader says what is wrong.
+  if (!isZip && ((head.length >= 9 && head[8] === 0x7b) || (outputFormat(file) === 'safetensors' && head[0] !== 0x80))) {
     const { tensors, metadata } = readSafetensors(file);
     return { tensors, metadata, nested: false };
   }

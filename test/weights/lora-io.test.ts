@@ -19,7 +19,7 @@ import {
   mergeLoraFiles,
   type LoraKeyFormat,
 } from '../../runtime/weights/lora-io.js';
-import { readSafetensors, writeSafetensors } from '../../runtime/weights/safetensors.js';
+import { readSafetensors, WeightsFormatError, writeSafetensors } from '../../runtime/weights/safetensors.js';
 import { castTensor, fromNumbers, tensorsIdentical, toFloat64, type DType, type HostTensor } from '../../runtime/weights/tensor.js';
 import { loadStateDict, saveTorchZip } from '../../runtime/weights/torch-zip.js';
 import { runCliInProcess } from '../golden/harness.js';
@@ -294,6 +294,17 @@ test('extract-lora errors: no checkpoints, no LoRA keys, bad shapes, missing hal
   throwsLora(() => findLoraWeights(run), 'is not the name of a checkpoint folder');
   rmSync(join(run, 'latest'));
   throwsLora(() => findLoraWeights(run), 'no `latest` file');
+});
+
+test('extract-lora: a broken .safetensors file gets the safetensors reader\'s error; a torch archive under that name still loads', () => {
+  const broken = tmpFile('broken.safetensors');
+  writeFileSync(broken, 'garbage');
+  assert.throws(() => extractLora(broken, tmpFile('x.pth')), (e: unknown) => e instanceof WeightsFormatError && /broken\.safetensors: not a safetensors file/.test(e.message));
+  const renamed = tmpFile('renamed.safetensors');
+  saveTorchZip(renamed, new Map([['blocks.0.attn.qkv.lora_A', f32(8, 8)], ['blocks.0.attn.qkv.lora_B', f32(16, 4)]]));
+  const out = tmpFile('x.safetensors');
+  extractLora(renamed, out);
+  assert.deepEqual([...readSafetensors(out).tensors.keys()].sort(), ['visual.blocks.0.attn.qkv.lora_A', 'visual.blocks.0.attn.qkv.lora_B']);
 });
 
 test('merge-lora errors: a block the backbone lacks, shape mismatches naming both tensors, no qkv, overwriting the input', () => {
