@@ -4,8 +4,8 @@
 // holds everything else (weights, optimizer moments, loss scale, batches drawn per task), so a run resumed from any
 // checkpoint ends bit for bit where an uninterrupted run ends on the same device.
 import { createHash } from 'node:crypto';
-import { existsSync, mkdirSync } from 'node:fs';
-import { join } from 'node:path';
+import { existsSync, mkdirSync, readdirSync, rmSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
 import type { CheckResult } from '../../compiler/check/index.js';
 import type { LoadedFile } from '../../compiler/frontend/load.js';
 import { hash32 } from '../../compiler/ir/rules/reference-core.js';
@@ -67,17 +67,41 @@ export function checkTrainable(stages: readonly StagePlan[], run: readonly strin
 
 export async function train(opts: TrainOptions): Promise<void> {
   checkTrainable(opts.stages, opts.run);
+  const created = outermostMissing(opts.out);
   mkdirSync(opts.out, { recursive: true });
-  const metrics = new MetricsLog(join(opts.out, 'metrics.jsonl'));
-  for (const stage of opts.stages.filter((s) => opts.run.includes(s.name))) {
-    const runs = stage.runs === 'per_task' ? stage.tasks.map((t) => [t]) : [stage.tasks];
-    for (const tasks of runs) await trainRun(opts, stage, tasks, metrics);
-    const rows = MetricsLog.read(join(opts.out, 'metrics.jsonl')).filter((r) => r.stage === stage.name && r.skipped !== true);
-    writeLossCurve(
-      join(opts.out, stage.name, 'loss.svg'),
-      stage.tasks.map((t) => ({ name: t.name, points: rows.filter((r) => r.task === t.name).map((r) => [Number(r.update), Number(r.loss)] as [number, number]) })),
-      { title: `${stage.name}: training loss` },
-    );
+  try {
+    const metrics = new MetricsLog(join(opts.out, 'metrics.jsonl'));
+    for (const stage of opts.stages.filter((s) => opts.run.includes(s.name))) {
+      const runs = stage.runs === 'per_task' ? stage.tasks.map((t) => [t]) : [stage.tasks];
+      for (const tasks of runs) await trainRun(opts, stage, tasks, metrics);
+      const rows = MetricsLog.read(join(opts.out, 'metrics.jsonl')).filter((r) => r.stage === stage.name && r.skipped !== true);
+      writeLossCurve(
+        join(opts.out, stage.name, 'loss.svg'),
+        stage.tasks.map((t) => ({ name: t.name, points: rows.filter((r) => r.task === t.name).map((r) => [Number(r.update), Number(r.loss)] as [number, number]) })),
+        { title: `${stage.name}: training loss` },
+      );
+    }
+  } catch (e) {
+    // A run that failed before writing anything (its data missing, say) leaves no empty --out behind.
+    if (created) removeIfNoFiles(created);
+    throw e;
+  }
+}
+
+/** The outermost folder on the way to `dir` that does not exist yet (what `mkdir -p dir` creates), if any. */
+function outermostMissing(dir: string): string | undefined {
+  let missing: string | undefined;
+  for (let d = resolve(dir); !existsSync(d); d = dirname(d)) missing = d;
+  return missing;
+}
+
+/** Removes `dir` if no file was written anywhere under it (only empty folders); anything else stays as it is. */
+function removeIfNoFiles(dir: string): void {
+  const onlyFolders = (d: string): boolean => readdirSync(d, { withFileTypes: true }).every((e) => e.isDirectory() && onlyFolders(join(d, e.name)));
+  try {
+    if (onlyFolders(dir)) rmSync(dir, { recursive: true });
+  } catch {
+    // Unreadable or changed under us: leave it.
   }
 }
 

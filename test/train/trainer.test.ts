@@ -163,6 +163,12 @@ test('data that does not fit the pipeline is a clear error: missing files, a wor
   assert.equal(missing.status, 1);
   assert.match(missing.stderr, /TRAIN_IMAGES_demo\.hdf5/);
   assert.doesNotMatch(missing.stderr, /\n\s+at /, 'no stack trace');
+  // A fresh --out of a run that failed before writing anything is not left behind; one that existed stays.
+  const never = join(out, 'never', 'run');
+  const failed = spawnSync(process.execPath, [CLI, 'train', PIPELINE, '--data', join(out, 'nowhere'), '--out', never, '--backend', 'cpu'], { encoding: 'utf8' });
+  assert.equal(failed.status, 1, failed.stderr);
+  assert.ok(!existsSync(join(out, 'never')), `${join(out, 'never')} was left behind`);
+  assert.ok(existsSync(out), 'an --out that existed before the run stays');
   const copy = join(out, 'tiny.visft');
   writeFileSync(copy, readFileSync(PIPELINE, 'utf8').replace('vocab: 32', 'vocab: 40'));
   const r = train(join(out, 'run'), [], copy);
