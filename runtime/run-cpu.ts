@@ -43,8 +43,12 @@ export function loadWeights(files: readonly string[], bundle: Bundle): Map<strin
   return out;
 }
 
-export function loadInputs(file: string, bundle: Bundle): Map<string, RefTensor> {
+/** The bundle's inputs from a safetensors file; a tensor the bundle does not take goes to `warn` (a misspelt name, say). */
+export function loadInputs(file: string, bundle: Bundle, warn: (message: string) => void = () => {}): Map<string, RefTensor> {
   const { tensors } = readOrFail('inputs', file, () => readSafetensors(file));
+  const names = bundle.inputs.map((spec) => spec.name);
+  const unused = [...tensors.keys()].filter((k) => !names.includes(k));
+  if (unused.length) warn(`${file}: ${unused.map((k) => `'${k}'`).join(', ')} ${unused.length === 1 ? 'is not an input' : 'are not inputs'} of the bundle (its inputs: ${names.join(', ') || 'none'}); ignored`);
   const out = new Map<string, RefTensor>();
   const problems: string[] = [];
   for (const spec of bundle.inputs) {

@@ -53,7 +53,7 @@ export async function runRun(bundleFile: string, opts: RunOptions): Promise<numb
     const { bundle, graph } = parseBundle(text, bundleFile);
     if (bundle.params.length && !opts.weights?.length) throw new UsageError(`${bundleFile} has ${bundle.params.length} parameters: give --weights`);
     if (!bundle.params.length && opts.weights?.length) throw new UsageError(`${bundleFile} has no parameters: drop --weights`);
-    const load = () => ({ params: bundle.params.length ? loadWeights(opts.weights!, bundle) : new Map(), inputs: loadInputs(opts.inputs!, bundle) });
+    const load = () => ({ params: bundle.params.length ? loadWeights(opts.weights!, bundle) : new Map(), inputs: loadInputs(opts.inputs!, bundle, (m) => process.stderr.write(`visft: warning: ${m}\n`)) });
     let outputs;
     if (opts.backend === 'cpu') {
       const { params, inputs } = load();

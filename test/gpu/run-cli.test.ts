@@ -154,6 +154,23 @@ test('unreadable weights and inputs are named, on either backend', () => {
   assert.match(weights.stderr, /^visft: cannot read weights .*no-weights\.pth: no such file$/m);
 });
 
+test('an inputs file with a tensor the bundle does not take (a misspelt name) is warned about, on either backend, and the run goes on', () => {
+  const bundle = join(dir, 'gelu-extra.visftx');
+  assert.equal(cli('compile', '--op', 'gelu', '--shape', 'x=4', '-o', bundle).status, 0);
+  const file = join(dir, 'gelu-extra-in.safetensors');
+  writeSafetensors(file, new Map([['x', fromNumbers('f32', [4], [1, 2, 3, 4])], ['d:outptu', fromNumbers('f32', [4], [1, 1, 1, 1])]]));
+  for (const backend of ['cpu', 'gpu']) {
+    const r = cli('run', bundle, '--inputs', file, '--outputs', join(dir, `gelu-extra-${backend}.safetensors`), '--backend', backend);
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(r.stderr, /^visft: warning: .*gelu-extra-in\.safetensors: 'd:outptu' is not an input of the bundle \(its inputs: x\); ignored$/m, backend);
+  }
+  const exact = join(dir, 'gelu-exact-in.safetensors');
+  writeSafetensors(exact, new Map([['x', fromNumbers('f32', [4], [1, 2, 3, 4])]]));
+  const clean = cli('run', bundle, '--inputs', exact, '--outputs', join(dir, 'o.safetensors'), '--backend', 'cpu');
+  assert.equal(clean.status, 0, clean.stderr);
+  assert.doesNotMatch(clean.stderr, /warning/);
+});
+
 test('an empty slice (x[:, 5:5]) runs on the GPU: a [3, 0] output and a zero gradient, as on the reference', () => {
   const bundle = join(dir, 'empty-slice.visftx');
   const c = cli('compile', '--op', 'slice', '--vjp', '--attr', 'dim=1', 'start=5', 'end=5', '--shape', 'x=3x8', '-o', bundle);
