@@ -58,8 +58,12 @@ function autocastOf(opts: CompileOptions): 'f16' | 'bf16' | undefined {
   return p === 'fp16' ? 'f16' : 'bf16';
 }
 
+/** What `--emit` prints. */
+const EMITS = ['ir', 'kernels', 'wgsl', 'plan'];
+
 export function runCompile(file: string | undefined, opts: CompileOptions): number {
   if (!opts.output && !opts.emit) throw new UsageError('compile needs -o OUT.visftx (or --emit ir|kernels|wgsl|plan)');
+  if (opts.emit !== undefined && !EMITS.includes(opts.emit)) throw new UsageError(`--emit takes ${EMITS.join(', ')}; got '${opts.emit}'`);
   const named = TARGETS[opts.target ?? 'portable'];
   if (!named) throw new UsageError(`--target takes ${Object.keys(TARGETS).join(', ')}; got '${opts.target}'`);
   // A profile file, or none (the defaults, as the device commands take it); auto needs an adapter, which compile has not.
@@ -112,7 +116,6 @@ export function runCompile(file: string | undefined, opts: CompileOptions): numb
   else if (opts.emit === 'kernels') process.stdout.write(formatKernels(gpu, compiled.graph));
   else if (opts.emit === 'wgsl') process.stdout.write(formatWgsl(gpu));
   else if (opts.emit === 'plan') process.stdout.write(formatPlan(gpu.plan));
-  else if (opts.emit !== undefined) throw new UsageError(`--emit takes ir, kernels, wgsl or plan`);
   if (opts.output) {
     try {
       writeFileAtomic(opts.output, serializeBundle(makeBundle(compiled, source, gpu)));

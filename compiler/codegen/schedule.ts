@@ -22,6 +22,7 @@ import { halfStorageKernel } from '../../kernels/half-storage.js';
 import { halfBindings, planHalfStorage } from './half.js';
 import { planAttentionViews } from './attention-views.js';
 import { attentionChain, attentionViewKernels, tensorCoreAttention } from '../../kernels/attention.js';
+import { overBindingMessage, PlanError } from '../plan/memory.js';
 
 export type ValueKind = 'input' | 'param' | 'output' | 'temp';
 
@@ -174,6 +175,7 @@ export function schedule(graph: Graph, target: Target, rules: { readonly [op: st
   const pushChain = (node: Node, chain: KernelChain) => chainKernels(chain, (sc) => newValue([sc.words], `${sc.name} for %${node.id}`)).forEach(push);
   for (const node of graph.nodes) {
     if (!live.has(node.id) || absorbed.has(node.id)) continue;
+    if (!halfLeafCast(node.id) && rules[node.op]?.kind !== 'alias') checkBindable(node, names.get(node.id), target);
     const group = groupOf.get(node.id);
     const prologue = prologues.get(node.id);
     const rowProduct = rowProducts.get(node.id);
@@ -254,6 +256,17 @@ export function schedule(graph: Graph, target: Target, rules: { readonly [op: st
     return { id, bytes: valueBytes(shapeOf(id), dtype), kind, name: names.get(id), shape: [...shapeOf(id)], dtype };
   });
   return { kernels: chosen.map((k, i) => halfStorageKernel(k, marks[i])), values, aliases, outputs };
+}
+
+/**
+ * A value that will have storage but that no binding can hold fails here, as the memory plan would fail it, before
+ * its kernel is generated (whose index arithmetic would overflow u32 first). Its storage may yet be chosen f16, so
+ * an f16 value counts two bytes an element.
+ */
+function checkBindable(node: Node, name: string | undefined, target: Target): void {
+  const bytes = valueBytes(node.shape, node.dtype === 'f16' ? 'f16' : 'f32');
+  const limit = target.limits.maxStorageBufferBindingSize;
+  if (bytes > limit) throw new PlanError(overBindingMessage({ id: node.id, name, shape: node.shape, dtype: node.dtype }, bytes, limit));
 }
 
 /**

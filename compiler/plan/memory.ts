@@ -34,6 +34,8 @@ export interface PlanValue {
   readonly aliasOf?: number;
   /** Element type in storage (default f32); used by the executor for upload and readback. */
   readonly dtype?: 'f32' | 'f16';
+  /** The tensor's shape, for messages. */
+  readonly shape?: readonly number[];
 }
 
 /** One kernel of the schedule: the values it binds read-only, and those it writes (read_write). */
@@ -132,8 +134,14 @@ function bytesOf(v: PlanValue): number {
   return b;
 }
 
-function label(v: { id: number; name?: string }): string {
-  return v.name ? `%${v.id} (${v.name})` : `%${v.id}`;
+/** A value in messages: `%59 f32[16, 5329, 15360]`, with its name where it has one (`%0 (image) f32[...]`). */
+function label(v: { id: number; name?: string; shape?: readonly number[]; dtype?: string }): string {
+  return `%${v.id}${v.name ? ` (${v.name})` : ''}${v.shape ? ` ${v.dtype ?? 'f32'}[${v.shape.join(', ')}]` : ''}`;
+}
+
+/** Why a value cannot be bound: over maxStorageBufferBindingSize (the memory plan, and the schedule before it). */
+export function overBindingMessage(v: { id: number; name?: string; shape?: readonly number[]; dtype?: string }, bytes: number, limit: number): string {
+  return `value ${label(v)} needs ${bytes} bytes (${formatBytes(bytes)}), over the device's maxStorageBufferBindingSize ${limit} (${formatBytes(limit)}): every tensor must fit in one binding (a smaller batch or input)`;
 }
 
 /** A kernel schedule as plan steps: 'read' bindings are reads, 'read_write' bindings writes. */
@@ -233,7 +241,7 @@ export function planMemory(input: PlanInput, target: Target | PlanLimits, option
     c.size = Math.max(4, alignUp(rootBytes, 4));
     if (c.size > limits.maxStorageBufferBindingSize) {
       const v = byId.get(c.root)!;
-      throw new PlanError(`value ${label(v)} needs ${rootBytes} bytes, over the device's maxStorageBufferBindingSize ${limits.maxStorageBufferBindingSize}`);
+      throw new PlanError(overBindingMessage(v, rootBytes, limits.maxStorageBufferBindingSize));
     }
   }
 
@@ -476,7 +484,7 @@ export function checkPlanFits(plan: MemoryPlan, target: Target | PlanLimits): vo
   for (const [id, p] of plan.placement) if (p.size > limits.maxStorageBufferBindingSize && (!worst || p.size > worst[1].size)) worst = [id, p];
   if (worst) {
     const v = plan.values.get(worst[0]);
-    problems.push(`value ${label({ id: worst[0], name: v?.name })} needs ${worst[1].size} bytes, over the device's maxStorageBufferBindingSize ${limits.maxStorageBufferBindingSize}`);
+    problems.push(overBindingMessage({ ...v, id: worst[0] }, worst[1].size, limits.maxStorageBufferBindingSize));
   }
   if (problems.length > 0) {
     throw new PlanDoesNotFitError(`the plan needs ${formatBytes(plan.peakBytes)} in ${plan.arenas.length} arena(s) and does not fit the device: ${problems.join('; ')}`);

@@ -123,15 +123,21 @@ test('a bundle too big for a target is a clear error: at compile time for its ta
   const shapes = ['--shape', 'a=8192x8192', 'b=8192x64'];
   const portable = cli('compile', '--op', 'matmul', ...shapes, '-o', join(dir, 'big.visftx'));
   assert.equal(portable.status, 1);
-  assert.match(portable.stderr, /^visft: cannot compile for target 'portable': value %0 \(a\) needs 268435456 bytes, over the device's maxStorageBufferBindingSize 134217728 \(.*give --target/);
+  assert.match(portable.stderr, /^visft: cannot compile for target 'portable': value %0 \(a\) f32\[8192, 8192\] needs 268435456 bytes \(256\.0 MiB\), over the device's maxStorageBufferBindingSize 134217728 \(128\.0 MiB\): .*give --target/);
   const h100 = cli('compile', '--op', 'matmul', ...shapes, '--target', 'nvidia-h100', '-o', join(dir, 'big.visftx'));
   assert.equal(h100.status, 0, h100.stderr);
   // lavapipe binds 128 MiB at most: refused before the (missing) inputs are read; a GPU that binds more gets as far
   // as the inputs. Either way one line that says what, never an internal error.
   const run = cli('run', join(dir, 'big.visftx'), '--inputs', join(dir, 'missing.safetensors'), '--outputs', join(dir, 'o.safetensors'));
   assert.equal(run.status, 1);
-  assert.match(run.stderr, /^visft: (cannot run on .+: value %0 \(a\) needs 268435456 bytes, over the device's maxStorageBufferBindingSize \d+|cannot read inputs .*missing\.safetensors: no such file)$/m);
+  assert.match(run.stderr, /^visft: (cannot run on .+: value %0 \(a\) f32\[8192, 8192\] needs 268435456 bytes \(256\.0 MiB\), over the device's maxStorageBufferBindingSize \d+ .*|cannot read inputs .*missing\.safetensors: no such file)$/m);
   assert.doesNotMatch(run.stderr, /internal error|\n\s+at /);
+  // A product of 2^32 elements: more than a kernel's u32 indices reach. It fails as one binding too many, before
+  // any kernel is generated (it was an internal error from the kernel's index arithmetic).
+  const huge = cli('compile', '--op', 'matmul', '--shape', 'a=65536x16', 'b=16x65536', '--target', 'nvidia-h200', '-o', join(dir, 'huge.visftx'));
+  assert.equal(huge.status, 1);
+  assert.match(huge.stderr, /^visft: cannot compile for target 'nvidia-h200': value %2 f32\[65536, 65536\] needs 17179869184 bytes \(16\.00 GiB\), over the device's maxStorageBufferBindingSize 2147483644 \(2\.00 GiB\): every tensor must fit in one binding/);
+  assert.doesNotMatch(huge.stderr, /internal error|\n\s+at /);
 });
 
 test('unreadable weights and inputs are named, on either backend', () => {

@@ -324,7 +324,7 @@ describe('memory plan examples', () => {
   test('a value over maxStorageBufferBindingSize is an error naming it', () => {
     assert.throws(
       () => planMemory({ values: [{ id: 7, bytes: 2000, kind: 'temp', name: 'big' }], schedule: [{ reads: [], writes: [7] }] }, { ...LIMITS, maxStorageBufferBindingSize: 1024 }),
-      (e: unknown) => e instanceof PlanError && /value %7 \(big\) needs 2000 bytes, over the device's maxStorageBufferBindingSize 1024/.test(e.message),
+      (e: unknown) => e instanceof PlanError && /value %7 \(big\) needs 2000 bytes \(2\.0 KiB\), over the device's maxStorageBufferBindingSize 1024 \(1\.0 KiB\): every tensor must fit in one binding/.test(e.message),
     );
   });
 
@@ -356,7 +356,7 @@ describe('memory plan examples', () => {
         e instanceof PlanDoesNotFitError &&
         /the plan needs 400\.0 MiB/.test(e.message) &&
         /arena 0 'params' needs 400\.0 MiB but the device allows 256\.0 MiB per buffer \(maxBufferSize\)/.test(e.message) &&
-        /value %0 \(w\) needs 209715200 bytes, over the device's maxStorageBufferBindingSize 134217728/.test(e.message),
+        /value %0 \(w\) needs 209715200 bytes \(200\.0 MiB\), over the device's maxStorageBufferBindingSize 134217728 \(128\.0 MiB\)/.test(e.message),
     );
     const coarse = planMemory(chain(), { ...LIMITS, minStorageBufferOffsetAlignment: 16 });
     assert.throws(() => checkPlanFits(coarse, PORTABLE_TARGET), /aligns offsets to 16 bytes but the device needs multiples of 256/);
