@@ -26,14 +26,16 @@ export function i32Lit(n: number): string {
 
 /**
  * The f32 literal of Math.fround(v), exact (the shortest decimal of a float64 that is an f32 converts back
- * exactly). Non-finite values cannot be WGSL constants: they read the private `INF_U` / `NAN_U` at run time.
+ * exactly). Non-finite values cannot be WGSL constants: they read the private `INF_U` / `NAN_U` at run time. So
+ * does -0 (`NZERO_U`): WGSL lets a compiler ignore the sign of a zero constant, and lavapipe's stored `-0.0f` as +0,
+ * so x / full(-0) gave +inf where IEEE, PyTorch and the reference give -inf.
  */
 export function f32Lit(v: number): string {
   const f = Math.fround(v);
   if (Number.isNaN(f)) return 'bitcast<f32>(NAN_U)';
   if (f === Infinity) return 'bitcast<f32>(INF_U)';
   if (f === -Infinity) return '(-bitcast<f32>(INF_U))';
-  if (Object.is(f, -0)) return '(-0.0f)';
+  if (Object.is(f, -0)) return 'bitcast<f32>(NZERO_U)';
   const s = String(f);
   return f < 0 ? `(${s}f)` : `${s}f`;
 }
@@ -266,6 +268,7 @@ export function makeKernel(node: Node, inputs: readonly Node[], target: Target, 
   const prelude: string[] = [];
   if (/\bINF_U\b/.test(code)) prelude.push('var<private> INF_U: u32 = 0x7f800000u;');
   if (/\bNAN_U\b/.test(code)) prelude.push('var<private> NAN_U: u32 = 0x7fc00000u;');
+  if (/\bNZERO_U\b/.test(code)) prelude.push('var<private> NZERO_U: u32 = 0x80000000u;');
   if (/\brolled\(/.test(code)) {
     prelude.push('// n, opaque to the compiler (the length is below 2^31): keeps loops rolled on software adapters.');
     prelude.push('fn rolled(n: u32) -> u32 { return n + (arrayLength(&out_0) >> 31u); }');

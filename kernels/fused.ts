@@ -77,7 +77,7 @@ export interface ExternalReads {
   readonly helpers: string;
   /** The IR nodes the views compute in place. */
   readonly inlined: number[];
-  /** Statements declaring `x<k>` (external k's value, broadcast) at the flat index `index` of `shape`. */
+  /** Statements declaring `x<k>` (external k's value, broadcast) at the flat index `index` of `shape`. Uses KEPT_FN. */
   lines(index: string): string[];
 }
 
@@ -107,7 +107,9 @@ export function externalReads(graph: Graph, shape: readonly number[], externals:
         viewed.forEach((v, k) => {
           if (!v) return;
           const es = graph.node(externals[k]).shape;
-          out.push(`let x${k} = ${v.call(es.map((n, d) => (n === 1 ? '0u' : `rc${d + r - es.length}`)))};`);
+          // Through kept(): a view may be a constant (a full, expanded or padded) that the shader compiler would
+          // otherwise fold into the arithmetic, e.g. x / 0 into 0 where IEEE and the unfused kernels give ±inf.
+          out.push(`let x${k} = kept(${v.call(es.map((n, d) => (n === 1 ? '0u' : `rc${d + r - es.length}`)))});`);
         });
       }
       return out;

@@ -303,8 +303,9 @@ function operandCoords(d: MatmulDims, shape: readonly number[], r: string, c: st
   const lead = shape.slice(0, -2);
   if (d.batchShape.length === 0) return isA ? [...rowCoords(shape.slice(0, -1), r), c] : [...lead.map(() => '0u'), r, c];
   const coords: string[] = [];
+  // bi is row-major over the batch dims: the last varies fastest.
   let inner = 1;
-  const all = d.batchShape.map((n) => {
+  const all = [...d.batchShape].reverse().map((n) => {
     const e = `((bi / ${u32Lit(inner)}) % ${u32Lit(n)})`;
     inner *= n;
     return e;
