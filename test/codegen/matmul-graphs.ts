@@ -8,12 +8,12 @@
 import fc from 'fast-check';
 import type { Target } from '../../compiler/codegen/types.js';
 import { Builder } from '../../compiler/ir/builder.js';
-import { interpret } from '../../compiler/ir/interpret.js';
 import type { RefTensor } from '../../compiler/ir/rules/reference.js';
 import type { Graph, Shape } from '../../compiler/ir/graph.js';
 import type { IrOp } from '../../compiler/ir/ops.js';
 import { broadcastShapes } from '../../compiler/ir/rules/shape.js';
 import type { MatmulVariant } from '../../kernels/matmul.js';
+import { nodeValues } from '../passes/graphs.js';
 
 export interface EpilogueStep {
   /** Unary (< UNARY.length) or binary op index. */
@@ -159,15 +159,8 @@ const ROUND = 4 * 2 ** -23;
  */
 export function chainMismatch(graph: Graph, feeds: { inputs: ReadonlyMap<string, RefTensor>; params: ReadonlyMap<string, RefTensor> }, actual: ReadonlyMap<string, RefTensor>, k: number): string | undefined {
   // Every node's reference value, for its largest |value|.
-  const named = graph.nodes.map((n) => ({ name: `#${n.id}`, node: n.id }));
-  graph.outputs.push(...named);
-  let all: Map<string, RefTensor>;
-  try {
-    all = interpret(graph, feeds.inputs, feeds.params);
-  } finally {
-    graph.outputs.splice(graph.outputs.length - named.length);
-  }
-  const scale = (id: number) => all.get(`#${id}`)!.data.reduce((m, v) => Math.max(m, Math.abs(v)), 0);
+  const all = nodeValues(graph, feeds);
+  const scale = (id: number) => all.get(id)!.data.reduce((m, v) => Math.max(m, Math.abs(v)), 0);
   const bound = new Map<number, number>();
   for (const n of graph.nodes) {
     const [a, b] = n.inputs.map((i) => bound.get(i)!);
@@ -186,7 +179,7 @@ export function chainMismatch(graph: Graph, feeds: { inputs: ReadonlyMap<string,
     bound.set(n.id, e);
   }
   for (const o of graph.outputs) {
-    const [want, got] = [all.get(`#${o.node}`)!, actual.get(o.name)!];
+    const [want, got] = [all.get(o.node)!, actual.get(o.name)!];
     const tol = Math.max(bound.get(o.node)!, 2e-6 * Math.sqrt(k) * scale(o.node));
     for (let i = 0; i < want.data.length; i++) {
       if (!(Math.abs(want.data[i] - got.data[i]) <= tol + 2e-5 * Math.abs(want.data[i]))) return `${o.name}[${i}]: ${got.data[i]} vs ${want.data[i]} (bound ${tol})`;

@@ -310,6 +310,18 @@ export function run(g: Graph, f: ReturnType<typeof feeds>): Map<string, RefTenso
   return interpret(g, f.inputs, f.params);
 }
 
+/** Every node's reference value, by node id (the graph's outputs are restored even if the interpreter throws). */
+export function nodeValues(g: Graph, f: { inputs: ReadonlyMap<string, RefTensor>; params: ReadonlyMap<string, RefTensor> }): Map<number, RefTensor> {
+  const named = g.nodes.map((n) => ({ name: `#${n.id}`, node: n.id }));
+  g.outputs.push(...named);
+  try {
+    const all = interpret(g, f.inputs, f.params);
+    return new Map(g.nodes.map((n) => [n.id, all.get(`#${n.id}`)!]));
+  } finally {
+    g.outputs.splice(g.outputs.length - named.length);
+  }
+}
+
 /** The first element where two results differ bitwise (NaN equals NaN; 0 and -0 differ), as a message. */
 export function bitwiseDifference(a: ReadonlyMap<string, RefTensor>, b: ReadonlyMap<string, RefTensor>): string | undefined {
   for (const [name, x] of a) {
