@@ -60,7 +60,10 @@ export function memberCode(graph: Graph, group: FusionGroup, external: (id: numb
   const ops: string[] = [];
   for (const m of group.members) {
     const n = graph.node(m);
-    const e = inlineExpr(n, n.inputs.map(ref));
+    // x - x, x / x, x == x: the second read through kept(), so the compiler cannot fold them (to 0, 1, true) as if
+    // x were never NaN or infinite; IEEE, the unfused kernels and the reference give NaN, NaN, false there.
+    const operands = n.inputs.map((i, k) => (k > 0 && n.inputs.slice(0, k).includes(i) ? `kept(${ref(i)})` : ref(i)));
+    const e = inlineExpr(n, operands);
     if (!e) throw new Error(`internal: ${n.op} cannot be fused`);
     e.lib.forEach((l) => lib.add(l));
     lines.push(`let v${local.get(m)} = ${m === group.root ? e.expr : `kept(${e.expr})`};`);

@@ -89,6 +89,8 @@ test('random graphs: GPU (fused and unfused) = CPU reference', async () => {
         [{ inputs: [5], params: [], half: 0, recipes: [{ kind: 16, a: 0, b: 0, s: 0, t: 632 }, { kind: 33, a: 0, b: 0, s: 0, t: 692 }, { kind: 9, a: 0, b: 0, s: 0, t: 0 }], outputs: [], seed: 0 }, 1],
         // The sum of a layernorm over its normalized dim: 0 in float64, 3e-7 in f32 (the test's scale was the output's).
         [{ inputs: [0], params: [5], half: 0, recipes: [{ kind: 52, a: 2, b: 0, s: 401, t: 0 }, { kind: 51, a: 0, b: 0, s: 8, t: 0 }], outputs: [], seed: 0 }, 1],
+        // -(log x - log x): the fused kernel's x - x was folded to 0 where log x is NaN (x < 0).
+        [{ inputs: [0], params: [], half: 0, recipes: [{ kind: 0, a: 0, b: 0, s: 722, t: 0 }, { kind: 5, a: 0, b: 0, s: 461, t: 0 }, { kind: 0, a: 0, b: 0, s: 0, t: 0 }, { kind: 46, a: 3, b: 1, s: 1, t: 0 }, { kind: 0, a: 0, b: 0, s: 0, t: 0 }], outputs: [], seed: 0 }, 1],
       ],
     },
   );
