@@ -622,15 +622,18 @@ function powIntCode(base: string, n: number): string {
 /**
  * x^e as Math.pow: whole e by square-and-multiply (of 1/x when e < 0), ±½ by sqrt; otherwise
  * x^n·e^{f·ln x} with n = trunc(e) and |f| < 1, so the exponential's argument stays small (NaN for x < 0).
+ * For e not whole, -0 and -inf count as +0 and +inf (IEEE pow, Math.pow and PyTorch: (-inf)^0.5 = inf,
+ * (-0)^-0.5 = inf), where sqrt and ln alone would give NaN and -inf.
  */
 function powFn(e: number): { code: string; lib: string[] } {
   if (e === 0) return { code: 'fn pow_f(x: f32) -> f32 { return 1.0f; }', lib: [] };
-  if (e === 0.5 || e === -0.5) return { code: `fn pow_f(x: f32) -> f32 { return ${UNARY[e > 0 ? 'sqrt' : 'rsqrt'].expr('x')}; }`, lib: [] };
   const n = Math.trunc(e);
   const base = e < 0 ? '(1.0f / x)' : 'x';
   if (n === e) return { code: `fn pow_f(x: f32) -> f32 {\n${powIntCode(base, Math.abs(n))}\n  return acc;\n}`, lib: [] };
+  const unsigned = '  let x = select(x0, abs(x0), (bitcast<u32>(x0) & 0x7fffffffu) == 0u || bitcast<u32>(x0) == 0xff800000u);';
+  if (e === 0.5 || e === -0.5) return { code: `fn pow_f(x0: f32) -> f32 {\n${unsigned}\n  return ${UNARY[e > 0 ? 'sqrt' : 'rsqrt'].expr('x')};\n}`, lib: [] };
   return {
-    code: `fn pow_f(x: f32) -> f32 {\n${powIntCode(base, Math.abs(n))}\n  return acc * exp_f32(${f32Lit(e - n)} * log_f32(x));\n}`,
+    code: `fn pow_f(x0: f32) -> f32 {\n${unsigned}\n${powIntCode(base, Math.abs(n))}\n  return acc * exp_f32(${f32Lit(e - n)} * log_f32(x));\n}`,
     lib: ['exp_f32', 'log_f32'],
   };
 }
