@@ -6,7 +6,7 @@ import { after, before, test } from 'node:test';
 import { compileGpu } from '../../compiler/codegen/gpu.js';
 import { PORTABLE_TARGET } from '../../compiler/codegen/types.js';
 import type { Graph } from '../../compiler/ir/graph.js';
-import type { RefTensor } from '../../compiler/ir/rules/reference.js';
+import { REFERENCE, type RefTensor } from '../../compiler/ir/rules/reference.js';
 import { optimize } from '../../compiler/passes/index.js';
 import { openDevice, type GpuDevice } from '../../runtime/gpu/device.js';
 import { runGpu } from '../../runtime/run-gpu.js';
@@ -21,34 +21,70 @@ after(async () => {
   await gpu?.destroy();
 });
 
-/**
- * Each output's error scale: the largest finite f32 magnitude it is computed from (itself and every node it depends
- * on). An output that cancels to 0, such as a sum of a layernorm over its normalized dim, keeps its terms' rounding.
- */
-function errorScales(graph: Graph, f: ReturnType<typeof feeds>): Map<string, number> {
-  const values = nodeValues(graph, f);
-  const largest = (id: number) => values.get(id)!.data.reduce((m, v) => (Math.abs(v) <= 3e38 ? Math.max(m, Math.abs(v)) : m), 0);
-  return new Map(
-    graph.outputs.map((o) => {
-      const seen = new Set<number>();
-      const todo = [o.node];
-      let scale = 0;
-      for (let id = todo.pop(); id !== undefined; id = todo.pop()) {
-        if (seen.has(id)) continue;
-        seen.add(id);
-        scale = Math.max(scale, largest(id));
-        todo.push(...graph.node(id).inputs);
-      }
-      return [o.name, scale];
-    }),
-  );
+/** What the float64 reference says of each output: its error scale, and whether f32 may settle it otherwise. */
+interface Oracle {
+  /**
+   * The largest finite f32 magnitude the output is computed from (itself and every node it depends on): an output
+   * that cancels to 0, such as a sum of a layernorm over its normalized dim, keeps its terms' rounding.
+   */
+  readonly scale: number;
+  /** Why f32 may rightly give another result, if it may (the output is then not compared). */
+  readonly unsettled?: string;
 }
 
-/** f32 agreement: relative to each output's error scale (errorScales); non-finite values must match exactly. */
-function mismatch(expected: ReadonlyMap<string, RefTensor>, actual: ReadonlyMap<string, RefTensor>, scales: ReadonlyMap<string, number>): string | undefined {
+/** Ops whose result jumps where their input crosses a point (step at 0, eq at equality, a cast at a rounding boundary). */
+const JUMPS = new Set(['step', 'eq', 'cast']);
+/** Ops whose result turns NaN or infinite at the edge of their domain (0 for log and sqrt). */
+const DOMAIN_EDGES = new Set(['log', 'sqrt', 'rsqrt', 'pow']);
+
+/** How far f32 may have moved a value, relative to its error scale (about 80 ulps): the unsettled test's push. */
+const F32_DRIFT = 1e-5;
+
+const kind = (v: number): string => (Number.isNaN(v) ? 'nan' : v === Infinity ? '+inf' : v === -Infinity ? '-inf' : 'finite');
+
+/**
+ * The reference's view of each output. A node is unsettled when f32's own rounding (F32_DRIFT of each input's
+ * error scale) can move an input across a jump or a domain edge (the op evaluated at the inputs pushed
+ * apart both ways gives different results), or when it is a non-finite value computed from constants alone: WGSL
+ * lets a shader compiler assume no NaN or infinity in what it can evaluate at compile time, and the IR keeps such
+ * a value unfolded (a `full` is finite). Everything that depends on an unsettled node is unsettled.
+ */
+function oracle(graph: Graph, f: ReturnType<typeof feeds>): Map<string, Oracle> {
+  const values = nodeValues(graph, f);
+  const scale = new Map<number, number>();
+  const fromData = new Map<number, boolean>();
+  const unsettled = new Map<number, string | undefined>();
+  const shifted = (t: RefTensor, by: number): RefTensor => ({ shape: t.shape, data: t.data.map((v) => v + by) });
+  for (const n of graph.nodes) {
+    const v = values.get(n.id)!;
+    const own = v.data.reduce((m, x) => (Math.abs(x) <= 3e38 ? Math.max(m, Math.abs(x)) : m), 0);
+    scale.set(n.id, Math.max(own, ...n.inputs.map((i) => scale.get(i)!)));
+    fromData.set(n.id, n.op === 'input' || n.op === 'param' || n.inputs.some((i) => fromData.get(i)));
+    let why = n.inputs.map((i) => unsettled.get(i)).find((w) => w !== undefined);
+    if (!why && !fromData.get(n.id) && v.data.some((x) => !Number.isFinite(x))) why = `%${n.id} ${n.op} is non-finite from constants alone`;
+    // eq(x, x) does not move: both sides are the same f32 value.
+    const jumps = JUMPS.has(n.op) && !(n.op === 'cast' && n.dtype === 'f32') && !(n.inputs.length === 2 && n.inputs[0] === n.inputs[1]);
+    if (!why && (jumps || DOMAIN_EDGES.has(n.op))) {
+      const ins = n.inputs.map((i) => values.get(i)!);
+      const e = n.inputs.map((i) => F32_DRIFT * scale.get(i)!);
+      // Pushed apart: the first input down and the second up, then the other way round.
+      const apart = (sign: number) => REFERENCE[n.op](ins.map((t, k) => shifted(t, (k === 0 ? -sign : sign) * e[k])), n.attrs, { shape: n.shape, dtype: n.dtype }).data;
+      const [lo, hi] = [apart(1), apart(-1)];
+      const same = (a: number, b: number) => (jumps ? Object.is(a, b) || (Number.isNaN(a) && Number.isNaN(b)) || a === b : kind(a) === kind(b));
+      if (lo.some((x, i) => !same(x, hi[i]) || !same(x, v.data[i]))) why = `%${n.id} ${n.op} is within f32 rounding of a ${jumps ? 'jump' : 'domain edge'}`;
+    }
+    unsettled.set(n.id, why);
+  }
+  return new Map(graph.outputs.map((o) => [o.name, { scale: scale.get(o.node)!, unsettled: unsettled.get(o.node) }]));
+}
+
+/** f32 agreement: relative to each output's error scale (oracle); non-finite values must match exactly. */
+function mismatch(expected: ReadonlyMap<string, RefTensor>, actual: ReadonlyMap<string, RefTensor>, oracles: ReadonlyMap<string, Oracle>): string | undefined {
   for (const [name, e] of expected) {
     const a = actual.get(name)!;
-    const scale = Math.max(1e-30, scales.get(name) ?? 0);
+    const o = oracles.get(name)!;
+    if (o.unsettled) continue;
+    const scale = Math.max(1e-30, o.scale);
     for (let i = 0; i < e.data.length; i++) {
       const x = e.data[i];
       const y = a.data[i];
@@ -63,16 +99,19 @@ function mismatch(expected: ReadonlyMap<string, RefTensor>, actual: ReadonlyMap<
 }
 
 test('random graphs: GPU (fused and unfused) = CPU reference', async () => {
+  const outputs = { all: 0, unsettled: 0 };
   await fc.assert(
     fc.asyncProperty(graphCaseArb(10), fc.integer({ min: 1, max: 1e6 }), async (c, seed) => {
       const graph = optimize(buildGraph(c).graph);
       const f = feeds(graph, seed, false);
       const expected = run(graph, f);
-      const scales = errorScales(graph, f);
+      const oracles = oracle(graph, f);
+      outputs.all += oracles.size;
+      outputs.unsettled += [...oracles.values()].filter((o) => o.unsettled).length;
       for (const fuse of [true, false]) {
         const program = compileGpu(graph, PORTABLE_TARGET, { fuse });
         const got = await runGpu(gpu, graph, program, f.inputs, f.params);
-        const m = mismatch(expected, got, scales);
+        const m = mismatch(expected, got, oracles);
         assert.equal(m, undefined, `${fuse ? 'fused' : 'unfused'}: ${m}`);
       }
     }),
@@ -91,7 +130,15 @@ test('random graphs: GPU (fused and unfused) = CPU reference', async () => {
         [{ inputs: [0], params: [5], half: 0, recipes: [{ kind: 52, a: 2, b: 0, s: 401, t: 0 }, { kind: 51, a: 0, b: 0, s: 8, t: 0 }], outputs: [], seed: 0 }, 1],
         // -(log x - log x): the fused kernel's x - x was folded to 0 where log x is NaN (x < 0).
         [{ inputs: [0], params: [], half: 0, recipes: [{ kind: 0, a: 0, b: 0, s: 722, t: 0 }, { kind: 5, a: 0, b: 0, s: 461, t: 0 }, { kind: 0, a: 0, b: 0, s: 0, t: 0 }, { kind: 46, a: 3, b: 1, s: 1, t: 0 }, { kind: 0, a: 0, b: 0, s: 0, t: 0 }], outputs: [], seed: 0 }, 1],
+        // step(sum(layernorm(x))): the sum is 0 in float64 and 3e-7 in f32, across step's jump (unsettled: not compared).
+        [{ inputs: [0], params: [], half: 0, recipes: [{ kind: 8, a: 0, b: 0, s: 551, t: 0 }, { kind: 29, a: 0, b: 0, s: 30, t: 0 }, { kind: 0, a: 0, b: 0, s: 330, t: 0 }, { kind: 0, a: 0, b: 0, s: 0, t: 0 }], outputs: [], seed: 0 }, 1],
+        // -(0 / 0) with both zeros constants: NaN that the shader compiler may fold as it likes (unsettled).
+        [{ inputs: [0], params: [], half: 0, recipes: [{ kind: 4, a: 0, b: 0, s: 0, t: 0 }, { kind: 0, a: 0, b: 0, s: 0, t: 0 }, { kind: 0, a: 2, b: 0, s: 343, t: 0 }, { kind: 24, a: 0, b: 0, s: 267, t: 0 }, { kind: 0, a: 0, b: 0, s: 0, t: 0 }], outputs: [], seed: 0 }, 1],
+        // (x / 0)^0.5: (-inf)^0.5 is +inf (IEEE pow); the kernel gave NaN.
+        [{ inputs: [0], params: [], half: 0, recipes: [{ kind: 48, a: 0, b: 0, s: 184, t: 0 }, { kind: 24, a: 1, b: 0, s: 467, t: 273 }, { kind: 0, a: 0, b: 0, s: 588, t: 237 }], outputs: [], seed: 0 }, 1],
       ],
     },
   );
+  // Unsettled outputs are rare (about 0.6% of random graphs' outputs; 2 or 3 of the examples'): most are compared.
+  assert.ok(outputs.unsettled <= 0.25 * outputs.all, `${outputs.unsettled} of ${outputs.all} outputs unsettled`);
 });
