@@ -28,11 +28,9 @@ export function groupExternals(graph: Graph, group: FusionGroup, skip?: number):
 
 /**
  * WGSL helper: x, through an integer identity the compiler cannot fold (out_0 is never empty where a kernel
- * stores), so it cannot reassociate, contract or fold arithmetic across it. The mask it would apply is 1.0's bits,
- * not the lowest bit: a zero's other value would be a subnormal, which a compiler that flushes them knows is zero
- * again (0 / kept(0) was folded to 0 on lavapipe, where IEEE gives NaN).
+ * stores), so it cannot reassociate, contract or fold arithmetic across it.
  */
-export const KEPT_FN = 'fn kept(x: f32) -> f32 { return bitcast<f32>(bitcast<u32>(x) ^ select(0u, 0x3f800000u, arrayLength(&out_0) == 0u)); }';
+export const KEPT_FN = 'fn kept(x: f32) -> f32 { return bitcast<f32>(bitcast<u32>(x) ^ u32(arrayLength(&out_0) == 0u)); }';
 
 export interface MemberCode {
   /** `let v<k> = …;` per member, k its position in the group; the root's value is `value`. Uses KEPT_FN. */
