@@ -73,7 +73,7 @@ function oracle(graph: Graph, f: ReturnType<typeof feeds>): Map<string, Oracle> 
       // Pushed apart: the first input down and the second up, then the other way round.
       const apart = (sign: number) => REFERENCE[n.op](ins.map((t, k) => shifted(t, (k === 0 ? -sign : sign) * e[k])), n.attrs, { shape: n.shape, dtype: n.dtype }).data;
       const [lo, hi] = [apart(1), apart(-1)];
-      const same = (a: number, b: number) => (jumps ? Object.is(a, b) || (Number.isNaN(a) && Number.isNaN(b)) || a === b : kind(a) === kind(b));
+      const same = (a: number, b: number) => (jumps ? Object.is(a, b) || a === b : kind(a) === kind(b));
       if (lo.some((x, i) => !same(x, hi[i]) || !same(x, v.data[i]))) why = `%${n.id} ${n.op} is within f32 rounding of a ${jumps ? 'jump' : 'domain edge'}`;
     }
     unsettled.set(n.id, why);
@@ -103,9 +103,10 @@ function mismatch(expected: ReadonlyMap<string, RefTensor>, actual: ReadonlyMap<
 
 /**
  * Random graphs compiled for `target` (fused and unfused), run on the device, against the reference (`examples`
- * first). Returns how many outputs were compared and how many left unsettled.
+ * first). Unsettled outputs are rare (about 0.6% of random graphs' outputs; 2 or 3 of the examples'): at most a
+ * quarter of all may be left uncompared.
  */
-async function differential(target: () => Target, options: ScheduleOptions, examples: [GraphCase, number][]): Promise<{ all: number; unsettled: number }> {
+async function differential(target: () => Target, options: ScheduleOptions, examples: [GraphCase, number][]): Promise<void> {
   const outputs = { all: 0, unsettled: 0 };
   await fc.assert(
     fc.asyncProperty(graphCaseArb(10), fc.integer({ min: 1, max: 1e6 }), async (c, seed) => {
@@ -124,7 +125,7 @@ async function differential(target: () => Target, options: ScheduleOptions, exam
     }),
     { numRuns: RUNS, examples },
   );
-  return outputs;
+  assert.ok(outputs.unsettled <= 0.25 * outputs.all, `${outputs.unsettled} of ${outputs.all} outputs unsettled`);
 }
 
 /** Cases that failed once, found at 5,000 runs (VISFT_GPU_DIFF_RUNS): every run starts with them. */
@@ -149,14 +150,11 @@ const EXAMPLES: [GraphCase, number][] = [
 ];
 
 test('random graphs: GPU (fused and unfused) = CPU reference', async () => {
-  const outputs = await differential(() => PORTABLE_TARGET, {}, EXAMPLES);
-  // Unsettled outputs are rare (about 0.6% of random graphs' outputs; 2 or 3 of the examples'): most are compared.
-  assert.ok(outputs.unsettled <= 0.25 * outputs.all, `${outputs.unsettled} of ${outputs.all} outputs unsettled`);
+  await differential(() => PORTABLE_TARGET, {}, EXAMPLES);
 });
 
 // The device as hardware (tree reductions, unrolled loops, tiled matmuls, hardware flat dispatch), f32 storage: the
 // reference does not round f16 values, so f16 storage would differ by design.
 test('random graphs on the device as hardware: GPU (fused and unfused) = CPU reference', async () => {
-  const outputs = await differential(() => hardwareLike(gpu.target), { halfStorage: false }, EXAMPLES);
-  assert.ok(outputs.unsettled <= 0.25 * outputs.all, `${outputs.unsettled} of ${outputs.all} outputs unsettled`);
+  await differential(() => hardwareLike(gpu.target), { halfStorage: false }, EXAMPLES);
 });

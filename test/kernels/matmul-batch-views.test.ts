@@ -11,7 +11,7 @@ import { Builder } from '../../compiler/ir/builder.js';
 import type { Graph } from '../../compiler/ir/graph.js';
 import { runGpu } from '../../runtime/run-gpu.js';
 import { chainMismatch } from '../codegen/matmul-graphs.js';
-import { feeds } from '../passes/graphs.js';
+import { feeds, permutation } from '../passes/graphs.js';
 import { fcParams, hardwareLike } from './core-util.js';
 import { sharedDevice } from './harness.js';
 
@@ -26,17 +26,6 @@ interface Case {
   readonly modeB: number;
   /** The permutation's seed. */
   readonly perm: number;
-}
-
-/** A permutation of 0..n-1 from a seed (Lehmer code). */
-function permutation(n: number, seed: number): number[] {
-  const pool = [...Array(n).keys()];
-  const out: number[] = [];
-  for (let i = n; i > 0; i--) {
-    out.push(pool.splice(seed % i, 1)[0]);
-    seed = Math.floor(seed / i);
-  }
-  return out;
 }
 
 /** An operand of shape [...batch, rows, cols] reached through `mode` from an input named `name`. */
@@ -79,14 +68,17 @@ const caseArb: fc.Arbitrary<Case> = fc.record({
 describe('on the device', () => {
   const device = sharedDevice();
 
-  async function matches(c: Case, hardware: boolean): Promise<void> {
+  /** Runs case `c` on the device (scheduled as hardware or not) against the reference; returns its kernels' names. */
+  async function matches(c: Case, hardware: boolean): Promise<string[]> {
     const graph = batchGraph(c);
     const target = hardware ? hardwareLike(device().target) : device().target;
     const program = compileGpu(graph, target);
+    const names = program.schedule.kernels.map((k) => k.name);
     const f = feeds(graph, c.perm + 1, false);
     const got = await runGpu(device(), graph, program, f.inputs, f.params);
     const m = chainMismatch(graph, f, got, c.k);
-    assert.equal(m, undefined, `${JSON.stringify(c)} (${program.schedule.kernels.map((k) => k.name).join(', ')}): ${m}`);
+    assert.equal(m, undefined, `${JSON.stringify(c)} (${names.join(', ')}): ${m}`);
+    return names;
   }
 
   test('batch dims [2, 3] through permutes in every variant: naive, split-K, blocked (software) and tiled (hardware)', async () => {
@@ -97,17 +89,14 @@ describe('on the device', () => {
       [{ m: 64, k: 96, n: 64 }, true, /^matmul_tiled_f32_av_bv$/],
     ];
     for (const [dims, hardware, name] of variants) {
-      const c: Case = { batch: [2, 3], modeA: 1, modeB: 1, perm: 1, ...dims };
-      const target = hardware ? hardwareLike(device().target) : device().target;
-      const names = compileGpu(batchGraph(c), target).schedule.kernels.map((k) => k.name);
+      const names = await matches({ batch: [2, 3], modeA: 1, modeB: 1, perm: 1, ...dims }, hardware);
       assert.ok(names.some((n) => name.test(n)), `${name}: ${names.join(', ')}`);
-      await matches(c, hardware);
     }
   });
 
   test('random batch dims, layouts and small sizes (the naive kernel, as software and as hardware) equal the reference', async () => {
     await fc.assert(
-      fc.asyncProperty(caseArb, fc.boolean(), async (c, hardware) => matches(c, hardware)),
+      fc.asyncProperty(caseArb, fc.boolean(), async (c, hardware) => void (await matches(c, hardware))),
       fcParams(25, 6061),
     );
   });

@@ -100,7 +100,7 @@ function findPartner(b: Builder, start: number, ok: (id: number) => boolean): nu
 }
 
 /** A permutation of `rank` dims drawn from seed `s`. */
-function permutation(rank: number, s: number): number[] {
+export function permutation(rank: number, s: number): number[] {
   const dims = [...Array(rank).keys()];
   const rng = makeRng(s);
   for (let i = rank - 1; i > 0; i--) {
